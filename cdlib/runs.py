@@ -1,0 +1,92 @@
+"""Run records: one small JSON per finished run in `results/runs/`, keyed by a hash of its full
+configuration, written atomically, with provenance (git commit, packages, device, data hashes)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def results_dir(path=None) -> Path:
+    """`path`, else $CDLIB_RESULTS, else the repository's results/."""
+    return Path(path or os.environ.get("CDLIB_RESULTS") or REPO / "results")
+
+
+def config_key(config: dict) -> str:
+    """16 hex digits of the SHA-256 of the configuration as canonical JSON."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_path(config: dict, results=None) -> Path:
+    return results_dir(results) / "runs" / f"{config_key(config)}.json"
+
+
+def read_record(config: dict, results=None) -> dict | None:
+    p = record_path(config, results)
+    if not p.is_file():
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_record(record: dict, results=None) -> Path:
+    p = record_path(record["config"], results)
+    write_atomic(p, json.dumps(record, indent=1, sort_keys=True, default=str))
+    return p
+
+
+def all_records(results=None) -> list[dict]:
+    d = results_dir(results) / "runs"
+    return [json.load(open(p)) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+
+
+def git_state() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def device_name(device) -> str:
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    proc = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                proc = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {proc}, {torch.get_num_threads()} threads"
+
+
+def provenance(device) -> dict:
+    import numpy
+    import pandas
+    import scipy
+    import torch
+    return {"git": git_state(), "python": platform.python_version(), "platform": platform.platform(),
+            "packages": {"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+                         "pandas": pandas.__version__},
+            "device": device_name(device)}

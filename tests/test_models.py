@@ -1,0 +1,46 @@
+"""Models: every scoring path agrees, sizes and parameter counts are as documented."""
+import pytest
+import torch
+
+from cdlib import models
+
+
+@pytest.mark.parametrize("backbone,size", [("cdae", 20), ("neumf", 8), ("neumf", 4)])
+def test_scoring_paths_agree(ml100k, backbone, size):
+    torch.manual_seed(0)
+    m = models.build(backbone, ml100k.train, size, device="cpu")
+    for p in m.parameters():  # non-trivial weights everywhere
+        torch.nn.init.normal_(p, std=0.3)
+    m.eval()
+    users = torch.tensor([0, 7, 942])
+    full = m.score_all(users)
+    assert full.shape == (3, ml100k.n_items)
+    items = torch.randint(0, ml100k.n_items, (3, 17))
+    assert torch.allclose(m.score(users, items), full.gather(1, items), atol=1e-5)
+    rows = torch.tensor([0, 0, 2, 1])
+    its = torch.tensor([5, 6, 7, 8])
+    assert torch.allclose(m.pair_logits(users, rows, its), full[rows, its], atol=1e-5)
+
+
+def test_parameter_counts(ml100k):
+    U, I = ml100k.n_users, ml100k.n_items
+    assert models.build("cdae", ml100k.train, 20, device="cpu").n_params() == I * 20 + 20 + U * 20 + 20 * I + I
+    d = 8
+    want = 2 * U * d + 2 * I * d + (2 * d * d + d) + (d * d // 2 + d // 2) + (d + d // 2 + 1)
+    assert models.build("neumf", ml100k.train, d, device="cpu").n_params() == want
+
+
+def test_cdae_corruption_only_in_training(ml100k):
+    m = models.build("cdae", ml100k.train, 10, corruption=0.5, device="cpu")
+    users = torch.arange(4)
+    m.eval()
+    assert torch.equal(m(users), m(users))
+    m.train()
+    assert not torch.equal(m(users), m(users))
+
+
+def test_default_device_and_bad_backbone(ml100k):
+    assert models.default_device("cpu").type == "cpu"
+    assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="backbone"):
+        models.build("mf", ml100k.train, 8)

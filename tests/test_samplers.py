@@ -1,0 +1,108 @@
+"""Samplers: never a training positive, distinct items, and p ∝ exp(-rank/mu) (chi-square)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cdlib import data, samplers
+
+
+class FixedScores:
+    """A 'model' whose scores are a fixed table (the guide of a sampler)."""
+    def __init__(self, table):
+        self.table = table
+
+    def score_all(self, users):
+        return self.table[users].clone()
+
+
+@pytest.fixture(scope="module")
+def setup(ml100k):
+    pos = data.UserItems(ml100k.train)
+    g = torch.Generator().manual_seed(0)
+    guide = FixedScores(torch.rand(ml100k.n_users, ml100k.n_items, generator=g))
+    return ml100k, pos, guide
+
+
+def test_uniform_negatives_never_positive_and_n_per_positive(setup):
+    ds, pos, _ = setup
+    users = torch.arange(0, ds.n_users, 3)
+    rows, items = samplers.uniform_negatives(pos, users, 4, torch.Generator().manual_seed(1))
+    assert len(rows) == 4 * ds.train[users.numpy()].nnz
+    assert not pos.contains(rows, items, users).any()
+    assert torch.bincount(rows, minlength=len(users)).tolist() == (4 * np.diff(ds.train[users.numpy()].indptr)).tolist()
+
+
+def test_top_missing_is_the_guides_ranking(setup):
+    ds, pos, guide = setup
+    top = samplers.top_missing(guide, pos, 20, batch_size=100)
+    for u in (0, 500, 942):
+        sc = guide.table[u].clone()
+        sc[ds.train[u].indices] = -math.inf
+        assert top[u].tolist() == sc.argsort(descending=True)[:20].tolist()
+
+
+@pytest.mark.parametrize("sampling,guide", [("rank", "teacher"), ("uniform", "teacher"), ("topk", "teacher"),
+                                            ("rank", "student"), ("rank", "hybrid")])
+def test_cd_sampler_distinct_missing_items(setup, sampling, guide):
+    ds, pos, teacher = setup
+    s = samplers.CDSampler(pos, teacher, n_distill=10, mu=10, sampling=sampling, guide=guide, switch_epoch=1)
+    s.start_epoch(0, student=teacher)
+    users = torch.arange(ds.n_users)
+    k = s.sample(users, torch.Generator().manual_seed(3))
+    assert k.shape == (ds.n_users, 10)
+    srt = k.sort(1).values
+    assert (srt[:, 1:] != srt[:, :-1]).all()
+    rows = torch.arange(ds.n_users).repeat_interleave(10)
+    assert not pos.contains(rows, k.reshape(-1), users).any()
+    if sampling == "topk":
+        assert torch.equal(k, s.candidates[:, :10])
+
+
+def test_hybrid_switches_guide_and_student_refreshes(setup):
+    ds, pos, teacher = setup
+    student = FixedScores(-teacher.table)
+    s = samplers.CDSampler(pos, teacher, guide="hybrid", switch_epoch=2)
+    s.start_epoch(0, student)
+    first = s.candidates.clone()
+    assert s.source == "teacher"
+    s.start_epoch(1, student)
+    assert torch.equal(first, s.candidates)
+    s.start_epoch(2, student)
+    assert s.source == "student" and not torch.equal(first, s.candidates)
+    assert len(s.refresh_seconds) == 1
+
+
+@pytest.mark.parametrize("mu", [2.0, 10.0])
+def test_rank_sampling_frequencies_match_exp_rank_over_mu(setup, mu):
+    """First draw of each user: p(rank r) ∝ exp(-r/mu) over the top max_rank, chi-square at 1%.
+    With n_distill = 1 the whole sample is the first draw."""
+    ds, pos, teacher = setup
+    s = samplers.CDSampler(pos, teacher, n_distill=1, mu=mu, sampling="rank", guide="teacher")
+    s.start_epoch(0, teacher)
+    R = s.max_rank
+    assert R == math.ceil(10 * mu)
+    users = torch.arange(ds.n_users).repeat(40)  # 37,720 draws
+    k = s.sample(users, torch.Generator().manual_seed(11))
+    rank = (s.candidates[users] == k).float().argmax(1)  # 0-based rank of the drawn item
+    observed = torch.bincount(rank, minlength=R).numpy().astype(float)
+    p = np.exp(-np.arange(1, R + 1) / mu)
+    p /= p.sum()
+    expected = p * len(users)
+    # pool sparse tail cells so every expected count is at least 5
+    keep = expected >= 5
+    obs = np.r_[observed[keep], observed[~keep].sum()] if (~keep).any() else observed
+    exp = np.r_[expected[keep], expected[~keep].sum()] if (~keep).any() else expected
+    assert stats.chisquare(obs, exp).pvalue > 0.01
+    # and it is not uniform
+    assert stats.chisquare(observed, np.full(R, len(users) / R)).pvalue < 1e-6
+
+
+def test_sampler_rejects_bad_parameters(setup):
+    ds, pos, teacher = setup
+    with pytest.raises(ValueError, match="sampling"):
+        samplers.CDSampler(pos, teacher, sampling="softmax")
+    with pytest.raises(ValueError, match="guide"):
+        samplers.CDSampler(pos, teacher, guide="oracle")
