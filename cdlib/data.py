@@ -514,15 +514,14 @@ class UserItems:
         """(rows, items): every item of every user, rows indexing into `users`, items sorted per row."""
         start, count = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
         rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), count)
-        offset = torch.arange(len(rows), device=users.device) - torch.repeat_interleave(
-            torch.cumsum(count, 0) - count, count)
-        return rows, self.indices[start[rows] + offset]
+        shift = start - (torch.cumsum(count, 0) - count)  # position in `indices` minus position in output
+        return rows, self.indices[torch.arange(len(rows), device=users.device) + shift[rows]]
 
-    def dense(self, users: torch.Tensor) -> torch.Tensor:
-        """The rows of `users` as a dense float [B x items] 0/1 matrix."""
+    def dense(self, users: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """The rows of `users` as a dense [B x items] 0/1 matrix."""
         rows, items = self.pairs(users)
-        out = torch.zeros(len(users), self.shape[1], device=users.device)
-        out[rows, items] = 1.0
+        out = torch.zeros(len(users), self.shape[1], dtype=dtype, device=users.device)
+        out[rows, items] = 1
         return out
 
     def contains(self, rows: torch.Tensor, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

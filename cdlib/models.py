@@ -68,11 +68,18 @@ class CDAE(Recommender):
         return out
 
     def rows(self, users: torch.Tensor) -> torch.Tensor:
-        return self.inputs.dense(users)
+        """x~_u: the dense training rows, in training mode with dropout q applied to the non-zero
+        entries only (the zeros stay zero either way, so this equals dropout on the dense row)."""
+        if not (self.training and self.corruption > 0):
+            return self.inputs.dense(users)
+        rows, items = self.inputs.pairs(users)
+        keep = torch.rand(len(rows), device=rows.device) >= self.corruption
+        x = torch.zeros(len(users), self.inputs.shape[1], device=users.device)
+        x[rows[keep], items[keep]] = 1.0 / (1.0 - self.corruption)
+        return x
 
     def hidden(self, users: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(self.rows(users), self.corruption, self.training)
-        return torch.sigmoid(self.encoder(x) + self.user_embedding(users))
+        return torch.sigmoid(self.encoder(self.rows(users)) + self.user_embedding(users))
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.hidden(users))
@@ -85,16 +92,6 @@ class CDAE(Recommender):
         was = self.training
         self.eval()
         out = self(users)
-        self.train(was)
-        return out
-
-    @torch.no_grad()
-    def score(self, users, items):
-        was = self.training
-        self.eval()
-        h = self.hidden(users)                                   # [B, H]
-        w = self.decoder.weight[items]                           # [B, K, H]
-        out = torch.bmm(w, h.unsqueeze(-1)).squeeze(-1) + self.decoder.bias[items]
         self.train(was)
         return out
 
@@ -118,13 +115,18 @@ class NeuMF(Recommender):
             nn.init.normal_(e.weight, std=0.01)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        gmf = self.gmf_user(users) * self.gmf_item(items)
-        h = F.relu(self.layer1(torch.cat([self.mlp_user(users), self.mlp_item(items)], -1)))
-        h = F.relu(self.layer2(h))
-        return self.out(torch.cat([gmf, h], -1)).squeeze(-1)
+        return self.pair_logits(users, torch.arange(len(users), device=users.device), items)
 
     def pair_logits(self, users, rows, items):
-        return self(users[rows], items)
+        # user embeddings are looked up once per batch user, then indexed by row: the backward
+        # pass scatters into B rows instead of sorting one index per pair
+        d = self.size
+        # (index_select, whose backward is an index_add, not indexing, whose backward sorts)
+        gmf = (self.gmf_user(users) * self.out.weight[0, :d]).index_select(0, rows) * self.gmf_item(items)
+        a = self.mlp_user(users) @ self.layer1.weight[:, :d].T + self.layer1.bias      # user half of layer 1
+        h = F.relu(a.index_select(0, rows) + self.mlp_item(items) @ self.layer1.weight[:, d:].T)
+        h = F.relu(self.layer2(h))
+        return gmf.sum(-1) + h @ self.out.weight[0, d:] + self.out.bias
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:

@@ -21,17 +21,21 @@ GUIDES = ("teacher", "student", "hybrid")
 def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
                       generator: torch.Generator, max_rounds: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """`n_neg` items drawn uniformly from M_u for every training positive of each user (with
-    replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items)."""
+    replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items).
+    Membership is read from the batch's dense 0/1 rows (memory: batch x items)."""
     rows = torch.repeat_interleave(torch.arange(len(users), device=users.device),
                                    (positives.indptr[users + 1] - positives.indptr[users]) * n_neg)
+    seen = positives.dense(users, torch.bool)
     items = torch.randint(positives.shape[1], (len(rows),), generator=generator, device=generator.device).to(users.device)
-    redo = positives.contains(rows, items, users)
+    redo = seen[rows, items]
     for _ in range(max_rounds):
         if not redo.any():
             return rows, items
-        items[redo] = torch.randint(positives.shape[1], (int(redo.sum()),), generator=generator,
-                                    device=generator.device).to(users.device)
-        redo[redo.clone()] = positives.contains(rows[redo], items[redo], users)
+        idx = redo.nonzero().squeeze(1)
+        items[idx] = torch.randint(positives.shape[1], (len(idx),), generator=generator,
+                                   device=generator.device).to(users.device)
+        redo = torch.zeros_like(redo)
+        redo[idx] = seen[rows[idx], items[idx]]
     raise RuntimeError("uniform_negatives: some user has (almost) no missing item to draw")
 
 

@@ -136,7 +136,7 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
     dev = models.default_device(cfg.device)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     model = models.build(cfg.backbone, ds.train, cfg.size, cfg.corruption or 0.0, dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     positives = data.UserItems(ds.train, dev)
     sampler = rd_top = rd_rank = None
     if cfg.method == "cd":

@@ -1,0 +1,112 @@
+"""Timings on one dataset (default ml-1m): `python -m cdlib.bench [--dataset ml-1m] [--device cpu]`.
+
+Prints seconds per training epoch (CDAE teacher; student with method none and with CD
+student-guided), the student-guided sample refresh for all users, full-protocol evaluation of
+all users, and the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of the same shapes.
+Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from . import data, metrics, models
+from .runs import device_name
+from .samplers import CDSampler, top_missing
+from .train import Config, fit
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best wall time of `repeat` calls (after one warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def epoch_seconds(cfg: Config, ds, teacher=None, epochs: int = 2) -> float:
+    out = fit(Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs}), ds, teacher, progress=False)
+    return min(c["seconds"] for c in out["curve"])
+
+
+def cdae_epoch_flops(n_users: int, n_items: int, hidden: int) -> float:
+    """Dense multiply-adds of one CDAE epoch x 2: encoder forward + weight gradient (2 x 2UIH),
+    decoder forward + weight and input gradients (3 x 2UIH): 10 U I H."""
+    return 10.0 * n_users * n_items * hidden
+
+
+def matmul_gflops(n_users: int, n_items: int, hidden: int, batch: int, device) -> float:
+    """GFLOP/s of bare torch.matmul over the same shapes as one CDAE epoch."""
+    x = torch.rand(batch, n_items, device=device)
+    w = torch.rand(n_items, hidden, device=device)
+    h = torch.rand(batch, hidden, device=device)
+    g = torch.rand(batch, n_items, device=device)
+    steps = -(-n_users // batch)
+
+    def epoch():
+        for _ in range(steps):
+            x @ w          # encoder forward            [B,I]x[I,H]
+            x.T @ h        # encoder weight gradient    [I,B]x[B,H]
+            h @ w.T        # decoder forward            [B,H]x[H,I]
+            g.T @ h        # decoder weight gradient    [I,B]x[B,H]
+            g @ w          # decoder input gradient     [B,I]x[I,H]
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    return cdae_epoch_flops(steps * batch, n_items, hidden) / timed(epoch, 2) / 1e9
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="ml-1m")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    ap.add_argument("--student-size", type=int, default=20)
+    args = ap.parse_args(argv)
+    dev = models.default_device(args.device)
+    ds = data.load(args.dataset)
+    print(f"{ds}  device: {device_name(dev)}  torch {torch.__version__}")
+    rows = []
+
+    def report(what, seconds, extra=""):
+        rows.append((what, seconds))
+        print(f"{what:<58s} {seconds:8.3f} s {extra}", flush=True)
+
+    base = dict(dataset=args.dataset, backbone="cdae", device=dev.type)
+    teacher_cfg = Config(**base).canonical()
+    t_sec = epoch_seconds(teacher_cfg, ds)
+    flops = cdae_epoch_flops(ds.n_users, ds.n_items, teacher_cfg.size)
+    report("CDAE teacher (H=200) epoch", t_sec, f"({flops / t_sec / 1e9:.1f} GFLOP/s)")
+    mm = matmul_gflops(ds.n_users, ds.n_items, teacher_cfg.size, teacher_cfg.batch_size, dev)
+    print(f"{'  bare torch.matmul, same shapes':<58s} {flops / mm / 1e9:8.3f} s ({mm:.1f} GFLOP/s)")
+
+    torch.manual_seed(0)
+    teacher = models.build("cdae", ds.train, teacher_cfg.size, 0.5, dev).eval()
+    s_none = Config(**base, size=args.student_size).canonical()
+    report(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds))
+    s_cd = Config(**base, size=args.student_size, method="cd", guide="student").canonical()
+    report(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher))
+
+    student = models.build("cdae", ds.train, args.student_size, 0.5, dev).eval()
+    pos = data.UserItems(ds.train, dev)
+    sampler = CDSampler(pos, teacher, guide="student")
+    refresh = timed(lambda: top_missing(student, pos, sampler.max_rank))
+    cd_epoch = rows[-1][1]
+    report("student-guided refresh, all users (top-100 missing)", refresh,
+           f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)")
+
+    for backbone, size in (("cdae", 200), ("cdae", args.student_size), ("neumf", 64), ("neumf", 8)):
+        m = models.build(backbone, ds.train, size, 0.5, dev).eval()
+        sec = timed(lambda: metrics.evaluate(m, ds, "test", "full", positives=pos), 2)
+        report(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
+               "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
+    for backbone, size in (("neumf", 64), ("neumf", 8)):
+        cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
+        report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
+
+
+if __name__ == "__main__":
+    main()
