@@ -1,4 +1,5 @@
-# make reproduce : run the paper's tables (see README); make test : the test suite.
+# make reproduce : run every notebook (see README and `make reproduce ARGS=--help`)
+# make test      : unit tests, the smoke pipeline end to end, and the nbval check of the notebooks
 # Both create .venv and install what is missing. TORCH_SPEC pins torch (CI: torch==2.13.0, the CPU build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,24 +7,30 @@ TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 export CDLIB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: test unit reproduce figures bench clean-venv
+.PHONY: test unit nbval reproduce figures bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m ipykernel install --user --name cdlib --display-name "Python (cdlib)" >/dev/null
 	touch $@
 
-test: $(BIN)/.installed
+test: unit nbval
+
+unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests
+
+# re-executes the committed notebooks from results/ (nothing is trained: CDLIB_NO_TRAIN=1) and
+# compares every cell tagged nbval-check-output with its stored output
+nbval: $(BIN)/.installed
+	CDLIB_NO_TRAIN=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
 
 reproduce: $(BIN)/.installed
 	$(BIN)/python -m cdlib.reproduce $(ARGS)
 
+figures: $(BIN)/.installed
+	CDLIB_NO_TRAIN=1 $(BIN)/python -m cdlib.reproduce --report-only $(ARGS)
+
 bench: $(BIN)/.installed
 	$(BIN)/python -m cdlib.bench $(ARGS)
-
-clean-venv:
-	rm -rf $(VENV)

@@ -60,6 +60,22 @@ def matmul_gflops(n_users: int, n_items: int, hidden: int, batch: int, device) -
     return cdae_epoch_flops(steps * batch, n_items, hidden) / timed(epoch, 2) / 1e9
 
 
+def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repeat: int = 5) -> dict:
+    """Parameters, latency (ms) and throughput (users/s) of scoring all items for a batch of users."""
+    dev = models.default_device(device)
+    torch.manual_seed(0)
+    m = models.build(backbone, ds.train, size, 0.5, dev).eval()
+    users = torch.arange(min(batch, ds.n_users), device=dev)
+
+    def once():
+        m.score_all(users)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    sec = timed(once, repeat)
+    return {"backbone": backbone, "size": size, "n_params": m.n_params(), "batch": len(users),
+            "latency_ms": 1e3 * sec, "throughput_users_s": len(users) / sec, "device": device_name(dev)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -226,7 +227,11 @@ def load_teacher(cfg: Config, results=None, progress: bool = True, train: bool =
     path = weights_path(tcfg)
     ds = dataset_for(tcfg)
     if not os.path.isfile(path):
-        run(tcfg, results, refresh=True, progress=progress, train=train)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "w") as lock:   # parallel jobs wait for one teacher, not train it twice
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.isfile(path):
+                run(tcfg, results, refresh=True, progress=progress, train=train)
     model = models.build(tcfg.backbone, ds.train, tcfg.size, tcfg.corruption or 0.0, tcfg.device)
     model.load_state_dict(torch.load(path, map_location=model.device, weights_only=True))
     model.eval()

@@ -1,0 +1,170 @@
+"""The claims table (METHOD.md "The claims to reproduce") and the README's results section,
+both computed from the tables in results/, never typed by hand."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .experiments import PAPER_GAIN
+
+BACD_GAIN = {"HR": (3.5, 12.0), "NDCG": (4.9, 13.3)}   # journal extension [paper]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def read_table(name: str, results=None) -> pd.DataFrame | None:
+    p = runs.results_dir(results) / f"{name}.csv"
+    return pd.read_csv(p) if p.is_file() else None
+
+
+def _mean(runs_df, label, metric):
+    g = runs_df[(runs_df.label == label) & (runs_df.status == "ok")]
+    return g.groupby(["dataset", "backbone"])[metric].mean()
+
+
+def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per claim and dataset x backbone: the measured figure and whether it held.
+
+    close: the CD student 'comes close to the teacher' when its NDCG@10 is at least this
+    fraction of the teacher's [decision]. alpha: significance level of the paired t-tests."""
+    rows = []
+    main = read_table("03_main_runs", results)
+    gains = read_table("03_gain_cd_over_rd", results)
+    if gains is not None:
+        for g in gains.to_dict("records"):
+            for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
+                gain, p = g[f"{m} gain %"], g.get(f"{m} p")
+                lo, hi = PAPER_GAIN[key]
+                sig = "" if p is None or pd.isna(p) else f", p = {p:.3g}"
+                rows.append({"claim": f"3. CD beats RD ({m})", "dataset": g["dataset"], "backbone": g["backbone"],
+                             "measured": f"{gain:+.1f}% (best CD guide vs RD, {g['seeds']} seeds{sig})",
+                             "held": bool(gain > 0 and (p is None or pd.isna(p) or p < alpha)),
+                             "in paper range": bool(lo <= gain <= hi), "paper": f"{lo}-{hi}%"})
+    if main is not None:
+        t, c = _mean(main, "Teacher", "NDCG@10"), _mean(main, "CD-best", "NDCG@10")
+        for (d, b), tv in t.items():
+            if (d, b) in c.index:
+                r = c[(d, b)] / tv
+                rows.append({"claim": "4. CD student comes close to the teacher (NDCG@10)", "dataset": d,
+                             "backbone": b, "measured": f"{100 * r:.1f}% of the teacher",
+                             "held": bool(r >= close), "in paper range": None, "paper": f">= {100 * close:.0f}% [decision]"})
+    eff = read_table("08_efficiency", results)
+    if eff is not None:
+        for (d, b), g in eff.groupby(["dataset", "backbone"]):
+            t = g[g.label == "Teacher"].iloc[0]
+            s = g[g.label == "Student"].sort_values("n_params")
+            main_s = s.iloc[len(s) // 2] if len(s) else None
+            if main_s is None:
+                continue
+            speed = t.latency_ms / main_s.latency_ms
+            rows.append({"claim": "5. the student is smaller and faster", "dataset": d, "backbone": b,
+                         "measured": f"{t.n_params / main_s.n_params:.1f}x fewer parameters, {speed:.1f}x faster "
+                                     f"(size {main_s['size']}, {main_s.device})",
+                         "held": bool(main_s.n_params < t.n_params and speed > 1), "in paper range": None,
+                         "paper": "smaller, faster"})
+    size = read_table("06_size_runs", results)
+    if size is not None:
+        for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
+            t, bacd = _mean(size, "Teacher", m), _mean(size, "BACD", m)
+            lo, hi = BACD_GAIN[key]
+            for (d, b), tv in t.items():
+                if (d, b) in bacd.index:
+                    gain = 100 * (bacd[(d, b)] - tv) / tv
+                    rows.append({"claim": f"6. born-again CD beats the teacher ({m})", "dataset": d, "backbone": b,
+                                 "measured": f"{gain:+.1f}%", "held": bool(gain > 0),
+                                 "in paper range": bool(lo <= gain <= hi), "paper": f"{lo}-{hi}%"})
+    samp = read_table("04_sampling_runs", results)
+    if samp is not None:
+        ok = samp[samp.status == "ok"]
+        for guide in sorted({lab.split("/")[1] for lab in ok.label}):
+            r = _mean(ok, f"rank/{guide}", "NDCG@10")
+            for other in ("uniform", "topk"):
+                o = _mean(ok, f"{other}/{guide}", "NDCG@10")
+                for (d, b), rv in r.items():
+                    if (d, b) in o.index:
+                        gain = 100 * (rv - o[(d, b)]) / o[(d, b)]
+                        rows.append({"claim": f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)",
+                                     "dataset": d, "backbone": b, "measured": f"{gain:+.1f}%",
+                                     "held": bool(gain > 0), "in paper range": None, "paper": "better"})
+    cols = ["claim", "dataset", "backbone", "measured", "held", "in paper range", "paper"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["claim", "dataset", "backbone"], kind="stable")
+
+
+def verdict_gain(gain: pd.DataFrame, metric: str = "NDCG@10") -> str:
+    """One sentence: does the best CD guide beat RD, and inside the paper's range?"""
+    if gain.empty:
+        return "No dataset has both CD and RD runs recorded yet."
+    g = gain[f"{metric} gain %"]
+    lo, hi = PAPER_GAIN[metric.split("@")[0]]
+    inside = ((g >= lo) & (g <= hi)).sum()
+    return (f"The best CD guide beats RD in {metric} on {(g > 0).sum()} of {len(g)} dataset x backbone cells "
+            f"(gains {g.min():+.1f}% to {g.max():+.1f}%; {inside} inside the paper's {lo}-{hi}%), so the claim "
+            f"{'holds' if (g > 0).all() else 'does not hold everywhere'} in our runs.")
+
+
+def verdict_best(runs_df: pd.DataFrame, labels, what: str, metric: str = "NDCG@10") -> str:
+    """One sentence: in how many dataset x backbone cells is the best label (mean `metric`) one of `labels`?"""
+    ok = runs_df[runs_df.status == "ok"]
+    if ok.empty:
+        return "No runs recorded yet."
+    best = ok.groupby(["dataset", "backbone", "label"])[metric].mean().groupby(["dataset", "backbone"]).idxmax()
+    wins = sum(b[2] in labels for b in best)
+    names = ", ".join(f"{b[0]}/{b[1]}: {b[2]}" for b in best)
+    return f"{what.capitalize()} is best in {wins} of {len(best)} dataset x backbone cells by {metric} ({names})."
+
+
+def verdict_pairs(runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric: str = "NDCG@10") -> str:
+    """One sentence: in how many cells (dataset x backbone x keys) is label a better than label b?"""
+    ok = runs_df[runs_df.status == "ok"]
+    m = ok.groupby(["dataset", "backbone", *keys, "label"])[metric].mean().unstack("label")
+    if a not in m or b not in m:
+        return "No paired runs recorded yet."
+    m = m.dropna(subset=[a, b])
+    return f"{what.capitalize()}: better by {metric} in {(m[a] > m[b]).sum()} of {len(m)} cells."
+
+
+def coverage(results=None) -> pd.DataFrame:
+    """Which dataset x backbone cells of the main table hold how many seeds, per method."""
+    main = read_table("03_main_runs", results)
+    if main is None or main.empty:
+        return pd.DataFrame()
+    ok = main[main.status == "ok"]
+    t = ok.groupby(["dataset", "backbone", "label"]).seed.nunique().unstack("label").fillna(0).astype(int)
+    return t[[c for c in ("Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H") if c in t.columns]]
+
+
+def _md(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+    df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join("" if (isinstance(v, float) and np.isnan(v)) else str(v) for v in row) + " |"
+            for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def readme_section(results=None) -> str:
+    parts = [START, "", "_Generated by `notebooks/09_summary.ipynb` from `results/`; do not edit by hand._", ""]
+    main = read_table("03_main", results)
+    if main is not None:
+        parts += ["### Main table (test, sampled protocol, mean ± std over seeds)", "", _md(main), ""]
+    cl = read_table("claims", results)
+    if cl is not None:
+        parts += ["### Claims", "", _md(cl), ""]
+    cov = coverage(results)
+    if not cov.empty:
+        parts += ["### Coverage (seeds recorded per dataset, backbone and method)", "", _md(cov), ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def update_readme(results=None, readme=None) -> bool:
+    """Replace the README's results section; returns whether it changed."""
+    path = readme or runs.REPO / "README.md"
+    text = path.read_text()
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: readme_section(results), text, flags=re.S)
+    if new != text:
+        runs.write_atomic(path, new)
+    return new != text

@@ -1,0 +1,248 @@
+"""Run the numbered notebooks with papermill, in parallel: `python -m cdlib.reproduce --help`.
+
+Two stages:
+ 1. training: one job per (training notebook, dataset), each a papermill run in its own process
+    with its own kernel; the runs it trains are recorded in results/runs/ (a run already recorded
+    is read, not trained: an interrupted reproduction resumes where it stopped);
+ 2. report: every selected notebook once over all datasets, reading the records (nothing is
+    trained), writing the tables to results/ and the figures to figures/.
+One failing job neither stops nor damages the others; the command exits non-zero naming it.
+`--scheduler ADDRESS` sends the same jobs to a Dask distributed cluster instead of the local
+process pool; the records and executed notebooks come back to this machine (no shared disk).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import runs
+from .experiments import PROFILES
+
+NOTEBOOKS = ["01_datasets", "02_teachers", "03_main", "04_sampling", "05_guidance", "06_student_size",
+             "07_sensitivity", "08_efficiency", "09_summary"]
+# notebooks whose per-dataset jobs train (05 reads the runs of 03)
+TRAINING = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
+KERNEL = "python3"
+NB_DIR = runs.REPO / "notebooks"
+
+
+@dataclass
+class Job:
+    notebook: str
+    parameters: dict
+    output: str                      # executed notebook path (on the launching machine)
+    log: str
+    name: str = ""
+    threads: int = 1
+    retries: int = 2
+    status: str = "pending"
+    seconds: float = 0.0
+    error: str = ""
+    files: dict = field(default_factory=dict)   # remote jobs: files to write back, path -> bytes
+
+
+def _execute(job: Job) -> Job:
+    """Run one papermill job in this process (a worker of the pool or of a Dask cluster)."""
+    import papermill as pm
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(job.threads)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for attempt in range(job.retries + 1):
+        with open(job.log, "a") as log:
+            log.write(f"== {job.name} attempt {attempt + 1}, parameters {job.parameters}\n")
+            log.flush()
+            try:
+                tmp = str(Path(job.output).with_name(f".{Path(job.output).name}.tmp{os.getpid()}.ipynb"))
+                pm.execute_notebook(str(NB_DIR / f"{job.notebook}.ipynb"), tmp, parameters=job.parameters,
+                                    kernel_name=KERNEL, log_output=True, stdout_file=log, stderr_file=log,
+                                    progress_bar=False, cwd=str(NB_DIR))
+                os.replace(tmp, job.output)
+                job.status, job.error = "ok", ""
+                break
+            except pm.PapermillExecutionError as e:        # a cell failed: retrying will not help
+                job.status, job.error = "failed", f"{e.ename}: {e.evalue}"
+                if os.path.exists(tmp):
+                    os.replace(tmp, job.output)             # keep the executed notebook to read the error
+                break
+            except Exception as e:  # noqa: BLE001 -- kernel did not start or died: try again
+                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+                log.write(f"kernel failure: {job.error}; retrying\n")
+    job.seconds = time.time() - t0
+    return job
+
+
+def _execute_remote(job: Job, inputs: dict) -> Job:
+    """Run a job on a Dask worker without a shared disk: the launcher's records and tables in
+    ({path under results: text}), new records, tables, figures, notebook and log out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        res = Path(tmp) / "results"
+        (res / "runs").mkdir(parents=True)
+        for name, text in inputs.items():
+            (res / name).write_text(text)
+        local = Job(job.notebook, dict(job.parameters, results_dir=str(res), figures_dir=str(Path(tmp) / "figures")),
+                    str(Path(tmp) / "out.ipynb"), str(Path(tmp) / "job.log"), job.name, job.threads, job.retries)
+        _execute(local)
+        job.status, job.error, job.seconds = local.status, local.error, local.seconds
+        files = {}
+        for p in [*(res / "runs").glob("*.json"), *res.glob("*.csv")]:
+            name = str(p.relative_to(res))
+            if inputs.get(name) != p.read_text():
+                files[name] = p.read_bytes()
+        for p in (Path(tmp) / "figures").glob("*"):
+            files[f"figures/{p.name}"] = p.read_bytes()
+        for src, key in ((local.output, "notebook"), (local.log, "log")):
+            if os.path.exists(src):
+                files[key] = Path(src).read_bytes()
+        job.files = {k: base64.b64encode(v).decode() for k, v in files.items()}
+    return job
+
+
+def _write_back(job: Job, results: Path, figures: Path) -> None:
+    for key, blob in job.files.items():
+        data = base64.b64decode(blob)
+        if key == "notebook":
+            dest = Path(job.output)
+        elif key == "log":
+            dest = Path(job.log)
+        elif key.startswith("figures/"):
+            dest = figures / key.split("/", 1)[1]
+        else:
+            dest = results / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    job.files = {}
+
+
+def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = None,
+             results: Path | None = None, figures: Path | None = None) -> list[Job]:
+    """Run jobs on a local process pool (or a Dask cluster), one overall progress bar."""
+    if not jobs:
+        return []
+    done = []
+    bar = tqdm(total=len(jobs), desc=desc, unit="job")
+    if scheduler:
+        from dask.distributed import Client, as_completed as dask_completed
+        inputs = {str(p.relative_to(results)): p.read_text()
+                  for p in [*(results / "runs").glob("*.json"), *results.glob("*.csv")]}
+        with Client(scheduler) as client:
+            futures = [client.submit(_execute_remote, j, inputs, pure=False, key=f"cdlib-{j.name}-{time.time_ns()}")
+                       for j in jobs]
+            for f in dask_completed(futures):
+                j = f.result()
+                _write_back(j, results, figures)
+                done.append(j)
+                bar.set_postfix_str(f"{j.name}: {j.status}")
+                bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs))) as pool:
+            futures = {pool.submit(_execute, j): j for j in jobs}
+            for f in as_completed(futures):
+                try:
+                    j = f.result()
+                except Exception as e:  # noqa: BLE001 -- the worker process itself died
+                    j = futures[f]
+                    j.status, j.error = "failed", f"{type(e).__name__}: {e}"
+                done.append(j)
+                bar.set_postfix_str(f"{j.name}: {j.status}")
+                bar.update()
+    bar.close()
+    return done
+
+
+def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_dir: Path,
+         n_jobs: int, device=None, seeds=None, train: bool = True) -> tuple[list, list, list]:
+    """The jobs of each stage: training (notebook x dataset), report, and the final summary."""
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, n_jobs))
+    in_repo = results == runs.results_dir().resolve()
+    # into the repository: leave the directories at their defaults, so that the committed
+    # notebooks carry no machine's absolute paths and re-execute anywhere
+    common = {"profile": profile} if in_repo else {"profile": profile, "results_dir": str(results),
+                                                   "figures_dir": str(figures)}
+    if device:
+        common["device"] = device
+    if seeds is not None:
+        common["seeds"] = list(seeds)
+    logs = results / "logs"
+    training = [Job(nb, dict(common, datasets=[d], write_tables=False), str(results / "notebooks" / f"{nb}__{d}.ipynb"),
+                    str(logs / f"{nb}__{d}.log"), f"{nb[:2]}/{d}", threads)
+                for nb in TRAINING if nb in notebooks for d in datasets] if train else []
+    report = [Job(nb, dict(common, datasets=list(datasets), train_missing=False,
+                           **({"update_readme": in_repo} if nb == "09_summary" else {})),
+                  str(out_dir / f"{nb}.ipynb"),
+                  str(logs / f"{nb}.log"), nb, threads if nb != "08_efficiency" else cores)
+              for nb in notebooks]
+    last = [j for j in report if j.notebook in ("08_efficiency", "09_summary")]
+    return training, [j for j in report if j not in last], last
+
+
+def main(argv=None) -> int:
+    costs = "\n".join(f"  {k:6s} {p.cost}" for k, p in PROFILES.items())
+    ap = argparse.ArgumentParser(description=__doc__ + "\nProfiles:\n" + costs,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="paper", choices=list(PROFILES), help="what to run (default paper; costs above)")
+    ap.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    ap.add_argument("--notebooks", default=None,
+                    help="comma-separated notebook numbers or names, e.g. 01,03 (default: all nine)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="parallel jobs (default: the number of cores); threads per job = cores // jobs")
+    ap.add_argument("--results", default=None, help="results directory (default: results/)")
+    ap.add_argument("--figures", default=None, help="figures directory (default: figures/, or <results>/figures "
+                                                     "when --results is given)")
+    ap.add_argument("--notebooks-out", default=None, help="where the executed report notebooks go (default: "
+                                                          "notebooks/ for results/, else <results>/notebooks)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    ap.add_argument("--report-only", action="store_true", help="no training stage: tables and figures from "
+                                                               "the recorded runs (make figures)")
+    ap.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
+    args = ap.parse_args(argv)
+
+    profile = PROFILES[args.profile]
+    datasets = args.datasets.split(",") if args.datasets else profile.datasets
+    notebooks = NOTEBOOKS
+    if args.notebooks:
+        want = args.notebooks.split(",")
+        notebooks = [nb for nb in NOTEBOOKS if any(nb == w or nb.startswith(w.zfill(2) + "_") for w in want)]
+        if not notebooks:
+            ap.error(f"no notebook matches {args.notebooks!r}; choose from {', '.join(NOTEBOOKS)}")
+    results = runs.results_dir(args.results).resolve()
+    default_results = results == runs.results_dir().resolve()
+    figures = Path(args.figures or (runs.REPO / "figures" if default_results else results / "figures")).resolve()
+    out_dir = Path(args.notebooks_out or (NB_DIR if default_results else results / "notebooks")).resolve()
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
+                                  args.device, seeds, train=not args.report_only)
+    print(f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
+          f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
+          f"thread(s); results in {results}", flush=True)
+    t0 = time.time()
+    done = run_jobs(training, args.jobs, "training", args.scheduler, results, figures)
+    done += run_jobs(report, args.jobs, "report", args.scheduler, results, figures)
+    done += run_jobs(last, 1, "summary", args.scheduler, results, figures)
+    failed = [j for j in done if j.status != "ok"]
+    print(f"\n{'job':<28s}{'status':<9s}{'seconds':>9s}  log")
+    for j in done:
+        print(f"{j.name:<28s}{j.status:<9s}{j.seconds:9.1f}  {j.log}")
+    print(f"\n{len(done) - len(failed)}/{len(done)} jobs ok in {time.time() - t0:.0f} s")
+    for j in failed:
+        print(f"FAILED {j.name}: {j.error} (log: {j.log}, notebook: {j.output})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The whole pipeline end to end under the smoke profile: papermill, in parallel, every notebook,
+into a temporary results directory; once on the local process pool and once on a Dask cluster."""
+import json
+
+import pandas as pd
+import pytest
+
+from cdlib import reproduce
+
+
+def check_outputs(res):
+    for nb in reproduce.NOTEBOOKS:
+        assert (res / "notebooks" / f"{nb}.ipynb").is_file(), nb
+    for table in ("01_datasets", "02_teachers", "03_main", "03_gain_cd_over_rd", "04_sampling", "05_guidance",
+                  "06_size", "07_sensitivity", "08_efficiency", "claims"):
+        assert (res / f"{table}.csv").is_file(), table
+    main = pd.read_csv(res / "03_main_runs.csv")
+    assert set(main.label) >= {"Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H"}
+    assert (main.status == "ok").all()
+    for fig in ("03_main_ndcg10", "05_guidance_curves", "06_size_ndcg10", "07_sensitivity_ndcg10",
+                "08_accuracy_vs_latency"):
+        assert (res / "figures" / f"{fig}.png").is_file() and (res / "figures" / f"{fig}.pdf").is_file()
+    records = [json.loads(p.read_text()) for p in (res / "runs").glob("*.json")]
+    assert records and all(r["config"]["subset_users"] == 150 for r in records)
+    claims = pd.read_csv(res / "claims.csv")
+    assert claims.claim.str.startswith("3. CD beats RD").any()
+
+
+def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    res = tmp_path / "results"
+    assert reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "2"]) == 0
+    check_outputs(res)
+    n_runs = len(list((res / "runs").glob("*.json")))
+    mtimes = {p: p.stat().st_mtime_ns for p in (res / "runs").glob("*.json")}
+    # resumable: a second reproduction trains nothing and rewrites no record
+    assert reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "2", "--notebooks", "03"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (res / "runs").glob("*.json")} == mtimes
+    assert len(list((res / "runs").glob("*.json"))) == n_runs
+    out = capsys.readouterr().out
+    assert "jobs ok" in out
+
+
+def test_failing_job_is_named_and_others_finish(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    res = tmp_path / "results"
+    rc = reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "2", "--notebooks", "02",
+                         "--datasets", "ml-100k,no-such-dataset"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "FAILED 02/no-such-dataset" in err and "unknown dataset" in err
+    assert "FAILED 02/ml-100k" not in err
+    assert (res / "notebooks" / "02_teachers__ml-100k.ipynb").is_file()
+    assert len(list((res / "runs").glob("*.json"))) == 2            # both teachers of ml-100k recorded
+
+
+def test_smoke_profile_on_dask_local_cluster(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    res = tmp_path / "results"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        assert reproduce.main(["--profile", "smoke", "--results", str(res), "--scheduler", cl.scheduler_address]) == 0
+    check_outputs(res)
+
+
+def test_help_says_what_each_profile_costs(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("smoke", "quick", "paper"):
+        assert name in out
+    assert "--scheduler" in out and "--jobs" in out
