@@ -9,12 +9,21 @@ import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import runs  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _log_x(grid) -> None:
+    """Log-scale x axes with labels on the decades only (minor labels overlap)."""
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def figures_dir(path=None) -> Path:
@@ -67,7 +76,7 @@ def accuracy_vs_params(df: pd.DataFrame, metric: str = "NDCG@10"):
     g = sns.relplot(data=ok, x="n_params", y=metric, hue="label", style="label", col="dataset", row="backbone",
                     kind="line", marker="o", errorbar="sd", height=3, aspect=1.3,
                     facet_kws={"sharey": False, "sharex": False})
-    g.set(xscale="log")
+    _log_x(g)
     g.set_titles("{row_name} / {col_name}")
     return g.figure
 
@@ -80,7 +89,10 @@ def sensitivity(df: pd.DataFrame, metric: str = "NDCG@10"):
     ok["panel"] = ok.dataset + " / " + ok.backbone
     g = sns.relplot(data=ok, x="value", y=metric, hue="panel", col="parameter", kind="line", marker="o",
                     errorbar="sd", height=3, aspect=1.1, facet_kws={"sharex": False, "sharey": False})
-    g.set(xscale="log")
+    _log_x(g)
+    for name, ax in g.axes_dict.items():     # label the values that were run
+        vals = sorted(ok.loc[ok.parameter == name, "value"].unique())
+        ax.set_xticks(vals, [f"{v:g}" for v in vals])
     g.set_titles("{col_name}")
     return g.figure
 
@@ -89,7 +101,7 @@ def accuracy_vs_latency(df: pd.DataFrame, metric: str = "NDCG@10"):
     """Accuracy against inference latency per model size (rows with latency_ms and metric)."""
     g = sns.relplot(data=df, x="latency_ms", y=metric, hue="label", size="n_params", col="dataset",
                     row="backbone", height=3, aspect=1.3, facet_kws={"sharey": False, "sharex": False})
-    g.set(xscale="log")
+    _log_x(g)
     g.set_titles("{row_name} / {col_name}")
     return g.figure
 
