@@ -201,6 +201,9 @@ def main(argv=None) -> int:
                     help="comma-separated notebook numbers or names, e.g. 01,03 (default: all nine)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="parallel jobs (default: the number of cores); threads per job = cores // jobs")
+    ap.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
+    ap.add_argument("--no-report", action="store_true", help="training stage only (several reproductions "
+                                                             "sharing the machine; run the report later)")
     ap.add_argument("--results", default=None, help="results directory (default: results/)")
     ap.add_argument("--figures", default=None, help="figures directory (default: figures/, or <results>/figures "
                                                      "when --results is given)")
@@ -227,6 +230,11 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
                                   args.device, seeds, train=not args.report_only)
+    if args.threads:
+        for j in training + report + last:
+            j.threads = args.threads
+    if args.no_report:
+        report, last = [], []
     print(f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
           f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
           f"thread(s); results in {results}", flush=True)

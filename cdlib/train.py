@@ -26,7 +26,7 @@ from .samplers import CDSampler, top_missing, uniform_negatives
 
 METHODS = ("none", "rd", "cd")
 # backbone defaults [decision]: learning rate and users per batch
-BACKBONE_DEFAULTS = {"cdae": {"lr": 1e-3, "batch_size": 64}, "neumf": {"lr": 1e-3, "batch_size": 16}}
+BACKBONE_DEFAULTS = {"cdae": {"lr": 3e-3, "batch_size": 64}, "neumf": {"lr": 1e-3, "batch_size": 16}}
 TEACHER_SIZE = {"cdae": 200, "neumf": 64}      # METHOD.md "Backbones"
 STUDENT_SIZES = {"cdae": (5, 10, 20, 50), "neumf": (4, 8, 16)}
 

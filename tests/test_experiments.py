@@ -1,0 +1,69 @@
+"""Grids, tables and claims on synthetic run rows (no training)."""
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cdlib import experiments as ex, report
+
+
+def rows(label, values, dataset="d", backbone="cdae"):
+    return [{"label": label, "dataset": dataset, "backbone": backbone, "seed": s, "status": "ok", "n_params": 10,
+             "HR@10": v, "NDCG@10": v / 2} for s, v in enumerate(values)]
+
+
+def test_summarize_and_compare_with_paired_t_test():
+    cd, rd = [0.50, 0.52, 0.55], [0.45, 0.50, 0.50]
+    df = pd.DataFrame(rows("CD-best", cd) + rows("RD", rd) + [{"label": "RD", "dataset": "d", "backbone": "cdae",
+                                                              "seed": 9, "status": "missing"}])
+    t = ex.summarize(df)
+    assert abs(t.loc[("d", "cdae", "CD-best"), "HR@10 mean"] - np.mean(cd)) < 1e-12
+    assert abs(t.loc[("d", "cdae", "RD"), "HR@10 std"] - np.std(rd, ddof=1)) < 1e-12
+    assert t.loc[("d", "cdae", "RD"), "seeds"] == 3                      # the missing run is not counted
+    g = ex.compare(df, "CD-best", "RD").iloc[0]
+    assert abs(g["HR@10 gain %"] - 100 * (np.mean(cd) - np.mean(rd)) / np.mean(rd)) < 1e-9
+    assert abs(g["HR@10 p"] - stats.ttest_rel(cd, rd).pvalue) < 1e-12
+
+
+def test_best_cd_picks_the_best_guide_per_cell():
+    df = pd.DataFrame(rows("CD-T", [0.3, 0.3]) + rows("CD-S", [0.4, 0.3]) + rows("CD-H", [0.1, 0.1]) +
+                      rows("CD-T", [0.1, 0.1], backbone="neumf") + rows("CD-S", [0.5, 0.5], backbone="neumf"))
+    out = ex.best_cd(df)
+    best = out[out.label == "CD-best"].groupby("backbone").best_of.first()
+    assert best["cdae"] == "CD-S" and best["neumf"] == "CD-S"
+    assert (out[out.label == "CD-best"].groupby("backbone").size() == 2).all()   # both seeds of the best guide
+
+
+def test_grids_share_configurations_across_notebooks():
+    p = ex.profile("smoke")
+    main, guid, samp = ex.main_grid(p), ex.guidance_grid(p), ex.sampling_grid(p)
+    assert guid["CD-S"] == main["CD-S"]
+    assert samp["rank/teacher"] == main["CD-T"]                         # same run, trained once
+    size = ex.size_grid(p)
+    assert {c.size for c in size["Student"] if c.backbone == "cdae"} == {5, 10, 20, 50}
+    assert all(c.size == 200 and c.method == "cd" for c in size["BACD"] if c.backbone == "cdae")
+    sens = ex.sensitivity_grid(p)
+    assert len(sens) == sum(len(v) for v in ex.SENSITIVITY.values())
+
+
+def test_claims_report_held_and_paper_range(tmp_path):
+    gain = pd.DataFrame([{"dataset": "d", "backbone": "cdae", "better": "CD-best", "worse": "RD", "seeds": 3,
+                          "HR@10 gain %": 40.0, "HR@10 p": 0.01, "NDCG@10 gain %": -1.0, "NDCG@10 p": 0.5}])
+    ex.save_table(gain, "03_gain_cd_over_rd", tmp_path)
+    main = pd.DataFrame(rows("Teacher", [0.6, 0.6]) + rows("CD-best", [0.5, 0.5]))
+    ex.save_table(main, "03_main_runs", tmp_path)
+    c = report.claims(tmp_path).set_index("claim")
+    hr = c.loc["3. CD beats RD (HR@10)"]
+    assert bool(hr["held"]) and not bool(hr["in paper range"])            # 40% is above the paper's 33.2%
+    assert not bool(c.loc["3. CD beats RD (NDCG@10)"]["held"])
+    close = c.loc["4. CD student comes close to the teacher (NDCG@10)"]
+    assert not bool(close["held"]) and close["measured"].startswith("83.3%")
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
+    ex.save_table(pd.DataFrame({"claim": ["x"], "held": [True]}).set_index("claim"), "claims", tmp_path)
+    assert report.update_readme(tmp_path, readme)
+    text = readme.read_text()
+    assert "old" not in text and "| x | True |" in text and text.endswith("after\n")
+    assert not report.update_readme(tmp_path, readme)                    # idempotent
