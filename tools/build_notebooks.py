@@ -192,19 +192,33 @@ What distillation is for: parameters, and latency and throughput of scoring all 
 users, for the teacher and every student size, on the CPU (and on a GPU when one is present). Latency
 does not depend on the weights, so untrained models of each size are timed; the accuracy beside it is
 that of the trained runs of notebook 06."""),
-        params('batch = 256                # users per scoring call'),
+        params('batch = 256                # users per scoring call\n'
+               'measure = None             # None: measure, unless CDLIB_NO_TRAIN is 1 and timings are recorded'),
         code(SETUP),
-        code('''import torch
+        md("Timings are measurements of this machine: a re-execution with `CDLIB_NO_TRAIN=1` (the nbval check, "
+           "`make figures`) reads the recorded ones instead of measuring again."),
+        code('''import os
+import torch
 from cdlib import bench, data, train
-devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-rows = []
-for d in P.datasets:
-    ds = data.load(d)
-    for b in P.backbones:
-        for label, size in [("Teacher", train.TEACHER_SIZE[b])] + [("Student", s) for s in train.STUDENT_SIZES[b]]:
-            for dev in devices:
-                rows.append({"dataset": d, "label": label, **bench.inference(b, size, ds, batch, dev)})
-eff = pd.DataFrame(rows)
+recorded = report.read_table("08_timings", results_dir)
+if measure is None:
+    measure = recorded is None or os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
+if measure:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for d in P.datasets:
+        ds = data.load(d)
+        for b in P.backbones:
+            sizes = [("Teacher", train.TEACHER_SIZE[b])] + [("Student", s) for s in train.STUDENT_SIZES[b]]
+            for label, size in sizes:
+                for dev in devices:
+                    rows.append({"dataset": d, "label": label, **bench.inference(b, size, ds, batch, dev)})
+    timings = pd.DataFrame(rows)
+    if write_tables:
+        ex.save_table(timings.set_index("dataset"), "08_timings", results_dir)
+else:
+    timings = recorded
+eff = timings.copy()
 size_runs = report.read_table("06_size_runs", results_dir)
 if size_runs is not None:
     acc = size_runs[size_runs.status == "ok"].groupby(["dataset", "backbone", "size"])[["HR@10", "NDCG@10"]].mean()
@@ -244,8 +258,11 @@ print(f"{held} of {len(claims)} claim checks held.")''', "nbval-check-output"),
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("names", nargs="*", help="only these notebooks (default: all)")
     args = ap.parse_args()
     for name, cells in NOTEBOOKS.items():
+        if args.names and name not in args.names:
+            continue
         path = NB / f"{name}.ipynb"
         if path.exists() and not args.force:
             print(f"kept {path}")
