@@ -32,8 +32,8 @@ class Profile:
     datasets: list
     backbones: list = field(default_factory=lambda: ["cdae", "neumf"])
     seeds: list = field(default_factory=lambda: [0])
-    epochs: int = 100
-    patience: int = 10
+    epochs: int = 200
+    patience: int = 20
     subset_users: int | None = None
     device: str | None = None
     cost: str = ""

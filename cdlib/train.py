@@ -43,8 +43,8 @@ class Config:
     data_seed: int = 0                # split and sampled negatives
     subset_users: int | None = None   # a seeded subset of users (smoke runs)
     # optimisation [decision]
-    epochs: int = 100
-    patience: int = 10
+    epochs: int = 200
+    patience: int = 20
     lr: float | None = None
     batch_size: int | None = None     # users per step
     weight_decay: float = 0.0
