@@ -55,7 +55,6 @@ def _execute(job: Job) -> Job:
     import papermill as pm
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(job.threads)
-    os.environ.setdefault("MPLBACKEND", "Agg")
     Path(job.output).parent.mkdir(parents=True, exist_ok=True)
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

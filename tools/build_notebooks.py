@@ -117,8 +117,8 @@ gain = ex.compare(runs, "CD-best", "RD")
         code("display(ex.fmt(table)); display(ex.fmt(full))"),
         md("## Gain of the best CD guide over RD"),
         code('print(gain.round(4).to_string())', "nbval-check-output"),
-        code('''fig = plots.bars(runs, "NDCG@10")
-plots.save(fig, "03_main_ndcg10", figures_dir)'''),
+        code('''if (runs.status == "ok").any():
+    plots.save(plots.bars(runs, "NDCG@10"), "03_main_ndcg10", figures_dir)'''),
         code('''print(report.verdict_gain(gain))''', "nbval-check-output"),
     ],
     "04_sampling": [
@@ -133,8 +133,8 @@ table = ex.summarize(runs)
 ''' + save(("runs", "04_sampling_runs"), ("table", "04_sampling"))),
         md("## Table 4: sampling strategies (test, sampled protocol)"),
         code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''fig = plots.bars(runs, "NDCG@10")
-plots.save(fig, "04_sampling_ndcg10", figures_dir)'''),
+        code('''if (runs.status == "ok").any():
+    plots.save(plots.bars(runs, "NDCG@10"), "04_sampling_ndcg10", figures_dir)'''),
         code('print(report.verdict_best(runs, [f"rank/{g}" for g in guides], "rank-aware sampling"))',
              "nbval-check-output"),
     ],
@@ -151,8 +151,8 @@ table = ex.summarize(runs)
         md("## Table 5: guidance strategies (test, sampled protocol)"),
         code("print(ex.fmt(table).to_string())", "nbval-check-output"),
         md("## Learning curves (validation NDCG@10 per epoch, mean ± sd over seeds)"),
-        code('''fig = plots.learning_curves(runs, results_dir)
-plots.save(fig, "05_guidance_curves", figures_dir)'''),
+        code('''if (runs.status == "ok").any():
+    plots.save(plots.learning_curves(runs, results_dir), "05_guidance_curves", figures_dir)'''),
         code('print(report.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))', "nbval-check-output"),
     ],
     "06_student_size": [
@@ -167,8 +167,8 @@ table = ex.summarize(runs, by=("dataset", "backbone", "label", "size"))
 ''' + save(("runs", "06_size_runs"), ("table", "06_size"))),
         md("## Table 6: accuracy by size"),
         code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''fig = plots.accuracy_vs_params(runs, "NDCG@10")
-plots.save(fig, "06_size_ndcg10", figures_dir)'''),
+        code('''if (runs.status == "ok").any():
+    plots.save(plots.accuracy_vs_params(runs, "NDCG@10"), "06_size_ndcg10", figures_dir)'''),
         code('print(report.verdict_pairs(runs, "CD", "Student", ["size"], "CD over the same-size student"))',
              "nbval-check-output"),
     ],
@@ -183,8 +183,8 @@ table = ex.summarize(runs)
 ''' + save(("runs", "07_sensitivity_runs"), ("table", "07_sensitivity"))),
         md("## Table 7: sensitivity"),
         code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''fig = plots.sensitivity(runs, "NDCG@10")
-plots.save(fig, "07_sensitivity_ndcg10", figures_dir)'''),
+        code('''if (runs.status == "ok").any():
+    plots.save(plots.sensitivity(runs, "NDCG@10"), "07_sensitivity_ndcg10", figures_dir)'''),
     ],
     "08_efficiency": [
         md("""# 08 · Efficiency
@@ -228,9 +228,9 @@ if size_runs is not None:
         code('print(eff[["dataset", "backbone", "label", "size", "n_params"]].drop_duplicates().to_string(index=False))',
              "nbval-check-output"),
         code('display(eff.round(3))'),
-        code('''if "NDCG@10" in eff:
-    fig = plots.accuracy_vs_latency(eff.dropna(subset=["NDCG@10"]), "NDCG@10")
-    plots.save(fig, "08_accuracy_vs_latency", figures_dir)'''),
+        code('''if "NDCG@10" in eff and eff["NDCG@10"].notna().any():
+    plots.save(plots.accuracy_vs_latency(eff.dropna(subset=["NDCG@10"]), "NDCG@10"), "08_accuracy_vs_latency",
+               figures_dir)'''),
     ],
     "09_summary": [
         md("""# 09 · Summary
