@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data, losses, metrics, models, runs
 from .samplers import CDSampler, top_missing, uniform_negatives
@@ -149,8 +149,8 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
             raise ValueError(f"rd_k={cfg.rd_k} exceeds the missing items of some user")
     curve, best, best_state, since = [], -1.0, None, 0
     epoch_seconds = []
-    bar = tqdm(range(cfg.epochs), desc=desc or f"{cfg.backbone}-{cfg.size} {cfg.method}", disable=not progress,
-               leave=False)
+    bar = tqdm(range(cfg.epochs), desc=desc or f"{cfg.dataset} {cfg.backbone}-{cfg.size} {cfg.method}",
+               disable=not progress, leave=False, mininterval=2.0)
     for epoch in bar:
         t0 = time.perf_counter()
         if sampler is not None:
