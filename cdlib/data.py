@@ -232,7 +232,7 @@ def _read_columns(path: Path, ncols: int, sep: str, names: list[str]) -> pd.Data
 
 def _read_lists(path: Path, counted: bool) -> pd.DataFrame:
     """Read `user item item ...` lines (counted=False: first token is the user id) or
-    `n item*n` lines (counted=True: line k is user k). Returns user, item, pos (position in file)."""
+    `n item*n` lines (counted=True: line k is user k). Returns a user, item table in file order."""
     users, items = [], []
     with open(path) as f:
         for k, line in enumerate(f):
