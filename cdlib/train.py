@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from . import data, losses, metrics, models, runs
-from .samplers import CDSampler, top_missing, uniform_negatives
+from .samplers import CDSampler, masked_scores, top_missing, uniform_negatives
 
 METHODS = ("none", "rd", "cd")
 # backbone defaults [decision]: learning rate and users per batch
@@ -212,7 +212,6 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
 def student_ranks(model, positives: data.UserItems, items: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The student's rank (1 = top) of each of `items` [users x k] among each user's missing items."""
     out = torch.empty_like(items)
-    from .samplers import masked_scores
     for s in range(0, len(items), batch_size):
         u = torch.arange(s, min(s + batch_size, len(items)), device=items.device)
         sc = masked_scores(model.score_all(u), positives, u)
