@@ -160,7 +160,8 @@ def main_markdown(main: pd.DataFrame, metrics=("HR@10", "NDCG@10")) -> pd.DataFr
                 mean, sd, n = g.loc[lab, f"{m} mean"], g.loc[lab, f"{m} std"], int(g.loc[lab, "seeds"])
                 row[lab] = f"{mean:.4f}" + ("" if pd.isna(sd) else f" ± {sd:.4f}") + f" ({n})"
             rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out[["dataset", "backbone", "metric", *[x for x in LABELS if x in out.columns]]]
 
 
 def readme_section(results=None) -> str:
