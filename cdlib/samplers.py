@@ -9,6 +9,7 @@ in its exact form). No function here loops over users in Python.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -115,7 +116,6 @@ class CDSampler:
         """Refresh the guide's ranking when the epoch calls for it."""
         if self.sampling == "uniform":
             return
-        import time
         who = self.guide_at(epoch)
         if who == "teacher" and self.source != "teacher":
             self.candidates, self.source = top_missing(self.teacher, self.positives, self.max_rank), "teacher"
