@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .experiments import PAPER_GAIN, STUDENT
+from .experiments import PAPER_GAIN, STUDENT, compare
 
 BACD_GAIN = {"HR": (3.5, 12.0), "NDCG": (4.9, 13.3)}   # journal extension [paper]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -24,6 +24,19 @@ def _mean(runs_df, label, metric):
     return g.groupby(["dataset", "backbone"])[metric].mean()
 
 
+def _gain_row(claim: str, g: dict, metric: str, alpha: float, paper_range=None, what: str = "") -> dict:
+    """A claims row from a `compare` row: held when the mean gain is positive and, with two or more
+    paired seeds, the paired t-test rejects equality at `alpha`."""
+    gain, p = g[f"{metric} gain %"], g.get(f"{metric} p")
+    sig = "" if p is None or pd.isna(p) else f", p = {p:.3g}"
+    lo, hi = paper_range if paper_range else (None, None)
+    return {"claim": claim, "dataset": g["dataset"], "backbone": g["backbone"],
+            "measured": f"{gain:+.1f}% ({what}, {g['seeds']} seeds{sig})",
+            "held": bool(gain > 0 and (p is None or pd.isna(p) or p < alpha)),
+            "in paper range": bool(lo <= gain <= hi) if paper_range else None,
+            "paper": f"{lo}-{hi}%" if paper_range else "better"}
+
+
 def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFrame:
     """One row per claim and dataset x backbone: the measured figure and whether it held.
 
@@ -35,13 +48,8 @@ def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFram
     if gains is not None:
         for g in gains.to_dict("records"):
             for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
-                gain, p = g[f"{m} gain %"], g.get(f"{m} p")
-                lo, hi = PAPER_GAIN[key]
-                sig = "" if p is None or pd.isna(p) else f", p = {p:.3g}"
-                rows.append({"claim": f"3. CD beats RD ({m})", "dataset": g["dataset"], "backbone": g["backbone"],
-                             "measured": f"{gain:+.1f}% (best CD guide vs RD, {g['seeds']} seeds{sig})",
-                             "held": bool(gain > 0 and (p is None or pd.isna(p) or p < alpha)),
-                             "in paper range": bool(lo <= gain <= hi), "paper": f"{lo}-{hi}%"})
+                rows.append(_gain_row(f"3. CD beats RD ({m})", g, m, alpha, paper_range=PAPER_GAIN[key],
+                                      what="best CD guide vs RD"))
     if main is not None:
         t, c = _mean(main, "Teacher", "NDCG@10"), _mean(main, "CD-best", "NDCG@10")
         for (d, b), tv in t.items():
@@ -66,28 +74,19 @@ def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFram
                          "paper": "smaller, faster"})
     size = read_table("06_size_runs", results)
     if size is not None:
-        for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
-            t, bacd = _mean(size, "Teacher", m), _mean(size, "BACD", m)
-            lo, hi = BACD_GAIN[key]
-            for (d, b), tv in t.items():
-                if (d, b) in bacd.index:
-                    gain = 100 * (bacd[(d, b)] - tv) / tv
-                    rows.append({"claim": f"6. born-again CD beats the teacher ({m})", "dataset": d, "backbone": b,
-                                 "measured": f"{gain:+.1f}%", "held": bool(gain > 0),
-                                 "in paper range": bool(lo <= gain <= hi), "paper": f"{lo}-{hi}%"})
+        for g in compare(size, "BACD", "Teacher").to_dict("records"):
+            for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
+                lo, hi = BACD_GAIN[key]
+                rows.append(_gain_row(f"6. born-again CD beats the teacher ({m})", g, m, alpha,
+                                      paper_range=(lo, hi), what="BACD vs teacher"))
     samp = read_table("04_sampling_runs", results)
     if samp is not None:
         ok = samp[samp.status == "ok"]
         for guide in sorted({lab.split("/")[1] for lab in ok.label}):
-            r = _mean(ok, f"rank/{guide}", "NDCG@10")
             for other in ("uniform", "topk"):
-                o = _mean(ok, f"{other}/{guide}", "NDCG@10")
-                for (d, b), rv in r.items():
-                    if (d, b) in o.index:
-                        gain = 100 * (rv - o[(d, b)]) / o[(d, b)]
-                        rows.append({"claim": f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)",
-                                     "dataset": d, "backbone": b, "measured": f"{gain:+.1f}%",
-                                     "held": bool(gain > 0), "in paper range": None, "paper": "better"})
+                for g in compare(ok, f"rank/{guide}", f"{other}/{guide}", metrics=("NDCG@10",)).to_dict("records"):
+                    rows.append(_gain_row(f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)", g,
+                                          "NDCG@10", alpha, what=f"rank vs {other}"))
     cols = ["claim", "dataset", "backbone", "measured", "held", "in paper range", "paper"]
     return pd.DataFrame(rows, columns=cols).sort_values(["claim", "dataset", "backbone"], kind="stable")
 

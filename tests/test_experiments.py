@@ -59,6 +59,20 @@ def test_claims_report_held_and_paper_range(tmp_path):
     assert not bool(close["held"]) and close["measured"].startswith("83.3%")
 
 
+def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
+    teacher, bacd = [0.60, 0.62, 0.61], [0.63, 0.64, 0.65]
+    ex.save_table(pd.DataFrame(rows("Teacher", teacher) + rows("BACD", bacd)), "06_size_runs", tmp_path)
+    ex.save_table(pd.DataFrame(rows("rank/teacher", [0.50, 0.40, 0.52]) + rows("uniform/teacher", [0.49, 0.45, 0.50])),
+                  "04_sampling_runs", tmp_path)
+    c = report.claims(tmp_path).set_index("claim")
+    hr = c.loc["6. born-again CD beats the teacher (HR@10)"]
+    p = stats.ttest_rel(bacd, teacher).pvalue
+    assert f"p = {p:.3g}" in hr["measured"] and bool(hr["held"]) == (p < 0.05)
+    assert hr["measured"].startswith(f"{100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%")
+    samp = c.loc["2. rank-aware sampling beats uniform (teacher-guided, NDCG@10)"]
+    assert not bool(samp["held"]) and "3 seeds" in samp["measured"]      # mean gain < 0
+
+
 def test_readme_section_is_replaced_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
