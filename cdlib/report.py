@@ -125,13 +125,18 @@ def verdict_pairs(runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric
 
 
 def coverage(results=None) -> pd.DataFrame:
-    """Which dataset x backbone cells of the main table hold how many seeds, per method."""
+    """Which dataset x backbone cells of the main table hold how many seeds, per method (cells whose
+    runs are all missing show 0), and which seeds."""
     main = read_table("03_main_runs", results)
     if main is None or main.empty:
         return pd.DataFrame()
     ok = main[main.status == "ok"]
-    t = ok.groupby(["dataset", "backbone", "label"]).seed.nunique().unstack("label").fillna(0).astype(int)
-    return t[[c for c in ("Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H") if c in t.columns]]
+    t = ok.groupby(["dataset", "backbone", "label"]).seed.nunique().unstack("label")
+    cells = pd.MultiIndex.from_frame(main[["dataset", "backbone"]].drop_duplicates())   # missing cells show 0
+    t = t.reindex(index=cells, columns=[c for c in LABELS[:-1] if c in set(main.label)]).fillna(0).astype(int)
+    t["seeds"] = [", ".join(map(str, sorted(ok[(ok.dataset == d) & (ok.backbone == b)].seed.unique()))) or "-"
+                  for d, b in t.index]
+    return t
 
 
 def _md(df: pd.DataFrame) -> str:

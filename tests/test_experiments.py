@@ -81,3 +81,13 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| x | True |" in text and text.endswith("after\n")
     assert not report.update_readme(tmp_path, readme)                    # idempotent
+
+
+def test_coverage_counts_seeds_and_shows_unrun_cells(tmp_path):
+    main = pd.DataFrame(rows("Teacher", [0.6, 0.6, 0.6]) + rows("RD", [0.5])
+                        + [{"label": "Teacher", "dataset": "e", "backbone": "neumf", "seed": 0, "status": "missing"}])
+    ex.save_table(main, "03_main_runs", tmp_path)
+    cov = report.coverage(tmp_path)
+    assert cov.loc[("d", "cdae"), "Teacher"] == 3 and cov.loc[("d", "cdae"), "RD"] == 1
+    assert cov.loc[("d", "cdae"), "seeds"] == "0, 1, 2"
+    assert cov.loc[("e", "neumf"), "Teacher"] == 0 and cov.loc[("e", "neumf"), "seeds"] == "-"
