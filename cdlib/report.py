@@ -76,9 +76,8 @@ def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFram
     if size is not None:
         for g in compare(size, "BACD", "Teacher").to_dict("records"):
             for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
-                lo, hi = BACD_GAIN[key]
                 rows.append(_gain_row(f"6. born-again CD beats the teacher ({m})", g, m, alpha,
-                                      paper_range=(lo, hi), what="BACD vs teacher"))
+                                      paper_range=BACD_GAIN[key], what="BACD vs teacher"))
     samp = read_table("04_sampling_runs", results)
     if samp is not None:
         ok = samp[samp.status == "ok"]
@@ -134,8 +133,8 @@ def coverage(results=None) -> pd.DataFrame:
     t = ok.groupby(["dataset", "backbone", "label"]).seed.nunique().unstack("label")
     cells = pd.MultiIndex.from_frame(main[["dataset", "backbone"]].drop_duplicates())   # missing cells show 0
     t = t.reindex(index=cells, columns=[c for c in LABELS[:-1] if c in set(main.label)]).fillna(0).astype(int)
-    t["seeds"] = [", ".join(map(str, sorted(ok[(ok.dataset == d) & (ok.backbone == b)].seed.unique()))) or "-"
-                  for d, b in t.index]
+    t["seeds"] = (ok.groupby(["dataset", "backbone"]).seed.agg(lambda s: ", ".join(map(str, sorted(s.unique()))))
+                  .reindex(cells).fillna("-"))
     return t
 
 
