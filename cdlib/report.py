@@ -138,6 +138,26 @@ def coverage(results=None) -> pd.DataFrame:
     return t
 
 
+def early_stops(results=None) -> pd.DataFrame:
+    """Runs whose best validation epoch lies within the first `patience` epochs, so that early
+    stopping ended them soon: models that peak early (and then overfit), and models stuck on their
+    initial plateau, barely trained (tell them apart by `best valid NDCG@10` and `test HR@10`
+    against the same cell's other runs). One row per such record in results/runs/."""
+    keep = ("size", "method", "guide", "sampling", "lambda_kd", "mu", "temperature", "n_distill")
+    rows = []
+    for r in runs.all_records(results):
+        c = r["config"]
+        if r["best_epoch"] <= c["patience"] and r["epochs_run"] < c["epochs"]:
+            rows.append({"dataset": c["dataset"], "backbone": c["backbone"], "seed": c["seed"],
+                         **{k: c.get(k) for k in keep}, "best epoch": r["best_epoch"],
+                         "epochs run": r["epochs_run"],
+                         "best valid NDCG@10": round(max(e["valid_NDCG@10"] for e in r["curve"]), 4),
+                         "test HR@10": round(r["test_sampled"]["HR@10"], 4)})
+    cols = ["dataset", "backbone", "seed", *keep, "best epoch", "epochs run", "best valid NDCG@10", "test HR@10"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["dataset", "backbone", "size", "method", "seed"],
+                                                        ignore_index=True)
+
+
 def _md(df: pd.DataFrame) -> str:
     """A DataFrame as a GitHub markdown table (no extra dependency)."""
     df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
@@ -180,6 +200,10 @@ def readme_section(results=None) -> str:
     cov = coverage(results)
     if not cov.empty:
         parts += ["### Coverage (seeds recorded per dataset, backbone and method)", "", _md(cov), ""]
+    stops = early_stops(results)
+    if not stops.empty:
+        parts += ["### Runs stopped early (best validation epoch within the first `patience` epochs)", "",
+                  "See [Known issues](#known-issues).", "", _md(stops.astype(object).fillna("")), ""]
     parts.append(END)
     return "\n".join(parts)
 

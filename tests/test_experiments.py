@@ -91,3 +91,16 @@ def test_coverage_counts_seeds_and_shows_unrun_cells(tmp_path):
     assert cov.loc[("d", "cdae"), "Teacher"] == 3 and cov.loc[("d", "cdae"), "RD"] == 1
     assert cov.loc[("d", "cdae"), "seeds"] == "0, 1, 2"
     assert cov.loc[("e", "neumf"), "Teacher"] == 0 and cov.loc[("e", "neumf"), "seeds"] == "-"
+
+
+def test_early_stops_lists_runs_stopped_on_their_initial_plateau(tmp_path):
+    from cdlib import runs
+    base = {"dataset": "d", "backbone": "neumf", "size": 8, "method": "rd", "seed": 0, "epochs": 200, "patience": 20}
+    for seed, best, run in ((0, 4, 24), (1, 150, 170), (2, 20, 200)):   # plateau; trained; budget spent
+        runs.write_record({"config": dict(base, seed=seed), "best_epoch": best, "epochs_run": run,
+                           "test_sampled": {"HR@10": 0.4 + seed / 10},
+                           "curve": [{"valid_NDCG@10": 0.2}, {"valid_NDCG@10": 0.25}]}, tmp_path)
+    stops = report.early_stops(tmp_path)
+    assert list(stops.seed) == [0] and stops.loc[0, "best epoch"] == 4 and stops.loc[0, "test HR@10"] == 0.4
+    assert stops.loc[0, "best valid NDCG@10"] == 0.25
+    assert "### Runs stopped early" in report.readme_section(tmp_path)
