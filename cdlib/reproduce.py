@@ -163,7 +163,8 @@ def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = No
 
 
 def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_dir: Path,
-         n_jobs: int, device=None, seeds=None, train: bool = True) -> tuple[list, list, list]:
+         n_jobs: int, device=None, seeds=None, train: bool = True,
+         backbones=None) -> tuple[list, list, list]:
     """The jobs of each stage: training (notebook x dataset), report, and the final summary."""
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, n_jobs))
@@ -176,6 +177,8 @@ def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_di
         common["device"] = device
     if seeds is not None:
         common["seeds"] = list(seeds)
+    if backbones:
+        common["backbones"] = list(backbones)
     logs = results / "logs"
     training = [Job(nb, dict(common, datasets=[d], write_tables=False), str(results / "notebooks" / f"{nb}__{d}.ipynb"),
                     str(logs / f"{nb}__{d}.log"), f"{nb[:2]}/{d}", threads)
@@ -196,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="paper", choices=list(PROFILES), help="what to run (default paper; costs above)")
     ap.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    ap.add_argument("--backbones", default=None, help="comma-separated backbones, cdae,neumf (default: both)")
     ap.add_argument("--notebooks", default=None,
                     help="comma-separated notebook numbers or names, e.g. 01,03 (default: all nine)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -228,7 +232,8 @@ def main(argv=None) -> int:
     out_dir = Path(args.notebooks_out or (NB_DIR if default_results else results / "notebooks")).resolve()
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
-                                  args.device, seeds, train=not args.report_only)
+                                  args.device, seeds, train=not args.report_only,
+                                  backbones=args.backbones.split(",") if args.backbones else None)
     if args.threads:
         for j in training + report + last:
             j.threads = args.threads

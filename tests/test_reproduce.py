@@ -70,3 +70,11 @@ def test_help_says_what_each_profile_costs(capsys):
     for name in ("smoke", "quick", "paper"):
         assert name in out
     assert "--scheduler" in out and "--jobs" in out
+
+
+def test_plan_passes_seeds_and_backbones_to_every_job(tmp_path):
+    training, report, last = reproduce.plan("paper", ["ml-1m"], ["03_main", "09_summary"], tmp_path, tmp_path,
+                                            tmp_path, 2, seeds=[1], backbones=["neumf"])
+    for job in training + report + last:
+        assert job.parameters["seeds"] == [1] and job.parameters["backbones"] == ["neumf"]
+    assert [j.notebook for j in training] == ["03_main"] and [j.notebook for j in last] == ["09_summary"]
