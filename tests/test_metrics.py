@@ -92,3 +92,17 @@ def test_evaluate_full_and_sampled_on_real_data(ml100k):
         s = metrics.evaluate(m, ml100k, split, "sampled")
         sd = (0.1 * 0.9 / ml100k.n_users) ** 0.5            # random scores: HR@10 = 10/100 in expectation
         assert abs(s["HR@10"] - 0.1) < 4 * sd
+
+
+def test_count_above_matches_brute_force_with_ties_and_minus_inf():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (7, 40), generator=g).float()      # many ties
+    scores[:, :3] = -math.inf
+    thresholds = scores[:, [0, 5, 9]].clone()
+    for strict in (True, False):
+        got = metrics.count_above(scores, thresholds, strict)
+        assert got.dtype == torch.int64
+        for b in range(7):
+            for i in range(3):
+                want = sum((s > thresholds[b, i]) if strict else (s >= thresholds[b, i]) for s in scores[b].tolist())
+                assert got[b, i] == want
