@@ -22,16 +22,16 @@ def count_above(scores: torch.Tensor, thresholds: torch.Tensor, strict: bool = T
     On the CPU numpy's count_nonzero does the counting: exact, and about 10x faster than summing
     torch's boolean tensor (0.06 s against 0.6 s for 256 x 10 thresholds over 26k items, one thread)."""
     if scores.device.type == "cpu":
-        s, t = scores.detach().numpy(), thresholds.detach().numpy()
-        hit = np.greater(s[:, None, :], t[:, :, None]) if strict else np.greater_equal(s[:, None, :], t[:, :, None])
+        above = np.greater if strict else np.greater_equal
+        hit = above(scores.detach().numpy()[:, None, :], thresholds.detach().numpy()[:, :, None])
         return torch.from_numpy(np.count_nonzero(hit, axis=-1).astype(np.int64))
-    hit = scores[:, None, :] > thresholds[:, :, None] if strict else scores[:, None, :] >= thresholds[:, :, None]
-    return hit.sum(-1)
+    above = torch.gt if strict else torch.ge
+    return above(scores[:, None, :], thresholds[:, :, None]).sum(-1)
 
 
 def ranks_sampled(target_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
     """[B] ranks of the targets against [B x K] negatives, ties against the target."""
-    return 1 + (negative_scores >= target_scores[:, None]).sum(1)
+    return 1 + count_above(negative_scores, target_scores[:, None], strict=False)[:, 0]
 
 
 def ranks_full(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .experiments import PAPER_GAIN, STUDENT, compare
+from .experiments import PAPER_GAIN, SENSITIVITY, STUDENT, compare
 
 BACD_GAIN = {"HR": (3.5, 12.0), "NDCG": (4.9, 13.3)}   # journal extension [paper]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -143,7 +143,7 @@ def early_stops(results=None) -> pd.DataFrame:
     stopping ended them soon: models that peak early (and then overfit), and models stuck on their
     initial plateau, barely trained (tell them apart by `best valid NDCG@10` and `test HR@10`
     against the same cell's other runs). One row per such record in results/runs/."""
-    keep = ("size", "method", "guide", "sampling", "lambda_kd", "mu", "temperature", "n_distill")
+    keep = ("size", "method", "guide", "sampling", *SENSITIVITY)
     rows = []
     for r in runs.all_records(results):
         c = r["config"]

@@ -216,7 +216,7 @@ def student_ranks(model, positives: data.UserItems, items: torch.Tensor, batch_s
         u = torch.arange(s, min(s + batch_size, len(items)), device=items.device)
         sc = masked_scores(model.score_all(u), positives, u)
         target = sc.gather(1, items[u])
-        out[u] = 1 + metrics.count_above(sc, target).to(out.device)
+        out[u] = 1 + metrics.count_above(sc, target)
     return out
 
 
