@@ -5,6 +5,7 @@ import torch
 from cdlib import models
 
 
+@pytest.mark.filterwarnings("error")  # e.g. an out= tensor of the wrong shape, silently resized
 @pytest.mark.parametrize("backbone,size", [("cdae", 20), ("neumf", 8), ("neumf", 4)])
 def test_scoring_paths_agree(ml100k, backbone, size):
     torch.manual_seed(0)
@@ -20,6 +21,9 @@ def test_scoring_paths_agree(ml100k, backbone, size):
     rows = torch.tensor([0, 0, 2, 1])
     its = torch.tensor([5, 6, 7, 8])
     assert torch.allclose(m.pair_logits(users, rows, its), full[rows, its], atol=1e-5)
+    if backbone == "neumf":  # chunks of 2 users through the reused buffer, the last one short
+        chunked = m.score_all(users, max_elems=2 * ml100k.n_items * size)
+        assert torch.allclose(chunked, full, atol=1e-6)
 
 
 def test_parameter_counts(ml100k):
