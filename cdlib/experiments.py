@@ -51,9 +51,9 @@ PROFILES = {
                           "training on one core (measured: 1822 s summed over the 56 runs), 15-20 min with 2 jobs"),
     "paper": Profile("paper", list(data.DATASETS), seeds=[0, 1, 2, 3, 4],
                      cost="six datasets, both backbones, 5 seeds, full budgets: days on 2 cores. Measured on one "
-                          "core per seed, main table: ml-1m 50-58 min, amazon-music 48-58 min; citeulike-t 3-4 h "
-                          "(measured per run: CDAE 4-14 min, NeuMF RD 46 min; NeuMF's student-guided CD rescores "
-                          "all 26k items every epoch, about 17 s); GPU (--device cuda) not measured"),
+                          "core per seed, main table: ml-1m 50-58 min, amazon-music 48-58 min; citeulike-t about 1.5 h "
+                          "per backbone (measured per run, two jobs side by side: CDAE 6-20 min, NeuMF 4-28 min, "
+                          "the longest RD and student-guided CD); GPU (--device cuda) not measured"),
 }
 
 
