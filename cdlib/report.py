@@ -193,7 +193,8 @@ def readme_section(results=None) -> str:
     if main is not None:
         parts += ["### Main table (test, sampled protocol; mean ± std over (seeds))", "",
                   "Students: CDAE H = 20, NeuMF d = 8. CD-T/S/H: teacher-, student-, hybrid-guided CD; "
-                  "CD-best: the best guide per row.", "", _md(main_markdown(main)), ""]
+                  "CD-best: per dataset and backbone, the CD guide with the best mean test NDCG@10, "
+                  "shown for both metrics.", "", _md(main_markdown(main)), ""]
     cl = read_table("claims", results)
     if cl is not None:
         parts += ["### Claims", "", _md(cl), ""]
