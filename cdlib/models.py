@@ -141,7 +141,7 @@ class NeuMF(Recommender):
         a = self.mlp_user(users) @ self.layer1.weight[:, :d].T + self.layer1.bias  # [B, d]
         c = self.mlp_item.weight @ self.layer1.weight[:, d:].T                    # [I, d]
         out = torch.empty(len(users), n_items, device=gmf.device)
-        step = min(len(users), max(1, max_elems // (n_items * d)))
+        step = max(1, min(len(users), max_elems // (n_items * d)))
         buf = torch.empty(step, n_items, d, device=gmf.device)
         for s in range(0, len(users), step):
             h = buf[:min(step, len(users) - s)]

@@ -24,6 +24,7 @@ def test_scoring_paths_agree(ml100k, backbone, size):
     if backbone == "neumf":  # chunks of 2 users through the reused buffer, the last one short
         chunked = m.score_all(users, max_elems=2 * ml100k.n_items * size)
         assert torch.allclose(chunked, full, atol=1e-6)
+    assert m.score_all(users[:0]).shape == (0, ml100k.n_items)  # an empty batch scores nothing
 
 
 def test_parameter_counts(ml100k):
