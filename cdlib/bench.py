@@ -1,4 +1,4 @@
-"""Timings on one dataset (default ml-1m): `python -m cdlib.bench [--dataset ml-1m] [--device cpu]`.
+"""Timings on one dataset (default ml-1m): `python -m cdlib.bench [--dataset ml-1m] [--device cpu] [--out F.json]`.
 
 Prints seconds per training epoch (CDAE teacher; student with method none and with CD
 student-guided), the student-guided sample refresh for all users, full-protocol evaluation of
@@ -8,14 +8,17 @@ Models are untrained (timings do not depend on the weights), so nothing is train
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 
-from . import data, metrics, models
+from . import data, metrics, models, runs
 from .runs import device_name
 from .samplers import CDSampler, top_missing
-from .train import Config, fit
+from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -76,12 +79,44 @@ def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repea
             "latency_ms": 1e3 * sec, "throughput_users_s": len(users) / sec, "device": device_name(dev)}
 
 
+def device_kind(name: str) -> str:
+    """'cpu' or 'cuda' from a device name as `runs.device_name` writes it."""
+    return "cpu" if name.startswith("cpu") else "cuda"
+
+
+def timing_table(datasets, backbones, devices, batch: int = 256, keep: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`inference` of the teacher and every student size per dataset, backbone and device (Table 8).
+
+    Rows of `keep` (recorded timings) are kept unless this call measures their dataset, backbone and
+    kind of device again, so a GPU machine adds its rows to the CPU ones instead of replacing them.
+    """
+    rows = []
+    for d in datasets:
+        ds = data.load(d)
+        for b in backbones:
+            sizes = [("Teacher", TEACHER_SIZE[b])] + [("Student", s) for s in STUDENT_SIZES[b]]
+            for label, size in sizes:
+                for dev in devices:
+                    rows.append({"dataset": d, "label": label, **inference(b, size, ds, batch, dev)})
+    new = pd.DataFrame(rows)
+    if keep is None or keep.empty:
+        return new
+
+    def keys(df):
+        return list(zip(df.dataset, df.backbone, df.device.map(device_kind)))
+    measured = set(keys(new))
+    old = keep[[k not in measured for k in keys(keep)]]
+    return pd.concat([old, new], ignore_index=True)[new.columns]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     ap.add_argument("--student-size", type=int, default=20)
+    ap.add_argument("--out", help="also write the timings, with their provenance, to this JSON file")
     args = ap.parse_args(argv)
+    t0 = time.time()
     dev = models.default_device(args.device)
     ds = data.load(args.dataset)
     print(f"{ds}  device: {device_name(dev)}  torch {torch.__version__}")
@@ -122,6 +157,12 @@ def main(argv=None):
     for backbone, size in (("neumf", 64), ("neumf", 8)):
         cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
         report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
+    if args.out:
+        record = {"seconds": dict(rows), "wall_seconds": time.time() - t0,
+                  "dataset": {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items},
+                  "provenance": runs.provenance(dev)}
+        runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

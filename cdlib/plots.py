@@ -98,9 +98,11 @@ def sensitivity(df: pd.DataFrame, metric: str = "NDCG@10"):
 
 
 def accuracy_vs_latency(df: pd.DataFrame, metric: str = "NDCG@10"):
-    """Accuracy against inference latency per model size (rows with latency_ms and metric)."""
-    g = sns.relplot(data=df, x="latency_ms", y=metric, hue="label", size="n_params", col="dataset",
-                    row="backbone", height=3, aspect=1.3, facet_kws={"sharey": False, "sharex": False})
+    """Accuracy against inference latency per model size (rows with latency_ms and metric), one
+    marker per device."""
+    g = sns.relplot(data=df, x="latency_ms", y=metric, hue="label", size="n_params", style="device",
+                    col="dataset", row="backbone", height=3, aspect=1.3,
+                    facet_kws={"sharey": False, "sharex": False})
     _log_x(g)
     g.set_titles("{row_name} / {col_name}")
     return g.figure

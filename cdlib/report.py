@@ -60,11 +60,12 @@ def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFram
                              "held": bool(r >= close), "in paper range": None, "paper": f">= {100 * close:.0f}% [decision]"})
     eff = read_table("08_efficiency", results)
     if eff is not None:
-        for (d, b), g in eff.groupby(["dataset", "backbone"]):
-            t = g[g.label == "Teacher"].iloc[0]
+        for (d, b, _), g in eff.groupby(["dataset", "backbone", "device"], sort=False):
+            t = g[g.label == "Teacher"]
             s = g[(g.label == "Student") & (g["size"] == STUDENT[b])]
-            if s.empty:
+            if t.empty or s.empty:
                 continue
+            t = t.iloc[0]
             main_s = s.iloc[0]
             speed = t.latency_ms / main_s.latency_ms
             rows.append({"claim": "5. the student is smaller and faster", "dataset": d, "backbone": b,

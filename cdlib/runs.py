@@ -59,10 +59,16 @@ def all_records(results=None) -> list[dict]:
 
 def git_state() -> dict:
     def git(*args):
-        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        try:
+            r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:                                             # no git installed
+            return None
         return r.stdout.strip() if r.returncode == 0 else None
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("CDLIB_GIT_COMMIT"):   # a copy of the tree without .git (a GPU machine)
+        return {"commit": os.environ["CDLIB_GIT_COMMIT"], "dirty": None, "from": "CDLIB_GIT_COMMIT"}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def device_name(device) -> str:

@@ -104,3 +104,17 @@ def test_early_stops_lists_runs_stopped_on_their_initial_plateau(tmp_path):
     assert list(stops.seed) == [0] and stops.loc[0, "best epoch"] == 4 and stops.loc[0, "test HR@10"] == 0.4
     assert stops.loc[0, "best valid NDCG@10"] == 0.25
     assert "### Runs stopped early" in report.readme_section(tmp_path)
+
+
+def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
+    def t(label, size, ms, device):
+        return {"dataset": "d", "label": label, "backbone": "cdae", "size": size, "n_params": 10 * size,
+                "latency_ms": ms, "device": device}
+    eff = pd.DataFrame([t("Teacher", 200, 4.0, "cpu: x"), t("Student", 20, 1.0, "cpu: x"),
+                        t("Teacher", 200, 0.1, "NVIDIA H100"), t("Student", 20, 0.2, "NVIDIA H100")])
+    ex.save_table(eff, "08_efficiency", tmp_path)
+    c = report.claims(tmp_path)
+    c = c[c.claim == "5. the student is smaller and faster"].set_index(c.measured.str.contains("H100"))
+    assert len(c) == 2
+    assert bool(c.loc[False, "held"]) and "4.0x faster" in c.loc[False, "measured"]
+    assert not bool(c.loc[True, "held"]) and "0.5x faster" in c.loc[True, "measured"]

@@ -193,27 +193,22 @@ users, for the teacher and every student size, on the CPU (and on a GPU when one
 does not depend on the weights, so untrained models of each size are timed; the accuracy beside it is
 that of the trained runs of notebook 06."""),
         params('batch = 256                # users per scoring call\n'
-               'measure = None             # None: measure, unless CDLIB_NO_TRAIN is 1 and timings are recorded'),
+               'measure = None             # None: measure, unless CDLIB_NO_TRAIN is 1 and timings are recorded\n'
+               'devices = None             # None: cpu, and cuda if present; recorded rows of other devices are kept'),
         code(SETUP),
-        md("Timings are measurements of this machine: a re-execution with `CDLIB_NO_TRAIN=1` (the nbval check, "
-           "`make figures`) reads the recorded ones instead of measuring again."),
+        md("Timings are measurements of the machine that ran them, named in the `device` column: a re-execution "
+           "with `CDLIB_NO_TRAIN=1` (the nbval check, `make figures`) reads the recorded ones instead of measuring "
+           "again, and a measuring run replaces only the rows of its own kind of device, so GPU rows measured on "
+           "another machine (`devices=[\"cuda\"]`) stay beside this machine's CPU rows."),
         code('''import os
 import torch
-from cdlib import bench, data, train
+from cdlib import bench
 recorded = report.read_table("08_timings", results_dir)
 if measure is None:
     measure = recorded is None or os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
 if measure:
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
-    for d in P.datasets:
-        ds = data.load(d)
-        for b in P.backbones:
-            sizes = [("Teacher", train.TEACHER_SIZE[b])] + [("Student", s) for s in train.STUDENT_SIZES[b]]
-            for label, size in sizes:
-                for dev in devices:
-                    rows.append({"dataset": d, "label": label, **bench.inference(b, size, ds, batch, dev)})
-    timings = pd.DataFrame(rows)
+    devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    timings = bench.timing_table(P.datasets, P.backbones, devices, batch, keep=recorded)
     if write_tables:
         ex.save_table(timings.set_index("dataset"), "08_timings", results_dir)
 else:
@@ -224,7 +219,7 @@ if size_runs is not None:
     acc = size_runs[size_runs.status == "ok"].groupby(["dataset", "backbone", "size"])[["HR@10", "NDCG@10"]].mean()
     eff = eff.join(acc, on=["dataset", "backbone", "size"])
 ''' + save(("eff", "08_efficiency"))),
-        md("## Table 8: parameters (stable) and timings (this machine, this run)"),
+        md("## Table 8: parameters (stable) and timings (per recorded device)"),
         code('print(eff[["dataset", "backbone", "label", "size", "n_params"]].drop_duplicates().to_string(index=False))',
              "nbval-check-output"),
         code('display(eff.round(3))'),
