@@ -64,11 +64,10 @@ def git_state() -> dict:
         except OSError:                                             # no git installed
             return None
         return r.stdout.strip() if r.returncode == 0 else None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("CDLIB_GIT_COMMIT"):   # a copy of the tree without .git (a GPU machine)
+    if os.environ.get("CDLIB_GIT_COMMIT"):   # a copy of the working tree whose .git is absent or not its own
         return {"commit": os.environ["CDLIB_GIT_COMMIT"], "dirty": None, "from": "CDLIB_GIT_COMMIT"}
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 def device_name(device) -> str:
