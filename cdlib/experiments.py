@@ -53,8 +53,9 @@ PROFILES = {
                      cost="six datasets, both backbones, 5 seeds, full budgets: days on 2 cores. Measured on one "
                           "core per seed, main table: ml-1m 50-58 min, amazon-music 48-58 min; citeulike-t about 1.5 h "
                           "per backbone (measured per run, two jobs side by side: CDAE 6-20 min, NeuMF 4-28 min, "
-                          "the longest RD and student-guided CD). GPU (--device cuda): whole runs not timed; "
-                          "seconds per epoch on an H200 in results/bench/*_cuda.json (python -m cdlib.bench)"),
+                          "the longest RD and student-guided CD); foursquare CDAE about 42 min per seed (4-9 min "
+                          "per run, two seeds side by side). GPU (--device cuda): whole runs not timed; seconds "
+                          "per epoch on an H200 in results/bench/*_cuda.json (python -m cdlib.bench)"),
 }
 
 
