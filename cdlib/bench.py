@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 
 from . import data, metrics, models, runs
-from .runs import device_name
 from .samplers import CDSampler, top_missing
 from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit
 
@@ -81,20 +80,17 @@ def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repea
             torch.cuda.synchronize()
     sec = timed(once, repeat, warmup_s=0.5)   # a GPU idles at low clocks: one warm-up call is not enough
     return {"backbone": backbone, "size": size, "n_params": m.n_params(), "batch": len(users),
-            "latency_ms": 1e3 * sec, "throughput_users_s": len(users) / sec, "device": device_name(dev)}
+            "latency_ms": 1e3 * sec, "throughput_users_s": len(users) / sec, "device": runs.device_name(dev)}
 
 
-def device_kind(name: str) -> str:
-    """'cpu' or 'cuda' from a device name as `runs.device_name` writes it."""
-    return "cpu" if name.startswith("cpu") else "cuda"
-
-
-def timing_table(datasets, backbones, devices, batch: int = 256, keep: pd.DataFrame | None = None) -> pd.DataFrame:
-    """`inference` of the teacher and every student size per dataset, backbone and device (Table 8).
+def timing_table(datasets, backbones, devices=None, batch: int = 256, keep: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`inference` of the teacher and every student size per dataset, backbone and device (Table 8);
+    `devices` default: cpu, and cuda if present.
 
     Rows of `keep` (recorded timings) are kept unless this call measures their dataset, backbone and
     kind of device again, so a GPU machine adds its rows to the CPU ones instead of replacing them.
     """
+    devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for d in datasets:
         ds = data.load(d)
@@ -108,7 +104,7 @@ def timing_table(datasets, backbones, devices, batch: int = 256, keep: pd.DataFr
         return new
 
     def keys(df):
-        return list(zip(df.dataset, df.backbone, df.device.map(device_kind)))
+        return list(zip(df.dataset, df.backbone, df.device.map(runs.device_kind)))
     measured = set(keys(new))
     old = keep[[k not in measured for k in keys(keep)]]
     return pd.concat([old, new], ignore_index=True)[new.columns]
@@ -124,7 +120,7 @@ def main(argv=None):
     t0 = time.time()
     dev = models.default_device(args.device)
     ds = data.load(args.dataset)
-    print(f"{ds}  device: {device_name(dev)}  torch {torch.__version__}")
+    print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
     rows = []
 
     def report(what, seconds, extra=""):
@@ -164,7 +160,7 @@ def main(argv=None):
         report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
     if args.out:
         record = {"seconds": dict(rows), "wall_seconds": time.time() - t0,
-                  "dataset": {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items},
+                  "dataset": runs.dataset_info(ds),
                   "provenance": runs.provenance(dev)}
         runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -88,6 +88,17 @@ def device_name(device) -> str:
     return f"cpu: {proc}, {torch.get_num_threads()} threads"
 
 
+def device_kind(name: str) -> str:
+    """'cpu' or 'cuda' from a name as `device_name` writes it."""
+    return "cpu" if name.startswith("cpu") else "cuda"
+
+
+def dataset_info(ds) -> dict:
+    """What a record says of its dataset: name, SHA-256 of every file read, and size."""
+    return {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items,
+            "train_interactions": int(ds.train.nnz)}
+
+
 def provenance(device) -> dict:
     import numpy
     import pandas

@@ -274,8 +274,7 @@ def run(config: Config, results=None, refresh: bool = False, progress: bool = Tr
            "n_params": model.n_params(), "teacher_n_params": teacher.n_params() if teacher is not None else None,
            "teacher_key": runs.config_key(dataclasses.asdict(cfg.teacher())) if teacher is not None else None,
            "timing": dict(out["timing"], wall_seconds=time.time() - t0),
-           "dataset": {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items,
-                       "train_interactions": int(ds.train.nnz)},
+           "dataset": runs.dataset_info(ds),
            "provenance": runs.provenance(model.device)}
     runs.write_record(rec, results)
     return rec

@@ -1,7 +1,7 @@
 """Table 8 timings: a measuring run adds its device's rows and keeps the others."""
 import pandas as pd
 
-from cdlib import bench, train
+from cdlib import bench, runs, train
 
 
 def test_timing_table_keeps_other_devices_and_replaces_its_own(ml100k):
@@ -14,7 +14,7 @@ def test_timing_table_keeps_other_devices_and_replaces_its_own(ml100k):
     new = t[t.latency_ms != 99.0]
     assert len(new) == 1 + len(train.STUDENT_SIZES["cdae"])
     assert set(new["size"]) == {train.TEACHER_SIZE["cdae"], *train.STUDENT_SIZES["cdae"]}
-    assert (new.device.map(bench.device_kind) == "cpu").all() and (new.batch == 16).all()
+    assert (new.device.map(runs.device_kind) == "cpu").all() and (new.batch == 16).all()
     kept = t[t.latency_ms == 99.0]
     assert sorted(zip(kept.dataset, kept.backbone, kept.device)) == [
         ("ml-100k", "cdae", "NVIDIA H100"), ("ml-100k", "neumf", "cpu: old"), ("ml-1m", "cdae", "cpu: old")]

@@ -201,13 +201,11 @@ that of the trained runs of notebook 06."""),
            "again, and a measuring run replaces only the rows of its own kind of device, so GPU rows measured on "
            "another machine (`devices=[\"cuda\"]`) stay beside this machine's CPU rows."),
         code('''import os
-import torch
 from cdlib import bench
 recorded = report.read_table("08_timings", results_dir)
 if measure is None:
     measure = recorded is None or os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
 if measure:
-    devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     timings = bench.timing_table(P.datasets, P.backbones, devices, batch, keep=recorded)
     if write_tables:
         ex.save_table(timings.set_index("dataset"), "08_timings", results_dir)
