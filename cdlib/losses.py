@@ -1,6 +1,6 @@
 """Losses of METHOD.md. Normalisation: every term is a mean over the (user, item) pairs of the
 batch it covers (L_CF over positives and negatives, L_KD over the distilled items, L_RD over users
-of per-user weighted sums whose weights sum to 1), so lambda weighs like against like."""
+of per-user weighted sums whose position weights sum to 1), so lambda weighs like against like."""
 from __future__ import annotations
 
 import torch
@@ -26,20 +26,32 @@ def cd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def rd_weights(k: int, rd_lambda: float, student_rank: torch.Tensor | None = None,
-               rd_mu: float = 0.1) -> torch.Tensor:
-    """Ranking Distillation weights (Tang & Wang, KDD 2018; METHOD.md "RD"):
-    w_r ∝ exp(-r / rd_lambda) x tanh(max(rd_mu (r^_S(pi_r) - r), 0)), normalised per user to sum 1.
-    student_rank: [B x k] student ranks of the teacher's top-k items (1 = top); None = position
-    weight only (before the warm-up ends). Returns [B x k] (or [1 x k])."""
+               rd_mu: float = 0.1, renormalize: bool = False) -> torch.Tensor:
+    """Ranking Distillation weights (Tang & Wang, KDD 2018, Eq. 8-9; METHOD.md "RD"):
+    w_r = w^pos_r x w^dyn_r, w^pos_r = exp(-r / rd_lambda) / sum_r' exp(-r' / rd_lambda) (normalised
+    once), w^dyn_r = tanh(max(rd_mu (r^_S(pi_r) - r), 0)).
+    student_rank: [B x k] student ranks of the teacher's top-k items (1 = top); None = w^pos only
+    (before the warm-up ends). As in the authors' code (`_weight_renormalize = False`) the product
+    is not renormalised per user; renormalize=True divides it by its per-user sum (a variant).
+    Returns [B x k] (or [1 x k])."""
     r = torch.arange(1, k + 1, dtype=torch.float32)
     w = torch.exp(-r / rd_lambda)[None]
-    if student_rank is not None:
-        w = w.to(student_rank.device) * torch.tanh(torch.clamp(rd_mu * (student_rank.float() - r.to(student_rank.device)), min=0))
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    w = w / w.sum()
+    if student_rank is None:
+        return w
+    r = r.to(student_rank.device)
+    w = w.to(student_rank.device) * torch.tanh(torch.clamp(rd_mu * (student_rank.float() - r), min=0))
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12) if renormalize else w
+
+
+def rd_sampled_rank(item_logits: torch.Tensor, sample_logits: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The student's rank (1 = top) of each of [B x k] items, estimated as Tang & Wang's code does
+    from [B x S] uniformly sampled items: 1 + floor(n_items x #{samples scoring higher} / S)."""
+    above = (sample_logits[:, None, :] > item_logits[:, :, None]).sum(-1)
+    return 1 + torch.div(above * n_items, sample_logits.shape[1], rounding_mode="floor")
 
 
 def rd_loss(student_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """L_RD = -sum_u sum_r w_r log s(z^S_{u,pi_r}), mean over users (weights sum to 1 per user).
+    """L_RD = -sum_u sum_r w_r log s(z^S_{u,pi_r}), a mean over users of the per-user weighted sums.
     The full RD objective is L = L_CF + lambda_RD * L_RD."""
     return -(weights * F.logsigmoid(student_logits)).sum(-1).mean()
-

@@ -3,8 +3,10 @@
 One held-out item per user. HR@N = 1 if its rank <= N; NDCG@N = 1/log2(rank + 1) if so, else 0;
 MRR = 1/rank. Ties are broken against the held-out item: rank = 1 + #{candidates scoring >= it}
 (pessimistic), so a model that scores everything alike gets no credit.
-  sampled: the held-out item against its user's 99 sampled negatives;
-  full:    against every item not in the user's training set (test: nor the validation item).
+  sampled: the held-out item against its user's 99 sampled negatives (validation: its own draw,
+           `Dataset.valid_negatives`, unless valid_negatives="test" asks for the test candidates);
+  full:    against every item not in the user's training set nor the other held-out item.
+A non-finite score raises FloatingPointError naming the model and the split.
 """
 from __future__ import annotations
 
@@ -52,28 +54,63 @@ def summarize(ranks: torch.Tensor, cutoffs=CUTOFFS) -> dict:
     return out
 
 
+class Popularity:
+    """The most-popular ranking: every user scores an item by its number of training interactions.
+    A trained model that does not beat it is still on the initial plateau."""
+
+    def __init__(self, ds: Dataset, device="cpu"):
+        self.pop = torch.from_numpy(np.asarray(ds.train.sum(0)).ravel().astype(np.float32)).to(device)
+        self.device, self.size = torch.device(device), 0
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.pop.expand(len(users), -1).clone()
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.pop[items]
+
+
+def check_finite(scores: torch.Tensor, model, what: str) -> None:
+    """Raise FloatingPointError when a model's scores hold NaN or infinity (they would rank silently)."""
+    if not torch.isfinite(scores).all():
+        n = int((~torch.isfinite(scores)).sum())
+        raise FloatingPointError(f"{type(model).__name__} (size {getattr(model, 'size', '?')}): {n} non-finite "
+                                 f"score(s) on {what}; the model has diverged")
+
+
 @torch.no_grad()
 def evaluate(model, ds: Dataset, split: str = "test", protocol: str = "sampled",
-             batch_size: int = 1024, positives: UserItems | None = None, users=None) -> dict:
-    """HR@{5,10,20}, NDCG@{5,10,20} and MRR of `model` on the validation or test item."""
+             batch_size: int = 1024, positives: UserItems | None = None, users=None,
+             valid_negatives: str = "own") -> dict:
+    """HR@{5,10,20}, NDCG@{5,10,20} and MRR of `model` on the validation or test item.
+    valid_negatives: "own" (the validation's own sampled candidates) or "test" (the test's, the
+    protocol before validation had its own draw)."""
     if split not in ("valid", "test") or protocol not in ("sampled", "full"):
         raise ValueError(f"split must be valid/test and protocol sampled/full, got {split}/{protocol}")
+    if valid_negatives not in ("own", "test"):
+        raise ValueError(f"valid_negatives must be own or test, got {valid_negatives!r}")
     dev = model.device
     target = torch.from_numpy(ds.valid_item if split == "valid" else ds.test_item).to(dev)
+    other = torch.from_numpy(ds.test_item if split == "valid" else ds.valid_item).to(dev)
     users = torch.arange(ds.n_users, device=dev) if users is None else users.to(dev)
     if protocol == "sampled":
-        cand = torch.cat([target[:, None], torch.from_numpy(ds.negatives).to(dev)], 1)
+        negs = ds.valid_negatives if split == "valid" and valid_negatives == "own" else ds.negatives
+        if negs is None:
+            raise ValueError(f"{ds.name}: no validation negatives (a Dataset built before they existed)")
+        cand = torch.cat([target[:, None], torch.from_numpy(negs).to(dev)], 1)
     else:
         positives = positives or UserItems(ds.train, dev)
+    what = f"{ds.name} {split} ({protocol})"
     ranks = []
     for s in range(0, len(users), batch_size):
         u = users[s:s + batch_size]
         if protocol == "sampled":
             sc = model.score(u, cand[u])
+            check_finite(sc, model, what)
             ranks.append(ranks_sampled(sc[:, 0], sc[:, 1:]))
         else:
-            sc = masked_scores(model.score_all(u), positives, u)
-            if split == "test":
-                sc[torch.arange(len(u), device=dev), torch.from_numpy(ds.valid_item).to(dev)[u]] = -np.inf
+            sc = model.score_all(u)
+            check_finite(sc, model, what)
+            sc = masked_scores(sc, positives, u)
+            sc[torch.arange(len(u), device=dev), other[u]] = -np.inf     # the other held-out item
             ranks.append(ranks_full(sc, target[u]))
     return summarize(torch.cat(ranks))

@@ -99,20 +99,22 @@ class CDAE(Recommender):
 class NeuMF(Recommender):
     """Neural Matrix Factorisation (He et al., WWW 2017) without pre-training.
 
-    GMF of dimension d beside an MLP tower [2d -> d -> d/2] (ReLU), fused by a linear layer:
-    z_ui = h^T [p_u * q_i ; MLP([p'_u ; q'_i])] + b.
-    """
+    GMF of dimension d beside an MLP tower on embeddings of size e = mlp_scale x d,
+    [2e -> e -> e/2] (ReLU), fused by a linear layer: z_ui = h^T [p_u * q_i ; MLP([p'_u ; q'_i])] + b.
+    mlp_scale = 1 is this project's tower ([2d -> d -> d/2]); 2 puts d units in the last layer under
+    wider ones, as NCF's tower at d predictive factors has ([4d -> 2d -> d])."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int):
+    def __init__(self, n_users: int, n_items: int, dim: int, mlp_scale: int = 1):
         super().__init__()
-        self.size = dim
-        half = max(dim // 2, 1)
+        self.size, self.mlp_scale = dim, mlp_scale
+        e = dim * mlp_scale
+        half = max(e // 2, 1)
         self.gmf_user, self.gmf_item = nn.Embedding(n_users, dim), nn.Embedding(n_items, dim)
-        self.mlp_user, self.mlp_item = nn.Embedding(n_users, dim), nn.Embedding(n_items, dim)
-        self.layer1, self.layer2 = nn.Linear(2 * dim, dim), nn.Linear(dim, half)
+        self.mlp_user, self.mlp_item = nn.Embedding(n_users, e), nn.Embedding(n_items, e)
+        self.layer1, self.layer2 = nn.Linear(2 * e, e), nn.Linear(e, half)
         self.out = nn.Linear(dim + half, 1)
-        for e in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
-            nn.init.normal_(e.weight, std=0.01)
+        for emb in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
+            nn.init.normal_(emb.weight, std=0.01)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.pair_logits(users, torch.arange(len(users), device=users.device), items)
@@ -120,11 +122,11 @@ class NeuMF(Recommender):
     def pair_logits(self, users, rows, items):
         # user embeddings are looked up once per batch user, then indexed by row: the backward
         # pass scatters into B rows instead of sorting one index per pair
-        d = self.size
+        d, e = self.size, self.size * self.mlp_scale
         # (index_select, whose backward is an index_add, not indexing, whose backward sorts)
         gmf = (self.gmf_user(users) * self.out.weight[0, :d]).index_select(0, rows) * self.gmf_item(items)
-        a = self.mlp_user(users) @ self.layer1.weight[:, :d].T + self.layer1.bias      # user half of layer 1
-        h = F.relu(a.index_select(0, rows) + self.mlp_item(items) @ self.layer1.weight[:, d:].T)
+        a = self.mlp_user(users) @ self.layer1.weight[:, :e].T + self.layer1.bias      # user half of layer 1
+        h = F.relu(a.index_select(0, rows) + self.mlp_item(items) @ self.layer1.weight[:, e:].T)
         h = F.relu(self.layer2(h))
         return gmf.sum(-1) + h @ self.out.weight[0, d:] + self.out.bias
 
@@ -134,15 +136,15 @@ class NeuMF(Recommender):
         halves (W [p;q] = W_u p + W_i q), so the [B x I x d] work is one add, ReLU and matmul,
         done in place in one reused buffer of `max_elems` floats (16 MiB: 3.8x faster than
         fresh [B x I x d] tensors of 64 MiB on citeulike-t, d = 8, one thread)."""
-        d = self.size
+        d, e = self.size, self.size * self.mlp_scale
         n_items = self.gmf_item.num_embeddings
         w_gmf, w_mlp = self.out.weight[0, :d], self.out.weight[0, d:]
         gmf = (self.gmf_user(users) * w_gmf) @ self.gmf_item.weight.T             # [B, I]
-        a = self.mlp_user(users) @ self.layer1.weight[:, :d].T + self.layer1.bias  # [B, d]
-        c = self.mlp_item.weight @ self.layer1.weight[:, d:].T                    # [I, d]
+        a = self.mlp_user(users) @ self.layer1.weight[:, :e].T + self.layer1.bias  # [B, e]
+        c = self.mlp_item.weight @ self.layer1.weight[:, e:].T                    # [I, e]
         out = torch.empty(len(users), n_items, device=gmf.device)
-        step = max(1, min(len(users), max_elems // (n_items * d)))
-        buf = torch.empty(step, n_items, d, device=gmf.device)
+        step = max(1, min(len(users), max_elems // (n_items * e)))
+        buf = torch.empty(step, n_items, e, device=gmf.device)
         for s in range(0, len(users), step):
             h = buf[:min(step, len(users) - s)]
             torch.add(a[s:s + step, None, :], c[None], out=h).relu_()               # [b, I, d]
@@ -153,12 +155,13 @@ class NeuMF(Recommender):
 
 
 def build(backbone: str, train: sp.csr_matrix, size: int, corruption: float = 0.5,
-          device: str | torch.device | None = None) -> Recommender:
-    """A CDAE (size = hidden units H) or NeuMF (size = dimension d) for a training matrix."""
+          device: str | torch.device | None = None, mlp_scale: int = 1) -> Recommender:
+    """A CDAE (size = hidden units H) or NeuMF (size = dimension d, tower width `mlp_scale`) for a
+    training matrix."""
     if backbone == "cdae":
         model = CDAE(train, size, corruption)
     elif backbone == "neumf":
-        model = NeuMF(train.shape[0], train.shape[1], size)
+        model = NeuMF(train.shape[0], train.shape[1], size, mlp_scale)
     else:
         raise ValueError(f"backbone must be 'cdae' or 'neumf', got {backbone!r}")
     return model.to(default_device(device) if not isinstance(device, torch.device) else device)

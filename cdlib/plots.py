@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from . import runs  # noqa: E402
 
@@ -45,14 +47,43 @@ def save(fig, name: str, directory=None) -> list[str]:
     return out
 
 
-def bars(df: pd.DataFrame, metric: str = "NDCG@10"):
-    """Mean (± sd over seeds) of `metric` per label, one panel per dataset x backbone."""
+def dots(df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "Teacher", labels=None):
+    """Mean of `metric` per label with its 95% interval over seeds (t distribution), one panel per
+    dataset x backbone that has runs (no empty panels). relative_to: show each run as % of the run
+    of that label with the same seed (a seed is a paired replicate: a student and its own teacher),
+    so that differences of a few percent are visible; None: absolute values, the axis not from zero."""
     ok = df[df.status == "ok"]
-    g = sns.catplot(data=ok, x="label", y=metric, col="dataset", row="backbone", kind="bar", errorbar="sd",
-                    height=3, aspect=1.4, sharey=False)
-    g.set_titles("{row_name} / {col_name}")
-    g.tick_params(axis="x", rotation=45)
-    return g.figure
+    if labels is not None:
+        ok = ok[ok.label.isin(labels)]
+    if relative_to is not None and (ok.label == relative_to).any():
+        ref = ok[ok.label == relative_to].set_index(["dataset", "backbone", "seed"])[metric]
+        ok = ok[ok.label != relative_to].join(ref.rename("_ref"), on=["dataset", "backbone", "seed"])
+        ok = ok.assign(value=100 * ok[metric] / ok["_ref"]).dropna(subset=["value"])
+        xlabel = f"{metric}, % of the same seed's {relative_to.lower()}"
+    else:
+        ok, xlabel, relative_to = ok.assign(value=ok[metric]), metric, None
+    cells = list(ok.groupby(["dataset", "backbone"], sort=False).groups)
+    n = max(1, len(cells))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, rows * (0.45 * ok.label.nunique() + 1.2)), squeeze=False)
+    order = list(dict.fromkeys(ok.label))
+    for ax, (d, b) in zip(axes.flat, cells):
+        g = ok[(ok.dataset == d) & (ok.backbone == b)].groupby("label")["value"]
+        m, sd, k = g.mean().reindex(order), g.std().reindex(order), g.size().reindex(order)
+        half = [stats.t.ppf(0.975, c - 1) * s / np.sqrt(c) if c > 1 else 0.0 for s, c in zip(sd, k.fillna(0))]
+        y = np.arange(len(order))
+        ax.errorbar(m.to_numpy(), y, xerr=half, fmt="o", capsize=3, color="C0")
+        if relative_to:
+            ax.axvline(100, color="grey", lw=1, ls="--")
+        ax.set_yticks(y, order)
+        ax.invert_yaxis()
+        ax.set_title(f"{b} / {d} ({int(k.max())} seeds)", fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+    for ax in list(axes.flat)[len(cells):]:
+        ax.remove()
+    fig.tight_layout()
+    return fig
 
 
 def learning_curves(df: pd.DataFrame, results=None, metric: str = "valid_NDCG@10"):

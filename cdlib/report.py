@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .experiments import PAPER_GAIN, SENSITIVITY, STUDENT, compare
+from .experiments import PAPER_GAIN, STUDENT, compare
 
 BACD_GAIN = {"HR": (3.5, 12.0), "NDCG": (4.9, 13.3)}   # journal extension [paper]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -19,45 +19,97 @@ def read_table(name: str, results=None) -> pd.DataFrame | None:
     return pd.read_csv(p) if p.is_file() else None
 
 
-def _mean(runs_df, label, metric):
-    g = runs_df[(runs_df.label == label) & (runs_df.status == "ok")]
-    return g.groupby(["dataset", "backbone"])[metric].mean()
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values: the i-th smallest of m is
+    multiplied by (m - i + 1), made non-decreasing, capped at 1. NaN p-values (no test) stay NaN
+    and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adj
+    return out
 
 
-def _gain_row(claim: str, g: dict, metric: str, alpha: float, paper_range=None, what: str = "") -> dict:
-    """A claims row from a `compare` row: held when the mean gain is positive and, with two or more
-    paired seeds, the paired t-test rejects equality at `alpha`."""
-    gain, p = g[f"{metric} gain %"], g.get(f"{metric} p")
-    sig = "" if p is None or pd.isna(p) else f", p = {p:.3g}"
+PROTOCOLS = {"sampled": "", "full": " (full)"}
+
+
+def _claim_rows(claim: str, gains: pd.DataFrame, metric: str, what: str, paper_range=None) -> list[dict]:
+    """Rows of one claim from a `compare` table whose metrics carry both protocols: per cell the
+    gain, the paired t-test and, per protocol, the Holm-adjusted p over the claim's cells."""
+    rows = []
+    for g in gains.to_dict("records"):
+        row = {"claim": claim, "dataset": g["dataset"], "backbone": g["backbone"], "seeds": g["seeds"]}
+        for proto, sfx in PROTOCOLS.items():
+            row[f"gain % ({proto})"] = g.get(f"{metric}{sfx} gain %")
+            row[f"p ({proto})"] = g.get(f"{metric}{sfx} p")
+        rows.append(row)
+    if not rows:
+        return rows
     lo, hi = paper_range if paper_range else (None, None)
-    return {"claim": claim, "dataset": g["dataset"], "backbone": g["backbone"],
-            "measured": f"{gain:+.1f}% ({what}, {g['seeds']} seeds{sig})",
-            "held": bool(gain > 0 and (p is None or pd.isna(p) or p < alpha)),
-            "in paper range": bool(lo <= gain <= hi) if paper_range else None,
-            "paper": f"{lo}-{hi}%" if paper_range else "better"}
+    for proto in PROTOCOLS:
+        adj = holm([r[f"p ({proto})"] for r in rows])
+        for r, a in zip(rows, adj):
+            gain = r[f"gain % ({proto})"]
+            r[f"p Holm ({proto})"] = a
+            r[f"held ({proto})"] = bool(gain is not None and gain > 0 and not np.isnan(a) and a < ALPHA)
+            r[f"in paper range ({proto})"] = bool(lo <= gain <= hi) if paper_range and gain == gain else None
+    for r in rows:
+        r["measured"] = "; ".join(_measured(r, proto) for proto in PROTOCOLS) + f" [{what}, {r['seeds']} seeds]"
+        r["paper"] = f"{lo}-{hi}%" if paper_range else "better"
+    return rows
 
 
-def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per claim and dataset x backbone: the measured figure and whether it held.
+def _measured(r: dict, proto: str) -> str:
+    gain, p = r[f"gain % ({proto})"], r[f"p ({proto})"]
+    if gain is None or np.isnan(gain):
+        return f"{proto}: n/a"
+    test = "no test" if p is None or np.isnan(p) else f"p {p:.3g}, Holm {r[f'p Holm ({proto})']:.3g}"
+    return f"{proto}: {gain:+.1f}% ({test})"
 
-    close: the CD student 'comes close to the teacher' when its NDCG@10 is at least this
-    fraction of the teacher's [decision]. alpha: significance level of the paired t-tests."""
+
+ALPHA = 0.05
+CLAIM_COLUMNS = ["claim", "dataset", "backbone", "seeds", "measured",
+                 *[f"{c} ({p})" for p in PROTOCOLS for c in ("gain %", "p", "p Holm", "held", "in paper range")],
+                 "paper"]
+
+
+def claims(results=None, close: float = 0.9) -> pd.DataFrame:
+    """One row per claim and dataset x backbone, the sampled and the full-ranking result side by side:
+    the gain, its paired t-test over seeds (a seed is a whole replicate: a student and the teacher it
+    was distilled from), the Holm-adjusted p over the claim's cells (per protocol), and `held`:
+    significant after adjustment (alpha = 0.05) and in the claimed direction. "CD-best" is the CD guide
+    with the best validation NDCG@10 of the same protocol.
+
+    close: the CD student 'comes close to the teacher' when its NDCG@10 is at least this fraction
+    of its own teacher's (the mean over seeds of the per-seed ratio) [decision]."""
     rows = []
     main = read_table("03_main_runs", results)
-    gains = read_table("03_gain_cd_over_rd", results)
-    if gains is not None:
-        for g in gains.to_dict("records"):
-            for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
-                rows.append(_gain_row(f"3. CD beats RD ({m})", g, m, alpha, paper_range=PAPER_GAIN[key],
-                                      what="best CD guide vs RD"))
-    if main is not None:
-        t, c = _mean(main, "Teacher", "NDCG@10"), _mean(main, "CD-best", "NDCG@10")
-        for (d, b), tv in t.items():
-            if (d, b) in c.index:
-                r = c[(d, b)] / tv
-                rows.append({"claim": "4. CD student comes close to the teacher (NDCG@10)", "dataset": d,
-                             "backbone": b, "measured": f"{100 * r:.1f}% of the teacher",
-                             "held": bool(r >= close), "in paper range": None, "paper": f">= {100 * close:.0f}% [decision]"})
+    both = [f"{m}{sfx}" for sfx in PROTOCOLS.values() for m in ("HR@10", "NDCG@10")]
+    if main is not None and (main.status == "ok").any():
+        ok = main[main.status == "ok"]
+        for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
+            g = compare_best(ok, "RD", m)
+            rows += _claim_rows(f"3. CD beats RD ({m})", g, m, "best CD guide vs RD", PAPER_GAIN[key])
+        for (d, b), g in ok.groupby(["dataset", "backbone"], sort=False):
+            row = {"claim": "4. CD student comes close to the teacher (NDCG@10)", "dataset": d, "backbone": b,
+                   "paper": f">= {100 * close:.0f}% [decision]"}
+            parts = []
+            for proto, sfx in PROTOCOLS.items():
+                t = g[g.label == "Teacher"].set_index("seed")[f"NDCG@10{sfx}"]
+                c = g[g.label == _best_label(proto)].set_index("seed")[f"NDCG@10{sfx}"]
+                seeds = t.index.intersection(c.index)
+                if len(seeds) == 0:
+                    continue
+                r = float((c[seeds] / t[seeds]).mean())
+                row.update({"seeds": len(seeds), f"gain % ({proto})": 100 * (r - 1), f"held ({proto})": bool(r >= close)})
+                parts.append(f"{proto}: {100 * r:.1f}% of its teacher")
+            if parts:
+                rows.append({**row, "measured": "; ".join(parts)})
     eff = read_table("08_efficiency", results)
     if eff is not None:
         for (d, b, _), g in eff.groupby(["dataset", "backbone", "device"], sort=False):
@@ -65,30 +117,43 @@ def claims(results=None, close: float = 0.9, alpha: float = 0.05) -> pd.DataFram
             s = g[(g.label == "Student") & (g["size"] == STUDENT[b])]
             if t.empty or s.empty:
                 continue
-            t = t.iloc[0]
-            main_s = s.iloc[0]
+            t, main_s = t.iloc[0], s.iloc[0]
             speed = t.latency_ms / main_s.latency_ms
+            held = bool(main_s.n_params < t.n_params and speed > 1)
             rows.append({"claim": "5. the student is smaller and faster", "dataset": d, "backbone": b,
                          "measured": f"{t.n_params / main_s.n_params:.1f}x fewer parameters, {speed:.1f}x faster "
                                      f"(size {main_s['size']}, {main_s.device})",
-                         "held": bool(main_s.n_params < t.n_params and speed > 1), "in paper range": None,
-                         "paper": "smaller, faster"})
+                         "held (sampled)": held, "held (full)": held, "paper": "smaller, faster"})
     size = read_table("06_size_runs", results)
-    if size is not None:
-        for g in compare(size, "BACD", "Teacher").to_dict("records"):
-            for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
-                rows.append(_gain_row(f"6. born-again CD beats the teacher ({m})", g, m, alpha,
-                                      paper_range=BACD_GAIN[key], what="BACD vs teacher"))
+    if size is not None and (size.status == "ok").any():
+        for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
+            g = compare(size, "BACD", "Teacher", metrics=(m, f"{m} (full)"))
+            rows += _claim_rows(f"6. born-again CD beats the teacher ({m})", g, m, "BACD vs its teacher",
+                                BACD_GAIN[key])
     samp = read_table("04_sampling_runs", results)
-    if samp is not None:
+    if samp is not None and (samp.status == "ok").any():
         ok = samp[samp.status == "ok"]
         for guide in sorted({lab.split("/")[1] for lab in ok.label}):
             for other in ("uniform", "topk"):
-                for g in compare(ok, f"rank/{guide}", f"{other}/{guide}", metrics=("NDCG@10",)).to_dict("records"):
-                    rows.append(_gain_row(f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)", g,
-                                          "NDCG@10", alpha, what=f"rank vs {other}"))
-    cols = ["claim", "dataset", "backbone", "measured", "held", "in paper range", "paper"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["claim", "dataset", "backbone"], kind="stable")
+                g = compare(ok, f"rank/{guide}", f"{other}/{guide}", metrics=("NDCG@10", "NDCG@10 (full)"))
+                rows += _claim_rows(f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)", g, "NDCG@10",
+                                    f"rank vs {other}")
+    out = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    return out.sort_values(["claim", "dataset", "backbone"], kind="stable", ignore_index=True)
+
+
+def _best_label(protocol: str) -> str:
+    return "CD-best" if protocol == "sampled" else "CD-best (full)"
+
+
+def compare_best(ok: pd.DataFrame, worse: str, metric: str) -> pd.DataFrame:
+    """`compare` of the best CD guide against `worse` on both protocols, each protocol's best guide
+    chosen on its own validation metric (rows 'CD-best' and 'CD-best (full)' of experiments.best_cd)."""
+    s = compare(ok, "CD-best", worse, metrics=(metric,))
+    f = compare(ok, "CD-best (full)", worse, metrics=(f"{metric} (full)",))
+    if s.empty or f.empty:
+        return s if f.empty else f
+    return s.merge(f.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"], how="outer")
 
 
 def verdict_gain(gain: pd.DataFrame, metric: str = "NDCG@10") -> str:
@@ -124,39 +189,75 @@ def verdict_pairs(runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric
     return f"{what.capitalize()}: better by {metric} in {(m[a] > m[b]).sum()} of {len(m)} cells."
 
 
+RUN_TABLES = {"00_tuning_runs": "tuning (00)", "02_teachers_runs": "teachers (02)", "03_main_runs": "main (03)",
+              "04_sampling_runs": "sampling (04)", "06_size_runs": "size (06)", "07_sensitivity_runs": "sensitivity (07)"}
+
+
 def coverage(results=None) -> pd.DataFrame:
-    """Which dataset x backbone cells of the main table hold how many seeds, per method (cells whose
-    runs are all missing show 0), and which seeds."""
-    main = read_table("03_main_runs", results)
-    if main is None or main.empty:
-        return pd.DataFrame()
-    ok = main[main.status == "ok"]
-    t = ok.groupby(["dataset", "backbone", "label"]).seed.nunique().unstack("label")
-    cells = pd.MultiIndex.from_frame(main[["dataset", "backbone"]].drop_duplicates())   # missing cells show 0
-    t = t.reindex(index=cells, columns=[c for c in LABELS[:-1] if c in set(main.label)]).fillna(0).astype(int)
-    t["seeds"] = (ok.groupby(["dataset", "backbone"]).seed.agg(lambda s: ", ".join(map(str, sorted(s.unique()))))
-                  .reindex(cells).fillna("-"))
-    return t
-
-
-def early_stops(results=None) -> pd.DataFrame:
-    """Runs whose best validation epoch lies within the first `patience` epochs, so that early
-    stopping ended them soon: models that peak early (and then overfit), and models stuck on their
-    initial plateau, barely trained (tell them apart by `best valid NDCG@10` and `test HR@10`
-    against the same cell's other runs). One row per such record in results/runs/."""
-    keep = ("size", "method", "guide", "sampling", *SENSITIVITY)
+    """What each table rests on: per table, dataset and backbone, the runs recorded and not (missing,
+    or waiting for their tuning), the seeds and the device that trained them."""
     rows = []
-    for r in runs.all_records(results):
-        c = r["config"]
-        if r["best_epoch"] <= c["patience"] and r["epochs_run"] < c["epochs"]:
-            rows.append({"dataset": c["dataset"], "backbone": c["backbone"], "seed": c["seed"],
-                         **{k: c.get(k) for k in keep}, "best epoch": r["best_epoch"],
-                         "epochs run": r["epochs_run"],
-                         "best valid NDCG@10": round(max(e["valid_NDCG@10"] for e in r["curve"]), 4),
-                         "test HR@10": round(r["test_sampled"]["HR@10"], 4)})
-    cols = ["dataset", "backbone", "seed", *keep, "best epoch", "epochs run", "best valid NDCG@10", "test HR@10"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["dataset", "backbone", "size", "method", "seed"],
-                                                        ignore_index=True)
+    for name, what in RUN_TABLES.items():
+        t = read_table(name, results)
+        if t is None or t.empty:
+            continue
+        t = t[~t.label.astype(str).str.startswith("CD-best")]
+        for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
+            ok = g[g.status == "ok"]
+            devices = sorted(set(ok["device"].dropna())) if "device" in ok else []
+            rows.append({"table": what, "dataset": d, "backbone": b, "runs": len(ok),
+                         "not recorded": int((g.status != "ok").sum()),
+                         "seeds": ", ".join(map(str, sorted(ok.seed.unique()))) or "-",
+                         "device": ", ".join(devices) or "-"})
+    return pd.DataFrame(rows)
+
+
+_POPULARITY: dict = {}
+
+
+def popularity_valid_ndcg(config: dict) -> float:
+    """Validation NDCG@10 (sampled) of the most-popular ranking on a run's data: the initial plateau."""
+    from . import metrics, train
+    key = (config["dataset"], config.get("data_sha256"), config["data_seed"], config.get("subset_users"),
+           config.get("valid_negatives", "test"))
+    if key not in _POPULARITY:
+        c = train.Config(dataset=config["dataset"], data_seed=config["data_seed"],
+                         subset_users=config.get("subset_users"), device="cpu").canonical()
+        ds = train.dataset_for(c)
+        _POPULARITY[key] = metrics.evaluate(metrics.Popularity(ds), ds, "valid", "sampled",
+                                            valid_negatives=key[-1])["NDCG@10"]
+    return _POPULARITY[key]
+
+
+def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataFrame:
+    """Every recorded run a table uses that breaks the fair protocol (METHOD.md "A fair comparison"):
+    'capped', its best validation epoch in the last `last` fraction of its epoch cap (still improving
+    when cut off), or 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
+    ranking (never left the initial plateau). One row per table and run."""
+    rows = []
+    for name, what in RUN_TABLES.items():
+        t = read_table(name, results)
+        if t is None or "key" not in t:
+            continue
+        t = t[(t.status == "ok") & ~t.label.astype(str).str.startswith("CD-best")]
+        for r in t.itertuples():
+            rec = runs.read_record(r.key, results)
+            if rec is None:
+                continue
+            c = rec["config"]
+            best_valid = rec["valid_sampled"]["NDCG@10"]
+            pop = popularity_valid_ndcg(c)
+            problems = []
+            if rec["best_epoch"] > (1 - last) * c["epochs"]:
+                problems.append(f"capped (best epoch {rec['best_epoch']} of cap {c['epochs']})")
+            if best_valid <= stall * pop:
+                problems.append(f"stalled (valid NDCG@10 {best_valid:.4f}, popularity {pop:.4f})")
+            if problems:
+                rows.append({"table": what, "dataset": r.dataset, "backbone": r.backbone, "label": r.label,
+                             "seed": r.seed, "best epoch": rec["best_epoch"], "epochs run": rec["epochs_run"],
+                             "cap": c["epochs"], "problem": "; ".join(problems)})
+    cols = ["table", "dataset", "backbone", "label", "seed", "best epoch", "epochs run", "cap", "problem"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -174,7 +275,10 @@ LABELS = ["Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H", "CD-best"]
 
 def main_markdown(main: pd.DataFrame, metrics=("HR@10", "NDCG@10")) -> pd.DataFrame:
     """The main table as one row per dataset x backbone x metric and one column per method,
-    'mean ± std (seeds)'."""
+    'mean ± std (seeds)'. For full-ranking metrics the column CD-best shows 'CD-best (full)', the
+    guide chosen on the full-ranking validation."""
+    full = all(m.endswith("(full)") for m in metrics)
+    main = main[main.label != ("CD-best" if full else "CD-best (full)")].replace({"label": {"CD-best (full)": "CD-best"}})
     rows = []
     for (d, b), g in main.groupby(["dataset", "backbone"], sort=False):
         g = g.set_index("label")
@@ -190,22 +294,45 @@ def main_markdown(main: pd.DataFrame, metrics=("HR@10", "NDCG@10")) -> pd.DataFr
 
 def readme_section(results=None) -> str:
     parts = [START, "", "_Generated by `notebooks/09_summary.ipynb` from `results/`; do not edit by hand._", ""]
-    main = read_table("03_main", results)
-    if main is not None:
-        parts += ["### Main table (test, sampled protocol; mean ± std over (seeds))", "",
-                  "Students: CDAE H = 20, NeuMF d = 8. CD-T/S/H: teacher-, student-, hybrid-guided CD; "
-                  "CD-best: per dataset and backbone, the CD guide with the best mean test NDCG@10, "
-                  "shown for both metrics.", "", _md(main_markdown(main)), ""]
+    tuning = read_table("00_tuning", results)
+    if tuning is not None and not tuning.empty:
+        chosen = tuning[tuning.chosen.astype(bool)]
+        parts += ["### Tuning stage: the settings chosen on validation NDCG@10 (notebook 00)", "",
+                  "Equal budgets: CD and RD 6 configurations each, the teacher and the plain student 4 learning "
+                  "rates, the same seeds and epoch rules; full grid in `results/00_tuning.csv`.", "",
+                  _md(chosen[["dataset", "backbone", "stage", "label", "valid NDCG@10", "seeds"]]
+                      .round(4).rename(columns={"label": "chosen"})), ""]
+    for name, proto in (("03_main", "sampled"), ("03_main_full", "full ranking")):
+        main = read_table(name, results)
+        if main is not None and not main.empty:
+            parts += [f"### Main table (test, {proto} protocol; mean ± std over (seeds))", "",
+                      "Students: CDAE H = 20, NeuMF d = 8, each method at its tuned settings. CD-T/S/H: teacher-, "
+                      "student-, hybrid-guided CD; CD-best: per dataset and backbone, the CD guide with the best mean "
+                      f"validation NDCG@10 of this protocol. Test numbers are reported, never chosen on.", "",
+                      _md(main_markdown(main, ("HR@10", "NDCG@10") if proto == "sampled"
+                                        else ("HR@10 (full)", "NDCG@10 (full)"))), ""]
     cl = read_table("claims", results)
     if cl is not None:
-        parts += ["### Claims", "", _md(cl), ""]
+        show = cl[[c for c in ("claim", "dataset", "backbone", "measured", "held (sampled)", "held (full)", "paper")
+                   if c in cl]]
+        parts += ["### Claims (both protocols; paired t-test over seeds, Holm-adjusted per claim and protocol)", "",
+                  _md(show), ""]
     cov = coverage(results)
     if not cov.empty:
-        parts += ["### Coverage (seeds recorded per dataset, backbone and method)", "", _md(cov), ""]
-    stops = early_stops(results)
-    if not stops.empty:
-        parts += ["### Runs stopped early (best validation epoch within the first `patience` epochs)", "",
-                  "See [Known issues](#known-issues).", "", _md(stops.astype(object).fillna("")), ""]
+        parts += ["### Coverage (what each table rests on)", "", _md(cov), ""]
+    bad = violations(results)
+    parts += ["### Runs that break the fair protocol", "",
+              "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "
+              "or whose validation NDCG@10 is at most 1.05x that of the most-popular ranking (stalled on the "
+              "initial plateau); `report.violations`.", "",
+              _md(bad) if not bad.empty else "None.", ""]
+    v1 = read_table("v1/03_main", results)
+    if v1 is not None:
+        parts += ["### Before the fair protocol (v1, superseded)", "",
+                  "The first reproduction's main table (`results/v1/`: 200-epoch cap, RD weights renormalised per "
+                  "user, validation on the test negatives, every student distilled from teacher seed 0, CD-best "
+                  "chosen on test). Kept for comparison only; see [Protocol](#protocol).", "",
+                  _md(main_markdown(v1)), ""]
     parts.append(END)
     return "\n".join(parts)
 

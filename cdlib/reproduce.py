@@ -1,11 +1,15 @@
 """Run the numbered notebooks with papermill, in parallel: `python -m cdlib.reproduce --help`.
 
-Two stages:
+Stages:
+ 0. tuning: notebook 00 per tuning dataset (the equal-budget tuning stage every table's settings
+    come from), before anything that uses its choice;
  1. training: one job per (training notebook, dataset), each a papermill run in its own process
     with its own kernel; the runs it trains are recorded in results/runs/ (a run already recorded
     is read, not trained: an interrupted reproduction resumes where it stopped);
  2. report: every selected notebook once over all datasets, reading the records (nothing is
-    trained), writing the tables to results/ and the figures to figures/.
+    trained, except notebook 10 on its own small file), writing the tables to results/ and the
+    figures to figures/.
+A dataset may be given by name or as the path of an interactions file (notebook 10's formats).
 One failing job neither stops nor damages the others; the command exits non-zero naming it.
 `--scheduler ADDRESS` sends the same jobs to a Dask distributed cluster instead of the local
 process pool; the records and executed notebooks come back to this machine (no shared disk).
@@ -27,10 +31,12 @@ from tqdm import tqdm
 from . import runs
 from .experiments import PROFILES
 
-NOTEBOOKS = ["01_datasets", "02_teachers", "03_main", "04_sampling", "05_guidance", "06_student_size",
-             "07_sensitivity", "08_efficiency", "09_summary"]
-# notebooks whose per-dataset jobs train (05 reads the runs of 03)
+NOTEBOOKS = ["00_tuning", "01_datasets", "02_teachers", "03_main", "04_sampling", "05_guidance", "06_student_size",
+             "07_sensitivity", "08_efficiency", "09_summary", "10_your_data"]
+# notebooks whose per-dataset jobs train (05 reads the runs of 03); 00 runs first, as its own stage
+TUNING = ["00_tuning"]
 TRAINING = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
+OWN_DATA = ["10_your_data"]     # trains on its own shipped file in the report stage
 KERNEL = "python3"
 NB_DIR = runs.REPO / "notebooks"
 
@@ -162,10 +168,17 @@ def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = No
     return done
 
 
+def slug(dataset: str) -> str:
+    """A dataset name, or an interactions file's name, fit for a job and file name."""
+    return Path(dataset).name.replace(" ", "_")
+
+
 def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_dir: Path,
          n_jobs: int, device=None, seeds=None, train: bool = True,
-         backbones=None) -> tuple[list, list, list]:
-    """The jobs of each stage: training (notebook x dataset), report, and the final summary."""
+         backbones=None) -> tuple[list, list, list, list]:
+    """The jobs of each stage: tuning (per tuning dataset), training (notebook x dataset), report,
+    and the final summary."""
+    from .experiments import profile as get_profile
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, n_jobs))
     in_repo = results == runs.results_dir().resolve()
@@ -180,16 +193,26 @@ def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_di
     if backbones:
         common["backbones"] = list(backbones)
     logs = results / "logs"
-    training = [Job(nb, dict(common, datasets=[d], write_tables=False), str(results / "notebooks" / f"{nb}__{d}.ipynb"),
-                    str(logs / f"{nb}__{d}.log"), f"{nb[:2]}/{d}", threads)
-                for nb in TRAINING if nb in notebooks for d in datasets] if train else []
-    report = [Job(nb, dict(common, datasets=list(datasets), train_missing=False,
+
+    def job(nb, d):
+        return Job(nb, dict(common, datasets=[d], write_tables=False),
+                   str(results / "notebooks" / f"{nb}__{slug(d)}.ipynb"), str(logs / f"{nb}__{slug(d)}.log"),
+                   f"{nb[:2]}/{slug(d)}", threads)
+    p = get_profile(profile)
+    tune_sets = list(dict.fromkeys(p.tuning_dataset(d) for d in datasets)) if p.tuning is not None else []
+    tuning = [job(nb, d) for nb in TUNING if nb in notebooks for d in tune_sets] if train else []
+    training = [job(nb, d) for nb in TRAINING if nb in notebooks for d in datasets] if train else []
+    report = [Job(nb, dict(common, datasets=list(datasets),
+                           **({} if nb in OWN_DATA else {"train_missing": False}),
                            **({"update_readme": in_repo} if nb == "09_summary" else {})),
                   str(out_dir / f"{nb}.ipynb"),
                   str(logs / f"{nb}.log"), nb, threads if nb != "08_efficiency" else cores)
               for nb in notebooks]
+    for j in report:
+        if j.notebook in OWN_DATA:
+            del j.parameters["datasets"]        # its own file (the notebook's data_path)
     last = [j for j in report if j.notebook in ("08_efficiency", "09_summary")]
-    return training, [j for j in report if j not in last], last
+    return tuning, training, [j for j in report if j not in last], last
 
 
 def main(argv=None) -> int:
@@ -197,11 +220,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__ + "\nProfiles:\n" + costs,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="paper", choices=list(PROFILES), help="what to run (default paper; costs above)")
-    ap.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's)")
+    ap.add_argument("--datasets", default=None, help="comma-separated dataset names or interactions files "
+                                                       "(default: the profile's)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     ap.add_argument("--backbones", default=None, help="comma-separated backbones, cdae,neumf (default: both)")
     ap.add_argument("--notebooks", default=None,
-                    help="comma-separated notebook numbers or names, e.g. 01,03 (default: all nine)")
+                    help="comma-separated notebook numbers or names, e.g. 00,03 (default: all)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="parallel jobs (default: the number of cores); threads per job = cores // jobs")
     ap.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
@@ -231,11 +255,15 @@ def main(argv=None) -> int:
     figures = Path(args.figures or (runs.REPO / "figures" if default_results else results / "figures")).resolve()
     out_dir = Path(args.notebooks_out or (NB_DIR if default_results else results / "notebooks")).resolve()
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-    training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
-                                  args.device, seeds, train=not args.report_only,
-                                  backbones=args.backbones.split(",") if args.backbones else None)
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
+    tuning, training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
+                                          args.device, seeds, train=not args.report_only,
+                                          backbones=args.backbones.split(",") if args.backbones else None)
     if args.threads:
-        for j in training + report + last:
+        for j in tuning + training + report + last:
             j.threads = args.threads
     if args.no_report:
         report, last = [], []
@@ -243,7 +271,8 @@ def main(argv=None) -> int:
           f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
           f"thread(s); results in {results}", flush=True)
     t0 = time.time()
-    done = run_jobs(training, args.jobs, "training", args.scheduler, results, figures)
+    done = run_jobs(tuning, args.jobs, "tuning", args.scheduler, results, figures)
+    done += run_jobs(training, args.jobs, "training", args.scheduler, results, figures)
     done += run_jobs(report, args.jobs, "report", args.scheduler, results, figures)
     done += run_jobs(last, 1, "summary", args.scheduler, results, figures)
     failed = [j for j in done if j.status != "ok"]

@@ -23,12 +23,12 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def record_path(config: dict, results=None) -> Path:
-    return results_dir(results) / "runs" / f"{config_key(config)}.json"
+def record_path(key: str, results=None) -> Path:
+    return results_dir(results) / "runs" / f"{key}.json"
 
 
-def read_record(config: dict, results=None) -> dict | None:
-    p = record_path(config, results)
+def read_record(key: str, results=None) -> dict | None:
+    p = record_path(key, results)
     if not p.is_file():
         return None
     with open(p) as f:
@@ -47,7 +47,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_record(record: dict, results=None) -> Path:
-    p = record_path(record["config"], results)
+    p = record_path(record["key"], results)
     write_atomic(p, json.dumps(record, indent=1, sort_keys=True, default=str))
     return p
 
@@ -94,9 +94,13 @@ def device_kind(name: str) -> str:
 
 
 def dataset_info(ds) -> dict:
-    """What a record says of its dataset: name, SHA-256 of every file read, and size."""
-    return {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items,
-            "train_interactions": int(ds.train.nnz)}
+    """What a record says of its dataset: name, SHA-256 of every file read (and the path of a
+    user's own file), and size."""
+    out = {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items,
+           "train_interactions": int(ds.train.nnz)}
+    if ds.meta.get("file"):
+        out["file"] = ds.meta["file"]
+    return out
 
 
 def provenance(device) -> dict:

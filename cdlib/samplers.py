@@ -2,6 +2,7 @@
 in its exact form). No function here loops over users in Python.
 
 - uniform_negatives: N_u of the CF loss, `n_neg` uniform missing items per positive.
+- uniform_items: n uniform missing items per user, with replacement (RD's rank estimate).
 - top_missing: each user's top-R missing items under a model's scores (the guide's ranking).
 - CDSampler: the distilled items K_u of CD, with sampling in {rank, uniform, topk} and guide in
   {teacher, student, hybrid}.
@@ -26,18 +27,31 @@ def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
     Membership is read from the batch's dense 0/1 rows (memory: batch x items)."""
     rows = torch.repeat_interleave(torch.arange(len(users), device=users.device),
                                    (positives.indptr[users + 1] - positives.indptr[users]) * n_neg)
+    return rows, _draw_missing(positives, users, rows, generator, max_rounds)
+
+
+def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """[B x n] items drawn uniformly with replacement from each user's M_u (RD's samples for
+    estimating the student's rank, as Tang & Wang's code draws them)."""
+    rows = torch.arange(len(users), device=users.device).repeat_interleave(n)
+    return _draw_missing(positives, users, rows, generator).view(len(users), n)
+
+
+def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, generator: torch.Generator,
+                  max_rounds: int = 100) -> torch.Tensor:
+    """One uniform missing item of users[rows] per entry of `rows`, hits on a positive redrawn."""
     seen = positives.dense(users, torch.bool)
     items = torch.randint(positives.shape[1], (len(rows),), generator=generator, device=generator.device).to(users.device)
     redo = seen[rows, items]
     for _ in range(max_rounds):
         if not redo.any():
-            return rows, items
+            return items
         idx = redo.nonzero().squeeze(1)
         items[idx] = torch.randint(positives.shape[1], (len(idx),), generator=generator,
                                    device=generator.device).to(users.device)
         redo = torch.zeros_like(redo)
         redo[idx] = seen[rows[idx], items[idx]]
-    raise RuntimeError("uniform_negatives: some user has (almost) no missing item to draw")
+    raise RuntimeError("uniform sampling: some user has (almost) no missing item to draw")
 
 
 def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor) -> torch.Tensor:

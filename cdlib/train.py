@@ -13,28 +13,33 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fcntl
+import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, losses, metrics, models, runs
-from .samplers import CDSampler, masked_scores, top_missing, uniform_negatives
+from . import data, losses, methods, metrics, models, runs
+from .samplers import GUIDES, SAMPLINGS, uniform_negatives
 
-METHODS = ("none", "rd", "cd")
-# backbone defaults [decision]: learning rate and users per batch
+METHODS = tuple(methods.METHODS)
+# backbone defaults [decision]: learning rate and users per batch (the tuning stage may choose others)
 BACKBONE_DEFAULTS = {"cdae": {"lr": 3e-3, "batch_size": 64}, "neumf": {"lr": 1e-3, "batch_size": 16}}
 TEACHER_SIZE = {"cdae": 200, "neumf": 64}      # METHOD.md "Backbones"
 STUDENT_SIZES = {"cdae": (5, 10, 20, 50), "neumf": (4, 8, 16)}
+SWITCH_EPOCH = 50                              # hybrid guide: teacher for the first 50 epochs [decision]
+RD_RANKS = ("sampled", "exact")
+VALID_NEGATIVES = ("own", "test")
 
 
 @dataclass(frozen=True)
 class Config:
     """Every parameter of one run. None means "the documented default" (see `canonical`)."""
-    dataset: str = "ml-1m"
+    dataset: str = "ml-1m"            # one of data.DATASETS, or the path of an interactions file
     backbone: str = "cdae"            # cdae | neumf
     size: int | None = None           # CDAE hidden units H / NeuMF dimension d; None: teacher size
     method: str = "none"              # none (teacher or plain student) | rd | cd
@@ -42,17 +47,21 @@ class Config:
     # data
     data_seed: int = 0                # split and sampled negatives
     subset_users: int | None = None   # a seeded subset of users (smoke runs)
-    # optimisation [decision]
-    epochs: int = 200
-    patience: int = 20
+    valid_negatives: str = "own"      # own: validation has its own 99 negatives | test: the test's (old protocol)
+    # optimisation [decision]; a run ends by early stopping, not by its cap (METHOD.md "A fair comparison")
+    epochs: int = 1000                # the cap
+    patience: int = 30                # epochs without a better validation NDCG@10 before stopping
+    min_epochs: int = 50              # early stopping may not end a run before this many epochs
     lr: float | None = None
     batch_size: int | None = None     # users per step
     weight_decay: float = 0.0
     n_neg: int = 4                    # uniform negatives per positive in L_CF
     corruption: float = 0.5           # CDAE input dropout q
+    mlp_scale: int | None = None      # NeuMF tower width: embeddings of mlp_scale x d (None: 1)
     # teacher (students of method rd / cd)
     teacher_size: int | None = None
-    teacher_seed: int = 0
+    teacher_seed: int | None = None   # None: the student's own seed (a seed is a whole replicate)
+    teacher_lr: float | None = None   # None: the backbone's default learning rate
     # CD (METHOD.md "The CD loss", "Probabilistic rank-aware sampling", "guided training")
     lambda_kd: float = 0.5
     temperature: float = 1.0
@@ -62,21 +71,36 @@ class Config:
     sampling: str = "rank"            # rank | uniform | topk
     guide: str = "teacher"            # teacher | student | hybrid
     refresh_every: int = 1
-    switch_epoch: int | None = None   # hybrid; None: epochs // 4
-    # RD (Tang & Wang 2018)
-    lambda_rd: float = 0.5
-    rd_k: int = 10
-    rd_lambda: float = 1.0
-    rd_mu: float = 0.1
-    rd_warmup: int = 5
+    switch_epoch: int | None = None   # hybrid; None: SWITCH_EPOCH
+    # RD (Tang & Wang 2018), defaults of the authors' code (distill_caser.py)
+    lambda_rd: float = 1.0            # teach_alpha
+    rd_k: int = 10                    # K
+    rd_lambda: float = 1.0            # lamda
+    rd_mu: float = 0.1                # mu
+    rd_warmup: int = 10               # dynamic_start_epoch: position weights only for the first 10 epochs
+    rd_renorm: bool = False           # _weight_renormalize
+    rd_rank: str = "sampled"          # sampled: estimated from rd_samples items per step | exact: all items, per epoch
+    rd_samples: int = 100             # num_dynamic_samples
     device: str | None = None         # None: cuda if present, else cpu
+    data_sha256: str | None = None    # a file dataset's SHA-256 (filled in by `canonical`)
 
     def canonical(self) -> "Config":
-        """Defaults filled in, parameters a method does not use set to None: the key of a run."""
+        """Defaults filled in, parameters a method does not use set to None: the key of a run.
+        Bad values raise ValueError naming the parameter, before anything trains."""
         if self.backbone not in TEACHER_SIZE:
             raise ValueError(f"backbone must be one of {list(TEACHER_SIZE)}, got {self.backbone!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"the epoch cap (epochs={self.epochs}) is below min_epochs={self.min_epochs}")
+        if self.valid_negatives not in VALID_NEGATIVES:
+            raise ValueError(f"valid_negatives must be one of {VALID_NEGATIVES}, got {self.valid_negatives!r}")
+        if self.method == "cd" and self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.method == "cd" and self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
+        if self.method == "rd" and self.rd_rank not in RD_RANKS:
+            raise ValueError(f"rd_rank must be one of {RD_RANKS}, got {self.rd_rank!r}")
         d = dataclasses.asdict(self)
         tsize = TEACHER_SIZE[self.backbone]
         d["size"] = self.size or tsize
@@ -84,35 +108,65 @@ class Config:
             d[k] = d[k] if d[k] is not None else v
         if self.backbone != "cdae":
             d["corruption"] = None
+        d["mlp_scale"] = (self.mlp_scale or 1) if self.backbone == "neumf" else None
         d["device"] = models.default_device(self.device).type
+        d["data_sha256"] = file_sha256(self.dataset) if data.is_file_dataset(self.dataset) else None
         cd_fields = ("lambda_kd", "temperature", "mu", "n_distill", "max_rank", "sampling", "guide",
                      "refresh_every", "switch_epoch")
-        rd_fields = ("lambda_rd", "rd_k", "rd_lambda", "rd_mu", "rd_warmup")
+        rd_fields = ("lambda_rd", "rd_k", "rd_lambda", "rd_mu", "rd_warmup", "rd_renorm", "rd_rank", "rd_samples")
         if self.method == "cd":
             d["max_rank"] = self.max_rank or int(np.ceil(10 * self.mu))
             if self.guide == "hybrid":
-                d["switch_epoch"] = self.switch_epoch if self.switch_epoch is not None else self.epochs // 4
+                d["switch_epoch"] = self.switch_epoch if self.switch_epoch is not None else SWITCH_EPOCH
             else:
                 d["switch_epoch"] = None
             if self.guide == "teacher" or self.sampling == "uniform":
                 d["refresh_every"] = None
+        if self.method == "rd" and self.rd_rank == "exact":
+            d["rd_samples"] = None
         if self.method != "cd":
             d.update({k: None for k in cd_fields})
         if self.method != "rd":
             d.update({k: None for k in rd_fields})
         if self.method == "none":
-            d["teacher_size"] = d["teacher_seed"] = None
+            d["teacher_size"] = d["teacher_seed"] = d["teacher_lr"] = None
         else:
             d["teacher_size"] = self.teacher_size or tsize
+            d["teacher_seed"] = self.seed if self.teacher_seed is None else self.teacher_seed
+            d["teacher_lr"] = self.teacher_lr or BACKBONE_DEFAULTS[self.backbone]["lr"]
         return Config(**d)
+
+    def key(self) -> str:
+        """The run's key: the hash of its canonical configuration, a file dataset named by its bytes
+        (its SHA-256), not its path, so a record is reused for the same data and only for it."""
+        d = dataclasses.asdict(self.canonical())
+        if d["data_sha256"]:
+            d["dataset"] = "file"
+        return runs.config_key(d)
 
     def teacher(self) -> "Config":
         """The configuration of this student's teacher."""
         c = self.canonical()
         return Config(dataset=c.dataset, backbone=c.backbone, size=c.teacher_size, method="none",
                       seed=c.teacher_seed, data_seed=c.data_seed, subset_users=c.subset_users,
-                      epochs=c.epochs, patience=c.patience, weight_decay=c.weight_decay, n_neg=c.n_neg,
-                      corruption=self.corruption, device=self.device).canonical()
+                      valid_negatives=c.valid_negatives, epochs=c.epochs, patience=c.patience,
+                      min_epochs=c.min_epochs, lr=c.teacher_lr, weight_decay=c.weight_decay, n_neg=c.n_neg,
+                      corruption=self.corruption, mlp_scale=c.mlp_scale, device=self.device).canonical()
+
+
+_SHA: dict = {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a dataset file, memoised per (path, size, modification time)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        data.load(path)               # raises the DataError that says what is wrong with the name
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _SHA:
+        _SHA[k] = data.sha256(p)
+    return _SHA[k]
 
 
 _DATASETS: dict = {}
@@ -120,45 +174,46 @@ _DATASETS: dict = {}
 
 def dataset_for(cfg: Config) -> data.Dataset:
     """The run's dataset (memoised per process: a notebook loads each dataset once)."""
-    key = (cfg.dataset, cfg.data_seed, cfg.subset_users)
+    key = (cfg.dataset, cfg.data_sha256, cfg.data_seed, cfg.subset_users)
     if key not in _DATASETS:
         ds = data.load(cfg.dataset, seed=cfg.data_seed)
+        if cfg.data_sha256 and ds.meta["sha256"].get(Path(cfg.dataset).name) != cfg.data_sha256:
+            raise data.DataError(f"{cfg.dataset}: changed while in use (SHA-256 no longer {cfg.data_sha256})")
         _DATASETS[key] = ds.subset(cfg.subset_users, seed=cfg.data_seed) if cfg.subset_users else ds
     return _DATASETS[key]
 
 
-def weights_path(cfg: Config) -> str:
-    return os.path.join(data.cache_dir(), "weights", runs.config_key(dataclasses.asdict(cfg)) + ".pt")
+def weights_path(cfg: Config) -> Path:
+    """Where the weights of a run are cached: $CDLIB_CACHE/weights/<key>.pt (outside git)."""
+    return data.cache_dir() / "weights" / f"{cfg.key()}.pt"
+
+
+def build_model(cfg: Config, ds: data.Dataset, device=None) -> models.Recommender:
+    """An untrained model of a (canonical) configuration for a dataset."""
+    return models.build(cfg.backbone, ds.train, cfg.size, cfg.corruption or 0.0, device or cfg.device,
+                        cfg.mlp_scale or 1)
 
 
 def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc: str = "") -> dict:
-    """Train one model of `cfg` on `ds`; returns {model, curve, best_epoch, timing}."""
+    """Train one model of `cfg` (canonical) on `ds`; returns {model, curve, best_epoch, timing}.
+    The run ends when validation NDCG@10 has not improved for `patience` epochs, once it has run
+    `min_epochs` epochs, or at the cap `epochs`."""
     torch.manual_seed(cfg.seed)
     dev = models.default_device(cfg.device)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    model = models.build(cfg.backbone, ds.train, cfg.size, cfg.corruption or 0.0, dev)
+    model = build_model(cfg, ds, dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     positives = data.UserItems(ds.train, dev)
-    sampler = rd_top = rd_rank = None
-    if cfg.method == "cd":
-        sampler = CDSampler(positives, teacher, cfg.n_distill, cfg.mu, cfg.sampling, cfg.guide,
-                            cfg.max_rank, cfg.refresh_every or 1, cfg.switch_epoch or 0)
-    elif cfg.method == "rd":
-        rd_top = top_missing(teacher, positives, cfg.rd_k)
-        if (rd_top < 0).any():
-            raise ValueError(f"rd_k={cfg.rd_k} exceeds the missing items of some user")
+    method = methods.build(cfg, positives, teacher)
     curve, best, best_state, since = [], -1.0, None, 0
     epoch_seconds = []
-    bar = tqdm(range(cfg.epochs), desc=desc or f"{cfg.dataset} {cfg.backbone}-{cfg.size} {cfg.method}",
+    bar = tqdm(range(cfg.epochs), desc=desc or f"{Path(cfg.dataset).name} {cfg.backbone}-{cfg.size} {cfg.method}",
                disable=not progress, leave=False, mininterval=2.0)
     for epoch in bar:
         t0 = time.perf_counter()
-        if sampler is not None:
-            sampler.start_epoch(epoch, model)
-        if rd_top is not None and epoch >= cfg.rd_warmup:
-            rd_rank = student_ranks(model, positives, rd_top)
+        method.start_epoch(epoch, model)
         model.train()
-        total, n_batches = 0.0, 0
+        total, n_batches = torch.zeros((), device=dev), 0
         perm = torch.randperm(ds.n_users, generator=gen, device=dev)
         for s in range(0, ds.n_users, cfg.batch_size):
             users = perm[s:s + cfg.batch_size]
@@ -166,113 +221,160 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
             neg_rows, neg_items = uniform_negatives(positives, users, cfg.n_neg, gen)
             rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
             n_cf = len(pos_rows) + len(neg_rows)
-            extra = None
-            if sampler is not None:
-                extra = sampler.sample(users, gen)
-            elif rd_top is not None:
-                extra = rd_top[users]
+            extra = method.batch_items(users, gen)
             if extra is not None:
                 rows.append(torch.arange(len(users), device=dev).repeat_interleave(extra.shape[1]))
                 items.append(extra.reshape(-1))
             logits = model.pair_logits(users, torch.cat(rows), torch.cat(items))
             labels = torch.cat([torch.ones(len(pos_rows), device=dev), torch.zeros(len(neg_rows), device=dev)])
             loss = losses.cf_loss(logits[:n_cf], labels)
-            if sampler is not None:
-                z_t = teacher.score(users, extra)
-                loss = loss + cfg.lambda_kd * losses.cd_loss(logits[n_cf:].view_as(extra), z_t, cfg.temperature)
-            elif rd_top is not None:
-                w = losses.rd_weights(cfg.rd_k, cfg.rd_lambda, None if rd_rank is None else rd_rank[users], cfg.rd_mu)
-                loss = loss + cfg.lambda_rd * losses.rd_loss(logits[n_cf:].view_as(extra), w.to(dev))
+            if extra is not None:
+                loss = loss + method.loss(users, extra, logits[n_cf:].view_as(extra))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
+            total += loss.detach()
             n_batches += 1
         epoch_seconds.append(time.perf_counter() - t0)
-        val = metrics.evaluate(model, ds, "valid", "sampled")
-        curve.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_HR@10": val["HR@10"],
+        val = metrics.evaluate(model, ds, "valid", "sampled", valid_negatives=cfg.valid_negatives)
+        mean_loss = total.item() / n_batches
+        curve.append({"epoch": epoch + 1, "loss": mean_loss, "valid_HR@10": val["HR@10"],
                       "valid_NDCG@10": val["NDCG@10"], "seconds": epoch_seconds[-1]})
-        bar.set_postfix(loss=f"{total / n_batches:.4f}", ndcg10=f"{val['NDCG@10']:.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{val['NDCG@10']:.4f}")
         if val["NDCG@10"] > best:
             best, best_epoch, since = val["NDCG@10"], epoch + 1, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since += 1
-            if since >= cfg.patience:
+            if since >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
     model.load_state_dict(best_state)
     model.eval()
     timing = {"train_seconds": float(sum(epoch_seconds)), "epoch_seconds_mean": float(np.mean(epoch_seconds))}
-    if sampler is not None and sampler.refresh_seconds:
-        timing["refresh_seconds_mean"] = float(np.mean(sampler.refresh_seconds))
+    if method.refresh_seconds:
+        timing["refresh_seconds_mean"] = float(np.mean(method.refresh_seconds))
     return {"model": model, "curve": curve, "best_epoch": best_epoch, "timing": timing}
-
-
-@torch.no_grad()
-def student_ranks(model, positives: data.UserItems, items: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The student's rank (1 = top) of each of `items` [users x k] among each user's missing items."""
-    out = torch.empty_like(items)
-    for s in range(0, len(items), batch_size):
-        u = torch.arange(s, min(s + batch_size, len(items)), device=items.device)
-        sc = masked_scores(model.score_all(u), positives, u)
-        target = sc.gather(1, items[u])
-        out[u] = 1 + metrics.count_above(sc, target)
-    return out
-
-
-def load_teacher(cfg: Config, results=None, progress: bool = True, train: bool = True):
-    """The teacher of student `cfg`: its weights from the cache, trained (and recorded) if missing."""
-    tcfg = cfg.teacher()
-    path = weights_path(tcfg)
-    ds = dataset_for(tcfg)
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".lock", "w") as lock:   # parallel jobs wait for one teacher, not train it twice
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.isfile(path):
-                run(tcfg, results, refresh=True, progress=progress, train=train)
-    model = models.build(tcfg.backbone, ds.train, tcfg.size, tcfg.corruption or 0.0, tcfg.device)
-    model.load_state_dict(torch.load(path, map_location=model.device, weights_only=True))
-    model.eval()
-    return model
 
 
 class NotRecorded(LookupError):
     """A run was asked for without training (train=False) and no record of it exists."""
 
 
+class TeacherMismatch(RuntimeError):
+    """A teacher retrained because its weights were missing differs from its committed record."""
+
+
+def _save_weights(model, path: Path) -> str:
+    """Save a state dict atomically; returns the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return data.sha256(path)
+
+
+def _evaluate_all(model, ds, cfg) -> dict:
+    return {f"{split}_{proto}": metrics.evaluate(model, ds, split, proto, valid_negatives=cfg.valid_negatives)
+            for split in ("valid", "test") for proto in ("sampled", "full")}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What differs between two records of one configuration: best epoch, metrics, and the learning
+    curve (losses and validation metrics; not the seconds). Empty when the runs are the same."""
+    out = []
+    if a.get("best_epoch") != b.get("best_epoch"):
+        out.append(f"best epoch {a.get('best_epoch')} vs {b.get('best_epoch')}")
+    for k in ("valid_sampled", "valid_full", "test_sampled", "test_full"):
+        for m in sorted(set(a.get(k, {})) | set(b.get(k, {}))):
+            if a.get(k, {}).get(m) != b.get(k, {}).get(m):
+                out.append(f"{k} {m} {a.get(k, {}).get(m)} vs {b.get(k, {}).get(m)}")
+    ca, cb = ([{x: v for x, v in e.items() if x != "seconds"} for e in r.get("curve", [])] for r in (a, b))
+    if ca != cb:
+        first = next((i for i, (x, y) in enumerate(zip(ca, cb)) if x != y), min(len(ca), len(cb)))
+        out.append(f"learning curve from epoch {first + 1} ({len(ca)} vs {len(cb)} epochs)")
+    return out
+
+
+def load_teacher(cfg: Config, results=None, progress: bool = True, train: bool = True, refresh: bool = False):
+    """The teacher of student `cfg` and the SHA-256 of its weights, read from the cache.
+
+    Missing weights are retrained (one process at a time per teacher). A retrained teacher never
+    overwrites its record: if the record exists, and the new run's metrics and curve equal it, the
+    record is kept and the new weights are cached (their hash noted beside them); if they differ,
+    TeacherMismatch names the record and the difference, unless `refresh` asks for a new record."""
+    tcfg = cfg.teacher()
+    path = weights_path(tcfg)
+    ds = dataset_for(tcfg)
+    if not path.is_file():
+        if not train:
+            raise NotRecorded(f"teacher weights {path} are not cached and training is off (CDLIB_NO_TRAIN)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "w") as lock:   # parallel jobs wait for one teacher, not train it twice
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.is_file():
+                recorded = runs.read_record(tcfg.key(), results)
+                if recorded is None or refresh:
+                    run(tcfg, results, refresh=True, progress=progress)
+                else:
+                    _retrain_recorded_teacher(tcfg, recorded, ds, results, progress)
+    model = build_model(tcfg, ds, tcfg.device)
+    try:
+        state = torch.load(path, map_location=model.device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 -- a damaged cache file: say which, touch nothing
+        raise RuntimeError(f"teacher weights {path} cannot be loaded ({type(e).__name__}: {e}); delete the file "
+                           "to have the teacher retrained") from None
+    model.eval()
+    return model, data.sha256(path)
+
+
+def _retrain_recorded_teacher(tcfg: Config, recorded: dict, ds, results, progress: bool) -> None:
+    out = fit(tcfg, ds, None, progress)
+    new = {**_evaluate_all(out["model"], ds, tcfg), "best_epoch": out["best_epoch"], "curve": out["curve"]}
+    diff = differences(recorded, new)
+    rec_path = runs.record_path(tcfg.key(), results)
+    if diff:
+        raise TeacherMismatch(
+            f"teacher {rec_path} had no cached weights, so it was retrained, and the new run differs from the "
+            f"record: {'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}. The students recorded so far were "
+            "distilled from the recorded teacher; rerun with refresh=True to replace its record (and then retrain "
+            "its students), or restore its weights into " + str(weights_path(tcfg)))
+    path = weights_path(tcfg)
+    sha = _save_weights(out["model"], path)
+    note = {"key": tcfg.key(), "weights_sha256": sha, "record": str(rec_path),
+            "record_weights_sha256": recorded.get("weights_sha256"),
+            "retrained": "weights were missing; the retrained run equals the record (metrics and curve), "
+                         "which was kept as it is", "provenance": runs.provenance(out["model"].device)}
+    runs.write_atomic(path.with_suffix(".json"), json.dumps(note, indent=1, default=str))
+
+
 def run(config: Config, results=None, refresh: bool = False, progress: bool = True,
         train: bool | None = None) -> dict:
     """The record of `config`: read from results/runs/ when it exists (unless `refresh`), else
-    trained, evaluated and written atomically. train=False (or $CDLIB_NO_TRAIN=1) never trains:
-    a missing run raises NotRecorded."""
+    trained, evaluated and written atomically, its weights cached. train=False (or
+    $CDLIB_NO_TRAIN=1) never trains: a missing run raises NotRecorded."""
     cfg = config.canonical()
     cfgd = dataclasses.asdict(cfg)
+    key = cfg.key()
     if train is None:
         train = os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
-    rec = runs.read_record(cfgd, results)
+    rec = runs.read_record(key, results)
     if rec is not None and not refresh:
         return rec
     if not train:
-        raise NotRecorded(f"run {runs.config_key(cfgd)} ({cfg.dataset} {cfg.backbone}-{cfg.size} "
+        raise NotRecorded(f"run {key} ({cfg.dataset} {cfg.backbone}-{cfg.size} "
                           f"{cfg.method} seed {cfg.seed}) is not recorded in {runs.results_dir(results)}")
     t0 = time.time()
     ds = dataset_for(cfg)
-    teacher = load_teacher(cfg, results, progress) if cfg.method != "none" else None
+    teacher, teacher_sha = load_teacher(cfg, results, progress) if cfg.method != "none" else (None, None)
     out = fit(cfg, ds, teacher, progress)
     model = out["model"]
-    if cfg.method == "none":
-        path = weights_path(cfg)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    result = {f"{split}_{proto}": metrics.evaluate(model, ds, split, proto)
-              for split in ("valid", "test") for proto in ("sampled", "full")}
-    rec = {"key": runs.config_key(cfgd), "config": cfgd, **result,
+    weights_sha = _save_weights(model, weights_path(cfg))
+    rec = {"key": key, "config": cfgd, **_evaluate_all(model, ds, cfg),
            "best_epoch": out["best_epoch"], "epochs_run": len(out["curve"]), "curve": out["curve"],
            "n_params": model.n_params(), "teacher_n_params": teacher.n_params() if teacher is not None else None,
-           "teacher_key": runs.config_key(dataclasses.asdict(cfg.teacher())) if teacher is not None else None,
+           "teacher_key": cfg.teacher().key() if teacher is not None else None,
+           "teacher_sha256": teacher_sha, "weights_sha256": weights_sha,
            "timing": dict(out["timing"], wall_seconds=time.time() - t0),
            "dataset": runs.dataset_info(ds),
            "provenance": runs.provenance(model.device)}

@@ -6,9 +6,12 @@ from scipy import stats
 from cdlib import experiments as ex, report
 
 
-def rows(label, values, dataset="d", backbone="cdae"):
+def rows(label, values, dataset="d", backbone="cdae", valid=None, full=None):
+    valid = valid or values
+    full = full or values
     return [{"label": label, "dataset": dataset, "backbone": backbone, "seed": s, "status": "ok", "n_params": 10,
-             "HR@10": v, "NDCG@10": v / 2} for s, v in enumerate(values)]
+             "HR@10": v, "NDCG@10": v / 2, "valid NDCG@10": w / 2, "HR@10 (full)": f, "NDCG@10 (full)": f / 2,
+             "valid NDCG@10 (full)": f / 3} for s, (v, w, f) in enumerate(zip(values, valid, full))]
 
 
 def test_summarize_and_compare_with_paired_t_test():
@@ -24,39 +27,113 @@ def test_summarize_and_compare_with_paired_t_test():
     assert abs(g["HR@10 p"] - stats.ttest_rel(cd, rd).pvalue) < 1e-12
 
 
-def test_best_cd_picks_the_best_guide_per_cell():
-    df = pd.DataFrame(rows("CD-T", [0.3, 0.3]) + rows("CD-S", [0.4, 0.3]) + rows("CD-H", [0.1, 0.1]) +
-                      rows("CD-T", [0.1, 0.1], backbone="neumf") + rows("CD-S", [0.5, 0.5], backbone="neumf"))
+def test_best_cd_is_chosen_on_validation_never_on_test():
+    # CD-S is best on test, CD-T on validation: the choice must follow validation
+    df = pd.DataFrame(rows("CD-T", [0.3, 0.3], valid=[0.5, 0.5]) + rows("CD-S", [0.4, 0.4], valid=[0.2, 0.2]) +
+                      rows("CD-H", [0.1, 0.1], valid=[0.1, 0.1], full=[0.9, 0.9]))
     out = ex.best_cd(df)
-    best = out[out.label == "CD-best"].groupby("backbone").best_of.first()
-    assert best["cdae"] == "CD-S" and best["neumf"] == "CD-S"
-    assert (out[out.label == "CD-best"].groupby("backbone").size() == 2).all()   # both seeds of the best guide
+    best = out[out.label == "CD-best"]
+    assert set(best.best_of) == {"CD-T"} and len(best) == 2                       # both seeds of the chosen guide
+    assert set(out[out.label == "CD-best (full)"].best_of) == {"CD-H"}           # its own protocol's validation
 
 
-def test_grids_share_configurations_across_notebooks():
+def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     p = ex.profile("smoke")
-    main, guid, samp = ex.main_grid(p), ex.guidance_grid(p), ex.sampling_grid(p)
+    main, guid, samp = (ex.main_grid(p, tmp_path), ex.guidance_grid(p, tmp_path), ex.sampling_grid(p, results=tmp_path))
     assert guid["CD-S"] == main["CD-S"]
     assert samp["rank/teacher"] == main["CD-T"]                         # same run, trained once
-    size = ex.size_grid(p)
+    size = ex.size_grid(p, results=tmp_path)
     assert {c.size for c in size["Student"] if c.backbone == "cdae"} == {5, 10, 20, 50}
     assert all(c.size == 200 and c.method == "cd" for c in size["BACD"] if c.backbone == "cdae")
-    sens = ex.sensitivity_grid(p)
+    sens = ex.sensitivity_grid(p, results=tmp_path)
     assert len(sens) == sum(len(v) for v in ex.SENSITIVITY.values())
+    # the main table's runs are those the tuning stage chose, and its seeds reuse the tuning runs
+    tuned_runs, choice = ex.tune(p, "ml-100k", "cdae", tmp_path, train_missing=False)
+    assert choice is not None and (tuned_runs.status == "ok").all()
+    assert {c.key() for c in main["CD-T"] if c.backbone == "cdae"} <= set(tuned_runs.key)
 
 
-def test_claims_report_held_and_paper_range(tmp_path):
-    gain = pd.DataFrame([{"dataset": "d", "backbone": "cdae", "better": "CD-best", "worse": "RD", "seeds": 3,
-                          "HR@10 gain %": 40.0, "HR@10 p": 0.01, "NDCG@10 gain %": -1.0, "NDCG@10 p": 0.5}])
-    ex.save_table(gain, "03_gain_cd_over_rd", tmp_path)
-    main = pd.DataFrame(rows("Teacher", [0.6, 0.6]) + rows("CD-best", [0.5, 0.5]))
-    ex.save_table(main, "03_main_runs", tmp_path)
-    c = report.claims(tmp_path).set_index("claim")
-    hr = c.loc["3. CD beats RD (HR@10)"]
-    assert bool(hr["held"]) and not bool(hr["in paper range"])            # 40% is above the paper's 33.2%
-    assert not bool(c.loc["3. CD beats RD (NDCG@10)"]["held"])
-    close = c.loc["4. CD student comes close to the teacher (NDCG@10)"]
-    assert not bool(close["held"]) and close["measured"].startswith("83.3%")
+def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
+    from cdlib import train
+    assert len(ex._points(ex.TUNING["CD"])) == len(ex._points(ex.TUNING["RD"]))            # equal budgets
+    assert len(ex._points(ex.TUNING["Teacher"])) == len(ex._points(ex.TUNING["Student"]))
+    assert ex._points(ex.TUNING["RD"])[0] == {"lambda_rd": 1.0, "rd_k": 10}               # the authors' defaults first
+    seen = []
+
+    def fake_run(cfg, results=None, refresh=False, progress=True, train=None):
+        c = cfg.canonical()
+        seen.append(c)
+        # validation prefers lr 1e-2 for teachers, 3e-4 for students, lambda 0.1 for both methods;
+        # test prefers the opposite, and must not matter
+        good = {"none": (c.lr == (1e-2 if c.size == 200 else 3e-4)),
+                "rd": c.lambda_rd == 0.1 and c.rd_k == 20, "cd": c.lambda_kd == 0.1 and c.n_distill == 20}[c.method]
+        m = {k: 0.5 for k in ex.METRICS}
+        return {"key": c.key(), "n_params": 1, "best_epoch": 1, "epochs_run": 1, "timing": {"train_seconds": 0},
+                "provenance": {"device": "cpu: x"}, "test_sampled": {**m, "NDCG@10": 0.1 if good else 0.9},
+                "test_full": m, "valid_sampled": {**m, "NDCG@10": 0.9 if good else 0.1}, "valid_full": m}
+    monkeypatch.setattr(train, "run", fake_run)
+    p = ex.profile("quick")
+    runs_df, choice = ex.tune(p, "ml-100k", "cdae", tmp_path)
+    assert choice == {"Teacher": {"lr": 1e-2}, "Student": {"lr": 3e-4}, "RD": {"lambda_rd": 0.1, "rd_k": 20},
+                      "CD": {"lambda_kd": 0.1, "n_distill": 20}}
+    students = [c for c in seen if c.method != "none"]
+    assert all(c.teacher_lr == 1e-2 and c.lr == 3e-4 for c in students)       # stages feed the next
+    assert {c.seed for c in seen} == set(p.tune_seeds) and all(c.min_epochs == p.min_epochs for c in seen)
+    t = ex.tuning_table(runs_df, {("ml-100k", "cdae"): choice})
+    assert t.chosen.sum() == 4 and len(t) == 4 + 4 + 6 + 6
+    s = ex.settings(p, "citeulike-t", "cdae", tmp_path)                         # untuned: the nearest tuned
+    assert s["RD"] == {"lr": 3e-4, "teacher_lr": 1e-2, "lambda_rd": 0.1, "rd_k": 20}
+
+
+def test_bad_tuning_grids_and_epoch_rules_are_refused():
+    import pytest
+    with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
+        ex.check_tuning({"CD": {"lamda": [1.0]}})
+    with pytest.raises(ValueError, match="the grid of RD is empty"):
+        ex.check_tuning({"RD": {}})
+    with pytest.raises(ValueError, match="'lambda_rd' has no values"):
+        ex.check_tuning({"RD": {"lambda_rd": []}})
+    with pytest.raises(ValueError, match="unknown stage 'KD'"):
+        ex.check_tuning({"KD": {"lr": [1e-3]}})
+    with pytest.raises(ValueError, match="epoch cap epochs=20 is below min_epochs=50"):
+        ex.profile("quick", epochs=20)
+
+
+def test_holm_against_its_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.random(7) ** 3
+        p[rng.random(7) < 0.2] = np.nan
+        got = report.holm(p)
+        ok = ~np.isnan(p)
+        q, m = p[ok], ok.sum()
+        order = np.argsort(q)
+        want = np.empty(m)
+        for rank, i in enumerate(order):                  # step-down: max over the smaller ones
+            want[i] = min(1.0, max((m - r) * q[order[r]] for r in range(rank + 1)))
+        assert np.allclose(got[ok], want) and np.isnan(got[~ok]).all()
+
+
+def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
+    # cell a: CD beats RD clearly; cells b and c: p < 0.05 each alone, not after Holm over the three
+    rd = [0.40, 0.42, 0.41, 0.43]
+    cds = {"a": [0.50, 0.53, 0.51, 0.52], "b": [0.41, 0.44, 0.415, 0.445], "c": [0.412, 0.44, 0.416, 0.44]}
+    main = pd.DataFrame([r for d, cd in cds.items() for r in
+                         rows("Teacher", [0.6] * 4, d) + rows("RD", rd, d) + rows("CD-T", cd, d)])
+    ex.save_table(ex.best_cd(main), "03_main_runs", tmp_path)
+    c = report.claims(tmp_path)
+    hr = c[c.claim == "3. CD beats RD (HR@10)"].set_index("dataset")
+    p = {d: stats.ttest_rel(cd, rd).pvalue for d, cd in cds.items()}
+    assert all(abs(hr.loc[d, "p (sampled)"] - p[d]) < 1e-12 for d in cds)
+    assert np.allclose(hr.loc[list(cds), "p Holm (sampled)"].to_numpy(), report.holm(list(p.values())))
+    assert bool(hr.loc["a", "held (sampled)"]) and bool(hr.loc["a", "held (full)"])
+    assert p["b"] < 0.05 and p["c"] < 0.05
+    assert not bool(hr.loc["b", "held (sampled)"]) and not bool(hr.loc["c", "held (sampled)"])   # not after Holm
+    assert bool(hr.loc["a", "in paper range (sampled)"]) == (2.7 <= hr.loc["a", "gain % (sampled)"] <= 33.2)
+    close = c[c.claim.str.startswith("4.")].set_index("dataset")
+    assert close.loc["a", "measured"].startswith(f"sampled: {100 * np.mean(cds['a']) / 0.6:.1f}% of its teacher")
+    assert not bool(close.loc["a", "held (sampled)"])
 
 
 def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
@@ -67,43 +144,49 @@ def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
     c = report.claims(tmp_path).set_index("claim")
     hr = c.loc["6. born-again CD beats the teacher (HR@10)"]
     p = stats.ttest_rel(bacd, teacher).pvalue
-    assert f"p = {p:.3g}" in hr["measured"] and bool(hr["held"]) == (p < 0.05)
-    assert hr["measured"].startswith(f"{100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%")
+    assert f"p {p:.3g}" in hr["measured"] and bool(hr["held (sampled)"]) == (p < 0.05)
+    assert hr["measured"].startswith(f"sampled: {100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%")
     samp = c.loc["2. rank-aware sampling beats uniform (teacher-guided, NDCG@10)"]
-    assert not bool(samp["held"]) and "3 seeds" in samp["measured"]      # mean gain < 0
+    assert not bool(samp["held (sampled)"]) and "3 seeds" in samp["measured"]      # mean gain < 0
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
-    ex.save_table(pd.DataFrame({"claim": ["x"], "held": [True]}).set_index("claim"), "claims", tmp_path)
+    ex.save_table(pd.DataFrame({"claim": ["x"], "held (sampled)": [True]}).set_index("claim"), "claims", tmp_path)
     assert report.update_readme(tmp_path, readme)
     text = readme.read_text()
     assert "old" not in text and "| x | True |" in text and text.endswith("after\n")
     assert not report.update_readme(tmp_path, readme)                    # idempotent
 
 
-def test_coverage_counts_seeds_and_shows_unrun_cells(tmp_path):
+def test_coverage_says_what_each_table_rests_on(tmp_path):
     main = pd.DataFrame(rows("Teacher", [0.6, 0.6, 0.6]) + rows("RD", [0.5])
-                        + [{"label": "Teacher", "dataset": "e", "backbone": "neumf", "seed": 0, "status": "missing"}])
+                        + [{"label": "Teacher", "dataset": "e", "backbone": "neumf", "seed": 0, "status": "untuned"}])
+    main["device"] = "cpu"
     ex.save_table(main, "03_main_runs", tmp_path)
-    cov = report.coverage(tmp_path)
-    assert cov.loc[("d", "cdae"), "Teacher"] == 3 and cov.loc[("d", "cdae"), "RD"] == 1
-    assert cov.loc[("d", "cdae"), "seeds"] == "0, 1, 2"
-    assert cov.loc[("e", "neumf"), "Teacher"] == 0 and cov.loc[("e", "neumf"), "seeds"] == "-"
+    cov = report.coverage(tmp_path).set_index(["table", "dataset", "backbone"])
+    assert cov.loc[("main (03)", "d", "cdae"), "runs"] == 4 and cov.loc[("main (03)", "d", "cdae"), "seeds"] == "0, 1, 2"
+    assert cov.loc[("main (03)", "e", "neumf"), "runs"] == 0 and cov.loc[("main (03)", "e", "neumf"), "not recorded"] == 1
 
 
-def test_early_stops_lists_runs_stopped_on_their_initial_plateau(tmp_path):
+def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch):
     from cdlib import runs
-    base = {"dataset": "d", "backbone": "neumf", "size": 8, "method": "rd", "seed": 0, "epochs": 200, "patience": 20}
-    for seed, best, run in ((0, 4, 24), (1, 150, 170), (2, 20, 200)):   # plateau; trained; budget spent
-        runs.write_record({"config": dict(base, seed=seed), "best_epoch": best, "epochs_run": run,
-                           "test_sampled": {"HR@10": 0.4 + seed / 10},
-                           "curve": [{"valid_NDCG@10": 0.2}, {"valid_NDCG@10": 0.25}]}, tmp_path)
-    stops = report.early_stops(tmp_path)
-    assert list(stops.seed) == [0] and stops.loc[0, "best epoch"] == 4 and stops.loc[0, "test HR@10"] == 0.4
-    assert stops.loc[0, "best valid NDCG@10"] == 0.25
-    assert "### Runs stopped early" in report.readme_section(tmp_path)
+    monkeypatch.setattr(report, "popularity_valid_ndcg", lambda config: 0.24)
+    base = {"dataset": "d", "backbone": "neumf", "size": 8, "method": "rd", "epochs": 1000, "data_seed": 0}
+    table = []
+    for seed, best, ran, valid in ((0, 40, 80, 0.245), (1, 150, 180, 0.35), (2, 950, 1000, 0.36)):
+        key = f"k{seed}"                                   # stalled; fine; capped
+        runs.write_record({"key": key, "config": dict(base, seed=seed), "best_epoch": best, "epochs_run": ran,
+                           "valid_sampled": {"NDCG@10": valid}}, tmp_path)
+        table += [dict(r, key=key) for r in rows("RD", [0.5], backbone="neumf")]
+        table[-1]["seed"] = seed
+    ex.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
+    bad = report.violations(tmp_path)
+    assert list(bad.seed) == [0, 2]
+    assert bad.problem[0].startswith("stalled (valid NDCG@10 0.2450, popularity 0.2400)")
+    assert bad.problem[1].startswith("capped (best epoch 950 of cap 1000)") and set(bad.table) == {"main (03)"}
+    assert "### Runs that break the fair protocol" in report.readme_section(tmp_path)
 
 
 def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
@@ -116,5 +199,5 @@ def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
     c = report.claims(tmp_path)
     c = c[c.claim == "5. the student is smaller and faster"].set_index(c.measured.str.contains("H100"))
     assert len(c) == 2
-    assert bool(c.loc[False, "held"]) and "4.0x faster" in c.loc[False, "measured"]
-    assert not bool(c.loc[True, "held"]) and "0.5x faster" in c.loc[True, "measured"]
+    assert bool(c.loc[False, "held (sampled)"]) and "4.0x faster" in c.loc[False, "measured"]
+    assert not bool(c.loc[True, "held (sampled)"]) and "0.5x faster" in c.loc[True, "measured"]

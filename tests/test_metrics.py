@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from cdlib import metrics
@@ -78,7 +79,8 @@ def test_evaluate_full_and_sampled_on_real_data(ml100k):
         got = metrics.evaluate(m, ml100k, split, "full", batch_size=100)
         ranks = []
         for u in range(0, ml100k.n_users, 37):  # brute force on a spread of users
-            seen = set(ml100k.train[u].indices) | ({ml100k.valid_item[u]} if split == "test" else set())
+            other = ml100k.test_item[u] if split == "valid" else ml100k.valid_item[u]     # the other held-out item
+            seen = set(ml100k.train[u].indices) | {other}
             t = items[u]
             others = [table[u, j].item() for j in range(ml100k.n_items) if j != t and j not in seen]
             ranks.append(brute_rank(table[u, t].item(), others))
@@ -87,8 +89,13 @@ def test_evaluate_full_and_sampled_on_real_data(ml100k):
         assert 0 < got["HR@20"] < 0.2                       # random scores: about 20 / n_items
         us = range(0, ml100k.n_users, 37)
         s = metrics.evaluate(m, ml100k, split, "sampled", users=torch.tensor(list(us)))
-        ranks = [brute_rank(table[u, items[u]].item(), table[u, ml100k.negatives[u]].tolist()) for u in us]
+        negs = ml100k.valid_negatives if split == "valid" else ml100k.negatives       # validation's own draw
+        ranks = [brute_rank(table[u, items[u]].item(), table[u, negs[u]].tolist()) for u in us]
         assert abs(s["NDCG@10"] - brute_metrics(ranks)["NDCG@10"]) < 1e-12
+        if split == "valid":                                 # the old protocol: validation on the test's candidates
+            old = metrics.evaluate(m, ml100k, split, "sampled", users=torch.tensor(list(us)), valid_negatives="test")
+            ranks = [brute_rank(table[u, items[u]].item(), table[u, ml100k.negatives[u]].tolist()) for u in us]
+            assert abs(old["NDCG@10"] - brute_metrics(ranks)["NDCG@10"]) < 1e-12
         s = metrics.evaluate(m, ml100k, split, "sampled")
         sd = (0.1 * 0.9 / ml100k.n_users) ** 0.5            # random scores: HR@10 = 10/100 in expectation
         assert abs(s["HR@10"] - 0.1) < 4 * sd
@@ -106,3 +113,26 @@ def test_count_above_matches_brute_force_with_ties_and_minus_inf():
             for i in range(3):
                 want = sum((s > thresholds[b, i]) if strict else (s >= thresholds[b, i]) for s in scores[b].tolist())
                 assert got[b, i] == want
+
+
+def test_a_non_finite_score_is_an_error_naming_model_and_split(ml100k):
+    table = torch.rand(ml100k.n_users, ml100k.n_items)
+    table[5, 3] = float("nan")
+    for protocol in ("sampled", "full"):
+        t = table.clone()
+        if protocol == "sampled":
+            t[5, ml100k.valid_negatives[5, 0]] = float("nan")
+        with pytest.raises(FloatingPointError, match=rf"Oracle .*non-finite score\(s\) on ml-100k valid \({protocol}\)"):
+            metrics.evaluate(Oracle(t), ml100k, "valid", protocol)
+    t = torch.rand(ml100k.n_users, ml100k.n_items)
+    t[0, ml100k.negatives[0, 0]] = float("inf")
+    with pytest.raises(FloatingPointError, match="test"):
+        metrics.evaluate(Oracle(t), ml100k, "test", "sampled")
+
+
+def test_popularity_ranks_by_training_counts(ml100k):
+    pop = metrics.Popularity(ml100k)
+    counts = np.asarray(ml100k.train.sum(0)).ravel()
+    assert np.array_equal(pop.score_all(torch.tensor([0, 1]))[1].numpy(), counts.astype(np.float32))
+    r = metrics.evaluate(pop, ml100k, "valid", "sampled")
+    assert 0.2 < r["NDCG@10"] < 0.3                       # the initial plateau of ml-100k's learning curves

@@ -11,19 +11,23 @@ from cdlib import reproduce
 def check_outputs(res):
     for nb in reproduce.NOTEBOOKS:
         assert (res / "notebooks" / f"{nb}.ipynb").is_file(), nb
-    for table in ("01_datasets", "02_teachers", "03_main", "03_gain_cd_over_rd", "04_sampling", "05_guidance",
-                  "06_size", "07_sensitivity", "08_efficiency", "claims"):
+    for table in ("00_tuning", "01_datasets", "02_teachers", "03_main", "03_gain_cd_over_rd", "04_sampling",
+                  "05_guidance", "06_size", "07_sensitivity", "08_efficiency", "claims"):
         assert (res / f"{table}.csv").is_file(), table
     main = pd.read_csv(res / "03_main_runs.csv")
     assert set(main.label) >= {"Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H"}
     assert (main.status == "ok").all()
-    for fig in ("03_main_ndcg10", "05_guidance_curves", "06_size_ndcg10", "07_sensitivity_ndcg10",
-                "08_accuracy_vs_latency"):
+    for fig in ("03_main_ndcg10", "03_main_ndcg10_full", "05_guidance_curves", "06_size_ndcg10",
+                "07_sensitivity_ndcg10", "08_accuracy_vs_latency", "10_your_data_ndcg10"):
         assert (res / "figures" / f"{fig}.png").is_file() and (res / "figures" / f"{fig}.pdf").is_file()
     records = [json.loads(p.read_text()) for p in (res / "runs").glob("*.json")]
     assert records and all(r["config"]["subset_users"] == 150 for r in records)
+    assert {r["config"]["dataset"] for r in records} == {"ml-100k", "data/synthetic.inter"}     # notebook 10's own file
+    tuning = pd.read_csv(res / "00_tuning.csv")
+    assert tuning.chosen.sum() == 8                                    # 4 stages x 2 backbones
     claims = pd.read_csv(res / "claims.csv")
     assert claims.claim.str.startswith("3. CD beats RD").any()
+    assert {"held (sampled)", "held (full)", "p Holm (sampled)", "p Holm (full)"} <= set(claims.columns)
 
 
 def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
@@ -51,7 +55,8 @@ def test_failing_job_is_named_and_others_finish(tmp_path, monkeypatch, capsys):
     assert "FAILED 02/no-such-dataset" in err and "unknown dataset" in err
     assert "FAILED 02/ml-100k" not in err
     assert (res / "notebooks" / "02_teachers__ml-100k.ipynb").is_file()
-    assert len(list((res / "runs").glob("*.json"))) == 2            # both teachers of ml-100k recorded
+    # both teachers of ml-100k recorded, with the tuning stage they rest on (one point per stage, 2 backbones)
+    assert len(list((res / "runs").glob("*.json"))) == 8
 
 
 def test_smoke_profile_on_dask_local_cluster(tmp_path, monkeypatch):
@@ -73,8 +78,20 @@ def test_help_says_what_each_profile_costs(capsys):
 
 
 def test_plan_passes_seeds_and_backbones_to_every_job(tmp_path):
-    training, report, last = reproduce.plan("paper", ["ml-1m"], ["03_main", "09_summary"], tmp_path, tmp_path,
-                                            tmp_path, 2, seeds=[1], backbones=["neumf"])
-    for job in training + report + last:
+    tuning, training, report, last = reproduce.plan("paper", ["ml-1m", "/data/my.csv"],
+                                                    ["00_tuning", "03_main", "09_summary"], tmp_path, tmp_path,
+                                                    tmp_path, 2, seeds=[1], backbones=["neumf"])
+    for job in tuning + training + report + last:
         assert job.parameters["seeds"] == [1] and job.parameters["backbones"] == ["neumf"]
-    assert [j.notebook for j in training] == ["03_main"] and [j.notebook for j in last] == ["09_summary"]
+    assert [j.name for j in tuning] == ["00/ml-1m"]                   # my.csv uses ml-1m's tuning (paper profile)
+    assert [j.name for j in training] == ["03/ml-1m", "03/my.csv"] and [j.notebook for j in last] == ["09_summary"]
+    assert training[1].output.endswith("03_main__my.csv.ipynb") and training[1].parameters["datasets"] == ["/data/my.csv"]
+
+
+def test_device_cuda_without_cuda_is_refused_before_anything_runs(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--results", str(tmp_path / "r"), "--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from cdlib import runs, train
+from cdlib import data, methods, runs, train
 
-TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, device="cpu")
+TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, min_epochs=1, device="cpu")
 
 
 @pytest.fixture()
@@ -50,11 +50,41 @@ def test_record_is_reused_and_complete(results, monkeypatch):
 def test_canonical_config_ignores_unused_parameters():
     a = train.Config(method="none", mu=3.0, rd_k=7).canonical()
     b = train.Config(method="none").canonical()
-    assert runs.config_key(a.__dict__) == runs.config_key(b.__dict__)
-    c = train.Config(method="cd", guide="hybrid", epochs=40).canonical()
-    assert c.switch_epoch == 10 and c.max_rank == 100 and c.rd_k is None and c.teacher_size == 200
+    assert a.key() == b.key()
+    c = train.Config(method="cd", guide="hybrid", epochs=400).canonical()
+    assert c.switch_epoch == train.SWITCH_EPOCH and c.max_rank == 100 and c.rd_k is None and c.teacher_size == 200
     with pytest.raises(ValueError, match="method"):
         train.Config(method="kd").canonical()
+
+
+def test_bad_epoch_rules_and_names_are_refused_before_training():
+    with pytest.raises(ValueError, match=r"epoch cap \(epochs=10\) is below min_epochs=50"):
+        train.Config(epochs=10).canonical()
+    for kw, name in ((dict(method="rd", rd_rank="guess"), "rd_rank"), (dict(method="cd", guide="both"), "guide"),
+                     (dict(method="cd", sampling="all"), "sampling"), (dict(valid_negatives="mine"), "valid_negatives")):
+        with pytest.raises(ValueError, match=name):
+            train.Config(**kw).canonical()
+
+
+def test_a_seed_is_a_whole_replicate_and_rd_defaults_are_the_authors():
+    c = train.Config(method="cd", seed=3).canonical()
+    assert c.teacher_seed == 3 and c.teacher().seed == 3
+    assert train.Config(method="cd", seed=3, teacher_seed=0).teacher().seed == 0
+    rd = train.Config(method="rd").canonical()          # Tang & Wang's distill_caser.py defaults
+    assert (rd.lambda_rd, rd.rd_k, rd.rd_lambda, rd.rd_mu, rd.rd_warmup, rd.rd_renorm, rd.rd_rank, rd.rd_samples) == \
+        (1.0, 10, 1.0, 0.1, 10, False, "sampled", 100)
+
+
+def test_early_stopping_waits_for_min_epochs(results, monkeypatch):
+    from cdlib import metrics
+    flat = {m: 0.5 for m in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")}
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: dict(flat))      # never improves after epoch 1
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(TINY, epochs=9, patience=1, min_epochs=6)),
+                    results, progress=False)
+    assert rec["best_epoch"] == 1 and rec["epochs_run"] == 6
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(TINY, epochs=9, patience=1, min_epochs=1)),
+                    results, progress=False)
+    assert rec["epochs_run"] == 2
 
 
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
@@ -64,7 +94,66 @@ def test_students_train_with_one_shared_teacher(results, backbone, method, extra
     cfg = train.Config(backbone=backbone, size=4, method=method, teacher_size=16, **TINY, **extra)
     rec = train.run(cfg, results, progress=False)
     assert rec["teacher_n_params"] > rec["n_params"]
-    teacher = runs.read_record(train.Config(backbone=backbone, size=16, **TINY).canonical().__dict__, results)
+    teacher = runs.read_record(train.Config(backbone=backbone, size=16, **TINY).key(), results)
     assert teacher is not None and rec["teacher_key"] == teacher["key"]
+    assert rec["teacher_sha256"] == teacher["weights_sha256"] == data.sha256(train.weights_path(cfg.teacher()))
+    assert rec["weights_sha256"] == data.sha256(train.weights_path(cfg.canonical()))      # students are kept too
     assert 0.0 <= rec["test_sampled"]["HR@10"] <= 1.0
     assert torch.isfinite(torch.tensor(rec["curve"][-1]["loss"]))
+
+
+def _teacher_and_student(results):
+    student = train.Config(backbone="cdae", size=4, method="cd", teacher_size=16, **TINY)
+    rec = train.run(student, results, progress=False)
+    tpath = runs.record_path(rec["teacher_key"], results)
+    return student, rec, tpath
+
+
+def test_retrained_teacher_equal_to_its_record_keeps_the_record(results):
+    student, rec, tpath = _teacher_and_student(results)
+    before = tpath.read_bytes()
+    wpath = train.weights_path(student.teacher())
+    wpath.unlink()                                               # a fresh clone: no cached weights
+    other = train.run(train.Config(**{**student.__dict__, "seed": 0, "lambda_kd": 0.3}), results, progress=False)
+    assert tpath.read_bytes() == before                          # the committed record is untouched
+    assert wpath.is_file() and other["teacher_sha256"] == data.sha256(wpath)
+    note = json.loads(wpath.with_suffix(".json").read_text())
+    assert note["weights_sha256"] == other["teacher_sha256"] and "equals the record" in note["retrained"]
+
+
+def test_retrained_teacher_that_differs_stops_naming_record_and_difference(results):
+    student, rec, tpath = _teacher_and_student(results)
+    recorded = json.loads(tpath.read_text())
+    recorded["test_sampled"]["HR@10"] += 0.01                     # as if trained on other hardware
+    recorded["curve"][0]["loss"] += 1e-3
+    tpath.write_text(json.dumps(recorded))
+    before = tpath.read_bytes()
+    train.weights_path(student.teacher()).unlink()
+    new_student = train.Config(**{**student.__dict__, "lambda_kd": 0.3})
+    with pytest.raises(train.TeacherMismatch, match=rf"{tpath.name}.*test_sampled HR@10.*learning curve from epoch 1"):
+        train.run(new_student, results, progress=False)
+    assert tpath.read_bytes() == before                          # nothing recorded was touched
+    assert not train.weights_path(student.teacher()).is_file()
+    assert runs.read_record(new_student.key(), results) is None
+    rec2 = train.load_teacher(new_student, results, progress=False, refresh=True)    # asked for: replaced
+    assert json.loads(tpath.read_text())["test_sampled"]["HR@10"] != recorded["test_sampled"]["HR@10"]
+
+
+def test_a_method_is_a_unit_the_loop_does_not_know(results, monkeypatch):
+    class Scaled(methods.NoKD):        # a new method: distil the teacher's logits on 3 uniform items
+        def __init__(self, cfg, positives, teacher):
+            super().__init__(cfg, positives, teacher)
+            self.teacher, self.positives, self.calls = teacher, positives, 0
+
+        def batch_items(self, users, generator):
+            from cdlib.samplers import uniform_items
+            self.calls += 1
+            return uniform_items(self.positives, users, 3, generator)
+
+        def loss(self, users, items, logits):
+            return ((logits - self.teacher.score(users, items)) ** 2).mean()
+    monkeypatch.setitem(methods.METHODS, "mse", Scaled)
+    monkeypatch.setattr(train, "METHODS", tuple(methods.METHODS))
+    rec = train.run(train.Config(backbone="cdae", size=4, method="mse", teacher_size=16, **TINY), results,
+                    progress=False)
+    assert rec["config"]["method"] == "mse" and rec["teacher_key"] is not None

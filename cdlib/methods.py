@@ -1,0 +1,113 @@
+"""Distillation methods as units of one small interface, so that the training loop never branches
+on the method (adding one, DE-RRD say, is a new class here and an entry in METHODS).
+
+A method says, for a batch of users, which items it adds to the student's forward pass
+(`batch_items`), what loss term it adds on the student's logits of those items (`loss`), and what
+it refreshes at the start of each epoch (`start_epoch`). L = L_CF + the method's term.
+
+- NoKD: nothing (teachers, and students without distillation).
+- RD:   Ranking Distillation (Tang & Wang, KDD 2018; METHOD.md "RD"), as the authors' code runs it.
+- CD:   Collaborative Distillation (METHOD.md "The CD loss", "rank-aware sampling", "guided training").
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import losses, metrics
+from .data import UserItems
+from .samplers import CDSampler, masked_scores, top_missing, uniform_items
+
+
+class NoKD:
+    """No distillation term: the CF loss alone."""
+
+    def __init__(self, cfg, positives: UserItems, teacher=None):
+        self.refresh_seconds = []
+
+    def start_epoch(self, epoch: int, student) -> None:
+        pass
+
+    def batch_items(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def loss(self, users: torch.Tensor, items: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("NoKD adds no items, so it has no loss term")
+
+
+class RD(NoKD):
+    """L_RD on the teacher's top `rd_k` missing items, weighted by position and, after `rd_warmup`
+    epochs, by the student's ranking discrepancy (losses.rd_weights). The student's rank of each
+    item is, with rd_rank="sampled", estimated in every step from `rd_samples` uniform missing items
+    added to the batch (Tang & Wang's code), or, with rd_rank="exact", counted over all items once
+    per epoch."""
+
+    def __init__(self, cfg, positives: UserItems, teacher):
+        self.cfg, self.positives = cfg, positives
+        self.top = top_missing(teacher, positives, cfg.rd_k)
+        if (self.top < 0).any():
+            raise ValueError(f"rd_k={cfg.rd_k} exceeds the missing items of some user")
+        self.dynamic, self.ranks, self.refresh_seconds = False, None, []
+
+    def start_epoch(self, epoch: int, student) -> None:
+        self.dynamic = epoch >= self.cfg.rd_warmup
+        if self.dynamic and self.cfg.rd_rank == "exact":
+            t = time.perf_counter()
+            self.ranks = student_ranks(student, self.positives, self.top)
+            self.refresh_seconds.append(time.perf_counter() - t)
+
+    def batch_items(self, users, generator):
+        top = self.top[users]
+        if self.dynamic and self.cfg.rd_rank == "sampled":
+            return torch.cat([top, uniform_items(self.positives, users, self.cfg.rd_samples, generator)], 1)
+        return top
+
+    def loss(self, users, items, logits):
+        c, k = self.cfg, self.cfg.rd_k
+        rank = None
+        if self.dynamic:
+            rank = (losses.rd_sampled_rank(logits[:, :k].detach(), logits[:, k:].detach(), self.positives.shape[1])
+                    if c.rd_rank == "sampled" else self.ranks[users])
+        w = losses.rd_weights(k, c.rd_lambda, rank, c.rd_mu, c.rd_renorm).to(logits.device)
+        return c.lambda_rd * losses.rd_loss(logits[:, :k], w)
+
+
+class CD(NoKD):
+    """lambda * L_KD on `n_distill` missing items per user chosen by the CD sampler; soft labels
+    from the teacher."""
+
+    def __init__(self, cfg, positives: UserItems, teacher):
+        self.cfg, self.teacher = cfg, teacher
+        self.sampler = CDSampler(positives, teacher, cfg.n_distill, cfg.mu, cfg.sampling, cfg.guide,
+                                 cfg.max_rank, cfg.refresh_every or 1, cfg.switch_epoch or 0)
+        self.refresh_seconds = self.sampler.refresh_seconds
+
+    def start_epoch(self, epoch, student):
+        self.sampler.start_epoch(epoch, student)
+
+    def batch_items(self, users, generator):
+        return self.sampler.sample(users, generator)
+
+    def loss(self, users, items, logits):
+        return self.cfg.lambda_kd * losses.cd_loss(logits, self.teacher.score(users, items), self.cfg.temperature)
+
+
+METHODS = {"none": NoKD, "rd": RD, "cd": CD}
+
+
+def build(cfg, positives: UserItems, teacher=None) -> NoKD:
+    """The method unit of a (canonical) run configuration."""
+    return METHODS[cfg.method](cfg, positives, teacher)
+
+
+@torch.no_grad()
+def student_ranks(model, positives: UserItems, items: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The student's rank (1 = top) of each of `items` [users x k] among each user's missing items."""
+    out = torch.empty_like(items)
+    for s in range(0, len(items), batch_size):
+        u = torch.arange(s, min(s + batch_size, len(items)), device=items.device)
+        sc = masked_scores(model.score_all(u), positives, u)
+        target = sc.gather(1, items[u])
+        out[u] = 1 + metrics.count_above(sc, target)
+    return out
