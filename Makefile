@@ -1,4 +1,5 @@
 # make reproduce : run every notebook (see README and `make reproduce ARGS=--help`)
+# make distill   : distil your own data: make distill DATA=my.csv ARGS="--backbone neumf --out my_model"
 # make test      : unit tests, the smoke pipeline end to end, and the nbval check of the notebooks
 # Both create .venv and install what is missing. TORCH_SPEC pins torch (CI: torch==2.13.0, the CPU build).
 PYTHON ?= python3
@@ -7,7 +8,7 @@ TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 export CDLIB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: test unit nbval reproduce figures bench
+.PHONY: test unit nbval reproduce figures bench distill
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +35,7 @@ figures: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m cdlib.bench $(ARGS)
+
+distill: $(BIN)/.installed
+	@test -n "$(DATA)" || { echo "usage: make distill DATA=path/to/interactions.csv [ARGS='--out DIR ...']"; exit 2; }
+	$(BIN)/python -m cdlib.distill "$(DATA)" $(ARGS)

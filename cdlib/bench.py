@@ -65,22 +65,30 @@ def matmul_gflops(n_users: int, n_items: int, hidden: int, batch: int, device) -
     return cdae_epoch_flops(steps * batch, n_items, hidden) / timed(epoch, 2) / 1e9
 
 
-def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repeat: int | None = None) -> dict:
-    """Parameters, latency (ms) and throughput (users/s) of scoring all items for a batch of users:
-    the best of `repeat` calls (default 5 on the CPU; 50 on a GPU, where a call takes under a ms)."""
-    dev = models.default_device(device)
+def latency_ms(model, users: torch.Tensor, repeat: int | None = None) -> float:
+    """Best wall time (ms) of scoring all items for `users`, after 0.5 s of warm-up calls (a GPU
+    idles at low clocks: one call is not enough); best of `repeat` (default 5 on the CPU, 50 on a
+    GPU, where a call takes under a ms)."""
+    dev = model.device
     repeat = repeat or (5 if dev.type == "cpu" else 50)
+
+    def once():
+        model.score_all(users)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    return 1e3 * timed(once, repeat, warmup_s=0.5)
+
+
+def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repeat: int | None = None) -> dict:
+    """Parameters, latency (ms) and throughput (users/s) of scoring all items for a batch of users
+    with an untrained model of this backbone and size (`latency_ms`)."""
+    dev = models.default_device(device)
     torch.manual_seed(0)
     m = models.build(backbone, ds.train, size, 0.5, dev).eval()
     users = torch.arange(min(batch, ds.n_users), device=dev)
-
-    def once():
-        m.score_all(users)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-    sec = timed(once, repeat, warmup_s=0.5)   # a GPU idles at low clocks: one warm-up call is not enough
+    ms = latency_ms(m, users, repeat)
     return {"backbone": backbone, "size": size, "n_params": m.n_params(), "batch": len(users),
-            "latency_ms": 1e3 * sec, "throughput_users_s": len(users) / sec, "device": runs.device_name(dev)}
+            "latency_ms": ms, "throughput_users_s": 1e3 * len(users) / ms, "device": runs.device_name(dev)}
 
 
 def timing_table(datasets, backbones, devices=None, batch: int = 256, keep: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -85,9 +85,11 @@ class Dataset:
 
     train:      scipy CSR [users x items], 1.0 where the user interacted in training.
     valid_item, test_item: the held-out item of each user (int64 [users]).
-    negatives:  [users x 99] items the user never interacted with (sampled protocol).
+    negatives:  [users x 99] items the user never interacted with: the test candidates (sampled protocol).
     user_ids, item_ids: the original id of each index.
     meta:       name, source, sha256 of every file read, counts before/after filtering.
+    valid_negatives: [users x 99] the validation's own draw of never-interacted items (so that early
+                stopping never sees the test candidates; METHOD.md "Evaluation protocol").
     """
     name: str
     train: sp.csr_matrix
@@ -97,6 +99,7 @@ class Dataset:
     user_ids: np.ndarray
     item_ids: np.ndarray
     meta: dict = field(default_factory=dict)
+    valid_negatives: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -112,7 +115,8 @@ class Dataset:
         keep = np.sort(rng.choice(self.n_users, size=min(n_users, self.n_users), replace=False))
         meta = dict(self.meta, name=f"{self.name}[{len(keep)}u,seed{seed}]", subset_users=len(keep))
         return Dataset(meta["name"], self.train[keep], self.valid_item[keep], self.test_item[keep],
-                       self.negatives[keep], self.user_ids[keep], self.item_ids, meta)
+                       self.negatives[keep], self.user_ids[keep], self.item_ids, meta,
+                       None if self.valid_negatives is None else self.valid_negatives[keep])
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "
@@ -262,13 +266,20 @@ def _raw_counts(df: pd.DataFrame) -> dict:
     return {"users": int(df.user.nunique()), "items": int(df.item.nunique()), "interactions": int(len(df))}
 
 
-def _sample_negatives(seen: sp.csr_matrix, k: int, seed: int, chunk: int = 2048) -> np.ndarray:
+def _sample_negatives(seen: sp.csr_matrix, k: int, seed, chunk: int = 2048, where: str = "",
+                      user_ids=None) -> np.ndarray:
     """k distinct never-seen items per user: the k smallest of seeded uniform keys, seen items excluded.
     Vectorised over chunks of users; memory is chunk x items."""
     rng = np.random.default_rng(seed)
     n_users, n_items = seen.shape
-    if n_items - np.diff(seen.indptr).max() < k:
-        raise DataError(f"some user has fewer than {k} never-interacted items; cannot draw sampled negatives")
+    n_seen = np.diff(seen.indptr)
+    if n_items - n_seen.max() < k:
+        u = int(n_seen.argmax())
+        who = user_ids[u] if user_ids is not None else u
+        who = who.item() if hasattr(who, "item") else who
+        raise DataError(f"{where or 'dataset'}: too small for the sampled protocol: user {who!r} has only "
+                        f"{n_items - n_seen[u]} never-interacted items of {n_items}, and every user needs "
+                        f"{k} as negatives")
     out = np.empty((n_users, k), np.int64)
     for s in range(0, n_users, chunk):
         block = seen[s:s + chunk]
@@ -295,13 +306,14 @@ def _repair_negatives(neg: np.ndarray, seen: sp.csr_matrix, seed: int) -> int:
     return len(bad)
 
 
-def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=None, negatives=None):
+def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=None, negatives=None, user_names=None):
     """Leave-one-out on a long table (user, item[, time], pos) -> Dataset.
 
     order: "time" (timestamp, then file position), "file" (file position) or "random" (seeded).
     test/valid: optional tables (user, item) of held-out items given by the source, which then
     take precedence over the split of `df` (valid may be None: taken as the last of df).
     negatives: optional {raw user: array of raw items} given by the source.
+    user_names: optional original ids of df's user codes (for error messages).
     """
     meta = dict(meta, name=name, split_order=order, split_seed=seed, min_interactions=min_interactions)
     all_df = pd.concat([x for x in (df, valid, test) if x is not None], ignore_index=True)
@@ -330,6 +342,10 @@ def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=Non
     keep_users = counts.index[counts >= need]
     for h in held:
         keep_users = keep_users.intersection(pd.Index(h.user.unique()))
+    if len(keep_users) == 0:
+        raise DataError(f"{meta.get('source', name)}: no user has at least {min_interactions} interactions "
+                        f"({meta['before']['users']} users, {meta['before']['interactions']} interactions before "
+                        "filtering); leave-one-out needs a test item, a validation item and training items per user")
     meta["users_dropped"] = int(all_df.user.nunique() - len(keep_users))
     df = df[df.user.isin(keep_users)]
     # the last (and second to last) interaction of each user, in split order
@@ -373,12 +389,18 @@ def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=Non
                              f"item itself: {n_bad}) replaced by seeded never-interacted items")
         meta["negatives_replaced"] = n_bad
     else:
-        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1)
+        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1, where=meta.get("source", name),
+                                user_ids=user_ids if user_names is None else np.asarray(user_names)[user_ids])
         meta["negatives"] = f"sampled uniformly from never-interacted items, seed {seed + 1}"
+    # the validation's own candidates: never-interacted items (so never the test item), a draw of
+    # its own beside the test negatives, whichever way those were obtained
+    names = user_ids if user_names is None else np.asarray(user_names)[user_ids]
+    valid_neg = _sample_negatives(seen, N_NEGATIVES, [seed, 99], where=meta.get("source", name), user_ids=names)
+    meta["valid_negatives"] = f"sampled uniformly from never-interacted items, seed [{seed}, 99]"
     n_all = int(seen.nnz)
     meta["after"] = {"users": U, "items": I, "interactions": n_all, "train_interactions": int(tr.nnz),
                      "density": n_all / (U * I)}
-    return Dataset(name, tr, valid_item, test_item, neg, user_ids, item_ids, meta)
+    return Dataset(name, tr, valid_item, test_item, neg, user_ids, item_ids, meta, valid_neg)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -444,46 +466,199 @@ _LOADERS = {"ml-100k": _load_ml100k, "ml-1m": _load_ml1m, "citeulike-t": _load_c
             "yelp": _load_yelp, "foursquare": _load_foursquare, "amazon-music": _load_amazon_music}
 
 
+def is_file_dataset(name: str) -> bool:
+    """Whether a dataset argument names an interactions file rather than one of the six datasets."""
+    return name not in _LOADERS
+
+
 def load(name: str, seed: int = 0) -> Dataset:
-    """Load one dataset of METHOD.md by name; `seed` drives random splits and sampled negatives."""
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return _LOADERS[name](seed)
+    """One dataset of METHOD.md by name, or a user's interactions file by path (`read_interactions`
+    lists the formats); `seed` drives random splits and sampled negatives."""
+    if name in _LOADERS:
+        return _LOADERS[name](seed)
+    path = Path(name).expanduser()
+    if path.suffix == "" and not path.exists():
+        raise DataError(f"unknown dataset {name!r}: neither one of {', '.join(DATASETS)} nor an existing file")
+    return from_interactions(path, seed=seed)
 
 
-def from_interactions(table, name: str = "custom", order: str | None = None, seed: int = 0,
+# ----------------------------------------------------------------------------- a user's own data
+
+_INT = r"[+-]?\d+"
+_RECBOLE = {"user_id": "user", "item_id": "item", "timestamp": "timestamp"}
+
+
+def file_format(path: Path) -> str:
+    """csv, tsv, parquet or inter (RecBole atomic file), from the name (a trailing .gz is gzip)."""
+    suffixes = [x.lower() for x in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    kinds = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet",
+             ".inter": "inter"}
+    if ext not in kinds:
+        raise DataError(f"{path}: unknown interactions format {ext or '(no extension)'!r}; use .csv or .tsv "
+                        "(header user, item[, timestamp]; .gz accepted), .parquet, or RecBole's .inter")
+    return kinds[ext]
+
+
+def _check_ids(col: pd.Series, name: str, where: str, line) -> pd.Series:
+    """Ids of one type per column: all integers (returned as int64) or all strings (kept)."""
+    if col.dtype.kind in "iu":
+        return col.astype(np.int64)
+    if col.dtype.kind == "f":
+        raise DataError(f"{where}, {line(0)}: column {name!r} holds floating-point numbers; ids must be integers "
+                        "or strings")
+    py_str = col.map(lambda v: isinstance(v, str)).to_numpy()
+    if not py_str.all():        # Parquet object columns: Python ints beside strings
+        if py_str.any():
+            k = int(np.flatnonzero(py_str != py_str[0])[0])
+            raise DataError(f"{where}, {line(k)}: column {name!r} mixes id types ({type(col.iloc[0]).__name__} "
+                            f"{col.iloc[0]!r} in {line(0)}, {type(col.iloc[k]).__name__} {col.iloc[k]!r} here)")
+        col = col.astype(str)
+    is_int = col.str.fullmatch(_INT).to_numpy()
+    if is_int.all():
+        return col.astype(np.int64)
+    if is_int.any():
+        k = int(np.flatnonzero(is_int != is_int[0])[0])
+        raise DataError(f"{where}, {line(k)}: column {name!r} mixes integer and non-integer ids ({col.iloc[0]!r} in "
+                        f"{line(0)}, {col.iloc[k]!r} here); the ids of one column must be all integers or all strings")
+    return col
+
+
+def read_interactions(path) -> pd.DataFrame:
+    """A user's interactions file as a table (user, item[, timestamp]), checked.
+
+    Formats (by extension): CSV or TSV with a header naming `user`, `item` and optionally
+    `timestamp` (other columns ignored; `.gz` accepted); Parquet with those columns; RecBole's
+    atomic `.inter` files (tab-separated, typed header `user_id:token  item_id:token  timestamp:float`).
+    Bad input raises DataError naming the file, the line where one applies, and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    kind = file_format(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; expected a header (user, item[, timestamp]) and rows")
+    if kind == "parquet":
+        try:
+            table = pd.read_parquet(path)
+        except ImportError as e:
+            raise DataError(f"{path}: reading Parquet needs pyarrow ({e})") from None
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises its own types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+        def line(k):
+            return f"row {k + 1}"
+    else:
+        try:
+            table = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False,
+                                compression="infer", skip_blank_lines=True)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file is empty; expected a header (user, item[, timestamp]) and rows") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+            raise DataError(f"{path}: malformed {kind} file ({type(e).__name__}: {e})") from None
+
+        def line(k):
+            return f"line {k + 2}"
+    table.columns = [str(c).strip() for c in table.columns]
+    if kind == "inter":
+        fields = {c: c.split(":", 1)[0] for c in table.columns}
+        untyped = [c for c in table.columns if ":" not in c]
+        if untyped:
+            raise DataError(f"{path}, line 1: RecBole header fields are name:type (e.g. user_id:token), "
+                            f"got {untyped}")
+        table = table.rename(columns={c: _RECBOLE.get(f, f) for c, f in fields.items()})
+        want = "user_id:token and item_id:token"
+    else:
+        want = "user and item"
+    missing = [c for c in ("user", "item") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}, line 1: missing column(s) {missing}: the header must name {want} "
+                        f"(and optionally timestamp); found {list(table.columns)}")
+    if len(table) == 0:
+        raise DataError(f"{path}: a header but no rows")
+    keep = ["user", "item"] + (["timestamp"] if "timestamp" in table.columns else [])
+    table = table[keep].reset_index(drop=True)
+    for c in ("user", "item"):
+        empty = table[c].isna().to_numpy() | (table[c].astype(str).str.strip() == "").to_numpy()
+        if empty.any():
+            raise DataError(f"{path}, {line(int(np.flatnonzero(empty)[0]))}: empty {c} id")
+        table[c] = _check_ids(table[c], c, str(path), line)
+    if "timestamp" in table:
+        t = pd.to_numeric(table["timestamp"], errors="coerce")
+        bad = np.flatnonzero(t.isna().to_numpy())
+        if len(bad):
+            raise DataError(f"{path}, {line(int(bad[0]))}: timestamp {table['timestamp'].iloc[bad[0]]!r} is not a number")
+        table["timestamp"] = t.to_numpy()
+    return table
+
+
+def from_interactions(table, name: str | None = None, order: str | None = None, seed: int = 0,
                       min_interactions: int = 3) -> Dataset:
-    """A Dataset from a user's own data: a DataFrame, or a CSV path with a header, holding columns
-    `user`, `item` and optionally `timestamp` (ids of any type). Leave-one-out by timestamp when
-    present, else by seeded random pick (override with `order` = time, file or random)."""
+    """A Dataset from a user's own data: a DataFrame (columns `user`, `item`, optionally `timestamp`;
+    ids of any one type per column), or the path of a file `read_interactions` reads. Leave-one-out
+    by timestamp when present, else by seeded random pick (override with `order` = time, file or random)."""
     meta = {"source": "from_interactions", "sha256": {}}
     if not isinstance(table, pd.DataFrame):
         path = Path(table)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        table = pd.read_csv(path)
-        meta.update(source=str(path), sha256={path.name: sha256(path)})
-    where = meta["source"]
-    missing = {"user", "item"} - set(table.columns)
-    if missing:
-        raise DataError(f"{where}: missing column(s) {sorted(missing)}; found {list(table.columns)}")
-    bad = np.flatnonzero(table["user"].isna().to_numpy() | table["item"].isna().to_numpy())
-    if len(bad):
-        raise DataError(f"{where}, line {bad[0] + 2}: empty user or item")
+        table = read_interactions(path)
+        meta.update(source=str(path), file=str(path.resolve()), sha256={path.name: sha256(path)})
+        name = name or path.name
+    else:
+        missing = {"user", "item"} - set(table.columns)
+        if missing:
+            raise DataError(f"DataFrame: missing column(s) {sorted(missing)}; found {list(table.columns)}")
+        if len(table) == 0:
+            raise DataError("DataFrame: no rows")
+        table = table.reset_index(drop=True).copy()
+        for c in ("user", "item"):
+            if table[c].isna().any():
+                raise DataError(f"DataFrame, row {int(np.flatnonzero(table[c].isna().to_numpy())[0]) + 1}: empty {c} id")
+            table[c] = _check_ids(table[c], c, "DataFrame", lambda k: f"row {k + 1}")
+        if "timestamp" in table:
+            t = pd.to_numeric(table["timestamp"], errors="coerce")
+            if t.isna().any():
+                raise DataError(f"DataFrame, row {int(np.flatnonzero(t.isna().to_numpy())[0]) + 1}: "
+                                "timestamp is not a number")
+            table["timestamp"] = t.to_numpy()
     u_codes, u_raw = pd.factorize(table["user"], sort=True)
     i_codes, i_raw = pd.factorize(table["item"], sort=True)
     df = pd.DataFrame({"user": u_codes.astype(np.int64), "item": i_codes.astype(np.int64)})
     if "timestamp" in table:
-        t = pd.to_numeric(table["timestamp"], errors="coerce")
-        if t.isna().any():
-            raise DataError(f"{where}, line {int(np.flatnonzero(t.isna().to_numpy())[0]) + 2}: "
-                            "timestamp is not a number")
-        df["time"] = t.to_numpy()
+        df["time"] = table["timestamp"].to_numpy()
     order = order or ("time" if "time" in df else "random")
-    ds = _build(name, df, order, seed, meta, min_interactions=min_interactions)
+    ds = _build(name or "custom", df, order, seed, meta, min_interactions=min_interactions, user_names=u_raw)
     ds.user_ids = np.asarray(u_raw)[ds.user_ids]
     ds.item_ids = np.asarray(i_raw)[ds.item_ids]
     return ds
+
+
+def synthetic(n_users: int = 600, n_items: int = 400, per_user: int = 40, dim: int = 8, seed: int = 0) -> pd.DataFrame:
+    """A seeded synthetic interactions table (user, item, timestamp) with structure a recommender can
+    learn: users and items have `dim` latent factors plus an item popularity term, and each user
+    interacts with the items of highest utility + Gumbel noise, in a random order of time. String
+    ids ("u0001", "i0001"), so that a model's recommendations are seen to keep the file's ids."""
+    rng = np.random.default_rng(seed)
+    pu = rng.standard_normal((n_users, dim))
+    qi = rng.standard_normal((n_items, dim))
+    pop = 1.5 * rng.standard_normal(n_items)
+    counts = np.clip(rng.poisson(per_user, n_users), 5, n_items - 120)
+    util = pu @ qi.T / np.sqrt(dim) + pop + rng.gumbel(size=(n_users, n_items))
+    order = np.argsort(-util, axis=1)
+    users = np.repeat(np.arange(n_users), counts)
+    items = order[np.arange(n_items)[None, :] < counts[:, None]]      # each user's top `count`, row by row
+    t = rng.permutation(len(users))
+    return pd.DataFrame({"user": [f"u{u:04d}" for u in users], "item": [f"i{i:04d}" for i in items],
+                         "timestamp": t})
+
+
+def write_inter(table: pd.DataFrame, path) -> Path:
+    """Write a (user, item[, timestamp]) table as a RecBole atomic .inter file, atomically."""
+    cols = {"user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float"}
+    out = table[[c for c in cols if c in table]].rename(columns=cols)
+    path = Path(path)
+    _atomic_write(path, out.to_csv(sep="\t", index=False).encode())
+    return path
 
 
 def statistics(datasets) -> pd.DataFrame:

@@ -1,9 +1,14 @@
 """cdlib.data against the counts of ../shared/data/README.md and the leave-one-out contract."""
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cdlib import data
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # raw counts from ../shared/data/README.md (users, items, interactions as stored)
 README_COUNTS = {
@@ -177,3 +182,98 @@ def test_user_items_pairs_and_contains(ml100k):
     dense = ui.dense(users)
     assert torch.equal(dense, torch.from_numpy(ml100k.train[users.numpy()].toarray()))
     assert not ui.contains(torch.arange(4), torch.from_numpy(ml100k.test_item[users.numpy()]), users).any()
+
+
+# ----------------------------------------------------------------------------- a user's own files
+
+def _table(n_users=150, n_items=300, per_user=8, string_ids=True):
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}" if string_ids else u, f"i{i}" if string_ids else i, t)
+            for t, (u, i) in enumerate((u, i) for u in range(n_users)
+                                        for i in rng.choice(n_items, per_user, replace=False))]
+    return pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "csv.gz", "tsv.gz", "parquet", "inter"])
+def test_every_file_format_gives_the_same_dataset(tmp_path, fmt):
+    df = _table()
+    ref = data.from_interactions(df, name="ref")
+    p = tmp_path / f"mine.{fmt}"
+    if fmt == "parquet":
+        df.to_parquet(p)
+    elif fmt == "inter":
+        data.write_inter(df, p)
+    else:
+        df.to_csv(p, sep="," if fmt.startswith("csv") else "\t", index=False)
+    ds = data.load(str(p))                                     # a path works wherever a name does
+    assert ds.name == p.name and ds.meta["sha256"] == {p.name: data.sha256(p)}
+    assert (ds.user_ids == ref.user_ids).all() and (ds.item_ids == ref.item_ids).all()
+    assert (ds.test_item == ref.test_item).all() and (ds.train != ref.train).nnz == 0
+    assert isinstance(ds.user_ids[0], str)                     # strings stay strings
+
+
+def test_integer_ids_stay_integers_and_validation_has_its_own_negatives(tmp_path):
+    p = tmp_path / "ints.csv"
+    _table(string_ids=False).to_csv(p, index=False)
+    ds = data.load(str(p))
+    assert ds.user_ids.dtype.kind == "i" and ds.item_ids.dtype.kind == "i"
+    v = ds.valid_negatives
+    assert v.shape == ds.negatives.shape and not (v == ds.test_item[:, None]).any()
+    assert not (v == ds.valid_item[:, None]).any()
+    rows = np.repeat(np.arange(ds.n_users), v.shape[1])
+    assert ds.train[rows, v.ravel()].sum() == 0
+    assert (v != ds.negatives).any()                           # a draw of its own
+
+
+def test_valid_negatives_never_hold_the_test_item(all_datasets):
+    for ds in all_datasets.values():
+        assert not (ds.valid_negatives == ds.test_item[:, None]).any(), ds.name
+        assert not (ds.valid_negatives == ds.valid_item[:, None]).any(), ds.name
+        s = np.sort(ds.valid_negatives, 1)
+        assert (s[:, 1:] != s[:, :-1]).all(), ds.name
+
+
+@pytest.mark.parametrize("name,content,pattern", [
+    ("empty.csv", "", r"empty.csv: the file is empty"),
+    ("noitem.csv", "user,thing\n1,2\n", r"noitem.csv, line 1: missing column\(s\) \['item'\]"),
+    ("header.csv", "user,item,timestamp\n", r"header.csv: a header but no rows"),
+    ("time.tsv", "user\titem\ttimestamp\n1\t2\t3\n1\t3\tyesterday\n", r"time.tsv, line 3: timestamp 'yesterday' is not a number"),
+    ("mixed.csv", "user,item\n1,a\n2,b\nbob,c\n", r"mixed.csv, line 4: column 'user' mixes integer and non-integer ids"),
+    ("blank.csv", "user,item\n1,a\n,b\n", r"blank.csv, line 3: empty user id"),
+    ("untyped.inter", "user_id\titem_id\n1\t2\n", r"untyped.inter, line 1: RecBole header fields are name:type"),
+    ("wrong.inter", "session_id:token\titem_id:token\n1\t2\n", r"wrong.inter, line 1: missing column\(s\) \['user'\].*user_id:token"),
+    ("my.json", "{}", r"my.json: unknown interactions format '.json'"),
+])
+def test_bad_files_name_file_line_and_problem(tmp_path, name, content, pattern):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(data.DataError, match=pattern):
+        data.load(str(p))
+    assert p.read_text() == content and sorted(x.name for x in tmp_path.iterdir()) == [name]   # nothing written
+
+
+def test_too_few_users_or_items_say_so(tmp_path):
+    p = tmp_path / "short.csv"
+    pd.DataFrame({"user": [1, 1, 2, 2], "item": [1, 2, 1, 3]}).to_csv(p, index=False)
+    with pytest.raises(data.DataError, match=r"short.csv: no user has at least 3 interactions"):
+        data.load(str(p))
+    q = tmp_path / "small.csv"
+    _table(n_users=20, n_items=60, per_user=5).to_csv(q, index=False)
+    with pytest.raises(data.DataError, match=r"small.csv: too small for the sampled protocol: user 'u\d+' has only \d+ "
+                                             r"never-interacted items of \d+, and every user needs 99"):
+        data.load(str(q))
+    # (Parquet's columns carry one type; a DataFrame's object column can mix them)
+    with pytest.raises(data.DataError, match=r"DataFrame, row 2: column 'user' mixes id types"):
+        data.from_interactions(pd.DataFrame({"user": [1, "a", 2], "item": ["x", "y", "z"]}))
+    with pytest.raises(data.DataError, match=r"neither one of ml-100k.*nor an existing file"):
+        data.load("ml-10m")
+
+
+def test_synthetic_table_is_the_shipped_file():
+    shipped = ROOT / "notebooks" / "data" / "synthetic.inter"
+    df = data.synthetic()
+    assert df.user.nunique() == 600 and (df.groupby("user").size() >= 5).all()
+    assert (df.groupby("user").item.nunique() == df.groupby("user").size()).all()     # no duplicate pairs
+    assert data.sha256(shipped) == hashlib.sha256(df.rename(columns={
+        "user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float"}).to_csv(
+        sep="\t", index=False).encode()).hexdigest()

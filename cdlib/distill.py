@@ -1,0 +1,130 @@
+"""Distill your own data: an interactions file in, a saved teacher and CD student out.
+
+    python -m cdlib.distill DATA [--backbone cdae|neumf] [--teacher-size N] [--student-size N]
+                                 [--guide teacher|student|hybrid] [--seed S] [--device cpu|cuda] [--out DIR]
+
+DATA is the path of an interactions file (CSV or TSV with a header user, item[, timestamp], .gz
+accepted; Parquet; RecBole's .inter) or one of the six dataset names. The teacher is trained, or
+reused when a run of the same configuration on the same bytes is recorded and its weights cached;
+the student is distilled from it with CD. DIR receives teacher.pt and student.pt (load them with
+cdlib.load_model, then .recommend(user_ids)) and card.json: the configuration, the data file and
+its SHA-256, the SHA-256 of each weights file, both models' test metrics on both protocols, their
+parameter counts and their scoring latency on this machine. Run records go to --results (default
+$CDLIB_CACHE/results, outside the repository), so nothing of the repository's results is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import bench, data, models, runs, saved, train
+
+METRICS = ("HR@10", "NDCG@10")
+
+
+def _model(cfg: train.Config, ds) -> models.Recommender:
+    m = train.build_model(cfg, ds)
+    m.load_state_dict(torch.load(train.weights_path(cfg), map_location=m.device, weights_only=True))
+    return m.eval()
+
+
+def distill(data_path: str, backbone: str = "cdae", teacher_size: int | None = None, student_size: int | None = None,
+            guide: str = "teacher", seed: int = 0, device: str | None = None, out="distilled", results=None,
+            progress: bool = True, **config) -> dict:
+    """Train (or reuse) the teacher, distil the student with CD, write DIR/{teacher,student}.pt and
+    DIR/card.json; returns the card. `config`: further train.Config fields (epochs, lr, ...)."""
+    t0 = time.time()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
+    results = Path(results) if results else data.cache_dir() / "results"
+    student_size = student_size or {"cdae": 20, "neumf": 8}.get(backbone)
+    scfg = train.Config(dataset=data_path, backbone=backbone, size=student_size, method="cd", guide=guide, seed=seed,
+                        teacher_size=teacher_size, device=device, **config).canonical()   # bad values stop here
+    tcfg = scfg.teacher()
+    if scfg.size >= tcfg.size:
+        print(f"note: the student (size {scfg.size}) is not smaller than the teacher (size {tcfg.size}): "
+              "born-again distillation", file=sys.stderr)
+    ds = train.dataset_for(scfg)                                  # bad data stops here, before any output
+    print(f"{ds}  ({ds.meta['source']})", flush=True)
+    print(f"[1/2] teacher: {backbone} size {tcfg.size}", flush=True)
+    trec = train.run(tcfg, results, progress=progress)
+    print(f"[2/2] CD student: {backbone} size {scfg.size}, {guide}-guided", flush=True)
+    srec = train.run(scfg, results, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = {"format": "cdlib-card/1", "data": {"path": str(Path(data_path)), **runs.dataset_info(ds)},
+            "weights": {}, "models": {}}
+    users = torch.arange(min(256, ds.n_users))
+    for role, cfg, rec in (("teacher", tcfg, trec), ("student", scfg, srec)):
+        model = _model(cfg, ds)
+        sha = saved.save_model(model, ds, out / f"{role}.pt", {k: v for k, v in vars(cfg).items()})
+        card["weights"][f"{role}.pt"] = {"sha256": sha, "role": role}
+        lat = bench.latency_ms(model, users.to(model.device))
+        card["models"][role] = {"config": vars(cfg), "record_key": rec["key"], "n_params": model.n_params(),
+                                "best_epoch": rec["best_epoch"], "epochs_run": rec["epochs_run"],
+                                "test_sampled": rec["test_sampled"], "test_full": rec["test_full"],
+                                "valid_sampled": rec["valid_sampled"],
+                                "latency_ms": {"users": len(users), "ms": lat, "device": runs.device_name(model.device)},
+                                "train_seconds": rec["timing"]["train_seconds"]}
+    card["models"]["student"]["teacher_sha256"] = srec.get("teacher_sha256")
+    card["provenance"] = runs.provenance(models.default_device(device))
+    card["wall_seconds"] = time.time() - t0
+    runs.write_atomic(out / "card.json", json.dumps(card, indent=1, default=str) + "\n")   # last: names complete files
+    print()
+    print(table(card))
+    print(f"\nwrote {out / 'teacher.pt'}, {out / 'student.pt'}, {out / 'card.json'} in {card['wall_seconds']:.0f} s")
+    return card
+
+
+def table(card: dict) -> str:
+    """The teacher-against-student table of a card, as text."""
+    head = f"{'model':<9}{'size':>6}{'params':>12}" + "".join(
+        f"{m + ' ' + p:>20}" for p in ("sampled", "full") for m in METRICS) + f"{'latency ms':>12}"
+    lines = [head, "-" * len(head)]
+    for role in ("teacher", "student"):
+        m = card["models"][role]
+        vals = "".join(f"{m[f'test_{p}'][k]:>20.4f}" for p in ("sampled", "full") for k in METRICS)
+        lines.append(f"{role:<9}{m['config']['size']:>6}{m['n_params']:>12,}{vals}{m['latency_ms']['ms']:>12.2f}")
+    t, s = card["models"]["teacher"], card["models"]["student"]
+    lines.append(f"student/teacher: {s['n_params'] / t['n_params']:.1%} of the parameters, "
+                 f"{s['test_sampled']['NDCG@10'] / max(t['test_sampled']['NDCG@10'], 1e-12):.1%} of the NDCG@10 (sampled), "
+                 f"{t['latency_ms']['ms'] / s['latency_ms']['ms']:.1f}x the scoring speed "
+                 f"({t['latency_ms']['users']} users, {t['latency_ms']['device']})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cdlib.distill", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="interactions file (.csv/.tsv[.gz], .parquet, .inter) or a dataset name")
+    ap.add_argument("--backbone", default="cdae", choices=["cdae", "neumf"])
+    ap.add_argument("--teacher-size", type=int, default=None, help="CDAE hidden units / NeuMF d (default 200 / 64)")
+    ap.add_argument("--student-size", type=int, default=None, help="(default 20 / 8)")
+    ap.add_argument("--guide", default="teacher", choices=["teacher", "student", "hybrid"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    ap.add_argument("--out", default="distilled", help="output folder (default ./distilled)")
+    ap.add_argument("--results", default=None, help="run records (default $CDLIB_CACHE/results)")
+    ap.add_argument("--epochs", type=int, default=None, help="epoch cap (default: train.Config's)")
+    ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--min-epochs", type=int, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    extra = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("min_epochs", a.min_epochs))
+             if v is not None}
+    try:
+        distill(a.data, a.backbone, a.teacher_size, a.student_size, a.guide, a.seed, a.device, a.out, a.results,
+                progress=not a.no_progress, **extra)
+    except (data.DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

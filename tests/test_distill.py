@@ -1,0 +1,105 @@
+"""python -m cdlib.distill and saved models: a file in, a student that recommends out."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cdlib
+from cdlib import data, distill, saved, train
+
+SHIPPED = data.Path(__file__).resolve().parent.parent / "notebooks" / "data" / "synthetic.inter"
+QUICK = ["--epochs", "3", "--min-epochs", "1", "--patience", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CDLIB_CACHE", str(tmp / "cache"))
+    out = tmp / "out"
+    assert distill.main([str(SHIPPED), "--out", str(out), "--student-size", "8", *QUICK]) == 0
+    yield out, tmp
+    mp.undo()
+
+
+def test_distill_writes_weights_and_a_card_that_names_them(distilled, capsys):
+    out, tmp = distilled
+    card = json.loads((out / "card.json").read_text())
+    assert card["data"]["sha256"] == {"synthetic.inter": data.sha256(SHIPPED)}
+    for role in ("teacher", "student"):
+        assert card["weights"][f"{role}.pt"]["sha256"] == data.sha256(out / f"{role}.pt")
+        m = card["models"][role]
+        assert {"HR@10", "NDCG@10"} <= set(m["test_sampled"]) and {"HR@10", "NDCG@10"} <= set(m["test_full"])
+        assert m["n_params"] > 0 and m["latency_ms"]["ms"] > 0
+    assert card["models"]["student"]["config"]["size"] == 8 and card["models"]["teacher"]["config"]["size"] == 200
+    assert card["models"]["student"]["teacher_sha256"]
+    assert not list((tmp / "cache" / "results").glob("*.csv"))              # records only, in the cache
+    assert len(list((tmp / "cache" / "results" / "runs").glob("*.json"))) == 2
+
+
+def test_saved_student_recommends_in_the_files_ids(distilled):
+    out, _ = distilled
+    m = cdlib.load_model(out / "student.pt")
+    ds = data.load(str(SHIPPED))
+    users = ["u0003", "u0420", "u0003"]
+    rec = m.recommend(users, k=5)
+    assert list(rec.user) == [u for u in users for _ in range(5)] and rec.item.map(type).eq(str).all()
+    assert (np.diff(rec.score.to_numpy().reshape(len(users), 5), axis=1) <= 0).all() and list(rec["rank"][:5]) == [1, 2, 3, 4, 5]
+    # brute force for one user: the model's top-5 over the items it never interacted with
+    u = list(ds.user_ids).index("u0420")
+    scores = m.score(["u0420"])[0]
+    seen = set(ds.train[u].indices) | {ds.valid_item[u], ds.test_item[u]}
+    order = [i for i in np.argsort(-scores, kind="stable") if i not in seen][:5]
+    assert list(rec[rec.user == "u0420"].item) == list(ds.item_ids[order])
+    assert not set(rec[rec.user == "u0420"].item) & set(ds.item_ids[list(seen)])
+    with_seen = m.recommend(["u0420"], k=5, exclude_seen=False)
+    assert list(with_seen.item) == list(ds.item_ids[np.argsort(-scores, kind="stable")[:5]])
+    with pytest.raises(KeyError, match=r"2 unknown user id\(s\): \['nobody', 7\]"):
+        m.recommend(["u0003", "nobody", 7])
+    t = cdlib.load_model(out / "teacher.pt")
+    assert t.model.n_params() > m.model.n_params()
+
+
+def test_load_model_refuses_damaged_files_and_foreign_cards(distilled, tmp_path):
+    out, _ = distilled
+    bad = tmp_path / "student.pt"
+    bad.write_bytes((out / "student.pt").read_bytes()[:1000])               # truncated
+    with pytest.raises(saved.ModelError, match="not a readable model file"):
+        saved.load_model(bad)
+    (tmp_path / "card.json").write_text((out / "card.json").read_text())
+    with pytest.raises(saved.ModelError, match=r"SHA-256 .* is not the .* that .*card.json records"):
+        saved.load_model(bad)
+    with pytest.raises(saved.ModelError, match="names no weights file 'other.pt'"):
+        (tmp_path / "other.pt").write_bytes((out / "student.pt").read_bytes())
+        saved.load_model(tmp_path / "other.pt")
+    (tmp_path / "card.json").unlink()
+    torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")                  # a bare state dict (the cache's)
+    with pytest.raises(saved.ModelError, match="not a cdlib-model/1 file"):
+        saved.load_model(tmp_path / "sd.pt")
+
+
+def test_distill_refuses_bad_input_before_writing_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    out = tmp_path / "out"
+    assert distill.main([str(empty), "--out", str(out), *QUICK]) == 2
+    assert "empty.csv: the file is empty" in capsys.readouterr().err
+    assert distill.main([str(SHIPPED), "--out", str(out), "--epochs", "5", "--min-epochs", "9"]) == 2
+    assert "below min_epochs=9" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache" / "results").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            distill.main([str(SHIPPED), "--out", str(out), "--device", "cuda", *QUICK])
+        assert not out.exists()
+
+
+def test_a_file_dataset_is_keyed_by_its_bytes(tmp_path):
+    a, b = tmp_path / "a.inter", tmp_path / "b.inter"
+    a.write_bytes(SHIPPED.read_bytes())
+    b.write_bytes(SHIPPED.read_bytes())
+    ka, kb = (train.Config(dataset=str(p), size=8).key() for p in (a, b))
+    assert ka == kb                                                         # same bytes, same run
+    b.write_text(SHIPPED.read_text().replace("u0001\t", "u9999\t", 1))
+    assert train.Config(dataset=str(b), size=8).key() != ka                 # other bytes, other run
