@@ -35,7 +35,8 @@ def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
 
 
 def epoch_seconds(cfg: Config, ds, teacher=None, epochs: int = 2) -> float:
-    out = fit(Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs}), ds, teacher, progress=False)
+    out = fit(Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs, "min_epochs": epochs}), ds, teacher,
+              progress=False)
     return min(c["seconds"] for c in out["curve"])
 
 

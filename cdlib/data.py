@@ -382,6 +382,8 @@ def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=Non
                                 (np.r_[np.arange(U), np.arange(U)], np.r_[valid_item, test_item])),
                                shape=(U, I))).tocsr()
     seen.data[:] = 1.0
+    names = user_ids if user_names is None else np.asarray(user_names)[user_ids]      # for error messages
+    where = meta.get("source", name)
     if negatives is not None:
         neg = np.stack([iix.get_indexer(np.asarray(negatives[u])) for u in user_ids])
         n_bad = _repair_negatives(neg, seen, seed + 1)
@@ -389,13 +391,11 @@ def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=Non
                              f"item itself: {n_bad}) replaced by seeded never-interacted items")
         meta["negatives_replaced"] = n_bad
     else:
-        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1, where=meta.get("source", name),
-                                user_ids=user_ids if user_names is None else np.asarray(user_names)[user_ids])
+        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1, where=where, user_ids=names)
         meta["negatives"] = f"sampled uniformly from never-interacted items, seed {seed + 1}"
     # the validation's own candidates: never-interacted items (so never the test item), a draw of
     # its own beside the test negatives, whichever way those were obtained
-    names = user_ids if user_names is None else np.asarray(user_names)[user_ids]
-    valid_neg = _sample_negatives(seen, N_NEGATIVES, [seed, 99], where=meta.get("source", name), user_ids=names)
+    valid_neg = _sample_negatives(seen, N_NEGATIVES, [seed, 99], where=where, user_ids=names)
     meta["valid_negatives"] = f"sampled uniformly from never-interacted items, seed [{seed}, 99]"
     n_all = int(seen.nnz)
     meta["after"] = {"users": U, "items": I, "interactions": n_all, "train_interactions": int(tr.nnz),

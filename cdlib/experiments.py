@@ -246,6 +246,19 @@ def main_grid(p: Profile, results=None, train_missing=None) -> dict:
     }, results, train_missing)
 
 
+# RD as this project first ran it (v1): weights renormalised per user, lambda_RD = 0.5, a 5-epoch warm-up,
+# exact student ranks once per epoch; beside RD as its authors ran it, to show what the fixes change
+RD_V1 = {"rd_renorm": True, "lambda_rd": 0.5, "rd_warmup": 5, "rd_rank": "exact"}
+
+
+def rd_variant_grid(p: Profile, results=None, train_missing=None) -> dict:
+    """RD in its authors' form (the main table's runs) and in the v1 form, same teacher, seeds and
+    learning rate."""
+    s = STUDENT
+    return _grid(p, {"RD": lambda b, t: {"size": s[b], "method": "rd", **t["RD"]},
+                     "RD-v1": lambda b, t: {"size": s[b], "method": "rd", **t["RD"], **RD_V1}}, results, train_missing)
+
+
 def sampling_grid(p: Profile, guides=("teacher", "student"), results=None, train_missing=None) -> dict:
     """Table 4: rank-aware sampling against uniform and top-K selection, per guide (tuned CD settings)."""
     return _grid(p, {f"{samp}/{g}": (lambda b, t, samp=samp, g=g: {"size": STUDENT[b], "method": "cd",

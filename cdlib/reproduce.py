@@ -240,6 +240,9 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true", help="no training stage: tables and figures from "
                                                                "the recorded runs (make figures)")
     ap.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds: no run starts after this (runs not started stay unrecorded, the tables show "
+                         "them missing); a later reproduction resumes with them")
     args = ap.parse_args(argv)
 
     profile = PROFILES[args.profile]
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
           f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
           f"thread(s); results in {results}", flush=True)
     t0 = time.time()
+    if args.time_limit is not None:
+        os.environ["CDLIB_DEADLINE"] = str(t0 + args.time_limit)      # read by train.run in every job
     done = run_jobs(tuning, args.jobs, "tuning", args.scheduler, results, figures)
     done += run_jobs(training, args.jobs, "training", args.scheduler, results, figures)
     done += run_jobs(report, args.jobs, "report", args.scheduler, results, figures)

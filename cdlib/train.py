@@ -194,10 +194,13 @@ def build_model(cfg: Config, ds: data.Dataset, device=None) -> models.Recommende
                         cfg.mlp_scale or 1)
 
 
-def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc: str = "") -> dict:
+def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc: str = "",
+        track_test: bool = False) -> dict:
     """Train one model of `cfg` (canonical) on `ds`; returns {model, curve, best_epoch, timing}.
     The run ends when validation NDCG@10 has not improved for `patience` epochs, once it has run
-    `min_epochs` epochs, or at the cap `epochs`."""
+    `min_epochs` epochs, or at the cap `epochs`. track_test adds each epoch's test HR@10 and
+    NDCG@10 (sampled) to the curve, for analyses of the protocol only: nothing is chosen on them,
+    and they draw no random numbers, so the run is the same."""
     torch.manual_seed(cfg.seed)
     dev = models.default_device(cfg.device)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -240,6 +243,9 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
         mean_loss = total.item() / n_batches
         curve.append({"epoch": epoch + 1, "loss": mean_loss, "valid_HR@10": val["HR@10"],
                       "valid_NDCG@10": val["NDCG@10"], "seconds": epoch_seconds[-1]})
+        if track_test:
+            test = metrics.evaluate(model, ds, "test", "sampled")
+            curve[-1].update({"test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]})
         bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{val['NDCG@10']:.4f}")
         if val["NDCG@10"] > best:
             best, best_epoch, since = val["NDCG@10"], epoch + 1, 0
@@ -258,6 +264,17 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
 
 class NotRecorded(LookupError):
     """A run was asked for without training (train=False) and no record of it exists."""
+
+
+class DeadlineReached(NotRecorded):
+    """A run not recorded, not started because $CDLIB_DEADLINE (unix time) has passed: a time-limited
+    reproduction (reproduce --time-limit) leaves it for the next window."""
+
+
+def _check_deadline(what: str) -> None:
+    deadline = os.environ.get("CDLIB_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        raise DeadlineReached(f"{what} not started: the time limit (CDLIB_DEADLINE) has passed")
 
 
 class TeacherMismatch(RuntimeError):
@@ -308,6 +325,7 @@ def load_teacher(cfg: Config, results=None, progress: bool = True, train: bool =
     if not path.is_file():
         if not train:
             raise NotRecorded(f"teacher weights {path} are not cached and training is off (CDLIB_NO_TRAIN)")
+        _check_deadline(f"teacher {tcfg.key()}")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{path}.lock", "w") as lock:   # parallel jobs wait for one teacher, not train it twice
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -348,6 +366,32 @@ def _retrain_recorded_teacher(tcfg: Config, recorded: dict, ds, results, progres
     runs.write_atomic(path.with_suffix(".json"), json.dumps(note, indent=1, default=str))
 
 
+def best_test_epoch(config: Config, results=None, progress: bool = True) -> dict:
+    """How much choosing the epoch on test would add (NCF reports its best test epoch): the recorded
+    run of `config` is trained again with each epoch's test metrics tracked, its learning curve checked
+    equal to the record's (the run is deterministic), and the test HR@10 / NDCG@10 of the best
+    validation epoch set beside the best over all epochs. Written to results/analysis/ with provenance."""
+    cfg = config.canonical()
+    rec = run(cfg, results, progress=progress)
+    ds = dataset_for(cfg)
+    teacher = load_teacher(cfg, results, progress)[0] if cfg.method != "none" else None
+    t0 = time.time()
+    out = fit(cfg, ds, teacher, progress, track_test=True)
+    diff = differences({"curve": rec["curve"]},
+                       {"curve": [{k: v for k, v in e.items() if not k.startswith("test_")} for e in out["curve"]]})
+    if diff:
+        raise RuntimeError(f"run {rec['key']} did not reproduce its recorded curve: {diff}")
+    best = max(out["curve"], key=lambda e: e["test_HR@10"])
+    result = {"key": rec["key"], "config": dataclasses.asdict(cfg), "best_valid_epoch": rec["best_epoch"],
+              "test_at_best_valid_epoch": {m: rec["test_sampled"][m] for m in ("HR@10", "NDCG@10")},
+              "best_test_epoch": best["epoch"], "test_at_best_test_epoch": {m: best[f"test_{m}"] for m in ("HR@10", "NDCG@10")},
+              "curve": out["curve"], "reproduced_record_curve": True, "wall_seconds": time.time() - t0,
+              "dataset": runs.dataset_info(ds), "provenance": runs.provenance(out["model"].device)}
+    runs.write_atomic(runs.results_dir(results) / "analysis" / f"best_test_epoch_{rec['key']}.json",
+                      json.dumps(result, indent=1, default=str))
+    return result
+
+
 def run(config: Config, results=None, refresh: bool = False, progress: bool = True,
         train: bool | None = None) -> dict:
     """The record of `config`: read from results/runs/ when it exists (unless `refresh`), else
@@ -364,6 +408,7 @@ def run(config: Config, results=None, refresh: bool = False, progress: bool = Tr
     if not train:
         raise NotRecorded(f"run {key} ({cfg.dataset} {cfg.backbone}-{cfg.size} "
                           f"{cfg.method} seed {cfg.seed}) is not recorded in {runs.results_dir(results)}")
+    _check_deadline(f"run {key}")
     t0 = time.time()
     ds = dataset_for(cfg)
     teacher, teacher_sha = load_teacher(cfg, results, progress) if cfg.method != "none" else (None, None)

@@ -48,6 +48,10 @@ def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
     assert all(c.size == 200 and c.method == "cd" for c in size["BACD"] if c.backbone == "cdae")
     sens = ex.sensitivity_grid(p, results=tmp_path)
     assert len(sens) == sum(len(v) for v in ex.SENSITIVITY.values())
+    rd = ex.rd_variant_grid(p, tmp_path)
+    assert rd["RD"] == main["RD"]                                       # the main table's RD, beside its v1 form
+    v1 = rd["RD-v1"][0].canonical()
+    assert (v1.rd_renorm, v1.lambda_rd, v1.rd_warmup, v1.rd_rank) == (True, 0.5, 5, "exact") and v1.lr == main["RD"][0].canonical().lr
     # the main table's runs are those the tuning stage chose, and its seeds reuse the tuning runs
     tuned_runs, choice = ex.tune(p, "ml-100k", "cdae", tmp_path, train_missing=False)
     assert choice is not None and (tuned_runs.status == "ok").all()

@@ -157,3 +157,27 @@ def test_a_method_is_a_unit_the_loop_does_not_know(results, monkeypatch):
     rec = train.run(train.Config(backbone="cdae", size=4, method="mse", teacher_size=16, **TINY), results,
                     progress=False)
     assert rec["config"]["method"] == "mse" and rec["teacher_key"] is not None
+
+
+def test_best_test_epoch_reproduces_the_record_and_reports_both_choices(results):
+    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=4, patience=4))
+    rec = train.run(cfg, results, progress=False)
+    out = train.best_test_epoch(cfg, results, progress=False)
+    assert out["reproduced_record_curve"] and out["best_valid_epoch"] == rec["best_epoch"]
+    assert out["test_at_best_valid_epoch"]["HR@10"] == rec["test_sampled"]["HR@10"]
+    assert out["curve"][rec["best_epoch"] - 1]["test_HR@10"] == rec["test_sampled"]["HR@10"]   # the same model
+    best = max(e["test_HR@10"] for e in out["curve"])
+    assert out["test_at_best_test_epoch"]["HR@10"] == best >= rec["test_sampled"]["HR@10"]
+    assert (results / "analysis" / f"best_test_epoch_{rec['key']}.json").is_file()
+
+
+def test_no_run_starts_after_the_deadline(results, monkeypatch):
+    from cdlib import experiments as ex
+    cfg = train.Config(backbone="cdae", size=8, **TINY)
+    done = train.run(cfg, results, progress=False)
+    monkeypatch.setenv("CDLIB_DEADLINE", "1")                           # long past
+    assert train.run(cfg, results, progress=False)["key"] == done["key"]   # recorded runs are still read
+    with pytest.raises(train.DeadlineReached, match="time limit"):
+        train.run(train.Config(backbone="cdae", size=9, **TINY), results, progress=False)
+    df = ex.collect({"x": [train.Config(backbone="cdae", size=9, **TINY)]}, results, progress=False)
+    assert list(df.status) == ["missing"] and len(list((results / "runs").glob("*.json"))) == 1    # nothing new
