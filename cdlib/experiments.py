@@ -53,6 +53,7 @@ class Profile:
     epochs: int = Config.epochs
     patience: int = Config.patience
     min_epochs: int = Config.min_epochs
+    plateau: float | None = Config.plateau
     subset_users: int | None = None
     device: str | None = None
     tune_seeds: list = field(default_factory=lambda: [0, 1])
@@ -63,7 +64,8 @@ class Profile:
 
     def config(self, dataset: str, backbone: str, seed: int, **kw) -> Config:
         return Config(dataset=dataset, backbone=backbone, seed=seed, epochs=self.epochs, patience=self.patience,
-                      min_epochs=self.min_epochs, subset_users=self.subset_users, device=self.device, **kw)
+                      min_epochs=self.min_epochs, plateau=self.plateau, subset_users=self.subset_users,
+                      device=self.device, **kw)
 
     def tuning_dataset(self, dataset: str) -> str:
         if dataset in self.tune_on:

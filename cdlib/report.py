@@ -246,7 +246,7 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
                 continue
             c = rec["config"]
             best_valid = rec["valid_sampled"]["NDCG@10"]
-            pop = popularity_valid_ndcg(c)
+            pop = rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(c)
             problems = []
             if rec["best_epoch"] > (1 - last) * c["epochs"]:
                 problems.append(f"capped (best epoch {rec['best_epoch']} of cap {c['epochs']})")

@@ -52,6 +52,8 @@ class Config:
     epochs: int = 1000                # the cap
     patience: int = 30                # epochs without a better validation NDCG@10 before stopping
     min_epochs: int = 50              # early stopping may not end a run before this many epochs
+    plateau: float | None = 1.05      # ... nor while its best validation NDCG@10 is at most this x that of the
+                                      # most-popular ranking (the initial plateau); None: no such rule
     lr: float | None = None
     batch_size: int | None = None     # users per step
     weight_decay: float = 0.0
@@ -150,8 +152,8 @@ class Config:
         return Config(dataset=c.dataset, backbone=c.backbone, size=c.teacher_size, method="none",
                       seed=c.teacher_seed, data_seed=c.data_seed, subset_users=c.subset_users,
                       valid_negatives=c.valid_negatives, epochs=c.epochs, patience=c.patience,
-                      min_epochs=c.min_epochs, lr=c.teacher_lr, weight_decay=c.weight_decay, n_neg=c.n_neg,
-                      corruption=self.corruption, mlp_scale=c.mlp_scale, device=self.device).canonical()
+                      min_epochs=c.min_epochs, plateau=c.plateau, lr=c.teacher_lr, weight_decay=c.weight_decay,
+                      n_neg=c.n_neg, corruption=self.corruption, mlp_scale=c.mlp_scale, device=self.device).canonical()
 
 
 _SHA: dict = {}
@@ -198,7 +200,8 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
         track_test: bool = False) -> dict:
     """Train one model of `cfg` (canonical) on `ds`; returns {model, curve, best_epoch, timing}.
     The run ends when validation NDCG@10 has not improved for `patience` epochs, once it has run
-    `min_epochs` epochs, or at the cap `epochs`. track_test adds each epoch's test HR@10 and
+    `min_epochs` epochs and left the initial plateau (its best validation NDCG@10 above `plateau` x
+    that of the most-popular ranking), or at the cap `epochs`. track_test adds each epoch's test HR@10 and
     NDCG@10 (sampled) to the curve, for analyses of the protocol only: nothing is chosen on them,
     and they draw no random numbers, so the run is the same."""
     torch.manual_seed(cfg.seed)
@@ -210,6 +213,9 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
     method = methods.build(cfg, positives, teacher)
     curve, best, best_state, since = [], -1.0, None, 0
     epoch_seconds = []
+    popularity = metrics.evaluate(metrics.Popularity(ds, dev), ds, "valid", "sampled",
+                                  valid_negatives=cfg.valid_negatives)["NDCG@10"]
+    floor = -1.0 if cfg.plateau is None else cfg.plateau * popularity
     bar = tqdm(range(cfg.epochs), desc=desc or f"{Path(cfg.dataset).name} {cfg.backbone}-{cfg.size} {cfg.method}",
                disable=not progress, leave=False, mininterval=2.0)
     for epoch in bar:
@@ -252,14 +258,15 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
             best_state = copy.deepcopy(model.state_dict())
         else:
             since += 1
-            if since >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            if since >= cfg.patience and epoch + 1 >= cfg.min_epochs and best > floor:
                 break
     model.load_state_dict(best_state)
     model.eval()
     timing = {"train_seconds": float(sum(epoch_seconds)), "epoch_seconds_mean": float(np.mean(epoch_seconds))}
     if method.refresh_seconds:
         timing["refresh_seconds_mean"] = float(np.mean(method.refresh_seconds))
-    return {"model": model, "curve": curve, "best_epoch": best_epoch, "timing": timing}
+    return {"model": model, "curve": curve, "best_epoch": best_epoch, "timing": timing,
+            "popularity_valid_NDCG@10": popularity}
 
 
 class NotRecorded(LookupError):
@@ -417,6 +424,7 @@ def run(config: Config, results=None, refresh: bool = False, progress: bool = Tr
     weights_sha = _save_weights(model, weights_path(cfg))
     rec = {"key": key, "config": cfgd, **_evaluate_all(model, ds, cfg),
            "best_epoch": out["best_epoch"], "epochs_run": len(out["curve"]), "curve": out["curve"],
+           "popularity_valid_NDCG@10": out["popularity_valid_NDCG@10"],
            "n_params": model.n_params(), "teacher_n_params": teacher.n_params() if teacher is not None else None,
            "teacher_key": cfg.teacher().key() if teacher is not None else None,
            "teacher_sha256": teacher_sha, "weights_sha256": weights_sha,

@@ -75,15 +75,25 @@ def test_a_seed_is_a_whole_replicate_and_rd_defaults_are_the_authors():
         (1.0, 10, 1.0, 0.1, 10, False, "sampled", 100)
 
 
-def test_early_stopping_waits_for_min_epochs(results, monkeypatch):
+def test_early_stopping_waits_for_min_epochs_and_for_leaving_the_plateau(results, monkeypatch):
     from cdlib import metrics
-    flat = {m: 0.5 for m in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")}
-    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: dict(flat))      # never improves after epoch 1
-    rec = train.run(train.Config(backbone="cdae", size=8, **dict(TINY, epochs=9, patience=1, min_epochs=6)),
-                    results, progress=False)
-    assert rec["best_epoch"] == 1 and rec["epochs_run"] == 6
-    rec = train.run(train.Config(backbone="cdae", size=8, **dict(TINY, epochs=9, patience=1, min_epochs=1)),
-                    results, progress=False)
+    level = {"model": 0.5, "popularity": 0.40}
+
+    def flat(model, *a, **k):                                   # never improves after epoch 1
+        v = level["popularity" if isinstance(model, metrics.Popularity) else "model"]
+        return {m: v for m in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")}
+    monkeypatch.setattr(metrics, "evaluate", flat)
+    run = dict(TINY, epochs=9, patience=1)
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(run, min_epochs=6)), results, progress=False)
+    assert rec["best_epoch"] == 1 and rec["epochs_run"] == 6 and rec["popularity_valid_NDCG@10"] == 0.40
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(run, min_epochs=1)), results, progress=False)
+    assert rec["epochs_run"] == 2
+    level["popularity"] = 0.48                                  # 0.5 <= 1.05 x 0.48: still on the plateau
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(run, min_epochs=1)), results, progress=False,
+                    refresh=True)
+    assert rec["epochs_run"] == 9                               # the cap, not early stopping, ended it
+    rec = train.run(train.Config(backbone="cdae", size=8, **dict(run, min_epochs=1, plateau=None)), results,
+                    progress=False)
     assert rec["epochs_run"] == 2
 
 
