@@ -252,7 +252,7 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
         if track_test:
             test = metrics.evaluate(model, ds, "test", "sampled")
             curve[-1].update({"test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{val['NDCG@10']:.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{val['NDCG@10']:.4f}", refresh=False)   # drawn at most every 2 s
         if val["NDCG@10"] > best:
             best, best_epoch, since = val["NDCG@10"], epoch + 1, 0
             best_state = copy.deepcopy(model.state_dict())
