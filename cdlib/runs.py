@@ -66,9 +66,10 @@ def git_state() -> dict:
         return r.stdout.strip() if r.returncode == 0 else None
     if os.environ.get("CDLIB_GIT_COMMIT"):   # a copy of the working tree whose .git is absent or not its own
         return {"commit": os.environ["CDLIB_GIT_COMMIT"], "dirty": None, "from": "CDLIB_GIT_COMMIT"}
-    # dirty: the tracked code differs from the commit; the outputs in results/ and figures/, which
-    # runs and notebooks rewrite while a reproduction goes on, do not count
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!figures")
+    # dirty: the tracked code differs from the commit; what a reproduction rewrites while it goes on
+    # (results/, figures/, the executed notebooks, the README's generated section) does not count
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!figures",
+                 ":!notebooks/*.ipynb", ":!README.md")
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 

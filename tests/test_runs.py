@@ -11,7 +11,7 @@ def git(repo, *args):
 def test_git_state_counts_code_not_outputs(tmp_path, monkeypatch):
     monkeypatch.delenv("CDLIB_GIT_COMMIT", raising=False)
     monkeypatch.setattr(runs, "REPO", tmp_path)
-    for f in ("cdlib/x.py", "results/t.csv", "figures/f.png"):
+    for f in ("cdlib/x.py", "results/t.csv", "figures/f.png", "notebooks/n.ipynb", "README.md"):
         (tmp_path / f).parent.mkdir(exist_ok=True)
         (tmp_path / f).write_text("a\n")
     git(tmp_path, "init", "-q")
@@ -21,6 +21,8 @@ def test_git_state_counts_code_not_outputs(tmp_path, monkeypatch):
     assert runs.git_state() == {"commit": head, "dirty": False}
     (tmp_path / "results/t.csv").write_text("b\n")                   # a rewritten table or figure
     (tmp_path / "figures/f.png").write_text("b\n")
+    (tmp_path / "notebooks/n.ipynb").write_text("b\n")                # an executed notebook
+    (tmp_path / "README.md").write_text("b\n")                        # its generated results section
     (tmp_path / "cdlib/new.py").write_text("b\n")                    # untracked
     assert runs.git_state()["dirty"] is False
     (tmp_path / "cdlib/x.py").write_text("b\n")                      # changed code
