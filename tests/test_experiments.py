@@ -205,3 +205,23 @@ def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
     assert len(c) == 2
     assert bool(c.loc[False, "held (sampled)"]) and "4.0x faster" in c.loc[False, "measured"]
     assert not bool(c.loc[True, "held (sampled)"]) and "0.5x faster" in c.loc[True, "measured"]
+
+
+def test_teacher_variants_set_the_best_test_epoch_beside_the_record(tmp_path):
+    from cdlib import runs
+    base = {"dataset": "ml-1m", "backbone": "neumf", "method": "none", "size": 64, "seed": 0, "min_epochs": 50,
+            "weight_decay": 0.0}
+    for key, lr, scale, hr in (("a", 1e-3, 1, 0.68), ("b", 1e-3, 2, 0.67), ("c", 3e-4, 1, 0.69)):
+        runs.write_record({"key": key, "config": dict(base, lr=lr, mlp_scale=scale), "best_epoch": 15,
+                           "valid_sampled": {"HR@10": hr + 0.03}, "test_sampled": {"HR@10": hr}}, tmp_path)
+    old = {k: v for k, v in base.items() if k != "min_epochs"}               # a record of the first protocol
+    runs.write_record({"key": "v1", "config": dict(old, lr=1e-3, mlp_scale=1), "best_epoch": 15,
+                       "valid_sampled": {"HR@10": 0.7}, "test_sampled": {"HR@10": 0.7}}, tmp_path)
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "best_test_epoch_a.json").write_text(
+        '{"key": "a", "best_test_epoch": 9, "test_at_best_test_epoch": {"HR@10": 0.695}}')
+    t = report.teacher_variants(results=tmp_path)
+    assert len(t) == 3 and 0.7 not in set(t["test HR@10"])                  # the v1 record is not mixed in
+    row = t[(t.lr == 1e-3) & (t.mlp_scale == 1)].iloc[0]
+    assert row["test HR@10 at the best test epoch"] == 0.695 and row["best test epoch"] == 9
+    assert "### The NeuMF teacher on ml-1m" in report.readme_section(tmp_path)
