@@ -335,8 +335,9 @@ def summarize(df: pd.DataFrame, metrics=("HR@10", "NDCG@10"), by=("dataset", "ba
     """Mean and standard deviation over seeds (columns '<metric> mean', '<metric> std', 'seeds')."""
     ok = df[df.status == "ok"] if "status" in df else df
     by = list(by)
-    if ok.empty:
-        return pd.DataFrame(columns=by)
+    if ok.empty:                        # nothing recorded: an empty table with the same index and columns
+        return pd.DataFrame(index=pd.MultiIndex.from_arrays([[]] * len(by), names=by),
+                            columns=[f"{m} {s}" for m in metrics for s in ("mean", "std")] + ["seeds"])
     g = ok.groupby(by, sort=False)
     out = g[list(metrics)].agg(["mean", "std"])
     out.columns = [f"{m} {s}" for m, s in out.columns]

@@ -183,6 +183,8 @@ def verdict_best(runs_df: pd.DataFrame, labels, what: str, metric: str = "NDCG@1
 def verdict_pairs(runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric: str = "NDCG@10") -> str:
     """One sentence: in how many cells (dataset x backbone x keys) is label a better than label b?"""
     ok = runs_df[runs_df.status == "ok"]
+    if ok.empty:
+        return "No runs recorded yet."
     m = ok.groupby(["dataset", "backbone", *keys, "label"])[metric].mean().unstack("label")
     if a not in m or b not in m:
         return "No paired runs recorded yet."
@@ -255,9 +257,9 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
                 problems.append(f"stalled (valid NDCG@10 {best_valid:.4f}, popularity {pop:.4f})")
             if problems:
                 rows.append({"table": what, "dataset": r.dataset, "backbone": r.backbone, "label": r.label,
-                             "seed": r.seed, "best epoch": rec["best_epoch"], "epochs run": rec["epochs_run"],
-                             "cap": c["epochs"], "problem": "; ".join(problems)})
-    cols = ["table", "dataset", "backbone", "label", "seed", "best epoch", "epochs run", "cap", "problem"]
+                             "size": c["size"], "seed": r.seed, "best epoch": rec["best_epoch"],
+                             "epochs run": rec["epochs_run"], "cap": c["epochs"], "problem": "; ".join(problems)})
+    cols = ["table", "dataset", "backbone", "label", "size", "seed", "best epoch", "epochs run", "cap", "problem"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -335,7 +337,7 @@ def readme_section(results=None) -> str:
                   "Equal budgets: CD and RD 6 configurations each, the teacher and the plain student 4 learning "
                   "rates, the same seeds and epoch rules; full grid in `results/00_tuning.csv`.", "",
                   _md(chosen[["dataset", "backbone", "stage", "label", "valid NDCG@10", "seeds"]]
-                      .round(4).rename(columns={"label": "chosen"})), ""]
+                      .round(4).rename(columns={"label": "chosen"}).reset_index(drop=True)), ""]
     for name, proto in (("03_main", "sampled"), ("03_main_full", "full ranking")):
         main = read_table(name, results)
         if main is not None and not main.empty:
@@ -360,7 +362,20 @@ def readme_section(results=None) -> str:
                   _md(show), ""]
     cov = coverage(results)
     if not cov.empty:
-        parts += ["### Coverage (what each table rests on)", "", _md(cov), ""]
+        done, empty = cov[cov.runs > 0], cov[cov.runs == 0]
+        parts += ["### Coverage (what each table rests on)", "", _md(done.reset_index(drop=True)), ""]
+        if not empty.empty:
+            ran = set(zip(done.dataset, done.backbone))
+            never = empty[[(d, b) not in ran for d, b in zip(empty.dataset, empty.backbone)]]
+            partly = empty[[(d, b) in ran for d, b in zip(empty.dataset, empty.backbone)]]
+            if not never.empty:
+                by_ds = never.drop_duplicates(["dataset", "backbone"]).groupby("dataset", sort=False).backbone.agg(", ".join)
+                parts += ["Nothing recorded yet under this protocol: " +
+                          "; ".join(f"{d} ({b})" for d, b in by_ds.items()) + ".", ""]
+            if not partly.empty:
+                parts += ["Tables not yet run for a cell that has other runs: " +
+                          "; ".join(f"{t} {d}/{b}" for t, d, b in zip(partly.table, partly.dataset, partly.backbone))
+                          + ".", ""]
     bad = violations(results)
     parts += ["### Runs that break the fair protocol", "",
               "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "

@@ -225,3 +225,16 @@ def test_teacher_variants_set_the_best_test_epoch_beside_the_record(tmp_path):
     row = t[(t.lr == 1e-3) & (t.mlp_scale == 1)].iloc[0]
     assert row["test HR@10 at the best test epoch"] == 0.695 and row["best test epoch"] == 9
     assert "### The NeuMF teacher on ml-1m" in report.readme_section(tmp_path)
+
+
+def test_tables_of_cells_without_runs_are_empty_not_errors():
+    df = pd.DataFrame([{"label": "CD", "dataset": "d", "backbone": "cdae", "size": 20, "seed": 0, "status": "untuned"},
+                       {"label": "Student", "dataset": "d", "backbone": "cdae", "size": 20, "seed": 0,
+                        "status": "missing"}])
+    t = ex.summarize(df)
+    assert t.empty and t.index.names == ["dataset", "backbone", "label"]
+    assert t[["HR@10 mean", "HR@10 std", "NDCG@10 mean", "seeds"]].empty         # the columns a notebook shows
+    assert t.drop(index="CD-best (full)", level="label", errors="ignore").empty
+    assert ex.fmt(t).empty and ex.best_cd(df).equals(df)
+    assert report.verdict_pairs(df, "CD", "Student", ["size"], "x") == "No runs recorded yet."
+    assert report.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
