@@ -325,7 +325,12 @@ def teacher_variants(dataset: str = "ml-1m", backbone: str = "neumf", seed: int 
                      "best test epoch": a["best_test_epoch"] if a else np.nan})
     cols = ["lr", "mlp_scale", "weight_decay", "best epoch", "valid HR@10", "test HR@10",
             "test HR@10 at the best test epoch", "best test epoch"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["mlp_scale", "weight_decay", "lr"], ignore_index=True)
+    out = pd.DataFrame(rows, columns=cols).sort_values(["mlp_scale", "weight_decay", "lr"], ignore_index=True)
+    hr = [c for c in cols if "HR@10" in c]
+    out[hr] = out[hr].astype(float).round(4)
+    out["best test epoch"] = out["best test epoch"].astype("Int64")
+    out["weight_decay"] = out["weight_decay"].map(lambda v: f"{v:g}")
+    return out
 
 
 def readme_section(results=None) -> str:
@@ -353,7 +358,7 @@ def readme_section(results=None) -> str:
                   "Each setting tried, chosen on validation HR@10; the last two columns retrain the run with each "
                   "epoch's test metric tracked (`train.best_test_epoch`): NCF reports its best *test* epoch, so the "
                   "difference between 'test HR@10' and 'at the best test epoch' is protocol, not model.", "",
-                  _md(tv.round(4)), ""]
+                  _md(tv.astype(object).where(tv.notna(), "")), ""]
     cl = read_table("claims", results)
     if cl is not None:
         show = cl[[c for c in ("claim", "dataset", "backbone", "measured", "held (sampled)", "held (full)", "paper")

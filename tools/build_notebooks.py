@@ -130,7 +130,7 @@ Every setting tried for the ml-1m NeuMF teacher (learning rates of the tuning st
 `mlp_scale = 2`, weight decay), chosen on validation. The last two columns retrain one run with each epoch's
 test HR@10 tracked (`train.best_test_epoch`, which also checks that the run reproduces its record): NCF
 reports its best test epoch, so the difference from `test HR@10` is protocol."""),
-        code("print(report.teacher_variants('ml-1m', 'neumf', 0, results_dir).round(4).to_string())",
+        code("print(report.teacher_variants('ml-1m', 'neumf', 0, results_dir).to_string())",
              "nbval-check-output"),
     ],
     "03_main": [
