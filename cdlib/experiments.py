@@ -82,13 +82,14 @@ PROFILES = {
                           "in a few minutes on 2 cores"),
     "quick": Profile("quick", ["ml-100k"], seeds=[0, 1], tuned=["ml-100k"],
                      cost="ml-100k, both backbones, the tuning stage and seeds 0-1 of every table under the fair "
-                          "protocol (cap 1000 epochs, patience 30, at least 50): about 1-2 h on 2 cores"),
+                          "protocol (cap 1000 epochs, patience 30, at least 50): about 1 h on 2 cores (the paper "
+                          "profile's ml-100k, 5 seeds, took 58 min for CDAE and 47 min for NeuMF, one core each)"),
     "paper": Profile("paper", list(data.DATASETS), seeds=[0, 1, 2, 3, 4],
                      cost="six datasets, both backbones, 5 seeds, tuning on ml-100k and ml-1m (the others use "
-                          "ml-1m's choice): days on 2 cores. Measured under the old 200-epoch protocol, one core per "
-                          "seed, main table: ml-1m 50-58 min, amazon-music 48-58 min, citeulike-t about 1.5 h per "
-                          "backbone, foursquare CDAE about 42 min; the fair protocol's minimum of 50 epochs and "
-                          "patience 30 cost more. GPU (--device cuda): seconds per epoch on an H200 in "
+                          "ml-1m's choice): days on 2 cores. Measured under the fair protocol, one core per backbone: "
+                          "ml-100k (tuning, tables 03, 04, 06) 58 min CDAE, 47 min NeuMF; ml-1m runs take 2-10 min "
+                          "each (teachers, students), so its tuning stage is several hours per backbone. GPU "
+                          "(--device cuda, tools/gpu_window.sh): seconds per epoch on an H200 in "
                           "results/bench/*_cuda.json (python -m cdlib.bench)"),
 }
 
