@@ -2,11 +2,15 @@
 
 `run(config)` is the entry point: it returns the run's record, training only when no record of
 that exact configuration exists in `results/runs/` (or when `refresh=True`). A student's teacher
-is itself a run; its weights are cached outside git ($CDLIB_CACHE/weights) so that every student
-of one dataset, backbone and teacher seed reuses one teacher.
+is itself a run; the weights of every run are cached outside git ($CDLIB_CACHE/weights) so that
+every student of one dataset, backbone and teacher seed reuses one teacher, and a student's record
+names the SHA-256 of the teacher weights it was distilled from. A teacher retrained because its
+weights are missing never overwrites its record (`load_teacher`).
 
-Early stopping on validation NDCG@10 (sampled protocol), patience `patience` epochs; the test
-metrics are those of the best validation epoch (METHOD.md "Evaluation protocol").
+Early stopping on validation NDCG@10 (sampled protocol, the validation's own negatives), patience
+`patience` epochs, never before `min_epochs` nor while the run is on its initial plateau, under the
+cap `epochs`; the test metrics are those of the best validation epoch (METHOD.md "Evaluation
+protocol", "A fair comparison").
 """
 from __future__ import annotations
 
