@@ -118,6 +118,16 @@ class Dataset:
                        self.negatives[keep], self.user_ids[keep], self.item_ids, meta,
                        None if self.valid_negatives is None else self.valid_negatives[keep])
 
+    def with_valid_in_train(self) -> "Dataset":
+        """The training set NCF trains on (all but the test item): each user's validation item added
+        to `train`. For analyses of the protocol only (train.best_test_epoch): validation is then no
+        longer held out, so nothing may be chosen on it."""
+        train = self.train.tolil(copy=True)
+        train[np.arange(self.n_users), self.valid_item] = 1.0
+        meta = dict(self.meta, name=f"{self.name}+valid", valid_in_train=True)
+        return Dataset(meta["name"], train.tocsr(), self.valid_item, self.test_item, self.negatives,
+                       self.user_ids, self.item_ids, meta, self.valid_negatives)
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "
                 f"train interactions={self.train.nnz:,})")

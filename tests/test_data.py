@@ -277,3 +277,14 @@ def test_synthetic_table_is_the_shipped_file():
     assert data.sha256(shipped) == hashlib.sha256(df.rename(columns={
         "user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float"}).to_csv(
         sep="\t", index=False).encode()).hexdigest()
+
+
+def test_valid_in_train_is_ncf_training_set(ml100k):
+    """NCF trains on all but the test item: each validation item joins the training set, once."""
+    ncf = ml100k.with_valid_in_train()
+    assert ncf.train.nnz == ml100k.train.nnz + ml100k.n_users
+    rows = np.arange(ml100k.n_users)
+    assert (np.asarray(ncf.train[rows, ml100k.valid_item]).ravel() == 1).all()
+    assert (np.asarray(ncf.train[rows, ml100k.test_item]).ravel() == 0).all()
+    assert (ncf.train - ml100k.train).nnz == ml100k.n_users and (ncf.train - ml100k.train).min() >= 0
+    assert (np.asarray(ml100k.train[rows, ml100k.valid_item]).ravel() == 0).all()     # the original unchanged

@@ -220,10 +220,15 @@ def test_teacher_variants_set_the_best_test_epoch_beside_the_record(tmp_path):
     (tmp_path / "analysis").mkdir()
     (tmp_path / "analysis" / "best_test_epoch_a.json").write_text(
         '{"key": "a", "best_test_epoch": 9, "test_at_best_test_epoch": {"HR@10": 0.695}}')
+    (tmp_path / "analysis" / "ncf_protocol_a.json").write_text(
+        '{"key": "a", "best_test_epoch": 12, "epochs": 30, "test_at_best_test_epoch": {"HR@10": 0.6991}}')
     t = report.teacher_variants(results=tmp_path)
     assert len(t) == 3 and 0.7 not in set(t["test HR@10"])                  # the v1 record is not mixed in
     row = t[(t.lr == 1e-3) & (t.mlp_scale == 1)].iloc[0]
     assert row["test HR@10 at the best test epoch"] == 0.695 and row["best test epoch"] == 9
+    assert row["test HR@10, NCF protocol"] == 0.6991 and row["its best test epoch"] == "12 of 30"
+    other = t[(t.lr == 1e-3) & (t.mlp_scale == 2)].iloc[0]
+    assert np.isnan(other["test HR@10, NCF protocol"]) and other["its best test epoch"] == ""
     assert "### The NeuMF teacher on ml-1m" in report.readme_section(tmp_path)
 
 

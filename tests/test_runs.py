@@ -29,3 +29,11 @@ def test_git_state_counts_code_not_outputs(tmp_path, monkeypatch):
     assert runs.git_state()["dirty"] is True
     monkeypatch.setenv("CDLIB_GIT_COMMIT", "abc")                    # a copy whose .git is not its own
     assert runs.git_state() == {"commit": "abc", "dirty": None, "from": "CDLIB_GIT_COMMIT"}
+
+
+def test_provenance_names_the_code_the_process_loaded(tmp_path, monkeypatch):
+    """A tree edited (or committed) while a run goes on does not relabel the code the run loaded."""
+    monkeypatch.setattr(runs, "_LOADED_GIT", {"commit": "c0de", "dirty": False})
+    monkeypatch.setenv("CDLIB_GIT_COMMIT", "later")                  # what git_state() would say now
+    assert runs.git_state()["commit"] == "later"
+    assert runs.provenance("cpu")["git"] == {"commit": "c0de", "dirty": False}

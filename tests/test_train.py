@@ -1,4 +1,5 @@
 """Training: deterministic on the CPU, resumable from records, atomic, every method runs."""
+import dataclasses
 import json
 
 import pytest
@@ -191,3 +192,16 @@ def test_no_run_starts_after_the_deadline(results, monkeypatch):
         train.run(train.Config(backbone="cdae", size=9, **TINY), results, progress=False)
     df = ex.collect({"x": [train.Config(backbone="cdae", size=9, **TINY)]}, results, progress=False)
     assert list(df.status) == ["missing"] and len(list((results / "runs").glob("*.json"))) == 1    # nothing new
+
+
+def test_ncf_protocol_trains_on_the_validation_item_for_a_fixed_number_of_epochs(results):
+    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=4, patience=4))
+    rec = train.run(cfg, results, progress=False)
+    out = train.best_test_epoch(cfg, results, progress=False, valid_in_train=True, epochs=3)
+    assert out["valid_in_train"] and not out["reproduced_record_curve"] and len(out["curve"]) == 3
+    assert out["dataset"]["train_interactions"] == rec["dataset"]["train_interactions"] + rec["dataset"]["users"]
+    assert out["test_at_best_test_epoch"]["HR@10"] == max(e["test_HR@10"] for e in out["curve"])
+    assert (results / "analysis" / f"ncf_protocol_{rec['key']}.json").is_file()
+    with pytest.raises(ValueError, match="without distillation"):
+        train.best_test_epoch(dataclasses.replace(cfg, method="cd", size=4, teacher_size=8), results,
+                              valid_in_train=True)
