@@ -132,7 +132,9 @@ epoch's test HR@10 tracked (`train.best_test_epoch`, which also checks that the 
 reports its best test epoch. 'NCF protocol' also trains on all but the test item, as NCF does (our validation
 item included, a fixed number of epochs; `best_test_epoch(valid_in_train=True)`). The difference from
 `test HR@10` is protocol."""),
-        code("print(report.teacher_variants('ml-1m', 'neumf', [0, 1], results_dir).to_string())",
+        code("""tv = report.teacher_variants('ml-1m', 'neumf', [0, 1], results_dir)
+print(tv.to_string())
+print(report.protocol_gap(tv))""",
              "nbval-check-output"),
     ],
     "03_main": [
