@@ -40,7 +40,7 @@ def save(fig, name: str, directory=None) -> list[str]:
     out = []
     for ext in ("png", "pdf"):
         final = d / f"{name}.{ext}"
-        tmp = d / f".{name}.tmp.{ext}"
+        tmp = d / f".{name}.tmp{os.getpid()}.{ext}"     # per process: notebooks of two datasets may draw the same figure
         fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
         os.replace(tmp, final)
         out.append(str(final))

@@ -306,6 +306,7 @@ def teacher_variants(dataset: str = "ml-1m", backbone: str = "neumf", seeds=(0, 
     but the test item, best test epoch), so that the part of a gap to a published number that is
     protocol can be read off."""
     from .train import TEACHER_SIZE
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     analyses = {"best_test_epoch": {}, "ncf_protocol": {}}
     d = runs.results_dir(results) / "analysis"
     for kind, found in analyses.items():

@@ -126,7 +126,7 @@ def _write_back(job: Job, results: Path, figures: Path) -> None:
         else:
             dest = results / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
     job.files = {}
