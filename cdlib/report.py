@@ -340,7 +340,7 @@ def teacher_variants(dataset: str = "ml-1m", backbone: str = "neumf", seeds=(0, 
     return out
 
 
-def protocol_gap(tv: pd.DataFrame, target: float = 0.70) -> str:
+def protocol_gap(tv: pd.DataFrame, target: float = NCF_NEUMF_HR10) -> str:
     """One sentence on the runs of `teacher_variants` that were also trained under NCF's protocol:
     their mean test HR@10 under ours and under NCF's, against the published `target`."""
     both = tv.dropna(subset=["test HR@10, NCF protocol"])
