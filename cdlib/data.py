@@ -122,15 +122,24 @@ class Dataset:
         """The training set NCF trains on (all but the test item): each user's validation item added
         to `train`. For analyses of the protocol only (train.best_test_epoch): validation is then no
         longer held out, so nothing may be chosen on it."""
-        train = self.train.tolil(copy=True)
-        train[np.arange(self.n_users), self.valid_item] = 1.0
         meta = dict(self.meta, name=f"{self.name}+valid", valid_in_train=True)
-        return Dataset(meta["name"], train.tocsr(), self.valid_item, self.test_item, self.negatives,
+        return Dataset(meta["name"], with_items(self.train, self.valid_item), self.valid_item, self.test_item, self.negatives,
                        self.user_ids, self.item_ids, meta, self.valid_negatives)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "
                 f"train interactions={self.train.nnz:,})")
+
+
+def with_items(matrix: sp.csr_matrix, *items: np.ndarray) -> sp.csr_matrix:
+    """A binary [users x items] CSR: `matrix` plus, for every array in `items`, the item it gives each
+    user (items[k][u]), e.g. the training set plus the held-out validation and test items."""
+    n = matrix.shape[0]
+    extra = sp.csr_matrix((np.ones(n * len(items), np.float32), (np.tile(np.arange(n), len(items)),
+                                                                 np.concatenate(items))), shape=matrix.shape)
+    out = (matrix + extra).tocsr()
+    out.data[:] = 1.0
+    return out
 
 
 # ----------------------------------------------------------------------------- files
@@ -388,10 +397,7 @@ def _build(name, df, order, seed, meta, min_interactions=3, test=None, valid=Non
         a[uix.get_indexer(t.user)] = iix.get_indexer(t.item)
         return a
     valid_item, test_item = held_items(valid_), held_items(test)
-    seen = (tr + sp.csr_matrix((np.ones(2 * U, np.float32),
-                                (np.r_[np.arange(U), np.arange(U)], np.r_[valid_item, test_item])),
-                               shape=(U, I))).tocsr()
-    seen.data[:] = 1.0
+    seen = with_items(tr, valid_item, test_item)
     names = user_ids if user_names is None else np.asarray(user_names)[user_ids]      # for error messages
     where = meta.get("source", name)
     if negatives is not None:

@@ -148,9 +148,7 @@ def load_model(path, card=None, device: str | None = None) -> SavedModel:
         raise ModelError(f"{path}: weights do not fit a {b['backbone']} of size {b['size']} ({e})") from None
     model.eval()
     held = b["held_out"].numpy()
-    seen = (train + sp.csr_matrix((np.ones(held.size, np.float32), (np.repeat(np.arange(n_users), 2), held.ravel())),
-                                  shape=(n_users, n_items))).tocsr()
-    seen.data[:] = 1.0
+    seen = data.with_items(train, held[:, 0], held[:, 1])
     ids = [x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=object) for x in (b["user_ids"], b["item_ids"])]
     return SavedModel(model, ids[0], ids[1], seen, card_data, path)
 
@@ -169,9 +167,5 @@ def from_run(config, device: str | None = None) -> SavedModel:
     model = train.build_model(cfg, ds, models.default_device(device))
     model.load_state_dict(torch.load(path, map_location=model.device, weights_only=True))
     model.eval()
-    held = np.concatenate([ds.valid_item, ds.test_item])
-    extra = sp.csr_matrix((np.ones(len(held), np.float32), (np.tile(np.arange(ds.n_users), 2), held)),
-                          shape=ds.train.shape)
-    seen = (ds.train + extra).tocsr()
-    seen.data[:] = 1.0
-    return SavedModel(model, ds.user_ids, ds.item_ids, seen, None, path)
+    return SavedModel(model, ds.user_ids, ds.item_ids, data.with_items(ds.train, ds.valid_item, ds.test_item),
+                      None, path)
