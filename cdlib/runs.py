@@ -104,26 +104,17 @@ def dataset_info(ds) -> dict:
     return out
 
 
-def loaded_git_state() -> dict:
-    """The git state of the code this process runs: taken when it first asks (train imports this
-    module, so at import), not when a record is written, so that editing or committing the tree
-    while a long run goes on does not relabel the code it loaded."""
-    global _LOADED_GIT
-    if _LOADED_GIT is None:
-        _LOADED_GIT = git_state()
-    return _LOADED_GIT
-
-
 def provenance(device) -> dict:
     import numpy
     import pandas
     import scipy
     import torch
-    return {"git": loaded_git_state(), "python": platform.python_version(), "platform": platform.platform(),
+    return {"git": _LOADED_GIT, "python": platform.python_version(), "platform": platform.platform(),
             "packages": {"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
                          "pandas": pandas.__version__},
             "device": device_name(device)}
 
 
-_LOADED_GIT: dict | None = None
-loaded_git_state()
+# The git state of the code this process runs, taken once at import, not when a record is written:
+# editing or committing the tree while a long run goes on does not relabel the code it loaded.
+_LOADED_GIT = git_state()
