@@ -82,6 +82,7 @@ class CD(NoKD):
         self.sampler = CDSampler(positives, teacher, cfg.n_distill, cfg.mu, cfg.sampling, cfg.guide,
                                  cfg.max_rank, cfg.refresh_every or 1, cfg.switch_epoch or 0)
         self.refresh_seconds = self.sampler.refresh_seconds
+        self.teacher_score = teacher.scorer()
 
     def start_epoch(self, epoch, student):
         self.sampler.start_epoch(epoch, student)
@@ -90,7 +91,7 @@ class CD(NoKD):
         return self.sampler.sample(users, generator)
 
     def loss(self, users, items, logits):
-        return self.cfg.lambda_kd * losses.cd_loss(logits, self.teacher.score(users, items), self.cfg.temperature)
+        return self.cfg.lambda_kd * losses.cd_loss(logits, self.teacher_score(users, items), self.cfg.temperature)
 
 
 METHODS = {"none": NoKD, "rd": RD, "cd": CD}

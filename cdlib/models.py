@@ -4,6 +4,7 @@ Both share one interface, used by training, sampling and evaluation:
   pair_logits(users, rows, items) -> logits of (users[rows], items), with gradient (training);
   score_all(users)                -> [B x items] logits, no gradient, eval mode;
   score(users, items)             -> [B x K] logits of the given candidate items, no gradient;
+  scorer()                        -> score(), for a model that trains no further (a teacher);
   n_params()                      -> number of parameters.
 """
 from __future__ import annotations
@@ -32,6 +33,12 @@ class Recommender(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def scorer(self):
+        """score(), for a model that trains no further (a CD teacher, asked for soft labels every
+        step): a backbone may precompute what does not depend on the items."""
+        self.eval()
+        return self.score
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -86,6 +93,32 @@ class CDAE(Recommender):
 
     def pair_logits(self, users, rows, items):
         return self(users)[rows, items]
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """z_u on the candidates only: the decoder restricted to the batch's distinct items, the same
+        dot products over the hidden units as score_all without the other items' columns."""
+        was = self.training
+        self.eval()
+        distinct, where = torch.unique(items, return_inverse=True)
+        z = F.linear(self.hidden(users), self.decoder.weight[distinct], self.decoder.bias[distinct])
+        self.train(was)
+        return z.gather(1, where)
+
+    @torch.no_grad()
+    def scorer(self, batch_size: int = 1024):
+        """score() with every user's hidden layer h_u computed once ([users x H], a frozen model's
+        are fixed): a batch of candidates then costs only their decoder rows. Equal to score() up to
+        float rounding (the encoder's GEMM runs on other batch sizes)."""
+        self.eval()
+        users = torch.arange(self.inputs.shape[0], device=self.decoder.weight.device)
+        hidden = torch.cat([self.hidden(users[s:s + batch_size]) for s in range(0, len(users), batch_size)])
+        weight, bias = self.decoder.weight.detach(), self.decoder.bias.detach()
+
+        def score(u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            distinct, where = torch.unique(items, return_inverse=True)
+            return F.linear(hidden[u], weight[distinct], bias[distinct]).gather(1, where)
+        return score
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
