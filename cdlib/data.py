@@ -123,8 +123,8 @@ class Dataset:
         to `train`. For analyses of the protocol only (train.best_test_epoch): validation is then no
         longer held out, so nothing may be chosen on it."""
         meta = dict(self.meta, name=f"{self.name}+valid", valid_in_train=True)
-        return Dataset(meta["name"], with_items(self.train, self.valid_item), self.valid_item, self.test_item, self.negatives,
-                       self.user_ids, self.item_ids, meta, self.valid_negatives)
+        return Dataset(meta["name"], with_items(self.train, self.valid_item), self.valid_item, self.test_item,
+                       self.negatives, self.user_ids, self.item_ids, meta, self.valid_negatives)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "

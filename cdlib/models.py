@@ -100,10 +100,13 @@ class CDAE(Recommender):
         dot products over the hidden units as score_all without the other items' columns."""
         was = self.training
         self.eval()
-        distinct, where = torch.unique(items, return_inverse=True)
-        z = F.linear(self.hidden(users), self.decoder.weight[distinct], self.decoder.bias[distinct])
+        out = self._decode(self.hidden(users), items)
         self.train(was)
-        return z.gather(1, where)
+        return out
+
+    def _decode(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        distinct, where = torch.unique(items, return_inverse=True)
+        return F.linear(hidden, self.decoder.weight[distinct], self.decoder.bias[distinct]).gather(1, where)
 
     @torch.no_grad()
     def scorer(self, batch_size: int = 1024):
@@ -113,12 +116,7 @@ class CDAE(Recommender):
         self.eval()
         users = torch.arange(self.inputs.shape[0], device=self.decoder.weight.device)
         hidden = torch.cat([self.hidden(users[s:s + batch_size]) for s in range(0, len(users), batch_size)])
-        weight, bias = self.decoder.weight.detach(), self.decoder.bias.detach()
-
-        def score(u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-            distinct, where = torch.unique(items, return_inverse=True)
-            return F.linear(hidden[u], weight[distinct], bias[distinct]).gather(1, where)
-        return score
+        return torch.no_grad()(lambda u, items: self._decode(hidden[u], items))
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
