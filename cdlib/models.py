@@ -162,6 +162,14 @@ class NeuMF(Recommender):
         return gmf.sum(-1) + h @ self.out.weight[0, d:] + self.out.bias
 
     @torch.no_grad()
+    def tower_units(self, users: torch.Tensor, items: torch.Tensor) -> int:
+        """How many units of the MLP tower's last layer are positive on at least one (user, item)
+        pair: 0 means every ReLU there is off, so the tower adds a constant and the model ranks by
+        GMF alone."""
+        h = F.relu(self.layer1(torch.cat([self.mlp_user(users), self.mlp_item(items)], 1)))
+        return int((F.relu(self.layer2(h)) > 0).any(0).sum())
+
+    @torch.no_grad()
     def score_all(self, users: torch.Tensor, max_elems: int = 1 << 22) -> torch.Tensor:
         """All items for a batch of users. The first MLP layer is split into its user and item
         halves (W [p;q] = W_u p + W_i q), so the [B x I x d] work is one add, ReLU and matmul,

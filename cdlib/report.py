@@ -340,6 +340,36 @@ def teacher_variants(dataset: str = "ml-1m", backbone: str = "neumf", seeds=(0, 
     return out
 
 
+def first_epochs_table(results=None) -> pd.DataFrame:
+    """The analyses of `train.first_epochs`, one row per arm: the student and teacher seeds, the loss and
+    validation NDCG@10 after the retrained epochs, the MLP tower's active units (NeuMF), and the best
+    validation NDCG@10 of the recorded run of that arm, where there is one."""
+    d = runs.results_dir(results) / "analysis"
+    rows = []
+    for p in sorted(d.glob("first_epochs_*.json")) if d.is_dir() else []:
+        a = json.loads(p.read_text())
+        c = a["config"]
+        weight = c["lambda_kd"] if c["method"] == "cd" else c["lambda_rd"]
+        for r in a["rows"]:
+            rec = runs.read_record(r["key"], results)
+            last = r["curve"][-1]
+            rows.append({"dataset": c["dataset"], "backbone": c["backbone"],
+                         "run": "plain student" if r["method"] == "none" else f"{r['method'].upper()} λ={weight:g}",
+                         "lr": c["lr"], "student seed": r["student_seed"],
+                         "teacher seed": "" if r["teacher_seed"] is None else r["teacher_seed"],
+                         f"loss, epoch {a['epochs']}": round(last["loss"], 4),
+                         f"valid NDCG@10, epoch {a['epochs']}": round(last["valid_NDCG@10"], 4),
+                         "tower units active": "" if r["tower_units"] is None
+                         else f"{r['tower_units_active']} of {r['tower_units']}",
+                         "recorded run, best valid NDCG@10": round(rec["valid_sampled"]["NDCG@10"], 4) if rec else np.nan})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["teacher seed"] = out["teacher seed"].astype(str)     # the plain student has none
+    return out.drop_duplicates().sort_values(["dataset", "backbone", "student seed", "run", "teacher seed"],
+                                             ignore_index=True)
+
+
 def protocol_gap(tv: pd.DataFrame, target: float = NCF_NEUMF_HR10) -> str:
     """One sentence on the runs of `teacher_variants` that were also trained under NCF's protocol:
     their mean test HR@10 under ours and under NCF's, against the published `target`."""

@@ -417,6 +417,45 @@ def best_test_epoch(config: Config, results=None, progress: bool = True, valid_i
     return result
 
 
+def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -> dict:
+    """Whose seed an early collapse follows, the student's or its teacher's: the first `epochs` epochs
+    of student `config` are trained again with each of `teacher_seeds` (recorded, cached teachers;
+    none is trained here) and, beside them, of the plain student of the same seed. Each row gives
+    the learning curve and, for NeuMF, how many units of the MLP tower's last layer are active on the
+    validation pairs after those epochs (0: the tower is dead). The row of the config's own teacher
+    is checked against the record's first epochs where the run is recorded. Written to
+    results/analysis/first_epochs_<key>.json with provenance."""
+    cfg = config.canonical()
+    if cfg.method == "none":
+        raise ValueError("first_epochs compares teachers of a distilled student; got method 'none'")
+    ds = dataset_for(cfg)
+    short = {"epochs": epochs, "min_epochs": epochs, "patience": epochs}
+    plain = Config(**{**dataclasses.asdict(cfg), "method": "none"}).canonical()
+    arms = [(None, plain)] + [(int(s), dataclasses.replace(cfg, teacher_seed=int(s))) for s in teacher_seeds]
+    users = torch.arange(ds.n_users)
+    t0, rows = time.time(), []
+    for tseed, c in arms:
+        teacher = load_teacher(c, results, progress=False, train=False)[0] if tseed is not None else None
+        out = fit(dataclasses.replace(c, **short), ds, teacher, progress=False)
+        model = out["model"]
+        units = (model.tower_units(users.to(model.device), torch.as_tensor(ds.valid_item, device=model.device))
+                 if isinstance(model, models.NeuMF) else None)
+        rows.append({"method": c.method, "student_seed": c.seed, "teacher_seed": tseed, "key": c.key(),
+                     "curve": out["curve"], "tower_units_active": units,
+                     "tower_units": model.layer2.out_features if isinstance(model, models.NeuMF) else None})
+    rec = runs.read_record(cfg.key(), results)
+    own = next(r for r in rows if r["teacher_seed"] == cfg.teacher_seed) if cfg.teacher_seed in teacher_seeds else None
+    reproduced = None
+    if rec is not None and own is not None:
+        reproduced = not differences({"curve": rec["curve"][:epochs]}, {"curve": own["curve"]})
+    result = {"key": cfg.key(), "config": dataclasses.asdict(cfg), "epochs": epochs, "rows": rows,
+              "reproduced_record_curve": reproduced, "wall_seconds": time.time() - t0,
+              "dataset": runs.dataset_info(ds), "provenance": runs.provenance(models.default_device(cfg.device))}
+    runs.write_atomic(runs.results_dir(results) / "analysis" / f"first_epochs_{cfg.key()}.json",
+                      json.dumps(result, indent=1, default=str))
+    return result
+
+
 def run(config: Config, results=None, refresh: bool = False, progress: bool = True,
         train: bool | None = None) -> dict:
     """The record of `config`: read from results/runs/ when it exists (unless `refresh`), else

@@ -50,3 +50,17 @@ def test_default_device_and_bad_backbone(ml100k):
     assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="backbone"):
         models.build("mf", ml100k.train, 8)
+
+
+def test_tower_units_counts_the_active_units_of_the_last_mlp_layer(ml100k):
+    torch.manual_seed(0)
+    m = models.build("neumf", ml100k.train, 8, device="cpu")
+    users, items = torch.arange(50), torch.arange(50)
+    h = torch.relu(m.layer1(torch.cat([m.mlp_user(users), m.mlp_item(items)], 1)))
+    brute = sum(bool((torch.relu(m.layer2(h))[:, j] > 0).any()) for j in range(m.layer2.out_features))
+    assert m.tower_units(users, items) == brute
+    with torch.no_grad():
+        m.layer2.bias[:] = -100.0            # every ReLU of the last layer off: the tower is dead
+    assert m.tower_units(users, items) == 0
+    assert torch.allclose(m.score_all(users[:3]), (m.gmf_user(users[:3]) * m.out.weight[0, :8]) @ m.gmf_item.weight.T
+                          + m.out.bias, atol=1e-6)      # and the model scores by GMF alone

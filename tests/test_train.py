@@ -205,3 +205,21 @@ def test_ncf_protocol_trains_on_the_validation_item_for_a_fixed_number_of_epochs
     with pytest.raises(ValueError, match="without distillation"):
         train.best_test_epoch(dataclasses.replace(cfg, method="cd", size=4, teacher_size=8), results,
                               valid_in_train=True)
+
+
+def test_first_epochs_retrains_a_student_with_each_teacher_seed_and_its_plain_twin(results):
+    cfg = train.Config(backbone="neumf", size=4, method="rd", **TINY)
+    rec = train.run(cfg, results, progress=False)                       # trains teacher seed 0 too
+    train.run(dataclasses.replace(cfg, method="none", size=None, seed=1), results, progress=False)   # teacher seed 1
+    out = train.first_epochs(cfg, [0, 1], epochs=2, results=results)
+    assert [(r["method"], r["teacher_seed"]) for r in out["rows"]] == [("none", None), ("rd", 0), ("rd", 1)]
+    assert out["reproduced_record_curve"] is True
+    assert out["rows"][1]["curve"][0]["loss"] == rec["curve"][0]["loss"]
+    assert out["rows"][1]["curve"][0]["loss"] != out["rows"][2]["curve"][0]["loss"]   # another teacher
+    assert all(0 <= r["tower_units_active"] <= r["tower_units"] == 2 for r in out["rows"])
+    assert (results / "analysis" / f"first_epochs_{rec['key']}.json").is_file()
+    with pytest.raises(train.NotRecorded):                               # no teacher is trained for it
+        train.first_epochs(cfg, [7], results=results)
+    from cdlib import report
+    t = report.first_epochs_table(results)       # the plain twin once, both teachers' arms
+    assert list(t["run"]) == ["RD λ=1", "RD λ=1", "plain student"] and list(t["teacher seed"]) == ["0", "1", ""]

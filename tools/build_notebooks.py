@@ -86,6 +86,13 @@ table = ex.tuning_table(runs, choices)
     print(f"{d}/{b}: " + "; ".join(f"{stage}: {ex.point_label(stage, kw).split(' ', 1)[1]}" for stage, kw in c.items()))
 incomplete = sorted({(r.dataset, r.backbone) for r in runs.itertuples() if r.status != "ok"}) if not runs.empty else []
 print("not complete:", incomplete or "none")''', "nbval-check-output"),
+        md("""## Students that collapse in their first epoch
+Some ml-1m NeuMF students (d = 8, lr 3e-3) lose their MLP tower in the first epoch: every unit of its last
+layer is off on every validation pair, the model ranks by GMF alone and ends below the others. To see whose seed
+this follows, `train.first_epochs` retrains the first epoch of such a student with each teacher seed, beside
+the plain student of the same seed (the row of the run's own teacher is checked against its record)."""),
+        code('''fe = report.first_epochs_table(results_dir)
+print(fe.to_string() if not fe.empty else "no first-epoch analysis recorded")''', "nbval-check-output"),
     ],
     "01_datasets": [
         md("""# 01 · Datasets
