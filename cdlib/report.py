@@ -215,6 +215,54 @@ def coverage(results=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compute(results=None) -> pd.DataFrame:
+    """CPU time of the grid the tables list, per dataset and backbone: the wall time of every distinct
+    recorded run, and an estimate for the runs not recorded (missing, or waiting for their tuning).
+    The estimate is the median epochs times the median seconds per epoch (wall time, validation
+    included) of the recorded runs of the same backbone, size and method (else method) on the same
+    dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
+    CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
+    counted once per table row, so two tables naming one such run count it twice."""
+    frames = [t for t in (read_table(n, results) for n in RUN_TABLES) if t is not None and not t.empty]
+    if not frames:
+        return pd.DataFrame()
+    t = pd.concat(frames, ignore_index=True)
+    t = t[~t.label.astype(str).str.startswith("CD-best")]
+    t = t.assign(id=t.key.where(t.key.notna(), t.dataset + "/" + t.backbone + "/" + t.label.astype(str) + "/"
+                                + t["size"].astype(str) + "/" + t.seed.astype(str))).drop_duplicates("id")
+    ok = t[t.status == "ok"].copy()
+    ok["wall"] = [runs.read_record(k, results)["timing"]["wall_seconds"] for k in ok.key]
+    ok["per_epoch"] = ok.wall / ok.epochs_run
+    st = read_table("01_datasets", results)
+    work = {} if st is None else {(r.dataset, b): float(w) for r in st.itertuples()
+                                  for b, w in (("cdae", r.users * r.items), ("neumf", r.train))}
+
+    def estimate(d, b, size, m):
+        for cols, key in ((["size", "method"], (size, m)), (["method"], (m,))):
+            same = ok[(ok.backbone == b) & np.logical_and.reduce([ok[c] == v for c, v in zip(cols, key)])]
+            refs = [r for r in same.dataset.unique() if r == d or ((r, b) in work and (d, b) in work)]
+            if refs:                # this dataset, else the recorded one nearest in work, scaled
+                r = d if d in refs else min(refs, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])))
+                g = same[same.dataset == r]
+                return g.epochs_run.median() * g.per_epoch.median() * (1 if r == d else work[(d, b)] / work[(r, b)])
+        return np.nan
+
+    todo = t[t.status != "ok"]
+    est = pd.Series([estimate(r.dataset, r.backbone, r.size, r.method) for r in todo.itertuples()],
+                    index=todo.index, dtype=float)
+    rows = []
+    for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
+        o = ok[(ok.dataset == d) & (ok.backbone == b)]
+        rest = est[g.index[g.status != "ok"]]
+        rows.append({"dataset": d, "backbone": b, "runs recorded": len(o), "CPU hours": o.wall.sum() / 3600,
+                     "runs to go": len(rest), "est. CPU hours to go": rest.sum(min_count=1) / 3600})
+    out = pd.DataFrame(rows)
+    total = {"dataset": "all", "backbone": "", **out.drop(columns=["dataset", "backbone"]).sum(min_count=1)}
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True).astype({"runs recorded": int, "runs to go": int})
+    out[["CPU hours", "est. CPU hours to go"]] = out[["CPU hours", "est. CPU hours to go"]].round(1)
+    return out
+
+
 _POPULARITY: dict = {}
 
 
@@ -437,6 +485,13 @@ def readme_section(results=None) -> str:
                 parts += ["Tables not yet run for a cell that has other runs: " +
                           "; ".join(f"{t} {d}/{b}" for t, d, b in zip(partly.table, partly.dataset, partly.backbone))
                           + ".", ""]
+    cost = compute(results)
+    if not cost.empty:
+        parts += ["### Compute (CPU hours, one core per run)", "",
+                  "The wall time of every distinct recorded run the tables use, and for the runs not recorded an "
+                  "estimate from the recorded runs most like them (`report.compute`: median epochs x median seconds "
+                  "per epoch, scaled by the dataset's size where none of its own is recorded). The runs were timed "
+                  "two at a time on a 2-core CPU.", "", _md(cost.astype(object).where(cost.notna(), "")), ""]
     bad = violations(results)
     parts += ["### Runs that break the fair protocol", "",
               "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "

@@ -247,3 +247,26 @@ def test_tables_of_cells_without_runs_are_empty_not_errors():
     assert ex.fmt(t).empty and ex.best_cd(df).equals(df)
     assert report.verdict_pairs(df, "CD", "Student", ["size"], "x") == "No runs recorded yet."
     assert report.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
+
+
+def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
+    from cdlib import runs
+    ex.save_table(pd.DataFrame({"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}),
+                  "01_datasets", tmp_path)
+    rows_ = []
+    for seed, wall, ran in ((0, 3600.0, 100), (1, 7200.0, 300)):       # 36 s/epoch and 24 s/epoch
+        key = f"k{seed}"
+        runs.write_record({"key": key, "timing": {"wall_seconds": wall}}, tmp_path)
+        rows_.append({"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": seed, "method": "cd",
+                      "status": "ok", "key": key, "epochs_run": ran})
+    rows_ += [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": 2, "method": "cd",
+               "status": "missing", "key": "k2"},
+              {"label": "CD-T", "dataset": "b", "backbone": "cdae", "size": 20, "seed": 0, "method": "cd",
+               "status": "untuned"}]
+    ex.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    ex.save_table(pd.DataFrame(rows_[:1]), "04_sampling_runs", tmp_path)    # one run in two tables counts once
+    c = report.compute(tmp_path).set_index(["dataset", "backbone"])
+    assert c.loc[("a", "cdae"), "runs recorded"] == 2 and c.loc[("a", "cdae"), "CPU hours"] == 3.0
+    assert c.loc[("a", "cdae"), "est. CPU hours to go"] == round(200 * 30 / 3600, 1)     # median epochs x s/epoch
+    assert c.loc[("b", "cdae"), "est. CPU hours to go"] == round(4 * 200 * 30 / 3600, 1)  # 4x the users x items
+    assert c.loc[("all", ""), "runs to go"] == 2

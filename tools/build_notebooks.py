@@ -325,6 +325,8 @@ if write_tables:
     print(f"{proto}: {held.sum()} of {len(claims)} claim checks held.")''', "nbval-check-output"),
         md("## Coverage: what each table rests on"),
         code("print(report.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
+        md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
+        code("print(report.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"),
         code('''bad = report.violations(results_dir)
 print(bad.to_string(index=False) if not bad.empty else "none")''', "nbval-check-output"),
