@@ -223,7 +223,8 @@ def compute(results=None) -> pd.DataFrame:
     dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
     CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
     counted once per table row, so two tables naming one such run count it twice."""
-    frames = [t for t in (read_table(n, results) for n in RUN_TABLES) if t is not None and not t.empty]
+    need = {"label", "dataset", "backbone", "size", "seed", "method", "status", "key", "epochs_run"}
+    frames = [t for t in (read_table(n, results) for n in RUN_TABLES) if t is not None and need <= set(t.columns)]
     if not frames:
         return pd.DataFrame()
     t = pd.concat(frames, ignore_index=True)
@@ -231,7 +232,7 @@ def compute(results=None) -> pd.DataFrame:
     t = t.assign(id=t.key.where(t.key.notna(), t.dataset + "/" + t.backbone + "/" + t.label.astype(str) + "/"
                                 + t["size"].astype(str) + "/" + t.seed.astype(str))).drop_duplicates("id")
     ok = t[t.status == "ok"].copy()
-    ok["wall"] = [runs.read_record(k, results)["timing"]["wall_seconds"] for k in ok.key]
+    ok["wall"] = [(runs.read_record(k, results) or {}).get("timing", {}).get("wall_seconds", np.nan) for k in ok.key]
     ok["per_epoch"] = ok.wall / ok.epochs_run
     st = read_table("01_datasets", results)
     work = {} if st is None else {(r.dataset, b): float(w) for r in st.itertuples()

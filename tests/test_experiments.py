@@ -76,7 +76,7 @@ def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, mon
         return {"key": c.key(), "n_params": 1, "best_epoch": 1, "epochs_run": 1, "timing": {"train_seconds": 0},
                 "provenance": {"device": "cpu: x"}, "test_sampled": {**m, "NDCG@10": 0.1 if good else 0.9},
                 "test_full": m, "valid_sampled": {**m, "NDCG@10": 0.9 if good else 0.1}, "valid_full": m}
-    monkeypatch.setattr(train, "run", fake_run)
+    monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
     p = ex.profile("quick")
     runs_df, choice = ex.tune(p, "ml-100k", "cdae", tmp_path)
     assert choice == {"Teacher": {"lr": 1e-2}, "Student": {"lr": 3e-4}, "RD": {"lambda_rd": 0.1, "rd_k": 20},
