@@ -305,7 +305,13 @@ def collect(grid: dict, results=None, train_missing: bool | None = None, progres
     """Run (or read) every configuration of a grid: one row per run, the test metrics of both
     protocols and the validation metrics every choice is made on ('valid NDCG@10', ...). A run that
     is not recorded while training is off shows as status 'missing'; a configuration waiting for its
-    tuning as 'untuned'."""
+    tuning as 'untuned'. Runs not recorded are trained first, in groups (`train.run_group`)."""
+    try:
+        found = {r["key"]: r for r in train.run_group([c for cs in grid.values() for c in cs
+                                                      if not isinstance(c, Pending)], results,
+                                                     progress=progress, train=train_missing)}
+    except train.NotRecorded:        # training off, or the time limit passed: the rest shows as missing
+        found = {}
     rows = []
     for label, configs in grid.items():
         for cfg in configs:
@@ -316,9 +322,8 @@ def collect(grid: dict, results=None, train_missing: bool | None = None, progres
             c = cfg.canonical()
             row = {"label": label, "dataset": c.dataset, "backbone": c.backbone, "size": c.size, "seed": c.seed,
                    "method": c.method}
-            try:
-                rec = train.run(cfg, results, progress=progress, train=train_missing)
-            except train.NotRecorded:
+            rec = found.get(c.key()) or runs.read_record(c.key(), results)
+            if rec is None:
                 rows.append({**row, "status": "missing"})
                 continue
             row.update(status="ok", key=rec["key"], n_params=rec["n_params"], best_epoch=rec["best_epoch"],

@@ -1,7 +1,8 @@
 """Backbones of METHOD.md ("Backbones", a [decision]): CDAE and NeuMF, each sized by one argument.
 
 Both share one interface, used by training, sampling and evaluation:
-  pair_logits(users, rows, items) -> logits of (users[rows], items), with gradient (training);
+  pair_logits(users, rows, items, x) -> logits of (users[rows], items), with gradient (training);
+                                  x = batch_inputs(users), drawn beforehand, or None to draw it here;
   score_all(users)                -> [B x items] logits, no gradient, eval mode;
   score(users, items)             -> [B x K] logits of the given candidate items, no gradient;
   scorer()                        -> score(), for a model that trains no further (a teacher);
@@ -33,6 +34,11 @@ class Recommender(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def batch_inputs(self, users: torch.Tensor) -> torch.Tensor | None:
+        """What the model reads of a batch of users besides its parameters, drawn before the forward
+        pass (so that a group of models can run one stacked forward pass): None, or CDAE's rows."""
+        return None
 
     def scorer(self):
         """score(), for a model that trains no further (a CD teacher, asked for soft labels every
@@ -85,14 +91,17 @@ class CDAE(Recommender):
         x[rows[keep], items[keep]] = 1.0 / (1.0 - self.corruption)
         return x
 
-    def hidden(self, users: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.encoder(self.rows(users)) + self.user_embedding(users))
+    def batch_inputs(self, users: torch.Tensor) -> torch.Tensor:
+        return self.rows(users)
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.hidden(users))
+    def hidden(self, users: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.encoder(self.rows(users) if x is None else x) + self.user_embedding(users))
 
-    def pair_logits(self, users, rows, items):
-        return self(users)[rows, items]
+    def forward(self, users: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.hidden(users, x))
+
+    def pair_logits(self, users, rows, items, x=None):
+        return self(users, x)[rows, items]
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -150,7 +159,7 @@ class NeuMF(Recommender):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.pair_logits(users, torch.arange(len(users), device=users.device), items)
 
-    def pair_logits(self, users, rows, items):
+    def pair_logits(self, users, rows, items, x=None):
         # user embeddings are looked up once per batch user, then indexed by row: the backward
         # pass scatters into B rows instead of sorting one index per pair
         d, e = self.size, self.size * self.mlp_scale

@@ -14,11 +14,11 @@ protocol", "A fair comparison").
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,75 +202,245 @@ def build_model(cfg: Config, ds: data.Dataset, device=None) -> models.Recommende
 
 def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc: str = "",
         track_test: bool = False) -> dict:
-    """Train one model of `cfg` (canonical) on `ds`; returns {model, curve, best_epoch, timing}.
-    The run ends when validation NDCG@10 has not improved for `patience` epochs, once it has run
-    `min_epochs` epochs and left the initial plateau (its best validation NDCG@10 above `plateau` x
-    that of the most-popular ranking), or at the cap `epochs`. track_test adds each epoch's test HR@10 and
-    NDCG@10 (sampled) to the curve, for analyses of the protocol only: nothing is chosen on them,
-    and they draw no random numbers, so the run is the same."""
-    torch.manual_seed(cfg.seed)
-    dev = models.default_device(cfg.device)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    model = build_model(cfg, ds, dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    positives = data.UserItems(ds.train, dev)
-    method = methods.build(cfg, positives, teacher)
-    curve, best, best_state, since = [], -1.0, None, 0
-    epoch_seconds = []
-    popularity = metrics.evaluate(metrics.Popularity(ds, dev), ds, "valid", "sampled",
-                                  valid_negatives=cfg.valid_negatives)["NDCG@10"]
-    floor = -1.0 if cfg.plateau is None else cfg.plateau * popularity
-    bar = tqdm(range(cfg.epochs), desc=desc or f"{Path(cfg.dataset).name} {cfg.backbone}-{cfg.size} {cfg.method}",
-               disable=not progress, leave=False, mininterval=2.0)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        method.start_epoch(epoch, model)
-        model.train()
-        total, n_batches = torch.zeros((), device=dev), 0
-        perm = torch.randperm(ds.n_users, generator=gen, device=dev)
-        for s in range(0, ds.n_users, cfg.batch_size):
-            users = perm[s:s + cfg.batch_size]
-            pos_rows, pos_items = positives.pairs(users)
-            neg_rows, neg_items = uniform_negatives(positives, users, cfg.n_neg, gen)
-            rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
-            n_cf = len(pos_rows) + len(neg_rows)
-            extra = method.batch_items(users, gen)
-            if extra is not None:
-                rows.append(torch.arange(len(users), device=dev).repeat_interleave(extra.shape[1]))
-                items.append(extra.reshape(-1))
-            logits = model.pair_logits(users, torch.cat(rows), torch.cat(items))
-            labels = torch.cat([torch.ones(len(pos_rows), device=dev), torch.zeros(len(neg_rows), device=dev)])
-            loss = losses.cf_loss(logits[:n_cf], labels)
-            if extra is not None:
-                loss = loss + method.loss(users, extra, logits[n_cf:].view_as(extra))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            n_batches += 1
-        epoch_seconds.append(time.perf_counter() - t0)
-        val = metrics.evaluate(model, ds, "valid", "sampled", valid_negatives=cfg.valid_negatives)
-        mean_loss = total.item() / n_batches
-        curve.append({"epoch": epoch + 1, "loss": mean_loss, "valid_HR@10": val["HR@10"],
-                      "valid_NDCG@10": val["NDCG@10"], "seconds": epoch_seconds[-1]})
-        if track_test:
-            test = metrics.evaluate(model, ds, "test", "sampled")
-            curve[-1].update({"test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{val['NDCG@10']:.4f}", refresh=False)   # drawn at most every 2 s
-        if val["NDCG@10"] > best:
-            best, best_epoch, since = val["NDCG@10"], epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
+    """Train one model of `cfg` (canonical) on `ds`: a group of one (`fit_group`)."""
+    return fit_group([cfg], ds, [teacher], progress, desc, track_test)[0]
+
+
+# What the members of a group share: the data, and what stacks their parameters and optimiser state
+STACKED = ("dataset", "data_sha256", "data_seed", "subset_users", "valid_negatives", "backbone", "size",
+           "mlp_scale", "corruption", "batch_size", "lr", "weight_decay", "device")
+
+
+def check_group(cfgs) -> None:
+    """Refuse, before training, a group whose members cannot be trained in one stacked step."""
+    if not cfgs:
+        raise ValueError("a group needs at least one run")
+    first = dataclasses.asdict(cfgs[0])
+    for c in cfgs[1:]:
+        d = dataclasses.asdict(c)
+        bad = [f"{k}: {first[k]!r} vs {d[k]!r}" for k in STACKED if d[k] != first[k]]
+        if bad:
+            raise ValueError(f"runs {cfgs[0].key()} and {c.key()} cannot share a group ({'; '.join(bad)})")
+
+
+@dataclass
+class Member:
+    """One run of a group: its own model, method, random streams (`gen` for sampling, `rng` the global
+    state its model's dropout draws from), learning curve and early stopping."""
+    cfg: Config
+    model: models.Recommender
+    method: methods.NoKD
+    gen: torch.Generator
+    rng: torch.Tensor
+    curve: list = dataclasses.field(default_factory=list)
+    seconds: list = dataclasses.field(default_factory=list)
+    best: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    since: int = 0
+    done: bool = False
+
+
+def _rng_state(dev) -> torch.Tensor:
+    return torch.cuda.get_rng_state(dev) if dev.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(state, dev) -> None:
+    torch.cuda.set_rng_state(state, dev) if dev.type == "cuda" else torch.set_rng_state(state)
+
+
+def _batch(m: Member, positives, users: torch.Tensor) -> dict:
+    """A member's step: its users' positives, uniform negatives and the method's items, with their
+    labels, and the model's inputs (CDAE's corrupted rows, drawn from the member's own stream)."""
+    pos_rows, pos_items = positives.pairs(users)
+    neg_rows, neg_items = uniform_negatives(positives, users, m.cfg.n_neg, m.gen)
+    rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
+    extra = m.method.batch_items(users, m.gen)
+    if extra is not None:
+        rows.append(torch.arange(len(users), device=users.device).repeat_interleave(extra.shape[1]))
+        items.append(extra.reshape(-1))
+    _set_rng_state(m.rng, users.device)
+    x = m.model.batch_inputs(users)
+    m.rng = _rng_state(users.device)
+    labels = torch.cat([torch.ones(len(pos_rows), device=users.device), torch.zeros(len(neg_rows), device=users.device)])
+    return {"users": users, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,
+            "extra": extra}
+
+
+class _PairLogits(torch.nn.Module):
+    """A model whose forward is its pair_logits, for torch.func.functional_call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users, rows, items, x):
+        return self.model.pair_logits(users, rows, items, x)
+
+
+class Stack:
+    """The trainable state of a group's active members: for one member its model's own parameters;
+    for several, one tensor per parameter with a leading member dimension, of which each member's
+    parameters are views, trained by one stacked forward pass (torch.func.vmap over the model's own
+    pair_logits). One Adam over it is each member's Adam: its update is element-wise."""
+
+    def __init__(self, members: list[Member], old: "Stack | None" = None):
+        self.members = members
+        cfg, model = members[0].cfg, members[0].model
+        names = [n for n, _ in model.named_parameters()]
+        saved = old.adam_state() if old is not None else {}
+        if len(members) == 1:
+            if old is not None:         # leaving a stack: parameters back in their own storage
+                for p in model.parameters():
+                    p.data = p.data.clone()
+            self.params, self.pairs = None, None
+            self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         else:
-            since += 1
-            if since >= cfg.patience and epoch + 1 >= cfg.min_epochs and best > floor:
+            self.params = {f"model.{n}": torch.stack([m.model.get_parameter(n).detach() for m in members])
+                           .requires_grad_() for n in names}
+            for g, m in enumerate(members):
+                for n in names:
+                    m.model.get_parameter(n).data = self.params[f"model.{n}"].data[g]
+            self.pairs = _PairLogits(model)
+            self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        for n in names if saved else []:
+            states = [saved[(id(m), n)] for m in members]
+            if self.params is None:
+                self.opt.state[model.get_parameter(n)] = states[0]
+            else:
+                self.opt.state[self.params[f"model.{n}"]] = {
+                    "step": states[0]["step"],
+                    **{k: torch.stack([s[k] for s in states]) for k in ("exp_avg", "exp_avg_sq")}}
+
+    def adam_state(self) -> dict:
+        """Each member's Adam state per parameter name."""
+        out = {}
+        for g, m in enumerate(self.members):
+            for n, p in m.model.named_parameters():
+                st = self.opt.state.get(p if self.params is None else self.params[f"model.{n}"])
+                if st:
+                    out[(id(m), n)] = {"step": st["step"].clone(),
+                                       **{k: (st[k] if self.params is None else st[k][g]).clone()
+                                          for k in ("exp_avg", "exp_avg_sq")}}
+        return out
+
+    def logits(self, batches: list[dict]) -> list[torch.Tensor]:
+        """Each member's logits of its (users[rows], items) pairs, with gradient."""
+        if self.params is None:
+            b = batches[0]
+            return [self.members[0].model.pair_logits(b["users"], b["rows"], b["items"], b["x"])]
+        n = [len(b["rows"]) for b in batches]
+        pad = max(n)
+
+        def padded(key):
+            return torch.stack([torch.cat([b[key], b[key].new_zeros(pad - len(b[key]))]) for b in batches])
+        x = None if batches[0]["x"] is None else torch.stack([b["x"] for b in batches])
+        z = torch.func.vmap(lambda p, u, r, i, xx: torch.func.functional_call(self.pairs, p, (u, r, i, xx)),
+                            in_dims=(0, 0, 0, 0, None if x is None else 0))(
+            self.params, torch.stack([b["users"] for b in batches]), padded("rows"), padded("items"), x)
+        return [z[g, :k] for g, k in enumerate(n)]
+
+
+def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: bool = True, desc: str = "",
+              track_test: bool = False) -> list[dict]:
+    """Train the runs `cfgs` (canonical, one dataset, stackable: `check_group`) together, each step
+    one stacked forward and backward pass over the active members; returns, per run, {model, curve,
+    best_epoch, timing}. Each run ends when its validation NDCG@10 has not improved for `patience`
+    epochs, once it has run `min_epochs` epochs and left the initial plateau (its best validation
+    NDCG@10 above `plateau` x that of the most-popular ranking), or at its cap `epochs`; a run that
+    ends keeps its best state and leaves the stack. A member's losses and random streams are its
+    own, so a run trained alone (a group of one) is the same run it always was. track_test adds each
+    epoch's test HR@10 and NDCG@10 (sampled) to the curve, for analyses of the protocol only: nothing
+    is chosen on them, and they draw no random numbers, so the run is the same."""
+    check_group(cfgs)
+    teachers = list(teachers) if teachers is not None else [None] * len(cfgs)
+    dev = models.default_device(cfgs[0].device)
+    positives = data.UserItems(ds.train, dev)
+    members = []
+    for cfg, teacher in zip(cfgs, teachers):
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        model = build_model(cfg, ds, dev)
+        members.append(Member(cfg, model, methods.build(cfg, positives, teacher), gen, _rng_state(dev)))
+    popularity = metrics.evaluate(metrics.Popularity(ds, dev), ds, "valid", "sampled",
+                                  valid_negatives=cfgs[0].valid_negatives)["NDCG@10"]
+    stack = Stack(members)
+    c0 = cfgs[0]
+    bar = tqdm(range(max(c.epochs for c in cfgs)), disable=not progress, leave=False, mininterval=2.0,
+               desc=desc or f"{Path(c0.dataset).name} {c0.backbone}-{c0.size} "
+                            f"{'/'.join(dict.fromkeys(c.method for c in cfgs))}" + (f" x{len(cfgs)}" if len(cfgs) > 1 else ""))
+    for epoch in bar:
+        active = stack.members
+        t0 = time.perf_counter()
+        totals = [torch.zeros((), device=dev) for _ in active]
+        perms = []
+        for m in active:
+            m.method.start_epoch(epoch, m.model)
+            m.model.train()
+            perms.append(torch.randperm(ds.n_users, generator=m.gen, device=dev))
+        n_batches = 0
+        for s in range(0, ds.n_users, c0.batch_size):
+            batches = [_batch(m, positives, perm[s:s + c0.batch_size]) for m, perm in zip(active, perms)]
+            loss = None
+            for g, (m, b, z) in enumerate(zip(active, batches, stack.logits(batches))):
+                n_cf = len(b["labels"])
+                term = losses.cf_loss(z[:n_cf], b["labels"])
+                if b["extra"] is not None:
+                    term = term + m.method.loss(b["users"], b["extra"], z[n_cf:].view_as(b["extra"]))
+                totals[g] += term.detach()
+                loss = term if loss is None else loss + term
+            stack.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            stack.opt.step()
+            n_batches += 1
+        seconds = time.perf_counter() - t0
+        for m, total in zip(active, totals):
+            _end_epoch(m, epoch, total.item() / n_batches, seconds, ds, popularity, track_test)
+        if any(m.done for m in active):
+            left = [m for m in active if not m.done]
+            for m in active:
+                if m.done and len(active) > 1:       # its own storage, not a view of the stack
+                    for p in m.model.parameters():
+                        p.data = p.data.clone()
+            if not left:
                 break
-    model.load_state_dict(best_state)
-    model.eval()
-    timing = {"train_seconds": float(sum(epoch_seconds)), "epoch_seconds_mean": float(np.mean(epoch_seconds))}
-    if method.refresh_seconds:
-        timing["refresh_seconds_mean"] = float(np.mean(method.refresh_seconds))
-    return {"model": model, "curve": curve, "best_epoch": best_epoch, "timing": timing,
-            "popularity_valid_NDCG@10": popularity}
+            stack = Stack(left, stack)
+        lead = max(stack.members, key=lambda m: m.best)
+        bar.set_postfix(loss=f"{lead.curve[-1]['loss']:.4f}", ndcg10=f"{lead.best:.4f}",   # drawn at most every 2 s
+                        **({"runs": len(stack.members)} if len(members) > 1 else {}), refresh=False)
+    out = []
+    for m in members:
+        m.model.load_state_dict(m.best_state)
+        m.model.eval()
+        timing = {"train_seconds": float(sum(m.seconds)), "epoch_seconds_mean": float(np.mean(m.seconds))}
+        if m.method.refresh_seconds:
+            timing["refresh_seconds_mean"] = float(np.mean(m.method.refresh_seconds))
+        out.append({"model": m.model, "curve": m.curve, "best_epoch": m.best_epoch, "timing": timing,
+                    "popularity_valid_NDCG@10": popularity})
+    return out
+
+
+def _end_epoch(m: Member, epoch: int, mean_loss: float, seconds: float, ds, popularity: float,
+               track_test: bool) -> None:
+    """A member's validation, learning curve, best state and early stopping after an epoch."""
+    cfg = m.cfg
+    val = metrics.evaluate(m.model, ds, "valid", "sampled", valid_negatives=cfg.valid_negatives)
+    m.seconds.append(seconds)
+    m.curve.append({"epoch": epoch + 1, "loss": mean_loss, "valid_HR@10": val["HR@10"],
+                    "valid_NDCG@10": val["NDCG@10"], "seconds": seconds})
+    if track_test:
+        test = metrics.evaluate(m.model, ds, "test", "sampled")
+        m.curve[-1].update({"test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]})
+    floor = -1.0 if cfg.plateau is None else cfg.plateau * popularity
+    if val["NDCG@10"] > m.best:
+        m.best, m.best_epoch, m.since = val["NDCG@10"], epoch + 1, 0
+        m.best_state = {k: v.detach().clone() for k, v in m.model.state_dict().items()}
+    else:
+        m.since += 1
+        if m.since >= cfg.patience and epoch + 1 >= cfg.min_epochs and m.best > floor:
+            m.done = True
+    if epoch + 1 >= cfg.epochs:
+        m.done = True
 
 
 class NotRecorded(LookupError):
@@ -461,32 +631,74 @@ def run(config: Config, results=None, refresh: bool = False, progress: bool = Tr
     """The record of `config`: read from results/runs/ when it exists (unless `refresh`), else
     trained, evaluated and written atomically, its weights cached. train=False (or
     $CDLIB_NO_TRAIN=1) never trains: a missing run raises NotRecorded."""
-    cfg = config.canonical()
-    cfgd = dataclasses.asdict(cfg)
-    key = cfg.key()
+    return run_group([config], results, refresh, progress, train)[0]
+
+
+def group_size() -> int:
+    """Runs trained together at most ($CDLIB_GROUP_SIZE, default 1: on a CPU a stacked step costs what
+    its members' steps cost one after another, measured in `cdlib.bench`)."""
+    n = os.environ.get("CDLIB_GROUP_SIZE", "1")
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"CDLIB_GROUP_SIZE must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def run_group(configs, results=None, refresh: bool = False, progress: bool = True, train: bool | None = None,
+              size: int | None = None) -> list[dict]:
+    """The records of `configs`, as `run` gives each: recorded runs are read (unless `refresh`), the
+    others trained together, up to `size` (default `group_size()`) at a time, in groups of runs that
+    stack (`check_group`); each record names the group it was trained in. A group that runs out of GPU
+    memory is split in two, with a message, and each half trained again."""
+    cfgs = [c.canonical() for c in configs]
     if train is None:
         train = os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
-    rec = runs.read_record(key, results)
-    if rec is not None and not refresh:
-        return rec
-    if not train:
-        raise NotRecorded(f"run {key} ({cfg.dataset} {cfg.backbone}-{cfg.size} "
-                          f"{cfg.method} seed {cfg.seed}) is not recorded in {runs.results_dir(results)}")
-    _check_deadline(f"run {key}")
+    recs = {c.key(): None if refresh else runs.read_record(c.key(), results) for c in cfgs}
+    todo = list({c.key(): c for c in cfgs if recs[c.key()] is None}.values())
+    if todo and not train:
+        c = todo[0]
+        raise NotRecorded(f"run {c.key()} ({c.dataset} {c.backbone}-{c.size} {c.method} seed {c.seed}) is not "
+                          f"recorded in {runs.results_dir(results)}")
+    stacks: dict = {}
+    for c in todo:
+        stacks.setdefault(tuple(getattr(c, k) for k in STACKED), []).append(c)
+    size = size or group_size()
+    for members in stacks.values():
+        for s in range(0, len(members), size):
+            for rec in _train_group(members[s:s + size], results, progress):
+                recs[rec["key"]] = rec
+    return [recs[c.key()] for c in cfgs]
+
+
+def _train_group(cfgs: list[Config], results, progress: bool) -> list[dict]:
+    _check_deadline(f"run {cfgs[0].key()}" if len(cfgs) == 1 else f"a group of {len(cfgs)} runs")
     t0 = time.time()
-    ds = dataset_for(cfg)
-    teacher, teacher_sha = load_teacher(cfg, results, progress) if cfg.method != "none" else (None, None)
-    out = fit(cfg, ds, teacher, progress)
-    model = out["model"]
-    weights_sha = _save_weights(model, weights_path(cfg))
-    rec = {"key": key, "config": cfgd, **_evaluate_all(model, ds, cfg),
-           "best_epoch": out["best_epoch"], "epochs_run": len(out["curve"]), "curve": out["curve"],
-           "popularity_valid_NDCG@10": out["popularity_valid_NDCG@10"],
-           "n_params": model.n_params(), "teacher_n_params": teacher.n_params() if teacher is not None else None,
-           "teacher_key": cfg.teacher().key() if teacher is not None else None,
-           "teacher_sha256": teacher_sha, "weights_sha256": weights_sha,
-           "timing": dict(out["timing"], wall_seconds=time.time() - t0),
-           "dataset": runs.dataset_info(ds),
-           "provenance": runs.provenance(model.device)}
-    runs.write_record(rec, results)
-    return rec
+    ds = dataset_for(cfgs[0])
+    teachers = [load_teacher(c, results, progress) if c.method != "none" else (None, None) for c in cfgs]
+    try:
+        outs = fit_group(cfgs, ds, [t for t, _ in teachers], progress)
+    except torch.cuda.OutOfMemoryError:
+        if len(cfgs) == 1:
+            raise
+        half = len(cfgs) // 2
+        print(f"out of GPU memory training a group of {len(cfgs)} runs: split into groups of {half} and "
+              f"{len(cfgs) - half}", file=sys.stderr, flush=True)
+        torch.cuda.empty_cache()
+        return _train_group(cfgs[:half], results, progress) + _train_group(cfgs[half:], results, progress)
+    group = [c.key() for c in cfgs]
+    out = []
+    for cfg, (teacher, teacher_sha), o in zip(cfgs, teachers, outs):
+        model = o["model"]
+        weights_sha = _save_weights(model, weights_path(cfg))
+        out.append({"key": cfg.key(), "config": dataclasses.asdict(cfg), **_evaluate_all(model, ds, cfg),
+                    "best_epoch": o["best_epoch"], "epochs_run": len(o["curve"]), "curve": o["curve"],
+                    "popularity_valid_NDCG@10": o["popularity_valid_NDCG@10"],
+                    "n_params": model.n_params(),
+                    "teacher_n_params": teacher.n_params() if teacher is not None else None,
+                    "teacher_key": cfg.teacher().key() if teacher is not None else None,
+                    "teacher_sha256": teacher_sha, "weights_sha256": weights_sha, "timing": o["timing"],
+                    "group": group, "dataset": runs.dataset_info(ds), "provenance": runs.provenance(model.device)})
+    wall = time.time() - t0
+    for rec in out:       # a member's share of the group's wall time (all of it for a group of one)
+        rec["timing"] = dict(rec["timing"], wall_seconds=wall / len(cfgs), group_wall_seconds=wall)
+        runs.write_record(rec, results)
+    return out

@@ -2,10 +2,11 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from cdlib import data, methods, runs, train
+from cdlib import data, methods, metrics, runs, train
 
 TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, min_epochs=1, device="cpu")
 
@@ -42,7 +43,7 @@ def test_record_is_reused_and_complete(results, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("trained again")
-    monkeypatch.setattr(train, "fit", boom)
+    monkeypatch.setattr(train, "fit_group", boom)
     assert train.run(cfg, results, progress=False)["key"] == rec["key"]
     with pytest.raises(train.NotRecorded):
         train.run(train.Config(backbone="cdae", size=9, **TINY), results, train=False)
@@ -223,3 +224,57 @@ def test_first_epochs_retrains_a_student_with_each_teacher_seed_and_its_plain_tw
     from cdlib import report
     t = report.first_epochs_table(results)       # the plain twin once, both teachers' arms
     assert list(t["run"]) == ["RD λ=1", "RD λ=1", "plain student"] and list(t["teacher seed"]) == ["0", "1", ""]
+
+
+@pytest.mark.parametrize("backbone,method,extra", [("cdae", "cd", {"guide": "student"}), ("neumf", "rd", {}),
+                                                   ("cdae", "none", {})])
+def test_a_member_of_a_group_trains_as_it_would_alone(results, backbone, method, extra):
+    base = dict(TINY, epochs=6, patience=6, min_epochs=1)
+    cfgs = [train.Config(backbone=backbone, size=4, method=method, teacher_size=8, seed=s,
+                         **dict(base, epochs=cap), **extra).canonical() for s, cap in zip(range(5), (6, 3, 6, 4, 5))]
+    ds = train.dataset_for(cfgs[0])
+    teachers = [train.load_teacher(c, results, progress=False)[0] if method != "none" else None for c in cfgs]
+    alone = [train.fit(c, ds, t, progress=False) for c, t in zip(cfgs, teachers)]
+    group = train.fit_group(cfgs, ds, teachers, progress=False)      # members leave as their caps end
+    for a, g in zip(alone, group):
+        assert len(a["curve"]) == len(g["curve"])
+        assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a["curve"], g["curve"])) < 1e-4
+    ndcg = [[metrics.evaluate(o["model"], ds, "test")["NDCG@10"] for o in outs] for outs in (alone, group)]
+    assert abs(np.mean(ndcg[0]) - np.mean(ndcg[1])) <= np.std(ndcg[0])
+
+
+def test_a_group_of_runs_is_recorded_run_by_run_naming_its_group(results):
+    cfgs = [train.Config(backbone="cdae", size=8, seed=s, **TINY) for s in (0, 1)]
+    recs = train.run_group(cfgs, results, progress=False, size=2)
+    keys = [c.key() for c in cfgs]
+    assert [r["key"] for r in recs] == keys and all(r["group"] == keys for r in recs)
+    assert recs[0]["timing"]["group_wall_seconds"] == 2 * recs[0]["timing"]["wall_seconds"]
+    alone = train.run(cfgs[1], results, refresh=True, progress=False)        # a group of one
+    assert alone["group"] == [keys[1]] and alone["curve"][0]["loss"] == pytest.approx(recs[1]["curve"][0]["loss"], abs=1e-4)
+
+
+def test_runs_that_cannot_stack_are_refused_or_grouped_apart(results):
+    a = train.Config(backbone="cdae", size=8, **TINY).canonical()
+    for other, field in ((dict(size=9), "size"), (dict(dataset="ml-1m", subset_users=None), "dataset"),
+                         (dict(lr=0.1), "lr")):
+        with pytest.raises(ValueError, match=field):
+            train.check_group([a, dataclasses.replace(a, **other)])
+    recs = train.run_group([a, train.Config(backbone="cdae", size=9, **TINY)], results, progress=False, size=5)
+    assert [len(r["group"]) for r in recs] == [1, 1]                 # two sizes: two groups of one
+
+
+def test_a_group_out_of_gpu_memory_is_split_and_says_so(results, monkeypatch, capsys):
+    fit_group = train.fit_group
+
+    def small_gpu(cfgs, *a, **kw):
+        if len(cfgs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return fit_group(cfgs, *a, **kw)
+    monkeypatch.setattr(train, "fit_group", small_gpu)
+    recs = train.run_group([train.Config(backbone="cdae", size=8, seed=s, **TINY) for s in (0, 1, 2)], results,
+                           progress=False, size=3)
+    assert [len(r["group"]) for r in recs] == [1, 1, 1]
+    assert "split into groups of 1 and 2" in capsys.readouterr().err
+    monkeypatch.setenv("CDLIB_GROUP_SIZE", "0")
+    with pytest.raises(ValueError, match="CDLIB_GROUP_SIZE"):
+        train.group_size()
