@@ -2,7 +2,8 @@
 
 Prints seconds per training epoch (CDAE teacher; student with method none and with CD
 student-guided), the student-guided sample refresh for all users, full-protocol evaluation of
-all users, and the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of the same shapes.
+all users, the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of the same shapes,
+and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `train.fit_group`).
 Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
 """
 from __future__ import annotations
@@ -12,12 +13,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import data, metrics, models, runs
 from .samplers import CDSampler, top_missing
-from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit
+from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit, fit_group
 
 
 def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
@@ -38,6 +40,46 @@ def epoch_seconds(cfg: Config, ds, teacher=None, epochs: int = 2) -> float:
     out = fit(Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs, "min_epochs": epochs}), ds, teacher,
               progress=False)
     return min(c["seconds"] for c in out["curve"])
+
+
+def group_epoch_seconds(cfg: Config, ds, teacher=None, n: int = 5, epochs: int = 2) -> float:
+    """Seconds per epoch (best of `epochs`) of a group of `n` runs of `cfg`, seeds 0..n-1, trained
+    together by `train.fit_group` (one stacked step for all members)."""
+    cfgs = [Config(**{**cfg.__dict__, "seed": s, "epochs": epochs, "patience": epochs, "min_epochs": epochs})
+            for s in range(n)]
+    return min(c["seconds"] for c in fit_group(cfgs, ds, [teacher] * n, progress=False)[0]["curve"])
+
+
+def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 20, epochs: int = 2) -> pd.DataFrame:
+    """Seconds per epoch of groups of each size, for the CDAE teacher, the CDAE student distilled by
+    CD (student-guided), the NeuMF teacher and the NeuMF student distilled by CD (student-guided), with
+    throughput in member-epochs per second, its gain over the same runs one after another, and for
+    CDAE the effective GFLOP/s (`cdae_epoch_flops` per member)."""
+    dev = models.default_device(device)
+    base = dict(dataset=dataset, device=dev.type)
+    torch.manual_seed(0)
+    teachers = {b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE}
+    kinds = [("CDAE teacher", Config(**base, backbone="cdae").canonical(), None),
+             ("CDAE student, CD student-guided",
+              Config(**base, backbone="cdae", size=student_size, method="cd", guide="student").canonical(), "cdae"),
+             ("NeuMF teacher", Config(**base, backbone="neumf").canonical(), None),
+             ("NeuMF student, CD student-guided",
+              Config(**base, backbone="neumf", size=STUDENT_SIZES["neumf"][1], method="cd", guide="student").canonical(),
+              "neumf")]
+    rows = []
+    for what, cfg, teacher in kinds:
+        one = None
+        for n in sizes:
+            sec = group_epoch_seconds(cfg, ds, teachers.get(teacher), n, epochs)
+            one = sec if n == 1 else one
+            row = {"run": what, "size": cfg.size, "group": n, "seconds per epoch": sec,
+                   "member-epochs per second": n / sec,
+                   "gain over one after another": (n * one / sec) if one else np.nan,
+                   "GFLOP/s": (n * cdae_epoch_flops(ds.n_users, ds.n_items, cfg.size) / sec / 1e9
+                               if cfg.backbone == "cdae" else np.nan)}
+            rows.append(row)
+            print(f"{what:<34s} group {n:>2d}: {sec:8.3f} s/epoch, {n / sec:6.2f} member-epochs/s", flush=True)
+    return pd.DataFrame(rows)
 
 
 def cdae_epoch_flops(n_users: int, n_items: int, hidden: int) -> float:
@@ -124,6 +166,7 @@ def main(argv=None):
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     ap.add_argument("--student-size", type=int, default=20)
+    ap.add_argument("--groups", default="1,5,15", help="group sizes to time (train.fit_group); '' for none")
     ap.add_argument("--out", help="also write the timings, with their provenance, to this JSON file")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -167,8 +210,11 @@ def main(argv=None):
     for backbone, size in (("neumf", 64), ("neumf", 8)):
         cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
         report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
+    groups = pd.DataFrame()
+    if args.groups:
+        groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size)
     if args.out:
-        record = {"seconds": dict(rows), "wall_seconds": time.time() - t0,
+        record = {"seconds": dict(rows), "groups": groups.to_dict(orient="records"), "wall_seconds": time.time() - t0,
                   "dataset": runs.dataset_info(ds),
                   "provenance": runs.provenance(dev)}
         runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")

@@ -19,3 +19,12 @@ def test_timing_table_keeps_other_devices_and_replaces_its_own(ml100k):
     assert sorted(zip(kept.dataset, kept.backbone, kept.device)) == [
         ("ml-100k", "cdae", "NVIDIA H100"), ("ml-100k", "neumf", "cpu: old"), ("ml-1m", "cdae", "cpu: old")]
     assert list(t.columns) == list(keep.columns)
+
+
+def test_group_table_times_each_kind_of_run_per_group_size():
+    from cdlib import data
+    ds = data.load("ml-100k").subset(100)
+    t = bench.group_table("ml-100k", ds, "cpu", sizes=(1, 2), student_size=4, epochs=1)
+    assert list(t.group) == [1, 2] * 4 and (t["seconds per epoch"] > 0).all()
+    assert t["gain over one after another"].iloc[0] == 1.0
+    assert t["GFLOP/s"].notna().tolist() == [True] * 4 + [False] * 4      # CDAE only

@@ -95,3 +95,16 @@ def test_device_cuda_without_cuda_is_refused_before_anything_runs(tmp_path, caps
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke", "--results", str(tmp_path / "r"), "--device", "cuda"])
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_group_size_reaches_the_jobs_and_groups_their_runs(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    res = tmp_path / "results"
+    assert reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "1", "--notebooks", "02",
+                           "--datasets", "ml-100k", "--backbones", "cdae", "--seeds", "1,2", "--group-size", "2"]) == 0
+    recs = [json.loads(p.read_text()) for p in (res / "runs").glob("*.json")]
+    pair = [r for r in recs if r["config"]["seed"] in (1, 2)]
+    assert len(pair) == 2 and all(sorted(r["group"]) == sorted(x["key"] for x in pair) for r in pair)
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--results", str(res), "--group-size", "0"])
