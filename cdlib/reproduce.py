@@ -250,6 +250,8 @@ def main(argv=None) -> int:
                     help="seconds: no run starts after this (runs not started stay unrecorded, the tables show "
                          "them missing); a later reproduction resumes with them")
     args = ap.parse_args(argv)
+    if args.group_size is not None and args.group_size < 1:
+        ap.error(f"--group-size must be at least 1, got {args.group_size}")
 
     profile = PROFILES[args.profile]
     datasets = args.datasets.split(",") if args.datasets else profile.datasets
@@ -276,13 +278,10 @@ def main(argv=None) -> int:
             j.threads = args.threads
     if args.no_report:
         report, last = [], []
+    group = args.group_size or (15 if args.device == "cuda" else 1)
     print(f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
           f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
-          f"thread(s), groups of up to {args.group_size or (15 if args.device == 'cuda' else 1)} run(s); "
-          f"results in {results}", flush=True)
-    if args.group_size is not None and args.group_size < 1:
-        ap.error(f"--group-size must be at least 1, got {args.group_size}")
-    group = args.group_size or (15 if args.device == "cuda" else 1)
+          f"thread(s), groups of up to {group} run(s); results in {results}", flush=True)
     t0 = time.time()
     env = {"CDLIB_GROUP_SIZE": str(group)}
     if args.time_limit is not None:
