@@ -157,6 +157,15 @@ def compare_best(ok: pd.DataFrame, worse: str, metric: str) -> pd.DataFrame:
     return s.merge(f.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"], how="outer")
 
 
+def gain_over(ok: pd.DataFrame, worse: str) -> pd.DataFrame:
+    """`compare_best` on HR@10 and NDCG@10 side by side, per dataset and backbone; empty while no
+    cell has both the CD guides and `worse` recorded (a cell with its teachers only, say)."""
+    hr, ndcg = compare_best(ok, worse, "HR@10"), compare_best(ok, worse, "NDCG@10")
+    if hr.empty or ndcg.empty:
+        return pd.DataFrame()
+    return hr.merge(ndcg.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"])
+
+
 def verdict_gain(gain: pd.DataFrame, metric: str = "NDCG@10") -> str:
     """One sentence: does the best CD guide beat RD, and inside the paper's range?"""
     if gain.empty:

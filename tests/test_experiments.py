@@ -270,3 +270,8 @@ def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
     assert c.loc[("a", "cdae"), "est. CPU hours to go"] == round(200 * 30 / 3600, 1)     # median epochs x s/epoch
     assert c.loc[("b", "cdae"), "est. CPU hours to go"] == round(4 * 200 * 30 / 3600, 1)  # 4x the users x items
     assert c.loc[("all", ""), "runs to go"] == 2
+
+
+def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
+    teachers = pd.DataFrame(rows("Teacher", [0.6, 0.6]))
+    assert report.gain_over(ex.best_cd(teachers), "RD").empty

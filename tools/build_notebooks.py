@@ -160,9 +160,7 @@ protocol; the gains carry a paired t-test over seeds, on the sampled and the ful
         code(f'''runs = ex.best_cd(ex.collect(ex.main_grid(P, {GRID}), results_dir, train_missing))
 table = ex.summarize(runs, ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"])
 full = ex.summarize(runs, ["HR@10 (full)", "NDCG@10 (full)"])
-gain = report.compare_best(runs[runs.status == "ok"], "RD", "HR@10").merge(
-    report.compare_best(runs[runs.status == "ok"], "RD", "NDCG@10").drop(columns=["better", "worse", "seeds"]),
-    on=["dataset", "backbone"]) if (runs.status == "ok").any() else pd.DataFrame()
+gain = report.gain_over(runs[runs.status == "ok"], "RD")
 ''' + save(("runs", "03_main_runs"), ("table", "03_main"), ("full", "03_main_full"),
            ("gain", "03_gain_cd_over_rd"))),
         md("## Table 3: test accuracy, sampled protocol (mean ± std over seeds)"),
