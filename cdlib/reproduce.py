@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
     ap.add_argument("--group-size", type=int, default=None,
                     help="runs trained together in one stacked step (train.run_group; default 1 on a CPU, where "
-                         "it gains nothing, 15 on CUDA)")
+                         "it is slower, 15 on CUDA)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds: no run starts after this (runs not started stay unrecorded, the tables show "
                          "them missing); a later reproduction resumes with them")

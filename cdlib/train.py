@@ -635,8 +635,8 @@ def run(config: Config, results=None, refresh: bool = False, progress: bool = Tr
 
 
 def group_size() -> int:
-    """Runs trained together at most ($CDLIB_GROUP_SIZE, default 1: on a CPU a stacked step costs what
-    its members' steps cost one after another, measured in `cdlib.bench`)."""
+    """Runs trained together at most ($CDLIB_GROUP_SIZE, default 1: on a CPU a stacked step is slower
+    than its members' steps one after another, measured by `cdlib.bench --groups`)."""
     n = os.environ.get("CDLIB_GROUP_SIZE", "1")
     if not n.isdigit() or int(n) < 1:
         raise ValueError(f"CDLIB_GROUP_SIZE must be a positive integer, got {n!r}")
