@@ -290,9 +290,6 @@ class Stack:
         names = [n for n, _ in model.named_parameters()]
         saved = old.adam_state() if old is not None else {}
         if len(members) == 1:
-            if old is not None:         # leaving a stack: parameters back in their own storage
-                for p in model.parameters():
-                    p.data = p.data.clone()
             self.params, self.pairs = None, None
             self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         else:
@@ -397,11 +394,11 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
         for m, total in zip(active, totals):
             _end_epoch(m, epoch, total.item() / n_batches, seconds, ds, popularity, track_test)
         if any(m.done for m in active):
-            left = [m for m in active if not m.done]
-            for m in active:
-                if m.done and len(active) > 1:       # its own storage, not a view of the stack
+            if len(active) > 1:     # every member leaves the old stack, its parameters in their own storage
+                for m in active:
                     for p in m.model.parameters():
                         p.data = p.data.clone()
+            left = [m for m in active if not m.done]
             if not left:
                 break
             stack = Stack(left, stack)
