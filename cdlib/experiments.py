@@ -376,7 +376,10 @@ def compare(df: pd.DataFrame, better: str, worse: str, metrics=("HR@10", "NDCG@1
 def best_cd(df: pd.DataFrame, labels=("CD-T", "CD-S", "CD-H")) -> pd.DataFrame:
     """Rows of two new labels, per dataset and backbone: 'CD-best', the CD guide with the best mean
     validation NDCG@10 over seeds (sampled protocol), and 'CD-best (full)', the same chosen on the
-    full-ranking validation, for the full-ranking columns. Test numbers are never chosen on."""
+    full-ranking validation, for the full-ranking columns. Test numbers are never chosen on.
+    The 'best_of' column names the chosen guide (empty on other rows, and on every row of a table
+    without CD runs, e.g. a cell whose students have not been trained yet)."""
+    df = df.assign(best_of=None)
     ok = df[(df.status == "ok") & df.label.isin(labels)]
     out = []
     for name, metric in (("CD-best", "valid NDCG@10"), ("CD-best (full)", "valid NDCG@10 (full)")):
