@@ -234,6 +234,15 @@ def test_teacher_variants_set_the_best_test_epoch_beside_the_record(tmp_path):
                                       "0.6800 under this project's protocol, 0.6991 under NCF's, so +0.0191 of the gap "
                                       "to 0.70 is protocol and +0.0009 remains.")
     assert report.protocol_gap(t[t.mlp_scale == 2]) == ""
+    three = pd.DataFrame({"seed": [0, 1, 0], "lr": [3e-4, 3e-4, 1e-3], "mlp_scale": [1, 1, 1], "weight_decay": ["0"] * 3,
+                          "test HR@10": [0.68, 0.69, 0.67], "test HR@10, NCF protocol": [0.70, 0.71, np.nan]})
+    assert report.protocol_gap(three).endswith(      # one setting: no per-setting clause
+        "test HR@10 0.6850 under this project's protocol, 0.7050 under NCF's, so +0.0200 of the gap to 0.70 is "
+        "protocol and none remains (NCF's protocol exceeds it by 0.0050).")
+    three.loc[2, "test HR@10, NCF protocol"] = 0.69
+    assert report.protocol_gap(three).endswith(
+        "Per setting: lr=0.0003, mlp_scale=1 (seeds 0, 1): 0.6850 under ours, 0.7050 under NCF's; "
+        "lr=0.001, mlp_scale=1 (seed 0): 0.6700 under ours, 0.6900 under NCF's.")
 
 
 def test_tables_of_cells_without_runs_are_empty_not_errors():
