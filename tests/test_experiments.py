@@ -282,7 +282,7 @@ def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
 
 
 def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
-    teachers = pd.DataFrame(rows("Teacher", [0.6, 0.6]))
-    assert report.gain_over(ex.best_cd(teachers), "RD").empty
-    out = ex.best_cd(teachers)                  # notebook 03 lists the chosen guides: none here, and no error
+    out = ex.best_cd(pd.DataFrame(rows("Teacher", [0.6, 0.6])))
+    assert report.gain_over(out, "RD").empty
+    # notebook 03 lists the chosen guides: none here, and no error
     assert out[out.label.str.startswith("CD-best")].groupby(["dataset", "backbone", "label"]).best_of.first().empty
