@@ -50,11 +50,13 @@ def group_epoch_seconds(cfg: Config, ds, teacher=None, n: int = 5, epochs: int =
     return min(c["seconds"] for c in fit_group(cfgs, ds, [teacher] * n, progress=False)[0]["curve"])
 
 
-def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 20, epochs: int = 2) -> pd.DataFrame:
+def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 20, epochs: int = 2,
+                on_row=None) -> pd.DataFrame:
     """Seconds per epoch of groups of each size, for the CDAE teacher, the CDAE student distilled by
     CD (student-guided), the NeuMF teacher and the NeuMF student distilled by CD (student-guided), with
     throughput in member-epochs per second, its gain over the same runs one after another, and for
-    CDAE the effective GFLOP/s (`cdae_epoch_flops` per member)."""
+    CDAE the effective GFLOP/s (`cdae_epoch_flops` per member). on_row(rows so far) is called after each
+    row (main() saves what it has, so that a time limit leaves the rows measured)."""
     dev = models.default_device(device)
     base = dict(dataset=dataset, device=dev.type)
     torch.manual_seed(0)
@@ -78,6 +80,8 @@ def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 
                    "GFLOP/s": (n * cdae_epoch_flops(ds.n_users, ds.n_items, cfg.size) / sec / 1e9
                                if cfg.backbone == "cdae" else np.nan)}
             rows.append(row)
+            if on_row is not None:
+                on_row(pd.DataFrame(rows))
             print(f"{what:<34s} group {n:>2d}: {sec:8.3f} s/epoch, {n / sec:6.2f} member-epochs/s", flush=True)
     return pd.DataFrame(rows)
 
@@ -175,9 +179,17 @@ def main(argv=None):
     print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
     rows = []
 
+    def save(groups=None):        # after every measurement: a run cut short by a time limit keeps what it measured
+        if args.out:
+            record = {"seconds": dict(rows), "groups": [] if groups is None else groups.to_dict(orient="records"),
+                      "wall_seconds": time.time() - t0, "complete": False, "dataset": runs.dataset_info(ds),
+                      "provenance": runs.provenance(dev)}
+            runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
+
     def report(what, seconds, extra=""):
         rows.append((what, seconds))
         print(f"{what:<58s} {seconds:8.3f} s {extra}", flush=True)
+        save()
 
     base = dict(dataset=args.dataset, backbone="cdae", device=dev.type)
     teacher_cfg = Config(**base).canonical()
@@ -212,12 +224,12 @@ def main(argv=None):
         report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
     groups = pd.DataFrame()
     if args.groups:
-        groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size)
+        groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size,
+                             on_row=save)
     if args.out:
-        record = {"seconds": dict(rows), "groups": groups.to_dict(orient="records"), "wall_seconds": time.time() - t0,
-                  "dataset": runs.dataset_info(ds),
-                  "provenance": runs.provenance(dev)}
-        runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
+        save(groups)
+        record = json.loads(Path(args.out).read_text())
+        runs.write_atomic(Path(args.out), json.dumps({**record, "complete": True}, indent=1) + "\n")
         print(f"wrote {args.out}")
 
 

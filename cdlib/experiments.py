@@ -301,6 +301,45 @@ def sensitivity_grid(p: Profile, guide: str = "teacher", values=None, results=No
                      for name, vs in values.items() for v in vs}, results, train_missing)
 
 
+# The parameters of the training notebooks that choose their runs, at the notebooks' defaults (a test
+# checks these against the committed notebooks' parameters cells)
+NOTEBOOK_DEFAULTS = {"03_main": {"rd_v1_datasets": ["ml-100k"]}, "04_sampling": {"guides": ["teacher", "student"]},
+                     "06_student_size": {"guide": "teacher"}, "07_sensitivity": {"guide": "teacher"}}
+
+
+def notebook_grid(notebook: str, p: Profile, results=None, train_missing=None) -> dict:
+    """The runs that training notebook `notebook` (02, 03, 04, 06, 07) trains under profile `p`, at its
+    default parameters: what `python -m cdlib.reproduce --no-notebooks` trains without Jupyter."""
+    kw = NOTEBOOK_DEFAULTS.get(notebook, {})
+    if notebook == "02_teachers":
+        return teacher_grid(p, results, train_missing)
+    if notebook == "03_main":
+        grid = main_grid(p, results, train_missing)
+        q = dataclasses.replace(p, datasets=[d for d in p.datasets if d in kw["rd_v1_datasets"]])
+        if q.datasets:
+            grid["RD-v1"] = rd_variant_grid(q, results, train_missing)["RD-v1"]
+        return grid
+    if notebook == "04_sampling":
+        return sampling_grid(p, kw["guides"], results, train_missing)
+    if notebook == "06_student_size":
+        return size_grid(p, kw["guide"], results, train_missing)
+    if notebook == "07_sensitivity":
+        return sensitivity_grid(p, kw["guide"], results=results, train_missing=train_missing)
+    raise ValueError(f"{notebook!r} is not a training notebook (02_teachers, 03_main, 04_sampling, "
+                     "06_student_size, 07_sensitivity)")
+
+
+def train_notebook(notebook: str, p: Profile, results=None, progress: bool = True) -> pd.DataFrame:
+    """Train (or read) what `notebook` trains under `p`, as its papermill job would, without Jupyter:
+    00_tuning runs the tuning stage of each tuning dataset and backbone, the others `notebook_grid`.
+    Returns one row per run (`collect`); like the notebooks, nothing is trained when CDLIB_NO_TRAIN=1."""
+    if notebook == "00_tuning":
+        frames = [tune(p, d, b, results, None, progress)[0]
+                  for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) for b in p.backbones]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return collect(notebook_grid(notebook, p, results), results, None, progress)
+
+
 def collect(grid: dict, results=None, train_missing: bool | None = None, progress: bool = True) -> pd.DataFrame:
     """Run (or read) every configuration of a grid: one row per run, the test metrics of both
     protocols and the validation metrics every choice is made on ('valid NDCG@10', ...). A run that

@@ -11,6 +11,9 @@ Stages:
     figures to figures/.
 A dataset may be given by name or as the path of an interactions file (notebook 10's formats).
 One failing job neither stops nor damages the others; the command exits non-zero naming it.
+`--no-notebooks` runs stages 0 and 1 without papermill or Jupyter (each job trains what its notebook
+trains, `experiments.train_notebook`): for a machine that has PyTorch but no Jupyter, such as the GPU
+machine; the notebooks then read the records (`--report-only`, or `make figures`) where Jupyter is.
 `--scheduler ADDRESS` sends the same jobs to a Dask distributed cluster instead of the local
 process pool; the records and executed notebooks come back to this machine (no shared disk).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -90,6 +94,35 @@ def _execute(job: Job) -> Job:
     return job
 
 
+def _execute_direct(job: Job) -> Job:
+    """Run one training job without papermill or Jupyter (--no-notebooks): what its notebook trains
+    (`experiments.train_notebook`), in this process, its output in the job's log."""
+    import contextlib
+    import traceback
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(job.threads)
+    os.environ.update(job.env)
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(job.log, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"== {job.name} without a notebook, parameters {job.parameters}", flush=True)
+        try:
+            import torch
+            torch.set_num_threads(job.threads)
+            from . import experiments as ex
+            q = job.parameters
+            p = ex.profile(q["profile"], q.get("datasets"), q.get("backbones"), q.get("seeds"), q.get("device"))
+            df = ex.train_notebook(job.notebook, p, q.get("results_dir"), progress=False)
+            ok = int((df.status == "ok").sum()) if "status" in df else 0
+            print(f"{ok} of {len(df)} runs recorded", flush=True)
+            job.status, job.error = "ok", ""
+        except Exception as e:  # noqa: BLE001 -- one failing job neither stops nor damages the others
+            traceback.print_exc()
+            job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+    job.seconds = time.time() - t0
+    return job
+
+
 def _execute_remote(job: Job, inputs: dict) -> Job:
     """Run a job on a Dask worker without a shared disk: the launcher's records and tables in
     ({path under results: text}), new records, tables, figures, notebook and log out."""
@@ -136,8 +169,9 @@ def _write_back(job: Job, results: Path, figures: Path) -> None:
 
 
 def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = None,
-             results: Path | None = None, figures: Path | None = None) -> list[Job]:
-    """Run jobs on a local process pool (or a Dask cluster), one overall progress bar."""
+             results: Path | None = None, figures: Path | None = None, direct: bool = False) -> list[Job]:
+    """Run jobs on a local process pool (or a Dask cluster), one overall progress bar. direct: training
+    jobs without papermill (`_execute_direct`), in fresh (spawned) processes, CUDA-safe."""
     if not jobs:
         return []
     done = []
@@ -156,8 +190,9 @@ def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = No
                 bar.set_postfix_str(f"{j.name}: {j.status}")
                 bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs))) as pool:
-            futures = {pool.submit(_execute, j): j for j in jobs}
+        ctx = multiprocessing.get_context("spawn") if direct else None
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx) as pool:
+            futures = {pool.submit(_execute_direct if direct else _execute, j): j for j in jobs}
             for f in as_completed(futures):
                 try:
                     j = f.result()
@@ -234,6 +269,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
     ap.add_argument("--no-report", action="store_true", help="training stage only (several reproductions "
                                                              "sharing the machine; run the report later)")
+    ap.add_argument("--no-notebooks", action="store_true",
+                    help="training stage only, without papermill or Jupyter: each job trains what its notebook "
+                         "trains (experiments.train_notebook) in a plain Python process; for a machine without "
+                         "Jupyter, such as the GPU machine (tools/gpu_window.sh). Implies --no-report")
     ap.add_argument("--results", default=None, help="results directory (default: results/)")
     ap.add_argument("--figures", default=None, help="figures directory (default: figures/, or <results>/figures "
                                                      "when --results is given)")
@@ -252,6 +291,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.group_size is not None and args.group_size < 1:
         ap.error(f"--group-size must be at least 1, got {args.group_size}")
+    if args.no_notebooks and (args.scheduler or args.report_only):
+        ap.error("--no-notebooks runs the training stage on the local pool: not with --scheduler or --report-only")
 
     profile = PROFILES[args.profile]
     datasets = args.datasets.split(",") if args.datasets else profile.datasets
@@ -276,7 +317,7 @@ def main(argv=None) -> int:
     if args.threads:
         for j in tuning + training + report + last:
             j.threads = args.threads
-    if args.no_report:
+    if args.no_report or args.no_notebooks:
         report, last = [], []
     group = args.group_size or (15 if args.device == "cuda" else 1)
     print(f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
@@ -288,8 +329,9 @@ def main(argv=None) -> int:
         env["CDLIB_DEADLINE"] = str(t0 + args.time_limit)      # read by train.run_group in every job
     for j in tuning + training + report + last:
         j.env = dict(env)
-    done = run_jobs(tuning, args.jobs, "tuning", args.scheduler, results, figures)
-    done += run_jobs(training, args.jobs, "training", args.scheduler, results, figures)
+    direct = args.no_notebooks
+    done = run_jobs(tuning, args.jobs, "tuning", args.scheduler, results, figures, direct)
+    done += run_jobs(training, args.jobs, "training", args.scheduler, results, figures, direct)
     done += run_jobs(report, args.jobs, "report", args.scheduler, results, figures)
     done += run_jobs(last, 1, "summary", args.scheduler, results, figures)
     failed = [j for j in done if j.status != "ok"]

@@ -1,6 +1,7 @@
 """Grids, tables and claims on synthetic run rows (no training)."""
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats
 
 from cdlib import experiments as ex, report
@@ -286,3 +287,17 @@ def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
     assert report.gain_over(out, "RD").empty
     # notebook 03 lists the chosen guides: none here, and no error
     assert out[out.label.str.startswith("CD-best")].groupby(["dataset", "backbone", "label"]).best_of.first().empty
+
+
+def test_notebook_defaults_match_the_committed_notebooks_parameters():
+    """reproduce --no-notebooks trains what the notebooks train only while their parameters agree."""
+    import json
+    from pathlib import Path
+    for nb, defaults in ex.NOTEBOOK_DEFAULTS.items():
+        cells = json.loads((Path(ex.__file__).parent.parent / "notebooks" / f"{nb}.ipynb").read_text())["cells"]
+        src = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+        values = {}
+        exec(src, {}, values)
+        assert {k: values[k] for k in defaults} == defaults, nb
+    with pytest.raises(ValueError, match="not a training notebook"):
+        ex.notebook_grid("05_guidance", ex.profile("smoke"))

