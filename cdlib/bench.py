@@ -3,7 +3,8 @@
 Prints seconds per training epoch (CDAE teacher; student with method none and with CD
 student-guided), the student-guided sample refresh for all users, full-protocol evaluation of
 all users, the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of the same shapes,
-and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `train.fit_group`).
+and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `train.fit_group`), and
+from these the paper profile's training time on this device (`--estimate F.json` gives it for a record).
 Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, metrics, models, runs
+from . import data, metrics, models, report, runs
 from .samplers import CDSampler, top_missing
 from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit, fit_group
 
@@ -172,7 +173,12 @@ def main(argv=None):
     ap.add_argument("--student-size", type=int, default=20)
     ap.add_argument("--groups", default="1,5,15", help="group sizes to time (train.fit_group); '' for none")
     ap.add_argument("--out", help="also write the timings, with their provenance, to this JSON file")
+    ap.add_argument("--estimate", metavar="JSON", help="measure nothing: the paper profile's training time on the "
+                                                       "device of this bench record (report.device_estimate)")
     args = ap.parse_args(argv)
+    if args.estimate:
+        print(json.dumps(report.device_estimate(json.loads(Path(args.estimate).read_text())), indent=1))
+        return
     t0 = time.time()
     dev = models.default_device(args.device)
     ds = data.load(args.dataset)
@@ -186,7 +192,7 @@ def main(argv=None):
                       "provenance": runs.provenance(dev)}
             runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
 
-    def report(what, seconds, extra=""):
+    def measured(what, seconds, extra=""):
         rows.append((what, seconds))
         print(f"{what:<58s} {seconds:8.3f} s {extra}", flush=True)
         save()
@@ -195,33 +201,33 @@ def main(argv=None):
     teacher_cfg = Config(**base).canonical()
     t_sec = epoch_seconds(teacher_cfg, ds)
     flops = cdae_epoch_flops(ds.n_users, ds.n_items, teacher_cfg.size)
-    report("CDAE teacher (H=200) epoch", t_sec, f"({flops / t_sec / 1e9:.1f} GFLOP/s)")
+    measured("CDAE teacher (H=200) epoch", t_sec, f"({flops / t_sec / 1e9:.1f} GFLOP/s)")
     mm = matmul_gflops(ds.n_users, ds.n_items, teacher_cfg.size, teacher_cfg.batch_size, dev)
     print(f"{'  bare torch.matmul, same shapes':<58s} {flops / mm / 1e9:8.3f} s ({mm:.1f} GFLOP/s)")
 
     torch.manual_seed(0)
     teacher = models.build("cdae", ds.train, teacher_cfg.size, 0.5, dev).eval()
     s_none = Config(**base, size=args.student_size).canonical()
-    report(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds))
+    measured(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds))
     s_cd = Config(**base, size=args.student_size, method="cd", guide="student").canonical()
-    report(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher))
+    measured(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher))
 
     student = models.build("cdae", ds.train, args.student_size, 0.5, dev).eval()
     pos = data.UserItems(ds.train, dev)
     sampler = CDSampler(pos, teacher, guide="student")
     refresh = timed(lambda: top_missing(student, pos, sampler.max_rank))
     cd_epoch = rows[-1][1]
-    report("student-guided refresh, all users (top-100 missing)", refresh,
+    measured("student-guided refresh, all users (top-100 missing)", refresh,
            f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)")
 
     for backbone, size in (("cdae", 200), ("cdae", args.student_size), ("neumf", 64), ("neumf", 8)):
         m = models.build(backbone, ds.train, size, 0.5, dev).eval()
         sec = timed(lambda: metrics.evaluate(m, ds, "test", "full", positives=pos), 2)
-        report(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
+        measured(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
                "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
     for backbone, size in (("neumf", 64), ("neumf", 8)):
         cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
-        report(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
+        measured(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
     groups = pd.DataFrame()
     if args.groups:
         groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size,
@@ -229,7 +235,12 @@ def main(argv=None):
     if args.out:
         save(groups)
         record = json.loads(Path(args.out).read_text())
-        runs.write_atomic(Path(args.out), json.dumps({**record, "complete": True}, indent=1) + "\n")
+        est = report.device_estimate(record)       # from the tables in results/ (empty without them)
+        if est:
+            print(f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "
+                  f"({est['runs']} runs, {est['epochs']:.0f} epochs; report.device_estimate)")
+        runs.write_atomic(Path(args.out), json.dumps({**record, "complete": True, "paper_profile_estimate": est},
+                                                     indent=1) + "\n")
         print(f"wrote {args.out}")
 
 

@@ -224,6 +224,49 @@ def coverage(results=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _grid_runs(results=None) -> pd.DataFrame | None:
+    """Every distinct run the tables list (a run named by two tables once), with its status, recorded
+    epochs, and for a recorded run its wall time and seconds per epoch (validation included)."""
+    need = {"label", "dataset", "backbone", "size", "seed", "method", "status", "key", "epochs_run"}
+    frames = [t for t in (read_table(n, results) for n in RUN_TABLES) if t is not None and need <= set(t.columns)]
+    if not frames:
+        return None
+    t = pd.concat(frames, ignore_index=True)
+    t = t[~t.label.astype(str).str.startswith("CD-best")]
+    t = t.assign(id=t.key.where(t.key.notna(), t.dataset + "/" + t.backbone + "/" + t.label.astype(str) + "/"
+                                + t["size"].astype(str) + "/" + t.seed.astype(str))).drop_duplicates("id").copy()
+    ok = t.status == "ok"
+    t["wall"] = np.nan
+    t.loc[ok, "wall"] = [(runs.read_record(k, results) or {}).get("timing", {}).get("wall_seconds", np.nan)
+                         for k in t.key[ok]]
+    t["per_epoch"] = t.wall / t.epochs_run
+    return t
+
+
+def _work(results=None) -> dict:
+    """{(dataset, backbone): the work of one epoch} from table 01: users x items for CDAE's dense rows,
+    training interactions for NeuMF's pairs."""
+    st = read_table("01_datasets", results)
+    return {} if st is None else {(r.dataset, b): float(w) for r in st.itertuples()
+                                  for b, w in (("cdae", r.users * r.items), ("neumf", r.train))}
+
+
+def _estimator(ok: pd.DataFrame, work: dict):
+    """estimate(dataset, backbone, size, method) -> (epochs, seconds per epoch on the CPU): the medians of
+    the recorded runs of the same backbone, size and method (else method) on the same dataset, else on the
+    recorded dataset nearest in work, its seconds scaled by the work; (nan, nan) when none is recorded."""
+    def estimate(d, b, size, m):
+        for cols, key in ((["size", "method"], (size, m)), (["method"], (m,))):
+            same = ok[(ok.backbone == b) & np.logical_and.reduce([ok[c] == v for c, v in zip(cols, key)])]
+            refs = [r for r in same.dataset.unique() if r == d or ((r, b) in work and (d, b) in work)]
+            if refs:                # this dataset, else the recorded one nearest in work, scaled
+                r = d if d in refs else min(refs, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])))
+                g = same[same.dataset == r]
+                return g.epochs_run.median(), g.per_epoch.median() * (1 if r == d else work[(d, b)] / work[(r, b)])
+        return np.nan, np.nan
+    return estimate
+
+
 def compute(results=None) -> pd.DataFrame:
     """CPU time of the grid the tables list, per dataset and backbone: the wall time of every distinct
     recorded run, and an estimate for the runs not recorded (missing, or waiting for their tuning).
@@ -232,33 +275,13 @@ def compute(results=None) -> pd.DataFrame:
     dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
     CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
     counted once per table row, so two tables naming one such run count it twice."""
-    need = {"label", "dataset", "backbone", "size", "seed", "method", "status", "key", "epochs_run"}
-    frames = [t for t in (read_table(n, results) for n in RUN_TABLES) if t is not None and need <= set(t.columns)]
-    if not frames:
+    t = _grid_runs(results)
+    if t is None:
         return pd.DataFrame()
-    t = pd.concat(frames, ignore_index=True)
-    t = t[~t.label.astype(str).str.startswith("CD-best")]
-    t = t.assign(id=t.key.where(t.key.notna(), t.dataset + "/" + t.backbone + "/" + t.label.astype(str) + "/"
-                                + t["size"].astype(str) + "/" + t.seed.astype(str))).drop_duplicates("id")
-    ok = t[t.status == "ok"].copy()
-    ok["wall"] = [(runs.read_record(k, results) or {}).get("timing", {}).get("wall_seconds", np.nan) for k in ok.key]
-    ok["per_epoch"] = ok.wall / ok.epochs_run
-    st = read_table("01_datasets", results)
-    work = {} if st is None else {(r.dataset, b): float(w) for r in st.itertuples()
-                                  for b, w in (("cdae", r.users * r.items), ("neumf", r.train))}
-
-    def estimate(d, b, size, m):
-        for cols, key in ((["size", "method"], (size, m)), (["method"], (m,))):
-            same = ok[(ok.backbone == b) & np.logical_and.reduce([ok[c] == v for c, v in zip(cols, key)])]
-            refs = [r for r in same.dataset.unique() if r == d or ((r, b) in work and (d, b) in work)]
-            if refs:                # this dataset, else the recorded one nearest in work, scaled
-                r = d if d in refs else min(refs, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])))
-                g = same[same.dataset == r]
-                return g.epochs_run.median() * g.per_epoch.median() * (1 if r == d else work[(d, b)] / work[(r, b)])
-        return np.nan
-
+    ok = t[t.status == "ok"]
+    estimate = _estimator(ok, _work(results))
     todo = t[t.status != "ok"]
-    est = pd.Series([estimate(r.dataset, r.backbone, r.size, r.method) for r in todo.itertuples()],
+    est = pd.Series([float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method))) for r in todo.itertuples()],
                     index=todo.index, dtype=float)
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
@@ -271,6 +294,57 @@ def compute(results=None) -> pd.DataFrame:
     out = pd.concat([out, pd.DataFrame([total])], ignore_index=True).astype({"runs recorded": int, "runs to go": int})
     out[["CPU hours", "est. CPU hours to go"]] = out[["CPU hours", "est. CPU hours to go"]].round(1)
     return out
+
+
+def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
+    """Seconds per training epoch of a kind of run, from a `cdlib.bench` record's 'seconds': the teacher,
+    the student without distillation, or (RD and CD) the CD student-guided student, the dearest method."""
+    want = {("cdae", True): "CDAE teacher", ("cdae", False): "CDAE student",
+            ("neumf", True): f"NeuMF (d={teacher_size})", ("neumf", False): "NeuMF (d="}[(backbone, size == teacher_size)]
+    hits = [v for k, v in seconds.items() if k.startswith(want) and " epoch" in k]
+    if backbone == "cdae" and size != teacher_size:
+        hits = [v for k, v in seconds.items() if k.startswith(want)
+                and ("CD student-guided" in k) == (method != "none") and " epoch" in k] or hits
+    elif backbone == "neumf" and size != teacher_size:
+        hits = [v for k, v in seconds.items() if k.startswith(want) and f"(d={teacher_size})" not in k]
+    return max(hits) if hits else np.nan
+
+
+def device_estimate(bench_record: dict, results=None, teacher_sizes=None) -> dict:
+    """The paper profile's training time on the device of a `cdlib.bench` record (`--out` JSON), one run
+    at a time: every run the tables list, recorded or not (records say which device trained them, so a new
+    device trains them all), times its epochs (recorded, else `compute`'s estimate), times the bench's
+    seconds per training epoch for its kind of run (`_bench_epoch`), scaled from the bench dataset by the
+    steps per epoch (users / batch) on a GPU, where a step costs its overhead whatever its size, and by the
+    work (`_work`) on a CPU. Validation is left out, so this is a lower bound. Returns hours in all and per
+    dataset, and what it rests on."""
+    from .train import TEACHER_SIZE
+    teacher_sizes = teacher_sizes or TEACHER_SIZE
+    t = _grid_runs(results)
+    if t is None:
+        return {}
+    gpu = runs.device_kind(bench_record["provenance"]["device"]) == "cuda"
+    ok = t[t.status == "ok"]
+    estimate = _estimator(ok, _work(results))
+    st = read_table("01_datasets", results)
+    users = {} if st is None else dict(zip(st.dataset, st.users))
+    work = _work(results)
+    ref = bench_record["dataset"]["name"]
+    seconds, epochs_of = [], []
+    for r in t.itertuples():
+        epochs = r.epochs_run if r.status == "ok" else estimate(r.dataset, r.backbone, r.size, r.method)[0]
+        per = _bench_epoch(bench_record["seconds"], r.backbone, int(r.size), r.method, teacher_sizes[r.backbone])
+        if gpu:                                  # steps per epoch; the batch size is the backbone's
+            scale = users.get(r.dataset, np.nan) / users.get(ref, np.nan)
+        else:
+            scale = work.get((r.dataset, r.backbone), np.nan) / work.get((ref, r.backbone), np.nan)
+        seconds.append(epochs * per * scale)
+        epochs_of.append(epochs)
+    t = t.assign(device_seconds=seconds, epochs_est=epochs_of)
+    per_dataset = (t.groupby("dataset", sort=False).device_seconds.sum(min_count=1) / 3600).round(2)
+    return {"device": bench_record["provenance"]["device"], "bench_dataset": ref, "runs": len(t),
+            "runs_without_estimate": int(t.device_seconds.isna().sum()), "epochs": float(np.nansum(epochs_of)),
+            "hours": round(float(np.nansum(seconds)) / 3600, 2), "hours_per_dataset": per_dataset.to_dict()}
 
 
 _POPULARITY: dict = {}
@@ -510,6 +584,13 @@ def readme_section(results=None) -> str:
                   "estimate from the recorded runs most like them (`report.compute`: median epochs x median seconds "
                   "per epoch, scaled by the dataset's size where none of its own is recorded). The runs were timed "
                   "two at a time on a 2-core CPU.", "", _md(cost.astype(object).where(cost.notna(), "")), ""]
+        for path in sorted(runs.results_dir(results).glob("bench/*_cuda.json")):
+            est = device_estimate(json.loads(path.read_text()), results)
+            if est:
+                parts += [f"On the GPU of `results/bench/{path.name}` ({est['device']}), the whole grid ({est['runs']} "
+                          f"runs, {est['epochs']:,.0f} epochs, recorded or estimated as above) would take "
+                          f"**{est['hours']:.0f} h** of training epochs one run at a time at that bench's seconds per "
+                          "epoch, scaled by the steps per epoch (`report.device_estimate`, validation left out).", ""]
     bad = violations(results)
     parts += ["### Runs that break the fair protocol", "",
               "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "

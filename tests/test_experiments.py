@@ -282,6 +282,29 @@ def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
     assert c.loc[("all", ""), "runs to go"] == 2
 
 
+def test_device_estimate_prices_every_run_at_the_bench_seconds_per_epoch(tmp_path):
+    ex.save_table(pd.DataFrame({"dataset": ["a", "b"], "users": [10, 40], "items": [100, 50], "train": [500, 800]}),
+                  "01_datasets", tmp_path)
+    rows_ = [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": s, "method": "cd",
+              "status": "ok", "key": f"k{s}", "epochs_run": ran} for s, ran in ((0, 100), (1, 300))]
+    rows_ += [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": 2, "method": "cd",
+               "status": "missing", "key": "k2"},
+              {"label": "CD-T", "dataset": "b", "backbone": "cdae", "size": 20, "seed": 0, "method": "cd",
+               "status": "untuned"}]
+    ex.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    seconds = {"CDAE teacher (H=200) epoch": 1.0, "CDAE student (H=20) epoch, method none": 2.0,
+               "CDAE student (H=20) epoch, CD student-guided": 3.0}
+    bench_record = {"seconds": seconds, "dataset": {"name": "a"}, "provenance": {"device": "NVIDIA H200"}}
+    gpu = report.device_estimate(bench_record, tmp_path)
+    # epochs 100 + 300 recorded, 200 (their median) for each run to go; 3 s per CD epoch; on a GPU dataset
+    # b costs 4x (its users: steps per epoch)
+    assert gpu["runs"] == 4 and gpu["epochs"] == 800
+    assert gpu["hours"] == round((100 + 300 + 200 + 4 * 200) * 3.0 / 3600, 2)
+    cpu = report.device_estimate({**bench_record, "provenance": {"device": "cpu: x, 2 threads"}}, tmp_path)
+    assert cpu["hours"] == round((100 + 300 + 200 + 2 * 200) * 3.0 / 3600, 2)       # on a CPU: 2x its users x items
+    assert cpu["hours_per_dataset"] == {"a": round(600 * 3.0 / 3600, 2), "b": round(400 * 3.0 / 3600, 2)}
+
+
 def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
     out = ex.best_cd(pd.DataFrame(rows("Teacher", [0.6, 0.6])))
     assert report.gain_over(out, "RD").empty
