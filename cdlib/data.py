@@ -708,9 +708,9 @@ class UserItems:
         shift = start - (torch.cumsum(count, 0) - count)  # position in `indices` minus position in output
         return rows, self.indices[torch.arange(len(rows), device=users.device) + shift[rows]]
 
-    def dense(self, users: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        """The rows of `users` as a dense [B x items] 0/1 matrix."""
-        rows, items = self.pairs(users)
+    def dense(self, users: torch.Tensor, dtype=torch.float32, pairs=None) -> torch.Tensor:
+        """The rows of `users` as a dense [B x items] 0/1 matrix (`pairs`: their `pairs`, if known)."""
+        rows, items = self.pairs(users) if pairs is None else pairs
         out = torch.zeros(len(users), self.shape[1], dtype=dtype, device=users.device)
         out[rows, items] = 1
         return out

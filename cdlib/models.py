@@ -35,9 +35,10 @@ class Recommender(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def batch_inputs(self, users: torch.Tensor) -> torch.Tensor | None:
+    def batch_inputs(self, users: torch.Tensor, pairs=None) -> torch.Tensor | None:
         """What the model reads of a batch of users besides its parameters, drawn before the forward
-        pass (so that a group of models can run one stacked forward pass): None, or CDAE's rows."""
+        pass (so that a group of models can run one stacked forward pass): None, or CDAE's rows.
+        pairs: the users' training (rows, items), where the caller has them already."""
         return None
 
     def scorer(self):
@@ -80,19 +81,20 @@ class CDAE(Recommender):
         self.inputs = UserItems(self.train_matrix, self.encoder.weight.device)
         return out
 
-    def rows(self, users: torch.Tensor) -> torch.Tensor:
+    def rows(self, users: torch.Tensor, pairs=None) -> torch.Tensor:
         """x~_u: the dense training rows, in training mode with dropout q applied to the non-zero
-        entries only (the zeros stay zero either way, so this equals dropout on the dense row)."""
+        entries only (the zeros stay zero either way, so this equals dropout on the dense row).
+        Every entry is written, 0 where dropped: no data-dependent shape, so no wait on a GPU."""
         if not (self.training and self.corruption > 0):
             return self.inputs.dense(users)
-        rows, items = self.inputs.pairs(users)
+        rows, items = self.inputs.pairs(users) if pairs is None else pairs
         keep = torch.rand(len(rows), device=rows.device) >= self.corruption
         x = torch.zeros(len(users), self.inputs.shape[1], device=users.device)
-        x[rows[keep], items[keep]] = 1.0 / (1.0 - self.corruption)
+        x[rows, items] = keep.float() * (1.0 / (1.0 - self.corruption))
         return x
 
-    def batch_inputs(self, users: torch.Tensor) -> torch.Tensor:
-        return self.rows(users)
+    def batch_inputs(self, users: torch.Tensor, pairs=None) -> torch.Tensor:
+        return self.rows(users, pairs)
 
     def hidden(self, users: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return torch.sigmoid(self.encoder(self.rows(users) if x is None else x) + self.user_embedding(users))

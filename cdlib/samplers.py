@@ -21,13 +21,14 @@ GUIDES = ("teacher", "student", "hybrid")
 
 
 def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
-                      generator: torch.Generator, max_rounds: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: torch.Generator, max_rounds: int = 100, pairs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`n_neg` items drawn uniformly from M_u for every training positive of each user (with
     replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items).
-    Membership is read from the batch's dense 0/1 rows (memory: batch x items)."""
+    Membership is read from the batch's dense 0/1 rows (memory: batch x items), built from `pairs`
+    (the users' training (rows, items)) where the caller has them."""
     rows = torch.repeat_interleave(torch.arange(len(users), device=users.device),
                                    (positives.indptr[users + 1] - positives.indptr[users]) * n_neg)
-    return rows, _draw_missing(positives, users, rows, generator, max_rounds)
+    return rows, _draw_missing(positives, users, rows, generator, max_rounds, pairs)
 
 
 def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,9 +39,9 @@ def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: 
 
 
 def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, generator: torch.Generator,
-                  max_rounds: int = 100) -> torch.Tensor:
+                  max_rounds: int = 100, pairs=None) -> torch.Tensor:
     """One uniform missing item of users[rows] per entry of `rows`, hits on a positive redrawn."""
-    seen = positives.dense(users, torch.bool)
+    seen = positives.dense(users, torch.bool, pairs)
     items = torch.randint(positives.shape[1], (len(rows),), generator=generator, device=generator.device).to(users.device)
     redo = seen[rows, items]
     for _ in range(max_rounds):

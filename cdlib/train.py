@@ -252,15 +252,15 @@ def _set_rng_state(state, dev) -> None:
 def _batch(m: Member, positives, users: torch.Tensor) -> dict:
     """A member's step: its users' positives, uniform negatives and the method's items, with their
     labels, and the model's inputs (CDAE's corrupted rows, drawn from the member's own stream)."""
-    pos_rows, pos_items = positives.pairs(users)
-    neg_rows, neg_items = uniform_negatives(positives, users, m.cfg.n_neg, m.gen)
+    pos_rows, pos_items = pairs = positives.pairs(users)          # shared by the negatives and the inputs
+    neg_rows, neg_items = uniform_negatives(positives, users, m.cfg.n_neg, m.gen, pairs=pairs)
     rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
     extra = m.method.batch_items(users, m.gen)
     if extra is not None:
         rows.append(torch.arange(len(users), device=users.device).repeat_interleave(extra.shape[1]))
         items.append(extra.reshape(-1))
     _set_rng_state(m.rng, users.device)
-    x = m.model.batch_inputs(users)
+    x = m.model.batch_inputs(users, pairs)
     m.rng = _rng_state(users.device)
     labels = torch.cat([torch.ones(len(pos_rows), device=users.device), torch.zeros(len(neg_rows), device=users.device)])
     return {"users": users, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,

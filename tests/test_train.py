@@ -278,3 +278,21 @@ def test_a_group_out_of_gpu_memory_is_split_and_says_so(results, monkeypatch, ca
     monkeypatch.setenv("CDLIB_GROUP_SIZE", "0")
     with pytest.raises(ValueError, match="CDLIB_GROUP_SIZE"):
         train.group_size()
+
+
+@pytest.mark.parametrize("key", ["3fca3a2d44bff765", "59291c00cc9c76f6"])     # ml-100k CDAE / NeuMF students
+def test_committed_records_are_reproduced_bit_for_bit(key):
+    """Today's code retrains two committed runs (made by earlier commits, one thread, as their records
+    say) to the same learning curve and test metrics: a change to sampling, inputs or the loop that
+    alters the numbers fails here. The thread count matters: MKL's products round by it."""
+    rec = runs.read_record(key)
+    assert rec is not None and rec["provenance"]["device"].endswith(", 1 threads")
+    cfg = train.Config(**rec["config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = train.fit(cfg, train.dataset_for(cfg), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert train.differences(rec, {**train._evaluate_all(out["model"], train.dataset_for(cfg), cfg),
+                                   "best_epoch": out["best_epoch"], "curve": out["curve"]}) == []
