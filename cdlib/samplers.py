@@ -1,7 +1,8 @@
 """Samplers, vectorised over users (METHOD.md "Probabilistic rank-aware sampling", a [decision]
 in its exact form). No function here loops over users in Python.
 
-- uniform_negatives: N_u of the CF loss, `n_neg` uniform missing items per positive.
+- uniform_negatives: N_u of the CF loss, `n_neg` uniform missing items per positive (group_negatives:
+  for the members of a group at once).
 - uniform_items: n uniform missing items per user, with replacement (RD's rank estimate).
 - top_missing: each user's top-R missing items under a model's scores (the guide's ranking).
 - CDSampler: the distilled items K_u of CD, with sampling in {rank, uniform, topk} and guide in
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 
 from .data import UserItems
@@ -25,31 +27,59 @@ def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
     """`n_neg` items drawn uniformly from M_u for every training positive of each user (with
     replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items).
     Membership is read from the batch's dense 0/1 rows (memory: batch x items), built from `pairs`
-    (the users' training (rows, items)) where the caller has them."""
-    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device),
-                                   (positives.indptr[users + 1] - positives.indptr[users]) * n_neg)
-    return rows, _draw_missing(positives, users, rows, generator, max_rounds, pairs)
+    (the users' training (rows, items)) where the caller has them. A group of one of `group_negatives`."""
+    return group_negatives(positives, [users], [n_neg], [generator], max_rounds, pairs)[0]
+
+
+def group_negatives(positives: UserItems, users: list, n_negs: list, generators: list, max_rounds: int = 100,
+                    pairs=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`uniform_negatives` for the members of a group at once, member g with its own users, n_neg and
+    generator: the look-ups are done once for the concatenated users (`pairs`: theirs, if known), the
+    draws from each member's generator in the order and number its run alone would make them, so each
+    member gets exactly the negatives it would get alone."""
+    dev = users[0].device
+    everyone = torch.cat(users) if len(users) > 1 else users[0]
+    draws = positives.indptr[everyone + 1] - positives.indptr[everyone]
+    if len(set(n_negs)) == 1:
+        draws = draws * n_negs[0]
+    else:
+        draws = draws * torch.cat([torch.full((len(u),), n, device=dev) for u, n in zip(users, n_negs)])
+    rows = torch.repeat_interleave(torch.arange(len(everyone), device=dev), draws)
+    sizes = [len(rows)] if len(users) == 1 else \
+        torch.stack([c.sum() for c in torch.split(draws, [len(u) for u in users])]).tolist()
+    items = _draw_missing(positives, everyone, rows, sizes, generators, max_rounds, pairs)
+    starts = np.cumsum([0] + [len(u) for u in users[:-1]]).tolist()
+    return [(r - s if s else r, i) for r, i, s in zip(torch.split(rows, sizes), torch.split(items, sizes), starts)]
 
 
 def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """[B x n] items drawn uniformly with replacement from each user's M_u (RD's samples for
     estimating the student's rank, as Tang & Wang's code draws them)."""
     rows = torch.arange(len(users), device=users.device).repeat_interleave(n)
-    return _draw_missing(positives, users, rows, generator).view(len(users), n)
+    return _draw_missing(positives, users, rows, [len(rows)], [generator]).view(len(users), n)
 
 
-def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, generator: torch.Generator,
+def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, sizes: list, generators: list,
                   max_rounds: int = 100, pairs=None) -> torch.Tensor:
-    """One uniform missing item of users[rows] per entry of `rows`, hits on a positive redrawn."""
+    """One uniform missing item of users[rows] per entry of `rows`, hits on a positive redrawn. The
+    entries come in consecutive blocks of `sizes`, block g drawn from generators[g] (a group's members:
+    each block's draws are those its member alone would make, round by round)."""
     seen = positives.dense(users, torch.bool, pairs)
-    items = torch.randint(positives.shape[1], (len(rows),), generator=generator, device=generator.device).to(users.device)
+    n_items = positives.shape[1]
+
+    def draw(counts):
+        parts = [torch.randint(n_items, (c,), generator=g, device=g.device) for c, g in zip(counts, generators) if c]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(users.device)
+    items = draw(sizes) if len(rows) else rows.new_empty(0)
     redo = seen[rows, items]
+    ends = torch.cumsum(torch.tensor(sizes, device=users.device), 0) if len(sizes) > 1 else None
     for _ in range(max_rounds):
         if not redo.any():
             return items
         idx = redo.nonzero().squeeze(1)
-        items[idx] = torch.randint(positives.shape[1], (len(idx),), generator=generator,
-                                   device=generator.device).to(users.device)
+        counts = [len(idx)] if ends is None else \
+            torch.bincount(torch.searchsorted(ends, idx, right=True), minlength=len(sizes)).tolist()
+        items[idx] = draw(counts)
         redo = torch.zeros_like(redo)
         redo[idx] = seen[rows[idx], items[idx]]
     raise RuntimeError("uniform sampling: some user has (almost) no missing item to draw")

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import data, losses, methods, metrics, models, runs
-from .samplers import GUIDES, SAMPLINGS, uniform_negatives
+from .samplers import GUIDES, SAMPLINGS, group_negatives
 
 METHODS = tuple(methods.METHODS)
 # backbone defaults [decision]: learning rate and users per batch (the tuning stage may choose others)
@@ -249,22 +249,37 @@ def _set_rng_state(state, dev) -> None:
     torch.cuda.set_rng_state(state, dev) if dev.type == "cuda" else torch.set_rng_state(state)
 
 
-def _batch(m: Member, positives, users: torch.Tensor) -> dict:
-    """A member's step: its users' positives, uniform negatives and the method's items, with their
-    labels, and the model's inputs (CDAE's corrupted rows, drawn from the member's own stream)."""
-    pos_rows, pos_items = pairs = positives.pairs(users)          # shared by the negatives and the inputs
-    neg_rows, neg_items = uniform_negatives(positives, users, m.cfg.n_neg, m.gen, pairs=pairs)
-    rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
-    extra = m.method.batch_items(users, m.gen)
-    if extra is not None:
-        rows.append(torch.arange(len(users), device=users.device).repeat_interleave(extra.shape[1]))
-        items.append(extra.reshape(-1))
-    _set_rng_state(m.rng, users.device)
-    x = m.model.batch_inputs(users, pairs)
-    m.rng = _rng_state(users.device)
-    labels = torch.cat([torch.ones(len(pos_rows), device=users.device), torch.zeros(len(neg_rows), device=users.device)])
-    return {"users": users, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,
-            "extra": extra}
+def _batches(members: list[Member], positives, users: list[torch.Tensor]) -> list[dict]:
+    """Each member's step: its users' positives, uniform negatives and the method's items, with their
+    labels, and the model's inputs (CDAE's corrupted rows). The look-ups are done once for the whole
+    group (`group_negatives`); every random number comes from the member's own streams (`gen`, and
+    `rng` for its model's dropout) in the order its run alone draws it, so a member's batch is the one it
+    would have alone."""
+    dev, everyone = users[0].device, torch.cat(users) if len(users) > 1 else users[0]
+    pairs = positives.pairs(everyone)                # shared by the negatives and the inputs
+    negatives = group_negatives(positives, users, [m.cfg.n_neg for m in members], [m.gen for m in members],
+                                pairs=pairs)
+    sizes = [len(pairs[0])] if len(users) == 1 else torch.stack(     # each member's number of positives
+        [c.sum() for c in torch.split(positives.indptr[everyone + 1] - positives.indptr[everyone],
+                                      [len(u) for u in users])]).tolist()
+    start = 0
+    out = []
+    for m, u, (neg_rows, neg_items), pos_rows, pos_items in zip(members, users, negatives,
+                                                                 torch.split(pairs[0], sizes), torch.split(pairs[1], sizes)):
+        pos_rows = pos_rows - start if start else pos_rows
+        start += len(u)
+        rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
+        extra = m.method.batch_items(u, m.gen)
+        if extra is not None:
+            rows.append(torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1]))
+            items.append(extra.reshape(-1))
+        _set_rng_state(m.rng, dev)
+        x = m.model.batch_inputs(u, (pos_rows, pos_items))
+        m.rng = _rng_state(dev)
+        labels = torch.cat([torch.ones(len(pos_rows), device=dev), torch.zeros(len(neg_rows), device=dev)])
+        out.append({"users": u, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,
+                    "extra": extra})
+    return out
 
 
 class _PairLogits(torch.nn.Module):
@@ -379,7 +394,7 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
             perms.append(torch.randperm(ds.n_users, generator=m.gen, device=dev))
         n_batches = 0
         for s in range(0, ds.n_users, c0.batch_size):
-            batches = [_batch(m, positives, perm[s:s + c0.batch_size]) for m, perm in zip(active, perms)]
+            batches = _batches(active, positives, [perm[s:s + c0.batch_size] for perm in perms])
             loss = None
             for g, (m, b, z) in enumerate(zip(active, batches, stack.logits(batches))):
                 n_cf = len(b["labels"])

@@ -35,6 +35,22 @@ def test_uniform_negatives_never_positive_and_n_per_positive(setup):
     assert torch.bincount(rows, minlength=len(users)).tolist() == (4 * np.diff(ds.train[users.numpy()].indptr)).tolist()
 
 
+def test_group_negatives_are_each_members_negatives_alone(setup):
+    """A group's members (their own users, n_neg and generators) get bit for bit the negatives they draw
+    alone, and their generators end in the same state (so their later draws agree too)."""
+    ds, pos, _ = setup
+    users = [torch.randperm(ds.n_users, generator=torch.Generator().manual_seed(s))[:64] for s in range(3)]
+    users[1] = users[1][:40]                                  # members may differ in batch length and n_neg
+    n_negs = [4, 1, 4]
+    group_gens = [torch.Generator().manual_seed(10 + s) for s in range(3)]
+    alone_gens = [torch.Generator().manual_seed(10 + s) for s in range(3)]
+    grouped = samplers.group_negatives(pos, users, n_negs, group_gens)
+    for u, n, g, (rows, items) in zip(users, n_negs, alone_gens, grouped):
+        r, i = samplers.uniform_negatives(pos, u, n, g)
+        assert torch.equal(rows, r) and torch.equal(items, i)
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(group_gens, alone_gens))
+
+
 def test_top_missing_is_the_guides_ranking(setup):
     ds, pos, guide = setup
     top = samplers.top_missing(guide, pos, 20, batch_size=100)
