@@ -282,22 +282,11 @@ def _batches(members: list[Member], positives, users: list[torch.Tensor]) -> lis
     return out
 
 
-class _PairLogits(torch.nn.Module):
-    """A model whose forward is its pair_logits, for torch.func.functional_call."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, users, rows, items, x):
-        return self.model.pair_logits(users, rows, items, x)
-
-
 class Stack:
     """The trainable state of a group's active members: for one member its model's own parameters;
     for several, one tensor per parameter with a leading member dimension, of which each member's
-    parameters are views, trained by one stacked forward pass (torch.func.vmap over the model's own
-    pair_logits). One Adam over it is each member's Adam: its update is element-wise."""
+    parameters are views, trained by one stacked forward pass (the model's `stacked_pair_logits`). One
+    Adam over it is each member's Adam: its update is element-wise."""
 
     def __init__(self, members: list[Member], old: "Stack | None" = None):
         self.members = members
@@ -305,22 +294,21 @@ class Stack:
         names = [n for n, _ in model.named_parameters()]
         saved = old.adam_state() if old is not None else {}
         if len(members) == 1:
-            self.params, self.pairs = None, None
+            self.params = None
             self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         else:
-            self.params = {f"model.{n}": torch.stack([m.model.get_parameter(n).detach() for m in members])
-                           .requires_grad_() for n in names}
+            self.params = {n: torch.stack([m.model.get_parameter(n).detach() for m in members]).requires_grad_()
+                           for n in names}
             for g, m in enumerate(members):
                 for n in names:
-                    m.model.get_parameter(n).data = self.params[f"model.{n}"].data[g]
-            self.pairs = _PairLogits(model)
+                    m.model.get_parameter(n).data = self.params[n].data[g]
             self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         for n in names if saved else []:
             states = [saved[(id(m), n)] for m in members]
             if self.params is None:
                 self.opt.state[model.get_parameter(n)] = states[0]
             else:
-                self.opt.state[self.params[f"model.{n}"]] = {
+                self.opt.state[self.params[n]] = {
                     "step": states[0]["step"],
                     **{k: torch.stack([s[k] for s in states]) for k in ("exp_avg", "exp_avg_sq")}}
 
@@ -329,7 +317,7 @@ class Stack:
         out = {}
         for g, m in enumerate(self.members):
             for n, p in m.model.named_parameters():
-                st = self.opt.state.get(p if self.params is None else self.params[f"model.{n}"])
+                st = self.opt.state.get(p if self.params is None else self.params[n])
                 if st:
                     out[(id(m), n)] = {"step": st["step"].clone(),
                                        **{k: (st[k] if self.params is None else st[k][g]).clone()
@@ -347,9 +335,8 @@ class Stack:
         def padded(key):
             return torch.stack([torch.cat([b[key], b[key].new_zeros(pad - len(b[key]))]) for b in batches])
         x = None if batches[0]["x"] is None else torch.stack([b["x"] for b in batches])
-        z = torch.func.vmap(lambda p, u, r, i, xx: torch.func.functional_call(self.pairs, p, (u, r, i, xx)),
-                            in_dims=(0, 0, 0, 0, None if x is None else 0))(
-            self.params, torch.stack([b["users"] for b in batches]), padded("rows"), padded("items"), x)
+        z = self.members[0].model.stacked_pair_logits(self.params, torch.stack([b["users"] for b in batches]),
+                                                      padded("rows"), padded("items"), x)
         return [z[g, :k] for g, k in enumerate(n)]
 
 

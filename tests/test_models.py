@@ -64,3 +64,30 @@ def test_tower_units_counts_the_active_units_of_the_last_mlp_layer(ml100k):
     assert m.tower_units(users, items) == 0
     assert torch.allclose(m.score_all(users[:3]), (m.gmf_user(users[:3]) * m.out.weight[0, :8]) @ m.gmf_item.weight.T
                           + m.out.bias, atol=1e-6)      # and the model scores by GMF alone
+
+
+@pytest.mark.parametrize("backbone", ["cdae", "neumf"])
+def test_stacked_pair_logits_are_each_models_pair_logits(ml100k, backbone):
+    """A group's forward pass (CDAE's batched products, NeuMF's vmap) gives each member's own pair logits,
+    and their gradients."""
+    from cdlib.data import UserItems
+    torch.manual_seed(0)
+    group = [models.build(backbone, ml100k.train, 8, device="cpu") for _ in range(3)]
+    for m in group:
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    names = [n for n, _ in group[0].named_parameters()]
+    params = {n: torch.stack([m.get_parameter(n).detach() for m in group]).requires_grad_() for n in names}
+    users = torch.stack([torch.randperm(ml100k.n_users)[:16] for _ in group])
+    pos = UserItems(ml100k.train)
+    rows = torch.randint(0, 16, (3, 50))
+    items = torch.randint(0, ml100k.n_items, (3, 50))
+    x = torch.stack([pos.dense(u) for u in users]) if backbone == "cdae" else None
+    z = group[0].stacked_pair_logits(params, users, rows, items, x)
+    z.sum().backward()
+    for g, m in enumerate(group):
+        alone = m.pair_logits(users[g], rows[g], items[g], None if x is None else x[g])
+        assert torch.allclose(z[g], alone, atol=1e-5)
+        alone.sum().backward()
+        for n in names:
+            assert torch.allclose(params[n].grad[g], m.get_parameter(n).grad, atol=1e-4), n
