@@ -205,6 +205,23 @@ class NeuMF(Recommender):
         h = F.relu(self.layer2(h))
         return gmf.sum(-1) + h @ self.out.weight[0, d:] + self.out.bias
 
+    def stacked_pair_logits(self, params, users, rows, items, x=None):
+        """pair_logits of the group with each look-up one index_select over the members' stacked tables and
+        each layer a batched matrix product: 5 NeuMF teachers (d = 64) on ml-1m train an epoch in 23.5 s
+        against 33 s through vmap (2 cores; 3.5 s for one alone: their tensors outgrow the caches)."""
+        d, e = self.size, self.size * self.mlp_scale
+
+        def take(table, idx):     # table [G, N, k], idx [G, M] -> [G, M, k], as one index_select (backward: index_add)
+            g, n, k = table.shape
+            flat = (idx + torch.arange(g, device=idx.device)[:, None] * n).reshape(-1)
+            return table.reshape(g * n, k).index_select(0, flat).view(g, -1, k)
+        w1, w_out = params["layer1.weight"], params["out.weight"][:, 0]
+        gmf = take(take(params["gmf_user.weight"], users) * w_out[:, None, :d], rows) * take(params["gmf_item.weight"], items)
+        a = torch.baddbmm(params["layer1.bias"][:, None], take(params["mlp_user.weight"], users), w1[:, :, :e].transpose(1, 2))
+        h = F.relu(take(a, rows) + torch.bmm(take(params["mlp_item.weight"], items), w1[:, :, e:].transpose(1, 2)))
+        h = F.relu(torch.baddbmm(params["layer2.bias"][:, None], h, params["layer2.weight"].transpose(1, 2)))
+        return gmf.sum(-1) + torch.bmm(h, w_out[:, d:, None]).squeeze(-1) + params["out.bias"]
+
     @torch.no_grad()
     def tower_units(self, users: torch.Tensor, items: torch.Tensor) -> int:
         """How many units of the MLP tower's last layer are positive on at least one (user, item)
