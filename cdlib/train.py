@@ -627,6 +627,39 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
     return result
 
 
+def group_agreement(configs, results=None, progress: bool = True) -> dict:
+    """Does training in a group change a run? The runs `configs` (one stackable group; their teachers
+    recorded and cached) trained alone and as one group (`fit_group`); per run the largest loss difference
+    over the first 5 epochs, the epochs run and the test NDCG@10 (sampled) of both, and their means and
+    standard deviations over the runs. Written to results/analysis/group_agreement_<first key>.json."""
+    cfgs = [c.canonical() for c in configs]
+    check_group(cfgs)
+    ds = dataset_for(cfgs[0])
+    teachers = [load_teacher(c, results, progress, train=False)[0] if c.method != "none" else None for c in cfgs]
+    t0 = time.time()
+    alone = [fit(c, ds, t, progress) for c, t in zip(cfgs, teachers)]
+    t1 = time.time()
+    group = fit_group(cfgs, ds, teachers, progress)
+    t2 = time.time()
+    rows = []
+    for c, a, g in zip(cfgs, alone, group):
+        ndcg = [metrics.evaluate(o["model"], ds, "test", "sampled")["NDCG@10"] for o in (a, g)]
+        rows.append({"key": c.key(), "seed": c.seed, "first_epochs_max_loss_difference":
+                     max(abs(x["loss"] - y["loss"]) for x, y in zip(a["curve"][:5], g["curve"][:5])),
+                     "epochs_alone": len(a["curve"]), "epochs_group": len(g["curve"]),
+                     "test_NDCG@10_alone": ndcg[0], "test_NDCG@10_group": ndcg[1]})
+    a, g = (np.array([r[f"test_NDCG@10_{k}"] for r in rows]) for k in ("alone", "group"))
+    result = {"configs": [dataclasses.asdict(c) for c in cfgs], "runs": rows,
+              "test_NDCG@10": {"alone_mean": a.mean(), "alone_sd": a.std(ddof=1) if len(a) > 1 else 0.0,
+                               "group_mean": g.mean(), "group_sd": g.std(ddof=1) if len(g) > 1 else 0.0},
+              "within_one_sd": bool(abs(a.mean() - g.mean()) <= (a.std(ddof=1) if len(a) > 1 else 0.0)),
+              "seconds": {"alone": t1 - t0, "group": t2 - t1},
+              "dataset": runs.dataset_info(ds), "provenance": runs.provenance(models.default_device(cfgs[0].device))}
+    runs.write_atomic(runs.results_dir(results) / "analysis" / f"group_agreement_{cfgs[0].key()}.json",
+                      json.dumps(result, indent=1, default=float))
+    return result
+
+
 def run(config: Config, results=None, refresh: bool = False, progress: bool = True,
         train: bool | None = None) -> dict:
     """The record of `config`: read from results/runs/ when it exists (unless `refresh`), else

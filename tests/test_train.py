@@ -296,3 +296,15 @@ def test_committed_records_are_reproduced_bit_for_bit(key):
         torch.set_num_threads(threads)
     assert train.differences(rec, {**train._evaluate_all(out["model"], train.dataset_for(cfg), cfg),
                                    "best_epoch": out["best_epoch"], "curve": out["curve"]}) == []
+
+
+def test_group_agreement_trains_alone_and_as_a_group_and_writes_both(results):
+    cfgs = [train.Config(backbone="cdae", size=4, seed=s, **dict(TINY, epochs=3, patience=3)) for s in range(3)]
+    out = train.group_agreement(cfgs, results, progress=False)
+    assert [r["seed"] for r in out["runs"]] == [0, 1, 2]
+    assert all(r["first_epochs_max_loss_difference"] < 1e-4 and r["epochs_alone"] == r["epochs_group"] == 3
+               for r in out["runs"])
+    assert out["within_one_sd"] == (abs(out["test_NDCG@10"]["alone_mean"] - out["test_NDCG@10"]["group_mean"])
+                                    <= out["test_NDCG@10"]["alone_sd"])
+    saved = json.loads((results / "analysis" / f"group_agreement_{cfgs[0].canonical().key()}.json").read_text())
+    assert saved["runs"] == out["runs"] and saved["provenance"]["git"]
