@@ -299,15 +299,15 @@ def compute(results=None) -> pd.DataFrame:
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
     """Seconds per training epoch of a kind of run, from a `cdlib.bench` record's 'seconds': the teacher,
     the student without distillation, or (RD and CD) the CD student-guided student, the dearest method."""
-    want = {("cdae", True): "CDAE teacher", ("cdae", False): "CDAE student",
-            ("neumf", True): f"NeuMF (d={teacher_size})", ("neumf", False): "NeuMF (d="}[(backbone, size == teacher_size)]
-    hits = [v for k, v in seconds.items() if k.startswith(want) and " epoch" in k]
-    if backbone == "cdae" and size != teacher_size:
-        hits = [v for k, v in seconds.items() if k.startswith(want)
-                and ("CD student-guided" in k) == (method != "none") and " epoch" in k] or hits
-    elif backbone == "neumf" and size != teacher_size:
-        hits = [v for k, v in seconds.items() if k.startswith(want) and f"(d={teacher_size})" not in k]
-    return max(hits) if hits else np.nan
+    epochs = {k: v for k, v in seconds.items() if " epoch" in k}
+    if backbone == "cdae" and size == teacher_size:
+        pick = [v for k, v in epochs.items() if k.startswith("CDAE teacher")]
+    elif backbone == "cdae":
+        end = "method none" if method == "none" else "CD student-guided"
+        pick = [v for k, v in epochs.items() if k.startswith("CDAE student") and k.endswith(end)]
+    else:
+        pick = [v for k, v in epochs.items() if k.startswith("NeuMF (d=") and (f"(d={teacher_size})" in k) == (size == teacher_size)]
+    return max(pick) if pick else np.nan
 
 
 def device_estimate(bench_record: dict, results=None, teacher_sizes=None) -> dict:
