@@ -630,8 +630,8 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
 def group_agreement(configs, results=None, progress: bool = True) -> dict:
     """Does training in a group change a run? The runs `configs` (one stackable group; their teachers
     recorded and cached) trained alone and as one group (`fit_group`); per run the largest loss difference
-    over the first 5 epochs, the epochs run and the test NDCG@10 (sampled) of both, and their means and
-    standard deviations over the runs. Written to results/analysis/group_agreement_<first key>.json."""
+    over the first 5 epochs, the first epoch whose loss or validation NDCG@10 differs, the epochs run and
+    the test NDCG@10 (sampled) of both, and their means and standard deviations over the runs. Written to results/analysis/group_agreement_<first key>.json."""
     cfgs = [c.canonical() for c in configs]
     check_group(cfgs)
     ds = dataset_for(cfgs[0])
@@ -644,8 +644,10 @@ def group_agreement(configs, results=None, progress: bool = True) -> dict:
     rows = []
     for c, a, g in zip(cfgs, alone, group):
         ndcg = [metrics.evaluate(o["model"], ds, "test", "sampled")["NDCG@10"] for o in (a, g)]
+        same = [x["loss"] == y["loss"] and x["valid_NDCG@10"] == y["valid_NDCG@10"] for x, y in zip(a["curve"], g["curve"])]
         rows.append({"key": c.key(), "seed": c.seed, "first_epochs_max_loss_difference":
                      max(abs(x["loss"] - y["loss"]) for x, y in zip(a["curve"][:5], g["curve"][:5])),
+                     "first_different_epoch": same.index(False) + 1 if False in same else None,
                      "epochs_alone": len(a["curve"]), "epochs_group": len(g["curve"]),
                      "test_NDCG@10_alone": ndcg[0], "test_NDCG@10_group": ndcg[1]})
     a, g = (np.array([r[f"test_NDCG@10_{k}"] for r in rows]) for k in ("alone", "group"))
