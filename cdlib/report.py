@@ -347,6 +347,38 @@ def device_estimate(bench_record: dict, results=None, teacher_sizes=None) -> dic
             "hours": round(float(np.nansum(seconds)) / 3600, 2), "hours_per_dataset": per_dataset.to_dict()}
 
 
+def device_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
+    """CPU against GPU: every configuration recorded on both kinds of device (records whose configurations
+    differ only in `device`), per dataset, backbone, size and method the mean test `metric` (sampled) of
+    each device over the seeds recorded on both, the paired difference (GPU - CPU) with its standard
+    deviation over seeds and a paired t-test. Empty while no configuration has records from both."""
+    from scipy import stats
+    pairs: dict = {}
+    for r in runs.all_records(results):
+        c = dict(r["config"])
+        kind = runs.device_kind(r["provenance"]["device"])
+        c.pop("device", None)
+        pairs.setdefault(runs.config_key(c), {})[kind] = r
+    rows = []
+    for both in pairs.values():
+        if {"cpu", "cuda"} <= set(both):
+            c = both["cpu"]["config"]
+            rows.append({"dataset": c["dataset"], "backbone": c["backbone"], "size": c["size"], "method": c["method"],
+                         "seed": c["seed"], "cpu": both["cpu"]["test_sampled"][metric],
+                         "cuda": both["cuda"]["test_sampled"][metric], "gpu": both["cuda"]["provenance"]["device"]})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    out = []
+    for key, g in df.groupby(["dataset", "backbone", "size", "method"], sort=False):
+        d = g.cuda - g.cpu
+        p = stats.ttest_rel(g.cuda, g.cpu).pvalue if len(g) > 1 and d.std() > 0 else np.nan
+        out.append(dict(zip(["dataset", "backbone", "size", "method"], key), seeds=len(g), gpu=g.gpu.iloc[0],
+                        **{f"CPU {metric}": g.cpu.mean(), f"GPU {metric}": g.cuda.mean(), "GPU - CPU": d.mean(),
+                           "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan, "p (paired t)": p}))
+    return pd.DataFrame(out)
+
+
 _POPULARITY: dict = {}
 
 

@@ -324,3 +324,19 @@ def test_notebook_defaults_match_the_committed_notebooks_parameters():
         assert {k: values[k] for k in defaults} == defaults, nb
     with pytest.raises(ValueError, match="not a training notebook"):
         ex.notebook_grid("05_guidance", ex.profile("smoke"))
+
+
+def test_device_agreement_pairs_records_that_differ_only_in_device(tmp_path):
+    from cdlib import runs
+    assert report.device_agreement(tmp_path).empty
+    for seed, cpu, gpu in ((0, 0.30, 0.32), (1, 0.34, 0.35), (2, 0.31, None)):
+        for device, value, name in (("cpu", cpu, "cpu: x, 1 threads"), ("cuda", gpu, "NVIDIA H200")):
+            if value is None:
+                continue
+            cfg = {"dataset": "a", "backbone": "cdae", "size": 20, "method": "cd", "seed": seed, "device": device}
+            runs.write_record({"key": f"{device}{seed}", "config": cfg, "test_sampled": {"NDCG@10": value},
+                               "provenance": {"device": name}}, tmp_path)
+    t = report.device_agreement(tmp_path)
+    assert len(t) == 1 and t.seeds.iloc[0] == 2 and t.gpu.iloc[0] == "NVIDIA H200"      # seed 2 has no GPU twin
+    assert np.isclose(t["GPU - CPU"].iloc[0], (0.02 + 0.01) / 2)
+    assert np.isclose(t["CPU NDCG@10"].iloc[0], 0.32) and np.isclose(t["GPU NDCG@10"].iloc[0], 0.335)

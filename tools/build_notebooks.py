@@ -328,6 +328,10 @@ if write_tables:
         md("## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"),
         code('''bad = report.violations(results_dir)
 print(bad.to_string(index=False) if not bad.empty else "none")''', "nbval-check-output"),
+        md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
+        code('''agree = report.device_agreement(results_dir)
+print(agree.round(4).to_string(index=False) if not agree.empty else "no configuration is recorded on both a CPU and a GPU yet")''',
+             "nbval-check-output"),
         code('''if update_readme:
     print("README updated:", report.update_readme(results_dir))'''),
     ],
