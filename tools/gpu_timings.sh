@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results}
 export PYTHONUNBUFFERED=1
+[ -d .data ] && export CDLIB_DATA=${CDLIB_DATA:-$PWD/.data}     # tools/gpu_window.sh --pack, carried to the GPU machine
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "from cdlib import runs; print(runs.git_state())"
 python3 - "$OUT" <<'PY'
