@@ -88,7 +88,7 @@ PY
 
 BENCH=${BENCH_DATASET:-ml-1m}
 echo "== benchmark on $BENCH ($(left) s left)"
-timeout $(( $(left) / 4 )) $PY -m cdlib.bench --dataset "$BENCH" --device "$DEV" --out "$OUT/bench_${BENCH}_${DEV}.json"
+timeout $(( $(left) / 4 )) $PY -m cdlib.bench --dataset "$BENCH" --device "$DEV" --rounds 1 --out "$OUT/bench_${BENCH}_${DEV}.json"
 
 echo "== reproduction on $DEV ($(left) s left)"
 RES="$WORK/results"
