@@ -187,6 +187,8 @@ def main(argv=None):
         return
     t0 = time.time()
     dev = models.default_device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
     ds = data.load(args.dataset)
     print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
     rows = []

@@ -354,6 +354,8 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
     check_group(cfgs)
     teachers = list(teachers) if teachers is not None else [None] * len(cfgs)
     dev = models.default_device(cfgs[0].device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run {cfgs[0].key()} asks for device 'cuda', and this machine has no CUDA device")
     if os.environ.get("CDLIB_DETERMINISTIC", "") not in ("", "0"):    # GPU runs that a later window can repeat
         torch.use_deterministic_algorithms(True, warn_only=True)
     positives = data.UserItems(ds.train, dev)

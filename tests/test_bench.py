@@ -1,5 +1,7 @@
 """Table 8 timings: a measuring run adds its device's rows and keeps the others."""
 import pandas as pd
+import pytest
+import torch
 
 from cdlib import bench, runs, train
 
@@ -28,3 +30,10 @@ def test_group_table_times_each_kind_of_run_per_group_size():
     assert list(t.group) == [1, 2] * 4 and (t["seconds per epoch"] > 0).all()
     assert t["gain over one after another"].iloc[0] == 1.0
     assert t["GFLOP/s"].notna().tolist() == [True] * 4 + [False] * 4      # CDAE only
+
+
+def test_bench_refuses_cuda_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda", "--dataset", "ml-100k"])

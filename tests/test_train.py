@@ -308,3 +308,11 @@ def test_group_agreement_trains_alone_and_as_a_group_and_writes_both(results):
                                     <= out["test_NDCG@10"]["alone_sd"])
     saved = json.loads((results / "analysis" / f"group_agreement_{cfgs[0].canonical().key()}.json").read_text())
     assert saved["runs"] == out["runs"] and saved["provenance"]["git"]
+
+
+def test_device_cuda_without_cuda_is_refused_before_training(results):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        train.run(train.Config(backbone="cdae", size=4, **dict(TINY, device="cuda")), results, progress=False)
+    assert not (results / "runs").exists()
