@@ -633,7 +633,8 @@ def group_agreement(configs, results=None, progress: bool = True) -> dict:
     """Does training in a group change a run? The runs `configs` (one stackable group; their teachers
     recorded and cached) trained alone and as one group (`fit_group`); per run the largest loss difference
     over the first 5 epochs, the first epoch whose loss or validation NDCG@10 differs, the epochs run and
-    the test NDCG@10 (sampled) of both, and their means and standard deviations over the runs. Written to results/analysis/group_agreement_<first key>.json."""
+    the test NDCG@10 (sampled) of both, and their means and standard deviations over the runs. Written to
+    results/analysis/group_agreement_<first key>.json."""
     cfgs = [c.canonical() for c in configs]
     check_group(cfgs)
     ds = dataset_for(cfgs[0])
