@@ -134,7 +134,8 @@ class CDAE(Recommender):
         for 5 CD students on ml-1m, 2 cores)."""
         emb = params["user_embedding.weight"]
         v = emb.gather(1, users[..., None].expand(*users.shape, emb.shape[-1]))
-        h = torch.sigmoid(torch.baddbmm(params["encoder.bias"][:, None], x, params["encoder.weight"].transpose(1, 2)) + v)
+        h = torch.sigmoid(torch.baddbmm(params["encoder.bias"][:, None], x, params["encoder.weight"].transpose(1, 2))
+                          + v)
         z = torch.baddbmm(params["decoder.bias"][:, None], h, params["decoder.weight"].transpose(1, 2))
         return z.flatten(1).gather(1, rows * z.shape[2] + items)
 
@@ -216,8 +217,10 @@ class NeuMF(Recommender):
             flat = (idx + torch.arange(g, device=idx.device)[:, None] * n).reshape(-1)
             return table.reshape(g * n, k).index_select(0, flat).view(g, -1, k)
         w1, w_out = params["layer1.weight"], params["out.weight"][:, 0]
-        gmf = take(take(params["gmf_user.weight"], users) * w_out[:, None, :d], rows) * take(params["gmf_item.weight"], items)
-        a = torch.baddbmm(params["layer1.bias"][:, None], take(params["mlp_user.weight"], users), w1[:, :, :e].transpose(1, 2))
+        gmf = (take(take(params["gmf_user.weight"], users) * w_out[:, None, :d], rows)
+               * take(params["gmf_item.weight"], items))
+        a = torch.baddbmm(params["layer1.bias"][:, None], take(params["mlp_user.weight"], users),
+                          w1[:, :, :e].transpose(1, 2))
         h = F.relu(take(a, rows) + torch.bmm(take(params["mlp_item.weight"], items), w1[:, :, e:].transpose(1, 2)))
         h = F.relu(torch.baddbmm(params["layer2.bias"][:, None], h, params["layer2.weight"].transpose(1, 2)))
         return gmf.sum(-1) + torch.bmm(h, w_out[:, d:, None]).squeeze(-1) + params["out.bias"]
