@@ -310,7 +310,7 @@ def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_s
     return max(pick) if pick else np.nan
 
 
-def device_estimate(bench_record: dict, results=None, teacher_sizes=None) -> dict:
+def device_estimate(bench_record: dict, results=None) -> dict:
     """The paper profile's training time on the device of a `cdlib.bench` record (`--out` JSON), one run
     at a time: every run the tables list, recorded or not (records say which device trained them, so a new
     device trains them all), times its epochs (recorded, else `compute`'s estimate), times the bench's
@@ -319,28 +319,26 @@ def device_estimate(bench_record: dict, results=None, teacher_sizes=None) -> dic
     work (`_work`) on a CPU. Validation is left out, so this is a lower bound. Returns hours in all and per
     dataset, and what it rests on."""
     from .train import TEACHER_SIZE
-    teacher_sizes = teacher_sizes or TEACHER_SIZE
     t = _grid_runs(results)
     if t is None:
         return {}
     gpu = runs.device_kind(bench_record["provenance"]["device"]) == "cuda"
-    ok = t[t.status == "ok"]
-    estimate = _estimator(ok, _work(results))
     st = read_table("01_datasets", results)
     users = {} if st is None else dict(zip(st.dataset, st.users))
     work = _work(results)
+    estimate = _estimator(t[t.status == "ok"], work)
     ref = bench_record["dataset"]["name"]
     seconds, epochs_of = [], []
     for r in t.itertuples():
         epochs = r.epochs_run if r.status == "ok" else estimate(r.dataset, r.backbone, r.size, r.method)[0]
-        per = _bench_epoch(bench_record["seconds"], r.backbone, int(r.size), r.method, teacher_sizes[r.backbone])
+        per = _bench_epoch(bench_record["seconds"], r.backbone, int(r.size), r.method, TEACHER_SIZE[r.backbone])
         if gpu:                                  # steps per epoch; the batch size is the backbone's
             scale = users.get(r.dataset, np.nan) / users.get(ref, np.nan)
         else:
             scale = work.get((r.dataset, r.backbone), np.nan) / work.get((ref, r.backbone), np.nan)
         seconds.append(epochs * per * scale)
         epochs_of.append(epochs)
-    t = t.assign(device_seconds=seconds, epochs_est=epochs_of)
+    t = t.assign(device_seconds=seconds)
     per_dataset = (t.groupby("dataset", sort=False).device_seconds.sum(min_count=1) / 3600).round(2)
     return {"device": bench_record["provenance"]["device"], "bench_dataset": ref, "runs": len(t),
             "runs_without_estimate": int(t.device_seconds.isna().sum()), "epochs": float(np.nansum(epochs_of)),
