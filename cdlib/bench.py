@@ -193,12 +193,14 @@ def main(argv=None):
     print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
     rows = []
 
-    def save(groups=None):        # after every measurement: a run cut short by a time limit keeps what it measured
+    def record(groups=None, **extra) -> dict:
+        return {"seconds": dict(rows), "groups": [] if groups is None else groups.to_dict(orient="records"),
+                "wall_seconds": time.time() - t0, "complete": False, "dataset": runs.dataset_info(ds),
+                "provenance": runs.provenance(dev), **extra}
+
+    def save(groups=None, **extra):  # after every measurement: a run cut short by a time limit keeps what it measured
         if args.out:
-            record = {"seconds": dict(rows), "groups": [] if groups is None else groups.to_dict(orient="records"),
-                      "wall_seconds": time.time() - t0, "complete": False, "dataset": runs.dataset_info(ds),
-                      "provenance": runs.provenance(dev)}
-            runs.write_atomic(Path(args.out), json.dumps(record, indent=1) + "\n")
+            runs.write_atomic(Path(args.out), json.dumps(record(groups, **extra), indent=1) + "\n")
 
     def measured(what, seconds, extra=""):
         rows.append((what, seconds))
@@ -226,13 +228,13 @@ def main(argv=None):
     refresh = timed(lambda: top_missing(student, pos, sampler.max_rank))
     cd_epoch = rows[-1][1]
     measured("student-guided refresh, all users (top-100 missing)", refresh,
-           f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)")
+             f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)")
 
     for backbone, size in (("cdae", 200), ("cdae", args.student_size), ("neumf", 64), ("neumf", 8)):
         m = models.build(backbone, ds.train, size, 0.5, dev).eval()
         sec = timed(lambda: metrics.evaluate(m, ds, "test", "full", positives=pos), 2)
         measured(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
-               "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
+                 "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
     for backbone, size in (("neumf", 64), ("neumf", 8)):
         cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
         measured(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
@@ -240,15 +242,12 @@ def main(argv=None):
     if args.groups:
         groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size,
                              on_row=save, rounds=args.rounds)
+    est = report.device_estimate(record(groups))       # from the tables in results/ (empty without them)
+    if est:
+        print(f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "
+              f"({est['runs']} runs, {est['epochs']:.0f} epochs; report.device_estimate)")
     if args.out:
-        save(groups)
-        record = json.loads(Path(args.out).read_text())
-        est = report.device_estimate(record)       # from the tables in results/ (empty without them)
-        if est:
-            print(f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "
-                  f"({est['runs']} runs, {est['epochs']:.0f} epochs; report.device_estimate)")
-        runs.write_atomic(Path(args.out), json.dumps({**record, "complete": True, "paper_profile_estimate": est},
-                                                     indent=1) + "\n")
+        save(groups, complete=True, paper_profile_estimate=est)
         print(f"wrote {args.out}")
 
 
