@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def group_epoch_seconds(cfg: Config, ds, teacher=None, n: int = 5, epochs: int =
 
 
 def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 20, epochs: int = 2,
-                on_row=None, rounds: int = 2) -> pd.DataFrame:
+                on_row=None, rounds: int = 2, shapes: str | None = None) -> pd.DataFrame:
     """Seconds per epoch of groups of each size, for the CDAE teacher, the CDAE student distilled by
     CD (student-guided), the NeuMF teacher and the NeuMF student distilled by CD (student-guided), with
     throughput in member-epochs per second, its gain over the same runs one after another, and for
@@ -61,7 +62,7 @@ def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 
     machine's noise) would otherwise pass for a gain of the group. on_row(rows so far) is called after
     each row (main() saves what it has, so that a time limit leaves the rows measured)."""
     dev = models.default_device(device)
-    base = dict(dataset=dataset, device=dev.type)
+    base = dict(dataset=dataset, device=dev.type, shapes=shapes)
     torch.manual_seed(0)
     teachers = {b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE}
     kinds = [("CDAE teacher", Config(**base, backbone="cdae").canonical(), None),
@@ -178,6 +179,10 @@ def main(argv=None):
     ap.add_argument("--student-size", type=int, default=20)
     ap.add_argument("--groups", default="1,5,15", help="group sizes to time (train.fit_group); '' for none")
     ap.add_argument("--rounds", type=int, default=2, help="times each group size is timed, in turn (best kept)")
+    ap.add_argument("--shapes", choices=("dynamic", "static"), default=None,
+                    help="the training step's shapes (train.Config.shapes; default: static on CUDA, else dynamic)")
+    ap.add_argument("--compile", metavar="MODE", default=None,
+                    help="torch.compile the step's forward pass and loss in this mode (CDLIB_COMPILE; static shapes)")
     ap.add_argument("--out", help="also write the timings, with their provenance, to this JSON file")
     ap.add_argument("--estimate", metavar="JSON", help="measure nothing: the paper profile's training time on the "
                                                        "device of this bench record (report.device_estimate)")
@@ -186,6 +191,8 @@ def main(argv=None):
         print(json.dumps(report.device_estimate(json.loads(Path(args.estimate).read_text())), indent=1))
         return
     t0 = time.time()
+    if args.compile:
+        os.environ["CDLIB_COMPILE"] = args.compile
     dev = models.default_device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
@@ -195,6 +202,7 @@ def main(argv=None):
 
     def record(groups=None, **extra) -> dict:
         return {"seconds": dict(rows), "groups": [] if groups is None else groups.to_dict(orient="records"),
+                "shapes": teacher_cfg.shapes, "compile": args.compile,
                 "wall_seconds": time.time() - t0, "complete": False, "dataset": runs.dataset_info(ds),
                 "provenance": runs.provenance(dev), **extra}
 
@@ -207,9 +215,11 @@ def main(argv=None):
         print(f"{what:<58s} {seconds:8.3f} s {extra}", flush=True)
         save()
 
-    base = dict(dataset=args.dataset, backbone="cdae", device=dev.type)
+    base = dict(dataset=args.dataset, backbone="cdae", device=dev.type, shapes=args.shapes)
     teacher_cfg = Config(**base).canonical()
-    t_sec = epoch_seconds(teacher_cfg, ds)
+    print(f"training step: {teacher_cfg.shapes} shapes, {args.compile or 'eager'}")
+    warm = 2 if args.compile else 0        # epochs that compile (a new graph per new shape) before the timed ones
+    t_sec = epoch_seconds(teacher_cfg, ds, epochs=2 + warm)
     flops = cdae_epoch_flops(ds.n_users, ds.n_items, teacher_cfg.size)
     measured("CDAE teacher (H=200) epoch", t_sec, f"({flops / t_sec / 1e9:.1f} GFLOP/s)")
     mm = matmul_gflops(ds.n_users, ds.n_items, teacher_cfg.size, teacher_cfg.batch_size, dev)
@@ -218,9 +228,9 @@ def main(argv=None):
     torch.manual_seed(0)
     teacher = models.build("cdae", ds.train, teacher_cfg.size, 0.5, dev).eval()
     s_none = Config(**base, size=args.student_size).canonical()
-    measured(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds))
+    measured(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds, epochs=2 + warm))
     s_cd = Config(**base, size=args.student_size, method="cd", guide="student").canonical()
-    measured(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher))
+    measured(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher, 2 + warm))
 
     student = models.build("cdae", ds.train, args.student_size, 0.5, dev).eval()
     pos = data.UserItems(ds.train, dev)
@@ -236,12 +246,12 @@ def main(argv=None):
         measured(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
                  "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
     for backbone, size in (("neumf", 64), ("neumf", 8)):
-        cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type).canonical()
-        measured(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1))
+        cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type, shapes=args.shapes).canonical()
+        measured(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1 + warm))
     groups = pd.DataFrame()
     if args.groups:
         groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size,
-                             on_row=save, rounds=args.rounds)
+                             on_row=save, rounds=args.rounds, shapes=args.shapes)
     est = report.device_estimate(record(groups))       # from the tables in results/ (empty without them)
     if est:
         print(f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "

@@ -708,11 +708,27 @@ class UserItems:
         shift = start - (torch.cumsum(count, 0) - count)  # position in `indices` minus position in output
         return rows, self.indices[torch.arange(len(rows), device=users.device) + shift[rows]]
 
+    def padded_pairs(self, users: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`pairs(users)` in `capacity` slots (at least their number): (rows, items, valid), the surplus
+        slots valid=False (row B-1, any item). Every shape is fixed by len(users) and capacity, so
+        nothing waits on a GPU for the number of pairs."""
+        count = self.indptr[users + 1] - self.indptr[users]
+        ends = torch.cumsum(count, 0)
+        slot = torch.arange(capacity, device=users.device)
+        rows = torch.searchsorted(ends, slot, right=True).clamp_max(len(users) - 1)
+        valid = slot < ends[-1]
+        at = self.indptr[users][rows] + slot - (ends - count)[rows]
+        return rows, self.indices[torch.where(valid, at, 0)], valid
+
     def dense(self, users: torch.Tensor, dtype=torch.float32, pairs=None) -> torch.Tensor:
-        """The rows of `users` as a dense [B x items] 0/1 matrix (`pairs`: their `pairs`, if known)."""
-        rows, items = self.pairs(users) if pairs is None else pairs
+        """The rows of `users` as a dense [B x items] 0/1 matrix (`pairs`: their `pairs` or
+        `padded_pairs`, if known)."""
+        rows, items, *valid = self.pairs(users) if pairs is None else pairs
         out = torch.zeros(len(users), self.shape[1], dtype=dtype, device=users.device)
-        out[rows, items] = 1
+        if valid:
+            out.index_put_((rows, items), valid[0].to(dtype), accumulate=True)   # padding adds 0
+        else:
+            out[rows, items] = 1
         return out
 
     def contains(self, rows: torch.Tensor, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 
 
-def cf_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cf_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Point-wise CF loss, METHOD.md "The base loss":
-    L_CF = -[sum_{i in O_u} log s(z_ui) + sum_{j in N_u} log(1 - s(z_uj))], as a mean over pairs."""
-    return F.binary_cross_entropy_with_logits(logits, labels)
+    L_CF = -[sum_{i in O_u} log s(z_ui) + sum_{j in N_u} log(1 - s(z_uj))], as a mean over pairs;
+    weight: 1 for the batch's pairs, 0 for padding (a mean over the weight-1 pairs)."""
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels, weight, reduction="sum") / weight.sum()
 
 
 def soft_labels(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -29,7 +29,8 @@ class NoKD:
     def start_epoch(self, epoch: int, student) -> None:
         pass
 
-    def batch_items(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+    def batch_items(self, users: torch.Tensor, generator: torch.Generator, pairs=None) -> torch.Tensor | None:
+        """[B x k] items the method adds to the batch (pairs: the users' training pairs, padded or not)."""
         return None
 
     def loss(self, users: torch.Tensor, items: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -57,10 +58,10 @@ class RD(NoKD):
             self.ranks = student_ranks(student, self.positives, self.top)
             self.refresh_seconds.append(time.perf_counter() - t)
 
-    def batch_items(self, users, generator):
+    def batch_items(self, users, generator, pairs=None):
         top = self.top[users]
         if self.dynamic and self.cfg.rd_rank == "sampled":
-            return torch.cat([top, uniform_items(self.positives, users, self.cfg.rd_samples, generator)], 1)
+            return torch.cat([top, uniform_items(self.positives, users, self.cfg.rd_samples, generator, pairs)], 1)
         return top
 
     def loss(self, users, items, logits):
@@ -82,13 +83,13 @@ class CD(NoKD):
         self.sampler = CDSampler(positives, teacher, cfg.n_distill, cfg.mu, cfg.sampling, cfg.guide,
                                  cfg.max_rank, cfg.refresh_every or 1, cfg.switch_epoch or 0)
         self.refresh_seconds = self.sampler.refresh_seconds
-        self.teacher_score = teacher.scorer()
+        self.teacher_score = teacher.scorer(static=cfg.shapes == "static")
 
     def start_epoch(self, epoch, student):
         self.sampler.start_epoch(epoch, student)
 
-    def batch_items(self, users, generator):
-        return self.sampler.sample(users, generator)
+    def batch_items(self, users, generator, pairs=None):
+        return self.sampler.sample(users, generator, pairs)
 
     def loss(self, users, items, logits):
         return self.cfg.lambda_kd * losses.cd_loss(logits, self.teacher_score(users, items), self.cfg.temperature)

@@ -53,9 +53,10 @@ class Recommender(nn.Module):
             return torch.func.functional_call(wrapped, {f"model.{k}": v for k, v in p.items()}, (u, r, i, xx))
         return torch.func.vmap(one, in_dims=(0, 0, 0, 0, None if x is None else 0))(params, users, rows, items, x)
 
-    def scorer(self):
+    def scorer(self, static: bool = False):
         """score(), for a model that trains no further (a CD teacher, asked for soft labels every
-        step): a backbone may precompute what does not depend on the items."""
+        step): a backbone may precompute what does not depend on the items. static: only operations
+        whose output shapes are fixed by their inputs' (for `Config.shapes` = "static")."""
         self.eval()
         return self.score
 
@@ -109,11 +110,14 @@ class CDAE(Recommender):
         entries only (the zeros stay zero either way, so this equals dropout on the dense row).
         Every entry is written, 0 where dropped: no data-dependent shape, so no wait on a GPU."""
         if not (self.training and self.corruption > 0):
-            return self.inputs.dense(users)
-        rows, items = self.inputs.pairs(users) if pairs is None else pairs
+            return self.inputs.dense(users, pairs=pairs)
+        rows, items, *valid = self.inputs.pairs(users) if pairs is None else pairs
         keep = torch.rand(len(rows), device=rows.device) >= self.corruption
         x = torch.zeros(len(users), self.inputs.shape[1], device=users.device)
-        x[rows, items] = keep.float() * (1.0 / (1.0 - self.corruption))
+        if valid:       # padded pairs: the padding adds 0
+            x.index_put_((rows, items), (keep & valid[0]).float() * (1.0 / (1.0 - self.corruption)), accumulate=True)
+        else:
+            x[rows, items] = keep.float() * (1.0 / (1.0 - self.corruption))
         return x
 
     def batch_inputs(self, users: torch.Tensor, pairs=None) -> torch.Tensor:
@@ -154,13 +158,18 @@ class CDAE(Recommender):
         return F.linear(hidden, self.decoder.weight[distinct], self.decoder.bias[distinct]).gather(1, where)
 
     @torch.no_grad()
-    def scorer(self, batch_size: int = 1024):
+    def scorer(self, batch_size: int = 1024, static: bool = False):
         """score() with every user's hidden layer h_u computed once ([users x H], a frozen model's
         are fixed): a batch of candidates then costs only their decoder rows. Equal to score() up to
-        float rounding (the encoder's GEMM runs on other batch sizes)."""
+        float rounding (the encoder's GEMM runs on other batch sizes). static: each pair's own decoder
+        row, a batched product of fixed shape, instead of the batch's distinct items (whose number
+        a GPU would have to report to the host)."""
         self.eval()
         users = torch.arange(self.inputs.shape[0], device=self.decoder.weight.device)
         hidden = torch.cat([self.hidden(users[s:s + batch_size]) for s in range(0, len(users), batch_size)])
+        if static:
+            return torch.no_grad()(lambda u, items: torch.bmm(self.decoder.weight[items], hidden[u][:, :, None])
+                                   .squeeze(-1) + self.decoder.bias[items])
         return torch.no_grad()(lambda u, items: self._decode(hidden[u], items))
 
     @torch.no_grad()

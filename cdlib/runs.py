@@ -112,7 +112,8 @@ def provenance(device) -> dict:
     return {"git": _LOADED_GIT, "python": platform.python_version(), "platform": platform.platform(),
             "packages": {"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
                          "pandas": pandas.__version__},
-            "device": device_name(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+            "device": device_name(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "compile": os.environ.get("CDLIB_COMPILE") or None}
 
 
 # The git state of the code this process runs, taken once at import, not when a record is written:

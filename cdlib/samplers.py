@@ -2,7 +2,7 @@
 in its exact form). No function here loops over users in Python.
 
 - uniform_negatives: N_u of the CF loss, `n_neg` uniform missing items per positive (group_negatives:
-  for the members of a group at once).
+  for the members of a group at once); inverse_missing: the same distribution with fixed shapes.
 - uniform_items: n uniform missing items per user, with replacement (RD's rank estimate).
 - top_missing: each user's top-R missing items under a model's scores (the guide's ranking).
 - CDSampler: the distilled items K_u of CD, with sampling in {rank, uniform, topk} and guide in
@@ -52,10 +52,14 @@ def group_negatives(positives: UserItems, users: list, n_negs: list, generators:
     return [(r - s if s else r, i) for r, i, s in zip(torch.split(rows, sizes), torch.split(items, sizes), starts)]
 
 
-def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator,
+                  pairs=None) -> torch.Tensor:
     """[B x n] items drawn uniformly with replacement from each user's M_u (RD's samples for
-    estimating the student's rank, as Tang & Wang's code draws them)."""
+    estimating the student's rank, as Tang & Wang's code draws them). With the users' `padded_pairs`,
+    by `inverse_missing` (fixed shapes)."""
     rows = torch.arange(len(users), device=users.device).repeat_interleave(n)
+    if pairs is not None:
+        return inverse_missing(positives, users, rows, pairs, generator).view(len(users), n)
     return _draw_missing(positives, users, rows, [len(rows)], [generator]).view(len(users), n)
 
 
@@ -85,10 +89,33 @@ def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor,
     raise RuntimeError("uniform sampling: some user has (almost) no missing item to draw")
 
 
-def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor) -> torch.Tensor:
-    """scores with each user's training positives set to -inf (in place)."""
-    rows, items = positives.pairs(users)
-    scores[rows, items] = -math.inf
+def inverse_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, pairs,
+                    generator: torch.Generator) -> torch.Tensor:
+    """One uniform missing item of users[rows] per entry, without rejection, so with fixed shapes
+    and no wait on a GPU: for r uniform in [0, |M_u|), the r-th missing item of u is r + #{j : p_j - j <= r}
+    over u's sorted positives p_0 < p_1 < ... (p_j - j missing items precede p_j), counted by one
+    binary search over the batch. pairs: the users' `padded_pairs`. Same distribution as
+    `uniform_negatives`' rejection sampling, other draws."""
+    n_items = positives.shape[1]
+    pair_rows, pair_items, valid = pairs
+    count = positives.indptr[users + 1] - positives.indptr[users]
+    first = torch.cumsum(count, 0) - count                          # each row's first slot
+    slot = torch.arange(len(pair_rows), device=users.device)
+    keys = torch.where(valid, pair_rows * n_items + pair_items - (slot - first[pair_rows]), len(users) * n_items)
+    r = torch.randint(1 << 62, rows.shape, generator=generator, device=generator.device).to(users.device) \
+        % (n_items - count[rows])                                  # bias below 2^-40: none measurable
+    return r + torch.searchsorted(keys, rows * n_items + r, right=True) - first[rows]
+
+
+def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor, pairs=None) -> torch.Tensor:
+    """scores with each user's training positives set to -inf (in place); pairs: the users' `pairs` or
+    `padded_pairs`, if known."""
+    rows, items, *valid = positives.pairs(users) if pairs is None else pairs
+    if valid:       # padding adds 0
+        scores.index_put_((rows, items), torch.zeros_like(scores[rows, items]).masked_fill(valid[0], -math.inf),
+                          accumulate=True)
+    else:
+        scores[rows, items] = -math.inf
     return scores
 
 
@@ -115,10 +142,11 @@ def gumbel_topk(log_weights: torch.Tensor, n: int, generator: torch.Generator) -
     return (log_weights + gumbel).topk(n, dim=1).indices
 
 
-def uniform_missing(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n distinct items per user, uniform over M_u: [B x n]."""
+def uniform_missing(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator,
+                    pairs=None) -> torch.Tensor:
+    """n distinct items per user, uniform over M_u: [B x n] (pairs: the users' pairs, if known)."""
     keys = torch.zeros(len(users), positives.shape[1], device=users.device)
-    return gumbel_topk(masked_scores(keys, positives, users), n, generator)
+    return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
 
 
 class CDSampler:
@@ -169,10 +197,10 @@ class CDSampler:
             self.candidates, self.source = top_missing(student, self.positives, self.max_rank), "student"
             self.refresh_seconds.append(time.perf_counter() - t)
 
-    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """K_u for a batch of users: [B x n_distill] distinct missing items."""
+    def sample(self, users: torch.Tensor, generator: torch.Generator, pairs=None) -> torch.Tensor:
+        """K_u for a batch of users: [B x n_distill] distinct missing items (pairs: the users' pairs, if known)."""
         if self.sampling == "uniform":
-            return uniform_missing(self.positives, users, self.n_distill, generator)
+            return uniform_missing(self.positives, users, self.n_distill, generator, pairs)
         cand = self.candidates[users]
         if self.sampling == "topk":
             return cand[:, :self.n_distill]

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data, losses, methods, metrics, models, runs
-from .samplers import GUIDES, SAMPLINGS, group_negatives
+from .samplers import GUIDES, SAMPLINGS, group_negatives, inverse_missing
 
 METHODS = tuple(methods.METHODS)
 # backbone defaults [decision]: learning rate and users per batch (the tuning stage may choose others)
@@ -37,6 +38,7 @@ TEACHER_SIZE = {"cdae": 200, "neumf": 64}      # METHOD.md "Backbones"
 STUDENT_SIZES = {"cdae": (5, 10, 20, 50), "neumf": (4, 8, 16)}
 SWITCH_EPOCH = 50                              # hybrid guide: teacher for the first 50 epochs [decision]
 RD_RANKS = ("sampled", "exact")
+SHAPES = ("dynamic", "static")
 VALID_NEGATIVES = ("own", "test")
 
 
@@ -60,6 +62,10 @@ class Config:
                                       # most-popular ranking (the initial plateau); None: no such rule
     lr: float | None = None
     batch_size: int | None = None     # users per step
+    shapes: str | None = None         # dynamic: each step's tensors sized by its batch, negatives drawn by
+                                      # rejection | static: padded to sizes planned per epoch, negatives by
+                                      # inverse transform, no wait on a GPU inside an epoch (same
+                                      # distributions, other draws) | None: static on CUDA, else dynamic
     weight_decay: float = 0.0
     n_neg: int = 4                    # uniform negatives per positive in L_CF
     corruption: float = 0.5           # CDAE input dropout q
@@ -107,6 +113,8 @@ class Config:
             raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
         if self.method == "rd" and self.rd_rank not in RD_RANKS:
             raise ValueError(f"rd_rank must be one of {RD_RANKS}, got {self.rd_rank!r}")
+        if self.shapes is not None and self.shapes not in SHAPES:
+            raise ValueError(f"shapes must be one of {SHAPES}, got {self.shapes!r}")
         d = dataclasses.asdict(self)
         tsize = TEACHER_SIZE[self.backbone]
         d["size"] = self.size or tsize
@@ -116,6 +124,7 @@ class Config:
             d["corruption"] = None
         d["mlp_scale"] = (self.mlp_scale or 1) if self.backbone == "neumf" else None
         d["device"] = models.default_device(self.device).type
+        d["shapes"] = self.shapes or ("static" if d["device"] == "cuda" else "dynamic")
         d["data_sha256"] = file_sha256(self.dataset) if data.is_file_dataset(self.dataset) else None
         cd_fields = ("lambda_kd", "temperature", "mu", "n_distill", "max_rank", "sampling", "guide",
                      "refresh_every", "switch_epoch")
@@ -148,6 +157,8 @@ class Config:
         d = dataclasses.asdict(self.canonical())
         if d["data_sha256"]:
             d["dataset"] = "file"
+        if d["shapes"] == "dynamic":    # runs recorded before the parameter existed keep their keys
+            del d["shapes"]
         return runs.config_key(d)
 
     def teacher(self) -> "Config":
@@ -157,7 +168,8 @@ class Config:
                       seed=c.teacher_seed, data_seed=c.data_seed, subset_users=c.subset_users,
                       valid_negatives=c.valid_negatives, epochs=c.epochs, patience=c.patience,
                       min_epochs=c.min_epochs, plateau=c.plateau, lr=c.teacher_lr, weight_decay=c.weight_decay,
-                      n_neg=c.n_neg, corruption=self.corruption, mlp_scale=c.mlp_scale, device=self.device).canonical()
+                      n_neg=c.n_neg, corruption=self.corruption, mlp_scale=c.mlp_scale, shapes=c.shapes,
+                      device=self.device).canonical()
 
 
 _SHA: dict = {}
@@ -208,7 +220,7 @@ def fit(cfg: Config, ds: data.Dataset, teacher=None, progress: bool = True, desc
 
 # What the members of a group share: the data, and what stacks their parameters and optimiser state
 STACKED = ("dataset", "data_sha256", "data_seed", "subset_users", "valid_negatives", "backbone", "size",
-           "mlp_scale", "corruption", "batch_size", "lr", "weight_decay", "device")
+           "mlp_scale", "corruption", "batch_size", "shapes", "lr", "weight_decay", "device")
 
 
 def check_group(cfgs) -> None:
@@ -282,6 +294,58 @@ def _batches(members: list[Member], positives, users: list[torch.Tensor]) -> lis
     return out
 
 
+def _static_batches(members: list[Member], positives, users: list[torch.Tensor], capacities: list[int]) -> list[dict]:
+    """`_batches` with fixed shapes (Config.shapes = "static"): each member's positives in its
+    `capacities` slots (`padded_pairs`), `n_neg` negatives per slot by `inverse_missing`, the padding
+    weighted 0 in the loss. Every shape follows from len(users), the capacities and the configuration,
+    so the step never waits on the device; each member draws from its own streams, so its batch is the
+    one it would have alone."""
+    dev = users[0].device
+    out = []
+    for m, u, capacity in zip(members, users, capacities):
+        pairs = positives.padded_pairs(u, capacity)
+        rows, items, valid = pairs
+        neg_rows = rows.repeat_interleave(m.cfg.n_neg)
+        neg_items = inverse_missing(positives, u, neg_rows, pairs, m.gen)
+        all_rows, all_items = [rows, neg_rows], [items, neg_items]
+        extra = m.method.batch_items(u, m.gen, pairs)
+        if extra is not None:
+            all_rows.append(torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1]))
+            all_items.append(extra.reshape(-1))
+        _set_rng_state(m.rng, dev)
+        x = m.model.batch_inputs(u, pairs)
+        m.rng = _rng_state(dev)
+        labels = torch.cat([torch.ones(capacity, device=dev), torch.zeros(len(neg_rows), device=dev)])
+        weight = torch.cat([valid, valid.repeat_interleave(m.cfg.n_neg)]).float()
+        out.append({"users": u, "rows": torch.cat(all_rows), "items": torch.cat(all_items), "x": x,
+                    "labels": labels, "weight": weight, "extra": extra})
+    return out
+
+
+def _capacities(perms: list[torch.Tensor], positives, batch_size: int) -> list[list[int]]:
+    """Static shapes: per step, each member's positive slots, its users' positives rounded up to one
+    of 8 sizes per doubling (at most 1/8 padding, few distinct shapes; a member's own, so that its
+    draws are those it makes alone; `Stack.logits` pads the group to its longest). One read of the
+    epoch's permutations: the epoch's only wait on the device before its end."""
+    degree = positives.indptr[1:] - positives.indptr[:-1]
+    n = len(perms[0])
+    steps = -(-n // batch_size)
+    per_step = F.pad(torch.stack([degree[p] for p in perms]), (0, steps * batch_size - n))
+    counts = per_step.view(len(perms), steps, batch_size).sum(-1).T.tolist()
+
+    def bucket(k: int) -> int:
+        q = 1 << max(0, k.bit_length() - 4)
+        return max(1, -(-k // q) * q)
+    return [[bucket(k) for k in step] for step in counts]
+
+
+def compile_mode() -> str | None:
+    """CDLIB_COMPILE: a torch.compile mode ("default", "reduce-overhead": CUDA graphs, ...) for the
+    step's forward pass and loss, or unset for eager. Whole-graph (fullgraph): a host wait in the step
+    fails to compile instead of falling back."""
+    return os.environ.get("CDLIB_COMPILE") or None
+
+
 class Stack:
     """The trainable state of a group's active members: for one member its model's own parameters;
     for several, one tensor per parameter with a leading member dimension, of which each member's
@@ -303,6 +367,12 @@ class Stack:
                 for n in names:
                     m.model.get_parameter(n).data = self.params[n].data[g]
             self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        mode = compile_mode()
+        if mode:    # one process trains many models and shapes, each a graph of this one function
+            for name in ("recompile_limit", "accumulated_recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):     # the names of PyTorch 2.6+, then of earlier ones
+                    setattr(torch._dynamo.config, name, 1024)
+        self._loss = torch.compile(self._eager_loss, mode=mode, fullgraph=True) if mode else self._eager_loss
         for n in names if saved else []:
             states = [saved[(id(m), n)] for m in members]
             if self.params is None:
@@ -323,6 +393,22 @@ class Stack:
                                        **{k: (st[k] if self.params is None else st[k][g]).clone()
                                           for k in ("exp_avg", "exp_avg_sq")}}
         return out
+
+    def loss(self, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The group's loss, the sum of its members' L_CF + method term, and each member's (detached).
+        Under CDLIB_COMPILE=<mode> (static shapes only) a torch.compile'd function, one graph per
+        distinct shape (`_capacities`)."""
+        return self._loss(batches)
+
+    def _eager_loss(self, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        terms = []
+        for m, b, z in zip(self.members, batches, self.logits(batches)):
+            n_cf = len(b["labels"])
+            term = losses.cf_loss(z[:n_cf], b["labels"], b.get("weight"))
+            if b["extra"] is not None:
+                term = term + m.method.loss(b["users"], b["extra"], z[n_cf:].view_as(b["extra"]))
+            terms.append(term)
+        return sum(terms[1:], terms[0]), [t.detach() for t in terms]
 
     def logits(self, batches: list[dict]) -> list[torch.Tensor]:
         """Each member's logits of its (users[rows], items) pairs, with gradient."""
@@ -356,6 +442,9 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
     dev = models.default_device(cfgs[0].device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run {cfgs[0].key()} asks for device 'cuda', and this machine has no CUDA device")
+    if compile_mode() and cfgs[0].shapes != "static":
+        raise ValueError(f"CDLIB_COMPILE={compile_mode()} needs static shapes (Config.shapes='static'), "
+                         f"not {cfgs[0].shapes!r}")
     if os.environ.get("CDLIB_DETERMINISTIC", "") not in ("", "0"):    # GPU runs that a later window can repeat
         torch.use_deterministic_algorithms(True, warn_only=True)
     positives = data.UserItems(ds.train, dev)
@@ -382,16 +471,14 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
             m.model.train()
             perms.append(torch.randperm(ds.n_users, generator=m.gen, device=dev))
         n_batches = 0
-        for s in range(0, ds.n_users, c0.batch_size):
-            batches = _batches(active, positives, [perm[s:s + c0.batch_size] for perm in perms])
-            loss = None
-            for g, (m, b, z) in enumerate(zip(active, batches, stack.logits(batches))):
-                n_cf = len(b["labels"])
-                term = losses.cf_loss(z[:n_cf], b["labels"])
-                if b["extra"] is not None:
-                    term = term + m.method.loss(b["users"], b["extra"], z[n_cf:].view_as(b["extra"]))
-                totals[g] += term.detach()
-                loss = term if loss is None else loss + term
+        capacities = _capacities(perms, positives, c0.batch_size) if c0.shapes == "static" else None
+        for step, s in enumerate(range(0, ds.n_users, c0.batch_size)):
+            users = [perm[s:s + c0.batch_size] for perm in perms]
+            batches = (_batches(active, positives, users) if capacities is None
+                       else _static_batches(active, positives, users, capacities[step]))
+            loss, terms = stack.loss(batches)
+            for total, term in zip(totals, terms):
+                total += term
             stack.opt.zero_grad(set_to_none=True)
             loss.backward()
             stack.opt.step()

@@ -184,6 +184,18 @@ def test_user_items_pairs_and_contains(ml100k):
     assert not ui.contains(torch.arange(4), torch.from_numpy(ml100k.test_item[users.numpy()]), users).any()
 
 
+def test_padded_pairs_are_the_pairs_in_fixed_slots(ml100k):
+    import torch
+    ui = data.UserItems(ml100k.train)
+    users = torch.tensor([5, 0, 942, 5])
+    rows, items = ui.pairs(users)
+    for extra in (0, 1, 57):
+        pr, pi, valid = ui.padded_pairs(users, len(rows) + extra)
+        assert len(pr) == len(rows) + extra and valid.sum() == len(rows) and valid[:len(rows)].all()
+        assert torch.equal(pr[valid], rows) and torch.equal(pi[valid], items)
+        assert torch.equal(ui.dense(users, pairs=(pr, pi, valid)), ui.dense(users))     # the padding adds nothing
+
+
 # ----------------------------------------------------------------------------- a user's own files
 
 def _table(n_users=150, n_items=300, per_user=8, string_ids=True):

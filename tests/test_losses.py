@@ -14,6 +14,9 @@ def test_cf_loss_is_mean_binary_cross_entropy():
     z, y = [0.3, -1.2, 2.0], [1.0, 0.0, 0.0]
     want = -sum(yi * math.log(sig(zi)) + (1 - yi) * math.log(1 - sig(zi)) for zi, yi in zip(z, y)) / 3
     assert abs(losses.cf_loss(torch.tensor(z), torch.tensor(y)).item() - want) < 1e-6
+    padded = losses.cf_loss(torch.tensor(z + [5.0, -3.0]), torch.tensor(y + [1.0, 0.0]),
+                            torch.tensor([1.0, 1, 1, 0, 0]))          # the padding's weight 0: the same mean
+    assert abs(padded.item() - want) < 1e-6
 
 
 def test_cd_loss_uses_tempered_teacher_soft_labels():

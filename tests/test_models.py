@@ -25,7 +25,8 @@ def test_scoring_paths_agree(ml100k, backbone, size):
         chunked = m.score_all(users, max_elems=2 * ml100k.n_items * size)
         assert torch.allclose(chunked, full, atol=1e-6)
     assert m.score_all(users[:0]).shape == (0, ml100k.n_items)  # an empty batch scores nothing
-    assert torch.allclose(m.scorer()(users, items), full.gather(1, items), atol=1e-5)  # a CD teacher's soft labels
+    for static in (False, True):                    # a CD teacher's soft labels
+        assert torch.allclose(m.scorer(static=static)(users, items), full.gather(1, items), atol=1e-5)
 
 
 def test_parameter_counts(ml100k):

@@ -51,6 +51,40 @@ def test_group_negatives_are_each_members_negatives_alone(setup):
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(group_gens, alone_gens))
 
 
+def test_inverse_missing_is_uniform_over_each_users_missing_items(setup):
+    """The fixed-shape sampler: never a positive, every missing item, equally often (chi-square), for
+    users with few and with many positives, padding or not."""
+    ds, pos, _ = setup
+    deg = np.diff(ds.train.indptr)
+    users = torch.tensor([int(deg.argmin()), int(deg.argmax()), 7])
+    n = 200 * ds.n_items
+    rows = torch.arange(3).repeat_interleave(n)
+    for extra in (0, 100):
+        pairs = pos.padded_pairs(users, int(deg[users.numpy()].sum()) + extra)
+        items = samplers.inverse_missing(pos, users, rows, pairs, torch.Generator().manual_seed(extra))
+        assert not pos.contains(rows, items, users).any()
+        for r, u in enumerate(users.tolist()):
+            counts = np.bincount(items[rows == r].numpy(), minlength=ds.n_items)
+            missing = np.setdiff1d(np.arange(ds.n_items), ds.train[u].indices)
+            assert (counts[ds.train[u].indices] == 0).all() and (counts[missing] > 0).all()
+            assert stats.chisquare(counts[missing]).pvalue > 1e-3
+
+
+def test_the_static_step_needs_no_value_from_the_device(setup):
+    """On the meta device tensors have shapes and no values: the fixed-shape samplers run there, so
+    none of them waits for a value (a GPU would stop for it); the dynamic ones cannot."""
+    ds, pos, _ = setup
+    meta = data.UserItems(ds.train, "meta")
+    users = torch.randperm(ds.n_users)[:64].to("meta")
+    g = torch.Generator().manual_seed(0)
+    pairs = meta.padded_pairs(users, 7000)
+    assert samplers.inverse_missing(meta, users, pairs[0].repeat_interleave(4), pairs, g).shape == (28000,)
+    assert samplers.uniform_items(meta, users, 100, g, pairs).shape == (64, 100)
+    assert samplers.uniform_missing(meta, users, 10, g, pairs).shape == (64, 10)
+    with pytest.raises(RuntimeError, match="meta"):
+        samplers.uniform_negatives(meta, users, 4, g)
+
+
 def test_top_missing_is_the_guides_ranking(setup):
     ds, pos, guide = setup
     top = samplers.top_missing(guide, pos, 20, batch_size=100)

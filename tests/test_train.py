@@ -1,6 +1,7 @@
 """Training: deterministic on the CPU, resumable from records, atomic, every method runs."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -59,11 +60,21 @@ def test_canonical_config_ignores_unused_parameters():
         train.Config(method="kd").canonical()
 
 
+def test_static_shapes_are_the_gpu_default_and_leave_the_cpu_records_keys_alone():
+    assert train.Config(device="cpu").canonical().shapes == "dynamic"
+    assert train.Config(device="cuda").canonical().shapes == "static"
+    rec = runs.read_record("3fca3a2d44bff765")              # recorded before Config.shapes existed
+    assert "shapes" not in rec["config"] and train.Config(**rec["config"]).key() == rec["key"]
+    static = train.Config(**dict(rec["config"], shapes="static"))
+    assert static.key() != rec["key"] and static.teacher().shapes == "static"
+
+
 def test_bad_epoch_rules_and_names_are_refused_before_training():
     with pytest.raises(ValueError, match=r"epoch cap \(epochs=10\) is below min_epochs=50"):
         train.Config(epochs=10).canonical()
     for kw, name in ((dict(method="rd", rd_rank="guess"), "rd_rank"), (dict(method="cd", guide="both"), "guide"),
-                     (dict(method="cd", sampling="all"), "sampling"), (dict(valid_negatives="mine"), "valid_negatives")):
+                     (dict(method="cd", sampling="all"), "sampling"), (dict(valid_negatives="mine"), "valid_negatives"),
+                     (dict(shapes="fixed"), "shapes")):
         with pytest.raises(ValueError, match=name):
             train.Config(**kw).canonical()
 
@@ -227,7 +238,9 @@ def test_first_epochs_retrains_a_student_with_each_teacher_seed_and_its_plain_tw
 
 
 @pytest.mark.parametrize("backbone,method,extra", [("cdae", "cd", {"guide": "student"}), ("neumf", "rd", {}),
-                                                   ("cdae", "none", {})])
+                                                   ("cdae", "none", {}),
+                                                   ("cdae", "cd", {"sampling": "uniform", "shapes": "static"}),
+                                                   ("neumf", "rd", {"rd_warmup": 2, "shapes": "static"})])
 def test_a_member_of_a_group_trains_as_it_would_alone(results, backbone, method, extra):
     base = dict(TINY, epochs=6, patience=6, min_epochs=1)
     cfgs = [train.Config(backbone=backbone, size=4, method=method, teacher_size=8, seed=s,
@@ -316,3 +329,22 @@ def test_device_cuda_without_cuda_is_refused_before_training(results):
     with pytest.raises(ValueError, match="no CUDA device"):
         train.run(train.Config(backbone="cdae", size=4, **dict(TINY, device="cuda")), results, progress=False)
     assert not (results / "runs").exists()
+
+
+def test_a_compiled_static_step_trains_as_the_eager_one(results, monkeypatch):
+    """CDLIB_COMPILE compiles the step's forward pass and loss as one graph (fullgraph: a host wait would
+    fail to compile): the same losses as eager, for a plain and a CD student; refused for dynamic shapes."""
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    base = dict(TINY, epochs=2, min_epochs=2, patience=2, shapes="static")
+    cfgs = [train.Config(backbone="cdae", size=4, **base).canonical(),
+            train.Config(backbone="cdae", size=4, method="cd", teacher_size=8, **base).canonical()]
+    ds = train.dataset_for(cfgs[0])
+    teacher = train.load_teacher(cfgs[1], results, progress=False)[0]
+    eager = [train.fit(c, ds, t, progress=False) for c, t in zip(cfgs, (None, teacher))]
+    monkeypatch.setenv("CDLIB_COMPILE", "default")
+    compiled = [train.fit(c, ds, t, progress=False) for c, t in zip(cfgs, (None, teacher))]
+    for a, b in zip(eager, compiled):
+        assert [x["loss"] for x in a["curve"]] == pytest.approx([x["loss"] for x in b["curve"]], abs=1e-5)
+    with pytest.raises(ValueError, match="static shapes"):
+        train.fit(dataclasses.replace(cfgs[0], shapes="dynamic"), ds, progress=False)

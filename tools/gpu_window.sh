@@ -10,14 +10,17 @@
 # OUT/window.log          everything printed
 # OUT/check.json          one small run on the CPU and on the device (first-epoch losses), the same device run
 #                         twice (is it deterministic?), and 3 runs trained as a group against the same runs alone
-# OUT/bench_<d>_<dev>.json  python -m cdlib.bench (seconds per epoch, FLOP/s, groups of 1/5/15)
+# OUT/bench_<d>_<dev>.json  python -m cdlib.bench (seconds per epoch, FLOP/s, groups of 1/5/15), the device's
+#                         default step (static shapes on CUDA: train.Config.shapes), eager
+# OUT/bench_<d>_<dev>_compiled.json  the same single-run epochs with the step torch.compile'd
+#                         (--compile $COMPILE_MODE, default reduce-overhead: CUDA graphs), to pick the faster
 # OUT/records.tar.gz      the run records this window added (results/runs/<key>.json)
 # OUT/new_records.txt     their names
 # OUT/logs.tar.gz         the reproduction's job logs
 # The reproduction runs without Jupyter (reproduce --no-notebooks: the GPU machine has PyTorch, not
 # papermill), reads the records of results/runs (a recorded run is not trained again) and starts no run
 # after the time limit; `timeout` ends it SECONDS after the window began whatever happens (an interrupted
-# run leaves no record). Resume: `tar -xzf records.tar.gz -C results/runs`, commit, run the window again.
+# run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set. Resume: `tar -xzf records.tar.gz -C results/runs`, commit, run the window again.
 # Teachers' weights stay on the GPU machine: a student whose teacher was recorded in an earlier window
 # retrains that teacher, which must reproduce its record (check.json says whether the device is
 # deterministic; CDLIB_DETERMINISTIC=1, set here, asks PyTorch for deterministic algorithms).
@@ -69,7 +72,8 @@ timeout 240 $PY - "$OUT/check.json" "$DEV" <<'PY'
 import json, sys
 from cdlib import train
 dev, out = sys.argv[2], {}
-small = dict(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3, subset_users=300)
+small = dict(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3, subset_users=300,
+             shapes="static")       # the GPU's step on both devices: only the hardware (and its random streams) differ
 
 def curve(device):
     cfg = train.Config(**small, device=device).canonical()
@@ -93,6 +97,9 @@ PY
 BENCH=${BENCH_DATASET:-ml-1m}
 echo "== benchmark on $BENCH ($(left) s left)"
 timeout $(( $(left) / 4 )) $PY -m cdlib.bench --dataset "$BENCH" --device "$DEV" --rounds 1 --out "$OUT/bench_${BENCH}_${DEV}.json"
+echo "== benchmark, compiled step ($(left) s left)"
+timeout $(( $(left) / 6 )) $PY -m cdlib.bench --dataset "$BENCH" --device "$DEV" --shapes static --groups '' \
+    --compile "${COMPILE_MODE:-reduce-overhead}" --out "$OUT/bench_${BENCH}_${DEV}_compiled.json"
 
 echo "== reproduction on $DEV ($(left) s left)"
 RES="$WORK/results"
