@@ -29,21 +29,23 @@ def cd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def rd_weights(k: int, rd_lambda: float, student_rank: torch.Tensor | None = None,
-               rd_mu: float = 0.1, renormalize: bool = False) -> torch.Tensor:
+               rd_mu: float = 0.1, renormalize: bool = False, device=None) -> torch.Tensor:
     """Ranking Distillation weights (Tang & Wang, KDD 2018, Eq. 8-9; METHOD.md "RD"):
     w_r = w^pos_r x w^dyn_r, w^pos_r = exp(-r / rd_lambda) / sum_r' exp(-r' / rd_lambda) (normalised
     once), w^dyn_r = tanh(max(rd_mu (r^_S(pi_r) - r), 0)).
     student_rank: [B x k] student ranks of the teacher's top-k items (1 = top); None = w^pos only
     (before the warm-up ends). As in the authors' code (`_weight_renormalize = False`) the product
     is not renormalised per user; renormalize=True divides it by its per-user sum (a variant).
-    Returns [B x k] (or [1 x k])."""
-    r = torch.arange(1, k + 1, dtype=torch.float32)
+    Returns [B x k] (or [1 x k]), on `device` (default: student_rank's), built there: a copy from the
+    host would make a GPU step wait."""
+    if device is None and student_rank is not None:
+        device = student_rank.device
+    r = torch.arange(1, k + 1, dtype=torch.float32, device=device)
     w = torch.exp(-r / rd_lambda)[None]
     w = w / w.sum()
     if student_rank is None:
         return w
-    r = r.to(student_rank.device)
-    w = w.to(student_rank.device) * torch.tanh(torch.clamp(rd_mu * (student_rank.float() - r), min=0))
+    w = w * torch.tanh(torch.clamp(rd_mu * (student_rank.float() - r), min=0))
     return w / w.sum(-1, keepdim=True).clamp_min(1e-12) if renormalize else w
 
 

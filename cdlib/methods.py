@@ -70,7 +70,7 @@ class RD(NoKD):
         if self.dynamic:
             rank = (losses.rd_sampled_rank(logits[:, :k].detach(), logits[:, k:].detach(), self.positives.shape[1])
                     if c.rd_rank == "sampled" else self.ranks[users])
-        w = losses.rd_weights(k, c.rd_lambda, rank, c.rd_mu, c.rd_renorm).to(logits.device)
+        w = losses.rd_weights(k, c.rd_lambda, rank, c.rd_mu, c.rd_renorm, logits.device)
         return c.lambda_rd * losses.rd_loss(logits[:, :k], w)
 
 

@@ -472,6 +472,9 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
             perms.append(torch.randperm(ds.n_users, generator=m.gen, device=dev))
         n_batches = 0
         capacities = _capacities(perms, positives, c0.batch_size) if c0.shapes == "static" else None
+        debug = os.environ.get("CDLIB_SYNC_DEBUG") if dev.type == "cuda" else None
+        if debug:   # "warn" or "error" at every wait of the host on the GPU inside the epoch's steps
+            torch.cuda.set_sync_debug_mode(debug)
         for step, s in enumerate(range(0, ds.n_users, c0.batch_size)):
             users = [perm[s:s + c0.batch_size] for perm in perms]
             batches = (_batches(active, positives, users) if capacities is None
@@ -483,6 +486,8 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
             loss.backward()
             stack.opt.step()
             n_batches += 1
+        if debug:
+            torch.cuda.set_sync_debug_mode(0)
         seconds = time.perf_counter() - t0
         for m, total in zip(active, totals):
             _end_epoch(m, epoch, total.item() / n_batches, seconds, ds, popularity, track_test)

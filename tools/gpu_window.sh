@@ -9,7 +9,8 @@
 #
 # OUT/window.log          everything printed
 # OUT/check.json          one small run on the CPU and on the device (first-epoch losses), the same device run
-#                         twice (is it deterministic?), and 3 runs trained as a group against the same runs alone
+#                         twice (is it deterministic?), 3 runs trained as a group against the same runs alone, and
+#                         the host's waits on the GPU in one epoch of each kind of step (none expected when static)
 # OUT/bench_<d>_<dev>.json  python -m cdlib.bench (seconds per epoch, FLOP/s, groups of 1/5/15), the device's
 #                         default step (static shapes on CUDA: train.Config.shapes), eager
 # OUT/bench_<d>_<dev>_compiled.json  the same single-run epochs with the step torch.compile'd
@@ -90,6 +91,25 @@ teacher = train.fit(cfgs[0].teacher(), ds, progress=False)["model"].eval()
 alone = [train.fit(c, ds, teacher, progress=False)["curve"] for c in cfgs]
 group = [o["curve"] for o in train.fit_group(cfgs, ds, [teacher] * 3, progress=False)]
 out["group_max_loss_difference"] = max(abs(a["loss"] - b["loss"]) for x, y in zip(alone, group) for a, b in zip(x, y))
+open(sys.argv[1], "w").write(json.dumps(out, indent=1))
+# the host's waits on the device inside one epoch's steps (torch.cuda.set_sync_debug_mode, CDLIB_SYNC_DEBUG):
+# none are expected with static shapes
+if dev == "cuda":
+    import os, warnings
+    os.environ["CDLIB_SYNC_DEBUG"] = "warn"
+    waits = {}
+    for shapes in ("dynamic", "static"):
+        for what, kw in (("CDAE none", {}), ("CDAE CD student-guided", dict(method="cd", guide="student")),
+                         ("CDAE CD uniform", dict(method="cd", sampling="uniform")),
+                         ("NeuMF RD", dict(backbone="neumf", size=8, method="rd", rd_warmup=0))):
+            cfg = train.Config(**{**small, "epochs": 1, "min_epochs": 1, "shapes": shapes, **kw}, device=dev).canonical()
+            t = train.fit(cfg.teacher(), ds, progress=False)["model"].eval() if cfg.method != "none" else None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train.fit(cfg, ds, t, progress=False)
+            waits[f"{what}, {shapes}"] = sum("synchroniz" in str(w.message) for w in caught)
+    os.environ.pop("CDLIB_SYNC_DEBUG")
+    out["host_waits_in_one_epoch"] = waits
 print(json.dumps(out, indent=1))
 open(sys.argv[1], "w").write(json.dumps(out, indent=1))
 PY
