@@ -348,3 +348,36 @@ def test_a_compiled_static_step_trains_as_the_eager_one(results, monkeypatch):
         assert [x["loss"] for x in a["curve"]] == pytest.approx([x["loss"] for x in b["curve"]], abs=1e-5)
     with pytest.raises(ValueError, match="static shapes"):
         train.fit(dataclasses.replace(cfgs[0], shapes="dynamic"), ds, progress=False)
+
+
+@pytest.mark.parametrize("backbone,method,extra", [("cdae", "none", {}), ("neumf", "none", {}),
+                                                   ("cdae", "cd", {"guide": "student"}),
+                                                   ("cdae", "cd", {"sampling": "uniform"}),
+                                                   ("neumf", "rd", {"rd_warmup": 0})])
+def test_a_static_step_reads_no_value_from_the_device(backbone, method, extra):
+    """A whole static step (batch, inputs, method items, forward, loss, backward) runs on the meta device,
+    whose tensors have shapes and no values: nothing in it waits for a value from a GPU. (The teacher's
+    soft labels are a stand-in here; `test_scoring_paths_agree` checks the static scorer.)"""
+    meta = torch.device("meta")
+    cfg = train.Config(backbone=backbone, size=4, method=method, shapes="static", **dict(TINY, subset_users=None),
+                       **extra).canonical()
+    ds = train.dataset_for(cfg)
+    positives = data.UserItems(ds.train)
+    teacher = train.build_model(dataclasses.replace(cfg, size=8), ds).eval() if method != "none" else None
+    unit = methods.build(cfg, positives, teacher)
+    unit.start_epoch(0, train.build_model(cfg, ds))            # per-epoch work may read values; a step may not
+    for owner in (unit, *([unit.sampler] if method == "cd" else [])):   # then the method's state onto meta
+        for name, v in list(vars(owner).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(owner, name, v.to(meta))
+            if isinstance(v, data.UserItems):
+                setattr(owner, name, data.UserItems(ds.train, meta))
+    if method == "cd":
+        unit.teacher_score = lambda users, items: torch.zeros(items.shape, device=meta)
+    model = train.build_model(cfg, ds, meta)
+    member = train.Member(cfg, model, unit, torch.Generator().manual_seed(0), torch.get_rng_state())
+    users = torch.randperm(ds.n_users)[:cfg.batch_size].to(meta)
+    batches = train._static_batches([member], data.UserItems(ds.train, meta), [users], [4000])
+    loss, _ = train.Stack([member]).loss(batches)
+    loss.backward()
+    assert loss.device == meta and all(p.grad is not None for p in model.parameters() if p.requires_grad)
