@@ -299,15 +299,19 @@ def _static_batches(members: list[Member], positives, users: list[torch.Tensor],
     `capacities` slots (`padded_pairs`), `n_neg` negatives per slot by `inverse_missing`, the padding
     weighted 0 in the loss. Every shape follows from len(users), the capacities and the configuration,
     so the step never waits on the device; each member draws from its own streams, so its batch is the
-    one it would have alone."""
+    one it would have alone. The CF pairs of every member are then padded to the group's longest, so
+    that a member's shapes follow the group's and not each member's own (a compiled step would
+    otherwise meet a new combination of shapes, and compile again, at almost every step)."""
     dev = users[0].device
+    width = max(c * (1 + m.cfg.n_neg) for m, c in zip(members, capacities))
     out = []
     for m, u, capacity in zip(members, users, capacities):
         pairs = positives.padded_pairs(u, capacity)
         rows, items, valid = pairs
         neg_rows = rows.repeat_interleave(m.cfg.n_neg)
         neg_items = inverse_missing(positives, u, neg_rows, pairs, m.gen)
-        all_rows, all_items = [rows, neg_rows], [items, neg_items]
+        fill = rows.new_zeros(width - capacity * (1 + m.cfg.n_neg))
+        all_rows, all_items = [rows, neg_rows, fill], [items, neg_items, fill]
         extra = m.method.batch_items(u, m.gen, pairs)
         if extra is not None:
             all_rows.append(torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1]))
@@ -315,8 +319,8 @@ def _static_batches(members: list[Member], positives, users: list[torch.Tensor],
         _set_rng_state(m.rng, dev)
         x = m.model.batch_inputs(u, pairs)
         m.rng = _rng_state(dev)
-        labels = torch.cat([torch.ones(capacity, device=dev), torch.zeros(len(neg_rows), device=dev)])
-        weight = torch.cat([valid, valid.repeat_interleave(m.cfg.n_neg)]).float()
+        labels = torch.cat([torch.ones(capacity, device=dev), torch.zeros(width - capacity, device=dev)])
+        weight = torch.cat([valid, valid.repeat_interleave(m.cfg.n_neg), fill.bool()]).float()
         out.append({"users": u, "rows": torch.cat(all_rows), "items": torch.cat(all_items), "x": x,
                     "labels": labels, "weight": weight, "extra": extra})
     return out

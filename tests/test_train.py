@@ -346,6 +346,15 @@ def test_a_compiled_static_step_trains_as_the_eager_one(results, monkeypatch):
     compiled = [train.fit(c, ds, t, progress=False) for c, t in zip(cfgs, (None, teacher))]
     for a, b in zip(eager, compiled):
         assert [x["loss"] for x in a["curve"]] == pytest.approx([x["loss"] for x in b["curve"]], abs=1e-5)
+    # a group (two plain members, two with CD's items): every member's shapes follow the group's, so the
+    # step compiles a few times (4 graphs here; 9 when each member kept its own shapes), not at every step
+    from torch._dynamo.utils import counters
+    before = counters["stats"]["unique_graphs"]
+    group = train.fit_group(cfgs + [dataclasses.replace(c, seed=1) for c in cfgs], ds, [None, teacher] * 2,
+                            progress=False)
+    assert 0 < counters["stats"]["unique_graphs"] - before <= 4
+    for a, b in zip(eager, group):
+        assert [x["loss"] for x in a["curve"]] == pytest.approx([x["loss"] for x in b["curve"]], abs=1e-4)
     with pytest.raises(ValueError, match="static shapes"):
         train.fit(dataclasses.replace(cfgs[0], shapes="dynamic"), ds, progress=False)
 
