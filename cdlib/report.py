@@ -347,9 +347,10 @@ def device_estimate(bench_record: dict, results=None) -> dict:
 
 def device_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     """CPU against GPU: every configuration recorded on both kinds of device (records whose configurations
-    differ only in `device` and in `shapes`, each device's default step), per dataset, backbone, size and method the mean test `metric` (sampled) of
-    each device over the seeds recorded on both, the paired difference (GPU - CPU) with its standard
-    deviation over seeds and a paired t-test. Empty while no configuration has records from both."""
+    differ only in `device` and in `shapes`, each device's default step), per dataset, backbone, size and
+    method the mean test `metric` (sampled) of each device over the seeds recorded on both, the paired
+    difference (GPU - CPU) with its standard deviation over seeds and a paired t-test. Empty while no
+    configuration has records from both."""
     from scipy import stats
     pairs: dict = {}
     for r in runs.all_records(results):

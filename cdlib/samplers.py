@@ -103,7 +103,7 @@ def inverse_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tenso
     slot = torch.arange(len(pair_rows), device=users.device)
     keys = torch.where(valid, pair_rows * n_items + pair_items - (slot - first[pair_rows]), len(users) * n_items)
     r = torch.randint(1 << 62, rows.shape, generator=generator, device=generator.device).to(users.device) \
-        % (n_items - count[rows])                                  # bias below 2^-40: none measurable
+        % (n_items - count[rows])                                  # modulo bias below 2^-45
     return r + torch.searchsorted(keys, rows * n_items + r, right=True) - first[rows]
 
 
@@ -112,8 +112,7 @@ def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tenso
     `padded_pairs`, if known."""
     rows, items, *valid = positives.pairs(users) if pairs is None else pairs
     if valid:       # padding adds 0
-        scores.index_put_((rows, items), torch.zeros_like(scores[rows, items]).masked_fill(valid[0], -math.inf),
-                          accumulate=True)
+        scores.index_put_((rows, items), torch.where(valid[0], -math.inf, 0.0).to(scores.dtype), accumulate=True)
     else:
         scores[rows, items] = -math.inf
     return scores

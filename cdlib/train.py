@@ -400,8 +400,9 @@ class Stack:
 
     def loss(self, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The group's loss, the sum of its members' L_CF + method term, and each member's (detached).
-        Under CDLIB_COMPILE=<mode> (static shapes only) a torch.compile'd function, one graph per
-        distinct shape (`_capacities`)."""
+        Under CDLIB_COMPILE=<mode> (static shapes only) a torch.compile'd function: a few graphs, as
+        Dynamo leaves a shape symbolic once it has changed (reduce-overhead records a CUDA graph per
+        distinct shape, of which `_capacities` makes few)."""
         return self._loss(batches)
 
     def _eager_loss(self, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
