@@ -349,32 +349,51 @@ def device_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     """CPU against GPU: every configuration recorded on both kinds of device (records whose configurations
     differ only in `device` and in `shapes`, each device's default step), per dataset, backbone, size and
     method the mean test `metric` (sampled) of each device over the seeds recorded on both, the paired
-    difference (GPU - CPU) with its standard deviation over seeds and a paired t-test. Empty while no
-    configuration has records from both."""
+    difference (GPU - CPU) with its standard deviation over seeds and a paired t-test, and the GPU's name.
+    Empty while no configuration has records from both."""
+    out = _paired(results, metric, lambda r: runs.device_kind(r["provenance"]["device"]), ("device", "shapes"),
+                  {"cpu": "CPU", "cuda": "GPU"})
+    if not out.empty:
+        out.insert(5, "gpu", out.pop("_b_device"))
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")])
+
+
+def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
+    """The dynamic step against the static one (`train.Config.shapes`: other random draws from the same
+    distributions) on one device: every configuration recorded with both, as `device_agreement`."""
+    out = _paired(results, metric, lambda r: r["config"].get("shapes") or "dynamic", ("shapes",),
+                  {"dynamic": "dynamic", "static": "static"})
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")])
+
+
+def _paired(results, metric: str, side, drop: tuple, names: dict) -> pd.DataFrame:
+    """Records grouped by their configuration less the fields `drop`, each named by side(record); for
+    the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
+    dataset, backbone, size and method: the seeds, the mean test `metric` (sampled) of each side, the
+    paired difference B - A, its standard deviation and a paired t-test (p), and B's device (_b_device)."""
     from scipy import stats
+    (a, label_a), (b, label_b) = names.items()
     pairs: dict = {}
     for r in runs.all_records(results):
-        c = dict(r["config"])
-        kind = runs.device_kind(r["provenance"]["device"])
-        c.pop("device", None), c.pop("shapes", None)
-        pairs.setdefault(runs.config_key(c), {})[kind] = r
+        c = {k: v for k, v in r["config"].items() if k not in drop}
+        pairs.setdefault(runs.config_key(c), {})[side(r)] = r
     rows = []
     for both in pairs.values():
-        if {"cpu", "cuda"} <= set(both):
-            c = both["cpu"]["config"]
+        if {a, b} <= set(both):
+            c = both[a]["config"]
             rows.append({"dataset": c["dataset"], "backbone": c["backbone"], "size": c["size"], "method": c["method"],
-                         "seed": c["seed"], "cpu": both["cpu"]["test_sampled"][metric],
-                         "cuda": both["cuda"]["test_sampled"][metric], "gpu": both["cuda"]["provenance"]["device"]})
+                         "seed": c["seed"], "a": both[a]["test_sampled"][metric], "b": both[b]["test_sampled"][metric],
+                         "_b_device": both[b]["provenance"]["device"]})
     if not rows:
         return pd.DataFrame()
-    df = pd.DataFrame(rows)
     out = []
-    for key, g in df.groupby(["dataset", "backbone", "size", "method"], sort=False):
-        d = g.cuda - g.cpu
-        p = stats.ttest_rel(g.cuda, g.cpu).pvalue if len(g) > 1 and d.std() > 0 else np.nan
-        out.append(dict(zip(["dataset", "backbone", "size", "method"], key), seeds=len(g), gpu=g.gpu.iloc[0],
-                        **{f"CPU {metric}": g.cpu.mean(), f"GPU {metric}": g.cuda.mean(), "GPU - CPU": d.mean(),
-                           "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan, "p (paired t)": p}))
+    for key, g in pd.DataFrame(rows).groupby(["dataset", "backbone", "size", "method"], sort=False):
+        d = g.b - g.a
+        p = stats.ttest_rel(g.b, g.a).pvalue if len(g) > 1 and d.std() > 0 else np.nan
+        out.append(dict(zip(["dataset", "backbone", "size", "method"], key), seeds=len(g),
+                        **{f"{label_a} {metric}": g.a.mean(), f"{label_b} {metric}": g.b.mean(),
+                           f"{label_b} - {label_a}": d.mean(), "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan,
+                           "p (paired t)": p, "_b_device": g._b_device.iloc[0]}))
     return pd.DataFrame(out)
 
 
