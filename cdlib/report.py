@@ -641,6 +641,13 @@ def readme_section(results=None) -> str:
                           f"runs, {est['epochs']:,.0f} epochs, recorded or estimated as above) would take "
                           f"**{est['hours']:.0f} h** of training epochs one run at a time at that bench's seconds per "
                           "epoch, scaled by the steps per epoch (`report.device_estimate`, validation left out).", ""]
+    steps = shapes_agreement(results)
+    if not steps.empty:
+        parts += ["### The GPU's static step against the CPU's dynamic one", "",
+                  "Configurations trained with both steps on one device (`train.Config.shapes`: the static step, "
+                  "the default on a GPU, draws other numbers from the same distributions); test NDCG@10 (sampled), "
+                  "paired over seeds (`report.shapes_agreement`, notebook 09).", "",
+                  _md(steps.round(4)), ""]
     bad = violations(results)
     parts += ["### Runs that break the fair protocol", "",
               "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "

@@ -341,3 +341,21 @@ def test_device_agreement_pairs_records_that_differ_only_in_device(tmp_path):
     assert len(t) == 1 and t.seeds.iloc[0] == 2 and t.gpu.iloc[0] == "NVIDIA H200"      # seed 2 has no GPU twin
     assert np.isclose(t["GPU - CPU"].iloc[0], (0.02 + 0.01) / 2)
     assert np.isclose(t["CPU NDCG@10"].iloc[0], 0.32) and np.isclose(t["GPU NDCG@10"].iloc[0], 0.335)
+
+
+def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
+    from cdlib import runs
+    assert report.shapes_agreement(tmp_path).empty
+    for seed, dynamic, static in ((0, 0.30, 0.29), (1, 0.34, 0.36), (2, None, 0.31)):
+        for shapes, value in (("dynamic", dynamic), ("static", static)):
+            if value is None:
+                continue
+            cfg = {"dataset": "a", "backbone": "cdae", "size": 20, "method": "cd", "seed": seed, "device": "cpu",
+                   **({"shapes": "static"} if shapes == "static" else {})}     # dynamic records predate the field
+            runs.write_record({"key": f"{shapes}{seed}", "config": cfg, "test_sampled": {"NDCG@10": value},
+                               "provenance": {"device": "cpu: x, 1 threads"}}, tmp_path)
+    t = report.shapes_agreement(tmp_path)
+    assert len(t) == 1 and t.seeds.iloc[0] == 2                        # seed 2 has no dynamic twin
+    assert np.isclose(t["static - dynamic"].iloc[0], (-0.01 + 0.02) / 2)
+    assert np.isclose(t["dynamic NDCG@10"].iloc[0], 0.32) and np.isclose(t["static NDCG@10"].iloc[0], 0.325)
+    assert report.device_agreement(tmp_path).empty                     # one device: no CPU-GPU pair

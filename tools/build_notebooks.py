@@ -328,6 +328,13 @@ if write_tables:
         md("## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"),
         code('''bad = report.violations(results_dir)
 print(bad.to_string(index=False) if not bad.empty else "none")''', "nbval-check-output"),
+        md("""## The static step against the dynamic one (one device; test NDCG@10, paired over seeds)
+The GPU trains with static shapes (`train.Config.shapes`): inverse-transform negatives and padded
+batches, the same distributions as the CPU's dynamic step with other draws. Configurations recorded
+with both steps show whether that changes the results."""),
+        code('''steps = report.shapes_agreement(results_dir)
+print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")''',
+             "nbval-check-output"),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
         code('''agree = report.device_agreement(results_dir)
 print(agree.round(4).to_string(index=False) if not agree.empty else "no configuration is recorded on both a CPU and a GPU yet")''',
