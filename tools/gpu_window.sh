@@ -21,7 +21,8 @@
 # The reproduction runs without Jupyter (reproduce --no-notebooks: the GPU machine has PyTorch, not
 # papermill), reads the records of results/runs (a recorded run is not trained again) and starts no run
 # after the time limit; `timeout` ends it SECONDS after the window began whatever happens (an interrupted
-# run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set. Resume: `tar -xzf records.tar.gz -C results/runs`, commit, run the window again.
+# run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set. Resume: `tar -xzf records.tar.gz
+# -C results/runs`, commit, run the window again.
 # Teachers' weights stay on the GPU machine: a student whose teacher was recorded in an earlier window
 # retrains that teacher, which must reproduce its record (check.json says whether the device is
 # deterministic; CDLIB_DETERMINISTIC=1, set here, asks PyTorch for deterministic algorithms).
