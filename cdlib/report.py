@@ -647,7 +647,7 @@ def readme_section(results=None) -> str:
                   "Configurations trained with both steps on one device (`train.Config.shapes`: the static step, "
                   "the default on a GPU, draws other numbers from the same distributions); test NDCG@10 (sampled), "
                   "paired over seeds (`report.shapes_agreement`, notebook 09).", "",
-                  _md(steps.round(4)), ""]
+                  _md(steps.round(4).replace(-0.0, 0.0)), ""]
     bad = violations(results)
     parts += ["### Runs that break the fair protocol", "",
               "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "
