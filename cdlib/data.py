@@ -690,6 +690,17 @@ def statistics(datasets) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("dataset")
 
 
+def put_pairs(out: torch.Tensor, pairs, values) -> torch.Tensor:
+    """out[rows, items] = values (in place) for `UserItems.pairs`; for `padded_pairs` (rows, items, valid)
+    the padding, whose slots may repeat a real pair, adds 0 to a zero tensor instead."""
+    rows, items, *valid = pairs
+    if valid:
+        out.index_put_((rows, items), torch.where(valid[0], values, 0).to(out.dtype), accumulate=True)
+    else:
+        out[rows, items] = values
+    return out
+
+
 class UserItems:
     """A user x item CSR matrix as torch tensors on a device, for vectorised look-ups of the
     items of a batch of users (no per-user Python loop, no trip through scipy)."""
@@ -723,13 +734,8 @@ class UserItems:
     def dense(self, users: torch.Tensor, dtype=torch.float32, pairs=None) -> torch.Tensor:
         """The rows of `users` as a dense [B x items] 0/1 matrix (`pairs`: their `pairs` or
         `padded_pairs`, if known)."""
-        rows, items, *valid = self.pairs(users) if pairs is None else pairs
         out = torch.zeros(len(users), self.shape[1], dtype=dtype, device=users.device)
-        if valid:
-            out.index_put_((rows, items), valid[0].to(dtype), accumulate=True)   # padding adds 0
-        else:
-            out[rows, items] = 1
-        return out
+        return put_pairs(out, self.pairs(users) if pairs is None else pairs, 1)
 
     def contains(self, rows: torch.Tensor, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """Whether (users[rows], items) is an entry, for flat rows/items, by binary search."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import UserItems
+from .data import UserItems, put_pairs
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -111,14 +111,10 @@ class CDAE(Recommender):
         Every entry is written, 0 where dropped: no data-dependent shape, so no wait on a GPU."""
         if not (self.training and self.corruption > 0):
             return self.inputs.dense(users, pairs=pairs)
-        rows, items, *valid = self.inputs.pairs(users) if pairs is None else pairs
-        keep = torch.rand(len(rows), device=rows.device) >= self.corruption
+        pairs = self.inputs.pairs(users) if pairs is None else pairs
+        keep = torch.rand(len(pairs[0]), device=users.device) >= self.corruption
         x = torch.zeros(len(users), self.inputs.shape[1], device=users.device)
-        if valid:       # padded pairs: the padding adds 0
-            x.index_put_((rows, items), (keep & valid[0]).float() * (1.0 / (1.0 - self.corruption)), accumulate=True)
-        else:
-            x[rows, items] = keep.float() * (1.0 / (1.0 - self.corruption))
-        return x
+        return put_pairs(x, pairs, keep.float() * (1.0 / (1.0 - self.corruption)))
 
     def batch_inputs(self, users: torch.Tensor, pairs=None) -> torch.Tensor:
         return self.rows(users, pairs)

@@ -351,26 +351,23 @@ def device_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     method the mean test `metric` (sampled) of each device over the seeds recorded on both, the paired
     difference (GPU - CPU) with its standard deviation over seeds and a paired t-test, and the GPU's name.
     Empty while no configuration has records from both."""
-    out = _paired(results, metric, lambda r: runs.device_kind(r["provenance"]["device"]), ("device", "shapes"),
-                  {"cpu": "CPU", "cuda": "GPU"})
-    if not out.empty:
-        out.insert(5, "gpu", out.pop("_b_device"))
-    return out.drop(columns=[c for c in out.columns if c.startswith("_")])
+    return _paired(results, metric, lambda r: runs.device_kind(r["provenance"]["device"]), ("device", "shapes"),
+                   {"cpu": "CPU", "cuda": "GPU"}, device_column="gpu")
 
 
 def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     """The dynamic step against the static one (`train.Config.shapes`: other random draws from the same
     distributions) on one device: every configuration recorded with both, as `device_agreement`."""
-    out = _paired(results, metric, lambda r: r["config"].get("shapes") or "dynamic", ("shapes",),
-                  {"dynamic": "dynamic", "static": "static"})
-    return out.drop(columns=[c for c in out.columns if c.startswith("_")])
+    return _paired(results, metric, lambda r: r["config"].get("shapes") or "dynamic", ("shapes",),
+                   {"dynamic": "dynamic", "static": "static"})
 
 
-def _paired(results, metric: str, side, drop: tuple, names: dict) -> pd.DataFrame:
+def _paired(results, metric: str, side, drop: tuple, names: dict, device_column: str | None = None) -> pd.DataFrame:
     """Records grouped by their configuration less the fields `drop`, each named by side(record); for
     the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
-    dataset, backbone, size and method: the seeds, the mean test `metric` (sampled) of each side, the
-    paired difference B - A, its standard deviation and a paired t-test (p), and B's device (_b_device)."""
+    dataset, backbone, size and method: the seeds, B's device (as `device_column`, if given), the mean
+    test `metric` (sampled) of each side, the paired difference B - A, its standard deviation and a
+    paired t-test (p)."""
     from scipy import stats
     (a, label_a), (b, label_b) = names.items()
     pairs: dict = {}
@@ -383,7 +380,7 @@ def _paired(results, metric: str, side, drop: tuple, names: dict) -> pd.DataFram
             c = both[a]["config"]
             rows.append({"dataset": c["dataset"], "backbone": c["backbone"], "size": c["size"], "method": c["method"],
                          "seed": c["seed"], "a": both[a]["test_sampled"][metric], "b": both[b]["test_sampled"][metric],
-                         "_b_device": both[b]["provenance"]["device"]})
+                         "b_device": both[b]["provenance"]["device"]})
     if not rows:
         return pd.DataFrame()
     out = []
@@ -391,9 +388,10 @@ def _paired(results, metric: str, side, drop: tuple, names: dict) -> pd.DataFram
         d = g.b - g.a
         p = stats.ttest_rel(g.b, g.a).pvalue if len(g) > 1 and d.std() > 0 else np.nan
         out.append(dict(zip(["dataset", "backbone", "size", "method"], key), seeds=len(g),
+                        **({device_column: g.b_device.iloc[0]} if device_column else {}),
                         **{f"{label_a} {metric}": g.a.mean(), f"{label_b} {metric}": g.b.mean(),
                            f"{label_b} - {label_a}": d.mean(), "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan,
-                           "p (paired t)": p, "_b_device": g._b_device.iloc[0]}))
+                           "p (paired t)": p}))
     return pd.DataFrame(out)
 
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from .data import UserItems
+from .data import UserItems, put_pairs
 
 SAMPLINGS = ("rank", "uniform", "topk")
 GUIDES = ("teacher", "student", "hybrid")
@@ -110,12 +110,7 @@ def inverse_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tenso
 def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor, pairs=None) -> torch.Tensor:
     """scores with each user's training positives set to -inf (in place); pairs: the users' `pairs` or
     `padded_pairs`, if known."""
-    rows, items, *valid = positives.pairs(users) if pairs is None else pairs
-    if valid:       # padding adds 0
-        scores.index_put_((rows, items), torch.where(valid[0], -math.inf, 0.0).to(scores.dtype), accumulate=True)
-    else:
-        scores[rows, items] = -math.inf
-    return scores
+    return put_pairs(scores, positives.pairs(users) if pairs is None else pairs, -math.inf)
 
 
 @torch.no_grad()

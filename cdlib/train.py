@@ -280,18 +280,25 @@ def _batches(members: list[Member], positives, users: list[torch.Tensor]) -> lis
                                                                  torch.split(pairs[0], sizes), torch.split(pairs[1], sizes)):
         pos_rows = pos_rows - start if start else pos_rows
         start += len(u)
-        rows, items = [pos_rows, neg_rows], [pos_items, neg_items]
-        extra = m.method.batch_items(u, m.gen)
-        if extra is not None:
-            rows.append(torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1]))
-            items.append(extra.reshape(-1))
-        _set_rng_state(m.rng, dev)
-        x = m.model.batch_inputs(u, (pos_rows, pos_items))
-        m.rng = _rng_state(dev)
         labels = torch.cat([torch.ones(len(pos_rows), device=dev), torch.zeros(len(neg_rows), device=dev)])
-        out.append({"users": u, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,
-                    "extra": extra})
+        out.append(_member_batch(m, u, [pos_rows, neg_rows], [pos_items, neg_items], labels, None,
+                                 m.method.batch_items(u, m.gen), (pos_rows, pos_items)))
     return out
+
+
+def _member_batch(m: Member, u, rows: list, items: list, labels, weight, extra, pairs) -> dict:
+    """A member's step: its CF pairs (`rows`, `items`, `labels`, `weight` or None), then the method's
+    `extra` items, and its model's inputs for the users' training `pairs`, drawn from the member's own
+    global random state (`rng`)."""
+    dev = u.device
+    if extra is not None:
+        rows = [*rows, torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1])]
+        items = [*items, extra.reshape(-1)]
+    _set_rng_state(m.rng, dev)
+    x = m.model.batch_inputs(u, pairs)
+    m.rng = _rng_state(dev)
+    return {"users": u, "rows": torch.cat(rows), "items": torch.cat(items), "x": x, "labels": labels,
+            "weight": weight, "extra": extra}
 
 
 def _static_batches(members: list[Member], positives, users: list[torch.Tensor], capacities: list[int]) -> list[dict]:
@@ -311,25 +318,17 @@ def _static_batches(members: list[Member], positives, users: list[torch.Tensor],
         neg_rows = rows.repeat_interleave(m.cfg.n_neg)
         neg_items = inverse_missing(positives, u, neg_rows, pairs, m.gen)
         fill = rows.new_zeros(width - capacity * (1 + m.cfg.n_neg))
-        all_rows, all_items = [rows, neg_rows, fill], [items, neg_items, fill]
-        extra = m.method.batch_items(u, m.gen, pairs)
-        if extra is not None:
-            all_rows.append(torch.arange(len(u), device=dev).repeat_interleave(extra.shape[1]))
-            all_items.append(extra.reshape(-1))
-        _set_rng_state(m.rng, dev)
-        x = m.model.batch_inputs(u, pairs)
-        m.rng = _rng_state(dev)
         labels = torch.cat([torch.ones(capacity, device=dev), torch.zeros(width - capacity, device=dev)])
         weight = torch.cat([valid, valid.repeat_interleave(m.cfg.n_neg), fill.bool()]).float()
-        out.append({"users": u, "rows": torch.cat(all_rows), "items": torch.cat(all_items), "x": x,
-                    "labels": labels, "weight": weight, "extra": extra})
+        out.append(_member_batch(m, u, [rows, neg_rows, fill], [items, neg_items, fill], labels, weight,
+                                 m.method.batch_items(u, m.gen, pairs), pairs))
     return out
 
 
 def _capacities(perms: list[torch.Tensor], positives, batch_size: int) -> list[list[int]]:
     """Static shapes: per step, each member's positive slots, its users' positives rounded up to one
     of 8 sizes per doubling (at most 1/8 padding, few distinct shapes; a member's own, so that its
-    draws are those it makes alone; `Stack.logits` pads the group to its longest). One read of the
+    draws are those it makes alone; `_static_batches` pads the group to its longest). One read of the
     epoch's permutations: the epoch's only wait on the device before its end."""
     degree = positives.indptr[1:] - positives.indptr[:-1]
     n = len(perms[0])
@@ -372,10 +371,6 @@ class Stack:
                     m.model.get_parameter(n).data = self.params[n].data[g]
             self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         mode = compile_mode()
-        if mode:    # one process trains many models and shapes, each a graph of this one function
-            for name in ("recompile_limit", "accumulated_recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):     # the names of PyTorch 2.6+, then of earlier ones
-                    setattr(torch._dynamo.config, name, 1024)
         self._loss = torch.compile(self._eager_loss, mode=mode, fullgraph=True) if mode else self._eager_loss
         for n in names if saved else []:
             states = [saved[(id(m), n)] for m in members]
@@ -409,7 +404,7 @@ class Stack:
         terms = []
         for m, b, z in zip(self.members, batches, self.logits(batches)):
             n_cf = len(b["labels"])
-            term = losses.cf_loss(z[:n_cf], b["labels"], b.get("weight"))
+            term = losses.cf_loss(z[:n_cf], b["labels"], b["weight"])
             if b["extra"] is not None:
                 term = term + m.method.loss(b["users"], b["extra"], z[n_cf:].view_as(b["extra"]))
             terms.append(term)
@@ -450,6 +445,10 @@ def fit_group(cfgs: list[Config], ds: data.Dataset, teachers=None, progress: boo
     if compile_mode() and cfgs[0].shapes != "static":
         raise ValueError(f"CDLIB_COMPILE={compile_mode()} needs static shapes (Config.shapes='static'), "
                          f"not {cfgs[0].shapes!r}")
+    if compile_mode():      # one process trains many models and shapes, each a graph of one function
+        for name in ("recompile_limit", "accumulated_recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):     # the names of PyTorch 2.6+, then of earlier ones
+                setattr(torch._dynamo.config, name, 1024)
     if os.environ.get("CDLIB_DETERMINISTIC", "") not in ("", "0"):    # GPU runs that a later window can repeat
         torch.use_deterministic_algorithms(True, warn_only=True)
     positives = data.UserItems(ds.train, dev)
