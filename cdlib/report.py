@@ -665,7 +665,7 @@ def readme_section(results=None) -> str:
 
 def update_readme(results=None, readme=None) -> bool:
     """Replace the README's results section; returns whether it changed."""
-    path = readme or runs.REPO / "README.md"
+    path = runs.readme_path(readme)
     text = path.read_text()
     new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: readme_section(results), text, flags=re.S)
     if new != text:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 def results_dir(path=None) -> Path:
     """`path`, else $CDLIB_RESULTS, else the repository's results/."""
     return Path(path or os.environ.get("CDLIB_RESULTS") or REPO / "results")
+
+
+def readme_path(path=None) -> Path:
+    """`path`, else $CDLIB_README, else the repository's README.md (whose results section
+    `report.update_readme` regenerates)."""
+    return Path(path or os.environ.get("CDLIB_README") or REPO / "README.md")
 
 
 def config_key(config: dict) -> str:
@@ -73,20 +80,84 @@ def git_state() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
+def _proc_cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    out = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                out[k.strip()] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
 def device_name(device) -> str:
     import torch
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    proc = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                proc = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    proc = _proc_cpuinfo().get("model name") or platform.processor() or platform.machine()
     return f"cpu: {proc}, {torch.get_num_threads()} threads"
+
+
+# The vector extensions whose presence changes which kernels MKL and oneDNN pick on x86
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+# Variables that lower the instruction set PyTorch, MKL and oneDNN use below what the CPU has
+ISA_OVERRIDES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
+def cpu_info() -> dict:
+    """What decides how a CPU run rounds, beside the code and the packages: the instruction set
+    PyTorch's kernels dispatch to (`torch.backends.cpu.get_cpu_capability()`), the CPU's vendor,
+    family, model and vector flags (MKL picks its own kernels by them), any variable that lowers
+    them, and the thread count (products are split by it)."""
+    import torch
+    info = _proc_cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "vendor": info.get("vendor_id"),
+            "family": info.get("cpu family"), "model": info.get("model"), "model_name": info.get("model name"),
+            "flags": [f for f in VECTOR_FLAGS if f in flags], "threads": torch.get_num_threads(),
+            "overrides": {k: os.environ[k] for k in ISA_OVERRIDES if k in os.environ}}
+
+
+def arithmetic(prov: dict) -> dict | None:
+    """The part of a CPU record's provenance that two runs must share to agree bit for bit (torch,
+    instruction set, vendor, vector flags, overrides, threads); None where the record predates
+    `cpu_info` or ran on a GPU."""
+    cpu = prov.get("cpu")
+    if cpu is None or device_kind(prov.get("device", "cpu")) != "cpu":
+        return None
+    return {"torch": prov.get("packages", {}).get("torch"),
+            **{k: cpu.get(k) for k in ("capability", "vendor", "flags", "overrides", "threads")}}
+
+
+def bit_for_bit_expected(recorded: dict, here: dict) -> bool | None:
+    """Whether a run with provenance `here` should equal, to the last bit, one recorded with provenance
+    `recorded` (or with any provenance in its `reproduced_on`): True or False where both say their
+    arithmetic, None where the record does not. Across instruction sets runs agree only statistically."""
+    mine = arithmetic(here)
+    theirs = [a for a in map(arithmetic, [recorded, *recorded.get("reproduced_on", [])]) if a is not None]
+    if mine is None or not theirs:
+        return None
+    return mine in theirs
+
+
+def threads(prov: dict) -> int | None:
+    """The CPU threads a record ran with (None for a GPU record)."""
+    found = re.search(r", (\d+) threads$", prov.get("device", ""))
+    return int(found.group(1)) if found else None
+
+
+def describe_arithmetic(prov: dict) -> str:
+    a = arithmetic(prov)
+    if a is None:
+        return f"{prov.get('device', '?')} (instruction set not recorded)"
+    extra = f", overrides {a['overrides']}" if a["overrides"] else ""
+    return f"{a['vendor']} {a['capability']}, torch {a['torch']}, {a['threads']} threads{extra}"
 
 
 def device_kind(name: str) -> str:
@@ -112,7 +183,7 @@ def provenance(device) -> dict:
     return {"git": _LOADED_GIT, "python": platform.python_version(), "platform": platform.platform(),
             "packages": {"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
                          "pandas": pandas.__version__},
-            "device": device_name(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "device": device_name(device), "cpu": cpu_info(), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "compile": os.environ.get("CDLIB_COMPILE") or None}
 
 

@@ -597,8 +597,11 @@ def load_teacher(cfg: Config, results=None, progress: bool = True, train: bool =
 
     Missing weights are retrained (one process at a time per teacher). A retrained teacher never
     overwrites its record: if the record exists, and the new run's metrics and curve equal it, the
-    record is kept and the new weights are cached (their hash noted beside them); if they differ,
-    TeacherMismatch names the record and the difference, unless `refresh` asks for a new record."""
+    record is kept and the new weights are cached (their hash noted beside them). If they differ where
+    they should agree bit for bit (the record's instruction set and thread count are this machine's,
+    `runs.bit_for_bit_expected`), TeacherMismatch names the record and the difference, unless
+    `refresh` asks for a new record; on another CPU, where runs agree only statistically, the new
+    weights are used with a warning, and the students distilled from them name their hash."""
     tcfg = cfg.teacher()
     path = weights_path(tcfg)
     ds = dataset_for(tcfg)
@@ -631,19 +634,57 @@ def _retrain_recorded_teacher(tcfg: Config, recorded: dict, ds, results, progres
     new = {**_evaluate_all(out["model"], ds, tcfg), "best_epoch": out["best_epoch"], "curve": out["curve"]}
     diff = differences(recorded, new)
     rec_path = runs.record_path(tcfg.key(), results)
-    if diff:
+    here = runs.provenance(out["model"].device)
+    same = runs.bit_for_bit_expected(recorded["provenance"], here)
+    if diff and same is not False:
         raise TeacherMismatch(
             f"teacher {rec_path} had no cached weights, so it was retrained, and the new run differs from the "
-            f"record: {'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}. The students recorded so far were "
-            "distilled from the recorded teacher; rerun with refresh=True to replace its record (and then retrain "
-            "its students), or restore its weights into " + str(weights_path(tcfg)))
+            f"record: {'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}. Recorded on "
+            f"{runs.describe_arithmetic(recorded['provenance'])}, retrained on {runs.describe_arithmetic(here)}. "
+            "The students recorded so far were distilled from the recorded teacher; rerun with refresh=True to "
+            "replace its record (and then retrain its students), or restore its weights into "
+            + str(weights_path(tcfg)))
+    if diff:
+        print(f"warning: teacher {tcfg.key()} was retrained on {runs.describe_arithmetic(here)} and differs from "
+              f"its record, made on {runs.describe_arithmetic(recorded['provenance'])} ({diff[0]}): runs on "
+              "different instruction sets agree only statistically. Its record is kept; students distilled now "
+              "name the new weights' SHA-256.", file=sys.stderr, flush=True)
     path = weights_path(tcfg)
     sha = _save_weights(out["model"], path)
     note = {"key": tcfg.key(), "weights_sha256": sha, "record": str(rec_path),
             "record_weights_sha256": recorded.get("weights_sha256"),
-            "retrained": "weights were missing; the retrained run equals the record (metrics and curve), "
-                         "which was kept as it is", "provenance": runs.provenance(out["model"].device)}
+            "retrained": ("weights were missing; the retrained run differs from the record (another instruction "
+                          f"set or thread count): {'; '.join(diff)}. The record was kept as it is") if diff else
+                         "weights were missing; the retrained run equals the record (metrics and curve), "
+                         "which was kept as it is", "provenance": here}
     runs.write_atomic(path.with_suffix(".json"), json.dumps(note, indent=1, default=str))
+
+
+def check_record(key: str, results=None, note: bool = False) -> list[str]:
+    """Retrain the recorded run `key` (one without a teacher, which would be retrained too) with the
+    record's thread count, and return how the new run differs from the record (`differences`; empty
+    when it equals it bit for bit). `note=True` adds this machine's provenance to the record's
+    `reproduced_on` when it reproduced, so that `runs.bit_for_bit_expected` knows it holds here too."""
+    rec = runs.read_record(key, results)
+    if rec is None:
+        raise NotRecorded(f"run {key} is not recorded in {runs.results_dir(results)}")
+    cfg = Config(**rec["config"])
+    if cfg.method != "none":
+        raise ValueError(f"run {key} is distilled ({cfg.method}); check_record retrains runs without a teacher")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(runs.threads(rec["provenance"]) or threads)
+    try:
+        ds = dataset_for(cfg)
+        out = fit(cfg, ds, progress=False)
+        new = {**_evaluate_all(out["model"], ds, cfg), "best_epoch": out["best_epoch"], "curve": out["curve"]}
+        here = runs.provenance(out["model"].device)
+    finally:
+        torch.set_num_threads(threads)
+    diff = differences(rec, new)
+    if note and not diff and not runs.bit_for_bit_expected(rec["provenance"], here):
+        rec["provenance"]["reproduced_on"] = [*rec["provenance"].get("reproduced_on", []), here]
+        runs.write_record(rec, results)
+    return diff
 
 
 def best_test_epoch(config: Config, results=None, progress: bool = True, valid_in_train: bool = False,
@@ -672,7 +713,10 @@ def best_test_epoch(config: Config, results=None, progress: bool = True, valid_i
         diff = differences({"curve": rec["curve"]},
                            {"curve": [{k: v for k, v in e.items() if not k.startswith("test_")} for e in out["curve"]]})
         if diff:
-            raise RuntimeError(f"run {rec['key']} did not reproduce its recorded curve: {diff}")
+            raise RuntimeError(f"run {rec['key']} did not reproduce its recorded curve: {diff} (recorded on "
+                               f"{runs.describe_arithmetic(rec['provenance'])}, retrained on "
+                               f"{runs.describe_arithmetic(runs.provenance(out['model'].device))}: runs agree bit "
+                               "for bit only on the same instruction set and thread count)")
     best = max(out["curve"], key=lambda e: e["test_HR@10"])
     result = {"key": rec["key"], "config": dataclasses.asdict(cfg), "best_valid_epoch": rec["best_epoch"],
               "test_at_best_valid_epoch": {m: rec["test_sampled"][m] for m in ("HR@10", "NDCG@10")},
