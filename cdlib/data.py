@@ -542,13 +542,20 @@ def _check_ids(col: pd.Series, name: str, where: str, line) -> pd.Series:
     return col
 
 
-def read_interactions(path) -> pd.DataFrame:
+def read_interactions(path, user_col: str = "user", item_col: str = "item", time_col: str = "timestamp",
+                      rating_col: str | None = None, min_rating: float | None = None) -> pd.DataFrame:
     """A user's interactions file as a table (user, item[, timestamp]), checked.
 
     Formats (by extension): CSV or TSV with a header naming `user`, `item` and optionally
     `timestamp` (other columns ignored; `.gz` accepted); Parquet with those columns; RecBole's
     atomic `.inter` files (tab-separated, typed header `user_id:token  item_id:token  timestamp:float`).
-    Bad input raises DataError naming the file, the line where one applies, and the problem."""
+    Other names are mapped by `user_col`, `item_col`, `time_col`; with `rating_col` and `min_rating`
+    only the rows rated at least `min_rating` are kept (MovieLens's ratings.csv: userId, movieId,
+    rating, timestamp). Bad input raises DataError naming the file, the line where one applies, and
+    the problem."""
+    if (rating_col is None) != (min_rating is None):
+        raise DataError(f"{path}: rating_col and min_rating go together (got rating_col={rating_col!r}, "
+                        f"min_rating={min_rating!r})")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -577,6 +584,15 @@ def read_interactions(path) -> pd.DataFrame:
         def line(k):
             return f"line {k + 2}"
     table.columns = [str(c).strip() for c in table.columns]
+    mapped = {user_col: "user", item_col: "item", time_col: "timestamp"}
+    named = [c for c, default in ((user_col, "user"), (item_col, "item"), (time_col, "timestamp"),
+                                  (rating_col, None)) if c is not None and c != default]
+    absent = [c for c in named if c not in table.columns]
+    if absent:
+        raise DataError(f"{path}, line 1: no column(s) {absent} in the header; found {list(table.columns)}")
+    if any(k != v for k, v in mapped.items()):
+        table = table.drop(columns=[v for k, v in mapped.items() if k != v and v in table.columns])
+        table = table.rename(columns={k: v for k, v in mapped.items() if k in table.columns})
     if kind == "inter":
         fields = {c: c.split(":", 1)[0] for c in table.columns}
         untyped = [c for c in table.columns if ":" not in c]
@@ -594,6 +610,19 @@ def read_interactions(path) -> pd.DataFrame:
     if len(table) == 0:
         raise DataError(f"{path}: a header but no rows")
     keep = ["user", "item"] + (["timestamp"] if "timestamp" in table.columns else [])
+    if rating_col is not None:
+        r = pd.to_numeric(table[rating_col], errors="coerce")
+        bad = np.flatnonzero(r.isna().to_numpy())
+        if len(bad):
+            raise DataError(f"{path}, {line(int(bad[0]))}: rating {table[rating_col].iloc[bad[0]]!r} "
+                            f"(column {rating_col!r}) is not a number")
+        table = table[(r >= min_rating).to_numpy()]
+        if len(table) == 0:
+            raise DataError(f"{path}: no row has {rating_col} >= {min_rating} (ratings from {r.min()} to {r.max()})")
+        rows, at_file = table.index.to_numpy(), line
+
+        def line(k):                        # noqa: F811 -- the file's line of the k-th row kept
+            return at_file(int(rows[k]))
     table = table[keep].reset_index(drop=True)
     for c in ("user", "item"):
         empty = table[c].isna().to_numpy() | (table[c].astype(str).str.strip() == "").to_numpy()
@@ -607,6 +636,21 @@ def read_interactions(path) -> pd.DataFrame:
             raise DataError(f"{path}, {line(int(bad[0]))}: timestamp {table['timestamp'].iloc[bad[0]]!r} is not a number")
         table["timestamp"] = t.to_numpy()
     return table
+
+
+def prepare(path, out_dir, user_col: str = "user", item_col: str = "item", time_col: str = "timestamp",
+            rating_col: str | None = None, min_rating: float | None = None) -> Path:
+    """A user's file in its own column layout as a file that `load` reads as it is: the path itself
+    when its columns are already user, item[, timestamp] and nothing is filtered; else the mapped
+    (and filtered) table written as RecBole .inter into `out_dir`, named by the source's bytes and
+    the mapping, whose SHA-256 then keys the runs."""
+    path = Path(path)
+    mapping = (user_col, item_col, time_col, rating_col, min_rating)
+    if mapping == ("user", "item", "timestamp", None, None):
+        return path
+    table = read_interactions(path, *mapping)
+    digest = hashlib.sha256(f"{sha256(path)} {mapping}".encode()).hexdigest()[:12]
+    return write_inter(table, Path(out_dir) / f"{path.name}.{digest}.inter")
 
 
 def from_interactions(table, name: str | None = None, order: str | None = None, seed: int = 0,
@@ -673,6 +717,7 @@ def write_inter(table: pd.DataFrame, path) -> Path:
     cols = {"user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float"}
     out = table[[c for c in cols if c in table]].rename(columns=cols)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, out.to_csv(sep="\t", index=False).encode())
     return path
 

@@ -4,7 +4,9 @@
                                  [--guide teacher|student|hybrid] [--seed S] [--device cpu|cuda] [--out DIR]
 
 DATA is the path of an interactions file (CSV or TSV with a header user, item[, timestamp], .gz
-accepted; Parquet; RecBole's .inter) or one of the six dataset names. The teacher is trained, or
+accepted; Parquet; RecBole's .inter; other column names mapped by --user-col, --item-col,
+--time-col, and --rating-col with --min-rating to keep the interactions rated at least that) or one
+of the six dataset names. The teacher is trained, or
 reused when a run of the same configuration on the same bytes is recorded and its weights cached;
 the student is distilled from it with CD. DIR receives teacher.pt and student.pt (load them with
 cdlib.load_model, then .recommend(user_ids)) and card.json: the configuration, the data file and
@@ -35,13 +37,25 @@ def _model(cfg: train.Config, ds) -> models.Recommender:
 
 def distill(data_path: str, backbone: str = "cdae", teacher_size: int | None = None, student_size: int | None = None,
             guide: str = "teacher", seed: int = 0, device: str | None = None, out="distilled", results=None,
-            progress: bool = True, **config) -> dict:
+            progress: bool = True, *, user_col: str = "user", item_col: str = "item", time_col: str = "timestamp",
+            rating_col: str | None = None, min_rating: float | None = None, **config) -> dict:
     """Train (or reuse) the teacher, distil the student with CD, write DIR/{teacher,student}.pt and
-    DIR/card.json; returns the card. `config`: further train.Config fields (epochs, lr, ...)."""
+    DIR/card.json; returns the card. The file's own column names are mapped by `user_col`, `item_col`,
+    `time_col`, and rows rated below `min_rating` in `rating_col` are left out (`data.prepare`: the
+    table then used is written to $CDLIB_CACHE/prepared/). `config`: further train.Config fields."""
     t0 = time.time()
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
     results = Path(results) if results else data.cache_dir() / "results"
+    source = {"path": str(Path(data_path)), "user_col": user_col, "item_col": item_col, "time_col": time_col,
+              "rating_col": rating_col, "min_rating": min_rating}
+    if not data.is_file_dataset(data_path):
+        used = data_path
+    else:
+        used = str(data.prepare(data_path, data.cache_dir() / "prepared", user_col, item_col, time_col, rating_col,
+                                min_rating))
+        source["sha256"] = data.sha256(Path(data_path))
+    data_path = used
     student_size = student_size or {"cdae": 20, "neumf": 8}.get(backbone)
     scfg = train.Config(dataset=data_path, backbone=backbone, size=student_size, method="cd", guide=guide, seed=seed,
                         teacher_size=teacher_size, device=device, **config).canonical()   # bad values stop here
@@ -50,14 +64,17 @@ def distill(data_path: str, backbone: str = "cdae", teacher_size: int | None = N
         print(f"note: the student (size {scfg.size}) is not smaller than the teacher (size {tcfg.size}): "
               "born-again distillation", file=sys.stderr)
     ds = train.dataset_for(scfg)                                  # bad data stops here, before any output
-    print(f"{ds}  ({ds.meta['source']})", flush=True)
+    merged = ds.meta.get("duplicates_merged", 0)
+    print(f"{ds}  ({ds.meta['source']}{f'; {merged} repeated (user, item) pairs kept once' if merged else ''})",
+          flush=True)
     print(f"[1/2] teacher: {backbone} size {tcfg.size}", flush=True)
     trec = train.run(tcfg, results, progress=progress)
     print(f"[2/2] CD student: {backbone} size {scfg.size}, {guide}-guided", flush=True)
     srec = train.run(scfg, results, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    card = {"format": "cdlib-card/1", "data": {"path": str(Path(data_path)), **runs.dataset_info(ds)},
+    card = {"format": "cdlib-card/1", "data": {"path": str(Path(data_path)), **runs.dataset_info(ds),
+                                               "duplicates_merged": merged, "source": source},
             "weights": {}, "models": {}}
     users = torch.arange(min(256, ds.n_users))
     for role, cfg, rec in (("teacher", tcfg, trec), ("student", scfg, srec)):
@@ -114,12 +131,21 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--min-epochs", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
+    cols = ap.add_argument_group("a file's own columns (e.g. MovieLens's ratings.csv: --user-col userId "
+                                 "--item-col movieId --rating-col rating --min-rating 4)")
+    cols.add_argument("--user-col", default="user", help="the user id column (default user)")
+    cols.add_argument("--item-col", default="item", help="the item id column (default item)")
+    cols.add_argument("--time-col", default="timestamp", help="the timestamp column, if any (default timestamp)")
+    cols.add_argument("--rating-col", default=None, help="a rating column, with --min-rating")
+    cols.add_argument("--min-rating", type=float, default=None,
+                      help="keep the interactions rated at least this (an implicit-feedback threshold)")
     a = ap.parse_args(argv)
     extra = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("min_epochs", a.min_epochs))
              if v is not None}
     try:
         distill(a.data, a.backbone, a.teacher_size, a.student_size, a.guide, a.seed, a.device, a.out, a.results,
-                progress=not a.no_progress, **extra)
+                progress=not a.no_progress, user_col=a.user_col, item_col=a.item_col, time_col=a.time_col,
+                rating_col=a.rating_col, min_rating=a.min_rating, **extra)
     except (data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -103,3 +103,61 @@ def test_a_file_dataset_is_keyed_by_its_bytes(tmp_path):
     assert ka == kb                                                         # same bytes, same run
     b.write_text(SHIPPED.read_text().replace("u0001\t", "u9999\t", 1))
     assert train.Config(dataset=str(b), size=8).key() != ka                 # other bytes, other run
+
+
+def _movielens_ratings(path, seed=0):
+    """The shipped synthetic table in MovieLens's ratings.csv layout, with seeded ratings 1-5 and one
+    repeated (user, item) pair."""
+    t = data.read_interactions(SHIPPED)
+    rng = np.random.default_rng(seed)
+    ml = t.rename(columns={"user": "userId", "item": "movieId"})
+    ml.insert(2, "rating", rng.integers(1, 6, len(t)).astype(float))
+    ml = ml[["userId", "movieId", "rating", "timestamp"]]
+    ml = data.pd.concat([ml, ml.iloc[[0]].assign(rating=5.0)], ignore_index=True)
+    ml.to_csv(path, index=False)
+    return ml
+
+
+def test_movielens_ratings_csv_with_its_own_columns_and_a_rating_threshold(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    ratings = tmp_path / "ratings.csv"
+    ml = _movielens_ratings(ratings)
+    assert distill.main([str(ratings), "--out", str(tmp_path / "plain"), *QUICK]) == 2
+    assert "missing column(s) ['user', 'item']" in capsys.readouterr().err
+    kept = data.read_interactions(ratings, user_col="userId", item_col="movieId", rating_col="rating", min_rating=4)
+    assert len(kept) == int((ml.rating >= 4).sum()) and list(kept.columns) == ["user", "item", "timestamp"]
+    assert kept.user.map(type).eq(str).all()
+    out = tmp_path / "out"
+    args = ["--user-col", "userId", "--item-col", "movieId", "--rating-col", "rating", "--min-rating", "4"]
+    assert distill.main([str(ratings), "--out", str(out), "--student-size", "8", *args, *QUICK]) == 0
+    assert "1 repeated (user, item) pairs kept once" in capsys.readouterr().out
+    card = json.loads((out / "card.json").read_text())
+    src = card["data"]["source"]
+    assert src["path"] == str(ratings) and src["sha256"] == data.sha256(ratings) and src["min_rating"] == 4
+    prepared = data.Path(card["data"]["path"])
+    assert prepared.parent == tmp_path / "cache" / "prepared" and data.read_interactions(prepared).equals(kept)
+    assert card["data"]["duplicates_merged"] == 1
+    assert card["models"]["student"]["config"]["data_sha256"] == data.sha256(prepared)
+
+
+def test_column_options_name_the_problem(tmp_path):
+    ratings = tmp_path / "ratings.csv"
+    _movielens_ratings(ratings)
+    with pytest.raises(data.DataError, match=r"ratings.csv, line 1: no column\(s\) \['uid'\]"):
+        data.read_interactions(ratings, user_col="uid", item_col="movieId")
+    with pytest.raises(data.DataError, match="rating_col and min_rating go together"):
+        data.read_interactions(ratings, user_col="userId", item_col="movieId", min_rating=4)
+    with pytest.raises(data.DataError, match=r"no row has rating >= 6"):
+        data.read_interactions(ratings, user_col="userId", item_col="movieId", rating_col="rating", min_rating=6)
+    lines = ratings.read_text().splitlines()
+    user, item, _, ts = lines[5].split(",")
+    lines[5] = f"{user},{item},x,{ts}"                                # line 6: a rating that is not a number
+    ratings.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError, match=r"ratings.csv, line 6: rating 'x' \(column 'rating'\) is not a number"):
+        data.read_interactions(ratings, user_col="userId", item_col="movieId", rating_col="rating", min_rating=4)
+    lines[5] = f"{user},{item},3.0,{ts}"
+    _, item, _, ts = lines[7].split(",")
+    lines[7] = f",{item},5.0,{ts}"                                     # line 8: kept (rated 5), no user id
+    ratings.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError, match=r"ratings.csv, line 8: empty user id"):
+        data.read_interactions(ratings, user_col="userId", item_col="movieId", rating_col="rating", min_rating=4)
