@@ -1,6 +1,7 @@
 # make reproduce : run every notebook (see README and `make reproduce ARGS=--help`)
 # make distill   : distil your own data: make distill DATA=my.csv ARGS="--backbone neumf --out my_model"
-# make test      : unit tests, the smoke pipeline end to end, and the nbval check of the notebooks
+# make test      : the linter and formatter check, unit tests, the smoke pipeline end to end, and the nbval
+#                  check of the notebooks
 # Both create .venv and install what is missing. TORCH_SPEC pins torch (CI: torch==2.13.0, the CPU build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 export CDLIB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: test unit nbval reproduce figures bench distill
+.PHONY: test lint unit nbval reproduce figures bench distill
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-test: unit nbval
+test: lint unit nbval
+
+# ruff's linter and formatter (pyproject.toml [tool.ruff]): the tree is clean under both
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests

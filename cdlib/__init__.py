@@ -1,16 +1,39 @@
 """cdlib: Collaborative Distillation (Lee et al., ICDM 2019) for top-N recommendation.
 
-Modules, one idea each: data (datasets and splits), models (CDAE, NeuMF), losses (CF, CD, RD),
-samplers (negatives, rank-aware CD sampling), metrics (HR, NDCG, MRR), train (runs), runs
-(records and provenance), experiments (the notebooks' grids and tables), report (claims, README),
-plots (figures), reproduce (the parallel papermill runner), bench (timings), methods (none, RD
-and CD as units of one interface), saved (saved models that recommend), distill (the command that
-distils a user's own data: python -m cdlib.distill DATA).
+    import cdlib
+    result = cdlib.distill("ratings.csv", user_col="userId", item_col="movieId", rating_col="rating",
+                           min_rating=4, out="my_model")       # teacher and CD student, trained or reused
+    result.student.recommend(["42"], k=10)
+    student = cdlib.load_model("my_model/student.pt")         # later, from the files
+    model = cdlib.from_run(cdlib.Config(dataset="ml-100k", size=20, method="cd"))   # a recorded run
+
+Modules, one idea each, imported downwards: paths (where files are), runs (records, provenance),
+dataset (the split and its negatives), files (a user's own interactions file), data (the six
+datasets), index (training pairs by user), models (CDAE, NeuMF), losses (CF, CD, RD), samplers
+(negatives, rank-aware CD sampling), metrics (HR, NDCG, MRR), methods (none, RD and CD as units of
+one interface), config (a run's configuration, how runs execute), loop (the training loop), train
+(the store of runs and weights), saved (models that recommend), analyses (protocol analyses),
+experiments (the notebooks' grids), costs (CPU hours), report (claims, README), plots (figures),
+bench (timings), distill (python -m cdlib.distill DATA), reproduce (the parallel papermill runner).
 """
+
+import importlib
+
 __version__ = "0.1.0"
 
+# the package's API, imported on first use so that `import cdlib` stays light (torch loads later)
+_API = {
+    "distill": "cdlib.distill",
+    "load_model": "cdlib.saved",
+    "from_run": "cdlib.saved",
+    "Config": "cdlib.config",
+    "Execution": "cdlib.config",
+}
+__all__ = sorted(_API)
 
-def load_model(path, card=None, device=None):
-    """A saved teacher or student (cdlib.saved.load_model): `.recommend(user_ids, k=10)`."""
-    from .saved import load_model as _load
-    return _load(path, card, device)
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'cdlib' has no attribute {name!r}")
+    module = importlib.import_module(_API[name])
+    return module if name == "distill" else getattr(module, name)

@@ -3,15 +3,15 @@
 Prints seconds per training epoch (CDAE teacher; student with method none and with CD
 student-guided), the student-guided sample refresh for all users, full-protocol evaluation of
 all users, the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of the same shapes,
-and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `train.fit_group`), and
+and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `loop.fit_group`), and
 from these the paper profile's training time on this device (`--estimate F.json` gives it for a record).
 Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, metrics, models, report, runs
+from . import costs, data, index, metrics, models, runs
+from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution
+from .loop import fit, fit_group
 from .samplers import CDSampler, top_missing
-from .train import STUDENT_SIZES, TEACHER_SIZE, Config, fit, fit_group
 
 
 def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
@@ -38,22 +39,54 @@ def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
     return best
 
 
-def epoch_seconds(cfg: Config, ds, teacher=None, epochs: int = 2) -> float:
-    out = fit(Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs, "min_epochs": epochs}), ds, teacher,
-              progress=False)
+def epoch_seconds(
+    cfg: Config, ds, teacher=None, epochs: int = 2, execution: Execution | None = None
+) -> float:
+    out = fit(
+        Config(**{**cfg.__dict__, "epochs": epochs, "patience": epochs, "min_epochs": epochs}),
+        ds,
+        teacher,
+        progress=False,
+        execution=execution,
+    )
     return min(c["seconds"] for c in out["curve"])
 
 
-def group_epoch_seconds(cfg: Config, ds, teacher=None, n: int = 5, epochs: int = 2) -> float:
+def group_epoch_seconds(
+    cfg: Config, ds, teacher=None, n: int = 5, epochs: int = 2, execution: Execution | None = None
+) -> float:
     """Seconds per epoch (best of `epochs`) of a group of `n` runs of `cfg`, seeds 0..n-1, trained
-    together by `train.fit_group` (one stacked step for all members)."""
-    cfgs = [Config(**{**cfg.__dict__, "seed": s, "epochs": epochs, "patience": epochs, "min_epochs": epochs})
-            for s in range(n)]
-    return min(c["seconds"] for c in fit_group(cfgs, ds, [teacher] * n, progress=False)[0]["curve"])
+    together by `loop.fit_group` (one stacked step for all members)."""
+    cfgs = [
+        Config(
+            **{
+                **cfg.__dict__,
+                "seed": s,
+                "epochs": epochs,
+                "patience": epochs,
+                "min_epochs": epochs,
+            }
+        )
+        for s in range(n)
+    ]
+    return min(
+        c["seconds"]
+        for c in fit_group(cfgs, ds, [teacher] * n, progress=False, execution=execution)[0]["curve"]
+    )
 
 
-def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 20, epochs: int = 2,
-                on_row=None, rounds: int = 2, shapes: str | None = None) -> pd.DataFrame:
+def group_table(
+    dataset: str,
+    ds,
+    device,
+    sizes=(1, 5, 15),
+    student_size: int = 20,
+    epochs: int = 2,
+    on_row=None,
+    rounds: int = 2,
+    shapes: str | None = None,
+    execution: Execution | None = None,
+) -> pd.DataFrame:
     """Seconds per epoch of groups of each size, for the CDAE teacher, the CDAE student distilled by
     CD (student-guided), the NeuMF teacher and the NeuMF student distilled by CD (student-guided), with
     throughput in member-epochs per second, its gain over the same runs one after another, and for
@@ -64,32 +97,63 @@ def group_table(dataset: str, ds, device, sizes=(1, 5, 15), student_size: int = 
     dev = models.default_device(device)
     base = dict(dataset=dataset, device=dev.type, shapes=shapes)
     torch.manual_seed(0)
-    teachers = {b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE}
-    kinds = [("CDAE teacher", Config(**base, backbone="cdae").canonical(), None),
-             ("CDAE student, CD student-guided",
-              Config(**base, backbone="cdae", size=student_size, method="cd", guide="student").canonical(), "cdae"),
-             ("NeuMF teacher", Config(**base, backbone="neumf").canonical(), None),
-             ("NeuMF student, CD student-guided",
-              Config(**base, backbone="neumf", size=STUDENT_SIZES["neumf"][1], method="cd", guide="student").canonical(),
-              "neumf")]
+    teachers = {
+        b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE
+    }
+    kinds = [
+        ("CDAE teacher", Config(**base, backbone="cdae").canonical(), None),
+        (
+            "CDAE student, CD student-guided",
+            Config(
+                **base, backbone="cdae", size=student_size, method="cd", guide="student"
+            ).canonical(),
+            "cdae",
+        ),
+        ("NeuMF teacher", Config(**base, backbone="neumf").canonical(), None),
+        (
+            "NeuMF student, CD student-guided",
+            Config(
+                **base,
+                backbone="neumf",
+                size=STUDENT_SIZES["neumf"][1],
+                method="cd",
+                guide="student",
+            ).canonical(),
+            "neumf",
+        ),
+    ]
     rows = []
     for what, cfg, teacher in kinds:
         best = {n: float("inf") for n in sizes}
-        for _ in range(rounds):                       # interleaved: 1, 5, 15, 1, 5, 15
+        for _ in range(rounds):  # interleaved: 1, 5, 15, 1, 5, 15
             for n in sizes:
-                best[n] = min(best[n], group_epoch_seconds(cfg, ds, teachers.get(teacher), n, epochs))
+                best[n] = min(
+                    best[n],
+                    group_epoch_seconds(cfg, ds, teachers.get(teacher), n, epochs, execution),
+                )
         one = best.get(1)
         for n in sizes:
             sec = best[n]
-            row = {"run": what, "size": cfg.size, "group": n, "seconds per epoch": sec,
-                   "member-epochs per second": n / sec,
-                   "gain over one after another": (n * one / sec) if one else np.nan,
-                   "GFLOP/s": (n * cdae_epoch_flops(ds.n_users, ds.n_items, cfg.size) / sec / 1e9
-                               if cfg.backbone == "cdae" else np.nan)}
+            row = {
+                "run": what,
+                "size": cfg.size,
+                "group": n,
+                "seconds per epoch": sec,
+                "member-epochs per second": n / sec,
+                "gain over one after another": (n * one / sec) if one else np.nan,
+                "GFLOP/s": (
+                    n * cdae_epoch_flops(ds.n_users, ds.n_items, cfg.size) / sec / 1e9
+                    if cfg.backbone == "cdae"
+                    else np.nan
+                ),
+            }
             rows.append(row)
             if on_row is not None:
                 on_row(pd.DataFrame(rows))
-            print(f"{what:<34s} group {n:>2d}: {sec:8.3f} s/epoch, {n / sec:6.2f} member-epochs/s", flush=True)
+            print(
+                f"{what:<34s} group {n:>2d}: {sec:8.3f} s/epoch, {n / sec:6.2f} member-epochs/s",
+                flush=True,
+            )
     return pd.DataFrame(rows)
 
 
@@ -109,13 +173,14 @@ def matmul_gflops(n_users: int, n_items: int, hidden: int, batch: int, device) -
 
     def epoch():
         for _ in range(steps):
-            x @ w          # encoder forward            [B,I]x[I,H]
-            x.T @ h        # encoder weight gradient    [I,B]x[B,H]
-            h @ w.T        # decoder forward            [B,H]x[H,I]
-            g.T @ h        # decoder weight gradient    [I,B]x[B,H]
-            g @ w          # decoder input gradient     [B,I]x[I,H]
+            x @ w  # encoder forward            [B,I]x[I,H]
+            x.T @ h  # encoder weight gradient    [I,B]x[B,H]
+            h @ w.T  # decoder forward            [B,H]x[H,I]
+            g.T @ h  # decoder weight gradient    [I,B]x[B,H]
+            g @ w  # decoder input gradient     [B,I]x[I,H]
         if x.is_cuda:
             torch.cuda.synchronize()
+
     return cdae_epoch_flops(steps * batch, n_items, hidden) / timed(epoch, 2) / 1e9
 
 
@@ -130,10 +195,13 @@ def latency_ms(model, users: torch.Tensor, repeat: int | None = None) -> float:
         model.score_all(users)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
     return 1e3 * timed(once, repeat, warmup_s=0.5)
 
 
-def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repeat: int | None = None) -> dict:
+def inference(
+    backbone: str, size: int, ds, batch: int = 256, device=None, repeat: int | None = None
+) -> dict:
     """Parameters, latency (ms) and throughput (users/s) of scoring all items for a batch of users
     with an untrained model of this backbone and size (`latency_ms`)."""
     dev = models.default_device(device)
@@ -141,11 +209,20 @@ def inference(backbone: str, size: int, ds, batch: int = 256, device=None, repea
     m = models.build(backbone, ds.train, size, 0.5, dev).eval()
     users = torch.arange(min(batch, ds.n_users), device=dev)
     ms = latency_ms(m, users, repeat)
-    return {"backbone": backbone, "size": size, "n_params": m.n_params(), "batch": len(users),
-            "latency_ms": ms, "throughput_users_s": 1e3 * len(users) / ms, "device": runs.device_name(dev)}
+    return {
+        "backbone": backbone,
+        "size": size,
+        "n_params": m.n_params(),
+        "batch": len(users),
+        "latency_ms": ms,
+        "throughput_users_s": 1e3 * len(users) / ms,
+        "device": runs.device_name(dev),
+    }
 
 
-def timing_table(datasets, backbones, devices=None, batch: int = 256, keep: pd.DataFrame | None = None) -> pd.DataFrame:
+def timing_table(
+    datasets, backbones, devices=None, batch: int = 256, keep: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """`inference` of the teacher and every student size per dataset, backbone and device (Table 8);
     `devices` default: cpu, and cuda if present.
 
@@ -160,53 +237,88 @@ def timing_table(datasets, backbones, devices=None, batch: int = 256, keep: pd.D
             sizes = [("Teacher", TEACHER_SIZE[b])] + [("Student", s) for s in STUDENT_SIZES[b]]
             for label, size in sizes:
                 for dev in devices:
-                    rows.append({"dataset": d, "label": label, **inference(b, size, ds, batch, dev)})
+                    rows.append(
+                        {"dataset": d, "label": label, **inference(b, size, ds, batch, dev)}
+                    )
     new = pd.DataFrame(rows)
     if keep is None or keep.empty:
         return new
 
     def keys(df):
         return list(zip(df.dataset, df.backbone, df.device.map(runs.device_kind)))
+
     measured = set(keys(new))
     old = keep[[k not in measured for k in keys(keep)]]
     return pd.concat([old, new], ignore_index=True)[new.columns]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     ap.add_argument("--student-size", type=int, default=20)
-    ap.add_argument("--groups", default="1,5,15", help="group sizes to time (train.fit_group); '' for none")
-    ap.add_argument("--rounds", type=int, default=2, help="times each group size is timed, in turn (best kept)")
-    ap.add_argument("--shapes", choices=("dynamic", "static"), default=None,
-                    help="the training step's shapes (train.Config.shapes; default: static on CUDA, else dynamic)")
-    ap.add_argument("--compile", metavar="MODE", default=None,
-                    help="torch.compile the step's forward pass and loss in this mode (CDLIB_COMPILE; static shapes)")
-    ap.add_argument("--out", help="also write the timings, with their provenance, to this JSON file")
-    ap.add_argument("--estimate", metavar="JSON", help="measure nothing: the paper profile's training time on the "
-                                                       "device of this bench record (report.device_estimate)")
+    ap.add_argument(
+        "--groups", default="1,5,15", help="group sizes to time (loop.fit_group); '' for none"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="times each group size is timed, in turn (best kept)"
+    )
+    ap.add_argument(
+        "--shapes",
+        choices=("dynamic", "static"),
+        default=None,
+        help="the training step's shapes (train.Config.shapes; default: static on CUDA, else dynamic)",
+    )
+    ap.add_argument(
+        "--compile",
+        metavar="MODE",
+        default=None,
+        help="torch.compile the step's forward pass and loss in this mode (CDLIB_COMPILE; static shapes)",
+    )
+    ap.add_argument(
+        "--out", help="also write the timings, with their provenance, to this JSON file"
+    )
+    ap.add_argument(
+        "--estimate",
+        metavar="JSON",
+        help="measure nothing: the paper profile's training time on the "
+        "device of this bench record (costs.device_estimate)",
+    )
     args = ap.parse_args(argv)
     if args.estimate:
-        print(json.dumps(report.device_estimate(json.loads(Path(args.estimate).read_text())), indent=1))
+        print(
+            json.dumps(costs.device_estimate(json.loads(Path(args.estimate).read_text())), indent=1)
+        )
         return
     t0 = time.time()
-    if args.compile:
-        os.environ["CDLIB_COMPILE"] = args.compile
+    execution = Execution(compile=args.compile)
     dev = models.default_device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
+        ap.error(
+            "--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)"
+        )
     ds = data.load(args.dataset)
     print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
     rows = []
 
     def record(groups=None, **extra) -> dict:
-        return {"seconds": dict(rows), "groups": [] if groups is None else groups.to_dict(orient="records"),
-                "shapes": teacher_cfg.shapes, "compile": args.compile,
-                "wall_seconds": time.time() - t0, "complete": False, "dataset": runs.dataset_info(ds),
-                "provenance": runs.provenance(dev), **extra}
+        return {
+            "seconds": dict(rows),
+            "groups": [] if groups is None else groups.to_dict(orient="records"),
+            "shapes": teacher_cfg.shapes,
+            "compile": args.compile,
+            "wall_seconds": time.time() - t0,
+            "complete": False,
+            "dataset": runs.dataset_info(ds),
+            "provenance": runs.provenance(dev, args.compile),
+            **extra,
+        }
 
-    def save(groups=None, **extra):  # after every measurement: a run cut short by a time limit keeps what it measured
+    def save(
+        groups=None, **extra
+    ):  # after every measurement: a run cut short by a time limit keeps what it measured
         if args.out:
             runs.write_atomic(Path(args.out), json.dumps(record(groups, **extra), indent=1) + "\n")
 
@@ -218,8 +330,10 @@ def main(argv=None):
     base = dict(dataset=args.dataset, backbone="cdae", device=dev.type, shapes=args.shapes)
     teacher_cfg = Config(**base).canonical()
     print(f"training step: {teacher_cfg.shapes} shapes, {args.compile or 'eager'}")
-    warm = 2 if args.compile else 0        # epochs that compile (a new graph per new shape) before the timed ones
-    t_sec = epoch_seconds(teacher_cfg, ds, epochs=2 + warm)
+    warm = (
+        2 if args.compile else 0
+    )  # epochs that compile (a new graph per new shape) before the timed ones
+    t_sec = epoch_seconds(teacher_cfg, ds, epochs=2 + warm, execution=execution)
     flops = cdae_epoch_flops(ds.n_users, ds.n_items, teacher_cfg.size)
     measured("CDAE teacher (H=200) epoch", t_sec, f"({flops / t_sec / 1e9:.1f} GFLOP/s)")
     mm = matmul_gflops(ds.n_users, ds.n_items, teacher_cfg.size, teacher_cfg.batch_size, dev)
@@ -228,34 +342,62 @@ def main(argv=None):
     torch.manual_seed(0)
     teacher = models.build("cdae", ds.train, teacher_cfg.size, 0.5, dev).eval()
     s_none = Config(**base, size=args.student_size).canonical()
-    measured(f"CDAE student (H={args.student_size}) epoch, method none", epoch_seconds(s_none, ds, epochs=2 + warm))
+    measured(
+        f"CDAE student (H={args.student_size}) epoch, method none",
+        epoch_seconds(s_none, ds, epochs=2 + warm, execution=execution),
+    )
     s_cd = Config(**base, size=args.student_size, method="cd", guide="student").canonical()
-    measured(f"CDAE student (H={args.student_size}) epoch, CD student-guided", epoch_seconds(s_cd, ds, teacher, 2 + warm))
+    measured(
+        f"CDAE student (H={args.student_size}) epoch, CD student-guided",
+        epoch_seconds(s_cd, ds, teacher, 2 + warm, execution),
+    )
 
     student = models.build("cdae", ds.train, args.student_size, 0.5, dev).eval()
-    pos = data.UserItems(ds.train, dev)
+    pos = index.UserItems(ds.train, dev)
     sampler = CDSampler(pos, teacher, guide="student")
     refresh = timed(lambda: top_missing(student, pos, sampler.max_rank))
     cd_epoch = rows[-1][1]
-    measured("student-guided refresh, all users (top-100 missing)", refresh,
-             f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)")
+    measured(
+        "student-guided refresh, all users (top-100 missing)",
+        refresh,
+        f"({100 * refresh / cd_epoch:.1f}% of the CD student epoch; target <= 10%)",
+    )
 
     for backbone, size in (("cdae", 200), ("cdae", args.student_size), ("neumf", 64), ("neumf", 8)):
         m = models.build(backbone, ds.train, size, 0.5, dev).eval()
-        sec = timed(lambda: metrics.evaluate(m, ds, "test", "full", positives=pos), 2)
-        measured(f"full-protocol evaluation, all users, {backbone} size {size}", sec,
-                 "(target < 2 s)" if backbone == "cdae" and size == 200 else "")
+        sec = timed(lambda m=m: metrics.evaluate(m, ds, "test", "full", positives=pos), 2)
+        measured(
+            f"full-protocol evaluation, all users, {backbone} size {size}",
+            sec,
+            "(target < 2 s)" if backbone == "cdae" and size == 200 else "",
+        )
     for backbone, size in (("neumf", 64), ("neumf", 8)):
-        cfg = Config(dataset=args.dataset, backbone=backbone, size=size, device=dev.type, shapes=args.shapes).canonical()
-        measured(f"NeuMF (d={size}) epoch, method none", epoch_seconds(cfg, ds, epochs=1 + warm))
+        cfg = Config(
+            dataset=args.dataset, backbone=backbone, size=size, device=dev.type, shapes=args.shapes
+        ).canonical()
+        measured(
+            f"NeuMF (d={size}) epoch, method none",
+            epoch_seconds(cfg, ds, epochs=1 + warm, execution=execution),
+        )
     groups = pd.DataFrame()
     if args.groups:
-        groups = group_table(args.dataset, ds, dev, [int(n) for n in args.groups.split(",")], args.student_size,
-                             on_row=save, rounds=args.rounds, shapes=args.shapes)
-    est = report.device_estimate(record(groups))       # from the tables in results/ (empty without them)
+        groups = group_table(
+            args.dataset,
+            ds,
+            dev,
+            [int(n) for n in args.groups.split(",")],
+            args.student_size,
+            on_row=save,
+            rounds=args.rounds,
+            shapes=args.shapes,
+            execution=execution,
+        )
+    est = costs.device_estimate(record(groups))  # from the tables in results/ (empty without them)
     if est:
-        print(f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "
-              f"({est['runs']} runs, {est['epochs']:.0f} epochs; report.device_estimate)")
+        print(
+            f"paper profile, one run at a time: {est['hours']:.1f} h of training epochs on this device "
+            f"({est['runs']} runs, {est['epochs']:.0f} epochs; costs.device_estimate)"
+        )
     if args.out:
         save(groups, complete=True, paper_profile_estimate=est)
         print(f"wrote {args.out}")

@@ -1,27 +1,43 @@
 """Distillation methods as units of one small interface, so that the training loop never branches
-on the method (adding one, DE-RRD say, is a new class here and an entry in METHODS).
+on the method and the configuration never lists a method's parameters (adding one, DE-RRD say, is a
+new class here and an entry in METHODS: its FIELDS become fields of `config.Config`).
 
 A method says, for a batch of users, which items it adds to the student's forward pass
 (`batch_items`), what loss term it adds on the student's logits of those items (`loss`), and what
-it refreshes at the start of each epoch (`start_epoch`). L = L_CF + the method's term.
+it refreshes at the start of each epoch (`start_epoch`). L = L_CF + the method's term. It also
+declares its parameters with their defaults (`FIELDS`), fills in the defaults that depend on others
+and checks their values (`canonical`), and says whether it needs a teacher (`TEACHER`).
 
 - NoKD: nothing (teachers, and students without distillation).
 - RD:   Ranking Distillation (Tang & Wang, KDD 2018; METHOD.md "RD"), as the authors' code runs it.
 - CD:   Collaborative Distillation (METHOD.md "The CD loss", "rank-aware sampling", "guided training").
 """
+
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from . import losses, metrics
-from .data import UserItems
-from .samplers import CDSampler, masked_scores, top_missing, uniform_items
+from .index import UserItems
+from .samplers import GUIDES, SAMPLINGS, CDSampler, masked_scores, top_missing, uniform_items
+
+SWITCH_EPOCH = 50  # CD's hybrid guide: the teacher for the first 50 epochs [decision]
+RD_RANKS = ("sampled", "exact")
 
 
 class NoKD:
     """No distillation term: the CF loss alone."""
+
+    FIELDS: dict = {}  # the method's parameters and their defaults: fields of config.Config
+    TEACHER = False  # whether a run of the method has a teacher
+
+    @staticmethod
+    def canonical(d: dict) -> None:
+        """Fill in `d`'s defaults of the method's fields that depend on others; raise ValueError
+        naming a field whose value is not allowed."""
 
     def __init__(self, cfg, positives: UserItems, teacher=None):
         self.refresh_seconds = []
@@ -29,7 +45,9 @@ class NoKD:
     def start_epoch(self, epoch: int, student) -> None:
         pass
 
-    def batch_items(self, users: torch.Tensor, generator: torch.Generator, pairs=None) -> torch.Tensor | None:
+    def batch_items(
+        self, users: torch.Tensor, generator: torch.Generator, pairs=None
+    ) -> torch.Tensor | None:
         """[B x k] items the method adds to the batch (pairs: the users' training pairs, padded or not)."""
         return None
 
@@ -43,6 +61,26 @@ class RD(NoKD):
     item is, with rd_rank="sampled", estimated in every step from `rd_samples` uniform missing items
     added to the batch (Tang & Wang's code), or, with rd_rank="exact", counted over all items once
     per epoch."""
+
+    # defaults of the authors' code (distill_caser.py)
+    FIELDS = {
+        "lambda_rd": 1.0,  # teach_alpha
+        "rd_k": 10,  # K
+        "rd_lambda": 1.0,  # lamda
+        "rd_mu": 0.1,  # mu
+        "rd_warmup": 10,  # dynamic_start_epoch: position weights only for the first 10 epochs
+        "rd_renorm": False,  # _weight_renormalize
+        "rd_rank": "sampled",  # sampled: estimated from rd_samples items per step | exact: all items
+        "rd_samples": 100,
+    }  # num_dynamic_samples
+    TEACHER = True
+
+    @staticmethod
+    def canonical(d: dict) -> None:
+        if d["rd_rank"] not in RD_RANKS:
+            raise ValueError(f"rd_rank must be one of {RD_RANKS}, got {d['rd_rank']!r}")
+        if d["rd_rank"] == "exact":
+            d["rd_samples"] = None
 
     def __init__(self, cfg, positives: UserItems, teacher):
         self.cfg, self.positives = cfg, positives
@@ -61,27 +99,71 @@ class RD(NoKD):
     def batch_items(self, users, generator, pairs=None):
         top = self.top[users]
         if self.dynamic and self.cfg.rd_rank == "sampled":
-            return torch.cat([top, uniform_items(self.positives, users, self.cfg.rd_samples, generator, pairs)], 1)
+            return torch.cat(
+                [top, uniform_items(self.positives, users, self.cfg.rd_samples, generator, pairs)],
+                1,
+            )
         return top
 
     def loss(self, users, items, logits):
         c, k = self.cfg, self.cfg.rd_k
         rank = None
         if self.dynamic:
-            rank = (losses.rd_sampled_rank(logits[:, :k].detach(), logits[:, k:].detach(), self.positives.shape[1])
-                    if c.rd_rank == "sampled" else self.ranks[users])
+            rank = (
+                losses.rd_sampled_rank(
+                    logits[:, :k].detach(), logits[:, k:].detach(), self.positives.shape[1]
+                )
+                if c.rd_rank == "sampled"
+                else self.ranks[users]
+            )
         w = losses.rd_weights(k, c.rd_lambda, rank, c.rd_mu, c.rd_renorm, logits.device)
         return c.lambda_rd * losses.rd_loss(logits[:, :k], w)
 
 
 class CD(NoKD):
     """lambda * L_KD on `n_distill` missing items per user chosen by the CD sampler; soft labels
-    from the teacher."""
+    from the teacher (METHOD.md "The CD loss", "Probabilistic rank-aware sampling", "guided training")."""
+
+    FIELDS = {
+        "lambda_kd": 0.5,
+        "temperature": 1.0,
+        "mu": 10.0,
+        "n_distill": 10,
+        "max_rank": None,  # None: ceil(10 mu)
+        "sampling": "rank",  # rank | uniform | topk
+        "guide": "teacher",  # teacher | student | hybrid
+        "refresh_every": 1,  # epochs between two refreshes of the student's ranking
+        "switch_epoch": None,
+    }  # hybrid: the epoch the student takes over; None: SWITCH_EPOCH
+    TEACHER = True
+
+    @staticmethod
+    def canonical(d: dict) -> None:
+        if d["sampling"] not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {d['sampling']!r}")
+        if d["guide"] not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {d['guide']!r}")
+        d["max_rank"] = d["max_rank"] or int(math.ceil(10 * d["mu"]))
+        if d["guide"] != "hybrid":
+            d["switch_epoch"] = None
+        elif d["switch_epoch"] is None:
+            d["switch_epoch"] = SWITCH_EPOCH
+        if d["guide"] == "teacher" or d["sampling"] == "uniform":
+            d["refresh_every"] = None
 
     def __init__(self, cfg, positives: UserItems, teacher):
         self.cfg, self.teacher = cfg, teacher
-        self.sampler = CDSampler(positives, teacher, cfg.n_distill, cfg.mu, cfg.sampling, cfg.guide,
-                                 cfg.max_rank, cfg.refresh_every or 1, cfg.switch_epoch or 0)
+        self.sampler = CDSampler(
+            positives,
+            teacher,
+            cfg.n_distill,
+            cfg.mu,
+            cfg.sampling,
+            cfg.guide,
+            cfg.max_rank,
+            cfg.refresh_every or 1,
+            cfg.switch_epoch or 0,
+        )
         self.refresh_seconds = self.sampler.refresh_seconds
         self.teacher_score = teacher.scorer(static=cfg.shapes == "static")
 
@@ -92,7 +174,9 @@ class CD(NoKD):
         return self.sampler.sample(users, generator, pairs)
 
     def loss(self, users, items, logits):
-        return self.cfg.lambda_kd * losses.cd_loss(logits, self.teacher_score(users, items), self.cfg.temperature)
+        return self.cfg.lambda_kd * losses.cd_loss(
+            logits, self.teacher_score(users, items), self.cfg.temperature
+        )
 
 
 METHODS = {"none": NoKD, "rd": RD, "cd": CD}
@@ -104,7 +188,9 @@ def build(cfg, positives: UserItems, teacher=None) -> NoKD:
 
 
 @torch.no_grad()
-def student_ranks(model, positives: UserItems, items: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def student_ranks(
+    model, positives: UserItems, items: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """The student's rank (1 = top) of each of `items` [users x k] among each user's missing items."""
     out = torch.empty_like(items)
     for s in range(0, len(items), batch_size):

@@ -8,18 +8,22 @@ MRR = 1/rank. Ties are broken against the held-out item: rank = 1 + #{candidates
   full:    against every item not in the user's training set nor the other held-out item.
 A non-finite score raises FloatingPointError naming the model and the split.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .data import Dataset, UserItems
+from .dataset import Dataset
+from .index import UserItems
 from .samplers import masked_scores
 
 CUTOFFS = (5, 10, 20)
 
 
-def count_above(scores: torch.Tensor, thresholds: torch.Tensor, strict: bool = True) -> torch.Tensor:
+def count_above(
+    scores: torch.Tensor, thresholds: torch.Tensor, strict: bool = True
+) -> torch.Tensor:
     """[B x k] int64: #{j : scores[b, j] > thresholds[b, i]} (>= when not strict), for [B x I] scores.
     On the CPU numpy's count_nonzero does the counting: exact, and about 10x faster than summing
     torch's boolean tensor (0.06 s against 0.6 s for 256 x 10 thresholds over 26k items, one thread)."""
@@ -39,7 +43,9 @@ def ranks_sampled(target_scores: torch.Tensor, negative_scores: torch.Tensor) ->
 def ranks_full(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B] ranks of targets in [B x I] scores where excluded items are already -inf."""
     t = scores.gather(1, targets[:, None])
-    return count_above(scores, t, strict=False)[:, 0]  # counts the target itself: 1 + #{others >= target}
+    return count_above(scores, t, strict=False)[
+        :, 0
+    ]  # counts the target itself: 1 + #{others >= target}
 
 
 def summarize(ranks: torch.Tensor, cutoffs=CUTOFFS) -> dict:
@@ -49,7 +55,9 @@ def summarize(ranks: torch.Tensor, cutoffs=CUTOFFS) -> dict:
     for n in cutoffs:
         hit = r <= n
         out[f"HR@{n}"] = hit.double().mean().item()
-        out[f"NDCG@{n}"] = torch.where(hit, 1 / torch.log2(r + 1), torch.zeros_like(r)).mean().item()
+        out[f"NDCG@{n}"] = (
+            torch.where(hit, 1 / torch.log2(r + 1), torch.zeros_like(r)).mean().item()
+        )
     out["MRR"] = (1 / r).mean().item()
     return out
 
@@ -59,7 +67,9 @@ class Popularity:
     A trained model that does not beat it is still on the initial plateau."""
 
     def __init__(self, ds: Dataset, device="cpu"):
-        self.pop = torch.from_numpy(np.asarray(ds.train.sum(0)).ravel().astype(np.float32)).to(device)
+        self.pop = torch.from_numpy(np.asarray(ds.train.sum(0)).ravel().astype(np.float32)).to(
+            device
+        )
         self.device, self.size = torch.device(device), 0
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -73,19 +83,30 @@ def check_finite(scores: torch.Tensor, model, what: str) -> None:
     """Raise FloatingPointError when a model's scores hold NaN or infinity (they would rank silently)."""
     if not torch.isfinite(scores).all():
         n = int((~torch.isfinite(scores)).sum())
-        raise FloatingPointError(f"{type(model).__name__} (size {getattr(model, 'size', '?')}): {n} non-finite "
-                                 f"score(s) on {what}; the model has diverged")
+        raise FloatingPointError(
+            f"{type(model).__name__} (size {getattr(model, 'size', '?')}): {n} non-finite "
+            f"score(s) on {what}; the model has diverged"
+        )
 
 
 @torch.no_grad()
-def evaluate(model, ds: Dataset, split: str = "test", protocol: str = "sampled",
-             batch_size: int = 1024, positives: UserItems | None = None, users=None,
-             valid_negatives: str = "own") -> dict:
+def evaluate(
+    model,
+    ds: Dataset,
+    split: str = "test",
+    protocol: str = "sampled",
+    batch_size: int = 1024,
+    positives: UserItems | None = None,
+    users=None,
+    valid_negatives: str = "own",
+) -> dict:
     """HR@{5,10,20}, NDCG@{5,10,20} and MRR of `model` on the validation or test item.
     valid_negatives: "own" (the validation's own sampled candidates) or "test" (the test's, the
     protocol before validation had its own draw)."""
     if split not in ("valid", "test") or protocol not in ("sampled", "full"):
-        raise ValueError(f"split must be valid/test and protocol sampled/full, got {split}/{protocol}")
+        raise ValueError(
+            f"split must be valid/test and protocol sampled/full, got {split}/{protocol}"
+        )
     if valid_negatives not in ("own", "test"):
         raise ValueError(f"valid_negatives must be own or test, got {valid_negatives!r}")
     dev = model.device
@@ -95,14 +116,16 @@ def evaluate(model, ds: Dataset, split: str = "test", protocol: str = "sampled",
     if protocol == "sampled":
         negs = ds.valid_negatives if split == "valid" and valid_negatives == "own" else ds.negatives
         if negs is None:
-            raise ValueError(f"{ds.name}: no validation negatives (a Dataset built before they existed)")
+            raise ValueError(
+                f"{ds.name}: no validation negatives (a Dataset built before they existed)"
+            )
         cand = torch.cat([target[:, None], torch.from_numpy(negs).to(dev)], 1)
     else:
         positives = positives or UserItems(ds.train, dev)
     what = f"{ds.name} {split} ({protocol})"
     ranks = []
     for s in range(0, len(users), batch_size):
-        u = users[s:s + batch_size]
+        u = users[s : s + batch_size]
         if protocol == "sampled":
             sc = model.score(u, cand[u])
             check_finite(sc, model, what)
@@ -111,6 +134,6 @@ def evaluate(model, ds: Dataset, split: str = "test", protocol: str = "sampled",
             sc = model.score_all(u)
             check_finite(sc, model, what)
             sc = masked_scores(sc, positives, u)
-            sc[torch.arange(len(u), device=dev), other[u]] = -np.inf     # the other held-out item
+            sc[torch.arange(len(u), device=dev), other[u]] = -np.inf  # the other held-out item
             ranks.append(ranks_full(sc, target[u]))
     return summarize(torch.cat(ranks))

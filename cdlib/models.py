@@ -10,6 +10,7 @@ Both share one interface, used by training, sampling and evaluation:
   scorer()                        -> score(), for a model that trains no further (a teacher);
   n_params()                      -> number of parameters.
 """
+
 from __future__ import annotations
 
 import scipy.sparse as sp
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import UserItems, put_pairs
+from .index import UserItems, put_pairs
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -50,8 +51,13 @@ class Recommender(nn.Module):
         wrapped = _PairLogits(self)
 
         def one(p, u, r, i, xx):
-            return torch.func.functional_call(wrapped, {f"model.{k}": v for k, v in p.items()}, (u, r, i, xx))
-        return torch.func.vmap(one, in_dims=(0, 0, 0, 0, None if x is None else 0))(params, users, rows, items, x)
+            return torch.func.functional_call(
+                wrapped, {f"model.{k}": v for k, v in p.items()}, (u, r, i, xx)
+            )
+
+        return torch.func.vmap(one, in_dims=(0, 0, 0, 0, None if x is None else 0))(
+            params, users, rows, items, x
+        )
 
     def scorer(self, static: bool = False):
         """score(), for a model that trains no further (a CD teacher, asked for soft labels every
@@ -120,7 +126,9 @@ class CDAE(Recommender):
         return self.rows(users, pairs)
 
     def hidden(self, users: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.sigmoid(self.encoder(self.rows(users) if x is None else x) + self.user_embedding(users))
+        return torch.sigmoid(
+            self.encoder(self.rows(users) if x is None else x) + self.user_embedding(users)
+        )
 
     def forward(self, users: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(self.hidden(users, x))
@@ -134,9 +142,15 @@ class CDAE(Recommender):
         for 5 CD students on ml-1m, 2 cores)."""
         emb = params["user_embedding.weight"]
         v = emb.gather(1, users[..., None].expand(*users.shape, emb.shape[-1]))
-        h = torch.sigmoid(torch.baddbmm(params["encoder.bias"][:, None], x, params["encoder.weight"].transpose(1, 2))
-                          + v)
-        z = torch.baddbmm(params["decoder.bias"][:, None], h, params["decoder.weight"].transpose(1, 2))
+        h = torch.sigmoid(
+            torch.baddbmm(
+                params["encoder.bias"][:, None], x, params["encoder.weight"].transpose(1, 2)
+            )
+            + v
+        )
+        z = torch.baddbmm(
+            params["decoder.bias"][:, None], h, params["decoder.weight"].transpose(1, 2)
+        )
         return z.flatten(1).gather(1, rows * z.shape[2] + items)
 
     @torch.no_grad()
@@ -151,7 +165,9 @@ class CDAE(Recommender):
 
     def _decode(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         distinct, where = torch.unique(items, return_inverse=True)
-        return F.linear(hidden, self.decoder.weight[distinct], self.decoder.bias[distinct]).gather(1, where)
+        return F.linear(hidden, self.decoder.weight[distinct], self.decoder.bias[distinct]).gather(
+            1, where
+        )
 
     @torch.no_grad()
     def scorer(self, batch_size: int = 1024, static: bool = False):
@@ -162,10 +178,16 @@ class CDAE(Recommender):
         a GPU would have to report to the host)."""
         self.eval()
         users = torch.arange(self.inputs.shape[0], device=self.decoder.weight.device)
-        hidden = torch.cat([self.hidden(users[s:s + batch_size]) for s in range(0, len(users), batch_size)])
+        hidden = torch.cat(
+            [self.hidden(users[s : s + batch_size]) for s in range(0, len(users), batch_size)]
+        )
         if static:
-            return torch.no_grad()(lambda u, items: torch.bmm(self.decoder.weight[items], hidden[u][:, :, None])
-                                   .squeeze(-1) + self.decoder.bias[items])
+            return torch.no_grad()(
+                lambda u, items: (
+                    torch.bmm(self.decoder.weight[items], hidden[u][:, :, None]).squeeze(-1)
+                    + self.decoder.bias[items]
+                )
+            )
         return torch.no_grad()(lambda u, items: self._decode(hidden[u], items))
 
     @torch.no_grad()
@@ -205,8 +227,12 @@ class NeuMF(Recommender):
         # pass scatters into B rows instead of sorting one index per pair
         d, e = self.size, self.size * self.mlp_scale
         # (index_select, whose backward is an index_add, not indexing, whose backward sorts)
-        gmf = (self.gmf_user(users) * self.out.weight[0, :d]).index_select(0, rows) * self.gmf_item(items)
-        a = self.mlp_user(users) @ self.layer1.weight[:, :e].T + self.layer1.bias      # user half of layer 1
+        gmf = (self.gmf_user(users) * self.out.weight[0, :d]).index_select(0, rows) * self.gmf_item(
+            items
+        )
+        a = (
+            self.mlp_user(users) @ self.layer1.weight[:, :e].T + self.layer1.bias
+        )  # user half of layer 1
         h = F.relu(a.index_select(0, rows) + self.mlp_item(items) @ self.layer1.weight[:, e:].T)
         h = F.relu(self.layer2(h))
         return gmf.sum(-1) + h @ self.out.weight[0, d:] + self.out.bias
@@ -217,17 +243,31 @@ class NeuMF(Recommender):
         against 33 s through vmap (2 cores; 3.5 s for one alone: their tensors outgrow the caches)."""
         d, e = self.size, self.size * self.mlp_scale
 
-        def take(table, idx):     # table [G, N, k], idx [G, M] -> [G, M, k], as one index_select (backward: index_add)
+        def take(
+            table, idx
+        ):  # table [G, N, k], idx [G, M] -> [G, M, k], as one index_select (backward: index_add)
             g, n, k = table.shape
             flat = (idx + torch.arange(g, device=idx.device)[:, None] * n).reshape(-1)
             return table.reshape(g * n, k).index_select(0, flat).view(g, -1, k)
+
         w1, w_out = params["layer1.weight"], params["out.weight"][:, 0]
-        gmf = (take(take(params["gmf_user.weight"], users) * w_out[:, None, :d], rows)
-               * take(params["gmf_item.weight"], items))
-        a = torch.baddbmm(params["layer1.bias"][:, None], take(params["mlp_user.weight"], users),
-                          w1[:, :, :e].transpose(1, 2))
-        h = F.relu(take(a, rows) + torch.bmm(take(params["mlp_item.weight"], items), w1[:, :, e:].transpose(1, 2)))
-        h = F.relu(torch.baddbmm(params["layer2.bias"][:, None], h, params["layer2.weight"].transpose(1, 2)))
+        gmf = take(take(params["gmf_user.weight"], users) * w_out[:, None, :d], rows) * take(
+            params["gmf_item.weight"], items
+        )
+        a = torch.baddbmm(
+            params["layer1.bias"][:, None],
+            take(params["mlp_user.weight"], users),
+            w1[:, :, :e].transpose(1, 2),
+        )
+        h = F.relu(
+            take(a, rows)
+            + torch.bmm(take(params["mlp_item.weight"], items), w1[:, :, e:].transpose(1, 2))
+        )
+        h = F.relu(
+            torch.baddbmm(
+                params["layer2.bias"][:, None], h, params["layer2.weight"].transpose(1, 2)
+            )
+        )
         return gmf.sum(-1) + torch.bmm(h, w_out[:, d:, None]).squeeze(-1) + params["out.bias"]
 
     @torch.no_grad()
@@ -247,23 +287,29 @@ class NeuMF(Recommender):
         d, e = self.size, self.size * self.mlp_scale
         n_items = self.gmf_item.num_embeddings
         w_gmf, w_mlp = self.out.weight[0, :d], self.out.weight[0, d:]
-        gmf = (self.gmf_user(users) * w_gmf) @ self.gmf_item.weight.T             # [B, I]
+        gmf = (self.gmf_user(users) * w_gmf) @ self.gmf_item.weight.T  # [B, I]
         a = self.mlp_user(users) @ self.layer1.weight[:, :e].T + self.layer1.bias  # [B, e]
-        c = self.mlp_item.weight @ self.layer1.weight[:, e:].T                    # [I, e]
+        c = self.mlp_item.weight @ self.layer1.weight[:, e:].T  # [I, e]
         out = torch.empty(len(users), n_items, device=gmf.device)
         step = max(1, min(len(users), max_elems // (n_items * e)))
         buf = torch.empty(step, n_items, e, device=gmf.device)
         for s in range(0, len(users), step):
-            h = buf[:min(step, len(users) - s)]
-            torch.add(a[s:s + step, None, :], c[None], out=h).relu_()               # [b, I, d]
+            h = buf[: min(step, len(users) - s)]
+            torch.add(a[s : s + step, None, :], c[None], out=h).relu_()  # [b, I, d]
             g = h @ self.layer2.weight.T
             g += self.layer2.bias
-            torch.matmul(g.relu_(), w_mlp, out=out[s:s + step])
+            torch.matmul(g.relu_(), w_mlp, out=out[s : s + step])
         return out.add_(gmf).add_(self.out.bias)
 
 
-def build(backbone: str, train: sp.csr_matrix, size: int, corruption: float = 0.5,
-          device: str | torch.device | None = None, mlp_scale: int = 1) -> Recommender:
+def build(
+    backbone: str,
+    train: sp.csr_matrix,
+    size: int,
+    corruption: float = 0.5,
+    device: str | torch.device | None = None,
+    mlp_scale: int = 1,
+) -> Recommender:
     """A CDAE (size = hidden units H) or NeuMF (size = dimension d, tower width `mlp_scale`) for a
     training matrix."""
     if backbone == "cdae":

@@ -1,4 +1,5 @@
 """Figures of the notebooks (matplotlib + seaborn), saved as PNG and PDF under figures/."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from . import runs  # noqa: E402
@@ -40,14 +41,23 @@ def save(fig, name: str, directory=None) -> list[str]:
     out = []
     for ext in ("png", "pdf"):
         final = d / f"{name}.{ext}"
-        tmp = d / f".{name}.tmp{os.getpid()}.{ext}"     # per process: notebooks of two datasets may draw the same figure
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+        tmp = (
+            d / f".{name}.tmp{os.getpid()}.{ext}"
+        )  # per process: notebooks of two datasets may draw the same figure
+        fig.savefig(
+            tmp,
+            dpi=120,
+            bbox_inches="tight",
+            metadata={"CreationDate": None} if ext == "pdf" else None,
+        )
         os.replace(tmp, final)
         out.append(str(final))
     return out
 
 
-def dots(df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "Teacher", labels=None):
+def dots(
+    df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "Teacher", labels=None
+):
     """Mean of `metric` per label with its 95% interval over seeds (t distribution), one panel per
     dataset x backbone that has runs (no empty panels). relative_to: show each run as % of the run
     of that label with the same seed (a seed is a paired replicate: a student and its own teacher),
@@ -57,7 +67,9 @@ def dots(df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "T
         ok = ok[ok.label.isin(labels)]
     if relative_to is not None and (ok.label == relative_to).any():
         ref = ok[ok.label == relative_to].set_index(["dataset", "backbone", "seed"])[metric]
-        ok = ok[ok.label != relative_to].join(ref.rename("_ref"), on=["dataset", "backbone", "seed"])
+        ok = ok[ok.label != relative_to].join(
+            ref.rename("_ref"), on=["dataset", "backbone", "seed"]
+        )
         ok = ok.assign(value=100 * ok[metric] / ok["_ref"]).dropna(subset=["value"])
         xlabel = f"{metric}, % of the same seed's {relative_to.lower()}"
     else:
@@ -66,12 +78,17 @@ def dots(df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "T
     n = max(1, len(cells))
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, rows * (0.45 * ok.label.nunique() + 1.2)), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, rows * (0.45 * ok.label.nunique() + 1.2)), squeeze=False
+    )
     order = list(dict.fromkeys(ok.label))
     for ax, (d, b) in zip(axes.flat, cells):
         g = ok[(ok.dataset == d) & (ok.backbone == b)].groupby("label")["value"]
         m, sd, k = g.mean().reindex(order), g.std().reindex(order), g.size().reindex(order)
-        half = [stats.t.ppf(0.975, c - 1) * s / np.sqrt(c) if c > 1 else 0.0 for s, c in zip(sd, k.fillna(0))]
+        half = [
+            stats.t.ppf(0.975, c - 1) * s / np.sqrt(c) if c > 1 else 0.0
+            for s, c in zip(sd, k.fillna(0))
+        ]
         y = np.arange(len(order))
         ax.errorbar(m.to_numpy(), y, xerr=half, fmt="o", capsize=3, color="C0")
         if relative_to:
@@ -80,36 +97,65 @@ def dots(df: pd.DataFrame, metric: str = "NDCG@10", relative_to: str | None = "T
         ax.invert_yaxis()
         ax.set_title(f"{b} / {d} ({int(k.max())} seeds)", fontsize=10)
         ax.set_xlabel(xlabel, fontsize=9)
-    for ax in list(axes.flat)[len(cells):]:
+    for ax in list(axes.flat)[len(cells) :]:
         ax.remove()
     fig.tight_layout()
     return fig
 
 
+def _panels(data: pd.DataFrame, x: str, y: str, log_x: bool = False, **kw):
+    """One panel per dataset x backbone (seaborn's relplot, axes not shared), x on a log scale when
+    asked; returns the figure."""
+    g = sns.relplot(
+        data=data,
+        x=x,
+        y=y,
+        col="dataset",
+        row="backbone",
+        height=3,
+        aspect=1.3,
+        facet_kws={"sharey": False, "sharex": False},
+        **kw,
+    )
+    if log_x:
+        _log_x(g)
+    g.set_titles("{row_name} / {col_name}")
+    return g.figure
+
+
 def learning_curves(df: pd.DataFrame, results=None, metric: str = "valid_NDCG@10"):
-    """Validation curve per epoch of each run (rows of experiments.collect), one panel per
+    """Validation curve per epoch of each run (rows of tables.collect), one panel per
     dataset x backbone, one line per label (mean over seeds)."""
     rows = []
     for r in df[df.status == "ok"].itertuples():
         rec = json.loads((runs.results_dir(results) / "runs" / f"{r.key}.json").read_text())
-        rows += [{"dataset": r.dataset, "backbone": r.backbone, "label": r.label, "seed": r.seed,
-                  "epoch": c["epoch"], metric: c[metric]} for c in rec["curve"]]
-    curves = pd.DataFrame(rows)
-    g = sns.relplot(data=curves, x="epoch", y=metric, hue="label", col="dataset", row="backbone", kind="line",
-                    errorbar="sd", height=3, aspect=1.3, facet_kws={"sharey": False, "sharex": False})
-    g.set_titles("{row_name} / {col_name}")
-    return g.figure
+        rows += [
+            {
+                "dataset": r.dataset,
+                "backbone": r.backbone,
+                "label": r.label,
+                "seed": r.seed,
+                "epoch": c["epoch"],
+                metric: c[metric],
+            }
+            for c in rec["curve"]
+        ]
+    return _panels(pd.DataFrame(rows), "epoch", metric, hue="label", kind="line", errorbar="sd")
 
 
 def accuracy_vs_params(df: pd.DataFrame, metric: str = "NDCG@10"):
     """Accuracy against parameter count (log scale) per label, one panel per dataset x backbone."""
-    ok = df[df.status == "ok"]
-    g = sns.relplot(data=ok, x="n_params", y=metric, hue="label", style="label", col="dataset", row="backbone",
-                    kind="line", marker="o", errorbar="sd", height=3, aspect=1.3,
-                    facet_kws={"sharey": False, "sharex": False})
-    _log_x(g)
-    g.set_titles("{row_name} / {col_name}")
-    return g.figure
+    return _panels(
+        df[df.status == "ok"],
+        "n_params",
+        metric,
+        log_x=True,
+        hue="label",
+        style="label",
+        kind="line",
+        marker="o",
+        errorbar="sd",
+    )
 
 
 def sensitivity(df: pd.DataFrame, metric: str = "NDCG@10"):
@@ -118,10 +164,21 @@ def sensitivity(df: pd.DataFrame, metric: str = "NDCG@10"):
     ok[["parameter", "value"]] = ok.label.str.split("=", expand=True)
     ok["value"] = ok["value"].astype(float)
     ok["panel"] = ok.dataset + " / " + ok.backbone
-    g = sns.relplot(data=ok, x="value", y=metric, hue="panel", col="parameter", kind="line", marker="o",
-                    errorbar="sd", height=3, aspect=1.1, facet_kws={"sharex": False, "sharey": False})
+    g = sns.relplot(
+        data=ok,
+        x="value",
+        y=metric,
+        hue="panel",
+        col="parameter",
+        kind="line",
+        marker="o",
+        errorbar="sd",
+        height=3,
+        aspect=1.1,
+        facet_kws={"sharex": False, "sharey": False},
+    )
     _log_x(g)
-    for name, ax in g.axes_dict.items():     # label the values that were run
+    for name, ax in g.axes_dict.items():  # label the values that were run
         vals = sorted(ok.loc[ok.parameter == name, "value"].unique())
         ax.set_xticks(vals, [f"{v:g}" for v in vals])
     g.set_titles("{col_name}")
@@ -131,12 +188,9 @@ def sensitivity(df: pd.DataFrame, metric: str = "NDCG@10"):
 def accuracy_vs_latency(df: pd.DataFrame, metric: str = "NDCG@10"):
     """Accuracy against inference latency per model size (rows with latency_ms and metric), one
     marker per device."""
-    g = sns.relplot(data=df, x="latency_ms", y=metric, hue="label", size="n_params", style="device",
-                    col="dataset", row="backbone", height=3, aspect=1.3,
-                    facet_kws={"sharey": False, "sharex": False})
-    _log_x(g)
-    g.set_titles("{row_name} / {col_name}")
-    return g.figure
+    return _panels(
+        df, "latency_ms", metric, log_x=True, hue="label", size="n_params", style="device"
+    )
 
 
 def close(fig) -> None:

@@ -17,193 +17,38 @@ machine; the notebooks then read the records (`--report-only`, or `make figures`
 `--scheduler ADDRESS` sends the same jobs to a Dask distributed cluster instead of the local
 process pool; the records and executed notebooks come back to this machine (no shared disk).
 """
+
 from __future__ import annotations
 
 import argparse
-import base64
-import multiprocessing
 import os
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+import torch
 
-from . import runs
-from .experiments import PROFILES
+from . import profiles, runs
+from .jobs import NB_DIR, Job, run_jobs
+from .profiles import PROFILES
 
-NOTEBOOKS = ["00_tuning", "01_datasets", "02_teachers", "03_main", "04_sampling", "05_guidance", "06_student_size",
-             "07_sensitivity", "08_efficiency", "09_summary", "10_your_data"]
+NOTEBOOKS = [
+    "00_tuning",
+    "01_datasets",
+    "02_teachers",
+    "03_main",
+    "04_sampling",
+    "05_guidance",
+    "06_student_size",
+    "07_sensitivity",
+    "08_efficiency",
+    "09_summary",
+    "10_your_data",
+]
 # notebooks whose per-dataset jobs train (05 reads the runs of 03); 00 runs first, as its own stage
 TUNING = ["00_tuning"]
 TRAINING = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
-OWN_DATA = ["10_your_data"]     # trains on its own shipped file in the report stage
-KERNEL = "python3"
-NB_DIR = runs.REPO / "notebooks"
-
-
-@dataclass
-class Job:
-    notebook: str
-    parameters: dict
-    output: str                      # executed notebook path (on the launching machine)
-    log: str
-    name: str = ""
-    threads: int = 1
-    retries: int = 2
-    status: str = "pending"
-    seconds: float = 0.0
-    error: str = ""
-    files: dict = field(default_factory=dict)   # remote jobs: files to write back, path -> bytes
-    env: dict = field(default_factory=dict)     # environment of the job's kernel (CDLIB_DEADLINE, CDLIB_GROUP_SIZE)
-
-
-def _execute(job: Job) -> Job:
-    """Run one papermill job in this process (a worker of the pool or of a Dask cluster)."""
-    import papermill as pm
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(job.threads)
-    os.environ.update(job.env)
-    Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    for attempt in range(job.retries + 1):
-        with open(job.log, "a") as log:
-            log.write(f"== {job.name} attempt {attempt + 1}, parameters {job.parameters}\n")
-            log.flush()
-            try:
-                tmp = str(Path(job.output).with_name(f".{Path(job.output).name}.tmp{os.getpid()}.ipynb"))
-                pm.execute_notebook(str(NB_DIR / f"{job.notebook}.ipynb"), tmp, parameters=job.parameters,
-                                    kernel_name=KERNEL, log_output=True, stdout_file=log, stderr_file=log,
-                                    progress_bar=False, cwd=str(NB_DIR))
-                os.replace(tmp, job.output)
-                job.status, job.error = "ok", ""
-                break
-            except pm.PapermillExecutionError as e:        # a cell failed: retrying will not help
-                job.status, job.error = "failed", f"{e.ename}: {e.evalue}"
-                if os.path.exists(tmp):
-                    os.replace(tmp, job.output)             # keep the executed notebook to read the error
-                break
-            except Exception as e:  # noqa: BLE001 -- kernel did not start or died: try again
-                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
-                log.write(f"kernel failure: {job.error}; retrying\n")
-    job.seconds = time.time() - t0
-    return job
-
-
-def _execute_direct(job: Job) -> Job:
-    """Run one training job without papermill or Jupyter (--no-notebooks): what its notebook trains
-    (`experiments.train_notebook`), in this process, its output in the job's log."""
-    import contextlib
-    import traceback
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(job.threads)
-    os.environ.update(job.env)
-    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(job.log, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"== {job.name} without a notebook, parameters {job.parameters}", flush=True)
-        try:
-            import torch
-            torch.set_num_threads(job.threads)
-            from . import experiments as ex
-            q = job.parameters
-            p = ex.profile(q["profile"], q.get("datasets"), q.get("backbones"), q.get("seeds"), q.get("device"))
-            df = ex.train_notebook(job.notebook, p, q.get("results_dir"), progress=False)
-            ok = int((df.status == "ok").sum()) if "status" in df else 0
-            print(f"{ok} of {len(df)} runs recorded", flush=True)
-            job.status, job.error = "ok", ""
-        except Exception as e:  # noqa: BLE001 -- one failing job neither stops nor damages the others
-            traceback.print_exc()
-            job.status, job.error = "failed", f"{type(e).__name__}: {e}"
-    job.seconds = time.time() - t0
-    return job
-
-
-def _execute_remote(job: Job, inputs: dict) -> Job:
-    """Run a job on a Dask worker without a shared disk: the launcher's records and tables in
-    ({path under results: text}), new records, tables, figures, notebook and log out."""
-    with tempfile.TemporaryDirectory() as tmp:
-        res = Path(tmp) / "results"
-        (res / "runs").mkdir(parents=True)
-        for name, text in inputs.items():
-            (res / name).write_text(text)
-        local = Job(job.notebook, dict(job.parameters, results_dir=str(res), figures_dir=str(Path(tmp) / "figures")),
-                    str(Path(tmp) / "out.ipynb"), str(Path(tmp) / "job.log"), job.name, job.threads, job.retries,
-                    env=job.env)
-        _execute(local)
-        job.status, job.error, job.seconds = local.status, local.error, local.seconds
-        files = {}
-        for p in [*(res / "runs").glob("*.json"), *res.glob("*.csv")]:
-            name = str(p.relative_to(res))
-            if inputs.get(name) != p.read_text():
-                files[name] = p.read_bytes()
-        for p in (Path(tmp) / "figures").glob("*"):
-            files[f"figures/{p.name}"] = p.read_bytes()
-        for src, key in ((local.output, "notebook"), (local.log, "log")):
-            if os.path.exists(src):
-                files[key] = Path(src).read_bytes()
-        job.files = {k: base64.b64encode(v).decode() for k, v in files.items()}
-    return job
-
-
-def _write_back(job: Job, results: Path, figures: Path) -> None:
-    for key, blob in job.files.items():
-        data = base64.b64decode(blob)
-        if key == "notebook":
-            dest = Path(job.output)
-        elif key == "log":
-            dest = Path(job.log)
-        elif key.startswith("figures/"):
-            dest = figures / key.split("/", 1)[1]
-        else:
-            dest = results / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-    job.files = {}
-
-
-def run_jobs(jobs: list[Job], n_jobs: int, desc: str, scheduler: str | None = None,
-             results: Path | None = None, figures: Path | None = None, direct: bool = False) -> list[Job]:
-    """Run jobs on a local process pool (or a Dask cluster), one overall progress bar. direct: training
-    jobs without papermill (`_execute_direct`), in fresh (spawned) processes, CUDA-safe."""
-    if not jobs:
-        return []
-    done = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="job")
-    if scheduler:
-        from dask.distributed import Client, as_completed as dask_completed
-        inputs = {str(p.relative_to(results)): p.read_text()
-                  for p in [*(results / "runs").glob("*.json"), *results.glob("*.csv")]}
-        with Client(scheduler) as client:
-            futures = [client.submit(_execute_remote, j, inputs, pure=False, key=f"cdlib-{j.name}-{time.time_ns()}")
-                       for j in jobs]
-            for f in dask_completed(futures):
-                j = f.result()
-                _write_back(j, results, figures)
-                done.append(j)
-                bar.set_postfix_str(f"{j.name}: {j.status}")
-                bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn") if direct else None
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_execute_direct if direct else _execute, j): j for j in jobs}
-            for f in as_completed(futures):
-                try:
-                    j = f.result()
-                except Exception as e:  # noqa: BLE001 -- the worker process itself died
-                    j = futures[f]
-                    j.status, j.error = "failed", f"{type(e).__name__}: {e}"
-                done.append(j)
-                bar.set_postfix_str(f"{j.name}: {j.status}")
-                bar.update()
-    bar.close()
-    return done
+OWN_DATA = ["10_your_data"]  # trains on its own shipped file in the report stage
 
 
 def slug(dataset: str) -> str:
@@ -211,19 +56,31 @@ def slug(dataset: str) -> str:
     return Path(dataset).name.replace(" ", "_")
 
 
-def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_dir: Path,
-         n_jobs: int, device=None, seeds=None, train: bool = True,
-         backbones=None) -> tuple[list, list, list, list]:
+def plan(
+    profile: str,
+    datasets,
+    notebooks,
+    results: Path,
+    figures: Path,
+    out_dir: Path,
+    n_jobs: int,
+    device=None,
+    seeds=None,
+    train: bool = True,
+    backbones=None,
+) -> tuple[list, list, list, list]:
     """The jobs of each stage: tuning (per tuning dataset), training (notebook x dataset), report,
     and the final summary."""
-    from .experiments import profile as get_profile
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, n_jobs))
     in_repo = results == runs.results_dir().resolve()
     # into the repository: leave the directories at their defaults, so that the committed
     # notebooks carry no machine's absolute paths and re-execute anywhere
-    common = {"profile": profile} if in_repo else {"profile": profile, "results_dir": str(results),
-                                                   "figures_dir": str(figures)}
+    common = (
+        {"profile": profile}
+        if in_repo
+        else {"profile": profile, "results_dir": str(results), "figures_dir": str(figures)}
+    )
     if device:
         common["device"] = device
     if seeds is not None:
@@ -233,100 +90,186 @@ def plan(profile: str, datasets, notebooks, results: Path, figures: Path, out_di
     logs = results / "logs"
 
     def job(nb, d):
-        return Job(nb, dict(common, datasets=[d], write_tables=False),
-                   str(results / "notebooks" / f"{nb}__{slug(d)}.ipynb"), str(logs / f"{nb}__{slug(d)}.log"),
-                   f"{nb[:2]}/{slug(d)}", threads)
-    p = get_profile(profile)
-    tune_sets = list(dict.fromkeys(p.tuning_dataset(d) for d in datasets)) if p.tuning is not None else []
+        return Job(
+            nb,
+            dict(common, datasets=[d], write_tables=False),
+            str(results / "notebooks" / f"{nb}__{slug(d)}.ipynb"),
+            str(logs / f"{nb}__{slug(d)}.log"),
+            f"{nb[:2]}/{slug(d)}",
+            threads,
+        )
+
+    p = profiles.profile(profile)
+    tune_sets = (
+        list(dict.fromkeys(p.tuning_dataset(d) for d in datasets)) if p.tuning is not None else []
+    )
     tuning = [job(nb, d) for nb in TUNING if nb in notebooks for d in tune_sets] if train else []
     training = [job(nb, d) for nb in TRAINING if nb in notebooks for d in datasets] if train else []
-    report = [Job(nb, dict(common, datasets=list(datasets),
-                           **({} if nb in OWN_DATA else {"train_missing": False}),
-                           **({"update_readme": in_repo} if nb == "09_summary" else {})),
-                  str(out_dir / f"{nb}.ipynb"),
-                  str(logs / f"{nb}.log"), nb, threads if nb != "08_efficiency" else cores)
-              for nb in notebooks]
+    report = [
+        Job(
+            nb,
+            dict(
+                common,
+                datasets=list(datasets),
+                **({} if nb in OWN_DATA else {"train_missing": False}),
+                **({"update_readme": in_repo} if nb == "09_summary" else {}),
+            ),
+            str(out_dir / f"{nb}.ipynb"),
+            str(logs / f"{nb}.log"),
+            nb,
+            threads if nb != "08_efficiency" else cores,
+        )
+        for nb in notebooks
+    ]
     for j in report:
         if j.notebook in OWN_DATA:
-            del j.parameters["datasets"]        # its own file (the notebook's data_path)
+            del j.parameters["datasets"]  # its own file (the notebook's data_path)
     last = [j for j in report if j.notebook in ("08_efficiency", "09_summary")]
     return tuning, training, [j for j in report if j not in last], last
 
 
 def main(argv=None) -> int:
     costs = "\n".join(f"  {k:6s} {p.cost}" for k, p in PROFILES.items())
-    ap = argparse.ArgumentParser(description=__doc__ + "\nProfiles:\n" + costs,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="paper", choices=list(PROFILES), help="what to run (default paper; costs above)")
-    ap.add_argument("--datasets", default=None, help="comma-separated dataset names or interactions files "
-                                                       "(default: the profile's)")
+    ap = argparse.ArgumentParser(
+        description=__doc__ + "\nProfiles:\n" + costs,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--profile",
+        default="paper",
+        choices=list(PROFILES),
+        help="what to run (default paper; costs above)",
+    )
+    ap.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated dataset names or interactions files (default: the profile's)",
+    )
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
-    ap.add_argument("--backbones", default=None, help="comma-separated backbones, cdae,neumf (default: both)")
-    ap.add_argument("--notebooks", default=None,
-                    help="comma-separated notebook numbers or names, e.g. 00,03 (default: all)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                    help="parallel jobs (default: the number of cores); threads per job = cores // jobs")
-    ap.add_argument("--threads", type=int, default=None, help="threads per job (default: cores // jobs)")
-    ap.add_argument("--no-report", action="store_true", help="training stage only (several reproductions "
-                                                             "sharing the machine; run the report later)")
-    ap.add_argument("--no-notebooks", action="store_true",
-                    help="training stage only, without papermill or Jupyter: each job trains what its notebook "
-                         "trains (experiments.train_notebook) in a plain Python process; for a machine without "
-                         "Jupyter, such as the GPU machine (tools/gpu_window.sh). Implies --no-report")
+    ap.add_argument(
+        "--backbones", default=None, help="comma-separated backbones, cdae,neumf (default: both)"
+    )
+    ap.add_argument(
+        "--notebooks",
+        default=None,
+        help="comma-separated notebook numbers or names, e.g. 00,03 (default: all)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="parallel jobs (default: the number of cores); threads per job = cores // jobs",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="threads per job (default: cores // jobs)"
+    )
+    ap.add_argument(
+        "--no-report",
+        action="store_true",
+        help="training stage only (several reproductions "
+        "sharing the machine; run the report later)",
+    )
+    ap.add_argument(
+        "--no-notebooks",
+        action="store_true",
+        help="training stage only, without papermill or Jupyter: each job trains what its notebook "
+        "trains (experiments.train_notebook) in a plain Python process; for a machine without "
+        "Jupyter, such as the GPU machine (tools/gpu_window.sh). Implies --no-report",
+    )
     ap.add_argument("--results", default=None, help="results directory (default: results/)")
-    ap.add_argument("--figures", default=None, help="figures directory (default: figures/, or <results>/figures "
-                                                     "when --results is given)")
-    ap.add_argument("--notebooks-out", default=None, help="where the executed report notebooks go (default: "
-                                                          "notebooks/ for results/, else <results>/notebooks)")
+    ap.add_argument(
+        "--figures",
+        default=None,
+        help="figures directory (default: figures/, or <results>/figures when --results is given)",
+    )
+    ap.add_argument(
+        "--notebooks-out",
+        default=None,
+        help="where the executed report notebooks go (default: "
+        "notebooks/ for results/, else <results>/notebooks)",
+    )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    ap.add_argument("--report-only", action="store_true", help="no training stage: tables and figures from "
-                                                               "the recorded runs (make figures)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training stage: tables and figures from the recorded runs (make figures)",
+    )
     ap.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
-    ap.add_argument("--group-size", type=int, default=None,
-                    help="runs trained together in one stacked step (train.run_group; default 1 on a CPU, where "
-                         "it is slower, 15 on CUDA)")
-    ap.add_argument("--time-limit", type=float, default=None,
-                    help="seconds: no run starts after this (runs not started stay unrecorded, the tables show "
-                         "them missing); a later reproduction resumes with them")
+    ap.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="runs trained together in one stacked step (train.run_group; default 1 on a CPU, where "
+        "it is slower, 15 on CUDA)",
+    )
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds: no run starts after this (runs not started stay unrecorded, the tables show "
+        "them missing); a later reproduction resumes with them",
+    )
     args = ap.parse_args(argv)
     if args.group_size is not None and args.group_size < 1:
         ap.error(f"--group-size must be at least 1, got {args.group_size}")
     if args.no_notebooks and (args.scheduler or args.report_only):
-        ap.error("--no-notebooks runs the training stage on the local pool: not with --scheduler or --report-only")
+        ap.error(
+            "--no-notebooks runs the training stage on the local pool: not with --scheduler or --report-only"
+        )
 
     profile = PROFILES[args.profile]
     datasets = args.datasets.split(",") if args.datasets else profile.datasets
     notebooks = NOTEBOOKS
     if args.notebooks:
         want = args.notebooks.split(",")
-        notebooks = [nb for nb in NOTEBOOKS if any(nb == w or nb.startswith(w.zfill(2) + "_") for w in want)]
+        notebooks = [
+            nb for nb in NOTEBOOKS if any(nb == w or nb.startswith(w.zfill(2) + "_") for w in want)
+        ]
         if not notebooks:
             ap.error(f"no notebook matches {args.notebooks!r}; choose from {', '.join(NOTEBOOKS)}")
     results = runs.results_dir(args.results).resolve()
     default_results = results == runs.results_dir().resolve()
-    figures = Path(args.figures or (runs.REPO / "figures" if default_results else results / "figures")).resolve()
-    out_dir = Path(args.notebooks_out or (NB_DIR if default_results else results / "notebooks")).resolve()
+    figures = Path(
+        args.figures or (runs.REPO / "figures" if default_results else results / "figures")
+    ).resolve()
+    out_dir = Path(
+        args.notebooks_out or (NB_DIR if default_results else results / "notebooks")
+    ).resolve()
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     if args.device == "cuda":
-        import torch
         if not torch.cuda.is_available():
-            ap.error("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
-    tuning, training, report, last = plan(args.profile, datasets, notebooks, results, figures, out_dir, args.jobs,
-                                          args.device, seeds, train=not args.report_only,
-                                          backbones=args.backbones.split(",") if args.backbones else None)
+            ap.error(
+                "--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)"
+            )
+    tuning, training, report, last = plan(
+        args.profile,
+        datasets,
+        notebooks,
+        results,
+        figures,
+        out_dir,
+        args.jobs,
+        args.device,
+        seeds,
+        train=not args.report_only,
+        backbones=args.backbones.split(",") if args.backbones else None,
+    )
     if args.threads:
         for j in tuning + training + report + last:
             j.threads = args.threads
     if args.no_report or args.no_notebooks:
         report, last = [], []
     group = args.group_size or (15 if args.device == "cuda" else 1)
-    print(f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
-          f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
-          f"thread(s), groups of up to {group} run(s); results in {results}", flush=True)
+    print(
+        f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
+        f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "
+        f"thread(s), groups of up to {group} run(s); results in {results}",
+        flush=True,
+    )
     t0 = time.time()
     env = {"CDLIB_GROUP_SIZE": str(group)}
     if args.time_limit is not None:
-        env["CDLIB_DEADLINE"] = str(t0 + args.time_limit)      # read by train.run_group in every job
+        env["CDLIB_DEADLINE"] = str(t0 + args.time_limit)  # read by profiles.profile in every job
     for j in tuning + training + report + last:
         j.env = dict(env)
     direct = args.no_notebooks

@@ -1,5 +1,6 @@
 """Run records: one small JSON per finished run in `results/runs/`, keyed by a hash of its full
 configuration, written atomically, with provenance (git commit, packages, device, data hashes)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,8 @@ import platform
 import re
 import subprocess
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,8 +23,14 @@ def results_dir(path=None) -> Path:
 
 def readme_path(path=None) -> Path:
     """`path`, else $CDLIB_README, else the repository's README.md (whose results section
-    `report.update_readme` regenerates)."""
+    `readme.update_readme` regenerates)."""
     return Path(path or os.environ.get("CDLIB_README") or REPO / "README.md")
+
+
+def read_table(name: str, results=None) -> pd.DataFrame | None:
+    """The table results/<name>.csv, or None where it is not written yet."""
+    p = results_dir(results) / f"{name}.csv"
+    return pd.read_csv(p) if p.is_file() else None
 
 
 def config_key(config: dict) -> str:
@@ -68,16 +77,31 @@ def git_state() -> dict:
     def git(*args):
         try:
             r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        except OSError:                                             # no git installed
+        except OSError:  # no git installed
             return None
         return r.stdout.strip() if r.returncode == 0 else None
-    if os.environ.get("CDLIB_GIT_COMMIT"):   # a copy of the working tree whose .git is absent or not its own
+
+    if os.environ.get(
+        "CDLIB_GIT_COMMIT"
+    ):  # a copy of the working tree whose .git is absent or not its own
         return {"commit": os.environ["CDLIB_GIT_COMMIT"], "dirty": None, "from": "CDLIB_GIT_COMMIT"}
     # dirty: the tracked code differs from the commit; what a reproduction rewrites while it goes on
     # (results/, figures/, the executed notebooks, the README's generated section) does not count
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!figures",
-                 ":!notebooks/*.ipynb", ":!README.md")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    status = git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!results",
+        ":!figures",
+        ":!notebooks/*.ipynb",
+        ":!README.md",
+    )
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
 
 
 def _proc_cpuinfo() -> dict:
@@ -97,6 +121,7 @@ def _proc_cpuinfo() -> dict:
 
 def device_name(device) -> str:
     import torch
+
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -105,7 +130,16 @@ def device_name(device) -> str:
 
 
 # The vector extensions whose presence changes which kernels MKL and oneDNN pick on x86
-VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+VECTOR_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+)
 # Variables that lower the instruction set PyTorch, MKL and oneDNN use below what the CPU has
 ISA_OVERRIDES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
 
@@ -116,12 +150,19 @@ def cpu_info() -> dict:
     family, model and vector flags (MKL picks its own kernels by them), any variable that lowers
     them, and the thread count (products are split by it)."""
     import torch
+
     info = _proc_cpuinfo()
     flags = set(info.get("flags", "").split())
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "vendor": info.get("vendor_id"),
-            "family": info.get("cpu family"), "model": info.get("model"), "model_name": info.get("model name"),
-            "flags": [f for f in VECTOR_FLAGS if f in flags], "threads": torch.get_num_threads(),
-            "overrides": {k: os.environ[k] for k in ISA_OVERRIDES if k in os.environ}}
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "vendor": info.get("vendor_id"),
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "model_name": info.get("model name"),
+        "flags": [f for f in VECTOR_FLAGS if f in flags],
+        "threads": torch.get_num_threads(),
+        "overrides": {k: os.environ[k] for k in ISA_OVERRIDES if k in os.environ},
+    }
 
 
 def arithmetic(prov: dict) -> dict | None:
@@ -131,8 +172,10 @@ def arithmetic(prov: dict) -> dict | None:
     cpu = prov.get("cpu")
     if cpu is None or device_kind(prov.get("device", "cpu")) != "cpu":
         return None
-    return {"torch": prov.get("packages", {}).get("torch"),
-            **{k: cpu.get(k) for k in ("capability", "vendor", "flags", "overrides", "threads")}}
+    return {
+        "torch": prov.get("packages", {}).get("torch"),
+        **{k: cpu.get(k) for k in ("capability", "vendor", "flags", "overrides", "threads")},
+    }
 
 
 def bit_for_bit_expected(recorded: dict, here: dict) -> bool | None:
@@ -140,7 +183,9 @@ def bit_for_bit_expected(recorded: dict, here: dict) -> bool | None:
     `recorded` (or with any provenance in its `reproduced_on`): True or False where both say their
     arithmetic, None where the record does not. Across instruction sets runs agree only statistically."""
     mine = arithmetic(here)
-    theirs = [a for a in map(arithmetic, [recorded, *recorded.get("reproduced_on", [])]) if a is not None]
+    theirs = [
+        a for a in map(arithmetic, [recorded, *recorded.get("reproduced_on", [])]) if a is not None
+    ]
     if mine is None or not theirs:
         return None
     return mine in theirs
@@ -168,23 +213,39 @@ def device_kind(name: str) -> str:
 def dataset_info(ds) -> dict:
     """What a record says of its dataset: name, SHA-256 of every file read (and the path of a
     user's own file), and size."""
-    out = {"name": ds.name, "sha256": ds.meta["sha256"], "users": ds.n_users, "items": ds.n_items,
-           "train_interactions": int(ds.train.nnz)}
+    out = {
+        "name": ds.name,
+        "sha256": ds.meta["sha256"],
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "train_interactions": int(ds.train.nnz),
+    }
     if ds.meta.get("file"):
         out["file"] = ds.meta["file"]
     return out
 
 
-def provenance(device) -> dict:
+def provenance(device, compile: str | None = None) -> dict:
     import numpy
     import pandas
     import scipy
     import torch
-    return {"git": _LOADED_GIT, "python": platform.python_version(), "platform": platform.platform(),
-            "packages": {"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-                         "pandas": pandas.__version__},
-            "device": device_name(device), "cpu": cpu_info(), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "compile": os.environ.get("CDLIB_COMPILE") or None}
+
+    return {
+        "git": _LOADED_GIT,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "scipy": scipy.__version__,
+            "pandas": pandas.__version__,
+        },
+        "device": device_name(device),
+        "cpu": cpu_info(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "compile": compile,
+    }
 
 
 # The git state of the code this process runs, taken once at import, not when a record is written:

@@ -8,6 +8,7 @@ in its exact form). No function here loops over users in Python.
 - CDSampler: the distilled items K_u of CD, with sampling in {rank, uniform, topk} and guide in
   {teacher, student, hybrid}.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,14 +17,20 @@ import time
 import numpy as np
 import torch
 
-from .data import UserItems, put_pairs
+from .index import UserItems, put_pairs
 
 SAMPLINGS = ("rank", "uniform", "topk")
 GUIDES = ("teacher", "student", "hybrid")
 
 
-def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
-                      generator: torch.Generator, max_rounds: int = 100, pairs=None) -> tuple[torch.Tensor, torch.Tensor]:
+def uniform_negatives(
+    positives: UserItems,
+    users: torch.Tensor,
+    n_neg: int,
+    generator: torch.Generator,
+    max_rounds: int = 100,
+    pairs=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`n_neg` items drawn uniformly from M_u for every training positive of each user (with
     replacement, as in NCF); a draw that hits a positive is redrawn. Returns flat (rows, items).
     Membership is read from the batch's dense 0/1 rows (memory: batch x items), built from `pairs`
@@ -31,8 +38,14 @@ def uniform_negatives(positives: UserItems, users: torch.Tensor, n_neg: int,
     return group_negatives(positives, [users], [n_neg], [generator], max_rounds, pairs)[0]
 
 
-def group_negatives(positives: UserItems, users: list, n_negs: list, generators: list, max_rounds: int = 100,
-                    pairs=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def group_negatives(
+    positives: UserItems,
+    users: list,
+    n_negs: list,
+    generators: list,
+    max_rounds: int = 100,
+    pairs=None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`uniform_negatives` for the members of a group at once, member g with its own users, n_neg and
     generator: the look-ups are done once for the concatenated users (`pairs`: theirs, if known), the
     draws from each member's generator in the order and number its run alone would make them, so each
@@ -43,17 +56,26 @@ def group_negatives(positives: UserItems, users: list, n_negs: list, generators:
     if len(set(n_negs)) == 1:
         draws = draws * n_negs[0]
     else:
-        draws = draws * torch.cat([torch.full((len(u),), n, device=dev) for u, n in zip(users, n_negs)])
+        draws = draws * torch.cat(
+            [torch.full((len(u),), n, device=dev) for u, n in zip(users, n_negs)]
+        )
     rows = torch.repeat_interleave(torch.arange(len(everyone), device=dev), draws)
-    sizes = [len(rows)] if len(users) == 1 else \
-        torch.stack([c.sum() for c in torch.split(draws, [len(u) for u in users])]).tolist()
+    sizes = (
+        [len(rows)]
+        if len(users) == 1
+        else torch.stack([c.sum() for c in torch.split(draws, [len(u) for u in users])]).tolist()
+    )
     items = _draw_missing(positives, everyone, rows, sizes, generators, max_rounds, pairs)
     starts = np.cumsum([0] + [len(u) for u in users[:-1]]).tolist()
-    return [(r - s if s else r, i) for r, i, s in zip(torch.split(rows, sizes), torch.split(items, sizes), starts)]
+    return [
+        (r - s if s else r, i)
+        for r, i, s in zip(torch.split(rows, sizes), torch.split(items, sizes), starts)
+    ]
 
 
-def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator,
-                  pairs=None) -> torch.Tensor:
+def uniform_items(
+    positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator, pairs=None
+) -> torch.Tensor:
     """[B x n] items drawn uniformly with replacement from each user's M_u (RD's samples for
     estimating the student's rank, as Tang & Wang's code draws them). With the users' `padded_pairs`,
     by `inverse_missing` (fixed shapes)."""
@@ -63,8 +85,15 @@ def uniform_items(positives: UserItems, users: torch.Tensor, n: int, generator: 
     return _draw_missing(positives, users, rows, [len(rows)], [generator]).view(len(users), n)
 
 
-def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, sizes: list, generators: list,
-                  max_rounds: int = 100, pairs=None) -> torch.Tensor:
+def _draw_missing(
+    positives: UserItems,
+    users: torch.Tensor,
+    rows: torch.Tensor,
+    sizes: list,
+    generators: list,
+    max_rounds: int = 100,
+    pairs=None,
+) -> torch.Tensor:
     """One uniform missing item of users[rows] per entry of `rows`, hits on a positive redrawn. The
     entries come in consecutive blocks of `sizes`, block g drawn from generators[g] (a group's members:
     each block's draws are those its member alone would make, round by round)."""
@@ -72,8 +101,13 @@ def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor,
     n_items = positives.shape[1]
 
     def draw(counts):
-        parts = [torch.randint(n_items, (c,), generator=g, device=g.device) for c, g in zip(counts, generators) if c]
+        parts = [
+            torch.randint(n_items, (c,), generator=g, device=g.device)
+            for c, g in zip(counts, generators)
+            if c
+        ]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(users.device)
+
     items = draw(sizes) if len(rows) else rows.new_empty(0)
     redo = seen[rows, items]
     ends = torch.cumsum(torch.tensor(sizes, device=users.device), 0) if len(sizes) > 1 else None
@@ -81,16 +115,22 @@ def _draw_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor,
         if not redo.any():
             return items
         idx = redo.nonzero().squeeze(1)
-        counts = [len(idx)] if ends is None else \
-            torch.bincount(torch.searchsorted(ends, idx, right=True), minlength=len(sizes)).tolist()
+        counts = (
+            [len(idx)]
+            if ends is None
+            else torch.bincount(
+                torch.searchsorted(ends, idx, right=True), minlength=len(sizes)
+            ).tolist()
+        )
         items[idx] = draw(counts)
         redo = torch.zeros_like(redo)
         redo[idx] = seen[rows[idx], items[idx]]
     raise RuntimeError("uniform sampling: some user has (almost) no missing item to draw")
 
 
-def inverse_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tensor, pairs,
-                    generator: torch.Generator) -> torch.Tensor:
+def inverse_missing(
+    positives: UserItems, users: torch.Tensor, rows: torch.Tensor, pairs, generator: torch.Generator
+) -> torch.Tensor:
     """One uniform missing item of users[rows] per entry, without rejection, so with fixed shapes
     and no wait on a GPU: for r uniform in [0, |M_u|), the r-th missing item of u is r + #{j : p_j - j <= r}
     over u's sorted positives p_0 < p_1 < ... (p_j - j missing items precede p_j), counted by one
@@ -99,45 +139,54 @@ def inverse_missing(positives: UserItems, users: torch.Tensor, rows: torch.Tenso
     n_items = positives.shape[1]
     pair_rows, pair_items, valid = pairs
     count = positives.indptr[users + 1] - positives.indptr[users]
-    first = torch.cumsum(count, 0) - count                          # each row's first slot
+    first = torch.cumsum(count, 0) - count  # each row's first slot
     slot = torch.arange(len(pair_rows), device=users.device)
-    keys = torch.where(valid, pair_rows * n_items + pair_items - (slot - first[pair_rows]), len(users) * n_items)
-    r = torch.randint(1 << 62, rows.shape, generator=generator, device=generator.device).to(users.device) \
-        % (n_items - count[rows])                                  # modulo bias below 2^-45
+    keys = torch.where(
+        valid, pair_rows * n_items + pair_items - (slot - first[pair_rows]), len(users) * n_items
+    )
+    r = torch.randint(1 << 62, rows.shape, generator=generator, device=generator.device).to(
+        users.device
+    ) % (n_items - count[rows])  # modulo bias below 2^-45
     return r + torch.searchsorted(keys, rows * n_items + r, right=True) - first[rows]
 
 
-def masked_scores(scores: torch.Tensor, positives: UserItems, users: torch.Tensor, pairs=None) -> torch.Tensor:
+def masked_scores(
+    scores: torch.Tensor, positives: UserItems, users: torch.Tensor, pairs=None
+) -> torch.Tensor:
     """scores with each user's training positives set to -inf (in place); pairs: the users' `pairs` or
     `padded_pairs`, if known."""
     return put_pairs(scores, positives.pairs(users) if pairs is None else pairs, -math.inf)
 
 
 @torch.no_grad()
-def top_missing(model, positives: UserItems, k: int, users: torch.Tensor | None = None,
-                batch_size: int = 1024) -> torch.Tensor:
+def top_missing(
+    model, positives: UserItems, k: int, users: torch.Tensor | None = None, batch_size: int = 1024
+) -> torch.Tensor:
     """Each user's k highest-scored missing items, rank 1 first: [users x k] item ids.
     A user with fewer than k missing items gets -1 in the surplus slots."""
     if users is None:
         users = torch.arange(positives.shape[0], device=positives.indptr.device)
     out = torch.empty(len(users), k, dtype=torch.long, device=users.device)
     for s in range(0, len(users), batch_size):
-        u = users[s:s + batch_size]
+        u = users[s : s + batch_size]
         val, idx = masked_scores(model.score_all(u), positives, u).topk(k, dim=1)
-        out[s:s + batch_size] = torch.where(torch.isinf(val), -1, idx)
+        out[s : s + batch_size] = torch.where(torch.isinf(val), -1, idx)
     return out
 
 
 def gumbel_topk(log_weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """n distinct column indices per row, drawn without replacement with p ∝ exp(log_weights)
     (Gumbel-top-k: the top n of log w + Gumbel noise is a successive weighted draw)."""
-    u = torch.rand(log_weights.shape, generator=generator, device=generator.device).to(log_weights.device)
+    u = torch.rand(log_weights.shape, generator=generator, device=generator.device).to(
+        log_weights.device
+    )
     gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
     return (log_weights + gumbel).topk(n, dim=1).indices
 
 
-def uniform_missing(positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator,
-                    pairs=None) -> torch.Tensor:
+def uniform_missing(
+    positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator, pairs=None
+) -> torch.Tensor:
     """n distinct items per user, uniform over M_u: [B x n] (pairs: the users' pairs, if known)."""
     keys = torch.zeros(len(users), positives.shape[1], device=users.device)
     return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
@@ -154,23 +203,34 @@ class CDSampler:
               hybrid  -- teacher for epochs < switch_epoch, student afterwards
     """
 
-    def __init__(self, positives: UserItems, teacher, n_distill: int = 10, mu: float = 10.0,
-                 sampling: str = "rank", guide: str = "teacher", max_rank: int | None = None,
-                 refresh_every: int = 1, switch_epoch: int = 0):
+    def __init__(
+        self,
+        positives: UserItems,
+        teacher,
+        n_distill: int = 10,
+        mu: float = 10.0,
+        sampling: str = "rank",
+        guide: str = "teacher",
+        max_rank: int | None = None,
+        refresh_every: int = 1,
+        switch_epoch: int = 0,
+    ):
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if guide not in GUIDES:
             raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
         n_missing = positives.shape[1] - int((positives.indptr[1:] - positives.indptr[:-1]).max())
         if n_missing < n_distill:
-            raise ValueError(f"n_distill={n_distill} exceeds the fewest missing items of a user ({n_missing})")
+            raise ValueError(
+                f"n_distill={n_distill} exceeds the fewest missing items of a user ({n_missing})"
+            )
         self.positives, self.teacher = positives, teacher
         self.n_distill, self.mu, self.sampling, self.guide = n_distill, mu, sampling, guide
         self.max_rank = min(max(max_rank or math.ceil(10 * mu), n_distill), n_missing)
         self.refresh_every, self.switch_epoch = refresh_every, switch_epoch
-        self.candidates = None          # [users x max_rank] of the guide in use
-        self.source = None              # "teacher" or "student": who ranked `candidates`
-        self.refresh_seconds = []       # wall time of each student-guided refresh
+        self.candidates = None  # [users x max_rank] of the guide in use
+        self.source = None  # "teacher" or "student": who ranked `candidates`
+        self.refresh_seconds = []  # wall time of each student-guided refresh
         r = torch.arange(1, self.max_rank + 1, dtype=torch.float32, device=positives.indptr.device)
         self.log_weights = -r / mu
 
@@ -185,10 +245,16 @@ class CDSampler:
             return
         who = self.guide_at(epoch)
         if who == "teacher" and self.source != "teacher":
-            self.candidates, self.source = top_missing(self.teacher, self.positives, self.max_rank), "teacher"
+            self.candidates, self.source = (
+                top_missing(self.teacher, self.positives, self.max_rank),
+                "teacher",
+            )
         elif who == "student" and (self.source != "student" or epoch % self.refresh_every == 0):
             t = time.perf_counter()
-            self.candidates, self.source = top_missing(student, self.positives, self.max_rank), "student"
+            self.candidates, self.source = (
+                top_missing(student, self.positives, self.max_rank),
+                "student",
+            )
             self.refresh_seconds.append(time.perf_counter() - t)
 
     def sample(self, users: torch.Tensor, generator: torch.Generator, pairs=None) -> torch.Tensor:
@@ -197,6 +263,6 @@ class CDSampler:
             return uniform_missing(self.positives, users, self.n_distill, generator, pairs)
         cand = self.candidates[users]
         if self.sampling == "topk":
-            return cand[:, :self.n_distill]
+            return cand[:, : self.n_distill]
         logw = self.log_weights.expand_as(cand).masked_fill(cand < 0, -math.inf)
         return cand.gather(1, gumbel_topk(logw, self.n_distill, generator))

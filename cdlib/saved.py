@@ -6,6 +6,7 @@ to score users again (its data's original ids and interactions), and `load_model
 
 The file holds tensors, strings and numbers only (it loads with torch.load(weights_only=True)).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from . import data, models
+from . import dataset, index, models, paths, train
 
 FORMAT = "cdlib-model/1"
 
@@ -28,42 +29,57 @@ class ModelError(Exception):
 def _ids(ids: np.ndarray):
     """Original ids in a form torch.save(weights_only) keeps: an int64 tensor, or a list of strings."""
     ids = np.asarray(ids)
-    return torch.from_numpy(ids.astype(np.int64)) if ids.dtype.kind in "iu" else [str(x) for x in ids]
+    return (
+        torch.from_numpy(ids.astype(np.int64)) if ids.dtype.kind in "iu" else [str(x) for x in ids]
+    )
 
 
-def save_model(model: models.Recommender, ds: data.Dataset, path, config: dict | None = None) -> str:
+def save_model(
+    model: models.Recommender, ds: dataset.Dataset, path, config: dict | None = None
+) -> str:
     """Write `model` with `ds`'s ids and interactions to `path` atomically; returns its SHA-256."""
     path = Path(path)
     held = np.stack([ds.valid_item, ds.test_item], 1)
-    bundle = {"format": FORMAT, "backbone": "cdae" if isinstance(model, models.CDAE) else "neumf",
-              "size": int(model.size), "corruption": float(getattr(model, "corruption", 0.0)),
-              "mlp_scale": int(getattr(model, "mlp_scale", 1)), "config": json.dumps(config or {}, default=str),
-              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-              "user_ids": _ids(ds.user_ids), "item_ids": _ids(ds.item_ids),
-              "train_indptr": torch.from_numpy(ds.train.indptr.astype(np.int64)),
-              "train_indices": torch.from_numpy(ds.train.indices.astype(np.int64)),
-              "held_out": torch.from_numpy(held.astype(np.int64))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(bundle, tmp)
-    tmp.replace(path)
-    return data.sha256(path)
+    bundle = {
+        "format": FORMAT,
+        "backbone": "cdae" if isinstance(model, models.CDAE) else "neumf",
+        "size": int(model.size),
+        "corruption": float(getattr(model, "corruption", 0.0)),
+        "mlp_scale": int(getattr(model, "mlp_scale", 1)),
+        "config": json.dumps(config or {}, default=str),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "user_ids": _ids(ds.user_ids),
+        "item_ids": _ids(ds.item_ids),
+        "train_indptr": torch.from_numpy(ds.train.indptr.astype(np.int64)),
+        "train_indices": torch.from_numpy(ds.train.indices.astype(np.int64)),
+        "held_out": torch.from_numpy(held.astype(np.int64)),
+    }
+    return train.save_atomic(bundle, path)
 
 
 class SavedModel:
     """A loaded teacher or student: `recommend` and `score` in the data's original ids."""
 
-    def __init__(self, model: models.Recommender, user_ids, item_ids, seen: sp.csr_matrix, card: dict | None,
-                 path: Path):
+    def __init__(
+        self,
+        model: models.Recommender,
+        user_ids,
+        item_ids,
+        seen: sp.csr_matrix,
+        card: dict | None,
+        path: Path,
+    ):
         self.model, self.card, self.path = model, card, path
         self.user_ids = np.asarray(user_ids)
         self.item_ids = np.asarray(item_ids)
         self._users = pd.Index(self.user_ids)
-        self.seen = data.UserItems(seen, model.device)
+        self.seen = index.UserItems(seen, model.device)
 
     def __repr__(self) -> str:
-        return (f"SavedModel({self.path.name}: {type(self.model).__name__} size {self.model.size}, "
-                f"{self.model.n_params():,} parameters, {len(self.user_ids):,} users, {len(self.item_ids):,} items)")
+        return (
+            f"SavedModel({self.path.name}: {type(self.model).__name__} size {self.model.size}, "
+            f"{self.model.n_params():,} parameters, {len(self.user_ids):,} users, {len(self.item_ids):,} items)"
+        )
 
     def _index(self, user_ids) -> torch.Tensor:
         ids = list(user_ids) if not isinstance(user_ids, (str, int, np.integer)) else [user_ids]
@@ -71,12 +87,16 @@ class SavedModel:
         if (idx < 0).any():
             unknown = [ids[i] for i in np.flatnonzero(idx < 0)]
             kind = type(self.user_ids[0]).__name__ if len(self.user_ids) else "?"
-            raise KeyError(f"{len(unknown)} unknown user id(s): {unknown[:10]}{' ...' if len(unknown) > 10 else ''} "
-                           f"(this model knows {len(self.user_ids):,} users, ids of type {kind})")
+            raise KeyError(
+                f"{len(unknown)} unknown user id(s): {unknown[:10]}{' ...' if len(unknown) > 10 else ''} "
+                f"(this model knows {len(self.user_ids):,} users, ids of type {kind})"
+            )
         return torch.from_numpy(idx.astype(np.int64)).to(self.model.device)
 
     @torch.no_grad()
-    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True, batch_size: int = 1024) -> pd.DataFrame:
+    def recommend(
+        self, user_ids, k: int = 10, exclude_seen: bool = True, batch_size: int = 1024
+    ) -> pd.DataFrame:
         """The top-k items of each user: a table (user, rank, item, score) in the data's own ids,
         k rows per user in the order asked. exclude_seen leaves out every item the user interacted
         with in the data (training, validation and test items). Scored in batches of users."""
@@ -86,7 +106,7 @@ class SavedModel:
             raise ValueError(f"k must be between 1 and the number of items ({n_items}), got {k}")
         items, scores = [], []
         for s in range(0, len(users), batch_size):
-            u = users[s:s + batch_size]
+            u = users[s : s + batch_size]
             sc = self.model.score_all(u)
             if exclude_seen:
                 rows, cols = self.seen.pairs(u)
@@ -95,10 +115,17 @@ class SavedModel:
             items.append(idx.cpu())
             scores.append(val.cpu())
         items, scores = torch.cat(items).numpy(), torch.cat(scores).numpy()
-        out = pd.DataFrame({"user": np.repeat(self.user_ids[users.cpu().numpy()], k),
-                            "rank": np.tile(np.arange(1, k + 1), len(users)),
-                            "item": self.item_ids[items.ravel()], "score": scores.ravel()})
-        return out[np.isfinite(out.score)].reset_index(drop=True)   # a user with fewer unseen items than k
+        out = pd.DataFrame(
+            {
+                "user": np.repeat(self.user_ids[users.cpu().numpy()], k),
+                "rank": np.tile(np.arange(1, k + 1), len(users)),
+                "item": self.item_ids[items.ravel()],
+                "score": scores.ravel(),
+            }
+        )
+        return out[np.isfinite(out.score)].reset_index(
+            drop=True
+        )  # a user with fewer unseen items than k
 
     @torch.no_grad()
     def score(self, user_ids) -> np.ndarray:
@@ -122,12 +149,16 @@ def load_model(path, card=None, device: str | None = None) -> SavedModel:
             raise ModelError(f"{card_path}: not a readable card ({e})") from None
         want = card_data.get("weights", {}).get(path.name, {}).get("sha256")
         if want is None:
-            raise ModelError(f"{card_path} names no weights file {path.name!r} (it names "
-                             f"{sorted(card_data.get('weights', {}))})")
-        got = data.sha256(path)
+            raise ModelError(
+                f"{card_path} names no weights file {path.name!r} (it names "
+                f"{sorted(card_data.get('weights', {}))})"
+            )
+        got = paths.sha256(path)
         if got != want:
-            raise ModelError(f"{path}: SHA-256 {got} is not the {want} that {card_path} records; the file was changed "
-                             "or belongs to another card. Refusing to load it.")
+            raise ModelError(
+                f"{path}: SHA-256 {got} is not the {want} that {card_path} records; the file was changed "
+                "or belongs to another card. Refusing to load it."
+            )
     elif card is not None:
         raise ModelError(f"{card_path}: no such card")
     try:
@@ -135,21 +166,36 @@ def load_model(path, card=None, device: str | None = None) -> SavedModel:
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a damaged file
         raise ModelError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from None
     if not isinstance(b, dict) or b.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a {FORMAT} file (a bare state dict, as the cache holds, has no ids; "
-                         "use the .pt files that python -m cdlib.distill writes)")
+        raise ModelError(
+            f"{path}: not a {FORMAT} file (a bare state dict, as the cache holds, has no ids; "
+            "use the .pt files that python -m cdlib.distill writes)"
+        )
     n_users, n_items = len(b["user_ids"]), len(b["item_ids"])
-    train = sp.csr_matrix((np.ones(len(b["train_indices"]), np.float32), b["train_indices"].numpy(),
-                           b["train_indptr"].numpy()), shape=(n_users, n_items))
+    train_matrix = sp.csr_matrix(
+        (
+            np.ones(len(b["train_indices"]), np.float32),
+            b["train_indices"].numpy(),
+            b["train_indptr"].numpy(),
+        ),
+        shape=(n_users, n_items),
+    )
     dev = models.default_device(device)
-    model = models.build(b["backbone"], train, b["size"], b["corruption"], dev, b["mlp_scale"])
+    model = models.build(
+        b["backbone"], train_matrix, b["size"], b["corruption"], dev, b["mlp_scale"]
+    )
     try:
         model.load_state_dict(b["state_dict"])
     except RuntimeError as e:
-        raise ModelError(f"{path}: weights do not fit a {b['backbone']} of size {b['size']} ({e})") from None
+        raise ModelError(
+            f"{path}: weights do not fit a {b['backbone']} of size {b['size']} ({e})"
+        ) from None
     model.eval()
     held = b["held_out"].numpy()
-    seen = data.with_items(train, held[:, 0], held[:, 1])
-    ids = [x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=object) for x in (b["user_ids"], b["item_ids"])]
+    seen = dataset.with_items(train_matrix, held[:, 0], held[:, 1])
+    ids = [
+        x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=object)
+        for x in (b["user_ids"], b["item_ids"])
+    ]
     return SavedModel(model, ids[0], ids[1], seen, card_data, path)
 
 
@@ -157,15 +203,14 @@ def from_run(config, device: str | None = None) -> SavedModel:
     """The model of a recorded run from its cached weights ($CDLIB_CACHE/weights/<key>.pt, which
     every run of `make reproduce` writes, students included), ready to recommend.
     FileNotFoundError when this machine has not trained (or been given) those weights."""
-    from . import train
     cfg = config.canonical()
-    path = train.weights_path(cfg)
-    if not path.is_file():
-        raise FileNotFoundError(f"the weights of run {cfg.key()} are not cached on this machine ({path}); "
-                                "train it (train.run) or copy the file there")
     ds = train.dataset_for(cfg)
-    model = train.build_model(cfg, ds, models.default_device(device))
-    model.load_state_dict(torch.load(path, map_location=model.device, weights_only=True))
-    model.eval()
-    return SavedModel(model, ds.user_ids, ds.item_ids, data.with_items(ds.train, ds.valid_item, ds.test_item),
-                      None, path)
+    model = train.load_weights(cfg, ds, models.default_device(device))
+    return SavedModel(
+        model,
+        ds.user_ids,
+        ds.item_ids,
+        dataset.with_items(ds.train, ds.valid_item, ds.test_item),
+        None,
+        train.weights_path(cfg),
+    )

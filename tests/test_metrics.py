@@ -1,4 +1,5 @@
 """Vectorised metrics against brute-force definitions, ties included."""
+
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def brute_metrics(ranks, cutoffs=(5, 10, 20)):
 
 def test_sampled_matches_brute_force_with_ties():
     g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 6, (300, 100), generator=g).float()   # many ties
+    scores = torch.randint(0, 6, (300, 100), generator=g).float()  # many ties
     ranks = metrics.ranks_sampled(scores[:, 0], scores[:, 1:])
     expect = [brute_rank(row[0], row[1:]) for row in scores.tolist()]
     assert ranks.tolist() == expect
@@ -60,6 +61,7 @@ def test_constant_scores_get_no_credit_and_perfect_scores_get_full_credit():
 
 class Oracle:
     """Scores every item by a fixed table, to check `evaluate` end to end."""
+
     def __init__(self, table):
         self.table = table
         self.device = torch.device("cpu")
@@ -79,31 +81,40 @@ def test_evaluate_full_and_sampled_on_real_data(ml100k):
         got = metrics.evaluate(m, ml100k, split, "full", batch_size=100)
         ranks = []
         for u in range(0, ml100k.n_users, 37):  # brute force on a spread of users
-            other = ml100k.test_item[u] if split == "valid" else ml100k.valid_item[u]     # the other held-out item
+            other = (
+                ml100k.test_item[u] if split == "valid" else ml100k.valid_item[u]
+            )  # the other held-out item
             seen = set(ml100k.train[u].indices) | {other}
             t = items[u]
             others = [table[u, j].item() for j in range(ml100k.n_items) if j != t and j not in seen]
             ranks.append(brute_rank(table[u, t].item(), others))
         sub = metrics.evaluate(m, ml100k, split, "full", users=torch.arange(0, ml100k.n_users, 37))
         assert abs(sub["MRR"] - brute_metrics(ranks)["MRR"]) < 1e-12
-        assert 0 < got["HR@20"] < 0.2                       # random scores: about 20 / n_items
+        assert 0 < got["HR@20"] < 0.2  # random scores: about 20 / n_items
         us = range(0, ml100k.n_users, 37)
         s = metrics.evaluate(m, ml100k, split, "sampled", users=torch.tensor(list(us)))
-        negs = ml100k.valid_negatives if split == "valid" else ml100k.negatives       # validation's own draw
+        negs = (
+            ml100k.valid_negatives if split == "valid" else ml100k.negatives
+        )  # validation's own draw
         ranks = [brute_rank(table[u, items[u]].item(), table[u, negs[u]].tolist()) for u in us]
         assert abs(s["NDCG@10"] - brute_metrics(ranks)["NDCG@10"]) < 1e-12
-        if split == "valid":                                 # the old protocol: validation on the test's candidates
-            old = metrics.evaluate(m, ml100k, split, "sampled", users=torch.tensor(list(us)), valid_negatives="test")
-            ranks = [brute_rank(table[u, items[u]].item(), table[u, ml100k.negatives[u]].tolist()) for u in us]
+        if split == "valid":  # the old protocol: validation on the test's candidates
+            old = metrics.evaluate(
+                m, ml100k, split, "sampled", users=torch.tensor(list(us)), valid_negatives="test"
+            )
+            ranks = [
+                brute_rank(table[u, items[u]].item(), table[u, ml100k.negatives[u]].tolist())
+                for u in us
+            ]
             assert abs(old["NDCG@10"] - brute_metrics(ranks)["NDCG@10"]) < 1e-12
         s = metrics.evaluate(m, ml100k, split, "sampled")
-        sd = (0.1 * 0.9 / ml100k.n_users) ** 0.5            # random scores: HR@10 = 10/100 in expectation
+        sd = (0.1 * 0.9 / ml100k.n_users) ** 0.5  # random scores: HR@10 = 10/100 in expectation
         assert abs(s["HR@10"] - 0.1) < 4 * sd
 
 
 def test_count_above_matches_brute_force_with_ties_and_minus_inf():
     g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 5, (7, 40), generator=g).float()      # many ties
+    scores = torch.randint(0, 5, (7, 40), generator=g).float()  # many ties
     scores[:, :3] = -math.inf
     thresholds = scores[:, [0, 5, 9]].clone()
     for strict in (True, False):
@@ -111,7 +122,10 @@ def test_count_above_matches_brute_force_with_ties_and_minus_inf():
         assert got.dtype == torch.int64
         for b in range(7):
             for i in range(3):
-                want = sum((s > thresholds[b, i]) if strict else (s >= thresholds[b, i]) for s in scores[b].tolist())
+                want = sum(
+                    (s > thresholds[b, i]) if strict else (s >= thresholds[b, i])
+                    for s in scores[b].tolist()
+                )
                 assert got[b, i] == want
 
 
@@ -122,7 +136,10 @@ def test_a_non_finite_score_is_an_error_naming_model_and_split(ml100k):
         t = table.clone()
         if protocol == "sampled":
             t[5, ml100k.valid_negatives[5, 0]] = float("nan")
-        with pytest.raises(FloatingPointError, match=rf"Oracle .*non-finite score\(s\) on ml-100k valid \({protocol}\)"):
+        with pytest.raises(
+            FloatingPointError,
+            match=rf"Oracle .*non-finite score\(s\) on ml-100k valid \({protocol}\)",
+        ):
             metrics.evaluate(Oracle(t), ml100k, "valid", protocol)
     t = torch.rand(ml100k.n_users, ml100k.n_items)
     t[0, ml100k.negatives[0, 0]] = float("inf")
@@ -135,4 +152,4 @@ def test_popularity_ranks_by_training_counts(ml100k):
     counts = np.asarray(ml100k.train.sum(0)).ravel()
     assert np.array_equal(pop.score_all(torch.tensor([0, 1]))[1].numpy(), counts.astype(np.float32))
     r = metrics.evaluate(pop, ml100k, "valid", "sampled")
-    assert 0.2 < r["NDCG@10"] < 0.3                       # the initial plateau of ml-100k's learning curves
+    assert 0.2 < r["NDCG@10"] < 0.3  # the initial plateau of ml-100k's learning curves

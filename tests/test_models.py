@@ -1,4 +1,5 @@
 """Models: every scoring path agrees, sizes and parameter counts are as documented."""
+
 import pytest
 import torch
 
@@ -25,13 +26,18 @@ def test_scoring_paths_agree(ml100k, backbone, size):
         chunked = m.score_all(users, max_elems=2 * ml100k.n_items * size)
         assert torch.allclose(chunked, full, atol=1e-6)
     assert m.score_all(users[:0]).shape == (0, ml100k.n_items)  # an empty batch scores nothing
-    for static in (False, True):                    # a CD teacher's soft labels
-        assert torch.allclose(m.scorer(static=static)(users, items), full.gather(1, items), atol=1e-5)
+    for static in (False, True):  # a CD teacher's soft labels
+        assert torch.allclose(
+            m.scorer(static=static)(users, items), full.gather(1, items), atol=1e-5
+        )
 
 
 def test_parameter_counts(ml100k):
     U, I = ml100k.n_users, ml100k.n_items
-    assert models.build("cdae", ml100k.train, 20, device="cpu").n_params() == I * 20 + 20 + U * 20 + 20 * I + I
+    assert (
+        models.build("cdae", ml100k.train, 20, device="cpu").n_params()
+        == I * 20 + 20 + U * 20 + 20 * I + I
+    )
     d = 8
     want = 2 * U * d + 2 * I * d + (2 * d * d + d) + (d * d // 2 + d // 2) + (d + d // 2 + 1)
     assert models.build("neumf", ml100k.train, d, device="cpu").n_params() == want
@@ -58,27 +64,35 @@ def test_tower_units_counts_the_active_units_of_the_last_mlp_layer(ml100k):
     m = models.build("neumf", ml100k.train, 8, device="cpu")
     users, items = torch.arange(50), torch.arange(50)
     h = torch.relu(m.layer1(torch.cat([m.mlp_user(users), m.mlp_item(items)], 1)))
-    brute = sum(bool((torch.relu(m.layer2(h))[:, j] > 0).any()) for j in range(m.layer2.out_features))
+    brute = sum(
+        bool((torch.relu(m.layer2(h))[:, j] > 0).any()) for j in range(m.layer2.out_features)
+    )
     assert m.tower_units(users, items) == brute
     with torch.no_grad():
-        m.layer2.bias[:] = -100.0            # every ReLU of the last layer off: the tower is dead
+        m.layer2.bias[:] = -100.0  # every ReLU of the last layer off: the tower is dead
     assert m.tower_units(users, items) == 0
-    assert torch.allclose(m.score_all(users[:3]), (m.gmf_user(users[:3]) * m.out.weight[0, :8]) @ m.gmf_item.weight.T
-                          + m.out.bias, atol=1e-6)      # and the model scores by GMF alone
+    assert torch.allclose(
+        m.score_all(users[:3]),
+        (m.gmf_user(users[:3]) * m.out.weight[0, :8]) @ m.gmf_item.weight.T + m.out.bias,
+        atol=1e-6,
+    )  # and the model scores by GMF alone
 
 
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
 def test_stacked_pair_logits_are_each_models_pair_logits(ml100k, backbone):
     """A group's forward pass (CDAE's batched products, NeuMF's vmap) gives each member's own pair logits,
     and their gradients."""
-    from cdlib.data import UserItems
+    from cdlib.index import UserItems
+
     torch.manual_seed(0)
     group = [models.build(backbone, ml100k.train, 8, device="cpu") for _ in range(3)]
     for m in group:
         for p in m.parameters():
             torch.nn.init.normal_(p, std=0.3)
     names = [n for n, _ in group[0].named_parameters()]
-    params = {n: torch.stack([m.get_parameter(n).detach() for m in group]).requires_grad_() for n in names}
+    params = {
+        n: torch.stack([m.get_parameter(n).detach() for m in group]).requires_grad_() for n in names
+    }
     users = torch.stack([torch.randperm(ml100k.n_users)[:16] for _ in group])
     pos = UserItems(ml100k.train)
     rows = torch.randint(0, 16, (3, 50))

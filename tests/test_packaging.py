@@ -1,5 +1,7 @@
 """environment.yml and pyproject.toml list the same dependencies."""
+
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -12,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def names(reqs):
-    return {re.split(r"[<>=!~\[ ;]", r.strip(), maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+    return {
+        re.split(r"[<>=!~\[ ;]", r.strip(), maxsplit=1)[0].lower().replace("_", "-") for r in reqs
+    }
 
 
 def test_environment_yml_matches_pyproject():

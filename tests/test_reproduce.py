@@ -1,5 +1,6 @@
 """The whole pipeline end to end under the smoke profile: papermill, in parallel, every notebook,
 into a temporary results directory; once on the local process pool and once on a Dask cluster."""
+
 import json
 
 import pandas as pd
@@ -11,23 +12,48 @@ from cdlib import reproduce
 def check_outputs(res):
     for nb in reproduce.NOTEBOOKS:
         assert (res / "notebooks" / f"{nb}.ipynb").is_file(), nb
-    for table in ("00_tuning", "01_datasets", "02_teachers", "03_main", "03_gain_cd_over_rd", "04_sampling",
-                  "05_guidance", "06_size", "07_sensitivity", "08_efficiency", "claims"):
+    for table in (
+        "00_tuning",
+        "01_datasets",
+        "02_teachers",
+        "03_main",
+        "03_gain_cd_over_rd",
+        "04_sampling",
+        "05_guidance",
+        "06_size",
+        "07_sensitivity",
+        "08_efficiency",
+        "claims",
+    ):
         assert (res / f"{table}.csv").is_file(), table
     main = pd.read_csv(res / "03_main_runs.csv")
     assert set(main.label) >= {"Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H"}
     assert (main.status == "ok").all()
-    for fig in ("03_main_ndcg10", "03_main_ndcg10_full", "05_guidance_curves", "06_size_ndcg10",
-                "07_sensitivity_ndcg10", "08_accuracy_vs_latency", "10_your_data_ndcg10"):
-        assert (res / "figures" / f"{fig}.png").is_file() and (res / "figures" / f"{fig}.pdf").is_file()
+    for fig in (
+        "03_main_ndcg10",
+        "03_main_ndcg10_full",
+        "05_guidance_curves",
+        "06_size_ndcg10",
+        "07_sensitivity_ndcg10",
+        "08_accuracy_vs_latency",
+        "10_your_data_ndcg10",
+    ):
+        assert (res / "figures" / f"{fig}.png").is_file() and (
+            res / "figures" / f"{fig}.pdf"
+        ).is_file()
     records = [json.loads(p.read_text()) for p in (res / "runs").glob("*.json")]
     assert records and all(r["config"]["subset_users"] == 150 for r in records)
-    assert {r["config"]["dataset"] for r in records} == {"ml-100k", "data/synthetic.inter"}     # notebook 10's own file
+    assert {r["config"]["dataset"] for r in records} == {
+        "ml-100k",
+        "data/synthetic.inter",
+    }  # notebook 10's own file
     tuning = pd.read_csv(res / "00_tuning.csv")
-    assert tuning.chosen.sum() == 8                                    # 4 stages x 2 backbones
+    assert tuning.chosen.sum() == 8  # 4 stages x 2 backbones
     claims = pd.read_csv(res / "claims.csv")
     assert claims.claim.str.startswith("3. CD beats RD").any()
-    assert {"held (sampled)", "held (full)", "p Holm (sampled)", "p Holm (full)"} <= set(claims.columns)
+    assert {"held (sampled)", "held (full)", "p Holm (sampled)", "p Holm (full)"} <= set(
+        claims.columns
+    )
 
 
 def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
@@ -38,35 +64,72 @@ def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
     n_runs = len(list((res / "runs").glob("*.json")))
     mtimes = {p: p.stat().st_mtime_ns for p in (res / "runs").glob("*.json")}
     # resumable: a second reproduction trains nothing and rewrites no record
-    assert reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "2", "--notebooks", "03"]) == 0
+    assert (
+        reproduce.main(
+            ["--profile", "smoke", "--results", str(res), "--jobs", "2", "--notebooks", "03"]
+        )
+        == 0
+    )
     assert {p: p.stat().st_mtime_ns for p in (res / "runs").glob("*.json")} == mtimes
     assert len(list((res / "runs").glob("*.json"))) == n_runs
     out = capsys.readouterr().out
     assert "jobs ok" in out
     # without papermill (--no-notebooks), into another directory: the same runs, the same records
     bare = tmp_path / "bare"
-    assert reproduce.main(["--profile", "smoke", "--results", str(bare), "--jobs", "2", "--no-notebooks"]) == 0
+    assert (
+        reproduce.main(
+            ["--profile", "smoke", "--results", str(bare), "--jobs", "2", "--no-notebooks"]
+        )
+        == 0
+    )
     trained = {p.name for p in (bare / "runs").glob("*.json")}
-    by_notebooks = {p.name for p in (res / "runs").glob("*.json")
-                    if json.loads(p.read_text())["config"]["dataset"] == "ml-100k"}      # not notebook 10's file
+    by_notebooks = {
+        p.name
+        for p in (res / "runs").glob("*.json")
+        if json.loads(p.read_text())["config"]["dataset"] == "ml-100k"
+    }  # not notebook 10's file
     assert trained == by_notebooks
     for name in sorted(trained)[:5]:
         a, b = (json.loads((d / "runs" / name).read_text()) for d in (bare, res))
-        assert a["test_sampled"] == b["test_sampled"] and a["curve"][-1]["loss"] == b["curve"][-1]["loss"]
-    assert not list(bare.glob("*.csv")) and not (bare / "notebooks").exists()     # no report stage
+        assert (
+            a["test_sampled"] == b["test_sampled"]
+            and a["curve"][-1]["loss"] == b["curve"][-1]["loss"]
+        )
+    assert not list(bare.glob("*.csv")) and not (bare / "notebooks").exists()  # no report stage
 
 
 def test_no_notebooks_refuses_a_scheduler(tmp_path):
     with pytest.raises(SystemExit):
-        reproduce.main(["--profile", "smoke", "--results", str(tmp_path / "r"), "--no-notebooks",
-                        "--scheduler", "tcp://127.0.0.1:1"])
+        reproduce.main(
+            [
+                "--profile",
+                "smoke",
+                "--results",
+                str(tmp_path / "r"),
+                "--no-notebooks",
+                "--scheduler",
+                "tcp://127.0.0.1:1",
+            ]
+        )
 
 
 def test_failing_job_is_named_and_others_finish(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     res = tmp_path / "results"
-    rc = reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "2", "--notebooks", "02",
-                         "--datasets", "ml-100k,no-such-dataset"])
+    rc = reproduce.main(
+        [
+            "--profile",
+            "smoke",
+            "--results",
+            str(res),
+            "--jobs",
+            "2",
+            "--notebooks",
+            "02",
+            "--datasets",
+            "ml-100k,no-such-dataset",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "FAILED 02/no-such-dataset" in err and "unknown dataset" in err
@@ -80,8 +143,15 @@ def test_smoke_profile_on_dask_local_cluster(tmp_path, monkeypatch):
     distributed = pytest.importorskip("dask.distributed")
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     res = tmp_path / "results"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-        assert reproduce.main(["--profile", "smoke", "--results", str(res), "--scheduler", cl.scheduler_address]) == 0
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cl:
+        assert (
+            reproduce.main(
+                ["--profile", "smoke", "--results", str(res), "--scheduler", cl.scheduler_address]
+            )
+            == 0
+        )
     check_outputs(res)
 
 
@@ -95,18 +165,31 @@ def test_help_says_what_each_profile_costs(capsys):
 
 
 def test_plan_passes_seeds_and_backbones_to_every_job(tmp_path):
-    tuning, training, report, last = reproduce.plan("paper", ["ml-1m", "/data/my.csv"],
-                                                    ["00_tuning", "03_main", "09_summary"], tmp_path, tmp_path,
-                                                    tmp_path, 2, seeds=[1], backbones=["neumf"])
+    tuning, training, report, last = reproduce.plan(
+        "paper",
+        ["ml-1m", "/data/my.csv"],
+        ["00_tuning", "03_main", "09_summary"],
+        tmp_path,
+        tmp_path,
+        tmp_path,
+        2,
+        seeds=[1],
+        backbones=["neumf"],
+    )
     for job in tuning + training + report + last:
         assert job.parameters["seeds"] == [1] and job.parameters["backbones"] == ["neumf"]
-    assert [j.name for j in tuning] == ["00/ml-1m"]                   # my.csv uses ml-1m's tuning (paper profile)
-    assert [j.name for j in training] == ["03/ml-1m", "03/my.csv"] and [j.notebook for j in last] == ["09_summary"]
-    assert training[1].output.endswith("03_main__my.csv.ipynb") and training[1].parameters["datasets"] == ["/data/my.csv"]
+    assert [j.name for j in tuning] == ["00/ml-1m"]  # my.csv uses ml-1m's tuning (paper profile)
+    assert [j.name for j in training] == ["03/ml-1m", "03/my.csv"] and [
+        j.notebook for j in last
+    ] == ["09_summary"]
+    assert training[1].output.endswith("03_main__my.csv.ipynb") and training[1].parameters[
+        "datasets"
+    ] == ["/data/my.csv"]
 
 
 def test_device_cuda_without_cuda_is_refused_before_anything_runs(tmp_path, capsys):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit):
@@ -116,12 +199,36 @@ def test_device_cuda_without_cuda_is_refused_before_anything_runs(tmp_path, caps
 
 def test_group_size_reaches_the_jobs_and_groups_their_runs(tmp_path, monkeypatch):
     import json
+
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     res = tmp_path / "results"
-    assert reproduce.main(["--profile", "smoke", "--results", str(res), "--jobs", "1", "--notebooks", "02",
-                           "--datasets", "ml-100k", "--backbones", "cdae", "--seeds", "1,2", "--group-size", "2"]) == 0
+    assert (
+        reproduce.main(
+            [
+                "--profile",
+                "smoke",
+                "--results",
+                str(res),
+                "--jobs",
+                "1",
+                "--notebooks",
+                "02",
+                "--datasets",
+                "ml-100k",
+                "--backbones",
+                "cdae",
+                "--seeds",
+                "1,2",
+                "--group-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     recs = [json.loads(p.read_text()) for p in (res / "runs").glob("*.json")]
     pair = [r for r in recs if r["config"]["seed"] in (1, 2)]
-    assert len(pair) == 2 and all(sorted(r["group"]) == sorted(x["key"] for x in pair) for r in pair)
+    assert len(pair) == 2 and all(
+        sorted(r["group"]) == sorted(x["key"] for x in pair) for r in pair
+    )
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke", "--results", str(res), "--group-size", "0"])

@@ -1,4 +1,5 @@
 """Samplers: never a training positive, distinct items, and p ∝ exp(-rank/mu) (chi-square)."""
+
 import math
 
 import numpy as np
@@ -6,11 +7,12 @@ import pytest
 import torch
 from scipy import stats
 
-from cdlib import data, samplers
+from cdlib import index, samplers
 
 
 class FixedScores:
     """A 'model' whose scores are a fixed table (the guide of a sampler)."""
+
     def __init__(self, table):
         self.table = table
 
@@ -20,7 +22,7 @@ class FixedScores:
 
 @pytest.fixture(scope="module")
 def setup(ml100k):
-    pos = data.UserItems(ml100k.train)
+    pos = index.UserItems(ml100k.train)
     g = torch.Generator().manual_seed(0)
     guide = FixedScores(torch.rand(ml100k.n_users, ml100k.n_items, generator=g))
     return ml100k, pos, guide
@@ -32,15 +34,21 @@ def test_uniform_negatives_never_positive_and_n_per_positive(setup):
     rows, items = samplers.uniform_negatives(pos, users, 4, torch.Generator().manual_seed(1))
     assert len(rows) == 4 * ds.train[users.numpy()].nnz
     assert not pos.contains(rows, items, users).any()
-    assert torch.bincount(rows, minlength=len(users)).tolist() == (4 * np.diff(ds.train[users.numpy()].indptr)).tolist()
+    assert (
+        torch.bincount(rows, minlength=len(users)).tolist()
+        == (4 * np.diff(ds.train[users.numpy()].indptr)).tolist()
+    )
 
 
 def test_group_negatives_are_each_members_negatives_alone(setup):
     """A group's members (their own users, n_neg and generators) get bit for bit the negatives they draw
     alone, and their generators end in the same state (so their later draws agree too)."""
     ds, pos, _ = setup
-    users = [torch.randperm(ds.n_users, generator=torch.Generator().manual_seed(s))[:64] for s in range(3)]
-    users[1] = users[1][:40]                                  # members may differ in batch length and n_neg
+    users = [
+        torch.randperm(ds.n_users, generator=torch.Generator().manual_seed(s))[:64]
+        for s in range(3)
+    ]
+    users[1] = users[1][:40]  # members may differ in batch length and n_neg
     n_negs = [4, 1, 4]
     group_gens = [torch.Generator().manual_seed(10 + s) for s in range(3)]
     alone_gens = [torch.Generator().manual_seed(10 + s) for s in range(3)]
@@ -61,7 +69,9 @@ def test_inverse_missing_is_uniform_over_each_users_missing_items(setup):
     rows = torch.arange(3).repeat_interleave(n)
     for extra in (0, 100):
         pairs = pos.padded_pairs(users, int(deg[users.numpy()].sum()) + extra)
-        items = samplers.inverse_missing(pos, users, rows, pairs, torch.Generator().manual_seed(extra))
+        items = samplers.inverse_missing(
+            pos, users, rows, pairs, torch.Generator().manual_seed(extra)
+        )
         assert not pos.contains(rows, items, users).any()
         for r, u in enumerate(users.tolist()):
             counts = np.bincount(items[rows == r].numpy(), minlength=ds.n_items)
@@ -74,11 +84,13 @@ def test_the_static_step_needs_no_value_from_the_device(setup):
     """On the meta device tensors have shapes and no values: the fixed-shape samplers run there, so
     none of them waits for a value (a GPU would stop for it); the dynamic ones cannot."""
     ds, pos, _ = setup
-    meta = data.UserItems(ds.train, "meta")
+    meta = index.UserItems(ds.train, "meta")
     users = torch.randperm(ds.n_users)[:64].to("meta")
     g = torch.Generator().manual_seed(0)
     pairs = meta.padded_pairs(users, 7000)
-    assert samplers.inverse_missing(meta, users, pairs[0].repeat_interleave(4), pairs, g).shape == (28000,)
+    assert samplers.inverse_missing(meta, users, pairs[0].repeat_interleave(4), pairs, g).shape == (
+        28000,
+    )
     assert samplers.uniform_items(meta, users, 100, g, pairs).shape == (64, 100)
     assert samplers.uniform_missing(meta, users, 10, g, pairs).shape == (64, 10)
     with pytest.raises(RuntimeError, match="meta"):
@@ -94,11 +106,21 @@ def test_top_missing_is_the_guides_ranking(setup):
         assert top[u].tolist() == sc.argsort(descending=True)[:20].tolist()
 
 
-@pytest.mark.parametrize("sampling,guide", [("rank", "teacher"), ("uniform", "teacher"), ("topk", "teacher"),
-                                            ("rank", "student"), ("rank", "hybrid")])
+@pytest.mark.parametrize(
+    "sampling,guide",
+    [
+        ("rank", "teacher"),
+        ("uniform", "teacher"),
+        ("topk", "teacher"),
+        ("rank", "student"),
+        ("rank", "hybrid"),
+    ],
+)
 def test_cd_sampler_distinct_missing_items(setup, sampling, guide):
     ds, pos, teacher = setup
-    s = samplers.CDSampler(pos, teacher, n_distill=10, mu=10, sampling=sampling, guide=guide, switch_epoch=1)
+    s = samplers.CDSampler(
+        pos, teacher, n_distill=10, mu=10, sampling=sampling, guide=guide, switch_epoch=1
+    )
     s.start_epoch(0, student=teacher)
     users = torch.arange(ds.n_users)
     k = s.sample(users, torch.Generator().manual_seed(3))

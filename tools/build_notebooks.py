@@ -5,6 +5,7 @@
 Without --force an existing notebook is left alone: the committed notebooks carry the outputs of
 a reproduction run, which `python -m cdlib.reproduce` regenerates from these cells.
 """
+
 import argparse
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import nbformat as nbf
 
 NB = Path(__file__).resolve().parent.parent / "notebooks"
 
-PARAMS = '''profile = "quick"          # smoke | quick | paper (python -m cdlib.reproduce --help says what each costs)
+PARAMS = """profile = "quick"          # smoke | quick | paper (python -m cdlib.reproduce --help says what each costs)
 datasets = None            # None: the profile's datasets
 backbones = ["cdae", "neumf"]
 seeds = None               # None: the profile's seeds
@@ -20,17 +21,18 @@ device = None              # None: cuda if present, else cpu
 results_dir = None         # None: results/
 figures_dir = None         # None: figures/
 write_tables = True        # the per-dataset training jobs of the reproduction set this to False
-train_missing = None       # None: train what is not recorded, unless CDLIB_NO_TRAIN is 1; False: never train'''
+train_missing = None       # None: train what is not recorded, unless CDLIB_NO_TRAIN is 1; False: never train"""
 
-SETUP = '''import pandas as pd
+SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import experiments as ex, plots, report
+from cdlib import analyses, costs, plots, profiles, readme, report, tables
+from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 40)
-P = ex.profile(profile, datasets, backbones, seeds, device)
-P'''
+P = profiles.profile(profile, datasets, backbones, seeds, device, train_missing)
+P"""
 
 
 def md(text):
@@ -50,11 +52,11 @@ def params(extra=""):
 
 def save(*pairs):
     lines = ["if write_tables:"]
-    lines += [f"    ex.save_table({obj}, {name!r}, results_dir)" for obj, name in pairs]
+    lines += [f"    tables.save_table({obj}, {name!r}, results_dir)" for obj, name in pairs]
     return "\n".join(lines)
 
 
-GRID = "results_dir, train_missing"      # every grid resolves the tuned settings from the records
+GRID = "results_dir"  # every grid resolves the tuned settings from the records
 
 NOTEBOOKS = {
     "00_tuning": [
@@ -70,29 +72,41 @@ The other datasets use the choice of the dataset named in the profile's `tune_on
         params(),
         code(SETUP),
         md("## Run (or read) the tuning stage of each tuning dataset and backbone"),
-        code('''frames, choices = [], {}
+        code(
+            """frames, choices = [], {}
 for d in dict.fromkeys(P.tuning_dataset(x) for x in P.datasets):
     for b in P.backbones:
-        runs_db, choice = ex.tune(P, d, b, results_dir, train_missing)
+        runs_db, choice = ex.tune(P, d, b, results_dir)
         frames.append(runs_db)
         if choice is not None:
             choices[(d, b)] = choice
 runs = pd.concat(frames, ignore_index=True)
 table = ex.tuning_table(runs, choices)
-''' + save(("runs", "00_tuning_runs"), ("table", "00_tuning"))),
+"""
+            + save(("runs", "00_tuning_runs"), ("table", "00_tuning"))
+        ),
         md("## The grid (mean over the tuning seeds) and the choice of each stage"),
-        code('print(table.round(4).to_string() if not table.empty else "no tuning run recorded")', "nbval-check-output"),
-        code('''for (d, b), c in choices.items():
+        code(
+            'print(table.round(4).to_string() if not table.empty else "no tuning run recorded")',
+            "nbval-check-output",
+        ),
+        code(
+            """for (d, b), c in choices.items():
     print(f"{d}/{b}: " + "; ".join(f"{stage}: {ex.point_label(stage, kw).split(' ', 1)[1]}" for stage, kw in c.items()))
 incomplete = sorted({(r.dataset, r.backbone) for r in runs.itertuples() if r.status != "ok"}) if not runs.empty else []
-print("not complete:", incomplete or "none")''', "nbval-check-output"),
+print("not complete:", incomplete or "none")""",
+            "nbval-check-output",
+        ),
         md("""## Students that collapse in their first epoch
 Some ml-1m NeuMF students (d = 8, lr 3e-3) lose their MLP tower in the first epoch: every unit of its last
 layer is off on every validation pair, the model ranks by GMF alone and ends below the others. To see whose seed
-this follows, `train.first_epochs` retrains the first epoch of such a student with each teacher seed, beside
+this follows, `analyses.first_epochs` retrains the first epoch of such a student with each teacher seed, beside
 the plain student of the same seed (the row of the run's own teacher is checked against its record)."""),
-        code('''fe = report.first_epochs_table(results_dir)
-print(fe.to_string() if not fe.empty else "no first-epoch analysis recorded")''', "nbval-check-output"),
+        code(
+            """fe = analyses.first_epochs_table(results_dir)
+print(fe.to_string() if not fe.empty else "no first-epoch analysis recorded")""",
+            "nbval-check-output",
+        ),
     ],
     "01_datasets": [
         md("""# 01 · Datasets
@@ -100,20 +114,24 @@ The six implicit-feedback datasets of METHOD.md, split leave-one-out (last inter
 before = validation; users with fewer than 3 interactions dropped). The raw counts match
 `../shared/data/README.md`; the split order (timestamp, file order or seeded random) is a
 [decision] recorded per dataset. Validation has its own 99 sampled negatives, drawn beside the test's."""),
-        params('all_datasets = True       # the statistics of all six datasets, whatever the profile'),
+        params(
+            "all_datasets = True       # the statistics of all six datasets, whatever the profile"
+        ),
         code(SETUP),
         md("## Load and split every dataset"),
-        code('''from cdlib import data
+        code("""from cdlib import data
 names = data.DATASETS if all_datasets and not datasets else P.datasets
 loaded = [data.load(n) for n in names]
 stats = data.statistics(loaded)
 if write_tables:
-    ex.save_table(stats, "01_datasets", results_dir)'''),
+    tables.save_table(stats, "01_datasets", results_dir)"""),
         md("## Table 1: statistics before and after filtering"),
         code("print(stats.to_string())", "nbval-check-output"),
-        code('''print(f"{len(stats)} datasets; {int(stats['users dropped'].sum())} users dropped for fewer than 3 "
-      f"interactions; {int(stats['duplicates merged'].sum())} duplicate interactions merged.")''',
-             "nbval-check-output"),
+        code(
+            """print(f"{len(stats)} datasets; {int(stats['users dropped'].sum())} users dropped for fewer than 3 "
+      f"interactions; {int(stats['duplicates merged'].sum())} duplicate interactions merged.")""",
+            "nbval-check-output",
+        ),
     ],
     "02_teachers": [
         md("""# 02 · Teachers
@@ -124,25 +142,32 @@ NCF (He et al. 2017) reports NeuMF HR@10 ≈ 0.73 on ml-1m with pre-training and
         params(),
         code(SETUP),
         md("## Train (or read the recorded runs)"),
-        code(f'''runs = ex.collect(ex.teacher_grid(P, {GRID}), results_dir, train_missing)
-table = ex.summarize(runs, ["HR@10", "NDCG@10", "HR@10 (full)", "NDCG@10 (full)"])
-''' + save(("runs", "02_teachers_runs"), ("table", "02_teachers"))),
+        code(
+            f"""runs = tables.collect(ex.teacher_grid(P, {GRID}), results_dir, P.execution)
+table = tables.summarize(runs, ["HR@10", "NDCG@10", "HR@10 (full)", "NDCG@10 (full)"])
+"""
+            + save(("runs", "02_teachers_runs"), ("table", "02_teachers"))
+        ),
         md("## Table 2: teachers (test, mean ± std over seeds)"),
-        code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''for (d, b, _), r in table.iterrows():
-    print(f"{b} teacher on {d}: HR@10 = {r['HR@10 mean']:.3f}, {int(r['params']):,} parameters")''',
-             "nbval-check-output"),
+        code("print(tables.fmt(table).to_string())", "nbval-check-output"),
+        code(
+            """for (d, b, _), r in table.iterrows():
+    print(f"{b} teacher on {d}: HR@10 = {r['HR@10 mean']:.3f}, {int(r['params']):,} parameters")""",
+            "nbval-check-output",
+        ),
         md("""## The NeuMF teacher on ml-1m against NCF (seeds 0 and 1)
 Every setting tried for the ml-1m NeuMF teacher (learning rates of the tuning stage, NCF's wider tower
 `mlp_scale = 2`, weight decay), chosen on validation. 'at the best test epoch' retrains one run with each
-epoch's test HR@10 tracked (`train.best_test_epoch`, which also checks that the run reproduces its record): NCF
+epoch's test HR@10 tracked (`analyses.best_test_epoch`, which also checks that the run reproduces its record): NCF
 reports its best test epoch. 'NCF protocol' also trains on all but the test item, as NCF does (our validation
 item included, a fixed number of epochs; `best_test_epoch(valid_in_train=True)`). The difference from
 `test HR@10` is protocol."""),
-        code("""tv = report.teacher_variants('ml-1m', 'neumf', [0, 1], results_dir)
+        code(
+            """tv = analyses.teacher_variants('ml-1m', 'neumf', [0, 1], results_dir)
 print(tv.to_string())
-print(report.protocol_gap(tv))""",
-             "nbval-check-output"),
+print(analyses.protocol_gap(tv))""",
+            "nbval-check-output",
+        ),
     ],
     "03_main": [
         md("""# 03 · Main results
@@ -154,47 +179,73 @@ from teacher seed s.
 **Paper's claim:** CD beats RD by 2.7–33.2 % in HR and 2.7–29.1 % in NDCG (arXiv v1), and the CD student
 comes close to the teacher. "CD-best" is the CD guide with the best mean **validation** NDCG@10 of the same
 protocol; the gains carry a paired t-test over seeds, on the sampled and the full-ranking protocol."""),
-        params('rd_v1_datasets = ["ml-100k"]   # where RD is also run in its first (v1) form, to show what its fixes change'),
+        params(
+            'rd_v1_datasets = ["ml-100k"]   # where RD is also run in its first (v1) form, to show what its fixes change'
+        ),
         code(SETUP),
         md("## Train (or read the recorded runs)"),
-        code(f'''runs = ex.best_cd(ex.collect(ex.main_grid(P, {GRID}), results_dir, train_missing))
-table = ex.summarize(runs, ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"])
-full = ex.summarize(runs, ["HR@10 (full)", "NDCG@10 (full)"])
+        code(
+            f"""runs = tables.best_cd(tables.collect(ex.main_grid(P, {GRID}), results_dir, P.execution))
+table = tables.summarize(runs, ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"])
+full = tables.summarize(runs, ["HR@10 (full)", "NDCG@10 (full)"])
 gain = report.gain_over(runs[runs.status == "ok"], "RD")
-''' + save(("runs", "03_main_runs"), ("table", "03_main"), ("full", "03_main_full"),
-           ("gain", "03_gain_cd_over_rd"))),
+"""
+            + save(
+                ("runs", "03_main_runs"),
+                ("table", "03_main"),
+                ("full", "03_main_full"),
+                ("gain", "03_gain_cd_over_rd"),
+            )
+        ),
         md("## Table 3: test accuracy, sampled protocol (mean ± std over seeds)"),
-        code('''show = table.drop(index="CD-best (full)", level="label", errors="ignore")
-print(ex.fmt(show[["HR@10 mean", "HR@10 std", "NDCG@10 mean", "NDCG@10 std", "seeds"]]).to_string())''',
-             "nbval-check-output"),
-        md("The full-ranking protocol (Krichene & Rendle 2020: sampled metrics can mis-order models); here CD-best is "
-           "`CD-best (full)`, chosen on the full-ranking validation:"),
-        code('print(ex.fmt(full.drop(index="CD-best", level="label", errors="ignore")).to_string())',
-             "nbval-check-output"),
-        code("display(ex.fmt(table))"),
+        code(
+            """show = table.drop(index="CD-best (full)", level="label", errors="ignore")
+print(tables.fmt(show[["HR@10 mean", "HR@10 std", "NDCG@10 mean", "NDCG@10 std", "seeds"]]).to_string())""",
+            "nbval-check-output",
+        ),
+        md(
+            "The full-ranking protocol (Krichene & Rendle 2020: sampled metrics can mis-order models); here CD-best is "
+            "`CD-best (full)`, chosen on the full-ranking validation:"
+        ),
+        code(
+            'print(tables.fmt(full.drop(index="CD-best", level="label", errors="ignore")).to_string())',
+            "nbval-check-output",
+        ),
+        code("display(tables.fmt(table))"),
         md("## Which guide is CD-best, and its gain over RD (both protocols)"),
-        code('''ok = runs[runs.status == "ok"]
+        code(
+            """ok = runs[runs.status == "ok"]
 if not ok.empty:
     print(ok[ok.label.str.startswith("CD-best")].groupby(["dataset", "backbone", "label"]).best_of.first().to_string())
-print(gain.round(4).to_string())''', "nbval-check-output"),
+print(gain.round(4).to_string())""",
+            "nbval-check-output",
+        ),
         md("## Each method as % of its own teacher (the same seed), with 95% intervals over seeds"),
-        code('''if (runs.status == "ok").any():
+        code("""if (runs.status == "ok").any():
     labels = ["Student", "RD", "CD-T", "CD-S", "CD-H", "Teacher"]
     plots.save(plots.dots(runs, "NDCG@10", labels=labels), "03_main_ndcg10", figures_dir)
-    plots.save(plots.dots(runs, "NDCG@10 (full)", labels=labels), "03_main_ndcg10_full", figures_dir)'''),
-        code('print(report.verdict_gain(gain) if not gain.empty else "no CD and RD runs recorded")',
-             "nbval-check-output"),
-        md("## RD before and after its fixes\n"
-           "RD as this project first ran it (`RD-v1`: weights renormalised per user, λ_RD = 0.5, a 5-epoch warm-up, "
-           "exact student ranks once per epoch) beside RD as its authors' code runs it (the main table's `RD`), "
-           "same teachers, seeds and learning rate, on the datasets in `rd_v1_datasets`."),
-        code(f'''import dataclasses
+    plots.save(plots.dots(runs, "NDCG@10 (full)", labels=labels), "03_main_ndcg10_full", figures_dir)"""),
+        code(
+            'print(report.verdict_gain(gain) if not gain.empty else "no CD and RD runs recorded")',
+            "nbval-check-output",
+        ),
+        md(
+            "## RD before and after its fixes\n"
+            "RD as this project first ran it (`RD-v1`: weights renormalised per user, λ_RD = 0.5, a 5-epoch warm-up, "
+            "exact student ranks once per epoch) beside RD as its authors' code runs it (the main table's `RD`), "
+            "same teachers, seeds and learning rate, on the datasets in `rd_v1_datasets`."
+        ),
+        code(
+            f"""import dataclasses
 Q = dataclasses.replace(P, datasets=[d for d in P.datasets if d in rd_v1_datasets])
-rd = ex.collect(ex.rd_variant_grid(Q, {GRID}), results_dir, train_missing) if Q.datasets else pd.DataFrame()
-rd_gain = ex.compare(rd, "RD", "RD-v1", metrics=("HR@10", "NDCG@10", "NDCG@10 (full)")) if not rd.empty else rd
-print(ex.fmt(ex.summarize(rd, ["HR@10", "NDCG@10", "NDCG@10 (full)"])).to_string() if not rd.empty else "not run")
+rd = tables.collect(ex.rd_variant_grid(Q, {GRID}), results_dir, P.execution) if Q.datasets else pd.DataFrame()
+rd_gain = tables.compare(rd, "RD", "RD-v1", metrics=("HR@10", "NDCG@10", "NDCG@10 (full)")) if not rd.empty else rd
+print(tables.fmt(tables.summarize(rd, ["HR@10", "NDCG@10", "NDCG@10 (full)"])).to_string() if not rd.empty else "not run")
 print(rd_gain.round(4).to_string())
-''' + save(("rd_gain", "03_rd_fixes")), "nbval-check-output"),
+"""
+            + save(("rd_gain", "03_rd_fixes")),
+            "nbval-check-output",
+        ),
     ],
     "04_sampling": [
         md("""# 04 · Sampling ablation
@@ -203,15 +254,20 @@ K_u uniform over the missing items (`uniform`) and the deterministic top n_disti
 hard selection), for the teacher and the student guide, at CD's tuned settings."""),
         params('guides = ["teacher", "student"]'),
         code(SETUP),
-        code(f'''runs = ex.collect(ex.sampling_grid(P, guides, {GRID}), results_dir, train_missing)
-table = ex.summarize(runs, ["HR@10", "NDCG@10", "NDCG@10 (full)"])
-''' + save(("runs", "04_sampling_runs"), ("table", "04_sampling"))),
+        code(
+            f"""runs = tables.collect(ex.sampling_grid(P, guides, {GRID}), results_dir, P.execution)
+table = tables.summarize(runs, ["HR@10", "NDCG@10", "NDCG@10 (full)"])
+"""
+            + save(("runs", "04_sampling_runs"), ("table", "04_sampling"))
+        ),
         md("## Table 4: sampling strategies (test)"),
-        code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''if (runs.status == "ok").any():
-    plots.save(plots.dots(runs, "NDCG@10", relative_to=None), "04_sampling_ndcg10", figures_dir)'''),
-        code('print(report.verdict_best(runs, [f"rank/{g}" for g in guides], "rank-aware sampling"))',
-             "nbval-check-output"),
+        code("print(tables.fmt(table).to_string())", "nbval-check-output"),
+        code("""if (runs.status == "ok").any():
+    plots.save(plots.dots(runs, "NDCG@10", relative_to=None), "04_sampling_ndcg10", figures_dir)"""),
+        code(
+            'print(report.verdict_best(runs, [f"rank/{g}" for g in guides], "rank-aware sampling"))',
+            "nbval-check-output",
+        ),
     ],
     "05_guidance": [
         md("""# 05 · Guidance ablation
@@ -220,15 +276,23 @@ epoch) or teacher then student (hybrid, switch after `switch_epoch` = 50 epochs)
 the main table; here with their validation learning curves."""),
         params(),
         code(SETUP),
-        code(f'''runs = ex.collect(ex.guidance_grid(P, {GRID}), results_dir, train_missing)
-table = ex.summarize(runs, ["HR@10", "NDCG@10", "valid NDCG@10"])
-''' + save(("table", "05_guidance"))),
-        md("## Table 5: guidance strategies (test, sampled protocol, and the validation NDCG@10 choices are made on)"),
-        code("print(ex.fmt(table).to_string())", "nbval-check-output"),
+        code(
+            f"""runs = tables.collect(ex.guidance_grid(P, {GRID}), results_dir, P.execution)
+table = tables.summarize(runs, ["HR@10", "NDCG@10", "valid NDCG@10"])
+"""
+            + save(("table", "05_guidance"))
+        ),
+        md(
+            "## Table 5: guidance strategies (test, sampled protocol, and the validation NDCG@10 choices are made on)"
+        ),
+        code("print(tables.fmt(table).to_string())", "nbval-check-output"),
         md("## Learning curves (validation NDCG@10 per epoch, mean ± sd over seeds)"),
-        code('''if (runs.status == "ok").any():
-    plots.save(plots.learning_curves(runs, results_dir), "05_guidance_curves", figures_dir)'''),
-        code('print(report.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))', "nbval-check-output"),
+        code("""if (runs.status == "ok").any():
+    plots.save(plots.learning_curves(runs, results_dir), "05_guidance_curves", figures_dir)"""),
+        code(
+            'print(report.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))',
+            "nbval-check-output",
+        ),
     ],
     "06_student_size": [
         md("""# 06 · Student size
@@ -238,15 +302,20 @@ student as large as the teacher, from the journal extension, which claims it bea
 rate; BACD seed s is distilled from teacher seed s and compared with it."""),
         params('guide = "teacher"          # the CD guide used across sizes [decision]'),
         code(SETUP),
-        code(f'''runs = ex.collect(ex.size_grid(P, guide, {GRID}), results_dir, train_missing)
-table = ex.summarize(runs, by=("dataset", "backbone", "label", "size"))
-''' + save(("runs", "06_size_runs"), ("table", "06_size"))),
+        code(
+            f"""runs = tables.collect(ex.size_grid(P, guide, {GRID}), results_dir, P.execution)
+table = tables.summarize(runs, by=("dataset", "backbone", "label", "size"))
+"""
+            + save(("runs", "06_size_runs"), ("table", "06_size"))
+        ),
         md("## Table 6: accuracy by size"),
-        code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''if (runs.status == "ok").any():
-    plots.save(plots.accuracy_vs_params(runs, "NDCG@10"), "06_size_ndcg10", figures_dir)'''),
-        code('print(report.verdict_pairs(runs, "CD", "Student", ["size"], "CD over the same-size student"))',
-             "nbval-check-output"),
+        code("print(tables.fmt(table).to_string())", "nbval-check-output"),
+        code("""if (runs.status == "ok").any():
+    plots.save(plots.accuracy_vs_params(runs, "NDCG@10"), "06_size_ndcg10", figures_dir)"""),
+        code(
+            'print(report.verdict_pairs(runs, "CD", "Student", ["size"], "CD over the same-size student"))',
+            "nbval-check-output",
+        ),
     ],
     "07_sensitivity": [
         md("""# 07 · Sensitivity
@@ -254,14 +323,16 @@ CD's parameters one at a time around the settings the tuning stage chose (notebo
 the sampling sharpness μ, the temperature T and the number of distilled items."""),
         params('guide = "teacher"          # the CD guide of these runs [decision]'),
         code(SETUP),
-        code('''runs = ex.collect(ex.sensitivity_grid(P, guide, results=results_dir, train_missing=train_missing),
-                 results_dir, train_missing)
-table = ex.summarize(runs)
-''' + save(("runs", "07_sensitivity_runs"), ("table", "07_sensitivity"))),
+        code(
+            """runs = tables.collect(ex.sensitivity_grid(P, guide, results=results_dir), results_dir, P.execution)
+table = tables.summarize(runs)
+"""
+            + save(("runs", "07_sensitivity_runs"), ("table", "07_sensitivity"))
+        ),
         md("## Table 7: sensitivity"),
-        code("print(ex.fmt(table).to_string())", "nbval-check-output"),
-        code('''if (runs.status == "ok").any():
-    plots.save(plots.sensitivity(runs, "NDCG@10"), "07_sensitivity_ndcg10", figures_dir)'''),
+        code("print(tables.fmt(table).to_string())", "nbval-check-output"),
+        code("""if (runs.status == "ok").any():
+    plots.save(plots.sensitivity(runs, "NDCG@10"), "07_sensitivity_ndcg10", figures_dir)"""),
     ],
     "08_efficiency": [
         md("""# 08 · Efficiency
@@ -269,23 +340,27 @@ What distillation is for: parameters, and latency and throughput of scoring all 
 users, for the teacher and every student size, on the CPU (and on a GPU when one is present). Latency
 does not depend on the weights, so untrained models of each size are timed; the accuracy beside it is
 that of the trained runs of notebook 06."""),
-        params('batch = 256                # users per scoring call\n'
-               'measure = None             # None: measure, unless CDLIB_NO_TRAIN is 1 and timings are recorded\n'
-               'devices = None             # None: cpu, and cuda if present; recorded rows of other devices are kept'),
+        params(
+            "batch = 256                # users per scoring call\n"
+            "measure = None             # None: measure, unless CDLIB_NO_TRAIN is 1 and timings are recorded\n"
+            "devices = None             # None: cpu, and cuda if present; recorded rows of other devices are kept"
+        ),
         code(SETUP),
-        md("Timings are measurements of the machine that ran them, named in the `device` column: a re-execution "
-           "with `CDLIB_NO_TRAIN=1` (the nbval check, `make figures`) reads the recorded ones instead of measuring "
-           "again, and a measuring run replaces only the rows of its own kind of device, so GPU rows measured on "
-           "another machine (`devices=[\"cuda\"]`) stay beside this machine's CPU rows."),
-        code('''import os
-from cdlib import bench
+        md(
+            "Timings are measurements of the machine that ran them, named in the `device` column: a re-execution "
+            "with `CDLIB_NO_TRAIN=1` (the nbval check, `make figures`) reads the recorded ones instead of measuring "
+            "again, and a measuring run replaces only the rows of its own kind of device, so GPU rows measured on "
+            'another machine (`devices=["cuda"]`) stay beside this machine\'s CPU rows.'
+        ),
+        code(
+            """from cdlib import bench
 recorded = report.read_table("08_timings", results_dir)
 if measure is None:
-    measure = recorded is None or os.environ.get("CDLIB_NO_TRAIN", "") in ("", "0")
+    measure = recorded is None or P.execution.train
 if measure:
     timings = bench.timing_table(P.datasets, P.backbones, devices, batch, keep=recorded)
     if write_tables:
-        ex.save_table(timings.set_index("dataset"), "08_timings", results_dir)
+        tables.save_table(timings.set_index("dataset"), "08_timings", results_dir)
 else:
     timings = recorded
 eff = timings.copy()
@@ -293,14 +368,18 @@ size_runs = report.read_table("06_size_runs", results_dir)
 if size_runs is not None:
     acc = size_runs[size_runs.status == "ok"].groupby(["dataset", "backbone", "size"])[["HR@10", "NDCG@10"]].mean()
     eff = eff.join(acc, on=["dataset", "backbone", "size"])
-''' + save(("eff", "08_efficiency"))),
+"""
+            + save(("eff", "08_efficiency"))
+        ),
         md("## Table 8: parameters (stable) and timings (per recorded device)"),
-        code('print(eff[["dataset", "backbone", "label", "size", "n_params"]].drop_duplicates().to_string(index=False))',
-             "nbval-check-output"),
-        code('display(eff.round(3))'),
-        code('''if "NDCG@10" in eff and eff["NDCG@10"].notna().any():
+        code(
+            'print(eff[["dataset", "backbone", "label", "size", "n_params"]].drop_duplicates().to_string(index=False))',
+            "nbval-check-output",
+        ),
+        code("display(eff.round(3))"),
+        code("""if "NDCG@10" in eff and eff["NDCG@10"].notna().any():
     plots.save(plots.accuracy_vs_latency(eff.dropna(subset=["NDCG@10"]), "NDCG@10"), "08_accuracy_vs_latency",
-               figures_dir)'''),
+               figures_dir)"""),
     ],
     "09_summary": [
         md("""# 09 · Summary
@@ -310,82 +389,111 @@ the claim's cells, and whether it held (significant after adjustment, in the cla
 CD-over-RD gains also say whether they fall inside the paper's 2.7–33.2 % HR and 2.7–29.1 % NDCG. A claim
 that our runs do not support is reported as not holding. Then what each table rests on, and every run that
 breaks the fair protocol. The README's results section is regenerated from `results/` here."""),
-        params('update_readme = False      # the reproduction sets this when writing into the repository'),
+        params(
+            "update_readme = False      # the reproduction sets this when writing into the repository"
+        ),
         code(SETUP),
-        code('''claims = report.claims(results_dir)
+        code("""claims = report.claims(results_dir)
 if write_tables:
-    ex.save_table(claims.set_index("claim"), "claims", results_dir)'''),
+    tables.save_table(claims.set_index("claim"), "claims", results_dir)"""),
         md("## The claims"),
-        code('print(claims[["claim", "dataset", "backbone", "measured", "held (sampled)", "held (full)"]]'
-             '.to_string(index=False))', "nbval-check-output"),
-        code('''for proto in ("sampled", "full"):
+        code(
+            'print(claims[["claim", "dataset", "backbone", "measured", "held (sampled)", "held (full)"]]'
+            ".to_string(index=False))",
+            "nbval-check-output",
+        ),
+        code(
+            """for proto in ("sampled", "full"):
     held = claims[f"held ({proto})"].fillna(False).astype(bool)
-    print(f"{proto}: {held.sum()} of {len(claims)} claim checks held.")''', "nbval-check-output"),
+    print(f"{proto}: {held.sum()} of {len(claims)} claim checks held.")""",
+            "nbval-check-output",
+        ),
         md("## Coverage: what each table rests on"),
         code("print(report.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
-        code("print(report.compute(results_dir).to_string(index=False))", "nbval-check-output"),
-        md("## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"),
-        code('''bad = report.violations(results_dir)
-print(bad.to_string(index=False) if not bad.empty else "none")''', "nbval-check-output"),
+        code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
+        md(
+            "## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"
+        ),
+        code(
+            """bad = report.violations(results_dir)
+print(bad.to_string(index=False) if not bad.empty else "none")""",
+            "nbval-check-output",
+        ),
         md("""## The static step against the dynamic one (one device; test NDCG@10, paired over seeds)
 The GPU trains with static shapes (`train.Config.shapes`): inverse-transform negatives and padded
 batches, the same distributions as the CPU's dynamic step with other draws. Configurations recorded
 with both steps show whether that changes the results."""),
-        code('''steps = report.shapes_agreement(results_dir)
-print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")''',
-             "nbval-check-output"),
+        code(
+            """steps = analyses.shapes_agreement(results_dir)
+print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")""",
+            "nbval-check-output",
+        ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
-        code('''agree = report.device_agreement(results_dir)
-print(agree.round(4).to_string(index=False) if not agree.empty else "no configuration is recorded on both a CPU and a GPU yet")''',
-             "nbval-check-output"),
-        code('''if update_readme:
-    print("README updated:", report.update_readme(results_dir))'''),
+        code(
+            """agree = analyses.device_agreement(results_dir)
+print(agree.round(4).to_string(index=False) if not agree.empty else "no configuration is recorded on both a CPU and a GPU yet")""",
+            "nbval-check-output",
+        ),
+        code("""if update_readme:
+    print("README updated:", readme.update_readme(results_dir))"""),
     ],
     "10_your_data": [
         md("""# 10 · Your data
 Teacher, plain student, RD and CD students on an interactions file of your own, with the table and
 figure of notebook 03. `data_path` takes a CSV or TSV with a header `user,item[,timestamp]` (`.gz`
 accepted), a Parquet file, or a RecBole `.inter` file. The committed copy runs on
-`data/synthetic.inter`, a seeded synthetic table (`cdlib.data.synthetic()`: 600 users, 395 items, string
+`data/synthetic.inter`, a seeded synthetic table (`cdlib.files.synthetic()`: 600 users, 395 items, string
 ids) shipped for the purpose. With `tune = False` every method runs at the documented defaults; `tune = True`
 runs the tuning stage of notebook 00 on your file first. To keep a student as a file, use
 `python -m cdlib.distill FILE`; here the cached weights of a run are loaded with `cdlib.saved.from_run`."""),
-        params('data_path = "data/synthetic.inter"   # your interactions file\n'
-               'tune = False               # True: the tuning stage of notebook 00 on this file first\n'
-               'show_users = 3             # users whose recommendations are shown'),
-        code('''import pandas as pd
+        params(
+            'data_path = "data/synthetic.inter"   # your interactions file\n'
+            "tune = False               # True: the tuning stage of notebook 00 on this file first\n"
+            "show_users = 3             # users whose recommendations are shown"
+        ),
+        code(
+            """import pandas as pd
 from IPython.display import display
 
-from cdlib import data, experiments as ex, plots, report, saved
+from cdlib import data, plots, profiles, report, saved, tables
+from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
-P = ex.profile(profile, [data_path], backbones, seeds, device, tuned=[data_path], tune_on={},
-               tuning=ex.PROFILES[profile].tuning if tune else None)     # the profile's epoch rules and seeds
+P = profiles.profile(profile, [data_path], backbones, seeds, device, train_missing, tuned=[data_path], tune_on={},
+               tuning=profiles.PROFILES[profile].tuning if tune else None)     # the profile's epoch rules and seeds
 ds = data.load(data_path)
-print(ds, ds.meta["sha256"])''', "nbval-check-output"),
+print(ds, ds.meta["sha256"])""",
+            "nbval-check-output",
+        ),
         md("## Train (or read the recorded runs): every method on every seed"),
-        code('''grid = ex.main_grid(P, results_dir, train_missing)
-runs = ex.best_cd(ex.collect(grid, results_dir, train_missing))
-table = ex.summarize(runs, ["HR@10", "NDCG@10", "HR@10 (full)", "NDCG@10 (full)"])'''),
+        code("""grid = ex.main_grid(P, results_dir)
+runs = tables.best_cd(tables.collect(grid, results_dir, P.execution))
+table = tables.summarize(runs, ["HR@10", "NDCG@10", "HR@10 (full)", "NDCG@10 (full)"])"""),
         md("## The table (test, mean ± std over seeds; CD-best chosen on validation)"),
-        code('print(ex.fmt(table.drop(index="CD-best (full)", level="label", errors="ignore")).to_string())',
-             "nbval-check-output"),
-        code('''ok = runs[runs.status == "ok"]
-print(report.compare_best(ok, "RD", "NDCG@10").round(4).to_string() if not ok.empty else "nothing recorded")''',
-             "nbval-check-output"),
-        code('''if not ok.empty:
+        code(
+            'print(tables.fmt(table.drop(index="CD-best (full)", level="label", errors="ignore")).to_string())',
+            "nbval-check-output",
+        ),
+        code(
+            """ok = runs[runs.status == "ok"]
+print(report.compare_best(ok, "RD", "NDCG@10").round(4).to_string() if not ok.empty else "nothing recorded")""",
+            "nbval-check-output",
+        ),
+        code("""if not ok.empty:
     plots.save(plots.dots(runs, "NDCG@10", labels=["Student", "RD", "CD-T", "CD-S", "CD-H", "Teacher"]),
-               "10_your_data_ndcg10", figures_dir)'''),
-        md("## What the CD student recommends, in the file's own ids (when its weights are cached on this machine)"),
-        code('''best = ok[ok.label == "CD-best"].sort_values("seed").iloc[0] if not ok.empty else None
+               "10_your_data_ndcg10", figures_dir)"""),
+        md(
+            "## What the CD student recommends, in the file's own ids (when its weights are cached on this machine)"
+        ),
+        code("""best = ok[ok.label == "CD-best"].sort_values("seed").iloc[0] if not ok.empty else None
 if best is not None:
     cfg = next(c for c in grid[best.best_of] if c.seed == best.seed and c.backbone == best.backbone)
     try:
         model = saved.from_run(cfg)
         display(model.recommend(list(model.user_ids[:show_users]), k=5))
     except FileNotFoundError as e:
-        print(e)'''),
+        print(e)"""),
     ],
 }
 
@@ -403,7 +511,11 @@ def main():
             print(f"kept {path}")
             continue
         nb = nbf.v4.new_notebook(cells=cells)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nb.metadata["language_info"] = {"name": "python"}
         nbf.write(nb, path)
         print(f"wrote {path}")

@@ -14,10 +14,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "from cdlib import runs; print(runs.git_state())"
 python3 - "$OUT" <<'PY'
 import sys
-from cdlib import bench, report, experiments as ex
+from cdlib import bench, runs, experiments as ex
 t = bench.timing_table(["ml-100k", "ml-1m", "amazon-music"], ["cdae", "neumf"], ["cuda"],
-                       keep=report.read_table("08_timings"))
-print(ex.save_table(t.set_index("dataset"), "08_timings", sys.argv[1]))
+                       keep=runs.read_table("08_timings"))
+print(tables.save_table(t.set_index("dataset"), "08_timings", sys.argv[1]))
 PY
 mkdir -p "$OUT/bench"
 for d in ${BENCH-ml-1m citeulike-t}; do

@@ -67,49 +67,50 @@ else
 fi
 $PY -c "import torch, numpy, scipy, pandas, tqdm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   || { echo "missing Python packages"; exit 2; }
-$PY -c "from cdlib import data, runs; print(runs.git_state()); print('data:', data.data_dir())"
+$PY -c "from cdlib import paths, runs; print(runs.git_state()); print('data:', paths.data_dir())"
 
 echo "== correctness ($(left) s left)"
 timeout 240 $PY - "$OUT/check.json" "$DEV" <<'PY'
-import json, sys
-from cdlib import train
+import dataclasses, json, sys
+from cdlib import loop, train
+from cdlib.config import Execution
 dev, out = sys.argv[2], {}
+EX = Execution.from_environment()     # CDLIB_DETERMINISTIC=1, exported above
 small = dict(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3, subset_users=300,
              shapes="static")       # the GPU's step on both devices: only the hardware (and its random streams) differ
 
 def curve(device):
     cfg = train.Config(**small, device=device).canonical()
-    r = train.fit(cfg, train.dataset_for(cfg), progress=False)
+    r = loop.fit(cfg, train.dataset_for(cfg), progress=False, execution=EX)
     return [{k: e[k] for k in ("epoch", "loss", "valid_NDCG@10")} for e in r["curve"]]
 out["cpu"], out[dev] = curve("cpu"), curve(dev)
 out["max_loss_difference_cpu_vs_device"] = max(abs(a["loss"] - b["loss"]) for a, b in zip(out["cpu"], out[dev]))
 out["device_deterministic"] = curve(dev) == out[dev]          # the same run twice on the device
-# a group of 3 CD students on the device against the same runs alone (train.fit_group)
+# a group of 3 CD students on the device against the same runs alone (loop.fit_group)
 cfgs = [train.Config(**small, method="cd", guide="student", teacher_size=40, device=dev, seed=s).canonical()
         for s in range(3)]
 ds = train.dataset_for(cfgs[0])
-teacher = train.fit(cfgs[0].teacher(), ds, progress=False)["model"].eval()
-alone = [train.fit(c, ds, teacher, progress=False)["curve"] for c in cfgs]
-group = [o["curve"] for o in train.fit_group(cfgs, ds, [teacher] * 3, progress=False)]
+teacher = loop.fit(cfgs[0].teacher(), ds, progress=False, execution=EX)["model"].eval()
+alone = [loop.fit(c, ds, teacher, progress=False, execution=EX)["curve"] for c in cfgs]
+group = [o["curve"] for o in loop.fit_group(cfgs, ds, [teacher] * 3, progress=False, execution=EX)]
 out["group_max_loss_difference"] = max(abs(a["loss"] - b["loss"]) for x, y in zip(alone, group) for a, b in zip(x, y))
 open(sys.argv[1], "w").write(json.dumps(out, indent=1))
-# the host's waits on the device inside one epoch's steps (torch.cuda.set_sync_debug_mode, CDLIB_SYNC_DEBUG):
+# the host's waits on the device inside one epoch's steps (torch.cuda.set_sync_debug_mode, Execution.sync_debug):
 # none are expected with static shapes
 if dev == "cuda":
-    import os, warnings
-    os.environ["CDLIB_SYNC_DEBUG"] = "warn"
+    import warnings
+    debug = dataclasses.replace(EX, sync_debug="warn")
     waits = {}
     for shapes in ("dynamic", "static"):
         for what, kw in (("CDAE none", {}), ("CDAE CD student-guided", dict(method="cd", guide="student")),
                          ("CDAE CD uniform", dict(method="cd", sampling="uniform")),
                          ("NeuMF RD", dict(backbone="neumf", size=8, method="rd", rd_warmup=0))):
             cfg = train.Config(**{**small, "epochs": 1, "min_epochs": 1, "shapes": shapes, **kw}, device=dev).canonical()
-            t = train.fit(cfg.teacher(), ds, progress=False)["model"].eval() if cfg.method != "none" else None
+            t = loop.fit(cfg.teacher(), ds, progress=False, execution=EX)["model"].eval() if cfg.method != "none" else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                train.fit(cfg, ds, t, progress=False)
+                loop.fit(cfg, ds, t, progress=False, execution=debug)
             waits[f"{what}, {shapes}"] = sum("synchroniz" in str(w.message) for w in caught)
-    os.environ.pop("CDLIB_SYNC_DEBUG")
     out["host_waits_in_one_epoch"] = waits
 print(json.dumps(out, indent=1))
 open(sys.argv[1], "w").write(json.dumps(out, indent=1))

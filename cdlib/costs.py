@@ -1,0 +1,217 @@
+"""What the grid costs: the CPU hours recorded and estimated to go per dataset and backbone
+(`compute`), and the paper profile's training time on a benchmarked device (`device_estimate`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .config import TEACHER_SIZE
+from .runs import read_table
+
+RUN_TABLES = {
+    "00_tuning_runs": "tuning (00)",
+    "02_teachers_runs": "teachers (02)",
+    "03_main_runs": "main (03)",
+    "04_sampling_runs": "sampling (04)",
+    "06_size_runs": "size (06)",
+    "07_sensitivity_runs": "sensitivity (07)",
+}
+
+
+def _grid_runs(results=None) -> pd.DataFrame | None:
+    """Every distinct run the tables list (a run named by two tables once), with its status, recorded
+    epochs, and for a recorded run its wall time and seconds per epoch (validation included)."""
+    need = {"label", "dataset", "backbone", "size", "seed", "method", "status", "key", "epochs_run"}
+    frames = [
+        t
+        for t in (read_table(n, results) for n in RUN_TABLES)
+        if t is not None and need <= set(t.columns)
+    ]
+    if not frames:
+        return None
+    t = pd.concat(frames, ignore_index=True)
+    t = t[~t.label.astype(str).str.startswith("CD-best")]
+    t = (
+        t.assign(
+            id=t.key.where(
+                t.key.notna(),
+                t.dataset
+                + "/"
+                + t.backbone
+                + "/"
+                + t.label.astype(str)
+                + "/"
+                + t["size"].astype(str)
+                + "/"
+                + t.seed.astype(str),
+            )
+        )
+        .drop_duplicates("id")
+        .copy()
+    )
+    ok = t.status == "ok"
+    t["wall"] = np.nan
+    t.loc[ok, "wall"] = [
+        (runs.read_record(k, results) or {}).get("timing", {}).get("wall_seconds", np.nan)
+        for k in t.key[ok]
+    ]
+    t["per_epoch"] = t.wall / t.epochs_run
+    return t
+
+
+def _work(results=None) -> dict:
+    """{(dataset, backbone): the work of one epoch} from table 01: users x items for CDAE's dense rows,
+    training interactions for NeuMF's pairs."""
+    st = read_table("01_datasets", results)
+    return (
+        {}
+        if st is None
+        else {
+            (r.dataset, b): float(w)
+            for r in st.itertuples()
+            for b, w in (("cdae", r.users * r.items), ("neumf", r.train))
+        }
+    )
+
+
+def _estimator(ok: pd.DataFrame, work: dict):
+    """estimate(dataset, backbone, size, method) -> (epochs, seconds per epoch on the CPU): the medians of
+    the recorded runs of the same backbone, size and method (else method) on the same dataset, else on the
+    recorded dataset nearest in work, its seconds scaled by the work; (nan, nan) when none is recorded."""
+
+    def estimate(d, b, size, m):
+        for cols, key in ((["size", "method"], (size, m)), (["method"], (m,))):
+            same = ok[
+                (ok.backbone == b) & np.logical_and.reduce([ok[c] == v for c, v in zip(cols, key)])
+            ]
+            refs = [
+                r for r in same.dataset.unique() if r == d or ((r, b) in work and (d, b) in work)
+            ]
+            if refs:  # this dataset, else the recorded one nearest in work, scaled
+                r = (
+                    d
+                    if d in refs
+                    else min(refs, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])))
+                )
+                g = same[same.dataset == r]
+                return g.epochs_run.median(), g.per_epoch.median() * (
+                    1 if r == d else work[(d, b)] / work[(r, b)]
+                )
+        return np.nan, np.nan
+
+    return estimate
+
+
+def compute(results=None) -> pd.DataFrame:
+    """CPU time of the grid the tables list, per dataset and backbone: the wall time of every distinct
+    recorded run, and an estimate for the runs not recorded (missing, or waiting for their tuning).
+    The estimate is the median epochs times the median seconds per epoch (wall time, validation
+    included) of the recorded runs of the same backbone, size and method (else method) on the same
+    dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
+    CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
+    counted once per table row, so two tables naming one such run count it twice."""
+    t = _grid_runs(results)
+    if t is None:
+        return pd.DataFrame()
+    ok = t[t.status == "ok"]
+    estimate = _estimator(ok, _work(results))
+    todo = t[t.status != "ok"]
+    est = pd.Series(
+        [
+            float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method)))
+            for r in todo.itertuples()
+        ],
+        index=todo.index,
+        dtype=float,
+    )
+    rows = []
+    for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
+        o = ok[(ok.dataset == d) & (ok.backbone == b)]
+        rest = est[g.index[g.status != "ok"]]
+        rows.append(
+            {
+                "dataset": d,
+                "backbone": b,
+                "runs recorded": len(o),
+                "CPU hours": o.wall.sum() / 3600,
+                "runs to go": len(rest),
+                "est. CPU hours to go": rest.sum(min_count=1) / 3600,
+            }
+        )
+    out = pd.DataFrame(rows)
+    total = {
+        "dataset": "all",
+        "backbone": "",
+        **out.drop(columns=["dataset", "backbone"]).sum(min_count=1),
+    }
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True).astype(
+        {"runs recorded": int, "runs to go": int}
+    )
+    out[["CPU hours", "est. CPU hours to go"]] = out[["CPU hours", "est. CPU hours to go"]].round(1)
+    return out
+
+
+def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
+    """Seconds per training epoch of a kind of run, from a `cdlib.bench` record's 'seconds': the teacher,
+    the student without distillation, or (RD and CD) the CD student-guided student, the dearest method."""
+    epochs = {k: v for k, v in seconds.items() if " epoch" in k}
+    if backbone == "cdae" and size == teacher_size:
+        pick = [v for k, v in epochs.items() if k.startswith("CDAE teacher")]
+    elif backbone == "cdae":
+        end = "method none" if method == "none" else "CD student-guided"
+        pick = [v for k, v in epochs.items() if k.startswith("CDAE student") and k.endswith(end)]
+    else:
+        pick = [
+            v
+            for k, v in epochs.items()
+            if k.startswith("NeuMF (d=") and (f"(d={teacher_size})" in k) == (size == teacher_size)
+        ]
+    return max(pick) if pick else np.nan
+
+
+def device_estimate(bench_record: dict, results=None) -> dict:
+    """The paper profile's training time on the device of a `cdlib.bench` record (`--out` JSON), one run
+    at a time: every run the tables list, recorded or not (records say which device trained them, so a new
+    device trains them all), times its epochs (recorded, else `compute`'s estimate), times the bench's
+    seconds per training epoch for its kind of run (`_bench_epoch`), scaled from the bench dataset by the
+    steps per epoch (users / batch) on a GPU, where a step costs its overhead whatever its size, and by the
+    work (`_work`) on a CPU. Validation is left out, so this is a lower bound. Returns hours in all and per
+    dataset, and what it rests on."""
+    t = _grid_runs(results)
+    if t is None:
+        return {}
+    gpu = runs.device_kind(bench_record["provenance"]["device"]) == "cuda"
+    st = read_table("01_datasets", results)
+    users = {} if st is None else dict(zip(st.dataset, st.users))
+    work = _work(results)
+    estimate = _estimator(t[t.status == "ok"], work)
+    ref = bench_record["dataset"]["name"]
+    seconds, epochs_of = [], []
+    for r in t.itertuples():
+        epochs = (
+            r.epochs_run
+            if r.status == "ok"
+            else estimate(r.dataset, r.backbone, r.size, r.method)[0]
+        )
+        per = _bench_epoch(
+            bench_record["seconds"], r.backbone, int(r.size), r.method, TEACHER_SIZE[r.backbone]
+        )
+        if gpu:  # steps per epoch; the batch size is the backbone's
+            scale = users.get(r.dataset, np.nan) / users.get(ref, np.nan)
+        else:
+            scale = work.get((r.dataset, r.backbone), np.nan) / work.get((ref, r.backbone), np.nan)
+        seconds.append(epochs * per * scale)
+        epochs_of.append(epochs)
+    t = t.assign(device_seconds=seconds)
+    per_dataset = (t.groupby("dataset", sort=False).device_seconds.sum(min_count=1) / 3600).round(2)
+    return {
+        "device": bench_record["provenance"]["device"],
+        "bench_dataset": ref,
+        "runs": len(t),
+        "runs_without_estimate": int(t.device_seconds.isna().sum()),
+        "epochs": float(np.nansum(epochs_of)),
+        "hours": round(float(np.nansum(seconds)) / 3600, 2),
+        "hours_per_dataset": per_dataset.to_dict(),
+    }

@@ -1,0 +1,289 @@
+"""The Dataset of a run: leave-one-out split, 99 sampled test negatives and the validation's own 99,
+from a long table of interactions (`leave_one_out`).
+
+Split (METHOD.md, "Evaluation protocol", a [decision]): leave-one-out per user, the last interaction
+is the test item and the one before it the validation item; users with fewer than
+``min_interactions`` (3) interactions are dropped and counted. Duplicate (user, item) pairs are
+merged, keeping the latest one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+N_NEGATIVES = 99  # sampled protocol: the held-out item against 99 negatives (NCF)
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the file and the problem."""
+
+
+@dataclass
+class Dataset:
+    """One leave-one-out dataset, users and items re-indexed 0..n-1.
+
+    train:      scipy CSR [users x items], 1.0 where the user interacted in training.
+    valid_item, test_item: the held-out item of each user (int64 [users]).
+    negatives:  [users x 99] items the user never interacted with: the test candidates (sampled protocol).
+    user_ids, item_ids: the original id of each index.
+    meta:       name, source, sha256 of every file read, counts before/after filtering.
+    valid_negatives: [users x 99] the validation's own draw of never-interacted items (so that early
+                stopping never sees the test candidates; METHOD.md "Evaluation protocol").
+    """
+
+    name: str
+    train: sp.csr_matrix
+    valid_item: np.ndarray
+    test_item: np.ndarray
+    negatives: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    meta: dict = field(default_factory=dict)
+    valid_negatives: np.ndarray | None = None
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    def subset(self, n_users: int, seed: int = 0) -> Dataset:
+        """A seeded random subset of users (items kept), for smoke runs and tests."""
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(self.n_users, size=min(n_users, self.n_users), replace=False))
+        meta = dict(self.meta, name=f"{self.name}[{len(keep)}u,seed{seed}]", subset_users=len(keep))
+        return Dataset(
+            meta["name"],
+            self.train[keep],
+            self.valid_item[keep],
+            self.test_item[keep],
+            self.negatives[keep],
+            self.user_ids[keep],
+            self.item_ids,
+            meta,
+            None if self.valid_negatives is None else self.valid_negatives[keep],
+        )
+
+    def with_valid_in_train(self) -> Dataset:
+        """The training set NCF trains on (all but the test item): each user's validation item added
+        to `train`. For analyses of the protocol only (analyses.best_test_epoch): validation is then no
+        longer held out, so nothing may be chosen on it."""
+        meta = dict(self.meta, name=f"{self.name}+valid", valid_in_train=True)
+        return Dataset(
+            meta["name"],
+            with_items(self.train, self.valid_item),
+            self.valid_item,
+            self.test_item,
+            self.negatives,
+            self.user_ids,
+            self.item_ids,
+            meta,
+            self.valid_negatives,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, users={self.n_users:,}, items={self.n_items:,}, "
+            f"train interactions={self.train.nnz:,})"
+        )
+
+
+def with_items(matrix: sp.csr_matrix, *items: np.ndarray) -> sp.csr_matrix:
+    """A binary [users x items] CSR: `matrix` plus, for every array in `items`, the item it gives each
+    user (items[k][u]), e.g. the training set plus the held-out validation and test items."""
+    n = matrix.shape[0]
+    extra = sp.csr_matrix(
+        (
+            np.ones(n * len(items), np.float32),
+            (np.tile(np.arange(n), len(items)), np.concatenate(items)),
+        ),
+        shape=matrix.shape,
+    )
+    out = (matrix + extra).tocsr()
+    out.data[:] = 1.0
+    return out
+
+
+def _raw_counts(df: pd.DataFrame) -> dict:
+    return {
+        "users": int(df.user.nunique()),
+        "items": int(df.item.nunique()),
+        "interactions": int(len(df)),
+    }
+
+
+def _sample_negatives(
+    seen: sp.csr_matrix, k: int, seed, chunk: int = 2048, where: str = "", user_ids=None
+) -> np.ndarray:
+    """k distinct never-seen items per user: the k smallest of seeded uniform keys, seen items excluded.
+    Vectorised over chunks of users; memory is chunk x items."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = seen.shape
+    n_seen = np.diff(seen.indptr)
+    if n_items - n_seen.max() < k:
+        u = int(n_seen.argmax())
+        who = user_ids[u] if user_ids is not None else u
+        who = who.item() if hasattr(who, "item") else who
+        raise DataError(
+            f"{where or 'dataset'}: too small for the sampled protocol: user {who!r} has only "
+            f"{n_items - n_seen[u]} never-interacted items of {n_items}, and every user needs "
+            f"{k} as negatives"
+        )
+    out = np.empty((n_users, k), np.int64)
+    for s in range(0, n_users, chunk):
+        block = seen[s : s + chunk]
+        keys = rng.random((block.shape[0], n_items), dtype=np.float32)
+        keys[block.nonzero()] = 2.0
+        out[s : s + chunk] = np.sort(np.argpartition(keys, k, axis=1)[:, :k], axis=1)
+    return out
+
+
+def _repair_negatives(neg: np.ndarray, seen: sp.csr_matrix, seed: int) -> int:
+    """Replace, in place, negatives that the user interacted with (NCF's ml-1m file lists the
+    test item among its own negatives for 156 users) by seeded never-interacted items not yet in
+    the row. Returns how many were replaced. Runs once per load, over the few bad entries."""
+    rows = np.repeat(np.arange(neg.shape[0]), neg.shape[1])
+    bad = np.flatnonzero(np.asarray(seen[rows, neg.ravel()]).ravel() > 0)
+    rng = np.random.default_rng(seed)
+    for b in bad:
+        u, c = divmod(int(b), neg.shape[1])
+        while True:
+            j = int(rng.integers(seen.shape[1]))
+            if seen[u, j] == 0 and j not in neg[u]:
+                neg[u, c] = j
+                break
+    return len(bad)
+
+
+def leave_one_out(
+    name,
+    df,
+    order,
+    seed,
+    meta,
+    min_interactions=3,
+    test=None,
+    valid=None,
+    negatives=None,
+    user_names=None,
+):
+    """Leave-one-out on a long table (user, item[, time], pos) -> Dataset.
+
+    order: "time" (timestamp, then file position), "file" (file position) or "random" (seeded).
+    test/valid: optional tables (user, item) of held-out items given by the source, which then
+    take precedence over the split of `df` (valid may be None: taken as the last of df).
+    negatives: optional {raw user: array of raw items} given by the source.
+    user_names: optional original ids of df's user codes (for error messages).
+    """
+    meta = dict(
+        meta, name=name, split_order=order, split_seed=seed, min_interactions=min_interactions
+    )
+    all_df = pd.concat([x for x in (df, valid, test) if x is not None], ignore_index=True)
+    meta["before"] = _raw_counts(all_df)
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    if "pos" not in df:
+        df["pos"] = np.arange(len(df))
+    if order == "random":
+        key = rng.permutation(len(df))
+    elif order == "time":
+        key = np.lexsort((df.pos.to_numpy(), df.time.to_numpy()))
+        key = np.argsort(key)  # rank of each row in time order
+    elif order == "file":
+        key = df.pos.to_numpy()
+    else:
+        raise ValueError(f"order must be time, file or random, got {order!r}")
+    df["key"] = key
+    n0 = len(df)
+    df = df.sort_values("key").drop_duplicates(["user", "item"], keep="last")
+    meta["duplicates_merged"] = n0 - len(df)
+    held = [x for x in (valid, test) if x is not None]
+    n_held = len(held)
+    counts = df.groupby("user").size()
+    need = max(min_interactions - n_held, 1)
+    keep_users = counts.index[counts >= need]
+    for h in held:
+        keep_users = keep_users.intersection(pd.Index(h.user.unique()))
+    if len(keep_users) == 0:
+        raise DataError(
+            f"{meta.get('source', name)}: no user has at least {min_interactions} interactions "
+            f"({meta['before']['users']} users, {meta['before']['interactions']} interactions before "
+            "filtering); leave-one-out needs a test item, a validation item and training items per user"
+        )
+    meta["users_dropped"] = int(all_df.user.nunique() - len(keep_users))
+    df = df[df.user.isin(keep_users)]
+    # the last (and second to last) interaction of each user, in split order
+    df = df.sort_values(["user", "key"])
+    rank_from_end = df.groupby("user").cumcount(ascending=False).to_numpy()
+    if test is None:
+        test = df[rank_from_end == 0][["user", "item"]]
+        valid_ = df[rank_from_end == 1][["user", "item"]]
+        train = df[rank_from_end >= 2]
+    elif valid is None:
+        valid_ = df[rank_from_end == 0][["user", "item"]]
+        train = df[rank_from_end >= 1]
+    else:
+        valid_, train = valid, df
+    test = test[test.user.isin(keep_users)].drop_duplicates("user", keep="last")
+    valid_ = valid_[valid_.user.isin(keep_users)].drop_duplicates("user", keep="last")
+    user_ids = np.sort(keep_users.to_numpy())
+    item_ids = np.unique(
+        np.concatenate(
+            [train.item.to_numpy(), valid_.item.to_numpy(), test.item.to_numpy()]
+            + ([np.concatenate(list(negatives.values()))] if negatives else [])
+        )
+    )
+    uix = pd.Index(user_ids)
+    iix = pd.Index(item_ids)
+    U, I = len(user_ids), len(item_ids)
+    tr = sp.csr_matrix(
+        (
+            np.ones(len(train), np.float32),
+            (uix.get_indexer(train.user), iix.get_indexer(train.item)),
+        ),
+        shape=(U, I),
+    )
+    tr.sum_duplicates()
+    tr.data[:] = 1.0
+
+    def held_items(t):
+        a = np.full(U, -1, np.int64)
+        a[uix.get_indexer(t.user)] = iix.get_indexer(t.item)
+        return a
+
+    valid_item, test_item = held_items(valid_), held_items(test)
+    seen = with_items(tr, valid_item, test_item)
+    names = (
+        user_ids if user_names is None else np.asarray(user_names)[user_ids]
+    )  # for error messages
+    where = meta.get("source", name)
+    if negatives is not None:
+        neg = np.stack([iix.get_indexer(np.asarray(negatives[u])) for u in user_ids])
+        n_bad = _repair_negatives(neg, seen, seed + 1)
+        meta["negatives"] = (
+            "given by the source; entries that are an interacted item (the held-out "
+            f"item itself: {n_bad}) replaced by seeded never-interacted items"
+        )
+        meta["negatives_replaced"] = n_bad
+    else:
+        neg = _sample_negatives(seen, N_NEGATIVES, seed + 1, where=where, user_ids=names)
+        meta["negatives"] = f"sampled uniformly from never-interacted items, seed {seed + 1}"
+    # the validation's own candidates: never-interacted items (so never the test item), a draw of
+    # its own beside the test negatives, whichever way those were obtained
+    valid_neg = _sample_negatives(seen, N_NEGATIVES, [seed, 99], where=where, user_ids=names)
+    meta["valid_negatives"] = f"sampled uniformly from never-interacted items, seed [{seed}, 99]"
+    n_all = int(seen.nnz)
+    meta["after"] = {
+        "users": U,
+        "items": I,
+        "interactions": n_all,
+        "train_interactions": int(tr.nnz),
+        "density": n_all / (U * I),
+    }
+    return Dataset(name, tr, valid_item, test_item, neg, user_ids, item_ids, meta, valid_neg)

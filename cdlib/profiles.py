@@ -1,0 +1,170 @@
+"""What a reproduction runs: the profiles (`smoke`, `quick`, `paper`: datasets, backbones, seeds,
+epoch rules, the tuning stage's grid) and `profile`, the notebooks' entry point, which also reads
+how runs execute here from the environment (`config.Execution`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from . import data
+from .config import Config, Execution
+
+# The tuning stage (METHOD.md "A fair comparison"): equal budgets, choices on validation NDCG@10.
+# CD and RD get 6 configurations each (the weight of the distillation term x how many items it
+# distils), RD's grid starting at its authors' defaults (lambda_RD = 1, K = 10); the teacher and the
+# plain student get their learning rate tuned over 4 values. Stages run in order: the teacher's
+# choice fixes the teacher of every student, the student's learning rate is that of RD and CD.
+LEARNING_RATES = [3e-4, 1e-3, 3e-3, 1e-2]
+
+
+TUNING = {
+    "Teacher": {"lr": LEARNING_RATES},
+    "Student": {"lr": LEARNING_RATES},
+    "RD": {"lambda_rd": [1.0, 0.3, 0.1], "rd_k": [10, 20]},
+    "CD": {"lambda_kd": [0.5, 0.1, 1.0], "n_distill": [10, 20]},
+}
+
+
+TUNE_METRIC = "NDCG@10"  # of the validation item, sampled protocol (the early-stopping metric)
+
+
+@dataclass
+class Profile:
+    """What one reproduction runs. `cost` is what `python -m cdlib.reproduce --help` prints.
+    Epoch rules default to train.Config's (cap, patience, minimum). `tune_on` maps a dataset to the
+    dataset whose tuned settings it uses (default: itself when it is in `tuned`, else `tuned[-1]`);
+    tuning=None skips the tuning stage: every method at train.Config's documented defaults.
+    `execution` is how its runs are trained here (`config.Execution`: whether missing runs are trained,
+    group size, time limit), read from the environment by `profile`, the notebooks' entry point."""
+
+    name: str
+    datasets: list
+    backbones: list = field(default_factory=lambda: ["cdae", "neumf"])
+    seeds: list = field(default_factory=lambda: [0])
+    epochs: int = Config.epochs
+    patience: int = Config.patience
+    min_epochs: int = Config.min_epochs
+    plateau: float | None = Config.plateau
+    subset_users: int | None = None
+    device: str | None = None
+    tune_seeds: list = field(default_factory=lambda: [0, 1])
+    tuned: list = field(default_factory=lambda: ["ml-100k", "ml-1m"])
+    tune_on: dict = field(default_factory=dict)
+    tuning: dict | None = field(default_factory=lambda: TUNING)
+    cost: str = ""
+    execution: Execution = field(default_factory=Execution)
+
+    def config(self, dataset: str, backbone: str, seed: int, **kw) -> Config:
+        return Config(
+            dataset=dataset,
+            backbone=backbone,
+            seed=seed,
+            epochs=self.epochs,
+            patience=self.patience,
+            min_epochs=self.min_epochs,
+            plateau=self.plateau,
+            subset_users=self.subset_users,
+            device=self.device,
+            **kw,
+        )
+
+    def tuning_dataset(self, dataset: str) -> str:
+        if dataset in self.tune_on:
+            return self.tune_on[dataset]
+        return dataset if dataset in self.tuned or not self.tuned else self.tuned[-1]
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke",
+        ["ml-100k"],
+        seeds=[0],
+        epochs=2,
+        patience=2,
+        min_epochs=1,
+        subset_users=150,
+        tune_seeds=[0],
+        tuned=["ml-100k"],
+        tuning={
+            "Teacher": {"lr": [3e-3]},
+            "Student": {"lr": [3e-3]},
+            "RD": {"lambda_rd": [1.0]},
+            "CD": {"lambda_kd": [0.5]},
+        },
+        cost="150 ml-100k users, 2 epochs, one seed, one configuration per tuning stage: all notebooks "
+        "in a few minutes on 2 cores",
+    ),
+    "quick": Profile(
+        "quick",
+        ["ml-100k"],
+        seeds=[0, 1],
+        tuned=["ml-100k"],
+        cost="ml-100k, both backbones, the tuning stage and seeds 0-1 of every table under the fair "
+        "protocol (cap 1000 epochs, patience 30, at least 50): about 1 h on 2 cores (the paper "
+        "profile's ml-100k, 5 seeds, took 58 min for CDAE and 47 min for NeuMF, one core each)",
+    ),
+    "paper": Profile(
+        "paper",
+        list(data.DATASETS),
+        seeds=[0, 1, 2, 3, 4],
+        cost="six datasets, both backbones, 5 seeds, tuning on ml-100k and ml-1m (the others use "
+        "ml-1m's choice): days on 2 cores. Measured under the fair protocol, one core per backbone: "
+        "ml-100k (tuning, tables 03, 04, 06) 58 min CDAE, 47 min NeuMF; ml-1m runs take 2-10 min "
+        "each (teachers, students), so its tuning stage is several hours per backbone. GPU "
+        "(--device cuda, tools/gpu_window.sh): seconds per epoch on an H200 in "
+        "results/bench/*_cuda.json (python -m cdlib.bench)",
+    ),
+}
+
+
+def profile(
+    name: str,
+    datasets=None,
+    backbones=None,
+    seeds=None,
+    device=None,
+    train_missing: bool | None = None,
+    **overrides,
+) -> Profile:
+    """A profile, with a notebook's parameters overriding its datasets, backbones, seeds, device, and
+    its execution read from the environment (`Execution.from_environment`: CDLIB_NO_TRAIN,
+    CDLIB_GROUP_SIZE, CDLIB_DEADLINE, ...); train_missing=False (or True) overrides CDLIB_NO_TRAIN."""
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {list(PROFILES)}, got {name!r}")
+    execution = Execution.from_environment()
+    if train_missing is not None:
+        execution = dataclasses.replace(execution, train=bool(train_missing))
+    p = dataclasses.replace(PROFILES[name], **{"execution": execution, **overrides})
+    if datasets:
+        p.datasets = list(datasets)
+    if backbones:
+        p.backbones = list(backbones)
+    if seeds is not None:
+        p.seeds = list(seeds)
+    if device:
+        p.device = device
+    if p.min_epochs > p.epochs:
+        raise ValueError(
+            f"profile {p.name!r}: the epoch cap epochs={p.epochs} is below min_epochs={p.min_epochs}"
+        )
+    if p.tuning is not None:
+        check_tuning(p.tuning)
+    return p
+
+
+def check_tuning(tuning: dict) -> None:
+    """Refuse a tuning grid with an unknown stage or parameter, or an empty list of values."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for stage, grid in tuning.items():
+        if stage not in TUNING:
+            raise ValueError(f"tuning: unknown stage {stage!r}; stages are {list(TUNING)}")
+        if not grid:
+            raise ValueError(f"tuning: the grid of {stage} is empty")
+        for name, values in grid.items():
+            if name not in fields:
+                raise ValueError(
+                    f"tuning: {stage} names unknown parameter {name!r} (not a field of train.Config)"
+                )
+            if not isinstance(values, (list, tuple)) or len(values) == 0:
+                raise ValueError(f"tuning: {stage} parameter {name!r} has no values to try")
