@@ -193,5 +193,46 @@ def accuracy_vs_latency(df: pd.DataFrame, metric: str = "NDCG@10"):
     )
 
 
+def forest_name(claim: str) -> str:
+    """The file name of a claim's forest plot: 09_forest_ and the claim's words, lower case."""
+    words = "".join(c if c.isalnum() else " " for c in claim.lower()).split()
+    return "09_forest_" + "_".join(words)[:80]
+
+
+def forest(table: pd.DataFrame, claim: str):
+    """A forest plot of one claim of `report.claims`, one panel per protocol: each dataset x backbone
+    cell's effect (%) with its 95% interval, the pooled random-effects estimate as a diamond, 0
+    marked, and the paper's claimed range shaded where it gives one."""
+    g = table[table.claim == claim]
+    cells, pool = g[g.dataset != "pooled"], g[g.dataset == "pooled"]
+    paper = str(g.paper.iloc[0]).rstrip("%")
+    shade = [float(x) for x in paper.split("-")] if paper[:1].isdigit() else None
+    y = np.arange(len(cells), 0, -1, dtype=float)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(10, 0.32 * len(cells) + 1.9), sharey=True, squeeze=False
+    )
+    for ax, proto in zip(axes[0], ("sampled", "full")):
+        e = cells[f"effect % ({proto})"].to_numpy(float)
+        lo, hi = (cells[f"CI {k} ({proto})"].to_numpy(float) for k in ("low", "high"))
+        ax.errorbar(e, y, xerr=[e - lo, hi - e], fmt="o", color="k", ms=4, capsize=2, lw=1)
+        if not pool.empty and np.isfinite(pool[f"CI low ({proto})"].iloc[0]):
+            m, a, b = (
+                float(pool[f"{k} ({proto})"].iloc[0]) for k in ("effect %", "CI low", "CI high")
+            )
+            ax.fill([a, m, b, m], [0, 0.3, 0, -0.3], color="C0", label="pooled (random effects)")
+        if shade:
+            ax.axvspan(*shade, color="C2", alpha=0.15, label="paper's range")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(f"{proto} protocol", fontsize=10)
+        ax.set_xlabel("effect (%)")
+    axes[0, 0].set_yticks(
+        [*y, 0], [f"{d} / {b}" for d, b in zip(cells.dataset, cells.backbone)] + ["pooled"]
+    )
+    axes[0, 0].legend(loc="best", fontsize=8)
+    fig.suptitle(claim, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

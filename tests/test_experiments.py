@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cdlib import analyses, costs, profiles, readme, report, tables
+from cdlib import analyses, audit, costs, effects, profiles, readme, report, tables
 from cdlib import experiments as ex
 from cdlib.config import Execution
 
@@ -203,9 +203,18 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     )
     tables.save_table(tables.best_cd(main), "03_main_runs", tmp_path)
     c = report.claims(tmp_path)
-    hr = c[c.claim == "3. CD beats RD (HR@10)"].set_index("dataset")
-    p = {d: stats.ttest_rel(cd, rd).pvalue for d, cd in cds.items()}
-    assert all(abs(hr.loc[d, "p (sampled)"] - p[d]) < 1e-12 for d in cds)
+    hr = c[c.claim == "3. CD beats RD (HR@10), primary: CD-T, the tuned CD"].set_index("dataset")
+    rel = {d: 100 * (np.array(cd) / np.array(rd) - 1) for d, cd in cds.items()}  # per seed, %
+    p = {d: stats.ttest_1samp(x, 0).pvalue for d, x in rel.items()}
+    for d, x in rel.items():  # effect and interval against their definitions
+        half = stats.t.ppf(0.975, 3) * x.std(ddof=1) / 2
+        assert hr.loc[d, "effect % (sampled)"] == pytest.approx(x.mean())
+        assert hr.loc[d, "CI low (sampled)"] == pytest.approx(x.mean() - half)
+        assert hr.loc[d, "CI high (sampled)"] == pytest.approx(x.mean() + half)
+        assert hr.loc[d, "p (sampled)"] == pytest.approx(p[d], abs=1e-12)
+        assert hr.loc[d, "MDE % (sampled)"] == pytest.approx(
+            effects.mde(x.std(ddof=1), 4, 0.05 / 3)
+        )
     assert np.allclose(
         hr.loc[list(cds), "p Holm (sampled)"].to_numpy(), report.holm(list(p.values()))
     )
@@ -213,15 +222,30 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     assert p["b"] < 0.05 and p["c"] < 0.05
     assert not bool(hr.loc["b", "held (sampled)"]) and not bool(
         hr.loc["c", "held (sampled)"]
-    )  # not after Holm
+    )  # Holm
     assert bool(hr.loc["a", "in paper range (sampled)"]) == (
-        2.7 <= hr.loc["a", "gain % (sampled)"] <= 33.2
+        2.7 <= hr.loc["a", "effect % (sampled)"] <= 33.2
     )
-    close = c[c.claim.str.startswith("4.")].set_index("dataset")
+    pool = effects.pooled(
+        [x.mean() for x in rel.values()], [x.var(ddof=1) / 4 for x in rel.values()]
+    )
+    assert hr.loc["pooled", "effect % (sampled)"] == pytest.approx(pool["effect"])
+    assert hr.loc["pooled", "cells (sampled)"] == 3
+    assert hr.loc["pooled", "verdict (sampled)"] == effects.verdict(pool, 2.7, 1, 3)  # 1 of 3 held
+    assert hr.loc["pooled", "paper range is (sampled)"] == effects.against_range(pool, (2.7, 33.2))
+    close = c[c.claim == "4. CD student comes close to the teacher (description)"].set_index(
+        "dataset"
+    )
     assert close.loc["a", "measured"].startswith(
         f"sampled: {100 * np.mean(cds['a']) / 0.6:.1f}% of its teacher"
     )
-    assert not bool(close.loc["a", "held (sampled)"])
+    assert pd.isna(close.loc["a", "held (sampled)"])  # a description, not a verdict
+    assert not c.claim.str.startswith(
+        "4. gap recovered"
+    ).any()  # no plain student: no gap to recover
+    assert "verdict (sampled)" in c and report.verdicts(c)[0].startswith(
+        "**3. CD beats RD (HR@10), primary"
+    )
 
 
 def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
@@ -236,15 +260,38 @@ def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
         "04_sampling_runs",
         tmp_path,
     )
-    c = report.claims(tmp_path).set_index("claim")
+    c = report.claims(tmp_path)
+    c = c[c.dataset != "pooled"].set_index("claim")
     hr = c.loc["6. born-again CD beats the teacher (HR@10)"]
-    p = stats.ttest_rel(bacd, teacher).pvalue
-    assert f"p {p:.3g}" in hr["measured"] and bool(hr["held (sampled)"]) == (p < 0.05)
-    assert hr["measured"].startswith(
-        f"sampled: {100 * (np.mean(bacd) - np.mean(teacher)) / np.mean(teacher):+.1f}%"
-    )
+    rel = 100 * (np.array(bacd) / np.array(teacher) - 1)
+    p = stats.ttest_1samp(rel, 0).pvalue
+    assert f"p {p:.2g}" in hr["measured"] and bool(hr["held (sampled)"]) == (p < 0.05)
+    assert hr["measured"].startswith(f"sampled: {rel.mean():+.1f}%")
     samp = c.loc["2. rank-aware sampling beats uniform (teacher-guided, NDCG@10)"]
     assert not bool(samp["held (sampled)"]) and "3 seeds" in samp["measured"]  # mean gain < 0
+
+
+def test_gap_recovered_and_cd_against_the_plain_student(tmp_path):
+    teacher, student, rd, cd = (
+        [0.60, 0.62, 0.61],
+        [0.50, 0.50, 0.52],
+        [0.52, 0.53, 0.53],
+        [0.55, 0.56, 0.56],
+    )
+    main = pd.DataFrame(
+        rows("Teacher", teacher) + rows("Student", student) + rows("RD", rd) + rows("CD-T", cd)
+    )
+    tables.save_table(tables.best_cd(main), "03_main_runs", tmp_path)
+    c = report.claims(tmp_path)
+    c = c[c.dataset != "pooled"].set_index("claim")
+    t, s = np.array(teacher), np.array(student)
+    for method, m in (("CD-T", cd), ("RD", rd)):
+        gap = 100 * (np.array(m) - s) / (t - s)
+        row = c.loc[f"4. gap recovered by {method} (% of teacher - student, NDCG@10)"]
+        assert row["effect % (sampled)"] == pytest.approx(gap.mean())
+        assert row["p (sampled)"] == pytest.approx(stats.ttest_1samp(gap, 0).pvalue)
+    vs = c.loc["4. CD beats the plain student (NDCG@10)"]
+    assert vs["effect % (sampled)"] == pytest.approx(np.mean(100 * (np.array(cd) / s - 1)))
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path):
@@ -277,7 +324,7 @@ def test_coverage_says_what_each_table_rests_on(tmp_path):
     )
     main["device"] = "cpu"
     tables.save_table(main, "03_main_runs", tmp_path)
-    cov = report.coverage(tmp_path).set_index(["table", "dataset", "backbone"])
+    cov = audit.coverage(tmp_path).set_index(["table", "dataset", "backbone"])
     assert (
         cov.loc[("main (03)", "d", "cdae"), "runs"] == 4
         and cov.loc[("main (03)", "d", "cdae"), "seeds"] == "0, 1, 2"
@@ -291,7 +338,7 @@ def test_coverage_says_what_each_table_rests_on(tmp_path):
 def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch):
     from cdlib import runs
 
-    monkeypatch.setattr(report, "popularity_valid_ndcg", lambda config: 0.24)
+    monkeypatch.setattr(audit, "popularity_valid_ndcg", lambda config: 0.24)
     base = {
         "dataset": "d",
         "backbone": "neumf",
@@ -316,7 +363,7 @@ def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch
         table += [dict(r, key=key) for r in rows("RD", [0.5], backbone="neumf")]
         table[-1]["seed"] = seed
     tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
-    bad = report.violations(tmp_path)
+    bad = audit.violations(tmp_path)
     assert list(bad.seed) == [0, 2]
     assert bad.problem[0].startswith("stalled (valid NDCG@10 0.2450, popularity 0.2400)")
     assert bad.problem[1].startswith("capped (best epoch 950 of cap 1000)") and set(bad.table) == {

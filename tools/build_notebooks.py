@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, costs, plots, profiles, readme, report, tables
+from cdlib import analyses, audit, costs, plots, profiles, readme, report, tables
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -384,10 +384,14 @@ if size_runs is not None:
     "09_summary": [
         md("""# 09 · Summary
 One row per claim of METHOD.md and dataset × backbone, the sampled and the full-ranking protocol side by
-side: the gain, its paired t-test over seeds (a seed is a whole replicate), the Holm-adjusted p-value over
-the claim's cells, and whether it held (significant after adjustment, in the claimed direction). The
-CD-over-RD gains also say whether they fall inside the paper's 2.7–33.2 % HR and 2.7–29.1 % NDCG. A claim
-that our runs do not support is reported as not holding. Then what each table rests on, and every run that
+side: the mean paired relative difference over seeds (a seed is a whole replicate) with its 95% interval,
+its p-value, the Holm-adjusted p over the claim's cells, the minimum detectable effect at 80% power, and
+whether it held (significant after adjustment, in the claimed direction); then one pooled row per claim
+(random effects across cells, DerSimonian-Laird) with its interval, I² and a verdict. Claim 3's primary
+comparison is the CD configuration the tuning stage chose (CD-T) against RD; CD-best (the best of three
+guides on validation) is a secondary row. Claim 4 is measured by the fraction of the teacher-student gap
+CD and RD recover and by CD against the plain student. A claim that our runs do not support is reported
+as not holding. Then what each table rests on, and every run that
 breaks the fair protocol. The README's results section is regenerated from `results/` here."""),
         params(
             "update_readme = False      # the reproduction sets this when writing into the repository"
@@ -408,15 +412,26 @@ if write_tables:
     print(f"{proto}: {held.sum()} of {len(claims)} claim checks held.")""",
             "nbval-check-output",
         ),
+        md("## Verdicts: the pooled effect of each claim, and the forest plots"),
+        code(
+            'print("\\n\\n".join(report.verdicts(claims)))',
+            "nbval-check-output",
+        ),
+        code(
+            """for claim in claims[claims.dataset == "pooled"].claim.unique():
+    fig = plots.forest(claims, claim)
+    plots.save(fig, plots.forest_name(claim), figures_dir)
+    plots.close(fig)"""
+        ),
         md("## Coverage: what each table rests on"),
-        code("print(report.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
+        code("print(audit.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md(
             "## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"
         ),
         code(
-            """bad = report.violations(results_dir)
+            """bad = audit.violations(results_dir)
 print(bad.to_string(index=False) if not bad.empty else "none")""",
             "nbval-check-output",
         ),

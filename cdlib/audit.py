@@ -1,0 +1,117 @@
+"""What the tables rest on (`coverage`: per table, dataset and backbone, the runs recorded and not,
+their seeds and device) and the runs that break the fair protocol (`violations`: capped, stalled
+on the initial plateau, or a teacher below its own plain student), from the tables in results/."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import metrics, runs
+from .config import Config, dataset_for
+from .costs import RUN_TABLES
+from .runs import read_table
+
+
+def coverage(results=None) -> pd.DataFrame:
+    """What each table rests on: per table, dataset and backbone, the runs recorded and not (missing,
+    or waiting for their tuning), the seeds and the device that trained them."""
+    rows = []
+    for name, what in RUN_TABLES.items():
+        t = read_table(name, results)
+        if t is None or t.empty:
+            continue
+        t = t[~t.label.astype(str).str.startswith("CD-best")]
+        for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
+            ok = g[g.status == "ok"]
+            devices = sorted(set(ok["device"].dropna())) if "device" in ok else []
+            rows.append(
+                {
+                    "table": what,
+                    "dataset": d,
+                    "backbone": b,
+                    "runs": len(ok),
+                    "not recorded": int((g.status != "ok").sum()),
+                    "seeds": ", ".join(map(str, sorted(ok.seed.unique()))) or "-",
+                    "device": ", ".join(devices) or "-",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+_POPULARITY: dict = {}
+
+
+def popularity_valid_ndcg(config: dict) -> float:
+    """Validation NDCG@10 (sampled) of the most-popular ranking on a run's data: the initial plateau."""
+    key = (
+        config["dataset"],
+        config.get("data_sha256"),
+        config["data_seed"],
+        config.get("subset_users"),
+        config.get("valid_negatives", "test"),
+    )
+    if key not in _POPULARITY:
+        c = Config(
+            dataset=config["dataset"],
+            data_seed=config["data_seed"],
+            subset_users=config.get("subset_users"),
+            device="cpu",
+        ).canonical()
+        ds = dataset_for(c)
+        _POPULARITY[key] = metrics.evaluate(
+            metrics.Popularity(ds), ds, "valid", "sampled", valid_negatives=key[-1]
+        )["NDCG@10"]
+    return _POPULARITY[key]
+
+
+def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataFrame:
+    """Every recorded run a table uses that breaks the fair protocol (METHOD.md "A fair comparison"):
+    'capped', its best validation epoch in the last `last` fraction of its epoch cap (still improving
+    when cut off), or 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
+    ranking (never left the initial plateau). One row per table and run."""
+    rows = []
+    for name, what in RUN_TABLES.items():
+        t = read_table(name, results)
+        if t is None or "key" not in t:
+            continue
+        t = t[(t.status == "ok") & ~t.label.astype(str).str.startswith("CD-best")]
+        for r in t.itertuples():
+            rec = runs.read_record(r.key, results)
+            if rec is None:
+                continue
+            c = rec["config"]
+            best_valid = rec["valid_sampled"]["NDCG@10"]
+            pop = rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(c)
+            problems = []
+            if rec["best_epoch"] > (1 - last) * c["epochs"]:
+                problems.append(f"capped (best epoch {rec['best_epoch']} of cap {c['epochs']})")
+            if best_valid <= stall * pop:
+                problems.append(f"stalled (valid NDCG@10 {best_valid:.4f}, popularity {pop:.4f})")
+            if problems:
+                rows.append(
+                    {
+                        "table": what,
+                        "dataset": r.dataset,
+                        "backbone": r.backbone,
+                        "label": r.label,
+                        "size": c["size"],
+                        "seed": r.seed,
+                        "best epoch": rec["best_epoch"],
+                        "epochs run": rec["epochs_run"],
+                        "cap": c["epochs"],
+                        "problem": "; ".join(problems),
+                    }
+                )
+    cols = [
+        "table",
+        "dataset",
+        "backbone",
+        "label",
+        "size",
+        "seed",
+        "best epoch",
+        "epochs run",
+        "cap",
+        "problem",
+    ]
+    return pd.DataFrame(rows, columns=cols)
