@@ -54,7 +54,9 @@ def _grid_runs(results=None) -> pd.DataFrame | None:
     ok = t.status == "ok"
     t["wall"] = np.nan
     t.loc[ok, "wall"] = [
-        (runs.read_record(k, results) or {}).get("timing", {}).get("wall_seconds", np.nan)
+        (runs.read_record(k, results) or runs.read_record(k, results, "ials") or {})
+        .get("timing", {})
+        .get("wall_seconds", np.nan)
         for k in t.key[ok]
     ]
     t["per_epoch"] = t.wall / t.epochs_run

@@ -33,7 +33,17 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
-LABELS = ["Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H", "CD-best"]
+LABELS = [
+    "Teacher",
+    "Student",
+    "RD",
+    "CD-T",
+    "CD-S",
+    "CD-H",
+    "CD-best",
+    "iALS (teacher budget)",
+    "iALS (student budget)",
+]
 
 
 def main_markdown(main: pd.DataFrame, metrics=("HR@10", "NDCG@10")) -> pd.DataFrame:

@@ -39,12 +39,13 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def record_path(key: str, results=None) -> Path:
-    return results_dir(results) / "runs" / f"{key}.json"
+def record_path(key: str, results=None, folder: str = "runs") -> Path:
+    """results/<folder>/<key>.json: `runs` for the trained recommenders, `ials` for iALS."""
+    return results_dir(results) / folder / f"{key}.json"
 
 
-def read_record(key: str, results=None) -> dict | None:
-    p = record_path(key, results)
+def read_record(key: str, results=None, folder: str = "runs") -> dict | None:
+    p = record_path(key, results, folder)
     if not p.is_file():
         return None
     with open(p) as f:
@@ -62,8 +63,8 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_record(record: dict, results=None) -> Path:
-    p = record_path(record["key"], results)
+def write_record(record: dict, results=None, folder: str = "runs") -> Path:
+    p = record_path(record["key"], results, folder)
     write_atomic(p, json.dumps(record, indent=1, sort_keys=True, default=str))
     return p
 
