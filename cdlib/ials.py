@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from . import data, metrics, models, runs
 from .config import STUDENT, TEACHER_SIZE, Execution
 from .dataset import Dataset
-from .tables import METRICS
+from .tables import record_metrics
 
 # 6 configurations, as many as CD's and RD's tuning stages [decision]; the learning-rate grids of
 # the teacher and the plain student have 4
@@ -192,13 +192,5 @@ def main_rows(
                         regularization=cfg.regularization,
                         alpha=cfg.alpha,
                     )
-                    for proto, sfx in (("sampled", ""), ("full", " (full)")):
-                        row.update({f"{m}{sfx}": rec[f"test_{proto}"][m] for m in METRICS})
-                        row.update(
-                            {
-                                f"valid {m}{sfx}": rec[f"valid_{proto}"][m]
-                                for m in ("HR@10", "NDCG@10")
-                            }
-                        )
-                    rows.append(row)
+                    rows.append({**row, **record_metrics(rec)})
     return pd.DataFrame(rows)

@@ -88,14 +88,18 @@ def collect(
                 train_seconds=rec["timing"]["train_seconds"],
                 device=runs.device_kind(rec["provenance"]["device"]),
             )
-            for proto in ("sampled", "full"):
-                sfx = "" if proto == "sampled" else " (full)"
-                row.update({f"{m}{sfx}": rec[f"test_{proto}"][m] for m in METRICS})
-                row.update(
-                    {f"valid {m}{sfx}": rec[f"valid_{proto}"][m] for m in ("HR@10", "NDCG@10")}
-                )
-            rows.append(row)
+            rows.append({**row, **record_metrics(rec)})
     return pd.DataFrame(rows)
+
+
+def record_metrics(rec: dict) -> dict:
+    """A record's columns in a table row: the test metrics of both protocols ('NDCG@10',
+    'NDCG@10 (full)', ...) and the validation metrics every choice is made on ('valid NDCG@10', ...)."""
+    out = {}
+    for proto, sfx in (("sampled", ""), ("full", " (full)")):
+        out.update({f"{m}{sfx}": rec[f"test_{proto}"][m] for m in METRICS})
+        out.update({f"valid {m}{sfx}": rec[f"valid_{proto}"][m] for m in ("HR@10", "NDCG@10")})
+    return out
 
 
 def summarize(
