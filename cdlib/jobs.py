@@ -126,8 +126,8 @@ def _execute_remote(job: Job, inputs: dict) -> Job:
     ({path under results: text}), new records, tables, figures, notebook and log out."""
     with tempfile.TemporaryDirectory() as tmp:
         res = Path(tmp) / "results"
-        (res / "runs").mkdir(parents=True)
         for name, text in inputs.items():
+            (res / name).parent.mkdir(parents=True, exist_ok=True)
             (res / name).write_text(text)
         local = Job(
             job.notebook,
@@ -142,7 +142,7 @@ def _execute_remote(job: Job, inputs: dict) -> Job:
         _execute(local)
         job.status, job.error, job.seconds = local.status, local.error, local.seconds
         files = {}
-        for p in [*(res / "runs").glob("*.json"), *res.glob("*.csv")]:
+        for p in [*_records(res), *res.glob("*.csv")]:
             name = str(p.relative_to(res))
             if inputs.get(name) != p.read_text():
                 files[name] = p.read_bytes()
@@ -153,6 +153,11 @@ def _execute_remote(job: Job, inputs: dict) -> Job:
                 files[key] = Path(src).read_bytes()
         job.files = {k: base64.b64encode(v).decode() for k, v in files.items()}
     return job
+
+
+def _records(results: Path) -> list[Path]:
+    """Every run record under `results` (each folder of runs.RECORD_FOLDERS)."""
+    return [p for folder in runs.RECORD_FOLDERS for p in sorted((results / folder).glob("*.json"))]
 
 
 def _write_back(job: Job, results: Path, figures: Path) -> None:
@@ -194,7 +199,7 @@ def run_jobs(
 
         inputs = {
             str(p.relative_to(results)): p.read_text()
-            for p in [*(results / "runs").glob("*.json"), *results.glob("*.csv")]
+            for p in [*_records(results), *results.glob("*.csv")]
         }
         with Client(scheduler) as client:
             futures = [

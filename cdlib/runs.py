@@ -39,6 +39,9 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+RECORD_FOLDERS = ("runs", "ials")  # the trained recommenders' records; iALS reference runs'
+
+
 def record_path(key: str, results=None, folder: str = "runs") -> Path:
     """results/<folder>/<key>.json: `runs` for the trained recommenders, `ials` for iALS."""
     return results_dir(results) / folder / f"{key}.json"
