@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, methods, models, paths, runs
+from . import data, methods, models, paths, runs, sparse
 from .dataset import DataError, Dataset
 
 METHODS = tuple(methods.METHODS)
@@ -60,6 +60,9 @@ class RunFields:
     # rejection | static: padded to sizes planned per epoch, negatives by
     # inverse transform, no wait on a GPU inside an epoch (same
     # distributions, other draws) | None: static on CUDA, else dynamic
+    step: str | None = None  # dense: Adam over every parameter, CDAE decoding all items (the
+    # original step) | sparse: look-ups and decoding at the step's pairs, Adam on the rows they
+    # touch only (`sparse.RowAdam`, lazy: other training) | None: dense
     weight_decay: float = 0.0
     n_neg: int = 4  # uniform negatives per positive in L_CF
     corruption: float = 0.5  # CDAE input dropout q
@@ -88,6 +91,8 @@ class RunFields:
             )
         if self.shapes is not None and self.shapes not in SHAPES:
             raise ValueError(f"shapes must be one of {SHAPES}, got {self.shapes!r}")
+        if self.step is not None and self.step not in sparse.STEPS:
+            raise ValueError(f"step must be one of {sparse.STEPS}, got {self.step!r}")
         d = dataclasses.asdict(self)
         tsize = TEACHER_SIZE[self.backbone]
         d["size"] = self.size or tsize
@@ -98,6 +103,7 @@ class RunFields:
         d["mlp_scale"] = (self.mlp_scale or 1) if self.backbone == "neumf" else None
         d["device"] = models.default_device(self.device).type
         d["shapes"] = self.shapes or ("static" if d["device"] == "cuda" else "dynamic")
+        d["step"] = self.step or "dense"
         d["data_sha256"] = file_sha256(self.dataset) if data.is_file_dataset(self.dataset) else None
         unit = methods.METHODS[self.method]
         for other in methods.METHODS.values():  # another method's fields do not name this run
@@ -122,8 +128,9 @@ class RunFields:
         d = dataclasses.asdict(self.canonical())
         if d["data_sha256"]:
             d["dataset"] = "file"
-        if d["shapes"] == "dynamic":  # runs recorded before the parameter existed keep their keys
-            del d["shapes"]
+        for k, old in (("shapes", "dynamic"), ("step", "dense")):
+            if d[k] == old:  # runs recorded before the parameter existed keep their keys
+                del d[k]
         return runs.config_key(d)
 
     def teacher(self) -> Config:
@@ -148,6 +155,7 @@ class RunFields:
             corruption=self.corruption,
             mlp_scale=c.mlp_scale,
             shapes=c.shapes,
+            step=c.step,
             device=self.device,
         ).canonical()
 
@@ -244,4 +252,5 @@ def build_model(cfg: Config, ds: Dataset, device=None) -> models.Recommender:
         cfg.corruption or 0.0,
         device or cfg.device,
         cfg.mlp_scale or 1,
+        cfg.step == "sparse",
     )

@@ -168,6 +168,25 @@ def main_grid(p: Profile, results=None) -> dict:
     )
 
 
+# The configurations of the step agreement (issue "An engine whose cost follows the data"): the main
+# table's, less CD-H, trained with both steps (`Config.step`) on the datasets the study covers
+STEP_AGREEMENT = ("Teacher", "Student", "RD", "CD-T", "CD-S")
+
+
+def step_agreement_grid(p: Profile, results=None) -> dict:
+    """The main table's configurations (`STEP_AGREEMENT`, each at the settings tuned with the dense
+    step) with the dense step and with the sparse one (labels "<method> sparse"), same seeds: which
+    `analyses.step_agreement` pairs."""
+    grid = main_grid(p, results)
+    out = {label: grid[label] for label in STEP_AGREEMENT}
+    for label in STEP_AGREEMENT:
+        out[f"{label} sparse"] = [
+            c if isinstance(c, Pending) else dataclasses.replace(c, step="sparse")
+            for c in grid[label]
+        ]
+    return out
+
+
 # RD as this project first ran it (v1): weights renormalised per user, lambda_RD = 0.5, a 5-epoch warm-up,
 # exact student ranks once per epoch; beside RD as its authors ran it, to show what the fixes change
 RD_V1 = {"rd_renorm": True, "lambda_rd": 0.5, "rd_warmup": 5, "rd_rank": "exact"}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import index, losses, methods, metrics, models
+from . import index, losses, methods, metrics, models, sparse
 from .batches import Member, dynamic_batches, plan_capacities, rng_state, static_batches
 from .config import Config, Execution, build_model
 from .dataset import Dataset
@@ -50,6 +50,7 @@ STACKED = (
     "corruption",
     "batch_size",
     "shapes",
+    "step",
     "lr",
     "weight_decay",
     "device",
@@ -85,8 +86,17 @@ class Stack:
         saved = old.adam_state() if old is not None else {}
         if len(members) == 1:
             self.params = None
-            self.opt = torch.optim.Adam(
-                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+            self.opt = (
+                sparse.RowAdam(
+                    model.parameters(),
+                    lr=cfg.lr,
+                    weight_decay=cfg.weight_decay,
+                    masked=cfg.shapes == "static",
+                )
+                if cfg.step == "sparse"
+                else torch.optim.Adam(
+                    model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+                )
             )
         else:
             self.params = {
@@ -206,6 +216,12 @@ def fit_group(
         raise ValueError(
             f"compile={ex.compile!r} (CDLIB_COMPILE) needs static shapes (Config.shapes='static'), "
             f"not {cfgs[0].shapes!r}"
+        )
+    if cfgs[0].step == "sparse" and (len(cfgs) > 1 or ex.compile):
+        raise ValueError(
+            f"run {cfgs[0].key()}: step='sparse' trains one run at a time and eagerly, not "
+            + (f"in a group of {len(cfgs)}" if len(cfgs) > 1 else f"compiled ({ex.compile!r})")
+            + " (CDLIB_GROUP_SIZE=1, CDLIB_COMPILE unset; or step='dense')"
         )
     if ex.compile:  # one process trains many models and shapes, each a graph of one function
         for name in ("recompile_limit", "accumulated_recompile_limit", "cache_size_limit"):
