@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import metrics, models, runs
-from .config import TEACHER_SIZE, Config, Execution, dataset_for
+from .config import ABSENT_MEANS, TEACHER_SIZE, Config, Execution, dataset_for
 from .loop import check_group, fit, fit_group
 from .train import differences, load_teacher, run
 
@@ -244,9 +244,39 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     return _paired(
         results,
         metric,
-        lambda r: r["config"].get("shapes") or "dynamic",
+        lambda r: r["config"].get("shapes") or ABSENT_MEANS["shapes"],
         ("shapes",),
         {"dynamic": "dynamic", "static": "static"},
+    )
+
+
+def step_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
+    """The sparse step against the dense one (`Config.step`: a lazy Adam, so other training) on one
+    device: every configuration recorded with both, as `device_agreement`, and whether the sparse
+    step's mean is within one standard deviation (over seeds) of the dense step's: the criterion of
+    the agreement study that decides the default step."""
+    out = _paired(
+        results,
+        metric,
+        lambda r: r["config"].get("step") or ABSENT_MEANS["step"],
+        ("step",),
+        {"dense": "dense", "sparse": "sparse"},
+    )
+    if not out.empty:
+        out["within 1 sd"] = out["sparse - dense"].abs() <= out[f"sd dense {metric}"]
+    return out
+
+
+def _less_seed(c: dict, drop: tuple = ()) -> str:
+    """The key of a configuration over its seeds: without its seed, and without its teacher's seed
+    where that is its own (a seed is a whole replicate), nor the fields `drop`."""
+    own = c.get("teacher_seed") == c["seed"]
+    return runs.config_key(
+        {
+            k: v
+            for k, v in c.items()
+            if k not in (*drop, "seed") and not (own and k == "teacher_seed")
+        }
     )
 
 
@@ -255,15 +285,19 @@ def _paired(
 ) -> pd.DataFrame:
     """Records grouped by their configuration less the fields `drop`, each named by side(record); for
     the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
-    dataset, backbone, size and method: the seeds, B's device (as `device_column`, if given), the mean
-    test `metric` (sampled) of each side, the paired difference B - A, its standard deviation and a
-    paired t-test (p)."""
+    configuration (its dataset, backbone, size, method and CD guide shown): the seeds, B's device (as
+    `device_column`, if given), the mean test `metric` (sampled) of each side, A's standard deviation
+    over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p)."""
     from scipy import stats
 
     (a, label_a), (b, label_b) = names.items()
     pairs: dict = {}
     for r in runs.all_records(results):
-        c = {k: v for k, v in r["config"].items() if k not in drop}
+        c = {
+            k: v
+            for k, v in r["config"].items()
+            if k not in drop and not (k in ABSENT_MEANS and v == ABSENT_MEANS[k])
+        }
         pairs.setdefault(runs.config_key(c), {})[side(r)] = r
     rows = []
     for both in pairs.values():
@@ -275,7 +309,9 @@ def _paired(
                     "backbone": c["backbone"],
                     "size": c["size"],
                     "method": c["method"],
+                    "guide": c.get("guide") or "",
                     "seed": c["seed"],
+                    "config": _less_seed(c, drop),
                     "a": both[a]["test_sampled"][metric],
                     "b": both[b]["test_sampled"][metric],
                     "b_device": both[b]["provenance"]["device"],
@@ -284,16 +320,18 @@ def _paired(
     if not rows:
         return pd.DataFrame()
     out = []
-    for key, g in pd.DataFrame(rows).groupby(["dataset", "backbone", "size", "method"], sort=False):
+    described = ["dataset", "backbone", "size", "method", "guide"]
+    for _, g in pd.DataFrame(rows).groupby("config", sort=False):  # a configuration, its seeds
         d = g.b - g.a
         p = stats.ttest_rel(g.b, g.a).pvalue if len(g) > 1 and d.std() > 0 else np.nan
         out.append(
             dict(
-                zip(["dataset", "backbone", "size", "method"], key),
+                g[described].iloc[0],
                 seeds=len(g),
                 **({device_column: g.b_device.iloc[0]} if device_column else {}),
                 **{
                     f"{label_a} {metric}": g.a.mean(),
+                    f"sd {label_a} {metric}": g.a.std(ddof=1) if len(g) > 1 else np.nan,
                     f"{label_b} {metric}": g.b.mean(),
                     f"{label_b} - {label_a}": d.mean(),
                     "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan,

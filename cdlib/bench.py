@@ -6,6 +6,10 @@ all users, the GFLOP/s of one CDAE training epoch beside a bare torch.matmul of 
 and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `loop.fit_group`), and
 from these the paper profile's training time on this device (`--estimate F.json` gives it for a record).
 Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
+
+`--steps`: only the dense training step against the sparse one (`Config.step`), seconds per epoch of
+the CDAE and NeuMF teachers and CD students side by side with their ratio, and peak memory
+(`step_table`; results/bench/steps_<dataset>_<device>.json).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import costs, data, index, metrics, models, runs
-from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution
+from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE, Config, Execution, build_model
 from .loop import fit, fit_group
 from .samplers import CDSampler, top_missing
 
@@ -157,6 +161,86 @@ def group_table(
     return pd.DataFrame(rows)
 
 
+def step_table(
+    dataset: str, ds, device, rounds: int = 2, epochs: int = 1, on_row=None
+) -> pd.DataFrame:
+    """Seconds per training epoch with the dense step and with the sparse one (`Config.step`), side
+    by side, for the CDAE teacher, the CDAE student distilled by CD (student-guided: its refresh of
+    every user's ranking included), the NeuMF teacher and the NeuMF student distilled by CD (the
+    same), and the ratio dense / sparse; then each epoch's validation with either step's model,
+    and the ratio of whole epochs (training and validation). The two steps are timed in turn, `rounds` times over, each
+    keeping its best (of `epochs` epochs per round): a one-off slow epoch of a shared machine does not
+    pass for a difference of the steps. Models are untrained (the time of a step does not depend on the
+    weights). on_row(rows so far) after each row."""
+    dev = models.default_device(device)
+    torch.manual_seed(0)
+    teachers = {
+        b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE
+    }
+    kinds = [
+        ("CDAE teacher", dict(backbone="cdae"), None),
+        (
+            "CDAE student, CD student-guided",
+            dict(backbone="cdae", size=STUDENT["cdae"], method="cd", guide="student"),
+            "cdae",
+        ),
+        ("NeuMF teacher", dict(backbone="neumf"), None),
+        (
+            "NeuMF student, CD student-guided",
+            dict(backbone="neumf", size=STUDENT["neumf"], method="cd", guide="student"),
+            "neumf",
+        ),
+    ]
+    rows = []
+    for what, kw, teacher in kinds:
+        cfgs = {
+            step: Config(dataset=dataset, device=dev.type, step=step, **kw).canonical()
+            for step in ("dense", "sparse")
+        }
+        best = {step: float("inf") for step in cfgs}
+        for _ in range(rounds):
+            for step, cfg in cfgs.items():
+                best[step] = min(best[step], epoch_seconds(cfg, ds, teachers.get(teacher), epochs))
+        valid = {  # each epoch's validation (sampled NDCG@10 for early stopping), per step's model
+            step: timed(
+                lambda cfg=cfg: metrics.evaluate(build_model(cfg, ds, dev), ds, "valid", "sampled"),
+                rounds,
+            )
+            for step, cfg in cfgs.items()
+        }
+        whole = {step: best[step] + valid[step] for step in cfgs}
+        rows.append(
+            {
+                "dataset": dataset,
+                "run": what,
+                "size": cfgs["dense"].size,
+                "dense s/epoch": best["dense"],
+                "sparse s/epoch": best["sparse"],
+                "dense / sparse": best["dense"] / best["sparse"],
+                "dense validation s": valid["dense"],
+                "sparse validation s": valid["sparse"],
+                "dense / sparse, validation included": whole["dense"] / whole["sparse"],
+            }
+        )
+        print(
+            f"{dataset:<12s} {what:<34s} dense {best['dense']:8.3f} s  sparse "
+            f"{best['sparse']:8.3f} s  ratio {best['dense'] / best['sparse']:6.2f}  "
+            f"(validation {valid['dense']:.2f} / {valid['sparse']:.2f} s: "
+            f"{whole['dense'] / whole['sparse']:.2f})",
+            flush=True,
+        )
+        if on_row is not None:
+            on_row(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def cdae_epoch_flops(n_users: int, n_items: int, hidden: int) -> float:
     """Dense multiply-adds of one CDAE epoch x 2: encoder forward + weight gradient (2 x 2UIH),
     decoder forward + weight and input gradients (3 x 2UIH): 10 U I H."""
@@ -286,7 +370,15 @@ def main(argv=None):
         help="measure nothing: the paper profile's training time on the "
         "device of this bench record (costs.device_estimate)",
     )
+    ap.add_argument(
+        "--steps",
+        action="store_true",
+        help="only the dense step against the sparse one (Config.step): seconds per epoch of each "
+        "kind of run side by side, their ratio and the process's peak memory (step_table)",
+    )
     args = ap.parse_args(argv)
+    if args.steps:
+        return steps_main(args)
     if args.estimate:
         print(
             json.dumps(costs.device_estimate(json.loads(Path(args.estimate).read_text())), indent=1)
@@ -401,6 +493,32 @@ def main(argv=None):
     if args.out:
         save(groups, complete=True, paper_profile_estimate=est)
         print(f"wrote {args.out}")
+
+
+def steps_main(args) -> None:
+    """`--steps`: `step_table` on --dataset, written with its provenance to --out (after each row)."""
+    t0 = time.time()
+    dev = models.default_device(args.device)
+    ds = data.load(args.dataset)
+    print(f"{ds}  device: {runs.device_name(dev)}  torch {torch.__version__}")
+
+    def save(table, complete=False):
+        if args.out:
+            rec = {
+                "steps": table.to_dict(orient="records"),
+                "rounds": args.rounds,
+                "peak_rss_gib": peak_rss_gib(),
+                "threads": torch.get_num_threads(),
+                "wall_seconds": time.time() - t0,
+                "complete": complete,
+                "dataset": runs.dataset_info(ds),
+                "provenance": runs.provenance(dev, None),
+            }
+            runs.write_atomic(Path(args.out), json.dumps(rec, indent=1) + "\n")
+
+    table = step_table(args.dataset, ds, dev, rounds=args.rounds, on_row=save)
+    save(table, complete=True)
+    print(f"peak memory {peak_rss_gib():.2f} GiB, {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ TEACHER_SIZE = {"cdae": 200, "neumf": 64}  # METHOD.md "Backbones"
 STUDENT_SIZES = {"cdae": (5, 10, 20, 50), "neumf": (4, 8, 16)}
 STUDENT = {"cdae": 20, "neumf": 8}  # the main table's student sizes [decision] (METHOD.md: ranges)
 SHAPES = ("dynamic", "static")
+# fields added after runs were recorded, and the value their absence from a record means: at that
+# value they are left out of the key, so older records keep theirs
+ABSENT_MEANS = {"shapes": "dynamic", "step": "dense"}
 VALID_NEGATIVES = ("own", "test")
 
 
@@ -128,7 +131,7 @@ class RunFields:
         d = dataclasses.asdict(self.canonical())
         if d["data_sha256"]:
             d["dataset"] = "file"
-        for k, old in (("shapes", "dynamic"), ("step", "dense")):
+        for k, old in ABSENT_MEANS.items():
             if d[k] == old:  # runs recorded before the parameter existed keep their keys
                 del d[k]
         return runs.config_key(d)

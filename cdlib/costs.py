@@ -155,6 +155,81 @@ def compute(results=None) -> pd.DataFrame:
     return out
 
 
+def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
+    """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with the
+    sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
+    (recorded wall time, else `compute`'s estimate) divided by the ratio of whole epochs (training
+    and validation, dense / sparse) that `bench --steps` measured for its kind of run (the teacher's
+    for a run of the teacher's size, else the CD student-guided student's, whose every-epoch refresh
+    the step does not speed up: a lower ratio than a plain student's) on its dataset, else on the
+    benched dataset nearest in work. Empty without bench records or tables."""
+    t = _grid_runs(results)
+    if t is None or not bench_records:
+        return pd.DataFrame()
+    work = _work(results)
+    ok = t[t.status == "ok"]
+    estimate = _estimator(ok, work)
+    ratio = {
+        (row["dataset"], row["run"]): row["dense / sparse, validation included"]
+        for rec in bench_records
+        for row in rec["steps"]
+    }
+    benched = sorted({d for d, _ in ratio})
+
+    def kind_ratio(d, b, size):
+        if (d, b) not in work and d not in benched:
+            return np.nan
+        ref = (
+            d
+            if d in benched
+            else min(
+                (r for r in benched if (r, b) in work),
+                key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])),
+                default=None,
+            )
+        )
+        name = {"cdae": "CDAE", "neumf": "NeuMF"}[b]
+        kind = "teacher" if size == TEACHER_SIZE[b] else "student, CD student-guided"
+        return ratio.get((ref, f"{name} {kind}"), np.nan), ref
+
+    rows = []
+    for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
+        dense = [
+            r.wall
+            if r.status == "ok"
+            else float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method)))
+            for r in g.itertuples()
+        ]
+        found = [kind_ratio(d, b, int(size)) for size in g["size"]]
+        sparse = [x / f[0] if isinstance(f, tuple) else np.nan for x, f in zip(dense, found)]
+        refs = sorted({f[1] for f in found if isinstance(f, tuple)})
+        rows.append(
+            {
+                "dataset": d,
+                "backbone": b,
+                "runs": len(g),
+                "CPU hours, dense step": pd.Series(dense, dtype=float).sum(skipna=False) / 3600,
+                # a run without a benched ratio leaves the cell without an estimate
+                "CPU hours, sparse step (est.)": pd.Series(sparse, dtype=float).sum(skipna=False)
+                / 3600,
+                "ratios of": ", ".join(refs),
+            }
+        )
+    out = pd.DataFrame(rows)
+    total = {
+        "dataset": "all",
+        "backbone": "",
+        "runs": int(out.runs.sum()),
+        "CPU hours, dense step": out["CPU hours, dense step"].sum(skipna=False),
+        "CPU hours, sparse step (est.)": out["CPU hours, sparse step (est.)"].sum(skipna=False),
+        "ratios of": "",
+    }
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+    cols = ["CPU hours, dense step", "CPU hours, sparse step (est.)"]
+    out[cols] = out[cols].round(1)
+    return out
+
+
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
     """Seconds per training epoch of a kind of run, from a `cdlib.bench` record's 'seconds': the teacher,
     the student without distillation, or (RD and CD) the CD student-guided student, the dearest method."""

@@ -2,6 +2,7 @@
 
     python -m cdlib.distill DATA [--backbone cdae|neumf] [--teacher-size N] [--student-size N]
                                  [--guide teacher|student|hybrid] [--seed S] [--device cpu|cuda] [--out DIR]
+                                 [--step dense|sparse]
 
 DATA is the path of an interactions file (CSV or TSV with a header user, item[, timestamp], .gz
 accepted; Parquet; RecBole's .inter; other column names mapped by --user-col, --item-col,
@@ -222,6 +223,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="epoch cap (default: train.Config's)")
     ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--min-epochs", type=int, default=None)
+    ap.add_argument(
+        "--step",
+        default=None,
+        choices=["dense", "sparse"],
+        help="the training step (train.Config.step; default: dense)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     cols = ap.add_argument_group(
         "a file's own columns (e.g. MovieLens's ratings.csv: --user-col userId "
@@ -242,7 +249,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     extra = {
         k: v
-        for k, v in (("epochs", a.epochs), ("patience", a.patience), ("min_epochs", a.min_epochs))
+        for k, v in (
+            ("epochs", a.epochs),
+            ("patience", a.patience),
+            ("min_epochs", a.min_epochs),
+            ("step", a.step),
+        )
         if v is not None
     }
     try:

@@ -169,7 +169,8 @@ class CDAE(Recommender):
         if not self.sparse:
             return self(users, x)[rows, items]
         h = self.hidden(users, x)
-        if len(items) * PAIRWISE_COST < len(users) * self.inputs.shape[1]:
+        few = len(items) * PAIRWISE_COST < len(users) * self.inputs.shape[1]
+        if few or users.device.type != "cpu":  # (the distinct items' count would wait on a GPU)
             w = F.embedding(items, self.decoder.weight, sparse=True)
             return (h.index_select(0, rows) * w).sum(-1) + sparse.take(self.decoder.bias, items)
         distinct, where = sparse.distinct(items, self.inputs.shape[1])

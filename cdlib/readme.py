@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from . import plots, report, runs
-from .analyses import protocol_gap, shapes_agreement, teacher_variants
+from .analyses import protocol_gap, shapes_agreement, step_agreement, teacher_variants
 from .audit import coverage, violations
-from .costs import compute, device_estimate
+from .costs import compute, device_estimate, step_estimate
 from .runs import read_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -244,6 +244,7 @@ def readme_section(results=None) -> str:
                     "epoch, scaled by the steps per epoch (`costs.device_estimate`, validation left out).",
                     "",
                 ]
+    parts += _sparse_step_section(results)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [
@@ -281,6 +282,56 @@ def readme_section(results=None) -> str:
         ]
     parts.append(END)
     return "\n".join(parts)
+
+
+def _sparse_step_section(results=None) -> list[str]:
+    """The sparse step (`Config.step`): its timings beside the dense step's (`bench --steps`), the
+    grid's cost with it (`costs.step_estimate`), and the agreement study (`analyses.step_agreement`)."""
+    paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
+    records = [json.loads(p.read_text()) for p in paths_]
+    agree = step_agreement(results)
+    if not records and agree.empty:
+        return []
+    parts = [
+        "### The sparse step against the dense one",
+        "",
+        '`Config.step = "sparse"`: losses at the cost of the step\'s pairs, row gradients, and a lazy '
+        "Adam on the rows a step touched. Seconds per training epoch of untrained models, each step "
+        "timed in turn and its best kept, 2 threads (`python -m cdlib.bench --steps --dataset D "
+        "--out results/bench/steps_D_cpu.json`); the last column adds each epoch's validation to both.",
+        "",
+    ]
+    if records:
+        bench = pd.DataFrame([row for rec in records for row in rec["steps"]])
+        peak = {rec["dataset"]["name"]: rec["peak_rss_gib"] for rec in records}
+        bench["peak GiB (process)"] = bench.dataset.map(peak)
+        parts += [_md(bench.round(3)), ""]
+        est = step_estimate(records, results)
+        if not est.empty:
+            whole = est[est.dataset == "all"].iloc[0]
+            parts += [
+                f"The whole grid the tables list ({whole['runs']} runs) costs "
+                f"**{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step (recorded, "
+                f"and estimated for the runs to go as in the compute table), and an estimated "
+                f"**{whole['CPU hours, sparse step (est.)']:.0f}** with the sparse step: each run's "
+                "hours divided by the benched ratio of its kind of run, validation included, on its "
+                "dataset or the benched one nearest in size (`costs.step_estimate`; the recorded hours "
+                "were timed on another CPU than the bench's).",
+                "",
+                _md(est),
+                "",
+            ]
+    if not agree.empty:
+        parts += [
+            "Main-table configurations trained with both steps (settings tuned with the dense one); "
+            "test NDCG@10 (sampled), paired over seeds (`analyses.step_agreement`, notebook 09). "
+            "`within 1 sd`: the sparse step's mean lies within one standard deviation (over seeds) of "
+            "the dense step's, the criterion for making it the default.",
+            "",
+            _md(agree.round(4).replace(-0.0, 0.0)),
+            "",
+        ]
+    return parts
 
 
 def update_readme(results=None, readme=None) -> bool:

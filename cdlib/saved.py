@@ -180,8 +180,14 @@ def load_model(path, card=None, device: str | None = None) -> SavedModel:
         shape=(n_users, n_items),
     )
     dev = models.default_device(device)
-    model = models.build(
-        b["backbone"], train_matrix, b["size"], b["corruption"], dev, b["mlp_scale"]
+    model = models.build(  # a CDAE trained with the sparse step keeps its encoder item-major
+        b["backbone"],
+        train_matrix,
+        b["size"],
+        b["corruption"],
+        dev,
+        b["mlp_scale"],
+        sparse="encoder_items" in b["state_dict"],
     )
     try:
         model.load_state_dict(b["state_dict"])

@@ -53,13 +53,14 @@ def distinct(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RowAdam:
-    """Adam (Kingma & Ba 2015, Alg. 1, torch.optim.Adam's fused kernel) whose step on a parameter
-    with a sparse gradient updates only the rows in it: their moments m, v and values, with the bias
-    corrections of the global step count t, as if the other rows' gradient were absent rather than 0
-    (their moments do not decay, they do not move). Parameters with a dense gradient take
-    torch.optim.Adam's step. `masked`: the rows' update computed over the whole table and written
-    under a mask, every shape fixed (no wait of the host on a GPU to count the rows); the same
-    numbers.
+    """Adam (Kingma & Ba 2015, Alg. 1, as torch.optim.Adam's fused kernel computes it) whose step on
+    a parameter with a sparse gradient updates only the rows in it: their moments m, v and values
+    (the other rows' moments do not decay and they do not move, as if their gradient were absent
+    rather than 0), with the bias corrections of the parameter's step count, which is the global
+    one in training (every batch looks up every table). Parameters with a dense gradient take
+    Adam's step, in the same fused call. `masked`: the rows' update computed over the whole table
+    and written under a mask, every shape fixed (no wait of the host on a GPU to count the rows);
+    the same numbers.
 
     The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`."""
 
@@ -75,11 +76,7 @@ class RowAdam:
         self.params = list(params)
         self.hyper = dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
         self.masked = masked
-        self.dense = torch.optim.Adam(
-            self.params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True
-        )
-        self.state = self.dense.state
-        self.t = 0
+        self.state: dict = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -87,39 +84,52 @@ class RowAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.t += 1
-        tables = [p for p in self.params if p.grad is not None and p.grad.is_sparse]
+        work = {k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "steps", "after")}
         seen = []  # (ids, their unique rows): tables looked up at the same ids sort them once
-        updates = [self._rows(p, p.grad, seen) for p in tables]
-        if updates:
-            adam(  # params, grads, exp_avgs, exp_avg_sqs
-                *([u[i] for u in updates] for i in (0, 3, 1, 2)),
+        for p in self.params:
+            if p.grad is None:
+                continue
+            st = self.state.get(p)
+            if st is None:  # torch.optim.Adam's state, so that either can take over the other's
+                st = self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p),
+                    "exp_avg_sq": torch.zeros_like(p),
+                }
+            if p.grad.is_sparse:
+                value, m, v, g, after = self._rows(p, p.grad, st, seen)
+                work["after"].append(after)
+            else:
+                value, m, v, g = p, st["exp_avg"], st["exp_avg_sq"], p.grad
+            for k, x in zip(work, (value, g, m, v, st["step"])):
+                work[k].append(x)
+        if work["params"]:
+            adam(  # adds 1 to each step count
+                work["params"],
+                work["grads"],
+                work["exp_avgs"],
+                work["exp_avg_sqs"],
                 [],
-                [torch.tensor(float(self.t - 1), device=p.device) for p in tables],  # adam adds 1
+                work["steps"],
                 fused=True,
                 amsgrad=False,
                 maximize=False,
                 **self.hyper,
             )
-        for p, (*_, write_back) in zip(tables, updates):
-            write_back()
-            self.state[p]["step"].fill_(self.t)
-            p.grad = None  # hidden from torch's Adam, which would take it for its own
-        self.dense.step()
+        for after in work["after"]:
+            after()
 
-    def _rows(self, p: torch.Tensor, grad: torch.Tensor, seen: list):
+    def _rows(self, p: torch.Tensor, grad: torch.Tensor, st: dict, seen: list):
         """What the fused step updates for a table with a sparse gradient, (values, m, v, g,
         write_back): copies of the touched rows, written back after (few rows touched); the whole
         table in place, the untouched rows' old values written back over it after (most rows
         touched, on a CPU: a pass over the table costs less than gathering most of it); copies of
         the whole table, written back under the touched mask (`masked`: every shape fixed)."""
-        st = self.state[p]
-        if not st:
-            st["step"] = torch.zeros((), dtype=torch.float32)
-            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         full = [t.view(len(p), -1) for t in (p, st["exp_avg"], st["exp_avg_sq"])]
+        if grad.sparse_dim() != 1:  # sparse in every dimension: as rows
+            grad = grad.to_dense().to_sparse(1)
         ids = grad._indices()[0]
-        values = grad._values().reshape(len(ids), -1)
+        values = grad._values().reshape(len(ids), p.numel() // len(p))
         if self.masked or 2 * len(ids) >= len(p):
             g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             touched = torch.zeros(len(p), 1, dtype=torch.bool, device=p.device)

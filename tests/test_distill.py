@@ -252,3 +252,23 @@ def test_the_readme_use_the_library_section_runs_as_written(tmp_path, monkeypatc
     assert isinstance(namespace["result"], distill.Distilled) and len(namespace["top"]) == 10
     assert [len(r["group"]) for r in namespace["seeds"]] == [1, 2, 2]  # seed 0 was recorded already
     assert len(list((tmp_path / "results" / "runs").glob("*.json"))) >= 2
+
+
+def test_the_sparse_step_distils_and_its_saved_models_load_and_score_as_trained(
+    tmp_path, monkeypatch
+):
+    """--step sparse: both runs carry the step, and the saved CDAE (its encoder item-major) loads
+    back into a model that scores as the trained one."""
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = [str(SHIPPED), "--out", str(out), "--student-size", "8", "--step", "sparse", *QUICK]
+    assert distill.main(args) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert {card["models"][r]["config"]["step"] for r in ("teacher", "student")} == {"sparse"}
+    for role in ("teacher", "student"):
+        m = cdlib.load_model(out / f"{role}.pt")
+        assert m.model.sparse and "encoder_items" in m.model.state_dict()
+        cfg = train.Config(**card["models"][role]["config"])
+        trained = saved.from_run(cfg).model
+        users = torch.arange(20)
+        torch.testing.assert_close(m.model.score_all(users), trained.score_all(users))

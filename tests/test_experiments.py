@@ -749,3 +749,89 @@ def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
         t["static NDCG@10"].iloc[0], 0.325
     )
     assert analyses.device_agreement(tmp_path).empty  # one device: no CPU-GPU pair
+
+
+def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_path):
+    """Records that differ only in `step` (dense ones recorded before the field existed, and students
+    whose teacher seed is their own) are paired per configuration; CD guides stay apart."""
+    from cdlib import runs
+
+    assert analyses.step_agreement(tmp_path).empty
+    values = {  # guide: seed -> (dense, sparse)
+        "teacher": {0: (0.30, 0.31), 1: (0.34, 0.33), 2: (0.32, 0.32)},
+        "student": {0: (0.30, 0.20), 1: (0.31, 0.21), 2: (0.29, 0.19)},
+    }
+    for guide, by_seed in values.items():
+        for seed, pair in by_seed.items():
+            for step, value in zip(("dense", "sparse"), pair):
+                cfg = {
+                    "dataset": "a",
+                    "backbone": "cdae",
+                    "size": 20,
+                    "method": "cd",
+                    "guide": guide,
+                    "seed": seed,
+                    "teacher_seed": seed,
+                    "device": "cpu",
+                    **({"step": "sparse", "shapes": "dynamic"} if step == "sparse" else {}),
+                }
+                runs.write_record(
+                    {
+                        "key": f"{guide}{step}{seed}",
+                        "config": cfg,
+                        "test_sampled": {"NDCG@10": value},
+                        "provenance": {"device": "cpu: x, 1 threads"},
+                    },
+                    tmp_path,
+                )
+    t = analyses.step_agreement(tmp_path).set_index("guide")
+    assert list(t.seeds) == [3, 3]
+    assert np.isclose(t.loc["teacher", "sparse - dense"], 0.0)
+    assert np.isclose(t.loc["student", "sparse - dense"], -0.10)
+    assert np.isclose(t.loc["teacher", "sd dense NDCG@10"], 0.02)
+    assert t.loc["teacher", "within 1 sd"] and not t.loc["student", "within 1 sd"]
+
+
+def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
+    from cdlib import runs
+
+    tables.save_table(
+        pd.DataFrame(
+            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}
+        ),
+        "01_datasets",
+        tmp_path,
+    )
+    rows_ = []
+    for label, size, method, wall in (("Teacher", 200, "none", 3600.0), ("CD-T", 20, "cd", 7200.0)):
+        runs.write_record({"key": label, "timing": {"wall_seconds": wall}}, tmp_path)
+        rows_.append(
+            dict(label=label, dataset="a", backbone="cdae", size=size, seed=0, method=method)
+            | {"status": "ok", "key": label, "epochs_run": 100}
+        )
+    rows_.append(  # to go on b, 4x a's work: 4 x the recorded 72 s/epoch x 100 epochs
+        dict(label="CD-T", dataset="b", backbone="cdae", size=20, seed=0, method="cd")
+        | {"status": "missing", "key": "k"}
+    )
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    bench = {
+        "steps": [
+            {"dataset": "a", "run": "CDAE teacher", "dense / sparse, validation included": 4.0},
+            {
+                "dataset": "a",
+                "run": "CDAE student, CD student-guided",
+                "dense / sparse, validation included": 2.0,
+            },
+        ]
+    }
+    e = costs.step_estimate([bench], tmp_path).set_index("dataset")
+    assert e.loc["a", "CPU hours, dense step"] == 3.0
+    assert e.loc["a", "CPU hours, sparse step (est.)"] == round(1 / 4 + 2 / 2, 1)
+    assert e.loc["b", "CPU hours, dense step"] == 8.0 and e.loc["b", "ratios of"] == "a"
+    assert e.loc["b", "CPU hours, sparse step (est.)"] == 4.0
+    assert e.loc["all", "CPU hours, sparse step (est.)"] == round(1.25 + 4.0, 1)
+    no_student = {"steps": bench["steps"][:1]}  # a kind without a benched ratio: no estimate
+    assert np.isnan(
+        costs.step_estimate([no_student], tmp_path).set_index("dataset").loc["a"].iloc[3]
+    )
+    assert costs.step_estimate([], tmp_path).empty

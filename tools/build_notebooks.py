@@ -448,6 +448,17 @@ with both steps show whether that changes the results."""),
 print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")""",
             "nbval-check-output",
         ),
+        md("""## The sparse step against the dense one (one device; test NDCG@10, paired over seeds)
+The sparse step (`train.Config.step = "sparse"`) computes the same losses at the cost of the step's
+pairs, and updates only the rows of the embedding tables that the step touched (a lazy Adam: the
+other rows' moments do not decay). That is other training, so it becomes the default only if, for
+every main-table configuration of ml-100k and ml-1m, its mean test NDCG@10 lies within one standard
+deviation (over seeds) of the dense step's (`analyses.step_agreement`, column `within 1 sd`)."""),
+        code(
+            """sparse_steps = analyses.step_agreement(results_dir)
+print(sparse_steps.round(4).to_string(index=False) if not sparse_steps.empty else "no configuration is recorded with both steps yet")""",
+            "nbval-check-output",
+        ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
         code(
             """agree = analyses.device_agreement(results_dir)
