@@ -90,6 +90,8 @@ class _PairLogits(nn.Module):
 
 # a pair's dot product costs about as much as this many columns of a matrix product (2 cores)
 PAIRWISE_COST = 8
+# scoring K candidates a user one by one beats a product over the distinct items from K x this <= items
+CANDIDATE_COST = 32
 
 
 class CDAE(Recommender):
@@ -209,6 +211,18 @@ class CDAE(Recommender):
         return out
 
     def _decode(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.sparse and items.shape[1] * CANDIDATE_COST <= self.inputs.shape[1]:
+            # few candidates a user among many items (a sparse-step model): each user's own decoder
+            # rows, 64 users at a time so that they stay in the cache (yelp's sampled validation,
+            # 100 candidates among 20k items: 7x faster than over the distinct items)
+            out = torch.empty(items.shape, device=hidden.device)
+            for s in range(0, len(items), 64):
+                it = items[s : s + 64]
+                w = F.embedding(it, self.decoder.weight)
+                out[s : s + 64] = torch.baddbmm(
+                    self.decoder.bias[it][:, :, None], w, hidden[s : s + 64, :, None]
+                ).squeeze(-1)
+            return out
         distinct, where = torch.unique(items, return_inverse=True)
         return F.linear(hidden, self.decoder.weight[distinct], self.decoder.bias[distinct]).gather(
             1, where
