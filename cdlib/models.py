@@ -214,7 +214,9 @@ class CDAE(Recommender):
         if self.sparse and items.shape[1] * CANDIDATE_COST <= self.inputs.shape[1]:
             # few candidates a user among many items (a sparse-step model): each user's own decoder
             # rows, 64 users at a time so that they stay in the cache (yelp's sampled validation,
-            # 100 candidates among 20k items: 7x faster than over the distinct items)
+            # 100 candidates among 20k items: 27 against 133 ms a batch of 1024 users over the
+            # distinct items, one thread; among ml-100k's 1.7k items the product is the faster, 12
+            # against 22 ms, hence the rule)
             out = torch.empty(items.shape, device=hidden.device)
             for s in range(0, len(items), 64):
                 it = items[s : s + 64]

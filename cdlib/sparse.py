@@ -45,7 +45,7 @@ def embedding_bag(
 
 def distinct(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.unique(ids, return_inverse=True) for ids in [0, n), by a mask of n entries instead of
-    a sort: O(n + len(ids)) (4x faster for a ml-1m batch's 52k items among 3.7k)."""
+    a sort: O(n + len(ids)) (a ml-1m batch's 52k items among 3.7k: 1.0 against 5.2 ms, one thread)."""
     mask = torch.zeros(n, dtype=torch.bool, device=ids.device)
     mask[ids] = True
     rows = mask.nonzero()[:, 0]
