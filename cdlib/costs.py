@@ -155,14 +155,27 @@ def compute(results=None) -> pd.DataFrame:
     return out
 
 
+def run_kind(backbone: str, size: int, method: str, label: str) -> str:
+    """The kind of run `bench.step_kinds` times that a grid's run is priced as: the teacher (a run of
+    the teacher's size, born-again CD included), the plain student, or the CD student guided by the
+    student (labels CD-S, CD-H, sampling's ".../student": every epoch refreshes the student's ranking)
+    or by the teacher (every other CD run, and RD, whose per-step work is alike)."""
+    if size == TEACHER_SIZE[backbone]:
+        return "teacher"
+    if method == "none":
+        return "student, none"
+    if label in ("CD-S", "CD-H") or label.endswith("/student"):
+        return "student, CD student-guided"
+    return "student, CD teacher-guided"
+
+
 def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
     """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with the
     sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
     (recorded wall time, else `compute`'s estimate) divided by the ratio of whole epochs (training
-    and validation, dense / sparse) that `bench --steps` measured for its kind of run (the teacher's
-    for a run of the teacher's size, else the CD student-guided student's, whose every-epoch refresh
-    the step does not speed up: a lower ratio than a plain student's) on its dataset, else on the
-    benched dataset nearest in work. Empty without bench records or tables."""
+    and validation, dense / sparse) that `bench --steps` measured for its kind of run (`run_kind`)
+    on its dataset, else on the benched dataset nearest in work. A cell with a run whose kind has
+    no benched ratio has no estimate. Empty without bench records or tables."""
     t = _grid_runs(results)
     if t is None or not bench_records:
         return pd.DataFrame()
@@ -176,7 +189,7 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
     }
     benched = sorted({d for d, _ in ratio})
 
-    def kind_ratio(d, b, size):
+    def kind_ratio(d, b, size, method, label):
         if (d, b) not in work and d not in benched:
             return np.nan
         ref = (
@@ -189,8 +202,7 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
             )
         )
         name = {"cdae": "CDAE", "neumf": "NeuMF"}[b]
-        kind = "teacher" if size == TEACHER_SIZE[b] else "student, CD student-guided"
-        return ratio.get((ref, f"{name} {kind}"), np.nan), ref
+        return ratio.get((ref, f"{name} {run_kind(b, size, method, label)}"), np.nan), ref
 
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
@@ -200,7 +212,7 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
             else float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method)))
             for r in g.itertuples()
         ]
-        found = [kind_ratio(d, b, int(size)) for size in g["size"]]
+        found = [kind_ratio(d, b, int(r.size), r.method, str(r.label)) for r in g.itertuples()]
         sparse = [x / f[0] if isinstance(f, tuple) else np.nan for x, f in zip(dense, found)]
         refs = sorted({f[1] for f in found if isinstance(f, tuple)})
         rows.append(

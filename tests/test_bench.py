@@ -58,3 +58,23 @@ def test_bench_refuses_cuda_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda", "--dataset", "ml-100k"])
+
+
+def test_step_table_times_both_steps_of_every_kind_and_the_record_says_so(tmp_path, monkeypatch):
+    """`bench --steps`: each kind of run with the dense and the sparse step, side by side, written
+    with its provenance and the process's peak memory."""
+    import json
+
+    from cdlib import data
+
+    ds = data.load("ml-100k").subset(100)
+    monkeypatch.setattr(data, "load", lambda name, seed=0: ds)
+    out = tmp_path / "steps.json"
+    bench.main(["--steps", "--dataset", "ml-100k", "--rounds", "1", "--out", str(out)])
+    rec = json.loads(out.read_text())
+    t = pd.DataFrame(rec["steps"])
+    kinds = [f"{n} {k}" for n in ("CDAE", "NeuMF") for k in bench.step_kinds("cdae")]
+    assert list(t.run) == kinds and rec["complete"] and rec["peak_rss_gib"] > 0
+    assert (t[["dense s/epoch", "sparse s/epoch", "dense validation s"]] > 0).all().all()
+    assert (t["dense / sparse"] == t["dense s/epoch"] / t["sparse s/epoch"]).all()
+    assert rec["provenance"]["git"]["commit"]

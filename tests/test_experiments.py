@@ -803,35 +803,46 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
         tmp_path,
     )
     rows_ = []
-    for label, size, method, wall in (("Teacher", 200, "none", 3600.0), ("CD-T", 20, "cd", 7200.0)):
+    for label, size, method, wall in (
+        ("Teacher", 200, "none", 3600.0),
+        ("CD-T", 20, "cd", 7200.0),
+        ("CD-S", 20, "cd", 3600.0),
+    ):
         runs.write_record({"key": label, "timing": {"wall_seconds": wall}}, tmp_path)
         rows_.append(
             dict(label=label, dataset="a", backbone="cdae", size=size, seed=0, method=method)
             | {"status": "ok", "key": label, "epochs_run": 100}
         )
-    rows_.append(  # to go on b, 4x a's work: 4 x the recorded 72 s/epoch x 100 epochs
+    rows_.append(  # to go on b, 4x a's work: 4 x the median 54 s/epoch of a's CD runs x 100 epochs
         dict(label="CD-T", dataset="b", backbone="cdae", size=20, seed=0, method="cd")
         | {"status": "missing", "key": "k"}
     )
     tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    ratios = {"teacher": 4.0, "student, CD teacher-guided": 2.0, "student, CD student-guided": 1.0}
     bench = {
         "steps": [
-            {"dataset": "a", "run": "CDAE teacher", "dense / sparse, validation included": 4.0},
-            {
-                "dataset": "a",
-                "run": "CDAE student, CD student-guided",
-                "dense / sparse, validation included": 2.0,
-            },
+            {"dataset": "a", "run": f"CDAE {k}", "dense / sparse, validation included": v}
+            for k, v in ratios.items()
         ]
     }
     e = costs.step_estimate([bench], tmp_path).set_index("dataset")
-    assert e.loc["a", "CPU hours, dense step"] == 3.0
-    assert e.loc["a", "CPU hours, sparse step (est.)"] == round(1 / 4 + 2 / 2, 1)
-    assert e.loc["b", "CPU hours, dense step"] == 8.0 and e.loc["b", "ratios of"] == "a"
-    assert e.loc["b", "CPU hours, sparse step (est.)"] == 4.0
-    assert e.loc["all", "CPU hours, sparse step (est.)"] == round(1.25 + 4.0, 1)
+    assert e.loc["a", "CPU hours, dense step"] == 4.0
+    assert e.loc["a", "CPU hours, sparse step (est.)"] == round(1 / 4 + 2 / 2 + 1 / 1, 1)
+    assert e.loc["b", "CPU hours, dense step"] == 6.0 and e.loc["b", "ratios of"] == "a"
+    assert e.loc["b", "CPU hours, sparse step (est.)"] == 3.0
+    assert e.loc["all", "CPU hours, sparse step (est.)"] == round(2.25 + 3.0, 1)
     no_student = {"steps": bench["steps"][:1]}  # a kind without a benched ratio: no estimate
     assert np.isnan(
         costs.step_estimate([no_student], tmp_path).set_index("dataset").loc["a"].iloc[3]
     )
     assert costs.step_estimate([], tmp_path).empty
+
+
+def test_run_kind_names_the_benched_kind_of_each_grid_run():
+    kind = costs.run_kind
+    assert kind("cdae", 200, "none", "Teacher") == kind("cdae", 200, "cd", "BACD") == "teacher"
+    assert kind("neumf", 8, "none", "Student") == "student, none"
+    for label in ("CD-S", "CD-H", "rank/student", "uniform/student"):
+        assert kind("cdae", 20, "cd", label) == "student, CD student-guided"
+    for label, method in (("CD-T", "cd"), ("rank/teacher", "cd"), ("RD", "rd"), ("mu=5.0", "cd")):
+        assert kind("cdae", 20, method, label) == "student, CD teacher-guided"
