@@ -253,8 +253,8 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
 def step_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     """The sparse step against the dense one (`Config.step`: a lazy Adam, so other training) on one
     device: every configuration recorded with both, as `device_agreement`, and whether the sparse
-    step's mean is within one standard deviation (over seeds) of the dense step's: the criterion of
-    the agreement study that decides the default step."""
+    step's mean is within one standard deviation (over the paired seeds) of the dense step's: the
+    criterion of the agreement study that decides the default step (NaN: fewer than 2 seeds)."""
     out = _paired(
         results,
         metric,
@@ -262,8 +262,9 @@ def step_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
         ("step",),
         {"dense": "dense", "sparse": "sparse"},
     )
-    if not out.empty:
-        out["within 1 sd"] = out["sparse - dense"].abs() <= out[f"sd dense {metric}"]
+    if not out.empty:  # (undecided, NaN, for a configuration with fewer than 2 seeds)
+        sd = out[f"sd dense {metric}"]
+        out["within 1 sd"] = (out["sparse - dense"].abs() <= sd).astype(object).where(sd.notna())
     return out
 
 

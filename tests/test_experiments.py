@@ -760,6 +760,7 @@ def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_pat
     values = {  # guide: seed -> (dense, sparse)
         "teacher": {0: (0.30, 0.31), 1: (0.34, 0.33), 2: (0.32, 0.32)},
         "student": {0: (0.30, 0.20), 1: (0.31, 0.21), 2: (0.29, 0.19)},
+        "hybrid": {0: (0.30, 0.30)},  # one seed: no standard deviation, no decision
     }
     for guide, by_seed in values.items():
         for seed, pair in by_seed.items():
@@ -785,11 +786,12 @@ def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_pat
                     tmp_path,
                 )
     t = analyses.step_agreement(tmp_path).set_index("guide")
-    assert list(t.seeds) == [3, 3]
+    assert t.seeds.to_dict() == {"teacher": 3, "student": 3, "hybrid": 1}
+    assert pd.isna(t.loc["hybrid", "within 1 sd"])
     assert np.isclose(t.loc["teacher", "sparse - dense"], 0.0)
     assert np.isclose(t.loc["student", "sparse - dense"], -0.10)
     assert np.isclose(t.loc["teacher", "sd dense NDCG@10"], 0.02)
-    assert t.loc["teacher", "within 1 sd"] and not t.loc["student", "within 1 sd"]
+    assert t.loc["teacher", "within 1 sd"] is True and t.loc["student", "within 1 sd"] is False
 
 
 def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
