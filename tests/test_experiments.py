@@ -510,16 +510,21 @@ def test_tables_of_cells_without_runs_are_empty_not_errors():
     assert report.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
 
 
+def _two_datasets(results, items_b: int = 100) -> None:
+    """Table 01 of datasets a and b: b has 4x a's users (and 4x its users x items at 100 items)."""
+    tables.save_table(
+        pd.DataFrame(
+            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, items_b], "train": [500, 800]}
+        ),
+        "01_datasets",
+        results,
+    )
+
+
 def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
     from cdlib import runs
 
-    tables.save_table(
-        pd.DataFrame(
-            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}
-        ),
-        "01_datasets",
-        tmp_path,
-    )
+    _two_datasets(tmp_path)
     rows_ = []
     for seed, wall, ran in ((0, 3600.0, 100), (1, 7200.0, 300)):  # 36 s/epoch and 24 s/epoch
         key = f"k{seed}"
@@ -574,13 +579,7 @@ def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
 
 
 def test_device_estimate_prices_every_run_at_the_bench_seconds_per_epoch(tmp_path):
-    tables.save_table(
-        pd.DataFrame(
-            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 50], "train": [500, 800]}
-        ),
-        "01_datasets",
-        tmp_path,
-    )
+    _two_datasets(tmp_path, items_b=50)
     rows_ = [
         {
             "label": "CD-T",
@@ -716,32 +715,33 @@ def test_device_agreement_pairs_records_that_differ_only_in_device(tmp_path):
     )
 
 
-def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
+def _cpu_record(results, key: str, config: dict, ndcg: float) -> None:
+    """A record of a CPU run with its test NDCG@10 (sampled), what the agreement tables read."""
     from cdlib import runs
 
+    runs.write_record(
+        {
+            "key": key,
+            "config": {"dataset": "a", "backbone": "cdae", "size": 20, "device": "cpu", **config},
+            "test_sampled": {"NDCG@10": ndcg},
+            "provenance": {"device": "cpu: x, 1 threads"},
+        },
+        results,
+    )
+
+
+def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
     assert analyses.shapes_agreement(tmp_path).empty
     for seed, dynamic, static in ((0, 0.30, 0.29), (1, 0.34, 0.36), (2, None, 0.31)):
         for shapes, value in (("dynamic", dynamic), ("static", static)):
             if value is None:
                 continue
-            cfg = {
-                "dataset": "a",
-                "backbone": "cdae",
-                "size": 20,
+            cfg = {  # dynamic records predate the field
                 "method": "cd",
                 "seed": seed,
-                "device": "cpu",
                 **({"shapes": "static"} if shapes == "static" else {}),
-            }  # dynamic records predate the field
-            runs.write_record(
-                {
-                    "key": f"{shapes}{seed}",
-                    "config": cfg,
-                    "test_sampled": {"NDCG@10": value},
-                    "provenance": {"device": "cpu: x, 1 threads"},
-                },
-                tmp_path,
-            )
+            }
+            _cpu_record(tmp_path, f"{shapes}{seed}", cfg, value)
     t = analyses.shapes_agreement(tmp_path)
     assert len(t) == 1 and t.seeds.iloc[0] == 2  # seed 2 has no dynamic twin
     assert np.isclose(t["static - dynamic"].iloc[0], (-0.01 + 0.02) / 2)
@@ -754,8 +754,6 @@ def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
 def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_path):
     """Records that differ only in `step` (dense ones recorded before the field existed, and students
     whose teacher seed is their own) are paired per configuration; CD guides stay apart."""
-    from cdlib import runs
-
     assert analyses.step_agreement(tmp_path).empty
     values = {  # guide: seed -> (dense, sparse)
         "teacher": {0: (0.30, 0.31), 1: (0.34, 0.33), 2: (0.32, 0.32)},
@@ -766,25 +764,13 @@ def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_pat
         for seed, pair in by_seed.items():
             for step, value in zip(("dense", "sparse"), pair):
                 cfg = {
-                    "dataset": "a",
-                    "backbone": "cdae",
-                    "size": 20,
                     "method": "cd",
                     "guide": guide,
                     "seed": seed,
                     "teacher_seed": seed,
-                    "device": "cpu",
                     **({"step": "sparse", "shapes": "dynamic"} if step == "sparse" else {}),
                 }
-                runs.write_record(
-                    {
-                        "key": f"{guide}{step}{seed}",
-                        "config": cfg,
-                        "test_sampled": {"NDCG@10": value},
-                        "provenance": {"device": "cpu: x, 1 threads"},
-                    },
-                    tmp_path,
-                )
+                _cpu_record(tmp_path, f"{guide}{step}{seed}", cfg, value)
     t = analyses.step_agreement(tmp_path).set_index("guide")
     assert t.seeds.to_dict() == {"teacher": 3, "student": 3, "hybrid": 1}
     assert pd.isna(t.loc["hybrid", "within 1 sd"])
@@ -797,13 +783,7 @@ def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_pat
 def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
     from cdlib import runs
 
-    tables.save_table(
-        pd.DataFrame(
-            {"dataset": ["a", "b"], "users": [10, 40], "items": [100, 100], "train": [500, 800]}
-        ),
-        "01_datasets",
-        tmp_path,
-    )
+    _two_datasets(tmp_path)
     rows_ = []
     for label, size, method, wall in (
         ("Teacher", 200, "none", 3600.0),
