@@ -340,7 +340,9 @@ def _paired(
                 },
             )
         )
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).sort_values(  # teachers before their students, per cell
+        described, ascending=[True, True, False, True, True], ignore_index=True
+    )
 
 
 NCF_NEUMF_HR10 = (
@@ -374,8 +376,8 @@ def teacher_variants(
             TEACHER_SIZE[backbone],
         ) or c["seed"] not in seeds:
             continue
-        if "min_epochs" not in c:
-            continue
+        if "min_epochs" not in c or (c.get("step") or ABSENT_MEANS["step"]) != "dense":
+            continue  # the fair protocol's runs, with the step every table uses
         a, n = analyses["best_test_epoch"].get(r["key"]), analyses["ncf_protocol"].get(r["key"])
         rows.append(
             {

@@ -325,10 +325,11 @@ def _sparse_step_section(results=None) -> list[str]:
         parts += [
             "Main-table configurations trained with both steps (settings tuned with the dense one); "
             "test NDCG@10 (sampled), paired over seeds (`analyses.step_agreement`, notebook 09). "
-            "`within 1 sd`: the sparse step's mean lies within one standard deviation (over seeds) of "
-            "the dense step's, the criterion for making it the default.",
+            "`within 1 sd`: the sparse step's mean lies within one standard deviation (over the paired "
+            "seeds) of the dense step's, the criterion for making it the default (empty: fewer than 2 "
+            "seeds).",
             "",
-            _md(agree.round(4).replace(-0.0, 0.0)),
+            _md(agree.round(4).replace({c: {-0.0: 0.0} for c in agree.select_dtypes("float")})),
             "",
         ]
     return parts
