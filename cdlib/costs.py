@@ -201,6 +201,8 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
                 default=None,
             )
         )
+        if ref is None:  # no benched dataset of this backbone to scale from
+            return np.nan
         name = {"cdae": "CDAE", "neumf": "NeuMF"}[b]
         return ratio.get((ref, f"{name} {run_kind(b, size, method, label)}"), np.nan), ref
 
