@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import metrics, models, runs
-from .config import ABSENT_MEANS, TEACHER_SIZE, Config, Execution, dataset_for
+from .config import TEACHER_SIZE, Config, Execution, dataset_for, keyed_fields, recorded
 from .loop import check_group, fit, fit_group
 from .train import differences, load_teacher, run
 
@@ -244,7 +244,7 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     return _paired(
         results,
         metric,
-        lambda r: r["config"].get("shapes") or ABSENT_MEANS["shapes"],
+        lambda r: recorded(r["config"], "shapes"),
         ("shapes",),
         {"dynamic": "dynamic", "static": "static"},
     )
@@ -258,7 +258,7 @@ def step_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     out = _paired(
         results,
         metric,
-        lambda r: r["config"].get("step") or ABSENT_MEANS["step"],
+        lambda r: recorded(r["config"], "step"),
         ("step",),
         {"dense": "dense", "sparse": "sparse"},
     )
@@ -294,11 +294,7 @@ def _paired(
     (a, label_a), (b, label_b) = names.items()
     pairs: dict = {}
     for r in runs.all_records(results):
-        c = {
-            k: v
-            for k, v in r["config"].items()
-            if k not in drop and not (k in ABSENT_MEANS and v == ABSENT_MEANS[k])
-        }
+        c = {k: v for k, v in keyed_fields(r["config"]).items() if k not in drop}
         pairs.setdefault(runs.config_key(c), {})[side(r)] = r
     rows = []
     for both in pairs.values():
@@ -376,7 +372,7 @@ def teacher_variants(
             TEACHER_SIZE[backbone],
         ) or c["seed"] not in seeds:
             continue
-        if "min_epochs" not in c or (c.get("step") or ABSENT_MEANS["step"]) != "dense":
+        if "min_epochs" not in c or recorded(c, "step") != "dense":
             continue  # the fair protocol's runs, with the step every table uses
         a, n = analyses["best_test_epoch"].get(r["key"]), analyses["ncf_protocol"].get(r["key"])
         rows.append(

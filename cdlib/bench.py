@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import costs, data, index, metrics, models, runs
-from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE, Config, Execution, build_model
+from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution, build_model
 from .loop import fit, fit_group
 from .samplers import CDSampler, top_missing
 
@@ -161,39 +161,26 @@ def group_table(
     return pd.DataFrame(rows)
 
 
-def step_kinds(backbone: str) -> dict:
-    """The kinds of run `step_table` times, {name: Config fields}: the teacher, the plain student,
-    and the CD student teacher-guided and student-guided (whose every epoch refreshes the student's
-    ranking of all items, a cost the step does not change)."""
-    s = STUDENT[backbone]
-    return {
-        "teacher": {},
-        "student, none": {"size": s},
-        "student, CD teacher-guided": {"size": s, "method": "cd", "guide": "teacher"},
-        "student, CD student-guided": {"size": s, "method": "cd", "guide": "student"},
-    }
-
-
 def step_table(
     dataset: str, ds, device, rounds: int = 2, epochs: int = 1, on_row=None
 ) -> pd.DataFrame:
     """Seconds per training epoch with the dense step and with the sparse one (`Config.step`), side
-    by side, for each backbone's `step_kinds` (the teacher, the plain student, the CD student
+    by side, for each backbone's `costs.step_kinds` (the teacher, the plain student, the CD student
     teacher- and student-guided, its refresh of every user's ranking included), and the ratio
-    dense / sparse; then each epoch's validation with either step's model,
-    and the ratio of whole epochs (training and validation). The two steps are timed in turn, `rounds` times over, each
-    keeping its best (of `epochs` epochs per round): a one-off slow epoch of a shared machine does not
-    pass for a difference of the steps. Models are untrained (the time of a step does not depend on the
-    weights). on_row(rows so far) after each row."""
+    dense / sparse; then each epoch's validation with either step's model, and the ratio of whole
+    epochs (training and validation). The two steps are timed in turn, `rounds` times over, each
+    keeping its best (of `epochs` epochs per round): a one-off slow epoch of a shared machine does
+    not pass for a difference of the steps. Models are untrained (the time of a step does not depend
+    on the weights). on_row(rows so far) after each row."""
     dev = models.default_device(device)
     torch.manual_seed(0)
     teachers = {
         b: models.build(b, ds.train, TEACHER_SIZE[b], 0.5, dev).eval() for b in TEACHER_SIZE
     }
     kinds = [
-        (f"{name} {kind}", dict(backbone=b, **kw), b if "CD" in kind else None)
-        for b, name in (("cdae", "CDAE"), ("neumf", "NeuMF"))
-        for kind, kw in step_kinds(b).items()
+        (costs.kind_name(b, kind), dict(backbone=b, **kw), b if "CD" in kind else None)
+        for b in TEACHER_SIZE
+        for kind, kw in costs.step_kinds(b).items()
     ]
     rows = []
     for what, kw, teacher in kinds:

@@ -30,6 +30,18 @@ SHAPES = ("dynamic", "static")
 # fields added after runs were recorded, and the value their absence from a record means: at that
 # value they are left out of the key, so older records keep theirs
 ABSENT_MEANS = {"shapes": "dynamic", "step": "dense"}
+
+
+def recorded(config: dict, name: str):
+    """Field `name` of a recorded configuration, its absence read as `ABSENT_MEANS` says."""
+    return config.get(name) or ABSENT_MEANS[name]
+
+
+def keyed_fields(config: dict) -> dict:
+    """A configuration less the fields at the value their absence means: what names it in a key."""
+    return {k: v for k, v in config.items() if not (k in ABSENT_MEANS and v == ABSENT_MEANS[k])}
+
+
 VALID_NEGATIVES = ("own", "test")
 
 
@@ -131,10 +143,7 @@ class RunFields:
         d = dataclasses.asdict(self.canonical())
         if d["data_sha256"]:
             d["dataset"] = "file"
-        for k, old in ABSENT_MEANS.items():
-            if d[k] == old:  # runs recorded before the parameter existed keep their keys
-                del d[k]
-        return runs.config_key(d)
+        return runs.config_key(keyed_fields(d))  # older records keep their keys
 
     def teacher(self) -> Config:
         """The configuration of this student's teacher."""

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .config import TEACHER_SIZE
+from .config import STUDENT, TEACHER_SIZE
 from .runs import read_table
 
 RUN_TABLES = {
@@ -155,8 +155,29 @@ def compute(results=None) -> pd.DataFrame:
     return out
 
 
+def step_kinds(backbone: str) -> dict:
+    """The kinds of run `bench.step_table` times, {name: Config fields}: the teacher, the plain
+    student, and the CD student teacher-guided and student-guided (whose every epoch refreshes the
+    student's ranking of all items, a cost the step does not change)."""
+    s = STUDENT[backbone]
+    return {
+        "teacher": {},
+        "student, none": {"size": s},
+        "student, CD teacher-guided": {"size": s, "method": "cd", "guide": "teacher"},
+        "student, CD student-guided": {"size": s, "method": "cd", "guide": "student"},
+    }
+
+
+BACKBONE_NAMES = {"cdae": "CDAE", "neumf": "NeuMF"}
+
+
+def kind_name(backbone: str, kind: str) -> str:
+    """A kind of run as the bench records name it: "CDAE teacher", "NeuMF student, none", ..."""
+    return f"{BACKBONE_NAMES[backbone]} {kind}"
+
+
 def run_kind(backbone: str, size: int, method: str, label: str) -> str:
-    """The kind of run `bench.step_kinds` times that a grid's run is priced as: the teacher (a run of
+    """The kind of run (`step_kinds`) that a grid's run is priced as: the teacher (a run of
     the teacher's size, born-again CD included), the plain student, or the CD student guided by the
     student (labels CD-S, CD-H, sampling's ".../student": every epoch refreshes the student's ranking)
     or by the teacher (every other CD run, and RD, whose per-step work is alike)."""
@@ -189,22 +210,12 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
     }
     benched = sorted({d for d, _ in ratio})
 
-    def kind_ratio(d, b, size, method, label):
-        if (d, b) not in work and d not in benched:
-            return np.nan
-        ref = (
-            d
-            if d in benched
-            else min(
-                (r for r in benched if (r, b) in work),
-                key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])),
-                default=None,
-            )
-        )
-        if ref is None:  # no benched dataset of this backbone to scale from
-            return np.nan
-        name = {"cdae": "CDAE", "neumf": "NeuMF"}[b]
-        return ratio.get((ref, f"{name} {run_kind(b, size, method, label)}"), np.nan), ref
+    def reference(d, b):
+        """The benched dataset whose ratios stand for d's: d, else the nearest in work (or None)."""
+        if d in benched or (d, b) not in work:
+            return d if d in benched else None
+        near = [r for r in benched if (r, b) in work]
+        return min(near, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])), default=None)
 
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
@@ -214,9 +225,11 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
             else float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method)))
             for r in g.itertuples()
         ]
-        found = [kind_ratio(d, b, int(r.size), r.method, str(r.label)) for r in g.itertuples()]
-        sparse = [x / f[0] if isinstance(f, tuple) else np.nan for x, f in zip(dense, found)]
-        refs = sorted({f[1] for f in found if isinstance(f, tuple)})
+        ref = reference(d, b)
+        kinds = [
+            kind_name(b, run_kind(b, int(r.size), r.method, str(r.label))) for r in g.itertuples()
+        ]
+        sparse = [x / ratio.get((ref, k), np.nan) for x, k in zip(dense, kinds)]
         rows.append(
             {
                 "dataset": d,
@@ -226,7 +239,7 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
                 # a run without a benched ratio leaves the cell without an estimate
                 "CPU hours, sparse step (est.)": pd.Series(sparse, dtype=float).sum(skipna=False)
                 / 3600,
-                "ratios of": ", ".join(refs),
+                "ratios of": ref or "",
             }
         )
     out = pd.DataFrame(rows)

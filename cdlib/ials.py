@@ -32,9 +32,8 @@ from .tables import record_metrics
 GRID = {"regularization": [0.01, 0.1, 1.0], "alpha": [1.0, 10.0]}
 ITERATIONS = 15  # ALS sweeps [decision]: implicit's default, converged on ml-1m
 BUDGETS = {"iALS (teacher budget)": "teacher", "iALS (student budget)": "student"}
-FOLDER = runs.RECORD_FOLDERS[
-    1
-]  # results/ials/: records of another kind than results/runs/' Configs
+# results/ials/: records of another kind than results/runs/' Configs
+FOLDER = runs.RECORD_FOLDERS[1]
 
 
 @dataclass(frozen=True)

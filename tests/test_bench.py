@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cdlib import bench, config, runs
+from cdlib import bench, config, costs, runs
 
 
 def test_timing_table_keeps_other_devices_and_replaces_its_own(ml100k):
@@ -73,7 +73,7 @@ def test_step_table_times_both_steps_of_every_kind_and_the_record_says_so(tmp_pa
     bench.main(["--steps", "--dataset", "ml-100k", "--rounds", "1", "--out", str(out)])
     rec = json.loads(out.read_text())
     t = pd.DataFrame(rec["steps"])
-    kinds = [f"{n} {k}" for n in ("CDAE", "NeuMF") for k in bench.step_kinds("cdae")]
+    kinds = [costs.kind_name(b, k) for b in ("cdae", "neumf") for k in costs.step_kinds(b)]
     assert list(t.run) == kinds and rec["complete"] and rec["peak_rss_gib"] > 0
     assert (t[["dense s/epoch", "sparse s/epoch", "dense validation s"]] > 0).all().all()
     assert (t["dense / sparse"] == t["dense s/epoch"] / t["sparse s/epoch"]).all()
