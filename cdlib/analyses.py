@@ -250,21 +250,22 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     )
 
 
-def step_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
-    """The sparse step against the dense one (`Config.step`: a lazy Adam, so other training) on one
-    device: every configuration recorded with both, as `device_agreement`, and whether the sparse
-    step's mean is within one standard deviation (over the paired seeds) of the dense step's: the
-    criterion of the agreement study that decides the default step (NaN: fewer than 2 seeds)."""
+def step_agreement(results=None, metric: str = "NDCG@10", step: str = "sparse") -> pd.DataFrame:
+    """A sparse step (`Config.step`: "sparse", a lazy Adam, other training; "deferred", Adam's own
+    training) against the dense one on one device: every configuration recorded with both, as
+    `device_agreement`, and whether `step`'s mean is within one standard deviation (over the paired
+    seeds) of the dense step's: the criterion of the agreement study that decides the default step
+    (NaN: fewer than 2 seeds)."""
     out = _paired(
         results,
         metric,
         lambda r: recorded(r["config"], "step"),
         ("step",),
-        {"dense": "dense", "sparse": "sparse"},
+        {"dense": "dense", step: step},
     )
     if not out.empty:  # (undecided, NaN, for a configuration with fewer than 2 seeds)
         sd = out[f"sd dense {metric}"]
-        out["within 1 sd"] = (out["sparse - dense"].abs() <= sd).astype(object).where(sd.notna())
+        out["within 1 sd"] = (out[f"{step} - dense"].abs() <= sd).astype(object).where(sd.notna())
     return out
 
 

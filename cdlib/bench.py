@@ -7,14 +7,15 @@ and seconds per epoch of groups of runs trained together (`--groups 1,5,15`, `lo
 from these the paper profile's training time on this device (`--estimate F.json` gives it for a record).
 Models are untrained (timings do not depend on the weights), so nothing is trained beforehand.
 
-`--steps`: only the dense training step against the sparse one (`Config.step`), seconds per epoch of
-the CDAE and NeuMF teachers and CD students side by side with their ratio, and peak memory
+`--steps`: only the dense training step against the sparse ones (`Config.step`), seconds per epoch
+of the CDAE and NeuMF teachers and CD students side by side with their ratios, and peak memory
 (`step_table`; results/bench/steps_<dataset>_<device>.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import costs, data, index, metrics, models, runs
+from . import costs, data, index, metrics, models, runs, sparse
 from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution, build_model
 from .loop import fit, fit_group
 from .samplers import CDSampler, top_missing
@@ -161,17 +162,31 @@ def group_table(
     return pd.DataFrame(rows)
 
 
+# the steps `step_table` times: (column name, Config.step, deferred Adam's warm-up factor or None)
+STEP_COLUMNS = (
+    ("dense", "dense", None),
+    ("sparse", "sparse", None),
+    ("deferred", "deferred", 0.0),  # after its warm-up: the step of most of a run
+    ("deferred warm-up", "deferred", 1e9),  # its first 1,000 steps: whole-table Adam steps
+)
+
+
+STEP_EPOCHS = 2  # epochs of each step per round in `step_table`, the best kept
+
+
 def step_table(
-    dataset: str, ds, device, rounds: int = 2, epochs: int = 1, on_row=None
+    dataset: str, ds, device, rounds: int = 2, epochs: int = STEP_EPOCHS, on_row=None
 ) -> pd.DataFrame:
-    """Seconds per training epoch with the dense step and with the sparse one (`Config.step`), side
-    by side, for each backbone's `costs.step_kinds` (the teacher, the plain student, the CD student
-    teacher- and student-guided, its refresh of every user's ranking included), and the ratio
-    dense / sparse; then each epoch's validation with either step's model, and the ratio of whole
-    epochs (training and validation). The two steps are timed in turn, `rounds` times over, each
-    keeping its best (of `epochs` epochs per round): a one-off slow epoch of a shared machine does
-    not pass for a difference of the steps. Models are untrained (the time of a step does not depend
-    on the weights). on_row(rows so far) after each row."""
+    """Seconds per training epoch with the dense step and the sparse ones (`Config.step`: lazy
+    "sparse"; "deferred" after its warm-up and during it, `sparse.WARMUP`), side by side, for each
+    backbone's `costs.step_kinds` (the teacher, the plain student, the CD student teacher- and
+    student-guided, its refresh of every user's ranking included), and the ratios dense / step; then
+    each epoch's validation with the dense and the sparse model (the deferred step's is the sparse
+    model), and the ratios of whole epochs (training and validation). The steps are timed in turn,
+    `rounds` times over, each keeping its best epoch (of `epochs` per round, so that what a run does
+    once, the teacher's ranking of every user's items, is left out): a one-off slow epoch of a
+    shared machine does not pass for a difference of the steps. Models are untrained (the time of a
+    step does not depend on the weights). on_row(rows so far) after each row."""
     dev = models.default_device(device)
     torch.manual_seed(0)
     teachers = {
@@ -185,44 +200,55 @@ def step_table(
     rows = []
     for what, kw, teacher in kinds:
         cfgs = {
-            step: Config(dataset=dataset, device=dev.type, step=step, **kw).canonical()
-            for step in ("dense", "sparse")
+            name: Config(dataset=dataset, device=dev.type, step=step, **kw).canonical()
+            for name, step, _ in STEP_COLUMNS
         }
-        best = {step: float("inf") for step in cfgs}
+        best = {name: float("inf") for name in cfgs}
         for _ in range(rounds):
-            for step, cfg in cfgs.items():
-                best[step] = min(best[step], epoch_seconds(cfg, ds, teachers.get(teacher), epochs))
-        valid = {  # each epoch's validation (sampled NDCG@10 for early stopping), per step's model
-            step: timed(
-                lambda cfg=cfg: metrics.evaluate(build_model(cfg, ds, dev), ds, "valid", "sampled"),
+            for name, _, warmup in STEP_COLUMNS:
+                with _warmup(warmup):
+                    seconds = epoch_seconds(cfgs[name], ds, teachers.get(teacher), epochs)
+                best[name] = min(best[name], seconds)
+        valid = {  # each epoch's validation (sampled NDCG@10 for early stopping), per model
+            name: timed(
+                lambda cfg=cfgs[name]: metrics.evaluate(
+                    build_model(cfg, ds, dev), ds, "valid", "sampled"
+                ),
                 rounds,
             )
-            for step, cfg in cfgs.items()
+            for name in ("dense", "sparse")
         }
-        whole = {step: best[step] + valid[step] for step in cfgs}
-        rows.append(
-            {
-                "dataset": dataset,
-                "run": what,
-                "size": cfgs["dense"].size,
-                "dense s/epoch": best["dense"],
-                "sparse s/epoch": best["sparse"],
-                "dense / sparse": best["dense"] / best["sparse"],
-                "dense validation s": valid["dense"],
-                "sparse validation s": valid["sparse"],
-                "dense / sparse, validation included": whole["dense"] / whole["sparse"],
-            }
+        row = {"dataset": dataset, "run": what, "size": cfgs["dense"].size}
+        row.update({f"{name} s/epoch": best[name] for name in cfgs})
+        row.update(
+            {f"dense / {name}": best["dense"] / best[name] for name in cfgs if name != "dense"}
         )
+        row.update({f"{name} validation s": valid[name] for name in valid})
+        for name in list(cfgs)[1:]:  # (each sparse step validates the sparse model)
+            row[f"dense / {name}, validation included"] = (best["dense"] + valid["dense"]) / (
+                best[name] + valid["sparse"]
+            )
+        rows.append(row)
         print(
-            f"{dataset:<12s} {what:<34s} dense {best['dense']:8.3f} s  sparse "
-            f"{best['sparse']:8.3f} s  ratio {best['dense'] / best['sparse']:6.2f}  "
-            f"(validation {valid['dense']:.2f} / {valid['sparse']:.2f} s: "
-            f"{whole['dense'] / whole['sparse']:.2f})",
+            f"{dataset:<12s} {what:<34s} "
+            + "  ".join(f"{name} {best[name]:.3f} s" for name in cfgs)
+            + f"  (validation {valid['dense']:.2f} / {valid['sparse']:.2f} s)",
             flush=True,
         )
         if on_row is not None:
             on_row(pd.DataFrame(rows))
     return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def _warmup(factor: float | None):
+    """sparse.WARMUP set to `factor` (None: left as it is) for the block."""
+    old = sparse.WARMUP
+    sparse.WARMUP = old if factor is None else factor
+    try:
+        yield
+    finally:
+        sparse.WARMUP = old
 
 
 def peak_rss_gib() -> float:
@@ -364,8 +390,8 @@ def main(argv=None):
     ap.add_argument(
         "--steps",
         action="store_true",
-        help="only the dense step against the sparse one (Config.step): seconds per epoch of each "
-        "kind of run side by side, their ratio and the process's peak memory (step_table)",
+        help="only the dense step against the sparse ones (Config.step): seconds per epoch of each "
+        "kind of run side by side, their ratios and the process's peak memory (step_table)",
     )
     args = ap.parse_args(argv)
     if args.steps:
@@ -498,6 +524,7 @@ def steps_main(args) -> None:
             rec = {
                 "steps": table.to_dict(orient="records"),
                 "rounds": args.rounds,
+                "epochs": STEP_EPOCHS,
                 "peak_rss_gib": peak_rss_gib(),
                 "threads": torch.get_num_threads(),
                 "wall_seconds": time.time() - t0,

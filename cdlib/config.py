@@ -77,7 +77,9 @@ class RunFields:
     # distributions, other draws) | None: static on CUDA, else dynamic
     step: str | None = None  # dense: Adam over every parameter, CDAE decoding all items (the
     # original step) | sparse: look-ups and decoding at the step's pairs, Adam on the rows they
-    # touch only (`sparse.RowAdam`, lazy: other training) | None: dense
+    # touch only (`sparse.RowAdam`, lazy: other training) | deferred: the same look-ups, Adam's
+    # steps of the untouched rows deferred and applied in closed form (the dense step's training,
+    # up to rounding) | None: dense
     weight_decay: float = 0.0
     n_neg: int = 4  # uniform negatives per positive in L_CF
     corruption: float = 0.5  # CDAE input dropout q
@@ -108,6 +110,11 @@ class RunFields:
             raise ValueError(f"shapes must be one of {SHAPES}, got {self.shapes!r}")
         if self.step is not None and self.step not in sparse.STEPS:
             raise ValueError(f"step must be one of {sparse.STEPS}, got {self.step!r}")
+        if self.step == "deferred" and self.weight_decay:
+            raise ValueError(
+                f"step='deferred' needs weight_decay=0, got {self.weight_decay} (with weight decay "
+                "every row has a gradient at every step: use step='dense')"
+            )
         d = dataclasses.asdict(self)
         tsize = TEACHER_SIZE[self.backbone]
         d["size"] = self.size or tsize
@@ -264,5 +271,5 @@ def build_model(cfg: Config, ds: Dataset, device=None) -> models.Recommender:
         cfg.corruption or 0.0,
         device or cfg.device,
         cfg.mlp_scale or 1,
-        cfg.step == "sparse",
+        cfg.step in sparse.SPARSE_STEPS,
     )

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from . import runs
-from .config import STUDENT, TEACHER_SIZE
+from . import runs, sparse
+from .config import BACKBONE_DEFAULTS, STUDENT, TEACHER_SIZE
 from .runs import read_table
 
 RUN_TABLES = {
@@ -190,25 +192,37 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
     return "student, CD teacher-guided"
 
 
-def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
-    """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with the
+def step_estimate(bench_records: list[dict], results=None, step: str = "sparse") -> pd.DataFrame:
+    """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with a
     sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
     (recorded wall time, else `compute`'s estimate) divided by the ratio of whole epochs (training
-    and validation, dense / sparse) that `bench --steps` measured for its kind of run (`run_kind`)
-    on its dataset, else on the benched dataset nearest in work. A cell with a run whose kind has
-    no benched ratio has no estimate. Empty without bench records or tables."""
+    and validation, dense / step) that `bench --steps` measured for its kind of run (`run_kind`) on
+    its dataset, else on the benched dataset nearest in work. "deferred": a run's epochs within the
+    deferred Adam's warm-up (its first 1,000 steps, at users / batch size steps an epoch) priced at
+    the warm-up's ratio, the rest at the deferred step's. A cell with a run whose kind has no benched
+    ratio has no estimate. Empty without bench records or tables."""
     t = _grid_runs(results)
     if t is None or not bench_records:
         return pd.DataFrame()
     work = _work(results)
     ok = t[t.status == "ok"]
     estimate = _estimator(ok, work)
+    phases = [step, f"{step} warm-up"] if step == "deferred" else [step]
+    column = f"dense / {step}, validation included"
+    if not any(column in row for rec in bench_records for row in rec["steps"]):
+        return pd.DataFrame()
     ratio = {
-        (row["dataset"], row["run"]): row["dense / sparse, validation included"]
+        (row["dataset"], row["run"], phase): row.get(
+            f"dense / {phase}, validation included", np.nan
+        )
         for rec in bench_records
         for row in rec["steps"]
+        for phase in phases
     }
-    benched = sorted({d for d, _ in ratio})
+    benched = sorted({d for d, _, _ in ratio})
+    st = read_table("01_datasets", results)
+    users = {} if st is None else dict(zip(st.dataset, st.users))
+    warm_steps = sparse.warmup_steps() if step == "deferred" else 0
 
     def reference(d, b):
         """The benched dataset whose ratios stand for d's: d, else the nearest in work (or None)."""
@@ -219,17 +233,22 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
 
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
-        dense = [
-            r.wall
-            if r.status == "ok"
-            else float(np.prod(estimate(r.dataset, r.backbone, r.size, r.method)))
-            for r in g.itertuples()
-        ]
         ref = reference(d, b)
-        kinds = [
-            kind_name(b, run_kind(b, int(r.size), r.method, str(r.label))) for r in g.itertuples()
-        ]
-        sparse = [x / ratio.get((ref, k), np.nan) for x, k in zip(dense, kinds)]
+        per_epoch = math.ceil(users.get(d, np.nan) / BACKBONE_DEFAULTS[b]["batch_size"])
+        dense, new = [], []
+        for r in g.itertuples():
+            if r.status == "ok":
+                epochs, seconds = r.epochs_run, r.wall
+            else:
+                epochs, per = estimate(r.dataset, r.backbone, r.size, r.method)
+                seconds = epochs * per
+            kind = kind_name(b, run_kind(b, int(r.size), r.method, str(r.label)))
+            warm = min(1.0, warm_steps / per_epoch / epochs) if warm_steps else 0.0
+            dense.append(seconds)
+            new.append(
+                seconds * (1 - warm) / ratio.get((ref, kind, step), np.nan)
+                + (seconds * warm / ratio.get((ref, kind, phases[-1]), np.nan) if warm else 0.0)
+            )
         rows.append(
             {
                 "dataset": d,
@@ -237,22 +256,16 @@ def step_estimate(bench_records: list[dict], results=None) -> pd.DataFrame:
                 "runs": len(g),
                 "CPU hours, dense step": pd.Series(dense, dtype=float).sum(skipna=False) / 3600,
                 # a run without a benched ratio leaves the cell without an estimate
-                "CPU hours, sparse step (est.)": pd.Series(sparse, dtype=float).sum(skipna=False)
+                f"CPU hours, {step} step (est.)": pd.Series(new, dtype=float).sum(skipna=False)
                 / 3600,
                 "ratios of": ref or "",
             }
         )
     out = pd.DataFrame(rows)
-    total = {
-        "dataset": "all",
-        "backbone": "",
-        "runs": int(out.runs.sum()),
-        "CPU hours, dense step": out["CPU hours, dense step"].sum(skipna=False),
-        "CPU hours, sparse step (est.)": out["CPU hours, sparse step (est.)"].sum(skipna=False),
-        "ratios of": "",
-    }
+    cols = ["CPU hours, dense step", f"CPU hours, {step} step (est.)"]
+    total = {"dataset": "all", "backbone": "", "runs": int(out.runs.sum()), "ratios of": ""}
+    total.update({c: out[c].sum(skipna=False) for c in cols})
     out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
-    cols = ["CPU hours, dense step", "CPU hours, sparse step (est.)"]
     out[cols] = out[cols].round(1)
     return out
 

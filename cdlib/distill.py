@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench, data, files, models, paths, runs, saved, train
+from . import bench, data, files, models, paths, runs, saved, sparse, train
 from .config import STUDENT, Config, Execution
 
 METRICS = ("HR@10", "NDCG@10")
@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--step",
         default=None,
-        choices=["dense", "sparse"],
-        help="the training step (train.Config.step; default: dense)",
+        choices=list(sparse.STEPS),
+        help="the training step (train.Config.step; default: dense; deferred: the dense step's training at the cost of the rows a step touches)",
     )
     ap.add_argument("--no-progress", action="store_true")
     cols = ap.add_argument_group(

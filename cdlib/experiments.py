@@ -173,17 +173,18 @@ def main_grid(p: Profile, results=None) -> dict:
 STEP_AGREEMENT = ("Teacher", "Student", "RD", "CD-T", "CD-S")
 
 
-def step_agreement_grid(p: Profile, results=None) -> dict:
+def step_agreement_grid(p: Profile, results=None, steps=("sparse", "deferred")) -> dict:
     """The main table's configurations (`STEP_AGREEMENT`, each at the settings tuned with the dense
-    step) with the dense step and with the sparse one (labels "<method> sparse"), same seeds: which
+    step) with the dense step and with each of `steps` (labels "<method> <step>"), same seeds: which
     `analyses.step_agreement` pairs."""
     grid = main_grid(p, results)
     out = {label: grid[label] for label in STEP_AGREEMENT}
-    for label in STEP_AGREEMENT:
-        out[f"{label} sparse"] = [
-            c if isinstance(c, Pending) else dataclasses.replace(c, step="sparse")
-            for c in grid[label]
-        ]
+    for step in steps:
+        for label in STEP_AGREEMENT:
+            out[f"{label} {step}"] = [
+                c if isinstance(c, Pending) else dataclasses.replace(c, step=step)
+                for c in grid[label]
+            ]
     return out
 
 

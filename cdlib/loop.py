@@ -92,8 +92,9 @@ class Stack:
                     lr=cfg.lr,
                     weight_decay=cfg.weight_decay,
                     masked=cfg.shapes == "static",
+                    deferred=cfg.step == "deferred",
                 )
-                if cfg.step == "sparse"
+                if cfg.step in sparse.SPARSE_STEPS
                 else torch.optim.Adam(
                     model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
                 )
@@ -217,9 +218,9 @@ def fit_group(
             f"compile={ex.compile!r} (CDLIB_COMPILE) needs static shapes (Config.shapes='static'), "
             f"not {cfgs[0].shapes!r}"
         )
-    if cfgs[0].step == "sparse" and (len(cfgs) > 1 or ex.compile):
+    if cfgs[0].step in sparse.SPARSE_STEPS and (len(cfgs) > 1 or ex.compile):
         raise ValueError(
-            f"run {cfgs[0].key()}: step='sparse' trains one run at a time and eagerly, not "
+            f"run {cfgs[0].key()}: step={cfgs[0].step!r} trains one run at a time and eagerly, not "
             + (f"in a group of {len(cfgs)}" if len(cfgs) > 1 else f"compiled ({ex.compile!r})")
             + " (CDLIB_GROUP_SIZE=1, CDLIB_COMPILE unset; or step='dense')"
         )
@@ -285,6 +286,8 @@ def fit_group(
             loss.backward()
             stack.opt.step()
             n_batches += 1
+        if isinstance(stack.opt, sparse.RowAdam):
+            stack.opt.flush()  # deferred: every row's pending steps, before validation reads them
         if debug:
             torch.cuda.set_sync_debug_mode(0)
         seconds = time.perf_counter() - t0

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import sparse
 from .index import UserItems, put_pairs
+from .sparse import fresh_on_lookup  # (the constructors' `sparse` argument hides the module)
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -115,6 +116,8 @@ class CDAE(Recommender):
         else:
             self.encoder = encoder
         self.user_embedding = nn.Embedding(n_users, hidden, sparse=sparse)
+        if sparse:
+            fresh_on_lookup(self.user_embedding)
         self.decoder = nn.Linear(hidden, n_items)
         nn.init.normal_(self.user_embedding.weight, std=0.01)
         self.train_matrix = train
@@ -173,12 +176,12 @@ class CDAE(Recommender):
         h = self.hidden(users, x)
         few = len(items) * PAIRWISE_COST < len(users) * self.inputs.shape[1]
         if few or users.device.type != "cpu":  # (the distinct items' count would wait on a GPU)
-            w = F.embedding(items, self.decoder.weight, sparse=True)
+            w = sparse.embedding(self.decoder.weight, items)
             return (h.index_select(0, rows) * w).sum(-1) + sparse.take(self.decoder.bias, items)
         distinct, where = sparse.distinct(items, self.inputs.shape[1])
         z = F.linear(
             h,
-            F.embedding(distinct, self.decoder.weight, sparse=True),
+            sparse.embedding(self.decoder.weight, distinct),
             sparse.take(self.decoder.bias, distinct),
         )
         return z[rows, where]
@@ -283,6 +286,8 @@ class NeuMF(Recommender):
         self.layer1, self.layer2 = nn.Linear(2 * e, e), nn.Linear(e, half)
         self.out = nn.Linear(dim + half, 1)
         for emb in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
+            if sparse:
+                fresh_on_lookup(emb)
             nn.init.normal_(emb.weight, std=0.01)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -378,7 +383,8 @@ def build(
     sparse: bool = False,
 ) -> Recommender:
     """A CDAE (size = hidden units H) or NeuMF (size = dimension d, tower width `mlp_scale`) for a
-    training matrix; `sparse`: its look-ups give sparse row gradients (`Config.step` = "sparse")."""
+    training matrix; `sparse`: its look-ups give sparse row gradients (`Config.step` "sparse" or
+    "deferred")."""
     if backbone == "cdae":
         model = CDAE(train, size, corruption, sparse)
     elif backbone == "neumf":

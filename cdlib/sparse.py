@@ -1,17 +1,30 @@
-"""A step at the cost of the rows it touches (`Config.step = "sparse"`): look-ups whose gradient is
-the looked-up rows only (`take`, `embedding_bag`), and an Adam that updates only the rows that have
-a gradient (`RowAdam`, "lazy" Adam as in TensorFlow Addons' LazyAdam and TorchRec's row-wise
-optimisers). A dense step pays for every parameter of a table to update the few rows a batch used:
-11.8M parameters of a CDAE teacher on citeulike-t for a batch's 5,000 pairs.
+"""A step at the cost of the rows it touches (`Config.step` "sparse" or "deferred"): look-ups whose
+gradient is the looked-up rows only (`take`, `embedding_bag`), and an Adam that steps only the rows
+that have a gradient (`RowAdam`). A dense step pays for every parameter of a table to update the few
+rows a batch used: 11.8M parameters of a CDAE teacher on citeulike-t for a batch's 5,000 pairs.
+
+"sparse": a "lazy" Adam (TensorFlow Addons' LazyAdam, TorchRec's row-wise optimisers): a row without
+a gradient keeps its moments and does not move, other training than Adam's. "deferred": Adam's own
+steps, those of a row without a gradient deferred until it has one (or the epoch ends) and applied
+then in closed form (`RowAdam`, `tail_sums`): the dense step's numbers up to rounding and Adam's eps.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam
 
-STEPS = ("dense", "sparse")
+STEPS = ("dense", "sparse", "deferred")
+SPARSE_STEPS = ("sparse", "deferred")  # the steps whose look-ups give row gradients
+# deferred Adam's first WARMUP / (1 - beta2) steps (1,000) are whole-table steps, Adam's own: while
+# sqrt(1 - beta2^t) still moves fast, so does the eps of each deferred step (after them, by at most
+# 1.3% over 50 steps, and a deferred row moves as Adam's to 1e-6 where its sqrt(v) is near eps)
+WARMUP = 1.0
 
 
 class _Take(torch.autograd.Function):
@@ -27,10 +40,32 @@ class _Take(torch.autograd.Function):
         return torch.sparse_coo_tensor(ids[None], grad, ctx.shape, check_invariants=False), None
 
 
+def fresh(table: torch.Tensor, ids: torch.Tensor) -> None:
+    """Bring the rows `ids` of a table that a deferred `RowAdam` trains up to date before they are
+    read (their deferred steps applied): every look-up of the sparse step calls it first."""
+    ref = getattr(table, "deferred_by", None)
+    opt = ref() if ref is not None else None
+    if opt is not None:
+        opt.bring(table, ids)
+
+
 def take(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """table[ids] along the first dimension (a 1-D table too: a bias), its gradient a sparse tensor
     of the `ids` rows (uncoalesced: a row used twice appears twice, `RowAdam` sums them)."""
+    fresh(table, ids)
     return _Take.apply(table, ids)
+
+
+def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """table[ids] (rows of a 2-D table), its gradient a sparse tensor of the `ids` rows."""
+    fresh(table, ids)
+    return F.embedding(ids, table, sparse=True)
+
+
+def fresh_on_lookup(module: torch.nn.Embedding) -> torch.nn.Embedding:
+    """An nn.Embedding whose every call brings the rows it reads up to date first (`fresh`)."""
+    module.register_forward_pre_hook(lambda m, args: fresh(m.weight, args[0]))
+    return module
 
 
 def embedding_bag(
@@ -39,6 +74,7 @@ def embedding_bag(
     """out[b] = sum_{j: bags[j] = b} weights[j] table[ids[j]], [n_bags x k]; `bags` sorted. The
     sparse input x_u W^T of an auto-encoder, at the cost of the user's items: its gradient is the
     `ids` rows of `table` (sparse)."""
+    fresh(table, ids)
     offsets = torch.searchsorted(bags, torch.arange(n_bags, device=bags.device))
     return F.embedding_bag(ids, table, offsets, mode="sum", per_sample_weights=weights, sparse=True)
 
@@ -52,17 +88,53 @@ def distinct(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, (torch.cumsum(mask, 0) - 1)[ids]
 
 
+def tail_sums(n: int, beta1: float, beta2: float, tol: float = 1e-18) -> np.ndarray:
+    """[2 x n] float64: F(t) = sum_{j>=1} c_{t+j} r^j and E(t) = sum_{j>=1} c_{t+j} d_{t+j} (r/sqrt(beta2))^j
+    for t in [0, n), with d_s = sqrt(1 - beta2^s), c_s = d_s / (1 - beta1^s), r = beta1 / sqrt(beta2),
+    each series cut where its ratio^j < tol. Adam's steps after step t without gradient (the
+    denominator sqrt(v_s / d_s^2) + eps = beta2^(j/2) (sqrt(v_t) + eps d_s beta2^(-j/2)) / d_s, s = t+j):
+    a row last stepped at a moves over steps a+1..b by -lr m_a / (sqrt(v_a) + eps') (F(a) - r^k F(b)),
+    k = b-a, eps' = eps (E(a) - (r/sqrt(beta2))^k E(b)) / (F(a) - r^k F(b)): the eps of each step
+    averaged with the step's weight, exact to first order in eps / sqrt(v)."""
+    out = np.empty((2, n))
+    for row, ratio in enumerate((beta1 / math.sqrt(beta2), beta1 / beta2)):
+        if not 0 <= ratio < 1:
+            raise ValueError(f"deferred Adam needs beta1 < beta2, got betas ({beta1}, {beta2})")
+        terms = max(1, math.ceil(math.log(tol) / math.log(ratio))) if ratio > 0 else 1
+        s = np.arange(1, n + terms + 1, dtype=np.float64)
+        d = np.sqrt(1 - beta2**s)
+        c = d / (1 - beta1**s) * (d if row else 1.0)
+        w = ratio ** np.arange(1, terms + 1, dtype=np.float64)
+        out[row] = np.correlate(c, w, mode="valid")[:n]
+    return out
+
+
+def warmup_steps(beta2: float = 0.999) -> int:
+    """The deferred Adam's whole-table steps at the start of training (`WARMUP`)."""
+    return math.ceil(WARMUP / (1 - beta2))
+
+
 class RowAdam:
     """Adam (Kingma & Ba 2015, Alg. 1, as torch.optim.Adam's fused kernel computes it) whose step on
-    a parameter with a sparse gradient updates only the rows in it: their moments m, v and values
-    (the other rows' moments do not decay and they do not move, as if their gradient were absent
-    rather than 0), with the bias corrections of the parameter's step count, which is the global
-    one in training (every batch looks up every table). Parameters with a dense gradient take
-    Adam's step, in the same fused call. `masked`: the rows' update computed over the whole table
-    and written under a mask, every shape fixed (no wait of the host on a GPU to count the rows);
-    the same numbers.
+    a parameter with a sparse gradient costs the rows in it, with the bias corrections of the
+    parameter's step count (the global one in training: every batch looks up every table).
+    Parameters with a dense gradient take Adam's step, in the same fused call.
 
-    The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`."""
+    Lazy (default): only the rows in the gradient are stepped (moments m, v and values); the other
+    rows' moments do not decay and they do not move, as if their gradient were absent rather than 0.
+    `deferred`: Adam's steps exactly, those of a row without gradient deferred. A row's last step a is
+    kept; when the row is next read (`fresh`, by the look-ups, before the forward pass), its steps
+    a+1..now are applied in closed form: m <- beta1^k m, v <- beta2^k v (k = b-1-a), and the value moves by
+    -lr m_a / (sqrt(v_a) + eps') (F(a) - r^k F(b-1)) (`tail_sums`), eps' the steps' eps averaged:
+    torch's Adam up to rounding, and to first order in eps / sqrt(v) (a row whose sqrt(v) is
+    near eps moves a little differently). `flush` applies
+    every row's deferred steps: the loop calls it at each epoch's end, before anything reads the
+    weights. Needs weight_decay = 0 (with it, no row's gradient is 0).
+
+    `masked`: the rows' update computed over the whole table and written under a mask, every shape
+    fixed (no wait of the host on a GPU to count the rows); the same numbers.
+
+    The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`, `flush`."""
 
     def __init__(
         self,
@@ -72,11 +144,22 @@ class RowAdam:
         betas=(0.9, 0.999),
         eps: float = 1e-8,
         masked: bool = False,
+        deferred: bool = False,
     ):
+        if deferred and weight_decay:
+            raise ValueError(
+                f"step='deferred' needs weight_decay=0 (got {weight_decay}): with weight decay every "
+                "row has a gradient at every step"
+            )
         self.params = list(params)
         self.hyper = dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
-        self.masked = masked
+        self.masked, self.deferred = masked, deferred
+        self.warmup = warmup_steps(betas[1]) if deferred else 0
+        for p in self.params if deferred else []:  # the look-ups bring their rows up to date
+            p.deferred_by = weakref.ref(self)
         self.state: dict = {}
+        self.clock: dict = {}  # parameter -> Adam steps taken, on the host (deferred)
+        self.tails: dict = {}  # device -> F(t) of `tail_sums`, float64, grown as steps are taken
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -101,6 +184,7 @@ class RowAdam:
                 work["after"].append(after)
             else:
                 value, m, v, g = p, st["exp_avg"], st["exp_avg_sq"], p.grad
+            self.clock[p] = self.clock.get(p, 0) + 1
             for k, x in zip(work, (value, g, m, v, st["step"])):
                 work[k].append(x)
         if work["params"]:
@@ -118,20 +202,101 @@ class RowAdam:
             )
         for after in work["after"]:
             after()
+        self._settle()
+
+    def _settle(self, only: torch.Tensor | None = None) -> None:
+        """Write back the moments of rows `bring` caught up that no step took from it (all tables,
+        or `only`'s): before anything else reads the table's moments."""
+        for p, st in self.state.items() if only is None else [(only, self.state[only])]:
+            brought = st.pop("brought", None)
+            if brought is not None:
+                rows, new = brought
+                for t, n in zip(self._full(p, st)[1:], new[1:]):
+                    t.index_copy_(0, rows, n)
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply every row's deferred steps (deferred; lazy: nothing to do)."""
+        self._settle()
+        for p, st in self.state.items():
+            if st.get("pending"):
+                self._catch_up(p, st, None, *self._full(p, st))
+                st["last"].fill_(self.clock[p])
+                st["pending"] = False
+
+    @torch.no_grad()
+    def bring(self, p: torch.Tensor, ids: torch.Tensor) -> None:
+        """Apply the deferred steps of the rows `ids` of p, in place (`fresh`): a step reads each
+        row as Adam would have left it. The rows' copies (values, m, v) are kept for the step that
+        follows, which starts from them instead of gathering them again. A table whose rows are all
+        up to date is not written, so a table read twice in one forward pass is not modified
+        between the reads."""
+        st = self.state.get(p)
+        if not st or not st.get("pending"):
+            return
+        rows = distinct(ids.reshape(-1), len(p))[0]
+        if not (st["last"][rows] < self.clock[p]).any():
+            return
+        self._settle(p)  # (read twice in one forward pass)
+        full = self._full(p, st)
+        new = [t.index_select(0, rows) for t in full]
+        self._catch_up(p, st, rows, *new)  # (the rows up to date stay as they are: k = 0)
+        full[0].index_copy_(0, rows, new[0])  # m and v: written by the step (`_settle`)
+        st["last"].index_fill_(0, rows, self.clock[p])
+        st["brought"] = rows, new
+
+    def _full(self, p: torch.Tensor, st: dict) -> list[torch.Tensor]:
+        return [t.view(len(p), -1) for t in (p, st["exp_avg"], st["exp_avg_sq"])]
+
+    def _tails(self, n: int, device) -> torch.Tensor:
+        """F and E (0..n) of `tail_sums` on `device`."""
+        have = self.tails.get(device)
+        if have is None or have.shape[1] <= n:
+            size = max(1024, 2 * n + 1)
+            f = tail_sums(size, self.hyper["beta1"], self.hyper["beta2"])
+            have = self.tails[device] = torch.from_numpy(f).to(device)
+        return have
+
+    def _catch_up(self, p, st, rows, values, m, v) -> None:
+        """Apply to `rows` of p (None: all), whose values, m and v are given [rows x k], Adam's steps
+        without gradient from each row's last step up to the parameter's current one, in closed form."""
+        h, now = self.hyper, self.clock.get(p, 0)
+        last = st["last"] if rows is None else st["last"][rows]
+        k = (now - last).to(torch.float64)
+        f, e = self._tails(now, p.device)
+        r = h["beta1"] / math.sqrt(h["beta2"])
+        steps = f[last] - torch.pow(r, k) * f[now]  # sum of the step sizes, `tail_sums`
+        eps = h["eps"] * (e[last] - torch.pow(r / math.sqrt(h["beta2"]), k) * e[now])
+        eps = torch.where(steps > 0, eps / steps, h["eps"]).to(p.dtype)[:, None]  # 0/0: no step
+        moved = (steps * h["lr"]).to(p.dtype)[:, None]
+        values.addcdiv_(m * moved, v.sqrt().add_(eps), value=-1)
+        m.mul_(torch.pow(h["beta1"], k).to(p.dtype)[:, None])
+        v.mul_(torch.pow(h["beta2"], k).to(p.dtype)[:, None])
 
     def _rows(self, p: torch.Tensor, grad: torch.Tensor, st: dict, seen: list):
         """What the fused step updates for a table with a sparse gradient, (values, m, v, g,
         write_back): copies of the touched rows, written back after (few rows touched); the whole
         table in place, the untouched rows' old values written back over it after (most rows
         touched, on a CPU: a pass over the table costs less than gathering most of it); copies of
-        the whole table, written back under the touched mask (`masked`: every shape fixed)."""
-        full = [t.view(len(p), -1) for t in (p, st["exp_avg"], st["exp_avg_sq"])]
+        the whole table, written back under the touched mask (`masked`: every shape fixed).
+        Deferred: the rows' deferred steps applied first; with most rows touched (or `masked`)
+        every row's, then Adam's step of the whole table (its untouched rows' gradient 0)."""
+        full = self._full(p, st)
         if grad.sparse_dim() != 1:  # sparse in every dimension: as rows
             grad = grad.to_dense().to_sparse(1)
         ids = grad._indices()[0]
         values = grad._values().reshape(len(ids), p.numel() // len(p))
-        if self.masked or 2 * len(ids) >= len(p):
+        if self.deferred and "last" not in st:
+            st["last"] = torch.zeros(len(p), dtype=torch.long, device=p.device)
+            st["pending"] = False  # some row's last step is behind the parameter's
+        if self.masked or 2 * len(ids) >= len(p) or self.clock.get(p, 0) < self.warmup:
             g = torch.zeros_like(full[0]).index_add_(0, ids, values)
+            if self.deferred:
+                self._settle(p)
+                if st["pending"]:
+                    self._catch_up(p, st, None, *full)
+                st["pending"] = False
+                return *full, g, lambda: st["last"].fill_(self.clock[p])
             touched = torch.zeros(len(p), 1, dtype=torch.bool, device=p.device)
             touched.index_fill_(0, ids, True)
             if self.masked:
@@ -154,10 +319,22 @@ class RowAdam:
         rows, where = known[0] if known else distinct(ids, len(p))
         seen.append((ids, (rows, where)))
         g = values.new_zeros(len(rows), values.shape[1]).index_add_(0, where, values)
-        new = [t.index_select(0, rows) for t in full]
+        brought = st.get("brought")
+        if brought is not None and torch.equal(brought[0], rows):  # up to date, by the look-up
+            new = st.pop("brought")[1]
+        else:
+            if self.deferred:
+                self._settle(p)
+            new = [t.index_select(0, rows) for t in full]
+            if self.deferred:  # rows no look-up brought up to date (stale ones read stale)
+                self._catch_up(p, st, rows, *new)
+        if self.deferred:
+            st["pending"] = True
 
         def write_back():
             for t, n in zip(full, new):
                 t.index_copy_(0, rows, n)
+            if self.deferred:
+                st["last"].index_fill_(0, rows, self.clock[p])
 
         return *new, g, write_back

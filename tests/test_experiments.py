@@ -820,6 +820,40 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
     assert costs.step_estimate([], tmp_path).empty
 
 
+def test_the_deferred_estimate_prices_the_warm_up_epochs_at_their_own_ratio(tmp_path, monkeypatch):
+    """step="deferred": a run's epochs in the deferred Adam's warm-up (here its first 50 steps, one a
+    epoch: half of a 100-epoch run) at the warm-up's benched ratio, the rest at the deferred one's."""
+    from cdlib import runs, sparse
+
+    monkeypatch.setattr(sparse, "WARMUP", 0.05)
+    assert sparse.warmup_steps() == 50
+    _two_datasets(tmp_path)
+    rows_ = []
+    for label, size, method, wall in (("Teacher", 200, "none", 3600.0), ("CD-S", 20, "cd", 7200.0)):
+        runs.write_record({"key": label, "timing": {"wall_seconds": wall}}, tmp_path)
+        rows_.append(
+            dict(label=label, dataset="a", backbone="cdae", size=size, seed=0, method=method)
+            | {"status": "ok", "key": label, "epochs_run": 100}
+        )
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    ratios = {"teacher": (8.0, 2.0), "student, CD student-guided": (4.0, 1.0)}
+    bench = {
+        "steps": [
+            {
+                "dataset": "a",
+                "run": f"CDAE {k}",
+                "dense / deferred, validation included": after,
+                "dense / deferred warm-up, validation included": warm,
+            }
+            for k, (after, warm) in ratios.items()
+        ]
+    }
+    e = costs.step_estimate([bench], tmp_path, step="deferred").set_index("dataset")
+    expected = 1 * (0.5 / 8 + 0.5 / 2) + 2 * (0.5 / 4 + 0.5 / 1)
+    assert e.loc["a", "CPU hours, deferred step (est.)"] == round(expected, 1) == 1.6
+    assert costs.step_estimate([bench], tmp_path).empty  # no sparse column benched
+
+
 def test_run_kind_names_the_benched_kind_of_each_grid_run():
     kind = costs.run_kind
     assert kind("cdae", 200, "none", "Teacher") == kind("cdae", 200, "cd", "BACD") == "teacher"

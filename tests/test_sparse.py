@@ -1,6 +1,6 @@
-"""The sparse step (`Config.step = "sparse"`, cdlib/sparse.py): the same function as the dense
-step, its gradients the same numbers as the dense ones' rows, and a lazy Adam checked against a
-row-by-row definition."""
+"""The sparse steps (`Config.step` "sparse" and "deferred", cdlib/sparse.py): the same function as
+the dense step, its gradients the same numbers as the dense ones' rows; a lazy Adam checked against a
+row-by-row definition, and a deferred one against torch's Adam, alone and in training."""
 
 from __future__ import annotations
 
@@ -174,6 +174,8 @@ def test_the_step_enters_the_key_only_when_sparse():
     s = Config(dataset="ml-100k", device="cpu", step="sparse", method="cd", size=20)
     assert s.key() != dataclasses.replace(s, step=None).key()
     assert s.teacher().step == "sparse"
+    d = dataclasses.replace(s, step="deferred")
+    assert len({d.key(), s.key(), dataclasses.replace(s, step=None).key()}) == 3
     with pytest.raises(ValueError, match="step must be one of"):
         Config(step="lazy").canonical()
 
@@ -181,22 +183,24 @@ def test_the_step_enters_the_key_only_when_sparse():
 TINY = dict(dataset="ml-100k", subset_users=200, epochs=2, patience=2, min_epochs=1, device="cpu")
 
 
-def test_the_sparse_step_is_refused_in_a_group_or_compiled():
-    cfgs = [Config(**TINY, step="sparse", seed=s).canonical() for s in (0, 1)]
+@pytest.mark.parametrize("step", sparse.SPARSE_STEPS)
+def test_the_sparse_step_is_refused_in_a_group_or_compiled(step):
+    cfgs = [Config(**TINY, step=step, seed=s).canonical() for s in (0, 1)]
     ds = train.dataset_for(cfgs[0])
-    with pytest.raises(ValueError, match="step='sparse'.*group of 2"):
+    with pytest.raises(ValueError, match=f"step='{step}'.*group of 2"):
         loop.fit_group(cfgs, ds, progress=False)
     static = dataclasses.replace(cfgs[0], shapes="static")
-    with pytest.raises(ValueError, match="step='sparse'.*compiled"):
+    with pytest.raises(ValueError, match=f"step='{step}'.*compiled"):
         loop.fit(static, ds, progress=False, execution=Execution(compile="default"))
 
 
+@pytest.mark.parametrize("step", sparse.SPARSE_STEPS)
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
-def test_a_sparse_run_trains_and_repeats_itself(backbone, shapes):
-    """Both shapes of step train with the sparse step (the static one through RowAdam's masked
+def test_a_sparse_run_trains_and_repeats_itself(step, backbone, shapes):
+    """Both shapes of step train with either sparse step (the static one through RowAdam's masked
     form), to finite losses, and the same seed gives the same weights."""
-    cfg = Config(**TINY, backbone=backbone, size=8, step="sparse", shapes=shapes).canonical()
+    cfg = Config(**TINY, backbone=backbone, size=8, step=step, shapes=shapes).canonical()
     ds = train.dataset_for(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -208,3 +212,120 @@ def test_a_sparse_run_trains_and_repeats_itself(backbone, shapes):
     assert a["curve"][-1]["loss"] < a["curve"][0]["loss"]
     for (n, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
         assert torch.equal(x, y), n
+
+
+def test_tail_sums_are_the_sums_they_name():
+    f, e = sparse.tail_sums(50, 0.9, 0.99)
+    for t in (0, 1, 7, 49):
+        j = torch.arange(1, 4000, dtype=torch.float64)
+        s = t + j
+        c = torch.sqrt(1 - 0.99**s) / (1 - 0.9**s)
+        r = 0.9 / 0.99**0.5
+        assert f[t] == pytest.approx(float((c * r**j).sum()), rel=1e-12)
+        assert e[t] == pytest.approx(
+            float((c * torch.sqrt(1 - 0.99**s) * (0.9 / 0.99) ** j).sum()), rel=1e-12
+        )
+    with pytest.raises(ValueError, match="beta1 < beta2"):
+        sparse.tail_sums(5, 0.99, 0.9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-7])
+@pytest.mark.parametrize("n_ids", [3, 40])
+@pytest.mark.parametrize("masked", [False, True])
+def test_deferred_row_adam_is_adam(scale, n_ids, masked):
+    """Deferred RowAdam gives torch's Adam: after its whole-table warm-up, on rows touched every ~20
+    steps, in float64, to 1e-9 where sqrt(v) >> eps, and to 1e-6 of the distance moved where the
+    gradients (1e-7) put sqrt(v) near eps; the moments too, once flushed."""
+    gen = torch.Generator().manual_seed(n_ids)
+    p0 = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    p, q = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    opt = sparse.RowAdam([p], lr=0.003, masked=masked, deferred=True)
+    ref = torch.optim.Adam([q], lr=0.003)
+    assert opt.warmup == 1000
+    for t in range(1500):
+        ids = torch.randint(0, 60, (n_ids,), generator=gen)
+        values = scale * torch.randn(n_ids, 3, generator=gen, dtype=torch.float64)
+        p.grad = torch.sparse_coo_tensor(ids[None], values, p.shape, check_invariants=False)
+        q.grad = torch.zeros_like(q).index_add_(0, ids, values)
+        opt.step()
+        ref.step()
+        if t == 1200:
+            opt.flush()
+    assert masked or n_ids == 40 or opt.state[p]["pending"]  # rows were deferred
+    opt.flush()
+    moved = (q - p0).abs().max().item()
+    assert moved > 0.1
+    tol = 1e-9 if scale == 1.0 else 1e-6 * moved
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=tol)
+    for k in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opt.state[p][k], ref.state[q][k], rtol=1e-9, atol=0)
+
+
+def test_deferred_needs_no_weight_decay():
+    with pytest.raises(ValueError, match="step='deferred' needs weight_decay=0"):
+        Config(dataset="ml-100k", device="cpu", step="deferred", weight_decay=1e-4).canonical()
+    with pytest.raises(ValueError, match="weight_decay=0"):
+        sparse.RowAdam(
+            [torch.zeros(3, requires_grad=True)], lr=0.1, weight_decay=0.1, deferred=True
+        )
+
+
+@pytest.mark.parametrize("backbone", ["cdae", "neumf"])
+def test_the_deferred_step_trains_as_the_dense_one(backbone):
+    """The same configuration trained with the dense and the deferred step, steps of 4 users so that
+    rows are deferred after the warm-up's 1,000 steps: the same validation curve and weights to
+    float rounding (the sparse CDAE's gradients sum in another order), where the lazy step trains
+    otherwise."""
+    ds = train.dataset_for(Config(**TINY).canonical())
+    out = {}
+    for step in ("dense", "deferred", "sparse"):
+        cfg = Config(
+            **dict(TINY, epochs=21, patience=21, batch_size=4),
+            backbone=backbone,
+            size=8,
+            step=step,
+            lr=1e-3,
+        )
+        out[step] = loop.fit(cfg.canonical(), ds, progress=False)
+    curve = {s: [c["valid_NDCG@10"] for c in out[s]["curve"]] for s in out}
+    weights = {}
+    for s in out:
+        sd = dict(out[s]["model"].state_dict())
+        if "encoder_items" in sd:
+            sd["encoder.weight"] = sd.pop("encoder_items").T
+            sd["encoder.bias"] = sd.pop("encoder_bias")
+        weights[s] = sd
+    assert curve["deferred"] == pytest.approx(curve["dense"], abs=1e-4)
+    for n, w in weights["dense"].items():
+        torch.testing.assert_close(weights["deferred"][n], w, rtol=0, atol=1e-4)
+    assert max((weights["sparse"][n] - w).abs().max() for n, w in weights["dense"].items()) > 1e-3
+
+
+def test_deferred_look_ups_read_each_row_as_adam_left_it():
+    """A table trained through look-ups (`sparse.embedding`, `sparse.take`) with deferred RowAdam,
+    past its warm-up, against torch's Adam on dense look-ups of the same table (float64): steps that
+    read the table twice (overlapping rows), and steps that do not read it at all, included."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    p, q = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    opt = sparse.RowAdam([p], lr=0.003, deferred=True)
+    ref = torch.optim.Adam([q], lr=0.003)
+    other = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # so that every step has a loss
+    for t in range(1200):
+        ids = torch.randint(0, 50, (3,), generator=gen)
+        w = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+        twice = t % 7 == 0
+        more = torch.cat([ids[:1], torch.randint(0, 50, (2,), generator=gen)])
+        skip = t % 11 == 0
+        for table, opt_, lookup in ((p, opt, sparse.embedding), (q, ref, lambda a, i: a[i])):
+            loss = (other * 0).sum()
+            if not skip:
+                loss = loss + (lookup(table, ids) * w).sum()
+                if twice:
+                    loss = loss + (lookup(table, more) ** 2).sum()
+            opt_.zero_grad()
+            loss.backward()
+            opt_.step()
+    opt.flush()
+    assert (q - p0).abs().max() > 0.1
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9)
