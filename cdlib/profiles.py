@@ -48,6 +48,7 @@ class Profile:
     plateau: float | None = Config.plateau
     subset_users: int | None = None
     device: str | None = None
+    step: str | None = None  # Config.step of every run (None: the default, dense)
     tune_seeds: list = field(default_factory=lambda: [0, 1])
     tuned: list = field(default_factory=lambda: ["ml-100k", "ml-1m"])
     tune_on: dict = field(default_factory=dict)
@@ -66,6 +67,7 @@ class Profile:
             plateau=self.plateau,
             subset_users=self.subset_users,
             device=self.device,
+            step=self.step,
             **kw,
         )
 

@@ -12,6 +12,7 @@ import pandas as pd
 from . import plots, report, runs
 from .analyses import protocol_gap, shapes_agreement, step_agreement, teacher_variants
 from .audit import coverage, violations
+from .bench import STEP_COLUMNS
 from .costs import compute, device_estimate, step_estimate
 from .runs import read_table
 
@@ -284,52 +285,79 @@ def readme_section(results=None) -> str:
     return "\n".join(parts)
 
 
+# the bench's columns the README shows (`bench.step_table`): seconds per epoch of each step, and the
+# ratios of whole epochs (validation included)
+_BENCHED = [name for name, _, _ in STEP_COLUMNS]
+STEP_BENCH_COLUMNS = [
+    "dataset",
+    "run",
+    "size",
+    *(f"{s} s/epoch" for s in _BENCHED),
+    *(f"dense / {s}, validation included" for s in _BENCHED[1:]),
+]
+
+
 def _sparse_step_section(results=None) -> list[str]:
-    """The sparse step (`Config.step`): its timings beside the dense step's (`bench --steps`), the
-    grid's cost with it (`costs.step_estimate`), and the agreement study (`analyses.step_agreement`)."""
+    """The sparse steps (`Config.step`): their timings beside the dense step's (`bench --steps`),
+    the grid's cost with them (`costs.step_estimate`), and the agreement study
+    (`analyses.step_agreement`)."""
     paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
     records = [json.loads(p.read_text()) for p in paths_]
-    agree = step_agreement(results)
-    if not records and agree.empty:
+    agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
+    if not records and all(a.empty for a in agree.values()):
         return []
     parts = [
-        "### The sparse step against the dense one",
+        "### The sparse steps against the dense one",
         "",
-        '`Config.step = "sparse"`: losses at the cost of the step\'s pairs, row gradients, and a lazy '
-        "Adam on the rows a step touched. Seconds per training epoch of untrained models, each step "
-        "timed in turn and its best kept, 2 threads (`python -m cdlib.bench --steps --dataset D "
-        "--out results/bench/steps_D_cpu.json`); the last column adds each epoch's validation to both.",
+        '`Config.step`: "sparse" and "deferred" compute the losses at the cost of the step\'s pairs, '
+        'with row gradients, and step only the rows a step read: "sparse" with a lazy Adam (other '
+        'training), "deferred" with Adam\'s steps of the other rows deferred and applied in closed '
+        "form when a row is next read (Adam's own training), its first 1,000 steps whole-table "
+        "(its warm-up). Seconds per training epoch of untrained models, each step timed in turn, "
+        "the best of two epochs kept (so that what a run does once, the teacher's ranking of "
+        "every user's items, is left out), 2 threads (`python -m cdlib.bench --steps --dataset D "
+        "--out results/bench/steps_D_cpu.json`); the ratios add each epoch's validation to both.",
         "",
     ]
     if records:
         bench = pd.DataFrame([row for rec in records for row in rec["steps"]])
+        bench = bench.reindex(columns=STEP_BENCH_COLUMNS)
         peak = {rec["dataset"]["name"]: rec["peak_rss_gib"] for rec in records}
         bench["peak GiB (process)"] = bench.dataset.map(peak)
         parts += [_md(bench.round(3)), ""]
-        est = step_estimate(records, results)
-        if not est.empty:
-            whole = est[est.dataset == "all"].iloc[0]
+        est = {step: step_estimate(records, results, step) for step in ("sparse", "deferred")}
+        if not any(e.empty for e in est.values()):
+            both = est["sparse"].merge(
+                est["deferred"], on=["dataset", "backbone", "runs", "CPU hours, dense step"]
+            )
+            both = both.drop(columns="ratios of_y").rename(columns={"ratios of_x": "ratios of"})
+            both = both[[c for c in both if c != "ratios of"] + ["ratios of"]]
+            whole = both[both.dataset == "all"].iloc[0]
             parts += [
                 f"The whole grid the tables list ({whole['runs']} runs) costs "
                 f"**{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step (recorded, "
                 f"and estimated for the runs to go as in the compute table), and an estimated "
-                f"**{whole['CPU hours, sparse step (est.)']:.0f}** with the sparse step: each run's "
-                "hours divided by the benched ratio of its kind of run, validation included, on its "
-                "dataset or the benched one nearest in size (`costs.step_estimate`; the recorded hours "
-                "were timed on another CPU than the bench's).",
+                f"**{whole['CPU hours, sparse step (est.)']:.0f}** with the sparse step and "
+                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one: each "
+                "run's hours divided by the benched ratio of its kind of run, validation included, on "
+                "its dataset or the benched one nearest in size, the deferred step's warm-up epochs at "
+                "the warm-up's ratio (`costs.step_estimate`; the recorded hours were timed on another "
+                "CPU than the bench's).",
                 "",
-                _md(est),
+                _md(both),
                 "",
             ]
-    if not agree.empty:
+    for step, table in agree.items():
+        if table.empty:
+            continue
         parts += [
-            "Main-table configurations trained with both steps (settings tuned with the dense one); "
-            "test NDCG@10 (sampled), paired over seeds (`analyses.step_agreement`, notebook 09). "
-            "`within 1 sd`: the sparse step's mean lies within one standard deviation (over the paired "
-            "seeds) of the dense step's, the criterion for making it the default (empty: fewer than 2 "
-            "seeds).",
+            f'Main-table configurations trained with the dense step and with step="{step}" (settings '
+            "tuned with the dense one); test NDCG@10 (sampled), paired over seeds "
+            "(`analyses.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
+            "within one standard deviation (over the paired seeds) of the dense step's, the "
+            "criterion for making it the default (empty: fewer than 2 seeds).",
             "",
-            _md(agree.round(4).replace({c: {-0.0: 0.0} for c in agree.select_dtypes("float")})),
+            _md(table.round(4).replace({c: {-0.0: 0.0} for c in table.select_dtypes("float")})),
             "",
         ]
     return parts

@@ -1,12 +1,13 @@
 """A step at the cost of the rows it touches (`Config.step` "sparse" or "deferred"): look-ups whose
-gradient is the looked-up rows only (`take`, `embedding_bag`), and an Adam that steps only the rows
+gradient is the looked-up rows only (`take`, `embedding`, `embedding_bag`), and an Adam that steps only the rows
 that have a gradient (`RowAdam`). A dense step pays for every parameter of a table to update the few
 rows a batch used: 11.8M parameters of a CDAE teacher on citeulike-t for a batch's 5,000 pairs.
 
 "sparse": a "lazy" Adam (TensorFlow Addons' LazyAdam, TorchRec's row-wise optimisers): a row without
 a gradient keeps its moments and does not move, other training than Adam's. "deferred": Adam's own
-steps, those of a row without a gradient deferred until it has one (or the epoch ends) and applied
-then in closed form (`RowAdam`, `tail_sums`): the dense step's numbers up to rounding and Adam's eps.
+steps, those of a row without a gradient deferred until the row is next read (or the epoch ends) and
+applied then in closed form (`RowAdam`, `tail_sums`, `fresh`): the dense step's numbers up to
+rounding and Adam's eps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ SPARSE_STEPS = ("sparse", "deferred")  # the steps whose look-ups give row gradi
 # sqrt(1 - beta2^t) still moves fast, so does the eps of each deferred step (after them, by at most
 # 1.3% over 50 steps, and a deferred row moves as Adam's to 1e-6 where its sqrt(v) is near eps)
 WARMUP = 1.0
+# deferred Adam steps a table of fewer elements whole (Adam's own steps): deferring costs a few dozen
+# small operations per table and step, more than a fused step over a small table (citeulike-t,
+# 2 threads: its CDAE student, 25.6k x 20 per table, 0.68 s an epoch deferred, 0.33 s whole; its
+# NeuMF teacher, 25.6k x 64, 2.7 s deferred, 3.0 s whole)
+DEFER_MIN = 1 << 20
 
 
 class _Take(torch.autograd.Function):
@@ -122,17 +128,20 @@ class RowAdam:
 
     Lazy (default): only the rows in the gradient are stepped (moments m, v and values); the other
     rows' moments do not decay and they do not move, as if their gradient were absent rather than 0.
-    `deferred`: Adam's steps exactly, those of a row without gradient deferred. A row's last step a is
-    kept; when the row is next read (`fresh`, by the look-ups, before the forward pass), its steps
-    a+1..now are applied in closed form: m <- beta1^k m, v <- beta2^k v (k = b-1-a), and the value moves by
-    -lr m_a / (sqrt(v_a) + eps') (F(a) - r^k F(b-1)) (`tail_sums`), eps' the steps' eps averaged:
-    torch's Adam up to rounding, and to first order in eps / sqrt(v) (a row whose sqrt(v) is
-    near eps moves a little differently). `flush` applies
-    every row's deferred steps: the loop calls it at each epoch's end, before anything reads the
+    `deferred`: Adam's steps exactly, those of a row without gradient deferred. Each row keeps the
+    step a it was last brought to; before the row is read (`fresh`, by every look-up, ahead of the
+    forward pass) its steps a+1..now are applied in closed form: m <- beta1^k m, v <- beta2^k v
+    (k = now - a), and the value moves by -lr m_a / (sqrt(v_a) + eps') (F(a) - r^k F(now))
+    (`tail_sums`), eps' the steps' eps averaged: torch's Adam up to rounding where sqrt(v) >> eps,
+    and to first order in eps / sqrt(v) (a row whose sqrt(v) is near eps moves a little
+    differently). The first `warmup_steps` steps are whole-table steps (`WARMUP`), and so are all
+    steps of a table under `DEFER_MIN` elements. `flush` applies
+    every row's deferred steps: the loop calls it at each epoch's end, before validation reads the
     weights. Needs weight_decay = 0 (with it, no row's gradient is 0).
 
     `masked`: the rows' update computed over the whole table and written under a mask, every shape
-    fixed (no wait of the host on a GPU to count the rows); the same numbers.
+    fixed (no wait of the host on a GPU to count the rows); the same numbers. Deferred and masked:
+    whole-table steps throughout (Adam's own).
 
     The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`, `flush`."""
 
@@ -289,7 +298,8 @@ class RowAdam:
         if self.deferred and "last" not in st:
             st["last"] = torch.zeros(len(p), dtype=torch.long, device=p.device)
             st["pending"] = False  # some row's last step is behind the parameter's
-        if self.masked or 2 * len(ids) >= len(p) or self.clock.get(p, 0) < self.warmup:
+        whole = self.deferred and (self.clock.get(p, 0) < self.warmup or p.numel() < DEFER_MIN)
+        if self.masked or 2 * len(ids) >= len(p) or whole:
             g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             if self.deferred:
                 self._settle(p)

@@ -751,6 +751,19 @@ def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
     assert analyses.device_agreement(tmp_path).empty  # one device: no CPU-GPU pair
 
 
+def test_a_profile_s_step_is_every_run_s_and_the_default_keeps_the_keys():
+    p = profiles.PROFILES["smoke"]
+    c = p.config("ml-100k", "cdae", 0, method="cd", size=20)
+    assert c.canonical().step == "dense"
+    assert (
+        c.key()
+        == dataclasses.replace(c, step=None).key()
+        == dataclasses.replace(c, step="dense").key()
+    )
+    d = dataclasses.replace(p, step="deferred").config("ml-100k", "cdae", 0, method="cd", size=20)
+    assert d.canonical().step == d.teacher().step == "deferred" and d.key() != c.key()
+
+
 def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_path):
     """Records that differ only in `step` (dense ones recorded before the field existed, and students
     whose teacher seed is their own) are paired per configuration; CD guides stay apart."""

@@ -232,10 +232,11 @@ def test_tail_sums_are_the_sums_they_name():
 @pytest.mark.parametrize("scale", [1.0, 1e-7])
 @pytest.mark.parametrize("n_ids", [3, 40])
 @pytest.mark.parametrize("masked", [False, True])
-def test_deferred_row_adam_is_adam(scale, n_ids, masked):
+def test_deferred_row_adam_is_adam(scale, n_ids, masked, monkeypatch):
     """Deferred RowAdam gives torch's Adam: after its whole-table warm-up, on rows touched every ~20
     steps, in float64, to 1e-9 where sqrt(v) >> eps, and to 1e-6 of the distance moved where the
     gradients (1e-7) put sqrt(v) near eps; the moments too, once flushed."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (a table this small is otherwise stepped whole)
     gen = torch.Generator().manual_seed(n_ids)
     p0 = torch.randn(60, 3, generator=gen, dtype=torch.float64)
     p, q = p0.clone().requires_grad_(), p0.clone().requires_grad_()
@@ -271,11 +272,15 @@ def test_deferred_needs_no_weight_decay():
 
 
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
-def test_the_deferred_step_trains_as_the_dense_one(backbone):
+def test_the_deferred_step_trains_as_the_dense_one(backbone, monkeypatch):
     """The same configuration trained with the dense and the deferred step, steps of 4 users so that
     rows are deferred after the warm-up's 1,000 steps: the same validation curve and weights to
     float rounding (the sparse CDAE's gradients sum in another order), where the lazy step trains
     otherwise."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
+    deferred = []
+    catch_up = sparse.RowAdam._catch_up
+    monkeypatch.setattr(sparse.RowAdam, "_catch_up", lambda *a: deferred.append(1) or catch_up(*a))
     ds = train.dataset_for(Config(**TINY).canonical())
     out = {}
     for step in ("dense", "deferred", "sparse"):
@@ -295,16 +300,18 @@ def test_the_deferred_step_trains_as_the_dense_one(backbone):
             sd["encoder.weight"] = sd.pop("encoder_items").T
             sd["encoder.bias"] = sd.pop("encoder_bias")
         weights[s] = sd
+    assert len(deferred) > 100
     assert curve["deferred"] == pytest.approx(curve["dense"], abs=1e-4)
     for n, w in weights["dense"].items():
         torch.testing.assert_close(weights["deferred"][n], w, rtol=0, atol=1e-4)
     assert max((weights["sparse"][n] - w).abs().max() for n, w in weights["dense"].items()) > 1e-3
 
 
-def test_deferred_look_ups_read_each_row_as_adam_left_it():
+def test_deferred_look_ups_read_each_row_as_adam_left_it(monkeypatch):
     """A table trained through look-ups (`sparse.embedding`, `sparse.take`) with deferred RowAdam,
     past its warm-up, against torch's Adam on dense look-ups of the same table (float64): steps that
     read the table twice (overlapping rows), and steps that do not read it at all, included."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (a table this small is otherwise stepped whole)
     gen = torch.Generator().manual_seed(0)
     p0 = torch.randn(50, 4, generator=gen, dtype=torch.float64)
     p, q = p0.clone().requires_grad_(), p0.clone().requires_grad_()
@@ -329,3 +336,20 @@ def test_deferred_look_ups_read_each_row_as_adam_left_it():
     opt.flush()
     assert (q - p0).abs().max() > 0.1
     torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9)
+
+
+def test_a_small_table_is_stepped_whole_by_deferred_adam():
+    """Under DEFER_MIN elements a table takes Adam's whole-table step, so nothing is deferred: a row
+    touched once moves on by its momentum at the steps after, as in torch's Adam."""
+    p, q = (torch.zeros(100, 4, requires_grad=True) for _ in "pq")
+    opt, ref = sparse.RowAdam([p], lr=0.1, deferred=True), torch.optim.Adam([q], lr=0.1)
+    opt.warmup = 0
+    for ids in ([1, 2], [3], [3]):
+        g = torch.sparse_coo_tensor(
+            torch.tensor([ids]), torch.ones(len(ids), 4), p.shape, check_invariants=False
+        )
+        p.grad, q.grad = g, g.to_dense()
+        opt.step()
+        ref.step()
+    assert p.numel() < sparse.DEFER_MIN and not opt.state[p]["pending"]
+    torch.testing.assert_close(p.detach(), q.detach())  # before any flush

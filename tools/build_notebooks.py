@@ -448,15 +448,20 @@ with both steps show whether that changes the results."""),
 print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")""",
             "nbval-check-output",
         ),
-        md("""## The sparse step against the dense one (one device; test NDCG@10, paired over seeds)
-The sparse step (`train.Config.step = "sparse"`) computes the same losses at the cost of the step's
-pairs, and updates only the rows of the embedding tables that the step touched (a lazy Adam: the
-other rows' moments do not decay). That is other training, so it becomes the default only if, for
-every main-table configuration of ml-100k and ml-1m, its mean test NDCG@10 lies within one standard
-deviation (over seeds) of the dense step's (`analyses.step_agreement`, column `within 1 sd`)."""),
+        md("""## The sparse steps against the dense one (one device; test NDCG@10, paired over seeds)
+The sparse steps (`train.Config.step`) compute the same losses at the cost of the step's pairs and
+update only the rows of the embedding tables that the step read. `"sparse"` does it with a lazy Adam
+(the other rows' moments do not decay, they do not move): other training. `"deferred"` defers the
+other rows' Adam steps and applies them in closed form before the row is next read: Adam's own
+training, the dense step's numbers up to rounding (`tests/test_sparse.py`). A sparse step becomes
+the default only if, for every main-table configuration of ml-100k and ml-1m, its mean test NDCG@10
+lies within one standard deviation (over seeds) of the dense step's (`analyses.step_agreement`,
+column `within 1 sd`)."""),
         code(
-            """sparse_steps = analyses.step_agreement(results_dir)
-print(sparse_steps.round(4).to_string(index=False) if not sparse_steps.empty else "no configuration is recorded with both steps yet")""",
+            """for step in ("sparse", "deferred"):
+    agree_step = analyses.step_agreement(results_dir, step=step)
+    print(f"step={step!r}")
+    print(agree_step.round(4).to_string(index=False) if not agree_step.empty else "no configuration is recorded with both steps yet", end="\n\n")""",
             "nbval-check-output",
         ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
