@@ -26,11 +26,13 @@ SPARSE_STEPS = ("sparse", "deferred")  # the steps whose look-ups give row gradi
 # sqrt(1 - beta2^t) still moves fast, so does the eps of each deferred step (after them, by at most
 # 1.3% over 50 steps, and a deferred row moves as Adam's to 1e-6 where its sqrt(v) is near eps)
 WARMUP = 1.0
-# deferred Adam steps a table of fewer elements whole (Adam's own steps): deferring costs a few dozen
-# small operations per table and step, more than a fused step over a small table (citeulike-t,
-# 2 threads: its CDAE student, 25.6k x 20 per table, 0.68 s an epoch deferred, 0.33 s whole; its
-# NeuMF teacher, 25.6k x 64, 2.7 s deferred, 3.0 s whole)
-DEFER_MIN = 1 << 20
+# Which tables deferred Adam defers (`defers`); the others take Adam's whole-table step, its own
+# numbers. Deferring costs a few dozen small operations per table and step (0.45-0.6 ms, one thread)
+# plus ~1 us per row it reads; a fused step over the whole table ~0.15 ms + 1 ns an element. Timed
+# per step, one thread: 16 rows of 7,947 x 64 deferred 0.49 ms, whole 0.73; of 30,351 x 8 0.59 and
+# 0.43; 1,000 rows of 25,584 x 20 1.16 and 0.83; 4,000 rows of 25,584 x 200 10.3 and 19.0.
+DEFER_MIN = 1 << 20  # a table this large is deferred
+DEFER_SPARSE = 256  # one of at least DEFER_MIN / 4 elements whose step reads under 1/256 of it too
 
 
 class _Take(torch.autograd.Function):
@@ -115,6 +117,12 @@ def tail_sums(n: int, beta1: float, beta2: float, tol: float = 1e-18) -> np.ndar
     return out
 
 
+def defers(numel: int, read: int) -> bool:
+    """Whether deferred Adam defers a table of `numel` elements whose first step read `read` of them
+    (`DEFER_MIN`, `DEFER_SPARSE`)."""
+    return numel >= DEFER_MIN or (numel >= DEFER_MIN // 4 and read * DEFER_SPARSE <= numel)
+
+
 def warmup_steps(beta2: float = 0.999) -> int:
     """The deferred Adam's whole-table steps at the start of training (`WARMUP`)."""
     return math.ceil(WARMUP / (1 - beta2))
@@ -135,7 +143,7 @@ class RowAdam:
     (`tail_sums`), eps' the steps' eps averaged: torch's Adam up to rounding where sqrt(v) >> eps,
     and to first order in eps / sqrt(v) (a row whose sqrt(v) is near eps moves a little
     differently). The first `warmup_steps` steps are whole-table steps (`WARMUP`), and so are all
-    steps of a table under `DEFER_MIN` elements. `flush` applies
+    steps of a table too small to gain from deferring (`defers`). `flush` applies
     every row's deferred steps: the loop calls it at each epoch's end, before validation reads the
     weights. Needs weight_decay = 0 (with it, no row's gradient is 0).
 
@@ -298,7 +306,9 @@ class RowAdam:
         if self.deferred and "last" not in st:
             st["last"] = torch.zeros(len(p), dtype=torch.long, device=p.device)
             st["pending"] = False  # some row's last step is behind the parameter's
-        whole = self.deferred and (self.clock.get(p, 0) < self.warmup or p.numel() < DEFER_MIN)
+        if self.deferred and "defer" not in st:  # decided once, on the first step's rows
+            st["defer"] = defers(p.numel(), len(distinct(ids, len(p))[0]) * values.shape[1])
+        whole = self.deferred and (self.clock.get(p, 0) < self.warmup or not st["defer"])
         if self.masked or 2 * len(ids) >= len(p) or whole:
             g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             if self.deferred:
