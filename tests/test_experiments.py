@@ -875,3 +875,30 @@ def test_run_kind_names_the_benched_kind_of_each_grid_run():
         assert kind("cdae", 20, "cd", label) == "student, CD student-guided"
     for label, method in (("CD-T", "cd"), ("rank/teacher", "cd"), ("RD", "rd"), ("mu=5.0", "cd")):
         assert kind("cdae", 20, method, label) == "student, CD teacher-guided"
+
+
+def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path):
+    """The README's sparse-step section: the bench's four steps per kind of run with the process's
+    peak memory, and one agreement table per sparse step recorded beside the dense one."""
+    import json
+
+    from cdlib import readme
+
+    assert readme._sparse_step_section(tmp_path) == []
+    row = {"dataset": "a", "run": "CDAE teacher", "size": 200}
+    for i, name in enumerate(("dense", "sparse", "deferred", "deferred warm-up")):
+        row[f"{name} s/epoch"] = 8.0 / (i + 1)
+        if name != "dense":
+            row[f"dense / {name}, validation included"] = i + 1.0
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "steps_a_cpu.json").write_text(
+        json.dumps({"steps": [row], "peak_rss_gib": 1.5, "dataset": {"name": "a"}})
+    )
+    for seed, values in enumerate(((0.30, 0.29, 0.31), (0.32, 0.30, 0.33))):
+        for step, value in zip(("dense", "sparse", "deferred"), values):
+            cfg = {"method": "none", "seed": seed, **({"step": step} if step != "dense" else {})}
+            _cpu_record(tmp_path, f"{step}{seed}", cfg, value)
+    text = "\n".join(readme._sparse_step_section(tmp_path))
+    assert "| a | CDAE teacher | 200 | 8.0 | 4.0 | 2.667 | 2.0 | 2.0 | 3.0 | 4.0 | 1.5 |" in text
+    assert 'with step="sparse"' in text and 'with step="deferred"' in text
+    assert "| sparse - dense |" in text and "| deferred - dense |" in text
