@@ -461,7 +461,7 @@ column `within 1 sd`)."""),
             """for step in ("sparse", "deferred"):
     agree_step = analyses.step_agreement(results_dir, step=step)
     print(f"step={step!r}")
-    print(agree_step.round(4).to_string(index=False) if not agree_step.empty else "no configuration is recorded with both steps yet", end="\n\n")""",
+    print(agree_step.round(4).to_string(index=False) if not agree_step.empty else "no configuration is recorded with both steps yet", end="\\n\\n")""",
             "nbval-check-output",
         ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
