@@ -306,9 +306,9 @@ class RowAdam:
         if self.deferred and "last" not in st:
             st["last"] = torch.zeros(len(p), dtype=torch.long, device=p.device)
             st["pending"] = False  # some row's last step is behind the parameter's
-        if self.deferred and "defer" not in st:  # decided once, on the first step's rows
+        if self.deferred and not self.masked and "defer" not in st:  # once, on the first rows
             st["defer"] = defers(p.numel(), len(distinct(ids, len(p))[0]) * values.shape[1])
-        whole = self.deferred and (self.clock.get(p, 0) < self.warmup or not st["defer"])
+        whole = self.deferred and (self.clock.get(p, 0) < self.warmup or not st.get("defer"))
         if self.masked or 2 * len(ids) >= len(p) or whole:
             g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             if self.deferred:
