@@ -13,8 +13,10 @@ datasets), index (training pairs by user), models (CDAE, NeuMF), losses (CF, CD,
 (negatives, rank-aware CD sampling), metrics (HR, NDCG, MRR), methods (none, RD and CD as units of
 one interface), config (a run's configuration, how runs execute), loop (the training loop), train
 (the store of runs and weights), saved (models that recommend), analyses (protocol analyses),
-experiments (the notebooks' grids), costs (CPU hours), report (claims, README), plots (figures),
-bench (timings), distill (python -m cdlib.distill DATA), reproduce (the parallel papermill runner).
+agreement (configurations run two ways, paired over seeds), experiments (the notebooks' grids),
+costs (CPU hours), report (claims, README), plots (figures), bench (timings), stepbench (the dense
+step against the sparse ones), distill (python -m cdlib.distill DATA), reproduce (the parallel
+papermill runner).
 """
 
 import importlib

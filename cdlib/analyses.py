@@ -1,7 +1,7 @@
 """Protocol analyses that notebooks and tests call on recorded runs: how much choosing the epoch on
-test would add (`best_test_epoch`), whose seed an early collapse follows (`first_epochs`), whether
-a group trains as its runs alone (`group_agreement`), and whether two devices or two kinds of step
-give the same results over seeds (`device_agreement`, `shapes_agreement`)."""
+test would add (`best_test_epoch`), whose seed an early collapse follows (`first_epochs`), and
+whether a group trains as its runs alone (`group_agreement`). The paired tables of configurations
+run two ways (devices, shapes, steps) are in `agreement`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import metrics, models, runs
-from .config import TEACHER_SIZE, Config, Execution, dataset_for, keyed_fields, recorded
+from .config import TEACHER_SIZE, Config, Execution, dataset_for, recorded
 from .loop import check_group, fit, fit_group
 from .train import differences, load_teacher, run
 
@@ -220,126 +220,6 @@ def group_agreement(configs, results=None, progress: bool = True) -> dict:
         json.dumps(result, indent=1, default=float),
     )
     return result
-
-
-def device_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
-    """CPU against GPU: every configuration recorded on both kinds of device (records whose configurations
-    differ only in `device` and in `shapes`, each device's default step), per dataset, backbone, size and
-    method the mean test `metric` (sampled) of each device over the seeds recorded on both, the paired
-    difference (GPU - CPU) with its standard deviation over seeds and a paired t-test, and the GPU's name.
-    Empty while no configuration has records from both."""
-    return _paired(
-        results,
-        metric,
-        lambda r: runs.device_kind(r["provenance"]["device"]),
-        ("device", "shapes"),
-        {"cpu": "CPU", "cuda": "GPU"},
-        device_column="gpu",
-    )
-
-
-def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
-    """The dynamic step against the static one (`Config.shapes`: other random draws from the same
-    distributions) on one device: every configuration recorded with both, as `device_agreement`."""
-    return _paired(
-        results,
-        metric,
-        lambda r: recorded(r["config"], "shapes"),
-        ("shapes",),
-        {"dynamic": "dynamic", "static": "static"},
-    )
-
-
-def step_agreement(results=None, metric: str = "NDCG@10", step: str = "sparse") -> pd.DataFrame:
-    """A sparse step (`Config.step`: "sparse", a lazy Adam, other training; "deferred", Adam's own
-    training) against the dense one on one device: every configuration recorded with both, as
-    `device_agreement`, and whether `step`'s mean is within one standard deviation (over the paired
-    seeds) of the dense step's: the criterion of the agreement study that decides the default step
-    (NaN: fewer than 2 seeds)."""
-    out = _paired(
-        results,
-        metric,
-        lambda r: recorded(r["config"], "step"),
-        ("step",),
-        {"dense": "dense", step: step},
-    )
-    if not out.empty:  # (undecided, NaN, for a configuration with fewer than 2 seeds)
-        sd = out[f"sd dense {metric}"]
-        out["within 1 sd"] = (out[f"{step} - dense"].abs() <= sd).astype(object).where(sd.notna())
-    return out
-
-
-def _less_seed(c: dict, drop: tuple = ()) -> str:
-    """The key of a configuration over its seeds: without its seed, and without its teacher's seed
-    where that is its own (a seed is a whole replicate), nor the fields `drop`."""
-    own = c.get("teacher_seed") == c["seed"]
-    return runs.config_key(
-        {
-            k: v
-            for k, v in c.items()
-            if k not in (*drop, "seed") and not (own and k == "teacher_seed")
-        }
-    )
-
-
-def _paired(
-    results, metric: str, side, drop: tuple, names: dict, device_column: str | None = None
-) -> pd.DataFrame:
-    """Records grouped by their configuration less the fields `drop`, each named by side(record); for
-    the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
-    configuration (its dataset, backbone, size, method and CD guide shown): the seeds, B's device (as
-    `device_column`, if given), the mean test `metric` (sampled) of each side, A's standard deviation
-    over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p)."""
-    from scipy import stats
-
-    (a, label_a), (b, label_b) = names.items()
-    pairs: dict = {}
-    for r in runs.all_records(results):
-        c = {k: v for k, v in keyed_fields(r["config"]).items() if k not in drop}
-        pairs.setdefault(runs.config_key(c), {})[side(r)] = r
-    rows = []
-    for both in pairs.values():
-        if {a, b} <= set(both):
-            c = both[a]["config"]
-            rows.append(
-                {
-                    "dataset": c["dataset"],
-                    "backbone": c["backbone"],
-                    "size": c["size"],
-                    "method": c["method"],
-                    "guide": c.get("guide") or "",
-                    "seed": c["seed"],
-                    "config": _less_seed(c, drop),
-                    "a": both[a]["test_sampled"][metric],
-                    "b": both[b]["test_sampled"][metric],
-                    "b_device": both[b]["provenance"]["device"],
-                }
-            )
-    if not rows:
-        return pd.DataFrame()
-    out = []
-    described = ["dataset", "backbone", "size", "method", "guide"]
-    for _, g in pd.DataFrame(rows).groupby("config", sort=False):  # a configuration, its seeds
-        d = g.b - g.a
-        p = stats.ttest_rel(g.b, g.a).pvalue if len(g) > 1 and d.std() > 0 else np.nan
-        out.append(
-            dict(
-                g[described].iloc[0],
-                seeds=len(g),
-                **({device_column: g.b_device.iloc[0]} if device_column else {}),
-                **{
-                    f"{label_a} {metric}": g.a.mean(),
-                    f"sd {label_a} {metric}": g.a.std(ddof=1) if len(g) > 1 else np.nan,
-                    f"{label_b} {metric}": g.b.mean(),
-                    f"{label_b} - {label_a}": d.mean(),
-                    "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan,
-                    "p (paired t)": p,
-                },
-            )
-        )
-    return pd.DataFrame(out).sort_values(  # teachers before their students, per cell
-        described, ascending=[True, True, False, True, True], ignore_index=True
-    )
 
 
 NCF_NEUMF_HR10 = (

@@ -158,7 +158,7 @@ def compute(results=None) -> pd.DataFrame:
 
 
 def step_kinds(backbone: str) -> dict:
-    """The kinds of run `bench.step_table` times, {name: Config fields}: the teacher, the plain
+    """The kinds of run `stepbench.step_table` times, {name: Config fields}: the teacher, the plain
     student, and the CD student teacher-guided and student-guided (whose every epoch refreshes the
     student's ranking of all items, a cost the step does not change)."""
     s = STUDENT[backbone]

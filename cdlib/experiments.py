@@ -176,7 +176,7 @@ STEP_AGREEMENT = ("Teacher", "Student", "RD", "CD-T", "CD-S")
 def step_agreement_grid(p: Profile, results=None, steps=("sparse", "deferred")) -> dict:
     """The main table's configurations (`STEP_AGREEMENT`, each at the settings tuned with the dense
     step) with the dense step and with each of `steps` (labels "<method> <step>"), same seeds: which
-    `analyses.step_agreement` pairs."""
+    `agreement.step_agreement` pairs."""
     grid = main_grid(p, results)
     out = {label: grid[label] for label in STEP_AGREEMENT}
     for step in steps:

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from . import plots, report, runs
-from .analyses import protocol_gap, shapes_agreement, step_agreement, teacher_variants
+from .agreement import shapes_agreement, step_agreement
+from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, violations
-from .bench import STEP_COLUMNS
 from .costs import compute, device_estimate, step_estimate
 from .runs import read_table
+from .stepbench import STEP_COLUMNS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -253,7 +254,7 @@ def readme_section(results=None) -> str:
             "",
             "Configurations trained with both steps on one device (`Config.shapes`: the static step, "
             "the default on a GPU, draws other numbers from the same distributions); test NDCG@10 (sampled), "
-            "paired over seeds (`analyses.shapes_agreement`, notebook 09).",
+            "paired over seeds (`agreement.shapes_agreement`, notebook 09).",
             "",
             _md(steps.round(4).replace(-0.0, 0.0)),
             "",
@@ -285,8 +286,8 @@ def readme_section(results=None) -> str:
     return "\n".join(parts)
 
 
-# the bench's columns the README shows (`bench.step_table`): seconds per epoch of each step, and the
-# ratios of whole epochs (validation included)
+# the bench's columns the README shows (`stepbench.step_table`): seconds per epoch of each step,
+# and the ratios of whole epochs (validation included)
 _BENCHED = [name for name, _, _ in STEP_COLUMNS]
 STEP_BENCH_COLUMNS = [
     "dataset",
@@ -300,7 +301,7 @@ STEP_BENCH_COLUMNS = [
 def _sparse_step_section(results=None) -> list[str]:
     """The sparse steps (`Config.step`): their timings beside the dense step's (`bench --steps`),
     the grid's cost with them (`costs.step_estimate`), and the agreement study
-    (`analyses.step_agreement`)."""
+    (`agreement.step_agreement`)."""
     paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
     records = [json.loads(p.read_text()) for p in paths_]
     agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
@@ -353,7 +354,7 @@ def _sparse_step_section(results=None) -> list[str]:
         parts += [
             f'Main-table configurations trained with the dense step and with step="{step}" (settings '
             "tuned with the dense one); test NDCG@10 (sampled), paired over seeds "
-            "(`analyses.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
+            "(`agreement.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
             "within one standard deviation (over the paired seeds) of the dense step's, the "
             "criterion for making it the default (empty: fewer than 2 seeds).",
             "",

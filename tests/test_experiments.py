@@ -676,81 +676,6 @@ def test_notebook_defaults_match_the_committed_notebooks_parameters():
         ex.notebook_grid("05_guidance", profiles.profile("smoke"))
 
 
-def test_device_agreement_pairs_records_that_differ_only_in_device(tmp_path):
-    from cdlib import runs
-
-    assert analyses.device_agreement(tmp_path).empty
-    for seed, cpu, gpu in ((0, 0.30, 0.32), (1, 0.34, 0.35), (2, 0.31, None)):
-        for device, value, name in (
-            ("cpu", cpu, "cpu: x, 1 threads"),
-            ("cuda", gpu, "NVIDIA H200"),
-        ):
-            if value is None:
-                continue
-            cfg = {
-                "dataset": "a",
-                "backbone": "cdae",
-                "size": 20,
-                "method": "cd",
-                "seed": seed,
-                "device": device,
-                **({"shapes": "static"} if device == "cuda" else {}),
-            }  # each device's default step
-            runs.write_record(
-                {
-                    "key": f"{device}{seed}",
-                    "config": cfg,
-                    "test_sampled": {"NDCG@10": value},
-                    "provenance": {"device": name},
-                },
-                tmp_path,
-            )
-    t = analyses.device_agreement(tmp_path)
-    assert (
-        len(t) == 1 and t.seeds.iloc[0] == 2 and t.gpu.iloc[0] == "NVIDIA H200"
-    )  # seed 2 has no GPU twin
-    assert np.isclose(t["GPU - CPU"].iloc[0], (0.02 + 0.01) / 2)
-    assert np.isclose(t["CPU NDCG@10"].iloc[0], 0.32) and np.isclose(
-        t["GPU NDCG@10"].iloc[0], 0.335
-    )
-
-
-def _cpu_record(results, key: str, config: dict, ndcg: float) -> None:
-    """A record of a CPU run with its test NDCG@10 (sampled), what the agreement tables read."""
-    from cdlib import runs
-
-    runs.write_record(
-        {
-            "key": key,
-            "config": {"dataset": "a", "backbone": "cdae", "size": 20, "device": "cpu", **config},
-            "test_sampled": {"NDCG@10": ndcg},
-            "provenance": {"device": "cpu: x, 1 threads"},
-        },
-        results,
-    )
-
-
-def test_shapes_agreement_pairs_records_that_differ_only_in_the_step(tmp_path):
-    assert analyses.shapes_agreement(tmp_path).empty
-    for seed, dynamic, static in ((0, 0.30, 0.29), (1, 0.34, 0.36), (2, None, 0.31)):
-        for shapes, value in (("dynamic", dynamic), ("static", static)):
-            if value is None:
-                continue
-            cfg = {  # dynamic records predate the field
-                "method": "cd",
-                "seed": seed,
-                **({"shapes": "static"} if shapes == "static" else {}),
-            }
-            _cpu_record(tmp_path, f"{shapes}{seed}", cfg, value)
-    t = analyses.shapes_agreement(tmp_path)
-    assert len(t) == 1 and t.seeds.iloc[0] == 2  # seed 2 has no dynamic twin
-    assert np.isclose(t["static - dynamic"].iloc[0], (-0.01 + 0.02) / 2)
-    assert np.isclose(t["dynamic NDCG@10"].iloc[0], 0.32) and np.isclose(
-        t["static NDCG@10"].iloc[0], 0.325
-    )
-    assert analyses.device_agreement(tmp_path).empty  # one device: no CPU-GPU pair
-
-
 def test_a_profile_s_step_is_every_run_s_and_the_default_keeps_the_keys():
     p = profiles.PROFILES["smoke"]
     c = p.config("ml-100k", "cdae", 0, method="cd", size=20)
@@ -762,35 +687,6 @@ def test_a_profile_s_step_is_every_run_s_and_the_default_keeps_the_keys():
     )
     d = dataclasses.replace(p, step="deferred").config("ml-100k", "cdae", 0, method="cd", size=20)
     assert d.canonical().step == d.teacher().step == "deferred" and d.key() != c.key()
-
-
-def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_path):
-    """Records that differ only in `step` (dense ones recorded before the field existed, and students
-    whose teacher seed is their own) are paired per configuration; CD guides stay apart."""
-    assert analyses.step_agreement(tmp_path).empty
-    values = {  # guide: seed -> (dense, sparse)
-        "teacher": {0: (0.30, 0.31), 1: (0.34, 0.33), 2: (0.32, 0.32)},
-        "student": {0: (0.30, 0.20), 1: (0.31, 0.21), 2: (0.29, 0.19)},
-        "hybrid": {0: (0.30, 0.30)},  # one seed: no standard deviation, no decision
-    }
-    for guide, by_seed in values.items():
-        for seed, pair in by_seed.items():
-            for step, value in zip(("dense", "sparse"), pair):
-                cfg = {
-                    "method": "cd",
-                    "guide": guide,
-                    "seed": seed,
-                    "teacher_seed": seed,
-                    **({"step": "sparse", "shapes": "dynamic"} if step == "sparse" else {}),
-                }
-                _cpu_record(tmp_path, f"{guide}{step}{seed}", cfg, value)
-    t = analyses.step_agreement(tmp_path).set_index("guide")
-    assert t.seeds.to_dict() == {"teacher": 3, "student": 3, "hybrid": 1}
-    assert pd.isna(t.loc["hybrid", "within 1 sd"])
-    assert np.isclose(t.loc["teacher", "sparse - dense"], 0.0)
-    assert np.isclose(t.loc["student", "sparse - dense"], -0.10)
-    assert np.isclose(t.loc["teacher", "sd dense NDCG@10"], 0.02)
-    assert t.loc["teacher", "within 1 sd"] is True and t.loc["student", "within 1 sd"] is False
 
 
 def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
@@ -877,7 +773,7 @@ def test_run_kind_names_the_benched_kind_of_each_grid_run():
         assert kind("cdae", 20, method, label) == "student, CD teacher-guided"
 
 
-def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path):
+def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record):
     """The README's sparse-step section: the bench's four steps per kind of run with the process's
     peak memory, and one agreement table per sparse step recorded beside the dense one."""
     import json
@@ -897,7 +793,7 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path):
     for seed, values in enumerate(((0.30, 0.29, 0.31), (0.32, 0.30, 0.33))):
         for step, value in zip(("dense", "sparse", "deferred"), values):
             cfg = {"method": "none", "seed": seed, **({"step": step} if step != "dense" else {})}
-            _cpu_record(tmp_path, f"{step}{seed}", cfg, value)
+            cpu_record(tmp_path, f"{step}{seed}", cfg, value)
     text = "\n".join(readme._sparse_step_section(tmp_path))
     assert "| a | CDAE teacher | 200 | 8.0 | 4.0 | 2.667 | 2.0 | 2.0 | 3.0 | 4.0 | 1.5 |" in text
     assert 'with step="sparse"' in text and 'with step="deferred"' in text

@@ -444,7 +444,8 @@ The GPU trains with static shapes (`train.Config.shapes`): inverse-transform neg
 batches, the same distributions as the CPU's dynamic step with other draws. Configurations recorded
 with both steps show whether that changes the results."""),
         code(
-            """steps = analyses.shapes_agreement(results_dir)
+            """from cdlib import agreement
+steps = agreement.shapes_agreement(results_dir)
 print(steps.round(4).to_string(index=False) if not steps.empty else "no configuration is recorded with both steps yet")""",
             "nbval-check-output",
         ),
@@ -455,18 +456,18 @@ update only the rows of the embedding tables that the step read. `"sparse"` does
 other rows' Adam steps and applies them in closed form before the row is next read: Adam's own
 training, the dense step's numbers up to rounding (`tests/test_sparse.py`). A sparse step becomes
 the default only if, for every main-table configuration of ml-100k and ml-1m, its mean test NDCG@10
-lies within one standard deviation (over seeds) of the dense step's (`analyses.step_agreement`,
+lies within one standard deviation (over seeds) of the dense step's (`agreement.step_agreement`,
 column `within 1 sd`)."""),
         code(
             """for step in ("sparse", "deferred"):
-    agree_step = analyses.step_agreement(results_dir, step=step)
+    agree_step = agreement.step_agreement(results_dir, step=step)
     print(f"step={step!r}")
     print(agree_step.round(4).to_string(index=False) if not agree_step.empty else "no configuration is recorded with both steps yet", end="\\n\\n")""",
             "nbval-check-output",
         ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
         code(
-            """agree = analyses.device_agreement(results_dir)
+            """agree = agreement.device_agreement(results_dir)
 print(agree.round(4).to_string(index=False) if not agree.empty else "no configuration is recorded on both a CPU and a GPU yet")""",
             "nbval-check-output",
         ),
