@@ -42,7 +42,7 @@ def keyed_fields(config: dict) -> dict:
     return {k: v for k, v in config.items() if not (k in ABSENT_MEANS and v == ABSENT_MEANS[k])}
 
 
-VALID_NEGATIVES = ("own", "test")
+VALID_NEGATIVES = ("own", "disjoint", "test")
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class RunFields:
     # data
     data_seed: int = 0  # split and sampled negatives
     subset_users: int | None = None  # a seeded subset of users (smoke runs)
-    valid_negatives: str = (
-        "own"  # own: validation has its own 99 negatives | test: the test's (old protocol)
-    )
+    # the validation's 99 negatives: own (its own draw) | disjoint (its own, none among the test's;
+    # issue 23) | test (the test's, the first protocol)
+    valid_negatives: str = "own"
     # optimisation [decision]; a run ends by early stopping, not by its cap (METHOD.md "A fair comparison")
     epochs: int = 1000  # the cap
     patience: int = 30  # epochs without a better validation NDCG@10 before stopping

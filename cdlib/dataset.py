@@ -33,6 +33,9 @@ class Dataset:
     meta:       name, source, sha256 of every file read, counts before/after filtering.
     valid_negatives: [users x 99] the validation's own draw of never-interacted items (so that early
                 stopping never sees the test candidates; METHOD.md "Evaluation protocol").
+    valid_disjoint: [users x 99] a draw of never-interacted items that are not among the user's test
+                negatives either (valid_negatives="disjoint"); None where some user cannot spare 2 x 99
+                (`meta["valid_disjoint"]` says who).
     """
 
     name: str
@@ -44,6 +47,7 @@ class Dataset:
     item_ids: np.ndarray
     meta: dict = field(default_factory=dict)
     valid_negatives: np.ndarray | None = None
+    valid_disjoint: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -68,6 +72,7 @@ class Dataset:
             self.item_ids,
             meta,
             None if self.valid_negatives is None else self.valid_negatives[keep],
+            None if self.valid_disjoint is None else self.valid_disjoint[keep],
         )
 
     def with_valid_in_train(self) -> Dataset:
@@ -85,7 +90,26 @@ class Dataset:
             self.item_ids,
             meta,
             self.valid_negatives,
+            self.valid_disjoint,
         )
+
+    def validation_negatives(self, kind: str = "own") -> np.ndarray:
+        """The validation's 99 candidates besides its item: "own" (its own draw of never-interacted
+        items), "disjoint" (its own draw, none of them among the test's negatives) or "test" (the
+        test's, the protocol before validation had its own draw)."""
+        negs = {
+            "own": self.valid_negatives,
+            "disjoint": self.valid_disjoint,
+            "test": self.negatives,
+        }
+        if kind not in negs:
+            raise ValueError(f"valid_negatives must be one of {list(negs)}, got {kind!r}")
+        if negs[kind] is None:  # why not, as `leave_one_out` recorded it
+            why = self.meta.get("valid_disjoint") if kind == "disjoint" else None
+            raise DataError(
+                why or f"{self.name}: no {kind} validation negatives (an older Dataset)"
+            )
+        return negs[kind]
 
     def __repr__(self) -> str:
         return (
@@ -142,6 +166,28 @@ def _sample_negatives(
         keys[block.nonzero()] = 2.0
         out[s : s + chunk] = np.sort(np.argpartition(keys, k, axis=1)[:, :k], axis=1)
     return out
+
+
+def _disjoint_negatives(seen: sp.csr_matrix, neg: np.ndarray, seed: int, where: str, user_ids):
+    """The validation's candidates disjoint from the test's (issue 23; METHOD.md: validation never
+    sees the test's candidates): 99 items per user that are neither interacted with nor among the
+    user's test negatives, seed [seed, 98]. Returns (draw, how it was made), or (None, why not) when a
+    user cannot spare 2 x 99 distinct negatives."""
+    taken = with_items(seen, *neg.T)
+    free = taken.shape[1] - np.diff(taken.indptr)
+    if free.min() < N_NEGATIVES:
+        u = int(free.argmin())
+        who = user_ids[u].item() if hasattr(user_ids[u], "item") else user_ids[u]
+        return None, (
+            f"{where or 'dataset'}: too small for validation negatives disjoint from the test's: "
+            f"user {who!r} has {free[u] + N_NEGATIVES} never-interacted items, and needs "
+            f"{2 * N_NEGATIVES} (99 for the test, 99 others for validation)"
+        )
+    draw = _sample_negatives(taken, N_NEGATIVES, [seed, 98], where=where, user_ids=user_ids)
+    return draw, (
+        f"sampled uniformly from the never-interacted items not among the test's negatives, "
+        f"seed [{seed}, 98]"
+    )
 
 
 def _repair_negatives(neg: np.ndarray, seen: sp.csr_matrix, seed: int) -> int:
@@ -278,6 +324,7 @@ def leave_one_out(
     # its own beside the test negatives, whichever way those were obtained
     valid_neg = _sample_negatives(seen, N_NEGATIVES, [seed, 99], where=where, user_ids=names)
     meta["valid_negatives"] = f"sampled uniformly from never-interacted items, seed [{seed}, 99]"
+    valid_disjoint, meta["valid_disjoint"] = _disjoint_negatives(seen, neg, seed, where, names)
     n_all = int(seen.nnz)
     meta["after"] = {
         "users": U,
@@ -286,4 +333,6 @@ def leave_one_out(
         "train_interactions": int(tr.nnz),
         "density": n_all / (U * I),
     }
-    return Dataset(name, tr, valid_item, test_item, neg, user_ids, item_ids, meta, valid_neg)
+    return Dataset(
+        name, tr, valid_item, test_item, neg, user_ids, item_ids, meta, valid_neg, valid_disjoint
+    )

@@ -4,7 +4,7 @@ One held-out item per user. HR@N = 1 if its rank <= N; NDCG@N = 1/log2(rank + 1)
 MRR = 1/rank. Ties are broken against the held-out item: rank = 1 + #{candidates scoring >= it}
 (pessimistic), so a model that scores everything alike gets no credit.
   sampled: the held-out item against its user's 99 sampled negatives (validation: its own draw,
-           `Dataset.valid_negatives`, unless valid_negatives="test" asks for the test candidates);
+           `Dataset.validation_negatives`: "own", "disjoint" from the test's, or "test");
   full:    against every item not in the user's training set nor the other held-out item.
 A non-finite score raises FloatingPointError naming the model and the split.
 """
@@ -101,24 +101,21 @@ def evaluate(
     valid_negatives: str = "own",
 ) -> dict:
     """HR@{5,10,20}, NDCG@{5,10,20} and MRR of `model` on the validation or test item.
-    valid_negatives: "own" (the validation's own sampled candidates) or "test" (the test's, the
-    protocol before validation had its own draw)."""
+    valid_negatives: "own" (the validation's own sampled candidates), "disjoint" (its own, none among
+    the test's) or "test" (the test's, the protocol before validation had its own draw):
+    `Dataset.validation_negatives`."""
     if split not in ("valid", "test") or protocol not in ("sampled", "full"):
         raise ValueError(
             f"split must be valid/test and protocol sampled/full, got {split}/{protocol}"
         )
-    if valid_negatives not in ("own", "test"):
-        raise ValueError(f"valid_negatives must be own or test, got {valid_negatives!r}")
+    if valid_negatives not in ("own", "disjoint", "test"):
+        raise ValueError(f"valid_negatives must be own, disjoint or test, got {valid_negatives!r}")
     dev = model.device
     target = torch.from_numpy(ds.valid_item if split == "valid" else ds.test_item).to(dev)
     other = torch.from_numpy(ds.test_item if split == "valid" else ds.valid_item).to(dev)
     users = torch.arange(ds.n_users, device=dev) if users is None else users.to(dev)
     if protocol == "sampled":
-        negs = ds.valid_negatives if split == "valid" and valid_negatives == "own" else ds.negatives
-        if negs is None:
-            raise ValueError(
-                f"{ds.name}: no validation negatives (a Dataset built before they existed)"
-            )
+        negs = ds.validation_negatives(valid_negatives) if split == "valid" else ds.negatives
         cand = torch.cat([target[:, None], torch.from_numpy(negs).to(dev)], 1)
     else:
         positives = positives or UserItems(ds.train, dev)

@@ -273,6 +273,43 @@ def test_valid_negatives_never_hold_the_test_item(all_datasets):
         assert (s[:, 1:] != s[:, :-1]).all(), ds.name
 
 
+def test_disjoint_valid_negatives_share_nothing_with_the_test_candidates(all_datasets):
+    """valid_negatives="disjoint" (issue 23): never interacted, never the test's negatives, distinct;
+    a draw of its own (the "own" draw shares 6.3 items per user with the test's on ml-100k)."""
+    for ds in all_datasets.values():
+        v = ds.validation_negatives("disjoint")
+        assert v.shape == ds.negatives.shape, ds.name
+        both = np.concatenate([v, ds.negatives], 1)
+        s = np.sort(both, 1)
+        assert (s[:, 1:] != s[:, :-1]).all(), ds.name  # none shared, none repeated
+        held = np.stack([ds.valid_item, ds.test_item], 1)
+        assert not (v[:, :, None] == held[:, None, :]).any(), ds.name
+        rows = np.repeat(np.arange(ds.n_users), v.shape[1])
+        assert ds.train[rows, v.ravel()].sum() == 0, ds.name
+    own, ml = all_datasets["ml-100k"].valid_negatives, all_datasets["ml-100k"]
+    shared = (own[:, :, None] == ml.negatives[:, None, :]).any(2).sum(1).mean()
+    assert shared > 5  # what the disjoint draw removes: the own draw overlaps the test's by chance
+    sub = ml.subset(50, seed=3)  # a subset keeps each kept user's draw
+    row = {u: i for i, u in enumerate(ml.user_ids)}
+    keep = [row[u] for u in sub.user_ids]
+    assert (sub.valid_disjoint == ml.valid_disjoint[keep]).all()
+
+
+def test_a_dataset_that_cannot_spare_two_draws_refuses_disjoint_validation_only(tmp_path):
+    # 150 items, 8 each: room for the test's 99 (141 free) but not for 2 x 99
+    p = tmp_path / "narrow.csv"
+    _table(n_users=40, n_items=150, per_user=8).to_csv(p, index=False)
+    ds = data.load(str(p))
+    assert ds.valid_disjoint is None and ds.validation_negatives("own").shape == (40, 99)
+    msg = r"narrow.csv: too small for validation "
+    msg += r"negatives disjoint from the test's: user 'u\d+' has \d+ never-interacted items, and "
+    msg += r"needs 198"
+    with pytest.raises(data.DataError, match=msg):
+        ds.validation_negatives("disjoint")
+    with pytest.raises(ValueError, match="valid_negatives must be one of"):
+        ds.validation_negatives("mine")
+
+
 @pytest.mark.parametrize(
     "name,content,pattern",
     [

@@ -92,6 +92,24 @@ def test_record_is_reused_and_complete(results, monkeypatch):
         )
 
 
+def test_a_run_validated_on_disjoint_negatives_stops_on_them_and_is_tested_as_before(results):
+    """valid_negatives="disjoint" (issue 23): a key of its own; validation (early stopping) scores the
+    disjoint draw, and the test's candidates and metrics are those of any other run."""
+    own = train.Config(backbone="cdae", size=8, **TINY)
+    dis = dataclasses.replace(own, valid_negatives="disjoint")
+    assert dis.key() != own.key() and dis.teacher().valid_negatives == "disjoint"
+    a, b = (train.run(c, results, progress=False) for c in (own, dis))
+    assert a["curve"][0]["loss"] == b["curve"][0]["loss"]  # the same training
+    assert a["valid_sampled"] != b["valid_sampled"]  # validated on other candidates
+    c = dis.canonical()
+    ds = config.dataset_for(c)
+    m = train.load_weights(c, ds)
+    assert metrics.evaluate(m, ds, "valid", "sampled", valid_negatives="disjoint") == pytest.approx(
+        b["valid_sampled"]
+    )
+    assert metrics.evaluate(m, ds, "test", "sampled") == pytest.approx(b["test_sampled"])
+
+
 def test_every_committed_record_keeps_its_key():
     """Config is the run's fields plus each method's own (`methods.*.FIELDS`): every record in
     results/runs/ still keys to its name, so no committed run is orphaned by how Config is built."""
