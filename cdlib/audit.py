@@ -64,11 +64,18 @@ def popularity_valid_ndcg(config: dict) -> float:
     return _POPULARITY[key]
 
 
+# A teacher below its own plain student that was mended: (dataset, backbone) -> the fix applied
+# (issue 23); `violations` lists it beside the problem
+FIXES: dict = {}
+
+
 def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataFrame:
     """Every recorded run a table uses that breaks the fair protocol (METHOD.md "A fair comparison"):
     'capped', its best validation epoch in the last `last` fraction of its epoch cap (still improving
-    when cut off), or 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
-    ranking (never left the initial plateau). One row per table and run."""
+    when cut off), 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
+    ranking (never left the initial plateau), or a teacher 'below its plain student' of the same
+    seed on validation NDCG@10 (a weak teacher makes every distillation look worse than it is), with
+    the fix applied where there is one (`FIXES`). One row per table and run."""
     rows = []
     for name, what in RUN_TABLES.items():
         t = read_table(name, results)
@@ -100,8 +107,10 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
                         "epochs run": rec["epochs_run"],
                         "cap": c["epochs"],
                         "problem": "; ".join(problems),
+                        "fix": "",
                     }
                 )
+        rows += _weak_teachers(t, what, results)
     cols = [
         "table",
         "dataset",
@@ -113,5 +122,37 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
         "epochs run",
         "cap",
         "problem",
+        "fix",
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _weak_teachers(t: pd.DataFrame, what: str, results=None) -> list[dict]:
+    """Rows of `violations` for the teachers of table `t` whose validation NDCG@10 (sampled) is below
+    that of the plain student of their dataset, backbone and seed."""
+    col = "valid NDCG@10"
+    if col not in t or not {"Teacher", "Student"} <= set(t.label):
+        return []
+    rows = []
+    pair = t[t.label.isin(["Teacher", "Student"])].pivot_table(
+        index=["dataset", "backbone", "seed"], columns="label", values=col
+    )
+    for (d, b, seed), r in pair[pair.Teacher < pair.Student].iterrows():
+        key = t[(t.label == "Teacher") & (t.dataset == d) & (t.backbone == b) & (t.seed == seed)]
+        rec = runs.read_record(key.key.iloc[0], results) or {}
+        rows.append(
+            {
+                "table": what,
+                "dataset": d,
+                "backbone": b,
+                "label": "Teacher",
+                "size": rec.get("config", {}).get("size"),
+                "seed": seed,
+                "best epoch": rec.get("best_epoch"),
+                "epochs run": rec.get("epochs_run"),
+                "cap": rec.get("config", {}).get("epochs"),
+                "problem": f"below its plain student (valid NDCG@10 {r.Teacher:.4f} < {r.Student:.4f})",
+                "fix": FIXES.get((d, b), ""),
+            }
+        )
+    return rows

@@ -13,7 +13,7 @@ import itertools
 import pandas as pd
 
 from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE
-from .profiles import TUNE_METRIC, TUNING, Profile, check_tuning
+from .profiles import STAGES, TUNE_METRIC, TUNING, Profile, check_tuning
 from .tables import Pending, collect
 
 SENSITIVITY = {
@@ -52,17 +52,24 @@ def tune(
         "Student": {"size": STUDENT[backbone]},
         "RD": {"size": STUDENT[backbone], "method": "rd"},
         "CD": {"size": STUDENT[backbone], "method": "cd", "guide": "teacher"},
+        "CD guide": {"size": STUDENT[backbone], "method": "cd"},
     }
+    stages = [stage for stage in STAGES if stage in TUNING or stage in tuning]
     frames, choice = [], {}
-    for stage in TUNING:
+    for stage in stages:
         fixed = {}
-        if stage in ("RD", "CD"):
+        if stage in ("RD", "CD", "CD guide"):
             if "Teacher" not in choice or "Student" not in choice:
                 break
             fixed = {"teacher_lr": choice["Teacher"].get("lr"), "lr": choice["Student"].get("lr")}
+        if stage == "CD guide":  # the guides at CD's chosen settings
+            if "CD" not in choice:
+                break
+            fixed.update(choice["CD"])
         grid = {
             point_label(stage, pt): [
-                p.config(dataset, backbone, s, **base[stage], **fixed, **pt) for s in p.tune_seeds
+                p.config(dataset, backbone, s, **{**base[stage], **fixed, **pt})
+                for s in p.tune_seeds
             ]
             for pt in _points(tuning[stage])
         }
@@ -76,7 +83,7 @@ def tune(
             k: v for k, v in _points(tuning[stage])[list(means.index).index(best)].items()
         }
     runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return runs_df, (choice if len(choice) == len(TUNING) else None)
+    return runs_df, (choice if len(choice) == len(stages) else None)
 
 
 def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
@@ -102,8 +109,9 @@ def settings(
     p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
 ) -> dict | None:
     """Each method's settings for `dataset` from the tuning stage of its tuning dataset:
-    {"Teacher": kw, "Student": kw, "RD": kw, "CD": kw} (learning rates included), or None while
-    that tuning is not recorded. Without a tuning stage (p.tuning None) every method at its defaults."""
+    {"Teacher": kw, "Student": kw, "RD": kw, "CD": kw} (learning rates included; CD's guide when the
+    tuning chooses it), or None while that tuning is not recorded. Without a tuning stage (p.tuning
+    None) every method at its defaults."""
     if p.tuning is None:
         return {k: {} for k in TUNING}
     _, choice = tune(p, p.tuning_dataset(dataset), backbone, results, progress)
@@ -116,7 +124,7 @@ def settings(
         "Teacher": dict(choice["Teacher"]),
         "Student": {**choice["Student"]},
         "RD": {**distil, **choice["RD"]},
-        "CD": {**distil, **choice["CD"]},
+        "CD": {**distil, **choice["CD"], **choice.get("CD guide", {})},
     }
 
 
@@ -152,20 +160,21 @@ def teacher_grid(p: Profile, results=None) -> dict:
 
 def main_grid(p: Profile, results=None) -> dict:
     """Table 3: Teacher, Student (no KD), RD and the three CD guides, at the main student size, each
-    method at its tuned settings."""
+    method at its tuned settings; and "CD", the CD configuration the tuning stage chose, guide
+    included (the primary CD arm), when the profile's tuning chooses the guide (its runs are those
+    of one of the guides' rows)."""
     s = STUDENT
-    return _grid(
-        p,
-        {
-            "Teacher": lambda b, t: t["Teacher"],
-            "Student": lambda b, t: {"size": s[b], **t["Student"]},
-            "RD": lambda b, t: {"size": s[b], "method": "rd", **t["RD"]},
-            "CD-T": lambda b, t: {"size": s[b], "method": "cd", "guide": "teacher", **t["CD"]},
-            "CD-S": lambda b, t: {"size": s[b], "method": "cd", "guide": "student", **t["CD"]},
-            "CD-H": lambda b, t: {"size": s[b], "method": "cd", "guide": "hybrid", **t["CD"]},
-        },
-        results,
-    )
+    rows = {
+        "Teacher": lambda b, t: t["Teacher"],
+        "Student": lambda b, t: {"size": s[b], **t["Student"]},
+        "RD": lambda b, t: {"size": s[b], "method": "rd", **t["RD"]},
+        "CD-T": lambda b, t: {"size": s[b], "method": "cd", **t["CD"], "guide": "teacher"},
+        "CD-S": lambda b, t: {"size": s[b], "method": "cd", **t["CD"], "guide": "student"},
+        "CD-H": lambda b, t: {"size": s[b], "method": "cd", **t["CD"], "guide": "hybrid"},
+    }
+    if "CD guide" in (p.tuning or {}):
+        rows["CD"] = lambda b, t: {"size": s[b], "method": "cd", **t["CD"]}
+    return _grid(p, rows, results)
 
 
 # The configurations of the step agreement (issue "An engine whose cost follows the data"): the main

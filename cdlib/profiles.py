@@ -26,6 +26,19 @@ TUNING = {
 }
 
 
+# Issue 23's tuning stage: the CD guide is chosen in tuning too (a stage after CD's, its three guides
+# at CD's chosen settings: 2 configurations more, the teacher-guided one is CD's own), so that each
+# cell has one CD configuration fixed before its main table runs, the primary CD arm. RD's grid gets
+# a fourth weight so that CD and RD keep equal budgets: 8 configurations each [decision].
+TUNING_NEXT = {
+    **TUNING,
+    "RD": {"lambda_rd": [1.0, 0.3, 0.1, 0.03], "rd_k": [10, 20]},
+    "CD guide": {"guide": ["teacher", "student", "hybrid"]},
+}
+STAGES = ("Teacher", "Student", "RD", "CD", "CD guide")  # the order stages run in; the first four
+# are every tuning's, "CD guide" is optional
+
+
 TUNE_METRIC = "NDCG@10"  # of the validation item, sampled protocol (the early-stopping metric)
 
 
@@ -49,6 +62,7 @@ class Profile:
     subset_users: int | None = None
     device: str | None = None
     step: str | None = None  # Config.step of every run (None: the default, dense)
+    valid_negatives: str = Config.valid_negatives  # Config.valid_negatives of every run
     tune_seeds: list = field(default_factory=lambda: [0, 1])
     tuned: list = field(default_factory=lambda: ["ml-100k", "ml-1m"])
     tune_on: dict = field(default_factory=dict)
@@ -68,6 +82,7 @@ class Profile:
             subset_users=self.subset_users,
             device=self.device,
             step=self.step,
+            valid_negatives=self.valid_negatives,
             **kw,
         )
 
@@ -117,6 +132,19 @@ PROFILES = {
         "(--device cuda, tools/gpu_window.sh): seconds per epoch on an H200 in "
         "results/bench/*_cuda.json (python -m cdlib.bench)",
     ),
+    # Issue 23's protocol, until its grid is recorded and it becomes `paper`: validation negatives
+    # disjoint from the test's, every dataset tuned on its own, the CD guide chosen in tuning
+    "next": Profile(
+        "next",
+        list(data.DATASETS),
+        seeds=[0, 1, 2, 3, 4],
+        valid_negatives="disjoint",
+        tuned=list(data.DATASETS),
+        tuning=TUNING_NEXT,
+        cost="the paper profile under issue 23's protocol (validation negatives disjoint from the "
+        "test's, each dataset tuned on its own, the CD guide chosen in tuning): weeks on 2 cores "
+        "with the dense step",
+    ),
 }
 
 
@@ -159,8 +187,8 @@ def check_tuning(tuning: dict) -> None:
     """Refuse a tuning grid with an unknown stage or parameter, or an empty list of values."""
     fields = {f.name for f in dataclasses.fields(Config)}
     for stage, grid in tuning.items():
-        if stage not in TUNING:
-            raise ValueError(f"tuning: unknown stage {stage!r}; stages are {list(TUNING)}")
+        if stage not in STAGES:
+            raise ValueError(f"tuning: unknown stage {stage!r}; stages are {list(STAGES)}")
         if not grid:
             raise ValueError(f"tuning: the grid of {stage} is empty")
         for name, values in grid.items():

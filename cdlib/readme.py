@@ -265,7 +265,8 @@ def readme_section(results=None) -> str:
         "",
         "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "
         "or whose validation NDCG@10 is at most 1.05x that of the most-popular ranking (stalled on the "
-        "initial plateau); `audit.violations`.",
+        "initial plateau), and teachers below their own plain student on validation NDCG@10, with the "
+        "fix applied where there is one; `audit.violations`.",
         "",
         _md(bad) if not bad.empty else "None.",
         "",

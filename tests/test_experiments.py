@@ -156,6 +156,67 @@ def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, mon
     assert s["RD"] == {"lr": 3e-4, "teacher_lr": 1e-2, "lambda_rd": 0.1, "rd_k": 20}
 
 
+def test_the_next_profile_tunes_every_dataset_and_the_cd_guide_with_equal_budgets(
+    tmp_path, monkeypatch
+):
+    """Issue 23: validation negatives disjoint from the test's, each dataset tuned on its own, and the
+    CD guide chosen in tuning (the primary CD arm, the main table's "CD" row); CD and RD 8 each."""
+    from cdlib import train
+
+    nxt = profiles.PROFILES["next"]
+    assert set(nxt.tuned) == set(nxt.datasets) and all(
+        nxt.tuning_dataset(d) == d for d in nxt.datasets
+    )
+    rd = len(ex._points(nxt.tuning["RD"]))
+    cd = len(ex._points(nxt.tuning["CD"])) + len(nxt.tuning["CD guide"]["guide"]) - 1
+    assert rd == cd == 8  # the teacher-guided point of the guide stage is CD's chosen run
+    seen = {}
+
+    def fake_run(cfg):
+        c = cfg.canonical()
+        seen[c.key()] = c
+        good = {  # validation prefers lr 1e-3, lambda 0.1 and the student guide
+            "none": c.lr == 1e-3,
+            "rd": c.lambda_rd == 0.1,
+            "cd": c.lambda_kd == 0.1 and c.guide == "student",
+        }[c.method]
+        m = {k: 0.5 for k in tables.METRICS}
+        v = 0.9 if good else (0.5 if c.method == "cd" and c.lambda_kd == 0.1 else 0.1)
+        return {
+            "key": c.key(),
+            "n_params": 1,
+            "best_epoch": 1,
+            "epochs_run": 1,
+            "timing": {"train_seconds": 0},
+            "provenance": {"device": "cpu: x"},
+            "test_sampled": m,
+            "test_full": m,
+            "valid_sampled": {**m, "NDCG@10": v},
+            "valid_full": m,
+        }
+
+    monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
+    p = profiles.profile("next", datasets=["citeulike-t"], backbones=["neumf"], seeds=[0])
+    runs_df, choice = ex.tune(p, "citeulike-t", "neumf", tmp_path)
+    assert choice["CD"] == {"lambda_kd": 0.1, "n_distill": 10} and choice["CD guide"] == {
+        "guide": "student"
+    }
+    per_method = pd.Series([c.method for c in seen.values()]).value_counts() / len(p.tune_seeds)
+    assert per_method["rd"] == per_method["cd"] == 8  # distinct configurations
+    assert {c.valid_negatives for c in seen.values()} == {"disjoint"}
+    assert {c.dataset for c in seen.values()} == {"citeulike-t"}  # tuned on itself
+    guide_stage = runs_df[runs_df.stage == "CD guide"]
+    assert len(guide_stage) == 3 * len(p.tune_seeds)
+    main = ex.main_grid(p, tmp_path)
+    assert [c.key() for c in main["CD"]] == [c.key() for c in main["CD-S"]]  # the primary arm
+    assert main["CD-T"][0].guide == "teacher" and main["CD-T"][0].lambda_kd == 0.1
+    assert "CD" not in ex.main_grid(profiles.profile("quick"), tmp_path)  # guide not tuned there
+    from cdlib import report
+
+    assert report.primary_cd(pd.DataFrame({"label": ["CD-T", "CD", "RD"]})) == "CD"
+    assert report.primary_cd(pd.DataFrame({"label": ["CD-T", "RD"]})) == "CD-T"
+
+
 def test_bad_tuning_grids_and_epoch_rules_are_refused():
     import pytest
 
@@ -370,6 +431,27 @@ def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch
         "main (03)"
     }
     assert "### Runs that break the fair protocol" in readme.readme_section(tmp_path)
+
+
+def test_violations_list_a_teacher_below_its_plain_student_with_its_fix(tmp_path, monkeypatch):
+    from cdlib import runs
+
+    monkeypatch.setattr(audit, "popularity_valid_ndcg", lambda config: 0.01)
+    table = []
+    for label, size, valid in (("Teacher", 64, [0.40, 0.30]), ("Student", 8, [0.20, 0.36])):
+        for r in rows(label, valid, backbone="neumf"):
+            key = f"{label}{r['seed']}"
+            config = {"dataset": "d", "backbone": "neumf", "size": size, "epochs": 1000}
+            rec = {"key": key, "config": config, "best_epoch": 14, "epochs_run": 60}
+            runs.write_record(rec | {"valid_sampled": {"NDCG@10": r["valid NDCG@10"]}}, tmp_path)
+            table.append(dict(r, key=key))
+    tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
+    bad = audit.violations(tmp_path)
+    assert len(bad) == 1 and bad.seed[0] == 1 and bad.label[0] == "Teacher" and bad["size"][0] == 64
+    assert bad.problem[0] == "below its plain student (valid NDCG@10 0.1500 < 0.1800)"
+    assert bad.fix[0] == "" and bad["best epoch"][0] == 14
+    monkeypatch.setitem(audit.FIXES, ("d", "neumf"), "learning rate tuned on d")
+    assert audit.violations(tmp_path).fix[0] == "learning rate tuned on d"
 
 
 def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):

@@ -432,7 +432,8 @@ if write_tables:
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md(
-            "## Runs that break the fair protocol (capped by the epoch budget, or stalled on the initial plateau)"
+            "## Runs that break the fair protocol (capped by the epoch budget, stalled on the initial plateau, "
+            "or a teacher below its own plain student)"
         ),
         code(
             """bad = audit.violations(results_dir)
