@@ -40,23 +40,102 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     )
 
 
-def step_agreement(results=None, metric: str = "NDCG@10", step: str = "sparse") -> pd.DataFrame:
+# The equivalence margin of the step agreement, relative to the dense step's mean: half the paper's
+# smallest claimed gain of CD over RD (2.7%, report.PAPER_GAIN), so that a step within it cannot
+# make or unmake that claim alone [decision]
+EQUIVALENCE_MARGIN = 0.0135
+ALPHA = 0.05
+
+
+def step_agreement(
+    results=None,
+    metric: str = "NDCG@10",
+    step: str = "sparse",
+    margin: float = EQUIVALENCE_MARGIN,
+    keep_differences: bool = False,
+) -> pd.DataFrame:
     """A sparse step (`Config.step`: "sparse", a lazy Adam, other training; "deferred", Adam's own
     training) against the dense one on one device: every configuration recorded with both, as
-    `device_agreement`, and whether `step`'s mean is within one standard deviation (over the paired
-    seeds) of the dense step's: the criterion of the agreement study that decides the default step
-    (NaN: fewer than 2 seeds)."""
+    `device_agreement`, and
+    - "within 1 sd": whether `step`'s mean is within one standard deviation (over the paired seeds)
+      of the dense step's, the criterion of the agreement study that decides the default step (NaN:
+      fewer than 2 seeds). Two steps that train alike fail it by chance: for n paired seeds the
+      difference of means has sd sigma * sqrt(2 / n), so P(fail) = P(|Z| > sqrt(n / 2)), 11% at n = 5;
+    - "TOST p": the equivalence test of the paired differences (two one-sided t-tests, Schuirmann
+      1987) against +-`margin` x the dense mean, and "equivalent": TOST p < 0.05, the question the
+      criterion means to ask (NaN: fewer than 2 seeds); with `keep_differences`, the paired
+      differences (a Series over the seeds per row)."""
     out = _paired(
         results,
         metric,
         lambda r: recorded(r["config"], "step"),
         ("step",),
         {"dense": "dense", step: step},
+        differences=True,
     )
-    if not out.empty:  # (undecided, NaN, for a configuration with fewer than 2 seeds)
-        sd = out[f"sd dense {metric}"]
-        out["within 1 sd"] = (out[f"{step} - dense"].abs() <= sd).astype(object).where(sd.notna())
+    if out.empty:
+        return out
+    sd = out[f"sd dense {metric}"]  # (undecided, NaN, for a configuration with fewer than 2 seeds)
+    out["within 1 sd"] = (out[f"{step} - dense"].abs() <= sd).astype(object).where(sd.notna())
+    diffs = out.pop("differences")
+    out["TOST p"] = [tost(d.to_numpy(), margin * m) for d, m in zip(diffs, out[f"dense {metric}"])]
+    out["equivalent"] = (out["TOST p"] < ALPHA).astype(object).where(out["TOST p"].notna())
+    if keep_differences:
+        out["differences"] = diffs
     return out
+
+
+def tost(d: np.ndarray, bound: float) -> float:
+    """The p-value of the equivalence test (two one-sided t-tests) that the mean of `d` lies within
+    +-`bound`: the larger of the two one-sided p-values; NaN for fewer than 2 values; with no spread,
+    0 or 1 as the constant value lies inside or not."""
+    from scipy import stats
+
+    if len(d) < 2:
+        return np.nan
+    if np.ptp(d) == 0:
+        return 0.0 if abs(d[0]) < bound else 1.0
+    lower = stats.ttest_1samp(d, -bound, alternative="greater").pvalue
+    upper = stats.ttest_1samp(d, bound, alternative="less").pvalue
+    return float(max(lower, upper))
+
+
+def step_equivalence(
+    results=None, metric: str = "NDCG@10", step: str = "sparse", margin: float = EQUIVALENCE_MARGIN
+) -> pd.DataFrame:
+    """The step agreement pooled per dataset: for the seeds that every configuration of the dataset
+    has with both steps, each seed's relative difference (`step` - dense) / dense mean averaged over
+    the configurations (a seed is a whole replicate: its students share its teacher), then over the
+    seeds its mean with a 95% t interval, and the equivalence test (`tost`) against +-`margin`. A
+    configuration-by-configuration test has little power with 5 seeds; this asks whether the step
+    moves a dataset's results as a whole."""
+    from scipy import stats
+
+    t = step_agreement(results, metric, step, margin, keep_differences=True)
+    if t.empty:
+        return pd.DataFrame()
+    rows = []
+    for d, g in t.groupby("dataset", sort=False):
+        rel = pd.DataFrame(
+            {i: r.differences / r[f"dense {metric}"] for i, r in g.iterrows()}
+        ).dropna()  # seeds x configurations, the seeds every configuration has
+        x = rel.mean(axis=1).to_numpy()
+        n = len(x)
+        half = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        rows.append(
+            {
+                "dataset": d,
+                "configurations": rel.shape[1],
+                "seeds": n,
+                f"{step} - dense %": 100 * x.mean() if n else np.nan,
+                "CI low %": 100 * (x.mean() - half) if n else np.nan,
+                "CI high %": 100 * (x.mean() + half) if n else np.nan,
+                "margin %": 100 * margin,
+                "TOST p": tost(x, margin),
+                "equivalent": (tost(x, margin) < ALPHA) if n > 1 else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _less_seed(c: dict, drop: tuple = ()) -> str:
@@ -73,13 +152,20 @@ def _less_seed(c: dict, drop: tuple = ()) -> str:
 
 
 def _paired(
-    results, metric: str, side, drop: tuple, names: dict, device_column: str | None = None
+    results,
+    metric: str,
+    side,
+    drop: tuple,
+    names: dict,
+    device_column: str | None = None,
+    differences: bool = False,
 ) -> pd.DataFrame:
     """Records grouped by their configuration less the fields `drop`, each named by side(record); for
     the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
     configuration (its dataset, backbone, size, method and CD guide shown): the seeds, B's device (as
     `device_column`, if given), the mean test `metric` (sampled) of each side, A's standard deviation
-    over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p)."""
+    over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p); and
+    with `differences` the paired differences themselves (a Series over the seeds per row)."""
     from scipy import stats
 
     (a, label_a), (b, label_b) = names.items()
@@ -125,6 +211,11 @@ def _paired(
                     "sd of difference": d.std(ddof=1) if len(g) > 1 else np.nan,
                     "p (paired t)": p,
                 },
+                **(
+                    {"differences": pd.Series(d.to_numpy(), g.seed.to_numpy())}
+                    if differences
+                    else {}
+                ),
             )
         )
     return pd.DataFrame(out).sort_values(  # teachers before their students, per cell

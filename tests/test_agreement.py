@@ -94,3 +94,57 @@ def test_step_agreement_pairs_the_steps_and_applies_the_one_sd_criterion(tmp_pat
     assert np.isclose(t.loc["student", "sparse - dense"], -0.10)
     assert np.isclose(t.loc["teacher", "sd dense NDCG@10"], 0.02)
     assert t.loc["teacher", "within 1 sd"] is True and t.loc["student", "within 1 sd"] is False
+    # equivalence (TOST) at +-1.35% of the dense mean: teacher's differences (+.01, -.01, 0) have too
+    # much spread over 3 seeds to show it; the student's are far outside; at +-10% the teacher's pass
+    from scipy import stats
+
+    d, bound = np.array([0.01, -0.01, 0.0]), 0.0135 * 0.32
+    tost = max(
+        stats.ttest_1samp(d, -bound, alternative="greater").pvalue,
+        stats.ttest_1samp(d, bound, alternative="less").pvalue,
+    )
+    assert np.isclose(t.loc["teacher", "TOST p"], tost) and t.loc["teacher", "equivalent"] is False
+    assert t.loc["student", "TOST p"] > 0.99 and pd.isna(t.loc["hybrid", "TOST p"])
+    wide = agreement.step_agreement(tmp_path, margin=0.10).set_index("guide")
+    assert wide.loc["teacher", "equivalent"] is True and wide.loc["student", "equivalent"] is False
+
+
+def test_step_equivalence_pools_each_seed_over_the_configurations_before_testing(
+    tmp_path, cpu_record
+):
+    """Per dataset: each seed's relative difference averaged over the configurations that have it
+    with both steps, then a t interval and TOST over the seeds (seed 3 lacks a configuration: out)."""
+    from scipy import stats
+
+    values = {  # (size, seed) -> (dense, deferred)
+        (20, 0): (0.40, 0.404),
+        (20, 1): (0.40, 0.398),
+        (20, 2): (0.40, 0.401),
+        (20, 3): (0.40, 0.40),
+        (8, 0): (0.20, 0.199),
+        (8, 1): (0.20, 0.201),
+        (8, 2): (0.20, 0.200),
+    }
+    for (size, seed), pair in values.items():
+        for step, value in zip(("dense", "deferred"), pair):
+            cfg = {"size": size, "method": "none", "seed": seed}
+            cfg |= {"step": "deferred"} if step == "deferred" else {}
+            cpu_record(tmp_path, f"{size}{step}{seed}", cfg, value)
+    assert agreement.step_equivalence(tmp_path / "none", step="deferred").empty
+    t = agreement.step_equivalence(tmp_path, step="deferred").iloc[0]
+    big = np.array([0.004, -0.002, 0.001]) / np.mean([0.40, 0.40, 0.40, 0.40])
+    small = np.array([-0.001, 0.001, 0.0]) / 0.20
+    x = (big + small) / 2  # per seed, over the two configurations
+    assert (t.configurations, t.seeds) == (2, 3)
+    assert np.isclose(t["deferred - dense %"], 100 * x.mean())
+    half = stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+    assert np.isclose(t["CI low %"], 100 * (x.mean() - half))
+    assert np.isclose(t["TOST p"], agreement.tost(x, 0.0135)) and t.equivalent == (
+        t["TOST p"] < 0.05
+    )
+    lower = stats.ttest_1samp(x, -0.0135, alternative="greater").pvalue
+    upper = stats.ttest_1samp(x, 0.0135, alternative="less").pvalue
+    assert np.isclose(agreement.tost(x, 0.0135), max(lower, upper))
+    assert agreement.tost(np.array([0.001, 0.001]), 0.01) == 0.0 and np.isnan(
+        agreement.tost(x[:1], 0.01)
+    )

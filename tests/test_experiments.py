@@ -880,3 +880,5 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record)
     assert "| a | CDAE teacher | 200 | 8.0 | 4.0 | 2.667 | 2.0 | 2.0 | 3.0 | 4.0 | 1.5 |" in text
     assert 'with step="sparse"' in text and 'with step="deferred"' in text
     assert "| sparse - dense |" in text and "| deferred - dense |" in text
+    assert "| TOST p | equivalent |" in text and "agreement.step_equivalence" in text
+    assert "| a | 1 | 2 |" in text  # pooled: dataset a, one configuration, two seeds
