@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -192,25 +193,21 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
     return "student, CD teacher-guided"
 
 
-def step_estimate(bench_records: list[dict], results=None, step: str = "sparse") -> pd.DataFrame:
-    """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with a
-    sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
-    (recorded wall time, else `compute`'s estimate) divided by the ratio of whole epochs (training
-    and validation, dense / step) that `bench --steps` measured for its kind of run (`run_kind`) on
-    its dataset, else on the benched dataset nearest in work. "deferred": a run's epochs within the
-    deferred Adam's warm-up (its first 1,000 steps, at users / batch size steps an epoch) priced at
-    the warm-up's ratio, the rest at the deferred step's. A cell with a run whose kind has no benched
-    ratio has no estimate. Empty without bench records or tables."""
+def _pricer(bench_records: list[dict], results=None, step: str = "sparse"):
+    """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
+    seconds with `step`) of one run: its recorded (epochs, wall seconds), else `compute`'s estimate,
+    divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
+    measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
+    work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
+    batch size steps an epoch) at the warm-up's ratio. NaN where no ratio or no estimate exists.
+    None without bench records of `step` or recorded runs."""
     t = _grid_runs(results)
-    if t is None or not bench_records:
-        return pd.DataFrame()
-    work = _work(results)
-    ok = t[t.status == "ok"]
-    estimate = _estimator(ok, work)
-    phases = [step, f"{step} warm-up"] if step == "deferred" else [step]
     column = f"dense / {step}, validation included"
-    if not any(column in row for rec in bench_records for row in rec["steps"]):
-        return pd.DataFrame()
+    if t is None or not any(column in row for rec in bench_records for row in rec["steps"]):
+        return None
+    work = _work(results)
+    estimate = _estimator(t[t.status == "ok"], work)
+    phases = [step, f"{step} warm-up"] if step == "deferred" else [step]
     ratio = {
         (row["dataset"], row["run"], phase): row.get(
             f"dense / {phase}, validation included", np.nan
@@ -231,24 +228,41 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
         near = [r for r in benched if (r, b) in work]
         return min(near, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])), default=None)
 
+    def price(d, b, size, method, label, recorded=None):
+        ref = reference(d, b)
+        if recorded is not None:
+            epochs, seconds = recorded
+        else:
+            epochs, per = estimate(d, b, size, method)
+            seconds = epochs * per
+        per_epoch = math.ceil(users.get(d, np.nan) / BACKBONE_DEFAULTS[b]["batch_size"])
+        kind = kind_name(b, run_kind(b, int(size), method, str(label)))
+        warm = min(1.0, warm_steps / per_epoch / epochs) if warm_steps else 0.0
+        new = seconds * (1 - warm) / ratio.get((ref, kind, step), np.nan)
+        if warm:
+            new += seconds * warm / ratio.get((ref, kind, phases[-1]), np.nan)
+        return seconds, new, ref
+
+    return price
+
+
+def step_estimate(bench_records: list[dict], results=None, step: str = "sparse") -> pd.DataFrame:
+    """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with a
+    sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
+    (recorded wall time, else `compute`'s estimate) and with `step` (`_pricer`). A cell with a run
+    whose kind has no benched ratio has no estimate. Empty without bench records or tables."""
+    price = _pricer(bench_records, results, step)
+    if price is None:
+        return pd.DataFrame()
+    t = _grid_runs(results)
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
-        ref = reference(d, b)
-        per_epoch = math.ceil(users.get(d, np.nan) / BACKBONE_DEFAULTS[b]["batch_size"])
-        dense, new = [], []
+        dense, new, ref = [], [], ""
         for r in g.itertuples():
-            if r.status == "ok":
-                epochs, seconds = r.epochs_run, r.wall
-            else:
-                epochs, per = estimate(r.dataset, r.backbone, r.size, r.method)
-                seconds = epochs * per
-            kind = kind_name(b, run_kind(b, int(r.size), r.method, str(r.label)))
-            warm = min(1.0, warm_steps / per_epoch / epochs) if warm_steps else 0.0
+            recorded = (r.epochs_run, r.wall) if r.status == "ok" else None
+            seconds, stepped, ref = price(d, b, r.size, r.method, r.label, recorded)
             dense.append(seconds)
-            new.append(
-                seconds * (1 - warm) / ratio.get((ref, kind, step), np.nan)
-                + (seconds * warm / ratio.get((ref, kind, phases[-1]), np.nan) if warm else 0.0)
-            )
+            new.append(stepped)
         rows.append(
             {
                 "dataset": d,
@@ -261,13 +275,96 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
                 "ratios of": ref or "",
             }
         )
-    out = pd.DataFrame(rows)
-    cols = ["CPU hours, dense step", f"CPU hours, {step} step (est.)"]
-    total = {"dataset": "all", "backbone": "", "runs": int(out.runs.sum()), "ratios of": ""}
+    return _with_total(
+        pd.DataFrame(rows), ["CPU hours, dense step", f"CPU hours, {step} step (est.)"]
+    )
+
+
+def _with_total(out: pd.DataFrame, cols: list, by=("dataset", "backbone")) -> pd.DataFrame:
+    """`out` with a last row "all" summing `cols` and the runs (NaN where a row has none), rounded."""
+    total = {c: "" for c in out.columns}
+    total.update({by[0]: "all", "runs": int(out.runs.sum())})
     total.update({c: out[c].sum(skipna=False) for c in cols})
     out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
-    out[cols] = out[cols].round(1)
+    out[cols] = out[cols].astype(float).round(1)
     return out
+
+
+# the training notebooks whose grids `profile_runs` lists (`experiments.notebook_grid`)
+TRAINING_NOTEBOOKS = ("03_main", "02_teachers", "04_sampling", "06_student_size", "07_sensitivity")
+
+
+def profile_runs(p) -> pd.DataFrame:
+    """Every distinct run that profile `p` trains, before any is recorded: its tuning stage (each
+    stage's points x tuning seeds on each tuning dataset and backbone; the "CD guide" stage's
+    teacher-guided point is CD's chosen run) and its training notebooks' grids (their configurations
+    enumerated at the untuned defaults, so that runs two tables share count once; the main table's
+    runs at the tuning seeds that the tuning stage already trained, its chosen points, count there).
+    One row per run: table, label, dataset, backbone, size, method, seed."""
+    from . import experiments
+    from .config import Execution
+
+    q = dataclasses.replace(p, tuning=None, execution=Execution(train=False))
+    tuned_labels = {"Teacher", "Student", "RD", "CD-T"}
+    if p.tuning and "CD guide" in p.tuning:
+        tuned_labels |= {"CD-S", "CD-H"}  # the guide stage ran each guide at the chosen point
+    seen, rows = set(), []
+    for nb in TRAINING_NOTEBOOKS:
+        for label, cfgs in experiments.notebook_grid(nb, q).items():
+            for c in cfgs:
+                c = c.canonical()
+                if c.key() in seen:
+                    continue
+                seen.add(c.key())
+                from_tuning = (
+                    p.tuning is not None
+                    and nb == "03_main"
+                    and label in tuned_labels
+                    and c.seed in p.tune_seeds
+                    and p.tuning_dataset(c.dataset) == c.dataset
+                )
+                if not from_tuning:
+                    rows.append((nb, label, c.dataset, c.backbone, c.size, c.method, c.seed))
+    stage_kind = {"Teacher": ("Teacher", "none"), "Student": ("Student", "none")}
+    stage_kind |= {"RD": ("RD", "rd"), "CD": ("CD-T", "cd")}
+    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
+        for b in p.backbones:
+            for stage, grid in p.tuning.items():
+                n = int(np.prod([len(v) for v in grid.values()]))
+                if stage == "CD guide":  # the teacher guide is CD's chosen run
+                    labels = [f"CD-{g[0].upper()}" for g in grid["guide"] if g != "teacher"]
+                    kinds = [(label, "cd") for label in labels]
+                else:
+                    kinds = [stage_kind[stage]] * n
+                size = TEACHER_SIZE[b] if stage == "Teacher" else STUDENT[b]
+                for label, method in kinds:
+                    rows += [("00_tuning", label, d, b, size, method, s) for s in p.tune_seeds]
+    t = pd.DataFrame(
+        rows, columns=["table", "label", "dataset", "backbone", "size", "method", "seed"]
+    )
+    return t.sort_values("table", kind="stable", ignore_index=True)  # the tuning stage first
+
+
+def profile_estimate(
+    p, bench_records: list[dict], results=None, step: str = "deferred"
+) -> pd.DataFrame:
+    """The CPU hours of profile `p`'s whole grid (`profile_runs`), per table, dataset and backbone,
+    with the dense step and with `step`: every run priced as `compute` estimates a run to go (the
+    recorded runs of the same kind, on the same dataset or the nearest in work) and divided by its
+    kind's benched ratio (`_pricer`). Empty without bench records or recorded runs."""
+    price = _pricer(bench_records, results, step)
+    if price is None:
+        return pd.DataFrame()
+    t = profile_runs(p)
+    priced = [price(r.dataset, r.backbone, r.size, r.method, r.label)[:2] for r in t.itertuples()]
+    t["dense"], t["stepped"] = np.array(priced, dtype=float).reshape(-1, 2).T
+    g = t.groupby(["table", "dataset", "backbone"], sort=False)
+    out = g.size().rename("runs").to_frame()
+    # a run without an estimate leaves its cell without one
+    out["CPU hours, dense step"] = g.dense.apply(lambda x: x.sum(skipna=False)) / 3600
+    out[f"CPU hours, {step} step (est.)"] = g.stepped.apply(lambda x: x.sum(skipna=False)) / 3600
+    out = out.reset_index()
+    return _with_total(out, list(out.columns[-2:]), by=("table", "dataset", "backbone"))
 
 
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:

@@ -245,7 +245,9 @@ def guidance_grid(p: Profile, results=None) -> dict:
 
 def size_grid(p: Profile, guide: str = "teacher", results=None) -> dict:
     """Table 6: each student size with and without CD, and born-again CD (student = teacher size,
-    trained with the teacher's learning rate); other sizes use the main student's tuned settings."""
+    trained with the teacher's learning rate); other sizes use the main student's tuned settings.
+    The profile's datasets and seeds as its scope narrows them (`Profile.scoped("size")`)."""
+    p = p.scoped("size")
     out = {}
     for b in p.backbones:
         q = dataclasses.replace(p, backbones=[b])
@@ -285,7 +287,9 @@ def size_grid(p: Profile, guide: str = "teacher", results=None) -> dict:
 
 
 def sensitivity_grid(p: Profile, guide: str = "teacher", values=None, results=None) -> dict:
-    """Table 7: one CD parameter varied at a time around the tuned CD settings."""
+    """Table 7: one CD parameter varied at a time around the tuned CD settings, on the profile's
+    datasets and seeds as its scope narrows them (`Profile.scoped("sensitivity")`)."""
+    p = p.scoped("sensitivity")
     values = values or SENSITIVITY
     return _grid(
         p,

@@ -13,7 +13,8 @@ from . import plots, report, runs
 from .agreement import shapes_agreement, step_agreement, step_equivalence
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, violations
-from .costs import compute, device_estimate, step_estimate
+from .costs import compute, device_estimate, profile_estimate, step_estimate
+from .profiles import PROFILES
 from .runs import read_table
 from .stepbench import STEP_COLUMNS
 
@@ -347,6 +348,21 @@ def _sparse_step_section(results=None) -> list[str]:
                 "CPU than the bench's).",
                 "",
                 _md(both),
+                "",
+            ]
+        nxt = profile_estimate(PROFILES["next"], records, results, "deferred")
+        if not nxt.empty:
+            by_table = nxt.groupby("table", sort=False)[list(nxt.columns[-3:])].sum().round(1)
+            whole = by_table.loc["all"]
+            parts += [
+                f"Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen "
+                f"in tuning, 5 seeds for the main table and the claims' ablations, 3 for the size "
+                f"table, sensitivity on ml-1m and citeulike-t) is {int(whole['runs'])} runs: an "
+                f"estimated **{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step and "
+                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one, every run "
+                "priced as a run to go (`costs.profile_estimate`).",
+                "",
+                _md(by_table.reset_index()),
                 "",
             ]
     for step, table in agree.items():

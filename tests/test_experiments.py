@@ -811,6 +811,85 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
     assert costs.step_estimate([], tmp_path).empty
 
 
+def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
+    """Issue 23's grid, one cell (ml-100k CDAE, 5 seeds): tuning 2 seeds x (Teacher 4 + Student 4 + RD 8
+    + CD 6 + 2 more guides) = 48; main 6 labels x 5 seeds less the 6 x 2 the tuning trained, plus RD-v1
+    x 5 = 23; sampling 4 new labels x 5 = 20 (rank-aware teacher/student guided are CD-T and CD-S);
+    size 3 other sizes x (Student, CD) x 3 seeds + born-again x 3 = 21; no sensitivity (ml-1m and
+    citeulike-t only). The paper profile: no guide stage, so CD-S and CD-H of the tuning seeds are
+    the main table's own runs."""
+    one = dict(datasets=["ml-100k"], backbones=["cdae"])
+    nxt = costs.profile_runs(dataclasses.replace(profiles.PROFILES["next"], **one))
+    assert nxt.groupby("table").size().to_dict() == {
+        "00_tuning": 48,
+        "03_main": 23,
+        "04_sampling": 20,
+        "06_student_size": 21,
+    }
+    assert set(nxt[nxt.table == "06_student_size"].seed) == {0, 1, 2}
+    tuning = nxt[nxt.table == "00_tuning"]
+    assert (tuning.method.value_counts() / 2).to_dict() == {"none": 8, "rd": 8, "cd": 8}
+    paper = costs.profile_runs(dataclasses.replace(profiles.PROFILES["paper"], **one))
+    counts = paper.groupby("table").size().to_dict()
+    assert counts["00_tuning"] == 2 * (4 + 4 + 6 + 6) and counts["03_main"] == 6 * 5 - 4 * 2 + 5
+    # every seed (no scope); of each parameter's 4 values, the one CD-T runs at is CD-T's run
+    assert counts["07_sensitivity"] == (16 - 4) * 5
+
+
+def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
+    """Each run of the profile at the recorded runs' epochs x seconds per epoch of its kind, over
+    its kind's benched ratio; a cell priced from a dataset nearest in work is scaled by it."""
+    from cdlib import runs
+
+    tables.save_table(  # ml-1m stands for a dataset of 4x ml-100k's users x items
+        pd.DataFrame(
+            {
+                "dataset": ["ml-100k", "ml-1m"],
+                "users": [10, 40],
+                "items": [100] * 2,
+                "train": [5] * 2,
+            }
+        ),
+        "01_datasets",
+        tmp_path,
+    )
+    rows_ = []
+    for label, size in (("Teacher", 200), ("Student", 20)):
+        for m in ("none", "rd", "cd") if size == 20 else ("none",):
+            key = f"{label}{m}"
+            runs.write_record({"key": key, "timing": {"wall_seconds": 360.0}}, tmp_path)
+            rows_.append(
+                dict(label=label, dataset="ml-100k", backbone="cdae", size=size, seed=0, method=m)
+                | {"status": "ok", "key": key, "epochs_run": 10}
+            )
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    ratios = {"teacher": 4.0, "student, none": 2.0}
+    ratios |= {"student, CD teacher-guided": 2.0, "student, CD student-guided": 1.0}
+    bench = {
+        "steps": [
+            {"dataset": "ml-100k", "run": f"CDAE {k}", "dense / sparse, validation included": v}
+            for k, v in ratios.items()
+        ]
+    }
+    p = dataclasses.replace(
+        profiles.PROFILES["next"], datasets=["ml-100k", "ml-1m"], backbones=["cdae"]
+    )
+    p.scope = {}
+    e = costs.profile_estimate(p, [bench], tmp_path, step="sparse")
+    t = costs.profile_runs(p)
+    assert e.runs.iloc[-1] == len(t)  # every run priced once
+    # each run 360 s on ml-100k; on ml-1m 4x the work (users x items): 1440 s
+    per = t.dataset.map({"ml-100k": 360.0, "ml-1m": 1440.0})
+    assert np.isclose(e["CPU hours, dense step"].iloc[-1], round(per.sum() / 3600, 1))
+    kinds = [
+        costs.kind_name("cdae", costs.run_kind("cdae", r.size, r.method, r.label))
+        for r in t.itertuples()
+    ]
+    stepped = per / pd.Series([ratios[k.removeprefix("CDAE ")] for k in kinds])
+    assert np.isclose(e["CPU hours, sparse step (est.)"].iloc[-1], round(stepped.sum() / 3600, 1))
+    assert costs.profile_estimate(p, [], tmp_path).empty
+
+
 def test_the_deferred_estimate_prices_the_warm_up_epochs_at_their_own_ratio(tmp_path, monkeypatch):
     """step="deferred": a run's epochs in the deferred Adam's warm-up (here its first 50 steps, one a
     epoch: half of a 100-epoch run) at the warm-up's benched ratio, the rest at the deferred one's."""

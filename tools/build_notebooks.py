@@ -431,6 +431,22 @@ if write_tables:
         code("print(audit.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
+        md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
+validation negatives disjoint from the test's, 5 seeds for the main table and the claims' ablations,
+3 for the size table, sensitivity on ml-1m and citeulike-t), every run priced as a run to go, with
+the dense step and the deferred one (`costs.profile_estimate`, from the recorded runs and the step
+bench)."""),
+        code(
+            """import json
+from cdlib import runs
+bench_steps = [json.loads(f.read_text()) for f in sorted(runs.results_dir(results_dir).glob("bench/steps_*_cpu.json"))]
+grid_next = costs.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred")
+if grid_next.empty:
+    print("no step bench or recorded runs to price it from")
+else:
+    print(grid_next.groupby("table", sort=False)[grid_next.columns[-3:]].sum().round(1).to_string())""",
+            "nbval-check-output",
+        ),
         md(
             "## Runs that break the fair protocol (capped by the epoch budget, stalled on the initial plateau, "
             "or a teacher below its own plain student)"
