@@ -1,6 +1,8 @@
 """iALS reference rows: a factor model in the scoring interface, recorded beside the runs, its
 budget matched to a backbone's parameters, tuned on validation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,7 @@ def test_main_rows_choose_on_validation_and_say_what_is_missing(results, monkeyp
     best = int(np.argmax([r["valid_sampled"]["NDCG@10"] for r in tried]))
     assert rows.status[0] == "ok" and rows.regularization[0] == [0.01, 1.0][best]
     assert rows["NDCG@10"][0] == tried[best]["test_sampled"]["NDCG@10"]
+    disjoint = dataclasses.replace(p, valid_negatives="disjoint")  # validated as the profile's runs
+    other = ials.main_rows(disjoint, results, labels=["iALS (student budget)"])
+    rec = runs.read_record(other.key[0], results, ials.FOLDER)
+    assert rec["config"]["valid_negatives"] == "disjoint" and other.key[0] != rows.key[0]
