@@ -40,6 +40,7 @@ LABELS = [
     "Teacher",
     "Student",
     "RD",
+    "CD",  # the CD the tuning stage chose, guide included (profile next; shown where recorded)
     "CD-T",
     "CD-S",
     "CD-H",

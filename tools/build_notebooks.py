@@ -226,7 +226,7 @@ print(gain.round(4).to_string())""",
         ),
         md("## Each method as % of its own teacher (the same seed), with 95% intervals over seeds"),
         code("""if (runs.status == "ok").any():
-    labels = ["Student", "RD", "CD-T", "CD-S", "CD-H", "Teacher"]
+    labels = ["Student", "RD", *(["CD"] if (runs.label == "CD").any() else []), "CD-T", "CD-S", "CD-H", "Teacher"]
     plots.save(plots.dots(runs, "NDCG@10", labels=labels), "03_main_ndcg10", figures_dir)
     plots.save(plots.dots(runs, "NDCG@10 (full)", labels=labels), "03_main_ndcg10_full", figures_dir)"""),
         code(
