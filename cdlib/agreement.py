@@ -60,7 +60,8 @@ def step_agreement(
     - "within 1 sd": whether `step`'s mean is within one standard deviation (over the paired seeds)
       of the dense step's, the criterion of the agreement study that decides the default step (NaN:
       fewer than 2 seeds). Two steps that train alike fail it by chance: for n paired seeds the
-      difference of means has sd sigma * sqrt(2 / n), so P(fail) = P(|Z| > sqrt(n / 2)), 11% at n = 5;
+      difference of means has sd sigma * sqrt(2 / n) and the criterion uses the sample sd, so with
+      independent seeds P(fail) = P(|t_{n-1}| > sqrt(n / 2)): 19% at n = 5, 50% at n = 2;
     - "TOST p": the equivalence test of the paired differences (two one-sided t-tests, Schuirmann
       1987) against +-`margin` x the dense mean, and "equivalent": TOST p < 0.05, the question the
       criterion means to ask (NaN: fewer than 2 seeds); with `keep_differences`, the paired
@@ -106,7 +107,8 @@ def step_equivalence(
     """The step agreement pooled per dataset: for the seeds that every configuration of the dataset
     has with both steps, each seed's relative difference (`step` - dense) / dense mean averaged over
     the configurations (a seed is a whole replicate: its students share its teacher), then over the
-    seeds its mean with a 95% t interval, and the equivalence test (`tost`) against +-`margin`. A
+    seeds its mean with a 90% t interval (the interval of a TOST at 0.05: equivalent exactly when it
+    lies within +-`margin`), and the equivalence test (`tost`) against +-`margin`. A
     configuration-by-configuration test has little power with 5 seeds; this asks whether the step
     moves a dataset's results as a whole."""
     from scipy import stats
@@ -121,15 +123,15 @@ def step_equivalence(
         ).dropna()  # seeds x configurations, the seeds every configuration has
         x = rel.mean(axis=1).to_numpy()
         n = len(x)
-        half = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        half = stats.t.ppf(1 - ALPHA, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
         rows.append(
             {
                 "dataset": d,
                 "configurations": rel.shape[1],
                 "seeds": n,
                 f"{step} - dense %": 100 * x.mean() if n else np.nan,
-                "CI low %": 100 * (x.mean() - half) if n else np.nan,
-                "CI high %": 100 * (x.mean() + half) if n else np.nan,
+                "90% CI low %": 100 * (x.mean() - half) if n else np.nan,
+                "90% CI high %": 100 * (x.mean() + half) if n else np.nan,
                 "margin %": 100 * margin,
                 "TOST p": tost(x, margin),
                 "equivalent": (tost(x, margin) < ALPHA) if n > 1 else np.nan,

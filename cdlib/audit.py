@@ -7,9 +7,10 @@ from __future__ import annotations
 import pandas as pd
 
 from . import metrics, runs
-from .config import Config, dataset_for
+from .config import STUDENT, Config, dataset_for
 from .costs import RUN_TABLES
 from .runs import read_table
+from .tables import own_runs
 
 
 def coverage(results=None) -> pd.DataFrame:
@@ -20,7 +21,7 @@ def coverage(results=None) -> pd.DataFrame:
         t = read_table(name, results)
         if t is None or t.empty:
             continue
-        t = t[~t.label.astype(str).str.startswith("CD-best")]
+        t = own_runs(t)
         for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
             ok = g[g.status == "ok"]
             devices = sorted(set(ok["device"].dropna())) if "device" in ok else []
@@ -75,13 +76,13 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
     when cut off), 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
     ranking (never left the initial plateau), or a teacher 'below its plain student' of the same
     seed on validation NDCG@10 (a weak teacher makes every distillation look worse than it is), with
-    the fix applied where there is one (`FIXES`). One row per table and run."""
+    the fix applied where there is one (`FIXES`). One row per table, run and kind of problem."""
     rows = []
     for name, what in RUN_TABLES.items():
         t = read_table(name, results)
         if t is None or "key" not in t:
             continue
-        t = t[(t.status == "ok") & ~t.label.astype(str).str.startswith("CD-best")]
+        t = own_runs(t[t.status == "ok"])
         for r in t.itertuples():
             rec = runs.read_record(r.key, results)
             if rec is None:
@@ -129,14 +130,13 @@ def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataF
 
 def _weak_teachers(t: pd.DataFrame, what: str, results=None) -> list[dict]:
     """Rows of `violations` for the teachers of table `t` whose validation NDCG@10 (sampled) is below
-    that of the plain student of their dataset, backbone and seed."""
+    that of the plain student (of the main size, `STUDENT`) of their dataset, backbone and seed."""
     col = "valid NDCG@10"
     if col not in t or not {"Teacher", "Student"} <= set(t.label):
         return []
     rows = []
-    pair = t[t.label.isin(["Teacher", "Student"])].pivot_table(
-        index=["dataset", "backbone", "seed"], columns="label", values=col
-    )
+    own = (t.label == "Teacher") | ((t.label == "Student") & (t["size"] == t.backbone.map(STUDENT)))
+    pair = t[own].pivot_table(index=["dataset", "backbone", "seed"], columns="label", values=col)
     for (d, b, seed), r in pair[pair.Teacher < pair.Student].iterrows():
         key = t[(t.label == "Teacher") & (t.dataset == d) & (t.backbone == b) & (t.seed == seed)]
         rec = runs.read_record(key.key.iloc[0], results) or {}

@@ -12,6 +12,7 @@ import pandas as pd
 from . import runs, sparse
 from .config import BACKBONE_DEFAULTS, STUDENT, TEACHER_SIZE
 from .runs import read_table
+from .tables import own_runs
 
 RUN_TABLES = {
     "00_tuning_runs": "tuning (00)",
@@ -35,7 +36,7 @@ def _grid_runs(results=None) -> pd.DataFrame | None:
     if not frames:
         return None
     t = pd.concat(frames, ignore_index=True)
-    t = t[~t.label.astype(str).str.startswith("CD-best")]
+    t = own_runs(t)
     t = (
         t.assign(
             id=t.key.where(
@@ -195,7 +196,7 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
 
 def _pricer(bench_records: list[dict], results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
-    seconds with `step`) of one run: its recorded (epochs, wall seconds), else `compute`'s estimate,
+    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs, wall seconds), else `compute`'s estimate,
     divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
     measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
     work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
@@ -295,54 +296,41 @@ TRAINING_NOTEBOOKS = ("03_main", "02_teachers", "04_sampling", "06_student_size"
 
 
 def profile_runs(p) -> pd.DataFrame:
-    """Every distinct run that profile `p` trains, before any is recorded: its tuning stage (each
-    stage's points x tuning seeds on each tuning dataset and backbone; the "CD guide" stage's
-    teacher-guided point is CD's chosen run) and its training notebooks' grids (their configurations
-    enumerated at the untuned defaults, so that runs two tables share count once; the main table's
-    runs at the tuning seeds that the tuning stage already trained, its chosen points, count there).
-    One row per run: table, label, dataset, backbone, size, method, seed."""
+    """Every distinct run (of the backbones; iALS's, minutes in all, aside) that profile `p` trains,
+    before any is recorded: its tuning stage (each stage's points x tuning seeds on each tuning
+    dataset and backbone) and its training notebooks' grids, a run that two of them name counted
+    once, where it first appears. Every stage is enumerated as if it chose the untuned defaults, the
+    settings the grids are enumerated at: a run that the tuning stage trains at its chosen point
+    (the main table's runs at the tuning seeds, the sensitivity figure's points that are tuning
+    points, ...) is then the same configuration whichever point it chooses. One row per run:
+    table, label, dataset, backbone, size, method, seed."""
     from . import experiments
     from .config import Execution
 
-    q = dataclasses.replace(p, tuning=None, execution=Execution(train=False))
-    tuned_labels = {"Teacher", "Student", "RD", "CD-T"}
-    if p.tuning and "CD guide" in p.tuning:
-        tuned_labels |= {"CD-S", "CD-H"}  # the guide stage ran each guide at the chosen point
     seen, rows = set(), []
+
+    def add(table, label, c):
+        c = c.canonical()
+        if c.key() not in seen:
+            seen.add(c.key())
+            rows.append((table, label, c.dataset, c.backbone, c.size, c.method, c.seed))
+
+    stage_label = {"Teacher": "Teacher", "Student": "Student", "RD": "RD", "CD": "CD-T"}
+    untuned = {stage: {} for stage in experiments.STAGES}
+    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
+        for b in p.backbones:
+            for stage in experiments.tuning_stages(p):
+                for cfgs in experiments.stage_grid(p, d, b, stage, untuned).values():
+                    for c in cfgs:  # the guide stage's runs priced as their guide's
+                        add("00_tuning", stage_label.get(stage, f"CD-{c.guide[0].upper()}"), c)
+    q = dataclasses.replace(p, tuning=None, execution=Execution(train=False))
     for nb in TRAINING_NOTEBOOKS:
         for label, cfgs in experiments.notebook_grid(nb, q).items():
             for c in cfgs:
-                c = c.canonical()
-                if c.key() in seen:
-                    continue
-                seen.add(c.key())
-                from_tuning = (
-                    p.tuning is not None
-                    and nb == "03_main"
-                    and label in tuned_labels
-                    and c.seed in p.tune_seeds
-                    and p.tuning_dataset(c.dataset) == c.dataset
-                )
-                if not from_tuning:
-                    rows.append((nb, label, c.dataset, c.backbone, c.size, c.method, c.seed))
-    stage_kind = {"Teacher": ("Teacher", "none"), "Student": ("Student", "none")}
-    stage_kind |= {"RD": ("RD", "rd"), "CD": ("CD-T", "cd")}
-    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
-        for b in p.backbones:
-            for stage, grid in p.tuning.items():
-                n = int(np.prod([len(v) for v in grid.values()]))
-                if stage == "CD guide":  # the teacher guide is CD's chosen run
-                    labels = [f"CD-{g[0].upper()}" for g in grid["guide"] if g != "teacher"]
-                    kinds = [(label, "cd") for label in labels]
-                else:
-                    kinds = [stage_kind[stage]] * n
-                size = TEACHER_SIZE[b] if stage == "Teacher" else STUDENT[b]
-                for label, method in kinds:
-                    rows += [("00_tuning", label, d, b, size, method, s) for s in p.tune_seeds]
-    t = pd.DataFrame(
+                add(nb, label, c)
+    return pd.DataFrame(
         rows, columns=["table", "label", "dataset", "backbone", "size", "method", "seed"]
     )
-    return t.sort_values("table", kind="stable", ignore_index=True)  # the tuning stage first
 
 
 def profile_estimate(

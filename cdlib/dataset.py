@@ -178,10 +178,11 @@ def _disjoint_negatives(seen: sp.csr_matrix, neg: np.ndarray, seed: int, where: 
     if free.min() < N_NEGATIVES:
         u = int(free.argmin())
         who = user_ids[u].item() if hasattr(user_ids[u], "item") else user_ids[u]
+        never = seen.shape[1] - seen[u].nnz
         return None, (
             f"{where or 'dataset'}: too small for validation negatives disjoint from the test's: "
-            f"user {who!r} has {free[u] + N_NEGATIVES} never-interacted items, and needs "
-            f"{2 * N_NEGATIVES} (99 for the test, 99 others for validation)"
+            f"user {who!r} has {never} never-interacted items, and needs {2 * N_NEGATIVES} (99 for "
+            "the test, 99 others for validation)"
         )
     draw = _sample_negatives(taken, N_NEGATIVES, [seed, 98], where=where, user_ids=user_ids)
     return draw, (

@@ -38,15 +38,15 @@ def point_label(stage: str, point: dict) -> str:
     )
 
 
-def tune(
-    p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
-) -> tuple[pd.DataFrame, dict | None]:
-    """The tuning stage of one dataset and backbone: every stage's configurations over the tuning
-    seeds (trained when missing, unless training is off), and the choice of each stage, the point
-    with the best mean validation NDCG@10 (ties: the earlier point). Returns (runs, choice); choice
-    is {stage: settings} with every stage, or None while some run is not recorded."""
-    tuning = p.tuning
-    check_tuning(tuning)
+def tuning_stages(p: Profile) -> list[str]:
+    """The stages `p`'s tuning runs, in order: every tuning's four, and "CD guide" where it has one."""
+    return [stage for stage in STAGES if stage in TUNING or stage in p.tuning]
+
+
+def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict) -> dict:
+    """{label: [Config per tuning seed]} of one tuning stage, each point of its grid at the choices of
+    the stages before it (`choice`, {stage: settings}): the teacher's and the student's learning
+    rates for RD and CD, and CD's settings for the guide stage."""
     base = {
         "Teacher": {},
         "Student": {"size": STUDENT[backbone]},
@@ -54,33 +54,40 @@ def tune(
         "CD": {"size": STUDENT[backbone], "method": "cd", "guide": "teacher"},
         "CD guide": {"size": STUDENT[backbone], "method": "cd"},
     }
-    stages = [stage for stage in STAGES if stage in TUNING or stage in tuning]
+    fixed = {}
+    if stage in ("RD", "CD", "CD guide"):
+        fixed = {"teacher_lr": choice["Teacher"].get("lr"), "lr": choice["Student"].get("lr")}
+    if stage == "CD guide":  # the guides at CD's chosen settings
+        fixed.update(choice["CD"])
+    return {
+        point_label(stage, pt): [
+            p.config(dataset, backbone, s, **{**base[stage], **fixed, **pt}) for s in p.tune_seeds
+        ]
+        for pt in _points(p.tuning[stage])
+    }
+
+
+def tune(
+    p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
+) -> tuple[pd.DataFrame, dict | None]:
+    """The tuning stage of one dataset and backbone: every stage's configurations over the tuning
+    seeds (trained when missing, unless training is off), and the choice of each stage, the point
+    with the best mean validation NDCG@10 (ties: the earlier point). Returns (runs, choice); choice
+    is {stage: settings} with every stage, or None while some run is not recorded."""
+    check_tuning(p.tuning)
+    stages = tuning_stages(p)
     frames, choice = [], {}
     for stage in stages:
-        fixed = {}
-        if stage in ("RD", "CD", "CD guide"):
-            if "Teacher" not in choice or "Student" not in choice:
-                break
-            fixed = {"teacher_lr": choice["Teacher"].get("lr"), "lr": choice["Student"].get("lr")}
-        if stage == "CD guide":  # the guides at CD's chosen settings
-            if "CD" not in choice:
-                break
-            fixed.update(choice["CD"])
-        grid = {
-            point_label(stage, pt): [
-                p.config(dataset, backbone, s, **{**base[stage], **fixed, **pt})
-                for s in p.tune_seeds
-            ]
-            for pt in _points(tuning[stage])
-        }
-        df = collect(grid, results, p.execution, progress).assign(stage=stage)
-        frames.append(df)
+        df = collect(
+            stage_grid(p, dataset, backbone, stage, choice), results, p.execution, progress
+        )
+        frames.append(df.assign(stage=stage))
         if (df.status != "ok").any():
             break
         means = df.groupby("label", sort=False)[f"valid {TUNE_METRIC}"].mean()
         best = means.idxmax()
         choice[stage] = {
-            k: v for k, v in _points(tuning[stage])[list(means.index).index(best)].items()
+            k: v for k, v in _points(p.tuning[stage])[list(means.index).index(best)].items()
         }
     runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return runs_df, (choice if len(choice) == len(stages) else None)

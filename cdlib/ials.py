@@ -27,8 +27,9 @@ from .config import STUDENT, TEACHER_SIZE, Execution
 from .dataset import Dataset
 from .tables import record_metrics
 
-# 6 configurations, as many as CD's and RD's tuning stages [decision]; the learning-rate grids of
-# the teacher and the plain student have 4. The first grid's regularization (0.01, 0.1, 1) gave the
+# 6 configurations, as many as CD's and RD's tuning stages in the paper profile [decision] (8 each
+# in profile next: a gap to close before its main table is read); the learning-rate grids of the
+# teacher and the plain student have 4. The first grid's regularization (0.01, 0.1, 1) gave the
 # same validation NDCG@10 to 2-3 decimals at every value, on every dataset and budget: too weak to
 # matter, while iALS at the teacher's budget (276-371 factors) fell below iALS at 128. Its strongest
 # value stays, with two stronger ones (issue 24).

@@ -202,8 +202,20 @@ def profile(
     return p
 
 
+# what each stage fixes itself (`experiments.stage_grid`): its size and method, and the choices of the
+# stages before it; a grid may not vary them
+FIXED = {
+    "Teacher": ("size", "method"),
+    "Student": ("size", "method"),
+    "RD": ("size", "method", "teacher_lr", "lr"),
+    "CD": ("size", "method", "teacher_lr", "lr", "guide"),
+    "CD guide": ("size", "method", "teacher_lr", "lr"),
+}
+
+
 def check_tuning(tuning: dict) -> None:
-    """Refuse a tuning grid with an unknown stage or parameter, or an empty list of values."""
+    """Refuse a tuning grid with an unknown stage or parameter, a parameter its stage fixes (`FIXED`),
+    or an empty list of values."""
     fields = {f.name for f in dataclasses.fields(Config)}
     for stage, grid in tuning.items():
         if stage not in STAGES:
@@ -214,6 +226,11 @@ def check_tuning(tuning: dict) -> None:
             if name not in fields:
                 raise ValueError(
                     f"tuning: {stage} names unknown parameter {name!r} (not a field of train.Config)"
+                )
+            if name in FIXED[stage] or (stage == "CD guide" and name in tuning.get("CD", {})):
+                raise ValueError(
+                    f"tuning: {stage} may not vary {name!r}: the stage fixes it (the stages before it "
+                    "choose it, or it is what the stage trains)"
                 )
             if not isinstance(values, (list, tuple)) or len(values) == 0:
                 raise ValueError(f"tuning: {stage} parameter {name!r} has no values to try")

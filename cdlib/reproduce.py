@@ -21,6 +21,7 @@ process pool; the records and executed notebooks come back to this machine (no s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -48,7 +49,11 @@ NOTEBOOKS = [
 # notebooks whose per-dataset jobs train (05 reads the runs of 03); 00 runs first, as its own stage
 TUNING = ["00_tuning"]
 TRAINING = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
-OWN_DATA = ["10_your_data"]  # trains on its own shipped file in the report stage
+OWN_DATA = ["10_your_data"]
+SCOPED = {
+    "06_student_size": "size",
+    "07_sensitivity": "sensitivity",
+}  # `Profile.scope`'s tables  # trains on its own shipped file in the report stage
 
 
 def slug(dataset: str) -> str:
@@ -104,7 +109,14 @@ def plan(
         list(dict.fromkeys(p.tuning_dataset(d) for d in datasets)) if p.tuning is not None else []
     )
     tuning = [job(nb, d) for nb in TUNING if nb in notebooks for d in tune_sets] if train else []
-    training = [job(nb, d) for nb in TRAINING if nb in notebooks for d in datasets] if train else []
+    training = [
+        job(nb, d)
+        for nb in TRAINING
+        if nb in notebooks
+        for d in datasets
+        if d in dataclasses.replace(p, datasets=list(datasets)).scoped(SCOPED.get(nb, "")).datasets
+    ]  # (a table the profile's scope narrows trains on its datasets only)
+    training = training if train else []
     report = [
         Job(
             nb,

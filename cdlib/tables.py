@@ -29,6 +29,9 @@ class Pending:
     reason: str
 
 
+COLLECTED = ["label", "dataset", "backbone", "size", "seed", "method"]  # every row's first columns
+
+
 def collect(
     grid: dict, results=None, execution: Execution | None = None, progress: bool = True
 ) -> pd.DataFrame:
@@ -89,7 +92,15 @@ def collect(
                 device=runs.device_kind(rec["provenance"]["device"]),
             )
             rows.append({**row, **record_metrics(rec)})
-    return pd.DataFrame(rows)
+    # an empty grid (a table a profile's scope leaves out here) still has the columns callers read
+    return pd.DataFrame(rows, columns=None if rows else [*COLLECTED, "status"])
+
+
+def own_runs(t: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a table that are runs of their own: not "CD-best" (the best guide's runs again)
+    nor "CD" (the chosen guide's runs again, profile next)."""
+    label = t.label.astype(str)
+    return t[~label.str.startswith("CD-best") & (label != "CD")]
 
 
 def record_metrics(rec: dict) -> dict:

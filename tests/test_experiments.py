@@ -228,6 +228,14 @@ def test_bad_tuning_grids_and_epoch_rules_are_refused():
         profiles.check_tuning({"RD": {"lambda_rd": []}})
     with pytest.raises(ValueError, match="unknown stage 'KD'"):
         profiles.check_tuning({"KD": {"lr": [1e-3]}})
+    with pytest.raises(ValueError, match="RD may not vary 'lr'"):  # the student's stage chooses it
+        profiles.check_tuning({"RD": {"lr": [1e-3]}})
+    with pytest.raises(ValueError, match="CD may not vary 'guide'"):  # the guide stage's
+        profiles.check_tuning({"CD": {"guide": ["student"]}})
+    with pytest.raises(ValueError, match="CD guide may not vary 'lambda_kd'"):
+        profiles.check_tuning({"CD": {"lambda_kd": [1.0]}, "CD guide": {"lambda_kd": [0.1]}})
+    for p in profiles.PROFILES.values():
+        profiles.check_tuning(p.tuning)
     with pytest.raises(ValueError, match="epoch cap epochs=20 is below min_epochs=50"):
         profiles.profile("quick", epochs=20)
 
@@ -438,13 +446,14 @@ def test_violations_list_a_teacher_below_its_plain_student_with_its_fix(tmp_path
 
     monkeypatch.setattr(audit, "popularity_valid_ndcg", lambda config: 0.01)
     table = []
-    for label, size, valid in (("Teacher", 64, [0.40, 0.30]), ("Student", 8, [0.20, 0.36])):
+    students = (("Student", 8, [0.20, 0.36]), ("Student", 16, [0.50, 0.50]))  # 16: not its own
+    for label, size, valid in (("Teacher", 64, [0.40, 0.30]), *students):
         for r in rows(label, valid, backbone="neumf"):
-            key = f"{label}{r['seed']}"
+            key = f"{label}{size}{r['seed']}"
             config = {"dataset": "d", "backbone": "neumf", "size": size, "epochs": 1000}
             rec = {"key": key, "config": config, "best_epoch": 14, "epochs_run": 60}
             runs.write_record(rec | {"valid_sampled": {"NDCG@10": r["valid NDCG@10"]}}, tmp_path)
-            table.append(dict(r, key=key))
+            table.append(dict(r, key=key, size=size))
     tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
     bad = audit.violations(tmp_path)
     assert len(bad) == 1 and bad.seed[0] == 1 and bad.label[0] == "Teacher" and bad["size"][0] == 64
@@ -832,8 +841,9 @@ def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
     paper = costs.profile_runs(dataclasses.replace(profiles.PROFILES["paper"], **one))
     counts = paper.groupby("table").size().to_dict()
     assert counts["00_tuning"] == 2 * (4 + 4 + 6 + 6) and counts["03_main"] == 6 * 5 - 4 * 2 + 5
-    # every seed (no scope); of each parameter's 4 values, the one CD-T runs at is CD-T's run
-    assert counts["07_sensitivity"] == (16 - 4) * 5
+    # every seed (no scope); of each parameter's 4 values, the one CD-T runs at is CD-T's run, and
+    # at the tuning seeds the other lambda_kd and n_distill values of CD's grid are tuning runs
+    assert counts["07_sensitivity"] == (16 - 4) * 5 - 3 * 2
 
 
 def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from cdlib import reproduce
+from cdlib import reproduce, tables
 
 
 def check_outputs(res):
@@ -185,6 +185,13 @@ def test_plan_passes_seeds_and_backbones_to_every_job(tmp_path):
     assert training[1].output.endswith("03_main__my.csv.ipynb") and training[1].parameters[
         "datasets"
     ] == ["/data/my.csv"]
+    # profile next's scope: the sensitivity figure on ml-1m and citeulike-t only; no notebook
+    # runs on an empty grid
+    _, training, report, _ = reproduce.plan(
+        "next", ["ml-100k", "ml-1m"], ["06_student_size", "07_sensitivity"], *[tmp_path] * 3, 2
+    )
+    assert [j.name for j in training] == ["06/ml-100k", "06/ml-1m", "07/ml-1m"]
+    assert tables.collect({}).columns[:7].tolist() == [*tables.COLLECTED, "status"]
 
 
 def test_device_cuda_without_cuda_is_refused_before_anything_runs(tmp_path, capsys):
