@@ -90,8 +90,9 @@ def _verdicts(claims) -> list[str]:
         "interval and I²; the verdict from that interval; where the paper's claimed range lies; how many "
         "cells could have detected the paper's smallest gain (minimum detectable effect at 80% power at "
         "Holm's strictest level, given the cell's seeds and their spread). Claim 3's primary comparison is "
-        "the CD configuration the tuning stage chose (CD-T) against RD; CD-best, the best of three guides "
-        "chosen on validation, is a maximum over guides and only a secondary row.",
+        "the CD configuration the tuning stage chose (its rows name it, `report.primary_cd`) against RD; "
+        "CD-best, the best of three guides chosen on validation, is a maximum over guides and only a "
+        "secondary row.",
         "",
         *[f"- {v}" for v in report.verdicts(claims)],
         "",
@@ -115,11 +116,13 @@ def readme_section(results=None) -> str:
     tuning = read_table("00_tuning", results)
     if tuning is not None and not tuning.empty:
         chosen = tuning[tuning.chosen.astype(bool)]
+        budget = tuning.groupby("stage", sort=False).label.nunique()
         parts += [
             "### Tuning stage: the settings chosen on validation NDCG@10 (notebook 00)",
             "",
-            "Equal budgets: CD and RD 6 configurations each, the teacher and the plain student 4 learning "
-            "rates, the same seeds and epoch rules; full grid in `results/00_tuning.csv`.",
+            "Configurations per stage: "
+            + ", ".join(f"{stage} {n}" for stage, n in budget.items())
+            + "; the same seeds and epoch rules for all; full grid in `results/00_tuning.csv`.",
             "",
             _md(
                 chosen[["dataset", "backbone", "stage", "label", "valid NDCG@10", "seeds"]]
