@@ -162,7 +162,7 @@ PROFILES = {
         },
         cost="the paper profile under issue 23's protocol (validation negatives disjoint from the "
         "test's, each dataset tuned on its own, the CD guide chosen in tuning): weeks on 2 cores "
-        "with the dense step",
+        "(`costs.profile_estimate` prices it: README, notebook 09); what tools/gpu_window.sh trains",
     ),
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One short GPU window, resumable: a correctness check, the epoch benchmark, then the paper profile's
-# training on the GPU until a time limit. Everything it returns is in at most 7 files directly under
+# One short GPU window, resumable: a correctness check, the epoch benchmark, then a profile's training
+# on the GPU until a time limit: PROFILE, default next (issue 23's grid, which supersedes the paper
+# profile's runs still to go). Everything it returns is in at most 7 files directly under
 # OUT (the device tool brings back at most 8 files, at most 2 folders down):
 #
 #   here, once:     bash tools/gpu_window.sh --pack      # data into .data/ (git-ignored), for `carry`
@@ -129,7 +130,7 @@ mkdir -p "$RES"
 cp -r results/runs "$RES/"
 LIMIT=$(( $(left) - 60 ))
 if [ "$LIMIT" -gt 30 ]; then
-  timeout $(( $(left) - 20 )) $PY -m cdlib.reproduce --profile paper --device "$DEV" --results "$RES" \
+  timeout $(( $(left) - 20 )) $PY -m cdlib.reproduce --profile "${PROFILE:-next}" --device "$DEV" --results "$RES" \
       --time-limit "$LIMIT" --no-notebooks --jobs "${JOBS:-4}" "$@"
 fi
 comm -13 <(ls results/runs | sort) <(ls "$RES/runs" | sort) > "$OUT/new_records.txt"
