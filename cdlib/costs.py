@@ -194,15 +194,14 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
     return "student, CD teacher-guided"
 
 
-def _pricer(bench_records: list[dict], results=None, step: str = "sparse"):
+def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
     seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs, wall seconds), else `compute`'s estimate,
     divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
     measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
     work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
     batch size steps an epoch) at the warm-up's ratio. NaN where no ratio or no estimate exists.
-    None without bench records of `step` or recorded runs."""
-    t = _grid_runs(results)
+    None without bench records of `step` or recorded runs (`t`: the tables' runs, `_grid_runs`)."""
     column = f"dense / {step}, validation included"
     if t is None or not any(column in row for rec in bench_records for row in rec["steps"]):
         return None
@@ -252,10 +251,10 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
     sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
     (recorded wall time, else `compute`'s estimate) and with `step` (`_pricer`). A cell with a run
     whose kind has no benched ratio has no estimate. Empty without bench records or tables."""
-    price = _pricer(bench_records, results, step)
+    t = _grid_runs(results)
+    price = _pricer(bench_records, t, results, step)
     if price is None:
         return pd.DataFrame()
-    t = _grid_runs(results)
     rows = []
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
         dense, new, ref = [], [], ""
@@ -340,7 +339,7 @@ def profile_estimate(
     with the dense step and with `step`: every run priced as `compute` estimates a run to go (the
     recorded runs of the same kind, on the same dataset or the nearest in work) and divided by its
     kind's benched ratio (`_pricer`). Empty without bench records or recorded runs."""
-    price = _pricer(bench_records, results, step)
+    price = _pricer(bench_records, _grid_runs(results), results, step)
     if price is None:
         return pd.DataFrame()
     t = profile_runs(p)

@@ -97,6 +97,24 @@ def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
     assert {c.key() for c in main["CD-T"] if c.backbone == "cdae"} <= set(tuned_runs.key)
 
 
+def _fake_record(c, valid: float, test: float = 0.5) -> dict:
+    """A record of canonical config `c` as train.run returns it, every metric 0.5 but the validation
+    and test NDCG@10 (sampled): what the tuning stage reads."""
+    m = {k: 0.5 for k in tables.METRICS}
+    return {
+        "key": c.key(),
+        "n_params": 1,
+        "best_epoch": 1,
+        "epochs_run": 1,
+        "timing": {"train_seconds": 0},
+        "provenance": {"device": "cpu: x"},
+        "test_sampled": {**m, "NDCG@10": test},
+        "test_full": m,
+        "valid_sampled": {**m, "NDCG@10": valid},
+        "valid_full": m,
+    }
+
+
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
     from cdlib import train
 
@@ -122,19 +140,7 @@ def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, mon
             "rd": c.lambda_rd == 0.1 and c.rd_k == 20,
             "cd": c.lambda_kd == 0.1 and c.n_distill == 20,
         }[c.method]
-        m = {k: 0.5 for k in tables.METRICS}
-        return {
-            "key": c.key(),
-            "n_params": 1,
-            "best_epoch": 1,
-            "epochs_run": 1,
-            "timing": {"train_seconds": 0},
-            "provenance": {"device": "cpu: x"},
-            "test_sampled": {**m, "NDCG@10": 0.1 if good else 0.9},
-            "test_full": m,
-            "valid_sampled": {**m, "NDCG@10": 0.9 if good else 0.1},
-            "valid_full": m,
-        }
+        return _fake_record(c, valid=0.9 if good else 0.1, test=0.1 if good else 0.9)
 
     monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
     p = profiles.profile("quick")
@@ -180,20 +186,8 @@ def test_the_next_profile_tunes_every_dataset_and_the_cd_guide_with_equal_budget
             "rd": c.lambda_rd == 0.1,
             "cd": c.lambda_kd == 0.1 and c.guide == "student",
         }[c.method]
-        m = {k: 0.5 for k in tables.METRICS}
         v = 0.9 if good else (0.5 if c.method == "cd" and c.lambda_kd == 0.1 else 0.1)
-        return {
-            "key": c.key(),
-            "n_params": 1,
-            "best_epoch": 1,
-            "epochs_run": 1,
-            "timing": {"train_seconds": 0},
-            "provenance": {"device": "cpu: x"},
-            "test_sampled": m,
-            "test_full": m,
-            "valid_sampled": {**m, "NDCG@10": v},
-            "valid_full": m,
-        }
+        return _fake_record(c, valid=v)
 
     monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
     p = profiles.profile("next", datasets=["citeulike-t"], backbones=["neumf"], seeds=[0])
