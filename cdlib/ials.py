@@ -1,9 +1,10 @@
 """A strong small model that is not distilled, as reference rows of the main table: iALS (Hu, Koren
 and Volinsky 2008; the `implicit` package's conjugate-gradient ALS) at the teacher's and at the
 student's parameter budget, on the same split, negatives and metrics as every other arm, tuned on
-validation NDCG@10 (sampled) over the tuning seeds with the same budget as the other arms (6
-configurations, `GRID`). Not part of claim 3: it answers whether a well-tuned small model of another
-family already does as well (Rendle et al. 2019, 2020).
+validation NDCG@10 (sampled) over the tuning seeds with the same budget as CD and RD (the
+profile's `ials_grid`: 6 configurations in the paper profile, 8 in `next`, `profiles.IALS_GRID`).
+Not part of claim 3: it answers whether a well-tuned small model of another family already does as
+well (Rendle et al. 2019, 2020).
 
 A run is recorded like every other, beside them (`results/ials/<key>.json`, keyed by its
 `IALSConfig`, with provenance), and read, not trained again, when it is.
@@ -25,15 +26,9 @@ from threadpoolctl import threadpool_limits
 from . import data, metrics, models, runs
 from .config import STUDENT, TEACHER_SIZE, Execution
 from .dataset import Dataset
+from .profiles import IALS_GRID
 from .tables import record_metrics
 
-# 6 configurations, as many as CD's and RD's tuning stages in the paper profile [decision] (8 each
-# in profile next: a gap to close before its main table is read); the learning-rate grids of the
-# teacher and the plain student have 4. The first grid's regularization (0.01, 0.1, 1) gave the
-# same validation NDCG@10 to 2-3 decimals at every value, on every dataset and budget: too weak to
-# matter, while iALS at the teacher's budget (276-371 factors) fell below iALS at 128. Its strongest
-# value stays, with two stronger ones (issue 24).
-GRID = {"regularization": [1.0, 10.0, 100.0], "alpha": [1.0, 10.0]}
 ITERATIONS = 15  # ALS sweeps [decision]: implicit's default, converged on ml-1m
 BUDGETS = {"iALS (teacher budget)": "teacher", "iALS (student budget)": "student"}
 # results/ials/: records of another kind than results/runs/' Configs
@@ -138,8 +133,14 @@ def budget(ds: Dataset, backbone: str, role: str) -> int:
 
 
 def configurations(
-    dataset: str, factors: int, seed: int, subset_users=None, valid_negatives: str = "own"
+    dataset: str,
+    factors: int,
+    seed: int,
+    subset_users=None,
+    valid_negatives: str = "own",
+    grid: dict = IALS_GRID,
 ) -> list[IALSConfig]:
+    """The grid's configurations (regularization x alpha, in that order) at `factors` for one seed."""
     return [
         IALSConfig(
             dataset,
@@ -150,7 +151,7 @@ def configurations(
             subset_users=subset_users,
             valid_negatives=valid_negatives,
         )
-        for reg, alpha in itertools.product(GRID["regularization"], GRID["alpha"])
+        for reg, alpha in itertools.product(grid["regularization"], grid["alpha"])
     ]
 
 
@@ -159,10 +160,10 @@ def main_rows(
 ) -> pd.DataFrame:
     """The iALS rows of the main table under profile `p`: per dataset, backbone and budget, the
     configuration with the best mean validation NDCG@10 (sampled) over `p.tune_seeds` (ties: the
-    earlier one in `GRID`'s order), run on every seed of `p.seeds` (validated on the profile's
+    earlier one in the order of `p.ials_grid`), run on every seed of `p.seeds` (validated on the profile's
     validation negatives); rows in `tables.collect`'s format ('missing' where a run is not recorded
     and training is off)."""
-    rows, scope = [], (p.subset_users, p.valid_negatives)
+    rows, scope = [], (p.subset_users, p.valid_negatives, p.ials_grid)
     for d in p.datasets:
         ds = data.load(d)
         ds = ds.subset(p.subset_users, seed=0) if p.subset_users else ds

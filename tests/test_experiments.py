@@ -176,6 +176,9 @@ def test_the_next_profile_tunes_every_dataset_and_the_cd_guide_with_equal_budget
     rd = len(ex._points(nxt.tuning["RD"]))
     cd = len(ex._points(nxt.tuning["CD"])) + len(nxt.tuning["CD guide"]["guide"]) - 1
     assert rd == cd == 8  # the teacher-guided point of the guide stage is CD's chosen run
+    assert len(ex._points(nxt.ials_grid)) == 8  # iALS, the main table's reference rows, too
+    paper = profiles.PROFILES["paper"]
+    assert len(ex._points(paper.ials_grid)) == len(ex._points(paper.tuning["RD"])) == 6
     seen = {}
 
     def fake_run(cfg):

@@ -57,15 +57,18 @@ def test_a_run_is_recorded_beside_the_runs_and_read_back(results, monkeypatch):
         )
 
 
-def test_main_rows_choose_on_validation_and_say_what_is_missing(results, monkeypatch):
-    p = profiles.profile("smoke", backbones=["cdae"])
+def test_main_rows_choose_on_validation_and_say_what_is_missing(results):
+    grid = {"regularization": [0.01, 1.0], "alpha": [1.0]}
+    p = profiles.profile("smoke", backbones=["cdae"], ials_grid=grid)
     off = ials.main_rows(
         p, results, config.Execution(train=False), labels=["iALS (student budget)"]
     )
     assert list(off.status) == ["untuned"]
-    monkeypatch.setattr(ials, "GRID", {"regularization": [0.01, 1.0], "alpha": [1.0]})
     rows = ials.main_rows(p, results, labels=["iALS (student budget)"])
-    tried = [ials.run(c, results) for c in ials.configurations("ml-100k", rows["size"][0], 0, 150)]
+    tried = [
+        ials.run(c, results)
+        for c in ials.configurations("ml-100k", rows["size"][0], 0, 150, grid=grid)
+    ]
     best = int(np.argmax([r["valid_sampled"]["NDCG@10"] for r in tried]))
     assert rows.status[0] == "ok" and rows.regularization[0] == [0.01, 1.0][best]
     assert rows["NDCG@10"][0] == tried[best]["test_sampled"]["NDCG@10"]

@@ -180,8 +180,8 @@ from teacher seed s.
 comes close to the teacher. "CD-best" is the CD guide with the best mean **validation** NDCG@10 of the same
 protocol; the gains carry a paired t-test over seeds, on the sampled and the full-ranking protocol.
 For reference, a strong small model of another family that is not distilled: iALS (`cdlib.ials`, the
-`implicit` package) at the teacher's and at the student's parameter budget, tuned on validation with 6
-configurations, on the same split, negatives and metrics (not part of the claims)."""),
+`implicit` package) at the teacher's and at the student's parameter budget, tuned on validation with CD's and
+RD's budget (the profile's `ials_grid`: 6 configurations in the paper profile, 8 in `next`), on the same split, negatives and metrics (not part of the claims)."""),
         params(
             'rd_v1_datasets = ["ml-100k"]   # where RD is also run in its first (v1) form, to show what its fixes change'
         ),
