@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import profiles, runs
+from . import profiles, runs, sparse
 from .jobs import NB_DIR, Job, run_jobs
 from .profiles import PROFILES
 
@@ -54,6 +54,18 @@ SCOPED = {
     "06_student_size": "size",
     "07_sensitivity": "sensitivity",
 }  # `Profile.scope`'s tables  # trains on its own shipped file in the report stage
+
+
+def stacks(profile) -> bool:
+    """Whether the profile's runs can train stacked in groups: not with a sparse step
+    (`loop.fit_group` trains those one run at a time)."""
+    return profile.step not in sparse.SPARSE_STEPS
+
+
+def default_group_size(profile, device: str | None) -> int:
+    """Runs per stacked group when --group-size is not given: 15 on CUDA, 1 on a CPU (where a
+    stacked step is no faster, `cdlib.bench --groups`) and for a profile whose runs do not stack."""
+    return 15 if device == "cuda" and stacks(profile) else 1
 
 
 def slug(dataset: str) -> str:
@@ -212,7 +224,7 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help="runs trained together in one stacked step (train.run_group; default 1 on a CPU, where "
-        "it is slower, 15 on CUDA)",
+        "it is slower, 15 on CUDA; 1 for a profile with a sparse step, whose runs do not stack)",
     )
     ap.add_argument(
         "--time-limit",
@@ -230,6 +242,11 @@ def main(argv=None) -> int:
         )
 
     profile = PROFILES[args.profile]
+    if args.group_size and args.group_size > 1 and not stacks(profile):
+        ap.error(
+            f"--group-size {args.group_size}: profile {args.profile} trains with "
+            f"step={profile.step!r} (Config.step), whose runs train one at a time, not stacked"
+        )
     datasets = args.datasets.split(",") if args.datasets else profile.datasets
     notebooks = NOTEBOOKS
     if args.notebooks:
@@ -271,7 +288,7 @@ def main(argv=None) -> int:
             j.threads = args.threads
     if args.no_report or args.no_notebooks:
         report, last = [], []
-    group = args.group_size or (15 if args.device == "cuda" else 1)
+    group = args.group_size or default_group_size(profile, args.device)
     print(
         f"profile {args.profile}: {len(datasets)} dataset(s) {datasets}, {len(notebooks)} notebook(s), "
         f"{args.jobs} job(s) x {training[0].threads if training else report[0].threads if report else 1} "

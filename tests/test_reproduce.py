@@ -1,12 +1,13 @@
 """The whole pipeline end to end under the smoke profile: papermill, in parallel, every notebook,
 into a temporary results directory; once on the local process pool and once on a Dask cluster."""
 
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
 
-from cdlib import reproduce, tables
+from cdlib import profiles, reproduce, tables
 
 
 def check_outputs(res):
@@ -239,3 +240,20 @@ def test_group_size_reaches_the_jobs_and_groups_their_runs(tmp_path, monkeypatch
     )
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke", "--results", str(res), "--group-size", "0"])
+
+
+def test_a_profile_with_a_sparse_step_trains_its_runs_one_at_a_time(tmp_path, monkeypatch, capsys):
+    """The sparse steps do not stack (loop.fit_group refuses a group): reproduce asks for groups of
+    one, and refuses --group-size above 1 before anything runs."""
+    sparse_smoke = dataclasses.replace(profiles.PROFILES["smoke"], step="deferred")
+    monkeypatch.setitem(profiles.PROFILES, "smoke", sparse_smoke)
+    res = tmp_path / "results"
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--results", str(res), "--group-size", "2"])
+    assert "step='deferred'" in capsys.readouterr().err and not res.exists()
+    assert reproduce.default_group_size(sparse_smoke, "cuda") == 1
+    dense = profiles.PROFILES["paper"]
+    assert reproduce.default_group_size(dense, "cuda") == 15
+    assert (
+        reproduce.default_group_size(dense, "cpu") == reproduce.default_group_size(dense, None) == 1
+    )
