@@ -1,16 +1,20 @@
 """What the tables rest on (`coverage`: per table, dataset and backbone, the runs recorded and not,
-their seeds and device) and the runs that break the fair protocol (`violations`: capped, stalled
+their seeds and device; `profile_coverage`: how much of a profile's grid is recorded, before its
+tables are) and the runs that break the fair protocol (`violations`: capped, stalled
 on the initial plateau, or a teacher below its own plain student), from the tables in results/."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections import Counter
 
 import pandas as pd
 
 from . import metrics, runs
 from .config import STUDENT, Config, dataset_for
-from .costs import RUN_TABLES
+from .costs import RUN_TABLES, TRAINING_NOTEBOOKS, profile_runs
 from .runs import read_table
-from .tables import own_runs
+from .tables import collect, own_runs
 
 
 def coverage(results=None) -> pd.DataFrame:
@@ -37,6 +41,52 @@ def coverage(results=None) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def profile_coverage(p, results=None) -> pd.DataFrame:
+    """How much of profile `p`'s grid is recorded, before its tables are: per table (the tuning
+    stage, then each training notebook), dataset and backbone, the runs it plans
+    (`costs.profile_runs`), those recorded, and the share. Runs are counted as `profile_runs`
+    counts them, a run that two tables name in the first: the tuning stage's at its real choices,
+    the tables' at the settings tuned so far (a cell whose tuning is not recorded has none of its
+    tables' runs yet). Reads the records; trains nothing."""
+    from . import experiments
+    from .config import Execution
+
+    look = dataclasses.replace(p, execution=Execution(train=False))
+    off = Execution(train=False)
+    seen, done = set(), Counter()
+
+    def count(table: str, df: pd.DataFrame) -> None:
+        for r in df[df.status == "ok"].itertuples():
+            if r.key not in seen:
+                seen.add(r.key)
+                done[(table, r.dataset, r.backbone)] += 1
+
+    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
+        for b in p.backbones:
+            count("00_tuning", experiments.tune(look, d, b, results, progress=False)[0])
+    for nb in TRAINING_NOTEBOOKS:
+        count(nb, collect(experiments.notebook_grid(nb, look, results), results, off, False))
+    plan = profile_runs(p).groupby(["table", "dataset", "backbone"], sort=False).size()
+    out = plan.rename("runs").reset_index()
+    out["recorded"] = [done[k] for k in plan.index]
+    total = pd.DataFrame([{"table": "all", "runs": out.runs.sum(), "recorded": out.recorded.sum()}])
+    out = pd.concat([out, total], ignore_index=True)
+    out["recorded %"] = (100 * out.recorded / out.runs).round(1)
+    return out
+
+
+def coverage_grid(cov: pd.DataFrame) -> pd.DataFrame:
+    """`profile_coverage` as a grid: a row per dataset and backbone, a column per table, each cell
+    "recorded / planned"."""
+    cells = cov[cov.table != "all"].assign(
+        cell=lambda x: x.recorded.astype(str) + " / " + x.runs.astype(str)
+    )
+    grid = cells.pivot_table(
+        index=["dataset", "backbone"], columns="table", values="cell", aggfunc="first", sort=False
+    )
+    return grid.fillna("").reset_index().rename_axis(columns=None)
 
 
 _POPULARITY: dict = {}

@@ -12,7 +12,7 @@ import pandas as pd
 from . import plots, report, runs
 from .agreement import shapes_agreement, step_agreement, step_equivalence
 from .analyses import protocol_gap, teacher_variants
-from .audit import coverage, violations
+from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate, profile_estimate, step_estimate
 from .profiles import PROFILES
 from .runs import read_table
@@ -228,6 +228,7 @@ def readme_section(results=None) -> str:
                     + ".",
                     "",
                 ]
+    parts += _next_coverage_section(results)
     cost = compute(results)
     if not cost.empty:
         parts += [
@@ -302,6 +303,26 @@ STEP_BENCH_COLUMNS = [
     *(f"{s} s/epoch" for s in _BENCHED),
     *(f"dense / {s}, validation included" for s in _BENCHED[1:]),
 ]
+
+
+def _next_coverage_section(results=None) -> list[str]:
+    """How much of issue 23's grid (profile `next`) is recorded (`audit.profile_coverage`): per
+    dataset and backbone, recorded / planned runs of each table."""
+    cov = profile_coverage(PROFILES["next"], results)
+    if cov.empty or cov.recorded.sum() == 0:
+        return []
+    whole = cov[cov.table == "all"].iloc[0]
+    return [
+        "### Issue 23's grid (profile `next`), recorded so far",
+        "",
+        f"{int(whole.recorded)} of its {int(whole.runs)} runs ({whole['recorded %']:.1f}%) are "
+        f'recorded (step="{PROFILES["next"].step or "dense"}"); per table, recorded / planned runs, '
+        "a run two tables share counted in the first (`audit.profile_coverage`). A table's runs "
+        "start once its cell's tuning stage is recorded.",
+        "",
+        _md(coverage_grid(cov)),
+        "",
+    ]
 
 
 def _sparse_step_section(results=None) -> list[str]:

@@ -968,3 +968,38 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record)
     assert "| sparse - dense |" in text and "| deferred - dense |" in text
     assert "| TOST p | equivalent |" in text and "agreement.step_equivalence" in text
     assert "| a | 1 | 2 |" in text  # pooled: dataset a, one configuration, two seeds
+
+
+def test_profile_coverage_counts_each_run_once_and_complete_means_complete(tmp_path, monkeypatch):
+    """A profile's grid against its records: nothing recorded, then the tuning stage (chosen away
+    from the defaults `costs.profile_runs` enumerates at), then every table's runs: each count
+    reaches its plan exactly, a run two tables share counted once."""
+    from cdlib import runs, train
+
+    def fake_group(cfgs, results=None, refresh=False, progress=True, execution=None):
+        out = []
+        for c in (c.canonical() for c in cfgs):
+            rec = runs.read_record(c.key(), results)
+            if rec is None:
+                if execution is not None and not execution.train:
+                    raise train.NotRecorded(c.key())
+                rec = {**_fake_record(c, valid=0.9 if c.lr == 3e-3 else 0.1), "config": {}}
+                runs.write_record(rec, results)
+            out.append(rec)
+        return out
+
+    monkeypatch.setattr(train, "run_group", fake_group)
+    p = profiles.profile("next", datasets=["citeulike-t"], backbones=["neumf"], seeds=[0, 2])
+    plan = costs.profile_runs(p)
+    cov = audit.profile_coverage(p, tmp_path).set_index("table")
+    assert cov.loc["all", "runs"] == len(plan) and cov.recorded.sum() == 0
+    runs_df, choice = ex.tune(p, "citeulike-t", "neumf", tmp_path, progress=False)
+    assert choice["Teacher"] == {"lr": 3e-3}  # not the default, 1e-3
+    cov = audit.profile_coverage(p, tmp_path).set_index("table")
+    distinct = runs_df.key.nunique()  # the guide stage's teacher-guided point is CD's chosen run
+    assert cov.loc["00_tuning", "recorded"] == cov.loc["00_tuning", "runs"] == distinct == 48
+    assert cov.loc["03_main", "recorded"] == 0 < cov.loc["03_main", "runs"]
+    for nb in costs.TRAINING_NOTEBOOKS:
+        tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
+    cov = audit.profile_coverage(p, tmp_path)
+    assert (cov.recorded == cov.runs).all() and (cov["recorded %"] == 100).all()

@@ -429,6 +429,14 @@ if write_tables:
         ),
         md("## Coverage: what each table rests on"),
         code("print(audit.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
+        md("""Issue 23's grid (profile `next`) against its records: per dataset and backbone, recorded / planned
+runs of each table, a run two tables share counted in the first (`audit.profile_coverage`)."""),
+        code(
+            """progress = audit.profile_coverage(profiles.PROFILES["next"], results_dir)
+print(progress[progress.table == "all"].to_string(index=False))
+print(audit.coverage_grid(progress).to_string(index=False))""",
+            "nbval-check-output",
+        ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
