@@ -142,12 +142,13 @@ def step_equivalence(
 
 def _less_seed(c: dict, drop: tuple = ()) -> str:
     """The key of a configuration over its seeds: without its seed, and without its teacher's seed
-    where that is its own (a seed is a whole replicate), nor the fields `drop`."""
+    where that is its own (a seed is a whole replicate), nor the fields `drop`; a field at the value
+    its absence means (`config.ABSENT_MEANS`) left out, as older records leave it."""
     own = c.get("teacher_seed") == c["seed"]
     return runs.config_key(
         {
             k: v
-            for k, v in c.items()
+            for k, v in keyed_fields(c).items()
             if k not in (*drop, "seed") and not (own and k == "teacher_seed")
         }
     )
