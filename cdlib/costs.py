@@ -298,10 +298,11 @@ def profile_runs(p) -> pd.DataFrame:
     """Every distinct run (of the backbones; iALS's, minutes in all, aside) that profile `p` trains,
     before any is recorded: its tuning stage (each stage's points x tuning seeds on each tuning
     dataset and backbone) and its training notebooks' grids, a run that two of them name counted
-    once, where it first appears. Every stage is enumerated as if it chose the untuned defaults, the
-    settings the grids are enumerated at: a run that the tuning stage trains at its chosen point
-    (the main table's runs at the tuning seeds, the sensitivity figure's points that are tuning
-    points, ...) is then the same configuration whichever point it chooses. One row per run:
+    once, where it first appears. Every stage is enumerated as if it chose its first grid point
+    (`experiments.first_choice`), the settings the grids are enumerated at: a run that the tuning
+    stage trains at its chosen point (the main table's runs at the tuning seeds, the sensitivity
+    figure's points that are tuning points, ...) is then the same configuration whichever point it
+    chooses. One row per run:
     table, label, dataset, backbone, size, method, seed."""
     from . import experiments
     from .config import Execution
@@ -315,14 +316,14 @@ def profile_runs(p) -> pd.DataFrame:
             rows.append((table, label, c.dataset, c.backbone, c.size, c.method, c.seed))
 
     stage_label = {"Teacher": "Teacher", "Student": "Student", "RD": "RD", "CD": "CD-T"}
-    untuned = {stage: {} for stage in experiments.STAGES}
+    first = experiments.first_choice(p) if p.tuning else None
     for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
         for b in p.backbones:
             for stage in experiments.tuning_stages(p):
-                for cfgs in experiments.stage_grid(p, d, b, stage, untuned).values():
+                for cfgs in experiments.stage_grid(p, d, b, stage, first).values():
                     for c in cfgs:  # the guide stage's runs priced as their guide's
                         add("00_tuning", stage_label.get(stage, f"CD-{c.guide[0].upper()}"), c)
-    q = dataclasses.replace(p, tuning=None, execution=Execution(train=False))
+    q = dataclasses.replace(p, presume=first, execution=Execution(train=False))
     for nb in TRAINING_NOTEBOOKS:
         for label, cfgs in experiments.notebook_grid(nb, q).items():
             for c in cfgs:

@@ -67,6 +67,12 @@ def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict
     }
 
 
+def first_choice(p: Profile) -> dict:
+    """The choice of a tuning stage that chose every stage's first grid point: one it can make,
+    at which `costs.profile_runs` plans a profile's grid."""
+    return {stage: _points(p.tuning[stage])[0] for stage in tuning_stages(p)}
+
+
 def tune(
     p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
 ) -> tuple[pd.DataFrame, dict | None]:
@@ -118,10 +124,12 @@ def settings(
     """Each method's settings for `dataset` from the tuning stage of its tuning dataset:
     {"Teacher": kw, "Student": kw, "RD": kw, "CD": kw} (learning rates included; CD's guide when the
     tuning chooses it), or None while that tuning is not recorded. Without a tuning stage (p.tuning
-    None) every method at its defaults."""
+    None) every method at its defaults; with `p.presume`, from that choice (planning)."""
     if p.tuning is None:
         return {k: {} for k in TUNING}
-    _, choice = tune(p, p.tuning_dataset(dataset), backbone, results, progress)
+    choice = p.presume
+    if choice is None:
+        _, choice = tune(p, p.tuning_dataset(dataset), backbone, results, progress)
     if choice is None:
         return None
     t_lr, s_lr = choice["Teacher"].get("lr"), choice["Student"].get("lr")

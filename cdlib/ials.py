@@ -49,6 +49,10 @@ class IALSConfig:
     subset_users: int | None = None
     valid_negatives: str = "own"
 
+    def __post_init__(self):  # a NumPy integer would name another record (its key is a string)
+        for name in ("factors", "seed", "iterations", "data_seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
     def key(self) -> str:
         return runs.config_key({"model": "ials", **dataclasses.asdict(self)})
 

@@ -75,6 +75,9 @@ class Profile:
     tune_on: dict = field(default_factory=dict)
     tuning: dict | None = field(default_factory=lambda: TUNING)
     ials_grid: dict = field(default_factory=lambda: IALS_GRID)  # iALS's tuning grid (`cdlib.ials`)
+    # planning only (`costs.profile_runs`): the tuning stage's choice taken as given, {stage:
+    # settings}, its runs neither read nor trained; None: the tuning stage decides
+    presume: dict | None = None
     # narrower grids for some tables: {"size" | "sensitivity": {"datasets": [...], "seeds": [...]}}
     # (each optional), applied by `scoped`; the other tables use the profile's datasets and seeds
     scope: dict = field(default_factory=dict)

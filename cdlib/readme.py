@@ -14,6 +14,7 @@ from .agreement import shapes_agreement, step_agreement, step_equivalence
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate, profile_estimate, step_estimate
+from .models import default_device
 from .profiles import PROFILES
 from .runs import read_table
 from .stepbench import STEP_COLUMNS
@@ -308,17 +309,19 @@ STEP_BENCH_COLUMNS = [
 def _next_coverage_section(results=None) -> list[str]:
     """How much of issue 23's grid (profile `next`) is recorded (`audit.profile_coverage`): per
     dataset and backbone, recorded / planned runs of each table."""
-    cov = profile_coverage(PROFILES["next"], results)
+    nxt = PROFILES["next"]
+    cov = profile_coverage(nxt, results)
     if cov.empty or cov.recorded.sum() == 0:
         return []
     whole = cov[cov.table == "all"].iloc[0]
+    device = default_device(nxt.device).type
     return [
         "### Issue 23's grid (profile `next`), recorded so far",
         "",
         f"{int(whole.recorded)} of its {int(whole.runs)} runs ({whole['recorded %']:.1f}%) are "
-        f'recorded (step="{PROFILES["next"].step or "dense"}"); per table, recorded / planned runs, '
-        "a run two tables share counted in the first (`audit.profile_coverage`). A table's runs "
-        "start once its cell's tuning stage is recorded.",
+        f'recorded on the {device} (step="{nxt.step or "dense"}"; iALS\'s runs, minutes in all, '
+        "aside); per table, recorded / planned runs, a run two tables share counted in the first "
+        "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded.",
         "",
         _md(coverage_grid(cov)),
         "",

@@ -63,8 +63,9 @@ def stacks(profile) -> bool:
 
 
 def default_group_size(profile, device: str | None) -> int:
-    """Runs per stacked group when --group-size is not given: 15 on CUDA, 1 on a CPU (where a
-    stacked step is no faster, `cdlib.bench --groups`) and for a profile whose runs do not stack."""
+    """Runs per stacked group when --group-size is not given: 15 with --device cuda, else 1 (on a
+    CPU a stacked step is no faster, `cdlib.bench --groups`), and 1 for a profile whose runs do not
+    stack."""
     return 15 if device == "cuda" and stacks(profile) else 1
 
 

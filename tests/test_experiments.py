@@ -179,6 +179,7 @@ def test_the_next_profile_tunes_every_dataset_and_the_cd_guide_with_equal_budget
     assert len(ex._points(nxt.ials_grid)) == 8  # iALS, the main table's reference rows, too
     paper = profiles.PROFILES["paper"]
     assert len(ex._points(paper.ials_grid)) == len(ex._points(paper.tuning["RD"])) == 6
+    assert paper.ials_grid == {"regularization": [1.0, 10.0, 100.0], "alpha": [1.0, 10.0]}
     seen = {}
 
     def fake_run(cfg):
@@ -970,11 +971,29 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record)
     assert "| a | 1 | 2 |" in text  # pooled: dataset a, one configuration, two seeds
 
 
-def test_profile_coverage_counts_each_run_once_and_complete_means_complete(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name, dataset, chosen",
+    [
+        (
+            "next",
+            "citeulike-t",
+            {"Teacher": {"lr": 3e-3}, "CD": {"lambda_kd": 1.0, "n_distill": 20}},
+        ),
+        ("smoke", "ml-100k", {"Teacher": {"lr": 3e-3}}),  # its grid leaves out NeuMF's default lr
+    ],
+)
+def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
+    tmp_path, monkeypatch, name, dataset, chosen
+):
     """A profile's grid against its records: nothing recorded, then the tuning stage (chosen away
-    from the defaults `costs.profile_runs` enumerates at), then every table's runs: each count
-    reaches its plan exactly, a run two tables share counted once."""
+    from the first points `costs.profile_runs` plans at, or from the backbone's defaults where the
+    grid leaves them out), then every table's runs: each count reaches its plan exactly, a run two
+    tables share counted once."""
     from cdlib import runs, train
+
+    def valid(c):
+        good = c.lr == 3e-3 if c.method == "none" else c.method != "cd" or c.lambda_kd == 1.0
+        return 0.9 if good and (c.method != "cd" or c.n_distill in (None, 20)) else 0.1
 
     def fake_group(cfgs, results=None, refresh=False, progress=True, execution=None):
         out = []
@@ -983,21 +1002,21 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(tmp_p
             if rec is None:
                 if execution is not None and not execution.train:
                     raise train.NotRecorded(c.key())
-                rec = {**_fake_record(c, valid=0.9 if c.lr == 3e-3 else 0.1), "config": {}}
+                rec = {**_fake_record(c, valid=valid(c)), "config": {}}
                 runs.write_record(rec, results)
             out.append(rec)
         return out
 
     monkeypatch.setattr(train, "run_group", fake_group)
-    p = profiles.profile("next", datasets=["citeulike-t"], backbones=["neumf"], seeds=[0, 2])
+    p = profiles.profile(name, datasets=[dataset], backbones=["neumf"], seeds=[0, 2])
     plan = costs.profile_runs(p)
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
     assert cov.loc["all", "runs"] == len(plan) and cov.recorded.sum() == 0
-    runs_df, choice = ex.tune(p, "citeulike-t", "neumf", tmp_path, progress=False)
-    assert choice["Teacher"] == {"lr": 3e-3}  # not the default, 1e-3
+    runs_df, choice = ex.tune(p, dataset, "neumf", tmp_path, progress=False)
+    assert all(choice[stage] == want for stage, want in chosen.items())
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
     distinct = runs_df.key.nunique()  # the guide stage's teacher-guided point is CD's chosen run
-    assert cov.loc["00_tuning", "recorded"] == cov.loc["00_tuning", "runs"] == distinct == 48
+    assert cov.loc["00_tuning", "recorded"] == cov.loc["00_tuning", "runs"] == distinct
     assert cov.loc["03_main", "recorded"] == 0 < cov.loc["03_main", "runs"]
     for nb in costs.TRAINING_NOTEBOOKS:
         tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)

@@ -67,10 +67,11 @@ def test_main_rows_choose_on_validation_and_say_what_is_missing(results):
     rows = ials.main_rows(p, results, labels=["iALS (student budget)"])
     tried = [
         ials.run(c, results)
-        for c in ials.configurations("ml-100k", rows["size"][0], 0, 150, grid=grid)
+        for c in ials.configurations("ml-100k", int(rows["size"][0]), 0, 150, grid=grid)
     ]
     best = int(np.argmax([r["valid_sampled"]["NDCG@10"] for r in tried]))
     assert rows.status[0] == "ok" and rows.regularization[0] == [0.01, 1.0][best]
+    assert len(list((results / ials.FOLDER).glob("*.json"))) == 2  # the profile's grid, no other
     assert rows["NDCG@10"][0] == tried[best]["test_sampled"]["NDCG@10"]
     disjoint = dataclasses.replace(p, valid_negatives="disjoint")  # validated as the profile's runs
     other = ials.main_rows(disjoint, results, labels=["iALS (student budget)"])

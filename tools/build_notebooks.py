@@ -430,9 +430,10 @@ if write_tables:
         md("## Coverage: what each table rests on"),
         code("print(audit.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`) against its records: per dataset and backbone, recorded / planned
-runs of each table, a run two tables share counted in the first (`audit.profile_coverage`)."""),
+runs of each table, a run two tables share counted in the first (`audit.profile_coverage`); the runs of
+this notebook's `device` (the device enters a run's key)."""),
         code(
-            """progress = audit.profile_coverage(profiles.PROFILES["next"], results_dir)
+            """progress = audit.profile_coverage(profiles.profile("next", device=device), results_dir)
 print(progress[progress.table == "all"].to_string(index=False))
 print(audit.coverage_grid(progress).to_string(index=False))""",
             "nbval-check-output",
