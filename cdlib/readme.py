@@ -423,6 +423,23 @@ def _sparse_step_section(results=None) -> list[str]:
             _md(pooled.round(3)),
             "",
         ]
+        if step == PROFILES["next"].step and not pooled.empty:
+            shown = pooled.equivalent.eq(True)  # (NaN: no paired seeds, not shown)
+            parts += [
+                f'Profile `next` (issue 23\'s grid) trains with step="{step}". Pooled, it is '
+                f"equivalent to the dense step within ±{pooled['margin %'].iloc[0]:g}% on "
+                + ", ".join(f"{r.dataset} ({r.seeds} seeds)" for r in pooled[shown].itertuples())
+                + (
+                    "; not shown equivalent on "
+                    + ", ".join(
+                        f"{r.dataset} ({r.seeds} seeds)" for r in pooled[~shown].itertuples()
+                    )
+                    if (~shown).any()
+                    else ""
+                )
+                + ".",
+                "",
+            ]
     return parts
 
 

@@ -942,7 +942,7 @@ def test_run_kind_names_the_benched_kind_of_each_grid_run():
         assert kind("cdae", 20, method, label) == "student, CD teacher-guided"
 
 
-def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record):
+def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record, monkeypatch):
     """The README's sparse-step section: the bench's four steps per kind of run with the process's
     peak memory, and one agreement table per sparse step recorded beside the dense one."""
     import json
@@ -969,6 +969,14 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record)
     assert "| sparse - dense |" in text and "| deferred - dense |" in text
     assert "| TOST p | equivalent |" in text and "agreement.step_equivalence" in text
     assert "| a | 1 | 2 |" in text  # pooled: dataset a, one configuration, two seeds
+    assert "Profile `next`" not in text  # (trains with the dense step)
+    from cdlib import profiles
+
+    nxt = dataclasses.replace(profiles.PROFILES["next"], step="deferred")
+    monkeypatch.setitem(profiles.PROFILES, "next", nxt)
+    text = "\n".join(readme._sparse_step_section(tmp_path))
+    assert 'Profile `next` (issue 23\'s grid) trains with step="deferred"' in text
+    assert "not shown equivalent on a (2 seeds)." in text  # +3.1% and +3.3%, beyond ±1.35%
 
 
 @pytest.mark.parametrize(
