@@ -12,7 +12,7 @@ import itertools
 
 import pandas as pd
 
-from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE
+from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE, Execution
 from .profiles import STAGES, TUNE_METRIC, TUNING, Profile, check_tuning
 from .tables import Pending, collect
 
@@ -116,6 +116,41 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
         for d, b, st, lab in out.index
     ]
     return out
+
+
+def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
+    """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
+    ("before", "after", "moved"; "before tuned on": `before` may borrow another dataset's tuning),
+    for every cell whose tuning under `after` is recorded; a stage `before` does not tune, or a
+    tuning of it not recorded, shows "". Reads the records; trains nothing."""
+    off = Execution(train=False)
+    rows = []
+    for d in after.datasets:
+        for b in after.backbones:
+            q = dataclasses.replace(after, execution=off)
+            _, new = tune(q, after.tuning_dataset(d), b, results, progress=False)
+            if new is None:
+                continue
+            src, old = before.tuning_dataset(d), None
+            if before.tuning is not None:
+                q = dataclasses.replace(before, execution=off)
+                _, old = tune(q, src, b, results, progress=False)
+            for stage in tuning_stages(after):
+                was = point_label(stage, old[stage]) if old and stage in old else ""
+                now = point_label(stage, new[stage])
+                rows.append(
+                    {
+                        "dataset": d,
+                        "backbone": b,
+                        "stage": stage,
+                        "before tuned on": src if old else "",
+                        "before": was,
+                        "after": now,
+                        "moved": was != now,
+                    }
+                )
+    columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after", "moved"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def settings(

@@ -14,6 +14,7 @@ from .agreement import shapes_agreement, step_agreement, step_equivalence
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate, profile_estimate, step_estimate
+from .experiments import tuning_change
 from .models import default_device
 from .profiles import PROFILES
 from .runs import read_table
@@ -324,6 +325,22 @@ def _next_coverage_section(results=None) -> list[str]:
         "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded.",
         "",
         _md(coverage_grid(cov)),
+        "",
+    ] + _tuning_change_section(results)
+
+
+def _tuning_change_section(results=None) -> list[str]:
+    """The choices of `next`'s tuning stage beside the paper profile's (`experiments.tuning_change`)."""
+    change = tuning_change(PROFILES["paper"], PROFILES["next"], results)
+    if change.empty:
+        return []
+    return [
+        "The settings `next`'s tuning stage chose (after), beside those of the paper profile (before; "
+        "tuned on ml-100k and ml-1m, the other datasets borrowing ml-1m's, validation negatives of "
+        "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
+        "(`experiments.tuning_change`):",
+        "",
+        _md(change),
         "",
     ]
 

@@ -979,24 +979,9 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record,
     assert "not shown equivalent on a (2 seeds)." in text  # +3.1% and +3.3%, beyond ±1.35%
 
 
-@pytest.mark.parametrize(
-    "name, dataset, chosen",
-    [
-        (
-            "next",
-            "citeulike-t",
-            {"Teacher": {"lr": 3e-3}, "CD": {"lambda_kd": 1.0, "n_distill": 20}},
-        ),
-        ("smoke", "ml-100k", {"Teacher": {"lr": 3e-3}}),  # its grid leaves out NeuMF's default lr
-    ],
-)
-def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
-    tmp_path, monkeypatch, name, dataset, chosen
-):
-    """A profile's grid against its records: nothing recorded, then the tuning stage (chosen away
-    from the first points `costs.profile_runs` plans at, or from the backbone's defaults where the
-    grid leaves them out), then every table's runs: each count reaches its plan exactly, a run two
-    tables share counted once."""
+def _fake_training(monkeypatch):
+    """train.run_group writes a fake record for each run not recorded (none when training is off):
+    validation prefers learning rate 3e-3, and CD at lambda_kd 1.0 with 20 distilled items."""
     from cdlib import runs, train
 
     def valid(c):
@@ -1016,6 +1001,48 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
         return out
 
     monkeypatch.setattr(train, "run_group", fake_group)
+
+
+def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
+    """Issue 23's closing note: the tuned settings per dataset under `next`, and how far they moved
+    from those the paper profile borrowed from ml-1m."""
+    _fake_training(monkeypatch)
+    paper, nxt = (
+        profiles.profile(n, datasets=["citeulike-t"], backbones=["neumf"])
+        for n in ("paper", "next")
+    )
+    assert ex.tuning_change(paper, nxt, tmp_path).empty  # nothing tuned under next yet
+    ex.tune(nxt, "citeulike-t", "neumf", tmp_path, progress=False)
+    t = ex.tuning_change(paper, nxt, tmp_path).set_index("stage")
+    assert list(t.index) == ["Teacher", "Student", "RD", "CD", "CD guide"]
+    assert (t.before == "").all() and not t["before tuned on"].any()  # ml-1m's not recorded
+    ex.tune(paper, "ml-1m", "neumf", tmp_path, progress=False)
+    t = ex.tuning_change(paper, nxt, tmp_path).set_index("stage")
+    assert (t["before tuned on"] == "ml-1m").all() and t.loc["CD guide", "before"] == ""
+    assert t.loc["Teacher", "after"] == "Teacher lr=0.003" and not t.loc["Teacher", "moved"]
+    assert t.loc["CD", "after"] == "CD lambda_kd=1, n_distill=20" and not t.loc["CD", "moved"]
+    assert t.loc["CD guide", "moved"] and t.loc["CD guide", "after"] == "CD guide guide=teacher"
+
+
+@pytest.mark.parametrize(
+    "name, dataset, chosen",
+    [
+        (
+            "next",
+            "citeulike-t",
+            {"Teacher": {"lr": 3e-3}, "CD": {"lambda_kd": 1.0, "n_distill": 20}},
+        ),
+        ("smoke", "ml-100k", {"Teacher": {"lr": 3e-3}}),  # its grid leaves out NeuMF's default lr
+    ],
+)
+def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
+    tmp_path, monkeypatch, name, dataset, chosen
+):
+    """A profile's grid against its records: nothing recorded, then the tuning stage (chosen away
+    from the first points `costs.profile_runs` plans at, or from the backbone's defaults where the
+    grid leaves them out), then every table's runs: each count reaches its plan exactly, a run two
+    tables share counted once."""
+    _fake_training(monkeypatch)
     p = profiles.profile(name, datasets=[dataset], backbones=["neumf"], seeds=[0, 2])
     plan = costs.profile_runs(p)
     cov = audit.profile_coverage(p, tmp_path).set_index("table")

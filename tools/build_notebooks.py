@@ -438,6 +438,13 @@ print(progress[progress.table == "all"].to_string(index=False))
 print(audit.coverage_grid(progress).to_string(index=False))""",
             "nbval-check-output",
         ),
+        md("""The settings `next`'s tuning stage chose (after) beside the paper profile's (before: tuned on ml-100k
+and ml-1m, the other datasets borrowing ml-1m's), per cell whose tuning under `next` is recorded."""),
+        code(
+            """change = ex.tuning_change(profiles.profile("paper", device=device), profiles.profile("next", device=device), results_dir)
+print(change.to_string(index=False) if not change.empty else "no cell's tuning under next is recorded yet")""",
+            "nbval-check-output",
+        ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
