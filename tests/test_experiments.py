@@ -969,14 +969,33 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record,
     assert "| sparse - dense |" in text and "| deferred - dense |" in text
     assert "| TOST p | equivalent |" in text and "agreement.step_equivalence" in text
     assert "| a | 1 | 2 |" in text  # pooled: dataset a, one configuration, two seeds
-    assert "Profile `next`" not in text  # (trains with the dense step)
-    from cdlib import profiles
+    said = 'Profile `next` (issue 23\'s grid) trains with step="deferred"'
+    assert said in text  # +3.1% and +3.3%, beyond ±1.35%:
+    assert "within ±1.35% on no dataset; not on a (2 seeds)." in text
+    dense = dataclasses.replace(profiles.PROFILES["next"], step=None)
+    monkeypatch.setitem(profiles.PROFILES, "next", dense)
+    assert "Profile `next`" not in "\n".join(readme._sparse_step_section(tmp_path))
 
-    nxt = dataclasses.replace(profiles.PROFILES["next"], step="deferred")
-    monkeypatch.setitem(profiles.PROFILES, "next", nxt)
-    text = "\n".join(readme._sparse_step_section(tmp_path))
-    assert 'Profile `next` (issue 23\'s grid) trains with step="deferred"' in text
-    assert "not shown equivalent on a (2 seeds)." in text  # +3.1% and +3.3%, beyond ±1.35%
+
+def test_the_sentence_on_next_s_step_names_where_it_was_shown_equivalent():
+    from cdlib import readme
+
+    pooled = pd.DataFrame(
+        {
+            "dataset": ["a", "b", "c"],
+            "seeds": [5, 4, 1],
+            "margin %": [1.35] * 3,
+            "equivalent": [True, False, np.nan],
+        }
+    )
+    mixed = readme.next_step_sentence("deferred", pooled)
+    assert (
+        "within ±1.35% on a (5 seeds); not on b (4 seeds); untested (under 2 paired seeds) on "
+        "c (1 seed)." in mixed
+    )
+    assert "within ±1.35% on a (5 seeds). " in readme.next_step_sentence("deferred", pooled[:1])
+    none = readme.next_step_sentence("deferred", pooled[1:2])
+    assert "within ±1.35% on no dataset; not on b (4 seeds). " in none
 
 
 def _fake_training(monkeypatch):
