@@ -43,6 +43,10 @@ def tuning_stages(p: Profile) -> list[str]:
     return [stage for stage in STAGES if stage in TUNING or stage in p.tuning]
 
 
+# what a profile without a stage runs in its place: the CD guide is teacher-guided
+UNTUNED = {"CD guide": {"guide": "teacher"}}
+
+
 def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict) -> dict:
     """{label: [Config per tuning seed]} of one tuning stage, each point of its grid at the choices of
     the stages before it (`choice`, {stage: settings}): the teacher's and the student's learning
@@ -51,7 +55,7 @@ def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict
         "Teacher": {},
         "Student": {"size": STUDENT[backbone]},
         "RD": {"size": STUDENT[backbone], "method": "rd"},
-        "CD": {"size": STUDENT[backbone], "method": "cd", "guide": "teacher"},
+        "CD": {"size": STUDENT[backbone], "method": "cd", **UNTUNED["CD guide"]},
         "CD guide": {"size": STUDENT[backbone], "method": "cd"},
     }
     fixed = {}
@@ -120,36 +124,42 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
 
 def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
     """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
-    ("before", "after", "moved"; "before tuned on": `before` may borrow another dataset's tuning),
-    for every cell whose tuning under `after` is recorded; a stage `before` does not tune, or a
-    tuning of it not recorded, shows "". Reads the records; trains nothing."""
+    ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning),
+    for every cell whose tuning under `after` is recorded. A stage `before` does not tune shows the
+    setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
+    "before" is blank and "moved" NA. Reads the records; trains nothing."""
+    columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
+    columns += ["after", "moved"]
+    if after.tuning is None:
+        return pd.DataFrame(columns=columns)
     off = Execution(train=False)
     rows = []
     for d in after.datasets:
         for b in after.backbones:
-            q = dataclasses.replace(after, execution=off)
-            _, new = tune(q, after.tuning_dataset(d), b, results, progress=False)
+            on = after.tuning_dataset(d)
+            _, new = tune(dataclasses.replace(after, execution=off), on, b, results, False)
             if new is None:
                 continue
             src, old = before.tuning_dataset(d), None
             if before.tuning is not None:
-                q = dataclasses.replace(before, execution=off)
-                _, old = tune(q, src, b, results, progress=False)
+                _, old = tune(dataclasses.replace(before, execution=off), src, b, results, False)
             for stage in tuning_stages(after):
-                was = point_label(stage, old[stage]) if old and stage in old else ""
-                now = point_label(stage, new[stage])
+                was = (old or {}).get(stage, UNTUNED.get(stage) if old else None)
+                fixed = old is not None and stage not in old
                 rows.append(
                     {
                         "dataset": d,
                         "backbone": b,
                         "stage": stage,
                         "before tuned on": src if old else "",
-                        "before": was,
-                        "after": now,
-                        "moved": was != now,
+                        "before": ""
+                        if was is None
+                        else point_label(stage, was) + (" (fixed)" if fixed else ""),
+                        "after tuned on": on,
+                        "after": point_label(stage, new[stage]),
+                        "moved": pd.NA if was is None else was != new[stage],
                     }
                 )
-    columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after", "moved"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -998,13 +998,15 @@ def test_the_sentence_on_next_s_step_names_where_it_was_shown_equivalent():
     assert "within ±1.35% on no dataset; not on b (4 seeds). " in none
 
 
-def _fake_training(monkeypatch):
+def _fake_training(monkeypatch, paper_lr: float = 3e-3):
     """train.run_group writes a fake record for each run not recorded (none when training is off):
-    validation prefers learning rate 3e-3, and CD at lambda_kd 1.0 with 20 distilled items."""
+    validation prefers learning rate 3e-3 (`paper_lr` with the paper profile's validation
+    negatives), and CD at lambda_kd 1.0 with 20 distilled items."""
     from cdlib import runs, train
 
     def valid(c):
-        good = c.lr == 3e-3 if c.method == "none" else c.method != "cd" or c.lambda_kd == 1.0
+        lr = paper_lr if c.valid_negatives == "own" else 3e-3
+        good = c.lr == lr if c.method == "none" else c.method != "cd" or c.lambda_kd == 1.0
         return 0.9 if good and (c.method != "cd" or c.n_distill in (None, 20)) else 0.1
 
     def fake_group(cfgs, results=None, refresh=False, progress=True, execution=None):
@@ -1024,8 +1026,8 @@ def _fake_training(monkeypatch):
 
 def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
     """Issue 23's closing note: the tuned settings per dataset under `next`, and how far they moved
-    from those the paper profile borrowed from ml-1m."""
-    _fake_training(monkeypatch)
+    from those the paper profile borrowed from ml-1m (whose validation, here, prefers lr 1e-3)."""
+    _fake_training(monkeypatch, paper_lr=1e-3)
     paper, nxt = (
         profiles.profile(n, datasets=["citeulike-t"], backbones=["neumf"])
         for n in ("paper", "next")
@@ -1034,13 +1036,17 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     ex.tune(nxt, "citeulike-t", "neumf", tmp_path, progress=False)
     t = ex.tuning_change(paper, nxt, tmp_path).set_index("stage")
     assert list(t.index) == ["Teacher", "Student", "RD", "CD", "CD guide"]
-    assert (t.before == "").all() and not t["before tuned on"].any()  # ml-1m's not recorded
+    assert (t.before == "").all() and t.moved.isna().all()  # ml-1m's tuning not recorded
+    assert (t["after tuned on"] == "citeulike-t").all()
     ex.tune(paper, "ml-1m", "neumf", tmp_path, progress=False)
     t = ex.tuning_change(paper, nxt, tmp_path).set_index("stage")
-    assert (t["before tuned on"] == "ml-1m").all() and t.loc["CD guide", "before"] == ""
-    assert t.loc["Teacher", "after"] == "Teacher lr=0.003" and not t.loc["Teacher", "moved"]
+    assert (t["before tuned on"] == "ml-1m").all()
+    assert t.loc["Teacher", "before"] == "Teacher lr=0.001" and t.loc["Teacher", "moved"]
+    assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
     assert t.loc["CD", "after"] == "CD lambda_kd=1, n_distill=20" and not t.loc["CD", "moved"]
-    assert t.loc["CD guide", "moved"] and t.loc["CD guide", "after"] == "CD guide guide=teacher"
+    assert t.loc["CD guide", "before"] == "CD guide guide=teacher (fixed)"
+    assert t.loc["CD guide", "after"] == "CD guide guide=teacher" and not t.loc["CD guide", "moved"]
+    assert ex.tuning_change(nxt, dataclasses.replace(paper, tuning=None), tmp_path).empty
 
 
 @pytest.mark.parametrize(
