@@ -58,7 +58,7 @@ def step_agreement(
     training) against the dense one on one device: every configuration recorded with both, as
     `device_agreement`, and
     - "within 1 sd": whether `step`'s mean is within one standard deviation (over the paired seeds)
-      of the dense step's, the criterion of the agreement study that decides the default step (NaN:
+      of the dense step's, the criterion issue 22 proposed for the agreement study (NaN:
       fewer than 2 seeds). Two steps that train alike fail it by chance: for n paired seeds the
       difference of means has sd sigma * sqrt(2 / n) and the criterion uses the sample sd, so with
       independent seeds P(fail) = P(|t_{n-1}| > sqrt(n / 2)): 19% at n = 5, 50% at n = 2;

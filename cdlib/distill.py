@@ -2,7 +2,7 @@
 
     python -m cdlib.distill DATA [--backbone cdae|neumf] [--teacher-size N] [--student-size N]
                                  [--guide teacher|student|hybrid] [--seed S] [--device cpu|cuda] [--out DIR]
-                                 [--step dense|sparse]
+                                 [--step dense|sparse|deferred]
 
 DATA is the path of an interactions file (CSV or TSV with a header user, item[, timestamp], .gz
 accepted; Parquet; RecBole's .inter; other column names mapped by --user-col, --item-col,

@@ -247,7 +247,13 @@ def step_agreement_grid(p: Profile, results=None, steps=("sparse", "deferred")) 
     step) with the dense step and with each of `steps` (labels "<method> <step>"), same seeds: which
     `agreement.step_agreement` pairs."""
     grid = main_grid(p, results)
-    out = {label: grid[label] for label in STEP_AGREEMENT}
+    out = {  # the dense step whatever the profile's (the same keys as step None)
+        label: [
+            c if isinstance(c, Pending) else dataclasses.replace(c, step="dense")
+            for c in grid[label]
+        ]
+        for label in STEP_AGREEMENT
+    }
     for step in steps:
         for label in STEP_AGREEMENT:
             out[f"{label} {step}"] = [

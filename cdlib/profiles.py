@@ -164,9 +164,9 @@ PROFILES = {
         seeds=[0, 1, 2, 3, 4],
         valid_negatives="disjoint",
         # the deferred step (Adam's own training at the cost of the rows a step reads; the dense
-        # step's up to rounding): shown equivalent to the dense step within +-1.35% on ml-100k and
-        # ml-1m, pooled over the main table's configurations and paired seeds (README "The sparse
-        # steps against the dense one"), and 165 CPU hours of this grid against 288 [decision]
+        # step's up to rounding, `tests/test_sparse.py`), chosen on the pooled equivalence test of
+        # ml-100k and ml-1m and on the grid's estimated cost (README "The sparse steps against the
+        # dense one", `costs.profile_estimate`) [decision]
         step="deferred",
         tuned=list(data.DATASETS),
         tuning=TUNING_NEXT,

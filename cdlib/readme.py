@@ -452,7 +452,7 @@ def _sparse_step_section(results=None) -> list[str]:
             "tuned with the dense one); test NDCG@10 (sampled), paired over seeds "
             "(`agreement.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
             "within one standard deviation (over the paired seeds) of the dense step's, the "
-            "criterion for making it the default (empty: fewer than 2 seeds); two steps that train "
+            "criterion the issue proposed (empty: fewer than 2 seeds); two steps that train "
             "alike fail it by chance in 19% of the configurations at 5 independent seeds. `TOST p`, "
             "`equivalent`: the equivalence test of the paired differences against ±1.35% of the "
             "dense mean (half the paper's smallest claimed gain; p < 0.05).",

@@ -248,6 +248,11 @@ def main(argv=None) -> int:
             f"--group-size {args.group_size}: profile {args.profile} trains with "
             f"step={profile.step!r} (Config.step), whose runs train one at a time, not stacked"
         )
+    if os.environ.get("CDLIB_COMPILE") and not stacks(profile):
+        ap.error(
+            f"CDLIB_COMPILE={os.environ['CDLIB_COMPILE']}: profile {args.profile} trains with "
+            f"step={profile.step!r} (Config.step), which trains eagerly: unset CDLIB_COMPILE"
+        )
     datasets = args.datasets.split(",") if args.datasets else profile.datasets
     notebooks = NOTEBOOKS
     if args.notebooks:

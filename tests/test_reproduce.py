@@ -251,6 +251,11 @@ def test_a_profile_with_a_sparse_step_trains_its_runs_one_at_a_time(tmp_path, mo
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke", "--results", str(res), "--group-size", "2"])
     assert "step='deferred'" in capsys.readouterr().err and not res.exists()
+    monkeypatch.setenv("CDLIB_COMPILE", "default")  # every job would fail on its first run
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--results", str(res)])
+    assert "unset CDLIB_COMPILE" in capsys.readouterr().err and not res.exists()
+    monkeypatch.delenv("CDLIB_COMPILE")
     assert reproduce.default_group_size(sparse_smoke, "cuda") == 1
     dense = profiles.PROFILES["paper"]
     assert reproduce.default_group_size(dense, "cuda") == 15

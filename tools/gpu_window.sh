@@ -22,7 +22,10 @@
 # The reproduction runs without Jupyter (reproduce --no-notebooks: the GPU machine has PyTorch, not
 # papermill), reads the records of results/runs (a recorded run is not trained again) and starts no run
 # after the time limit; `timeout` ends it SECONDS after the window began whatever happens (an interrupted
-# run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set. Resume: `tar -xzf records.tar.gz
+# run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set (refused for a profile with a
+# sparse step, as `next` has: its runs train eagerly and one at a time, no groups; on CUDA its static
+# shapes make the deferred step whole-table Adam, so such a window trains fewer runs than dense groups
+# of 15 would: set PROFILE to a dense-step profile to trade next's keys for the GPU's groups). Resume: `tar -xzf records.tar.gz
 # -C results/runs`, commit, run the window again.
 # Teachers' weights stay on the GPU machine: a student whose teacher was recorded in an earlier window
 # retrains that teacher, which must reproduce its record (check.json says whether the device is
