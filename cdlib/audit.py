@@ -53,8 +53,8 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
     from . import experiments
     from .config import Execution
 
-    look = dataclasses.replace(p, execution=Execution(train=False))
     off = Execution(train=False)
+    look = dataclasses.replace(p, execution=off)
     seen, done = set(), Counter()
 
     def count(table: str, df: pd.DataFrame) -> None:
@@ -63,7 +63,7 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
                 seen.add(r.key)
                 done[(table, r.dataset, r.backbone)] += 1
 
-    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
+    for d in p.tuning_datasets():
         for b in p.backbones:
             count("00_tuning", experiments.tune(look, d, b, results, progress=False)[0])
     for nb in TRAINING_NOTEBOOKS:

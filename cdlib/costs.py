@@ -317,7 +317,7 @@ def profile_runs(p) -> pd.DataFrame:
 
     stage_label = {"Teacher": "Teacher", "Student": "Student", "RD": "RD", "CD": "CD-T"}
     first = experiments.first_choice(p) if p.tuning else None
-    for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets) if p.tuning else ():
+    for d in p.tuning_datasets():
         for b in p.backbones:
             for stage in experiments.tuning_stages(p):
                 for cfgs in experiments.stage_grid(p, d, b, stage, first).values():

@@ -417,9 +417,7 @@ def train_notebook(notebook: str, p: Profile, results=None, progress: bool = Tru
     execution says so (CDLIB_NO_TRAIN=1)."""
     if notebook == "00_tuning":
         frames = [
-            tune(p, d, b, results, progress)[0]
-            for d in dict.fromkeys(p.tuning_dataset(x) for x in p.datasets)
-            for b in p.backbones
+            tune(p, d, b, results, progress)[0] for d in p.tuning_datasets() for b in p.backbones
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return collect(notebook_grid(notebook, p, results), results, p.execution, progress)

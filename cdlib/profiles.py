@@ -111,9 +111,17 @@ class Profile:
         )
 
     def tuning_dataset(self, dataset: str) -> str:
+        """The dataset whose tuning stage chooses `dataset`'s settings."""
         if dataset in self.tune_on:
             return self.tune_on[dataset]
         return dataset if dataset in self.tuned or not self.tuned else self.tuned[-1]
+
+    def tuning_datasets(self, datasets=None) -> list:
+        """The datasets whose tuning stage runs for `datasets` (default: the profile's), each once;
+        none without a tuning stage."""
+        if self.tuning is None:
+            return []
+        return list(dict.fromkeys(self.tuning_dataset(d) for d in datasets or self.datasets))
 
 
 PROFILES = {

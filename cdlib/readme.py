@@ -6,36 +6,21 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pandas as pd
 
 from . import plots, report, runs
-from .agreement import shapes_agreement, step_agreement, step_equivalence
+from .agreement import shapes_agreement
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
-from .costs import compute, device_estimate, profile_estimate, step_estimate
+from .costs import compute, device_estimate
 from .experiments import tuning_change
 from .models import default_device
 from .profiles import PROFILES
+from .readme_steps import sparse_step_section
 from .runs import read_table
-from .stepbench import STEP_COLUMNS
+from .tables import markdown
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def _md(df: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table (no extra dependency)."""
-    df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "|" + "---|" * len(df.columns)
-    body = [
-        "| "
-        + " | ".join("" if (isinstance(v, float) and np.isnan(v)) else str(v) for v in row)
-        + " |"
-        for row in df.itertuples(index=False)
-    ]
-    return "\n".join([head, sep, *body])
 
 
 LABELS = [
@@ -126,7 +111,7 @@ def readme_section(results=None) -> str:
             + ", ".join(f"{stage} {n}" for stage, n in budget.items())
             + "; the same seeds and epoch rules for all; full grid in `results/00_tuning.csv`.",
             "",
-            _md(
+            markdown(
                 chosen[["dataset", "backbone", "stage", "label", "valid NDCG@10", "seeds"]]
                 .round(4)
                 .rename(columns={"label": "chosen"})
@@ -144,7 +129,7 @@ def readme_section(results=None) -> str:
                 "student-, hybrid-guided CD; CD-best: per dataset and backbone, the CD guide with the best mean "
                 "validation NDCG@10 of this protocol. Test numbers are reported, never chosen on.",
                 "",
-                _md(
+                markdown(
                     main_markdown(
                         main,
                         ("HR@10", "NDCG@10")
@@ -166,7 +151,7 @@ def readme_section(results=None) -> str:
             "`best_test_epoch(valid_in_train=True)`, a fixed number of epochs). The difference between "
             "'test HR@10' and these columns is protocol, not model.",
             "",
-            _md(tv.astype(object).where(tv.notna(), "")),
+            markdown(tv.astype(object).where(tv.notna(), "")),
             "",
         ]
         gap = protocol_gap(tv)
@@ -192,7 +177,7 @@ def readme_section(results=None) -> str:
         parts += [
             "### Claims (both protocols; paired t-test over seeds, Holm-adjusted per claim and protocol)",
             "",
-            _md(show),
+            markdown(show),
             "",
         ]
     cov = coverage(results)
@@ -201,7 +186,7 @@ def readme_section(results=None) -> str:
         parts += [
             "### Coverage (what each table rests on)",
             "",
-            _md(done.reset_index(drop=True)),
+            markdown(done.reset_index(drop=True)),
             "",
         ]
         if not empty.empty:
@@ -241,7 +226,7 @@ def readme_section(results=None) -> str:
             "per epoch, scaled by the dataset's size where none of its own is recorded). The runs were timed "
             "two at a time on a 2-core CPU.",
             "",
-            _md(cost.astype(object).where(cost.notna(), "")),
+            markdown(cost.astype(object).where(cost.notna(), "")),
             "",
         ]
         for path in sorted(runs.results_dir(results).glob("bench/*_cuda.json")):
@@ -254,7 +239,7 @@ def readme_section(results=None) -> str:
                     "epoch, scaled by the steps per epoch (`costs.device_estimate`, validation left out).",
                     "",
                 ]
-    parts += _sparse_step_section(results)
+    parts += sparse_step_section(results)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [
@@ -264,7 +249,7 @@ def readme_section(results=None) -> str:
             "the default on a GPU, draws other numbers from the same distributions); test NDCG@10 (sampled), "
             "paired over seeds (`agreement.shapes_agreement`, notebook 09).",
             "",
-            _md(steps.round(4).replace(-0.0, 0.0)),
+            markdown(steps.round(4).replace(-0.0, 0.0)),
             "",
         ]
     bad = violations(results)
@@ -276,7 +261,7 @@ def readme_section(results=None) -> str:
         "initial plateau), and teachers below their own plain student on validation NDCG@10, with the "
         "fix applied where there is one; `audit.violations`.",
         "",
-        _md(bad) if not bad.empty else "None.",
+        markdown(bad) if not bad.empty else "None.",
         "",
     ]
     v1 = read_table("v1/03_main", results)
@@ -288,23 +273,11 @@ def readme_section(results=None) -> str:
             "user, validation on the test negatives, every student distilled from teacher seed 0, CD-best "
             "chosen on test). Kept for comparison only; see [Protocol](#protocol).",
             "",
-            _md(main_markdown(v1)),
+            markdown(main_markdown(v1)),
             "",
         ]
     parts.append(END)
     return "\n".join(parts)
-
-
-# the bench's columns the README shows (`stepbench.step_table`): seconds per epoch of each step,
-# and the ratios of whole epochs (validation included)
-_BENCHED = [name for name, _, _ in STEP_COLUMNS]
-STEP_BENCH_COLUMNS = [
-    "dataset",
-    "run",
-    "size",
-    *(f"{s} s/epoch" for s in _BENCHED),
-    *(f"dense / {s}, validation included" for s in _BENCHED[1:]),
-]
 
 
 def _next_coverage_section(results=None) -> list[str]:
@@ -324,7 +297,7 @@ def _next_coverage_section(results=None) -> list[str]:
         "aside); per table, recorded / planned runs, a run two tables share counted in the first "
         "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded.",
         "",
-        _md(coverage_grid(cov)),
+        markdown(coverage_grid(cov)),
         "",
     ] + _tuning_change_section(results)
 
@@ -340,139 +313,9 @@ def _tuning_change_section(results=None) -> list[str]:
         "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
         "(`experiments.tuning_change`):",
         "",
-        _md(change),
+        markdown(change),
         "",
     ]
-
-
-def next_step_sentence(step: str, pooled: pd.DataFrame) -> str:
-    """What decided profile `next`'s step, from the pooled equivalence table of that step
-    (`agreement.step_equivalence`): the datasets where it was shown equivalent to the dense step,
-    those where it was not, and those with too few paired seeds to test."""
-
-    def cells(rows) -> str:
-        return ", ".join(f"{r.dataset} ({r.seeds} seed{'s' if r.seeds != 1 else ''})" for r in rows)
-
-    margin = pooled["margin %"].iloc[0]
-    shown, tested = pooled.equivalent.eq(True), pooled.equivalent.notna()
-    said = [
-        f"it is shown equivalent to the dense step within ±{margin:g}% on {cells(pooled[shown].itertuples())}"
-        if shown.any()
-        else f"it is shown equivalent to the dense step within ±{margin:g}% on no dataset",
-    ]
-    if (tested & ~shown).any():
-        said.append(f"not on {cells(pooled[tested & ~shown].itertuples())}")
-    if (~tested).any():
-        said.append(f"untested (under 2 paired seeds) on {cells(pooled[~tested].itertuples())}")
-    return (
-        f'Profile `next` (issue 23\'s grid) trains with step="{step}", decided on this pooled '
-        "test rather than on one standard deviation per configuration: "
-        + "; ".join(said)
-        + ". The deferral itself (rows that wait for their Adam steps) is tested against torch's "
-        "Adam in `tests/test_sparse.py` (the same weights to 1e-4 after 21 epochs); on ml-100k no "
-        "table is large enough to defer (`sparse.defers`) and on ml-1m only the teachers' user "
-        "tables are, so this study tests the sparse look-ups and decoding more than the deferral."
-    )
-
-
-def _sparse_step_section(results=None) -> list[str]:
-    """The sparse steps (`Config.step`): their timings beside the dense step's (`bench --steps`),
-    the grid's cost with them (`costs.step_estimate`), and the agreement study
-    (`agreement.step_agreement`)."""
-    paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
-    records = [json.loads(p.read_text()) for p in paths_]
-    agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
-    if not records and all(a.empty for a in agree.values()):
-        return []
-    parts = [
-        "### The sparse steps against the dense one",
-        "",
-        '`Config.step`: "sparse" and "deferred" compute the losses at the cost of the step\'s pairs, '
-        'with row gradients, and step only the rows a step read: "sparse" with a lazy Adam (other '
-        'training), "deferred" with Adam\'s steps of the other rows deferred and applied in closed '
-        "form when a row is next read (Adam's own training), its first 1,000 steps whole-table "
-        "(its warm-up). Seconds per training epoch of untrained models, each step timed in turn, "
-        "the best of two epochs kept (so that what a run does once, the teacher's ranking of "
-        "every user's items, is left out), 2 threads (`python -m cdlib.bench --steps --dataset D "
-        "--out results/bench/steps_D_cpu.json`); the ratios add each epoch's validation to both.",
-        "",
-    ]
-    if records:
-        bench = pd.DataFrame([row for rec in records for row in rec["steps"]])
-        bench = bench.reindex(columns=STEP_BENCH_COLUMNS)
-        peak = {rec["dataset"]["name"]: rec["peak_rss_gib"] for rec in records}
-        bench["peak GiB (process)"] = bench.dataset.map(peak)
-        parts += [_md(bench.round(3)), ""]
-        est = {step: step_estimate(records, results, step) for step in ("sparse", "deferred")}
-        if not any(e.empty for e in est.values()):
-            both = est["sparse"].merge(
-                est["deferred"], on=["dataset", "backbone", "runs", "CPU hours, dense step"]
-            )
-            both = both.drop(columns="ratios of_y").rename(columns={"ratios of_x": "ratios of"})
-            both = both[[c for c in both if c != "ratios of"] + ["ratios of"]]
-            whole = both[both.dataset == "all"].iloc[0]
-            parts += [
-                f"The whole grid the tables list ({whole['runs']} runs) costs "
-                f"**{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step (recorded, "
-                f"and estimated for the runs to go as in the compute table), and an estimated "
-                f"**{whole['CPU hours, sparse step (est.)']:.0f}** with the sparse step and "
-                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one: each "
-                "run's hours divided by the benched ratio of its kind of run, validation included, on "
-                "its dataset or the benched one nearest in size, the deferred step's warm-up epochs at "
-                "the warm-up's ratio (`costs.step_estimate`; the recorded hours were timed on another "
-                "CPU than the bench's).",
-                "",
-                _md(both),
-                "",
-            ]
-        nxt = profile_estimate(PROFILES["next"], records, results, "deferred")
-        if not nxt.empty:
-            by_table = (  # a table with a run that has no estimate has none
-                nxt.groupby("table", sort=False)[list(nxt.columns[-3:])]
-                .agg(lambda x: x.sum(skipna=False))
-                .round(1)
-            )
-            whole = by_table.loc["all"]
-            parts += [
-                f"Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen "
-                f"in tuning, 5 seeds for the main table and the claims' ablations, 3 for the size "
-                f"table, sensitivity on ml-1m and citeulike-t) is {int(whole['runs'])} runs: an "
-                f"estimated **{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step and "
-                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one, every run "
-                "priced as a run to go (`costs.profile_estimate`).",
-                "",
-                _md(by_table.reset_index()),
-                "",
-            ]
-    for step, table in agree.items():
-        if table.empty:
-            continue
-        parts += [
-            f'Main-table configurations trained with the dense step and with step="{step}" (settings '
-            "tuned with the dense one); test NDCG@10 (sampled), paired over seeds "
-            "(`agreement.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
-            "within one standard deviation (over the paired seeds) of the dense step's, the "
-            "criterion the issue proposed (empty: fewer than 2 seeds); two steps that train "
-            "alike fail it by chance in 19% of the configurations at 5 independent seeds. `TOST p`, "
-            "`equivalent`: the equivalence test of the paired differences against ±1.35% of the "
-            "dense mean (half the paper's smallest claimed gain; p < 0.05).",
-            "",
-            _md(table.round(4).replace({c: {-0.0: 0.0} for c in table.select_dtypes("float")})),
-            "",
-        ]
-        pooled = step_equivalence(results, step=step)
-        parts += [
-            f"Pooled per dataset (`agreement.step_equivalence`): each seed's relative difference "
-            f'(step="{step}" - dense) / dense averaged over the configurations, on the seeds that '
-            "every configuration has with both steps; its mean over those seeds with a 90% interval "
-            "(a TOST at 0.05 holds exactly when it lies within the margin), and the equivalence test.",
-            "",
-            _md(pooled.round(3)),
-            "",
-        ]
-        if step == PROFILES["next"].step and not pooled.empty:
-            parts += [next_step_sentence(step, pooled), ""]
-    return parts
 
 
 def update_readme(results=None, readme=None) -> bool:

@@ -118,9 +118,7 @@ def plan(
         )
 
     p = profiles.profile(profile)
-    tune_sets = (
-        list(dict.fromkeys(p.tuning_dataset(d) for d in datasets)) if p.tuning is not None else []
-    )
+    tune_sets = p.tuning_datasets(datasets)
     tuning = [job(nb, d) for nb in TUNING if nb in notebooks for d in tune_sets] if train else []
     training = [
         job(nb, d)

@@ -189,6 +189,20 @@ def fmt(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return out
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+    df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = [
+        "| "
+        + " | ".join("" if (isinstance(v, float) and np.isnan(v)) else str(v) for v in row)
+        + " |"
+        for row in df.itertuples(index=False)
+    ]
+    return "\n".join([head, sep, *body])
+
+
 def save_table(df: pd.DataFrame, name: str, results=None) -> str:
     """Write a table to results/<name>.csv atomically; returns the path."""
     path = runs.results_dir(results) / f"{name}.csv"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cdlib import analyses, audit, costs, effects, profiles, readme, report, tables
+from cdlib import analyses, audit, costs, effects, profiles, readme, readme_steps, report, tables
 from cdlib import experiments as ex
 from cdlib.config import Execution
 
@@ -947,9 +947,7 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record,
     peak memory, and one agreement table per sparse step recorded beside the dense one."""
     import json
 
-    from cdlib import readme
-
-    assert readme._sparse_step_section(tmp_path) == []
+    assert readme_steps.sparse_step_section(tmp_path) == []
     row = {"dataset": "a", "run": "CDAE teacher", "size": 200}
     for i, name in enumerate(("dense", "sparse", "deferred", "deferred warm-up")):
         row[f"{name} s/epoch"] = 8.0 / (i + 1)
@@ -963,7 +961,7 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record,
         for step, value in zip(("dense", "sparse", "deferred"), values):
             cfg = {"method": "none", "seed": seed, **({"step": step} if step != "dense" else {})}
             cpu_record(tmp_path, f"{step}{seed}", cfg, value)
-    text = "\n".join(readme._sparse_step_section(tmp_path))
+    text = "\n".join(readme_steps.sparse_step_section(tmp_path))
     assert "| a | CDAE teacher | 200 | 8.0 | 4.0 | 2.667 | 2.0 | 2.0 | 3.0 | 4.0 | 1.5 |" in text
     assert 'with step="sparse"' in text and 'with step="deferred"' in text
     assert "| sparse - dense |" in text and "| deferred - dense |" in text
@@ -974,11 +972,10 @@ def test_the_readme_shows_every_step_s_bench_and_agreement(tmp_path, cpu_record,
     assert "within ±1.35% on no dataset; not on a (2 seeds)." in text
     dense = dataclasses.replace(profiles.PROFILES["next"], step=None)
     monkeypatch.setitem(profiles.PROFILES, "next", dense)
-    assert "Profile `next`" not in "\n".join(readme._sparse_step_section(tmp_path))
+    assert "Profile `next`" not in "\n".join(readme_steps.sparse_step_section(tmp_path))
 
 
 def test_the_sentence_on_next_s_step_names_where_it_was_shown_equivalent():
-    from cdlib import readme
 
     pooled = pd.DataFrame(
         {
@@ -988,13 +985,15 @@ def test_the_sentence_on_next_s_step_names_where_it_was_shown_equivalent():
             "equivalent": [True, False, np.nan],
         }
     )
-    mixed = readme.next_step_sentence("deferred", pooled)
+    mixed = readme_steps.next_step_sentence("deferred", pooled)
     assert (
         "within ±1.35% on a (5 seeds); not on b (4 seeds); untested (under 2 paired seeds) on "
         "c (1 seed)." in mixed
     )
-    assert "within ±1.35% on a (5 seeds). " in readme.next_step_sentence("deferred", pooled[:1])
-    none = readme.next_step_sentence("deferred", pooled[1:2])
+    assert "within ±1.35% on a (5 seeds). " in readme_steps.next_step_sentence(
+        "deferred", pooled[:1]
+    )
+    none = readme_steps.next_step_sentence("deferred", pooled[1:2])
     assert "within ±1.35% on no dataset; not on b (4 seeds). " in none
 
 

@@ -141,19 +141,24 @@ def test_failing_job_is_named_and_others_finish(tmp_path, monkeypatch, capsys):
 
 
 def test_smoke_profile_on_dask_local_cluster(tmp_path, monkeypatch):
+    """The three stages (tuning, training, report) on a Dask cluster; notebooks 00 and 03 only, as
+    every notebook goes through the same scheduler path and the local-pool test runs them all."""
     distributed = pytest.importorskip("dask.distributed")
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     res = tmp_path / "results"
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cl:
-        assert (
-            reproduce.main(
-                ["--profile", "smoke", "--results", str(res), "--scheduler", cl.scheduler_address]
-            )
-            == 0
-        )
-    check_outputs(res)
+        argv = ["--profile", "smoke", "--results", str(res), "--notebooks", "00,03"]
+        assert reproduce.main(argv + ["--scheduler", cl.scheduler_address]) == 0
+    for nb in ("00_tuning", "00_tuning__ml-100k", "03_main", "03_main__ml-100k"):
+        assert (res / "notebooks" / f"{nb}.ipynb").is_file(), nb
+    assert pd.read_csv(res / "00_tuning.csv").chosen.sum() == 8  # 4 stages x 2 backbones
+    main = pd.read_csv(res / "03_main_runs.csv")
+    assert set(main.label) >= {"Teacher", "Student", "RD", "CD-T", "CD-S", "CD-H"}
+    assert (main.status == "ok").all()
+    recorded = {p.stem for folder in ("runs", "ials") for p in (res / folder).glob("*.json")}
+    assert set(main.key) <= recorded  # the rows come from the runs the cluster trained
 
 
 def test_help_says_what_each_profile_costs(capsys):

@@ -74,7 +74,7 @@ The other datasets use the choice of the dataset named in the profile's `tune_on
         md("## Run (or read) the tuning stage of each tuning dataset and backbone"),
         code(
             """frames, choices = [], {}
-for d in dict.fromkeys(P.tuning_dataset(x) for x in P.datasets):
+for d in P.tuning_datasets():
     for b in P.backbones:
         runs_db, choice = ex.tune(P, d, b, results_dir)
         frames.append(runs_db)

@@ -1,0 +1,160 @@
+"""The README's section on the sparse steps (`Config.step`, issue 22): their epoch timings beside
+the dense step's (`cdlib.bench --steps`), what the grids cost with them (`costs.step_estimate`,
+`costs.profile_estimate`), their agreement with the dense step (`agreement`), and what decided
+profile `next`'s step. Part of `readme.readme_section`."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from . import runs
+from .agreement import step_agreement, step_equivalence
+from .costs import profile_estimate, step_estimate
+from .profiles import PROFILES
+from .stepbench import STEP_COLUMNS
+from .tables import markdown
+
+# the bench's columns the README shows (`stepbench.step_table`): seconds per epoch of each step,
+# and the ratios of whole epochs (validation included)
+_BENCHED = [name for name, _, _ in STEP_COLUMNS]
+STEP_BENCH_COLUMNS = [
+    "dataset",
+    "run",
+    "size",
+    *(f"{s} s/epoch" for s in _BENCHED),
+    *(f"dense / {s}, validation included" for s in _BENCHED[1:]),
+]
+
+
+def next_step_sentence(step: str, pooled: pd.DataFrame) -> str:
+    """What decided profile `next`'s step, from the pooled equivalence table of that step
+    (`agreement.step_equivalence`): the datasets where it was shown equivalent to the dense step,
+    those where it was not, and those with too few paired seeds to test."""
+
+    def cells(rows) -> str:
+        return ", ".join(f"{r.dataset} ({r.seeds} seed{'s' if r.seeds != 1 else ''})" for r in rows)
+
+    margin = pooled["margin %"].iloc[0]
+    shown, tested = pooled.equivalent.eq(True), pooled.equivalent.notna()
+    said = [
+        f"it is shown equivalent to the dense step within ±{margin:g}% on {cells(pooled[shown].itertuples())}"
+        if shown.any()
+        else f"it is shown equivalent to the dense step within ±{margin:g}% on no dataset",
+    ]
+    if (tested & ~shown).any():
+        said.append(f"not on {cells(pooled[tested & ~shown].itertuples())}")
+    if (~tested).any():
+        said.append(f"untested (under 2 paired seeds) on {cells(pooled[~tested].itertuples())}")
+    return (
+        f'Profile `next` (issue 23\'s grid) trains with step="{step}", decided on this pooled '
+        "test rather than on one standard deviation per configuration: "
+        + "; ".join(said)
+        + ". The deferral itself (rows that wait for their Adam steps) is tested against torch's "
+        "Adam in `tests/test_sparse.py` (the same weights to 1e-4 after 21 epochs); on ml-100k no "
+        "table is large enough to defer (`sparse.defers`) and on ml-1m only the teachers' user "
+        "tables are, so this study tests the sparse look-ups and decoding more than the deferral."
+    )
+
+
+def sparse_step_section(results=None) -> list[str]:
+    """The sparse steps (`Config.step`): their timings beside the dense step's (`bench --steps`),
+    the grid's cost with them (`costs.step_estimate`), and the agreement study
+    (`agreement.step_agreement`)."""
+    paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
+    records = [json.loads(p.read_text()) for p in paths_]
+    agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
+    if not records and all(a.empty for a in agree.values()):
+        return []
+    parts = [
+        "### The sparse steps against the dense one",
+        "",
+        '`Config.step`: "sparse" and "deferred" compute the losses at the cost of the step\'s pairs, '
+        'with row gradients, and step only the rows a step read: "sparse" with a lazy Adam (other '
+        'training), "deferred" with Adam\'s steps of the other rows deferred and applied in closed '
+        "form when a row is next read (Adam's own training), its first 1,000 steps whole-table "
+        "(its warm-up). Seconds per training epoch of untrained models, each step timed in turn, "
+        "the best of two epochs kept (so that what a run does once, the teacher's ranking of "
+        "every user's items, is left out), 2 threads (`python -m cdlib.bench --steps --dataset D "
+        "--out results/bench/steps_D_cpu.json`); the ratios add each epoch's validation to both.",
+        "",
+    ]
+    if records:
+        bench = pd.DataFrame([row for rec in records for row in rec["steps"]])
+        bench = bench.reindex(columns=STEP_BENCH_COLUMNS)
+        peak = {rec["dataset"]["name"]: rec["peak_rss_gib"] for rec in records}
+        bench["peak GiB (process)"] = bench.dataset.map(peak)
+        parts += [markdown(bench.round(3)), ""]
+        est = {step: step_estimate(records, results, step) for step in ("sparse", "deferred")}
+        if not any(e.empty for e in est.values()):
+            both = est["sparse"].merge(
+                est["deferred"], on=["dataset", "backbone", "runs", "CPU hours, dense step"]
+            )
+            both = both.drop(columns="ratios of_y").rename(columns={"ratios of_x": "ratios of"})
+            both = both[[c for c in both if c != "ratios of"] + ["ratios of"]]
+            whole = both[both.dataset == "all"].iloc[0]
+            parts += [
+                f"The whole grid the tables list ({whole['runs']} runs) costs "
+                f"**{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step (recorded, "
+                f"and estimated for the runs to go as in the compute table), and an estimated "
+                f"**{whole['CPU hours, sparse step (est.)']:.0f}** with the sparse step and "
+                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one: each "
+                "run's hours divided by the benched ratio of its kind of run, validation included, on "
+                "its dataset or the benched one nearest in size, the deferred step's warm-up epochs at "
+                "the warm-up's ratio (`costs.step_estimate`; the recorded hours were timed on another "
+                "CPU than the bench's).",
+                "",
+                markdown(both),
+                "",
+            ]
+        nxt = profile_estimate(PROFILES["next"], records, results, "deferred")
+        if not nxt.empty:
+            by_table = (  # a table with a run that has no estimate has none
+                nxt.groupby("table", sort=False)[list(nxt.columns[-3:])]
+                .agg(lambda x: x.sum(skipna=False))
+                .round(1)
+            )
+            whole = by_table.loc["all"]
+            parts += [
+                f"Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen "
+                f"in tuning, 5 seeds for the main table and the claims' ablations, 3 for the size "
+                f"table, sensitivity on ml-1m and citeulike-t) is {int(whole['runs'])} runs: an "
+                f"estimated **{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step and "
+                f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one, every run "
+                "priced as a run to go (`costs.profile_estimate`).",
+                "",
+                markdown(by_table.reset_index()),
+                "",
+            ]
+    for step, table in agree.items():
+        if table.empty:
+            continue
+        parts += [
+            f'Main-table configurations trained with the dense step and with step="{step}" (settings '
+            "tuned with the dense one); test NDCG@10 (sampled), paired over seeds "
+            "(`agreement.step_agreement`, notebook 09). `within 1 sd`: the sparse step's mean lies "
+            "within one standard deviation (over the paired seeds) of the dense step's, the "
+            "criterion the issue proposed (empty: fewer than 2 seeds); two steps that train "
+            "alike fail it by chance in 19% of the configurations at 5 independent seeds. `TOST p`, "
+            "`equivalent`: the equivalence test of the paired differences against ±1.35% of the "
+            "dense mean (half the paper's smallest claimed gain; p < 0.05).",
+            "",
+            markdown(
+                table.round(4).replace({c: {-0.0: 0.0} for c in table.select_dtypes("float")})
+            ),
+            "",
+        ]
+        pooled = step_equivalence(results, step=step)
+        parts += [
+            f"Pooled per dataset (`agreement.step_equivalence`): each seed's relative difference "
+            f'(step="{step}" - dense) / dense averaged over the configurations, on the seeds that '
+            "every configuration has with both steps; its mean over those seeds with a 90% interval "
+            "(a TOST at 0.05 holds exactly when it lies within the margin), and the equivalence test.",
+            "",
+            markdown(pooled.round(3)),
+            "",
+        ]
+        if step == PROFILES["next"].step and not pooled.empty:
+            parts += [next_step_sentence(step, pooled), ""]
+    return parts
