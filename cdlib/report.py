@@ -41,12 +41,57 @@ ALPHA = effects.ALPHA
 PRIMARY_CD = ("CD", "CD-T")
 
 
+# what the primary arm is, in the claim's name: the paper profile's tuning has no guide stage, so
+# its CD runs teacher-guided, a default rather than a choice
+PRIMARY_NAME = {"CD": "the tuned CD, guide included", "CD-T": "the tuned CD, its guide untuned"}
+
+
 def primary_cd(table: pd.DataFrame) -> str:
     """The label of the primary CD arm in a main table (`PRIMARY_CD`: the first it has)."""
     return next((label for label in PRIMARY_CD if (table.label == label).any()), PRIMARY_CD[-1])
 
 
+def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
+    """Per protocol, one sentence naming the cells where claim 3's primary CD arm and CD-best (the
+    maximum over guides) disagree against RD: opposite signs of the mean effect, or one held after
+    Holm and the other not (from the claims table's per-cell rows)."""
+    rows = table[table.dataset != "pooled"]
+    prim = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), primary")]
+    best = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), secondary")]
+    if prim.empty or best.empty:
+        return []
+    both = prim.merge(best, on=["dataset", "backbone"], suffixes=("", " best"))
+    out = []
+    for proto in PROTOCOLS:
+        e, eb = both[f"effect % ({proto})"], both[f"effect % ({proto}) best"]
+        h, hb = both[f"held ({proto})"].astype(bool), both[f"held ({proto}) best"].astype(bool)
+        flip = both[(np.sign(e) * np.sign(eb) < 0) | (h != hb)]
+        cells = ", ".join(
+            f"{r.dataset}/{r.backbone} ({r[f'effect % ({proto})']:+.1f}% against "
+            f"{r[f'effect % ({proto}) best']:+.1f}%"
+            + (
+                "; held by CD-best only"
+                if r[f"held ({proto}) best"] and not r[f"held ({proto})"]
+                else ""
+            )
+            + (
+                "; held by the primary arm only"
+                if r[f"held ({proto})"] and not r[f"held ({proto}) best"]
+                else ""
+            )
+            + ")"
+            for _, r in flip.iterrows()
+        )
+        out.append(
+            f"{proto.capitalize()} protocol, {metric}: the primary CD arm and CD-best disagree "
+            f"(opposite signs, or held by one only) in {len(flip)} of {len(both)} cells"
+            + (f": {cells}." if len(flip) else ".")
+        )
+    return out
+
+
 PER_PROTOCOL = [
+    "seeds",
     "effect %",
     "CI low",
     "CI high",
@@ -60,12 +105,14 @@ PER_PROTOCOL = [
     "cells",
     "verdict",
     "paper range is",
+    "CI low HK",
+    "CI high HK",
+    "verdict HK",
 ]
 CLAIM_COLUMNS = [
     "claim",
     "dataset",
     "backbone",
-    "seeds",
     "measured",
     *[f"{c} ({p})" for p in PROTOCOLS for c in PER_PROTOCOL],
     "paper",
@@ -74,18 +121,19 @@ CLAIM_COLUMNS = [
 
 def _cells(ok: pd.DataFrame, effect) -> list[dict]:
     """One row per dataset x backbone with, per protocol, `effect(cell rows, column suffix)` (a
-    `effects.mean_interval` dict, or None where the cell lacks the runs)."""
+    `effects.mean_interval` dict, or None where the cell lacks the runs) and its seeds (the two
+    protocols may pair different seeds: CD-best's guide is chosen per protocol)."""
     rows = []
     for (d, b), g in ok.groupby(["dataset", "backbone"], sort=False):
         row = {"dataset": d, "backbone": b}
         for proto, sfx in PROTOCOLS.items():
             e = effect(g, proto, sfx)
             if e is not None and e["n"] > 0:
-                row["seeds"] = e["n"]
+                row[f"seeds ({proto})"] = e["n"]
                 row.update(
                     {f"{k} ({proto})": e[k] for k in ("effect", "ci_low", "ci_high", "p", "sd")}
                 )
-        if "seeds" in row:
+        if any(f"seeds ({proto})" in row for proto in PROTOCOLS):
             rows.append(row)
     return rows
 
@@ -132,12 +180,13 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
     if not rows:
         return rows
     lo, hi = paper_range if paper_range else (None, None)
-    pool_row = {"claim": claim, "dataset": "pooled", "backbone": "", "seeds": None}
+    pool_row = {"claim": claim, "dataset": "pooled", "backbone": ""}
     for proto in PROTOCOLS:
+        n = [r.get(f"seeds ({proto})", 0) for r in rows]
         p = [r.get(f"p ({proto})", np.nan) for r in rows]
         adj = holm(p)
         tested = int(np.isfinite(p).sum())
-        for r, a in zip(rows, adj):
+        for r, a, k in zip(rows, adj, n):
             e = r.get(f"effect ({proto})", np.nan)
             r[f"effect % ({proto})"] = e
             r[f"CI low ({proto})"], r[f"CI high ({proto})"] = (
@@ -146,7 +195,7 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
             )
             r[f"p Holm ({proto})"] = a
             r[f"MDE % ({proto})"] = effects.mde(
-                r.get(f"sd ({proto})", np.nan), r["seeds"], ALPHA / max(tested, 1)
+                r.get(f"sd ({proto})", np.nan), k, ALPHA / max(tested, 1)
             )
             r[f"held ({proto})"] = bool(np.isfinite(a) and a < ALPHA and e > 0)
             r[f"in paper range ({proto})"] = (
@@ -154,7 +203,7 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
             )
         pool = effects.pooled(
             [r.get(f"effect ({proto})", np.nan) for r in rows],
-            [r.get(f"sd ({proto})", np.nan) ** 2 / r["seeds"] for r in rows],
+            [r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)],
         )
         held = sum(bool(r[f"held ({proto})"]) for r in rows)
         pool_row.update(
@@ -168,14 +217,17 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
                 f"cells ({proto})": pool["cells"],
                 f"verdict ({proto})": effects.verdict(pool, lo, held, tested),
                 f"held ({proto})": bool(np.isfinite(pool["ci_low"]) and pool["ci_low"] > 0),
+                f"CI low HK ({proto})": pool["ci_low_hk"],
+                f"CI high HK ({proto})": pool["ci_high_hk"],
+                f"verdict HK ({proto})": effects.verdict(
+                    {"ci_low": pool["ci_low_hk"], "ci_high": pool["ci_high_hk"]}, lo
+                ),
             }
         )
         if paper_range:
             pool_row[f"paper range is ({proto})"] = effects.against_range(pool, paper_range)
     for r in rows:
-        r["measured"] = (
-            "; ".join(_measured(r, proto) for proto in PROTOCOLS) + f" [{what}, {r['seeds']} seeds]"
-        )
+        r["measured"] = "; ".join(_measured(r, proto) for proto in PROTOCOLS) + f" [{what}]"
     pool_row["measured"] = (
         "; ".join(_measured_pool(pool_row, proto) for proto in PROTOCOLS) + f" [{what}]"
     )
@@ -191,7 +243,8 @@ def _measured(r: dict, proto: str) -> str:
         return f"{proto}: {e:+.1f}% (one seed, no interval)"
     return (
         f"{proto}: {e:+.1f}% [{r[f'CI low ({proto})']:+.1f}, {r[f'CI high ({proto})']:+.1f}] "
-        f"(p {r[f'p ({proto})']:.2g}, Holm {r[f'p Holm ({proto})']:.2g}, MDE {r[f'MDE % ({proto})']:.1f}%)"
+        f"(p {r[f'p ({proto})']:.2g}, Holm {r[f'p Holm ({proto})']:.2g}, MDE {r[f'MDE % ({proto})']:.1f}%, "
+        f"{r[f'seeds ({proto})']} seeds)"
     )
 
 
@@ -224,7 +277,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
         primary = primary_cd(ok)
         for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
             rows += _family(
-                f"3. CD beats RD ({m}), primary: {primary}, the tuned CD",
+                f"3. CD beats RD ({m}), primary: {primary}, {PRIMARY_NAME[primary]}",
                 ok,
                 _paired_effect(primary, "RD", m),
                 f"{primary} vs RD",
@@ -237,29 +290,31 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                 "best CD guide vs RD",
                 PAPER_GAIN[key],
             )
-        rows += _family(
-            "4. CD beats the plain student (NDCG@10)",
-            ok,
-            _paired_effect(primary, "Student", "NDCG@10"),
-            f"{primary} vs Student",
-        )
-        for method in (primary, "RD"):
+        for m in ("HR@10", "NDCG@10"):
             rows += _family(
-                f"4. gap recovered by {method} (% of teacher - student, NDCG@10)",
+                f"4. CD beats the plain student ({m})",
                 ok,
-                _gap_effect(method, "NDCG@10"),
-                f"({method} - Student) / (Teacher - Student)",
+                _paired_effect(primary, "Student", m),
+                f"{primary} vs Student",
             )
+            for method in (primary, "RD"):
+                rows += _family(
+                    f"4. gap recovered by {method} (% of teacher - student, {m})",
+                    ok,
+                    _gap_effect(method, m),
+                    f"({method} - Student) / (Teacher - Student)",
+                )
         for (d, b), g in ok.groupby(["dataset", "backbone"], sort=False):
-            parts, seeds = [], None
+            parts, seeds = [], {}
             for proto, sfx in PROTOCOLS.items():
                 t = g[g.label == "Teacher"].set_index("seed")[f"NDCG@10{sfx}"]
                 c = g[g.label == primary].set_index("seed")[f"NDCG@10{sfx}"]
                 common = t.index.intersection(c.index)
                 if len(common):
-                    seeds = len(common)
+                    seeds[f"seeds ({proto})"] = len(common)
                     parts.append(
-                        f"{proto}: {100 * float((c[common] / t[common]).mean()):.1f}% of its teacher"
+                        f"{proto}: {100 * float((c[common] / t[common]).mean()):.1f}% of its "
+                        f"teacher ({len(common)} seeds)"
                     )
             if parts:
                 rows.append(
@@ -267,7 +322,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                         "claim": "4. CD student comes close to the teacher (description)",
                         "dataset": d,
                         "backbone": b,
-                        "seeds": seeds,
+                        **seeds,
                         "measured": "; ".join(parts),
                         "paper": f">= {100 * close:.0f}% [decision]",
                     }
@@ -310,12 +365,13 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
         ok = samp[samp.status == "ok"]
         for guide in sorted({lab.split("/")[1] for lab in ok.label}):
             for other in ("uniform", "topk"):
-                rows += _family(
-                    f"2. rank-aware sampling beats {other} ({guide}-guided, NDCG@10)",
-                    ok,
-                    _paired_effect(f"rank/{guide}", f"{other}/{guide}", "NDCG@10"),
-                    f"rank vs {other}",
-                )
+                for m in ("HR@10", "NDCG@10"):
+                    rows += _family(
+                        f"2. rank-aware sampling beats {other} ({guide}-guided, {m})",
+                        ok,
+                        _paired_effect(f"rank/{guide}", f"{other}/{guide}", m),
+                        f"rank vs {other}",
+                    )
     out = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
     return out.sort_values(["claim"], kind="stable", ignore_index=True)
 
@@ -340,11 +396,25 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             if lower is not None:
                 mde = cells[f"MDE % ({proto})"]
                 text += f"; {int((mde <= lower).sum())} of {int(mde.notna().sum())} cells could see a {lower:g}% gain"
+            text += _hartung_knapp(r, proto)
             parts.append(text)
         out.append(
             f"**{claim}** (paper: {paper}). " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
         )
     return out
+
+
+def _hartung_knapp(r, proto: str) -> str:
+    """The pooled row's Hartung-Knapp interval, and its verdict where that differs from the normal
+    interval's (the first word: holds, does not hold, inconclusive)."""
+    lo, hi = r.get(f"CI low HK ({proto})"), r.get(f"CI high HK ({proto})")
+    if lo is None or not np.isfinite(lo):
+        return ""
+    v, vhk = str(r[f"verdict ({proto})"]), str(r[f"verdict HK ({proto})"])
+    same = v.split(" (")[0].split(":")[0].split(";")[0] == vhk.split(" (")[0].split(":")[0]
+    return f"; Hartung-Knapp interval [{lo:+.1f}, {hi:+.1f}]" + (
+        "" if same else f", under which the claim {vhk.replace('inconclusive', 'is inconclusive')}"
+    )
 
 
 def _best_label(protocol: str) -> str:

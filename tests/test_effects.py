@@ -28,6 +28,24 @@ def test_pooled_reproduces_the_bcg_dersimonian_laird_fit_to_3_decimals():
     assert round(got["tau2"], 3) == 0.309 and round(got["i2"], 4) == 0.9212 and got["cells"] == 13
 
 
+def test_pooled_hartung_knapp_interval_follows_its_definition():
+    """The modified Hartung-Knapp-Sidik-Jonkman interval (Röver et al. 2015), written out: on the
+    BCG trials (q > 1) it is wider than the normal interval; on cells that agree (q < 1) it keeps
+    the random-effects variance, with t quantiles on k - 1 degrees of freedom."""
+    t = np.array(BCG, dtype=float)
+    yi = np.log((t[:, 0] / (t[:, 0] + t[:, 1])) / (t[:, 2] / (t[:, 2] + t[:, 3])))
+    vi = 1 / t[:, 0] - 1 / (t[:, 0] + t[:, 1]) + 1 / t[:, 2] - 1 / (t[:, 2] + t[:, 3])
+    for y, v in ((yi, vi), (np.array([1.0, 1.3, 0.8, 1.1]), np.array([0.5, 0.4, 0.6, 0.3]))):
+        got = effects.pooled(y, v)
+        w = 1 / (v + got["tau2"])
+        mu = (w * y).sum() / w.sum()
+        q = (w * (y - mu) ** 2).sum() / (len(y) - 1)
+        half = stats.t.ppf(0.975, len(y) - 1) * np.sqrt(max(q, 1) / w.sum())
+        assert got["effect"] == pytest.approx(mu)
+        assert (got["ci_low_hk"], got["ci_high_hk"]) == pytest.approx((mu - half, mu + half))
+    assert np.isnan(effects.pooled([2.0], [0.25])["ci_low_hk"])  # one cell: no t interval
+
+
 def test_pooled_truncates_tau2_at_zero_and_is_then_the_inverse_variance_mean():
     e, v = np.array([1.0, 1.01, 0.99]), np.array([0.5, 0.4, 0.6])
     got = effects.pooled(e, v)
@@ -54,8 +72,27 @@ def test_paired_and_gap_are_means_of_per_seed_quantities_with_t_intervals():
     assert got["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     one = effects.paired([0.6], [0.5])
     assert one["effect"] == pytest.approx(20.0) and np.isnan(one["ci_low"]) and np.isnan(one["p"])
-    gap = effects.gap_recovered([0.55, 0.58], [0.50, 0.50], [0.60, 0.60])
-    assert gap["effect"] == pytest.approx(65.0)
+
+
+def test_gap_recovered_is_a_ratio_of_means_with_a_delta_method_interval():
+    m, s, t = (
+        np.array([0.55, 0.58, 0.54]),
+        np.array([0.50, 0.50, 0.51]),
+        np.array([0.60, 0.58, 0.62]),
+    )
+    a, b = 100 * (m - s), t - s
+    r = a.mean() / b.mean()
+    # the delta method written out: R's variance from the residuals a - R b
+    se = (a - r * b).std(ddof=1) / np.sqrt(3) / b.mean()
+    got = effects.gap_recovered(m, s, t)
+    assert got["effect"] == pytest.approx(r) and got["n"] == 3
+    half = stats.t.ppf(0.975, 2) * se
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((r - half, r + half))
+    assert got["sd"] ** 2 / 3 == pytest.approx(se**2)
+    # a seed whose teacher and student tie does not blow it up (a mean of ratios would divide by 0)
+    tie = effects.gap_recovered([0.55, 0.56], [0.50, 0.52], [0.60, 0.52])
+    assert tie["effect"] == pytest.approx(100 * 0.045 / 0.05)
+    assert effects.gap_recovered([0.55], [0.50], [0.60])["effect"] == pytest.approx(50.0)
 
 
 def test_mde_is_the_effect_a_t_test_detects_with_80_percent_power():
