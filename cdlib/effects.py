@@ -54,12 +54,17 @@ def gap_recovered(method, student, teacher) -> dict:
     var(R) = (var(a) - 2 R cov(a, b) + R² var(b)) / (n mean(b)²) for a = 100 (method - student),
     b = teacher - student. A ratio of per-seed ratios would blow up on a seed whose teacher and
     student are close; this one does so only when they are close on average. `sd` is the
-    interval's sd x sqrt(n), so that sd² / n is the variance the pooling and the MDE read."""
+    interval's sd x sqrt(n), so that sd² / n is the variance the pooling and the MDE read. No
+    teacher-student gap on average (mean(b) <= 0: the teacher no better than the plain student)
+    leaves nothing to recover: all NaN."""
     m, s, t = (np.asarray(a, dtype=float) for a in (method, student, teacher))
     a, b = 100 * (m - s), t - s
     n = len(a)
-    ratio = float(a.mean() / b.mean()) if n else np.nan
-    out = {"effect": ratio, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "sd": np.nan, "n": n}
+    nan = {"effect": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "sd": np.nan}
+    if n == 0 or not b.mean() > 0:
+        return {**nan, "n": n}
+    ratio = float(a.mean() / b.mean())
+    out = {**nan, "effect": ratio, "n": n}
     if n < 2:
         return out
     cov = np.cov(a, b, ddof=1)

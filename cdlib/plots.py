@@ -199,6 +199,16 @@ def forest_name(claim: str) -> str:
     return "09_forest_" + "_".join(words)[:80]
 
 
+def remove_stale_forests(table: pd.DataFrame, directory=None) -> list[str]:
+    """Delete the forest plots (`forest_name`, png and pdf) of claims that `table` (`report.claims`)
+    no longer has, so that a renamed claim leaves no orphan; returns the names removed."""
+    keep = {forest_name(c) for c in table.claim.unique()}
+    stale = sorted(p for p in figures_dir(directory).glob("09_forest_*") if p.stem not in keep)
+    for p in stale:
+        p.unlink()
+    return [p.name for p in stale]
+
+
 def forest(table: pd.DataFrame, claim: str):
     """A forest plot of one claim of `report.claims`, one panel per protocol: each dataset x backbone
     cell's effect (%) with its 95% interval, the pooled random-effects estimate as a diamond, 0

@@ -121,7 +121,8 @@ class Profile:
         none without a tuning stage."""
         if self.tuning is None:
             return []
-        return list(dict.fromkeys(self.tuning_dataset(d) for d in datasets or self.datasets))
+        datasets = self.datasets if datasets is None else datasets
+        return list(dict.fromkeys(self.tuning_dataset(d) for d in datasets))
 
 
 PROFILES = {

@@ -53,8 +53,9 @@ def primary_cd(table: pd.DataFrame) -> str:
 
 def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
     """Per protocol, one sentence naming the cells where claim 3's primary CD arm and CD-best (the
-    maximum over guides) disagree against RD: opposite signs of the mean effect, or one held after
-    Holm and the other not (from the claims table's per-cell rows)."""
+    maximum over guides) disagree against RD: opposite signs of the mean effect with at least one of
+    the two 95% intervals excluding 0 (a sign near 0 is noise), or one held after Holm and the other
+    not (from the claims table's per-cell rows)."""
     rows = table[table.dataset != "pooled"]
     prim = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), primary")]
     best = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), secondary")]
@@ -65,7 +66,11 @@ def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[s
     for proto in PROTOCOLS:
         e, eb = both[f"effect % ({proto})"], both[f"effect % ({proto}) best"]
         h, hb = both[f"held ({proto})"].astype(bool), both[f"held ({proto}) best"].astype(bool)
-        flip = both[(np.sign(e) * np.sign(eb) < 0) | (h != hb)]
+        sure = [  # the interval excludes 0
+            (both[f"CI low ({proto}){s}"] > 0) | (both[f"CI high ({proto}){s}"] < 0)
+            for s in ("", " best")
+        ]
+        flip = both[((np.sign(e) * np.sign(eb) < 0) & (sure[0] | sure[1])) | (h != hb)]
         cells = ", ".join(
             f"{r.dataset}/{r.backbone} ({r[f'effect % ({proto})']:+.1f}% against "
             f"{r[f'effect % ({proto}) best']:+.1f}%"
@@ -84,8 +89,8 @@ def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[s
         )
         out.append(
             f"{proto.capitalize()} protocol, {metric}: the primary CD arm and CD-best disagree "
-            f"(opposite signs, or held by one only) in {len(flip)} of {len(both)} cells"
-            + (f": {cells}." if len(flip) else ".")
+            f"(opposite signs, one of them with an interval excluding 0, or held by one only) in "
+            f"{len(flip)} of {len(both)} cells" + (f": {cells}." if len(flip) else ".")
         )
     return out
 
@@ -221,7 +226,9 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
                 f"CI high HK ({proto})": pool["ci_high_hk"],
                 f"verdict HK ({proto})": effects.verdict(
                     {"ci_low": pool["ci_low_hk"], "ci_high": pool["ci_high_hk"]}, lo
-                ),
+                )
+                if pool["cells"] > 1
+                else None,
             }
         )
         if paper_range:
@@ -373,6 +380,8 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                         f"rank vs {other}",
                     )
     out = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    for proto in PROTOCOLS:
+        out[f"seeds ({proto})"] = out[f"seeds ({proto})"].astype("Int64")
     return out.sort_values(["claim"], kind="stable", ignore_index=True)
 
 

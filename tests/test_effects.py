@@ -93,6 +93,10 @@ def test_gap_recovered_is_a_ratio_of_means_with_a_delta_method_interval():
     tie = effects.gap_recovered([0.55, 0.56], [0.50, 0.52], [0.60, 0.52])
     assert tie["effect"] == pytest.approx(100 * 0.045 / 0.05)
     assert effects.gap_recovered([0.55], [0.50], [0.60])["effect"] == pytest.approx(50.0)
+    # no gap on average (or a teacher below its student): nothing to recover, no verdict
+    for teacher in ([0.52, 0.50], [0.50, 0.49]):
+        none = effects.gap_recovered([0.55, 0.56], [0.50, 0.52], teacher)
+        assert np.isnan(none["effect"]) and np.isnan(none["p"]) and np.isnan(none["ci_low"])
 
 
 def test_mde_is_the_effect_a_t_test_detects_with_80_percent_power():

@@ -7,7 +7,18 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cdlib import analyses, audit, costs, effects, profiles, readme, readme_steps, report, tables
+from cdlib import (
+    analyses,
+    audit,
+    costs,
+    effects,
+    plots,
+    profiles,
+    readme,
+    readme_steps,
+    report,
+    tables,
+)
 from cdlib import experiments as ex
 from cdlib.config import Execution
 
@@ -1109,3 +1120,58 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
         tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
     cov = audit.profile_coverage(p, tmp_path)
     assert (cov.recorded == cov.runs).all() and (cov["recorded %"] == 100).all()
+
+
+def test_a_renamed_claim_leaves_no_forest_plot_behind(tmp_path):
+    claims = pd.DataFrame({"claim": ["3. CD beats RD (HR@10), primary: CD"]})
+    now = plots.forest_name(claims.claim[0])
+    for name in (now, "09_forest_3_cd_beats_rd_hr_10_primary_cd_t_the_tuned_cd"):
+        for ext in ("png", "pdf"):
+            (tmp_path / f"{name}.{ext}").write_text("x")
+    (tmp_path / "03_main_ndcg10.png").write_text("x")  # not a forest plot: kept
+    removed = plots.remove_stale_forests(claims, tmp_path)
+    assert removed == [
+        f"09_forest_3_cd_beats_rd_hr_10_primary_cd_t_the_tuned_cd.{e}" for e in ("pdf", "png")
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["03_main_ndcg10.png", f"{now}.pdf", f"{now}.png"]
+    )
+
+
+def test_primary_against_best_names_the_cells_that_disagree():
+    def row(claim, d, e, lo, hi, held):
+        r = {"claim": claim, "dataset": d, "backbone": "cdae"}
+        for proto in ("sampled", "full"):
+            r.update(
+                {
+                    f"effect % ({proto})": e,
+                    f"CI low ({proto})": lo,
+                    f"CI high ({proto})": hi,
+                    f"held ({proto})": held,
+                }
+            )
+        return r
+
+    prim, best = (
+        "3. CD beats RD (NDCG@10), primary: CD",
+        "3. CD beats RD (NDCG@10), secondary: best",
+    )
+    table = pd.DataFrame(
+        [
+            row(prim, "a", -0.01, -1.0, 1.0, False),  # a sign near 0 against a sure one: disagree
+            row(best, "a", 3.0, 1.0, 5.0, False),
+            row(prim, "b", -0.01, -1.0, 1.0, False),  # both signs uncertain: noise, agree
+            row(best, "b", 0.5, -1.0, 2.0, False),
+            row(prim, "c", 2.0, 1.0, 3.0, False),  # held by CD-best only
+            row(best, "c", 4.0, 3.0, 5.0, True),
+            row(prim, "pooled", 1.0, 0.0, 2.0, False),
+            row(best, "pooled", 2.0, 1.0, 3.0, True),
+        ]
+    )
+    sampled, full = report.primary_against_best(table)
+    assert (
+        "in 2 of 3 cells: a/cdae (-0.0% against +3.0%), c/cdae (+2.0% against +4.0%; held by CD-best only)."
+        in sampled
+    )
+    assert full.startswith("Full protocol, NDCG@10")
+    assert report.primary_against_best(table, "HR@10") == []

@@ -436,7 +436,8 @@ pooled diamond, the paper's range shaded; claim 3's primary comparison is shown 
     plots.save(fig, plots.forest_name(claim), figures_dir)
     if claim.startswith("3. ") and "primary" in claim:
         display(fig)
-    plots.close(fig)"""
+    plots.close(fig)
+plots.remove_stale_forests(claims, figures_dir);  # a renamed claim's old plot"""
         ),
         md("## Coverage: what each table rests on"),
         code("print(audit.coverage(results_dir).to_string(index=False))", "nbval-check-output"),
