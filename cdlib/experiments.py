@@ -421,3 +421,53 @@ def train_notebook(notebook: str, p: Profile, results=None, progress: bool = Tru
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return collect(notebook_grid(notebook, p, results), results, p.execution, progress)
+
+
+# the run tables the claims read (`report.claims`), by the training notebook that writes each
+CLAIM_TABLES = {
+    "03_main": "03_main_runs",
+    "04_sampling": "04_sampling_runs",
+    "06_student_size": "06_size_runs",
+}
+
+
+def recorded_tables(p: Profile, results=None) -> dict[str, pd.DataFrame]:
+    """The run tables of profile `p` that the claims read (`CLAIM_TABLES`), as its notebooks would
+    write them, from the records alone: nothing is trained, a run not recorded shows as 'missing'
+    and one waiting for its tuning as 'untuned'. The main table has its CD-best rows
+    (`tables.best_cd`) and iALS's reference rows (`ials.main_rows`) on the datasets with a recorded
+    run in it (the others' are left out: reading them loads the dataset). For a profile whose tables are
+    not the repository's (issue 23's `next`, while it is recorded): `report.claims` on them says
+    what its recorded runs say so far."""
+    from . import ials
+    from .tables import best_cd
+
+    off = Execution(train=False)
+    q = dataclasses.replace(p, execution=off)
+    out = {
+        name: collect(notebook_grid(nb, q, results), results, off, False)
+        for nb, name in CLAIM_TABLES.items()
+    }
+    main = best_cd(out["03_main_runs"])
+    some = set(main.dataset[main.status == "ok"])
+    reference = ials.main_rows(
+        dataclasses.replace(q, datasets=[d for d in q.datasets if d in some]), results, off
+    )
+    out["03_main_runs"] = pd.concat([main, reference], ignore_index=True)
+    return out
+
+
+def save_recorded_tables(p: Profile, results=None, folder: str | None = None) -> str:
+    """`recorded_tables` and the claims on them (`report.claims`) written under
+    results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
+    the folder, for `runs.read_table(f"{folder}/claims")`."""
+    from . import report
+    from .runs import results_dir
+    from .tables import save_table
+
+    folder = folder or p.name
+    out = results_dir(results) / folder
+    for name, df in recorded_tables(p, results).items():
+        save_table(df, name, out)
+    save_table(report.claims(out).set_index("claim"), "claims", out)
+    return folder

@@ -312,6 +312,26 @@ def _next_coverage_section(results=None) -> list[str]:
     ] + _tuning_change_section(results)
 
 
+# the claims `next_claims` shows, per cell (NDCG@10; claim 3's both arms on HR@10 too)
+NEXT_CLAIMS = (
+    "3. CD beats RD",
+    "4. CD beats the plain student (NDCG@10)",
+    "6. born-again CD beats the teacher (NDCG@10)",
+    "2. rank-aware sampling beats uniform (student-guided, NDCG@10)",
+)
+
+
+def next_claims(results=None) -> pd.DataFrame:
+    """Profile `next`'s claims so far (`experiments.save_recorded_tables`: results/next/claims.csv),
+    the cells that have them, for `NEXT_CLAIMS`: claim, dataset, backbone, measured."""
+    claims = read_table("next/claims", results)
+    cols = ["claim", "dataset", "backbone", "measured"]
+    if claims is None or "dataset" not in claims:
+        return pd.DataFrame(columns=cols)
+    keep = claims.claim.str.startswith(NEXT_CLAIMS) & (claims.dataset != "pooled")
+    return claims.loc[keep, cols].reset_index(drop=True)
+
+
 def _tuning_change_section(results=None) -> list[str]:
     """The choices of `next`'s tuning stage beside the paper profile's (`experiments.tuning_change`)."""
     change = tuning_change(PROFILES["paper"], PROFILES["next"], results)
@@ -324,6 +344,21 @@ def _tuning_change_section(results=None) -> list[str]:
         "(`experiments.tuning_change`):",
         "",
         markdown(change),
+        "",
+    ] + _next_claims_section(results)
+
+
+def _next_claims_section(results=None) -> list[str]:
+    """`next_claims` as a table, where `next` has any."""
+    table = next_claims(results)
+    if table.empty:
+        return []
+    return [
+        "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
+        "from the records alone and the claims on them, `experiments.save_recorded_tables` into "
+        "`results/next/`; claim 3's primary arm is the CD whose guide `next`'s tuning chose):",
+        "",
+        markdown(table),
         "",
     ]
 

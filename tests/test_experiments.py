@@ -1175,3 +1175,37 @@ def test_primary_against_best_names_the_cells_that_disagree():
     )
     assert full.startswith("Full protocol, NDCG@10")
     assert report.primary_against_best(table, "HR@10") == []
+
+
+def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_path, monkeypatch):
+    """`next`'s claims while it is recorded: its run tables from the records alone (a run not
+    recorded is 'missing', never trained), then, once its tables' runs are recorded, claim 3's
+    primary arm is the CD whose guide its tuning chose."""
+    _fake_training(monkeypatch)
+    p = profiles.profile("next", datasets=["ml-100k"], backbones=["neumf"], seeds=[0, 2])
+    ex.tune(p, "ml-100k", "neumf", tmp_path, progress=False)
+    before = len(list((tmp_path / "runs").glob("*.json")))
+    got = ex.recorded_tables(p, tmp_path)
+    assert set(got) == set(ex.CLAIM_TABLES.values())
+    assert len(list((tmp_path / "runs").glob("*.json"))) == before  # nothing trained
+    main = got["03_main_runs"]
+    trained = main[~main.label.str.startswith("iALS")]
+    assert (trained[trained.seed == 2].status == "missing").all()  # beyond the tuning seeds
+    assert (main[main.label.str.startswith("iALS")].status == "untuned").all()  # not run: no iALS
+    for nb in ex.CLAIM_TABLES:
+        tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
+    got = ex.recorded_tables(p, tmp_path)
+    main = got["03_main_runs"]
+    assert (main[~main.label.str.startswith("iALS")].status == "ok").all()
+    assert {"CD", "CD-T", "CD-S", "CD-H", "CD-best", "RD"} <= set(main.label)
+    assert ex.save_recorded_tables(p, tmp_path) == "next"
+    claims = report.claims(tmp_path / "next")
+    assert claims.claim.str.startswith(
+        "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"
+    ).any()
+    shown = readme.next_claims(tmp_path)  # what the README shows of them
+    assert set(shown.dataset) == {"ml-100k"} and shown.claim.str.startswith("3. CD beats RD").any()
+    assert "What `next`'s recorded runs say so far" in "\n".join(
+        readme._next_claims_section(tmp_path)
+    )
+    assert claims.claim.str.startswith("6. born-again CD beats the teacher").any()

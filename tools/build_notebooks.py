@@ -457,6 +457,16 @@ and ml-1m, the other datasets borrowing ml-1m's), per cell whose tuning under `n
 print(change.to_string(index=False) if not change.empty else "no cell's tuning under next is recorded yet")""",
             "nbval-check-output",
         ),
+        md("""What `next`'s recorded runs say so far: its run tables from the records alone and the claims on
+them (`experiments.save_recorded_tables`, into `results/next/`), per cell whose runs are recorded; claim 3's
+primary arm is the CD whose guide `next`'s tuning chose. The claims of the tables above are the paper
+profile's."""),
+        code(
+            """if write_tables:
+    ex.save_recorded_tables(profiles.profile("next", device=device), results_dir)
+print(readme.next_claims(results_dir).to_string(index=False))""",
+            "nbval-check-output",
+        ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
