@@ -87,7 +87,9 @@ def _verdicts(claims) -> list[str]:
         "profile the tuning stage has no guide stage, so the CD it chose runs teacher-guided by "
         "default (CD-T): its guide is not tuned; and CD-T was named the primary arm (2026-12-02) after "
         "the main table was recorded, not before. Profile `next` tunes the guide and fixes its "
-        "primary arm (CD) before its main table runs.",
+        "primary arm (CD) before its main table runs. Claim 1 (distilling a recommender is hard: "
+        "sparse positives, ambiguous missing feedback, a ranking problem) is the paper's motivation, "
+        "not a measurable claim, and has no row.",
         "",
         *[f"- {v}" for v in report.verdicts(claims)],
         "",

@@ -336,7 +336,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                 )
     eff = read_table("08_efficiency", results)
     if eff is not None:
-        for (d, b, _), g in eff.groupby(["dataset", "backbone", "device"], sort=False):
+        for (d, b, device), g in eff.groupby(["dataset", "backbone", "device"], sort=False):
             t = g[g.label == "Teacher"]
             s = g[(g.label == "Student") & (g["size"] == STUDENT[b])]
             if t.empty or s.empty:
@@ -346,7 +346,8 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
             held = bool(main_s.n_params < t.n_params and speed > 1)
             rows.append(
                 {
-                    "claim": "5. the student is smaller and faster",
+                    "claim": "5. the student is smaller and faster (on the "
+                    + ("CPU)" if str(device).startswith("cpu") else "GPU)"),
                     "dataset": d,
                     "backbone": b,
                     "measured": f"{t.n_params / main_s.n_params:.1f}x fewer parameters, {speed:.1f}x faster "
