@@ -423,38 +423,49 @@ def train_notebook(notebook: str, p: Profile, results=None, progress: bool = Tru
     return collect(notebook_grid(notebook, p, results), results, p.execution, progress)
 
 
-# the run tables the claims read (`report.claims`), by the training notebook that writes each
+def main_runs(
+    p: Profile,
+    results=None,
+    execution: Execution | None = None,
+    progress: bool = True,
+    reference: str = "all",
+) -> pd.DataFrame:
+    """Notebook 03's run table under `p`: `main_grid`'s runs (trained or read as `execution` says)
+    with their CD-best rows (`tables.best_cd`), then iALS's reference rows (`ials.main_rows`) on
+    every dataset (`reference="all"`) or on those with a recorded run in the table ("recorded":
+    reading the others' would load their data for rows that say nothing yet)."""
+    from . import ials
+    from .tables import best_cd
+
+    runs = best_cd(collect(main_grid(p, results), results, execution, progress))
+    if reference == "recorded":
+        some = set(runs.dataset[runs.status == "ok"])
+        p = dataclasses.replace(p, datasets=[d for d in p.datasets if d in some])
+    return pd.concat([runs, ials.main_rows(p, results, execution)], ignore_index=True)
+
+
+# the run tables the claims read (`report.claims`), by the grid of the training notebook behind each
 CLAIM_TABLES = {
-    "03_main": "03_main_runs",
-    "04_sampling": "04_sampling_runs",
-    "06_student_size": "06_size_runs",
+    "03_main_runs": "03_main",
+    "04_sampling_runs": "04_sampling",
+    "06_size_runs": "06_student_size",
 }
 
 
 def recorded_tables(p: Profile, results=None) -> dict[str, pd.DataFrame]:
-    """The run tables of profile `p` that the claims read (`CLAIM_TABLES`), as its notebooks would
-    write them, from the records alone: nothing is trained, a run not recorded shows as 'missing'
-    and one waiting for its tuning as 'untuned'. The main table has its CD-best rows
-    (`tables.best_cd`) and iALS's reference rows (`ials.main_rows`) on the datasets with a recorded
-    run in it (the others' are left out: reading them loads the dataset). For a profile whose tables are
-    not the repository's (issue 23's `next`, while it is recorded): `report.claims` on them says
-    what its recorded runs say so far."""
-    from . import ials
-    from .tables import best_cd
-
+    """The run tables of profile `p` that the claims read (`CLAIM_TABLES`), as its notebooks write
+    them, from the records alone: nothing is trained, a run not recorded shows as 'missing' and one
+    waiting for its tuning as 'untuned'; the main table is `main_runs` with iALS's rows where it has
+    a recorded run. For a profile whose tables are not the repository's (issue 23's `next`, while it
+    is recorded): `report.claims` on them says what its recorded runs say so far."""
     off = Execution(train=False)
     q = dataclasses.replace(p, execution=off)
-    out = {
-        name: collect(notebook_grid(nb, q, results), results, off, False)
-        for nb, name in CLAIM_TABLES.items()
+    return {
+        name: main_runs(q, results, off, False, reference="recorded")
+        if nb == "03_main"
+        else collect(notebook_grid(nb, q, results), results, off, False)
+        for name, nb in CLAIM_TABLES.items()
     }
-    main = best_cd(out["03_main_runs"])
-    some = set(main.dataset[main.status == "ok"])
-    reference = ials.main_rows(
-        dataclasses.replace(q, datasets=[d for d in q.datasets if d in some]), results, off
-    )
-    out["03_main_runs"] = pd.concat([main, reference], ignore_index=True)
-    return out
 
 
 def save_recorded_tables(p: Profile, results=None, folder: str | None = None) -> str:

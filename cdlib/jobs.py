@@ -142,7 +142,7 @@ def _execute_remote(job: Job, inputs: dict) -> Job:
         _execute(local)
         job.status, job.error, job.seconds = local.status, local.error, local.seconds
         files = {}
-        for p in [*_records(res), *res.glob("*.csv")]:
+        for p in [*_records(res), *res.rglob("*.csv")]:  # (v1/, next/: tables in folders)
             name = str(p.relative_to(res))
             if inputs.get(name) != p.read_text():
                 files[name] = p.read_bytes()
@@ -199,7 +199,7 @@ def run_jobs(
 
         inputs = {
             str(p.relative_to(results)): p.read_text()
-            for p in [*_records(results), *results.glob("*.csv")]
+            for p in [*_records(results), *results.rglob("*.csv")]
         }
         with Client(scheduler) as client:
             futures = [

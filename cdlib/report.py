@@ -209,6 +209,7 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
         pool = effects.pooled(
             [r.get(f"effect ({proto})", np.nan) for r in rows],
             [r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)],
+            n,
         )
         held = sum(bool(r[f"held ({proto})"]) for r in rows)
         pool_row.update(

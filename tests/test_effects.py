@@ -54,6 +54,10 @@ def test_pooled_truncates_tau2_at_zero_and_is_then_the_inverse_variance_mean():
     assert got["tau2"] == 0 and got["i2"] == 0
     assert got["effect"] == pytest.approx((w * e).sum() / w.sum())
     assert got["ci_low"] == pytest.approx(got["effect"] - stats.norm.ppf(0.975) * se)
+    # one cell with its seeds: its own t interval, as its row gives it, not a narrower normal one
+    alone = effects.pooled([2.0], [0.25], seeds=[3])
+    assert alone["ci_high"] == pytest.approx(2 + stats.t.ppf(0.975, 2) * 0.5)
+    assert alone["p"] == pytest.approx(2 * stats.t.sf(4.0, 2))
     one = effects.pooled([2.0, np.nan], [0.25, np.nan])  # a cell without a variance is left out
     assert (
         one["cells"] == 1

@@ -188,8 +188,7 @@ RD's budget (the profile's `ials_grid`: 6 configurations in the paper profile, 8
         code(SETUP),
         md("## Train (or read the recorded runs)"),
         code(
-            f"""runs = tables.best_cd(tables.collect(ex.main_grid(P, {GRID}), results_dir, P.execution))
-runs = pd.concat([runs, ials.main_rows(P, results_dir, P.execution)], ignore_index=True)  # reference rows
+            f"""runs = ex.main_runs(P, {GRID}, P.execution)  # with CD-best and iALS's reference rows
 table = tables.summarize(runs, ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"])
 full = tables.summarize(runs, ["HR@10 (full)", "NDCG@10 (full)"])
 gain = report.gain_over(runs[runs.status == "ok"], "RD")
@@ -428,7 +427,7 @@ cells where they disagree."""),
     print("\\n".join(report.primary_against_best(claims, metric)))""",
             "nbval-check-output",
         ),
-        md("""One forest plot per claim (`figures/forest_*`): each cell's effect with its 95% interval, the
+        md("""One forest plot per claim (`figures/09_forest_*`): each cell's effect with its 95% interval, the
 pooled diamond, the paper's range shaded; claim 3's primary comparison is shown here."""),
         code(
             """for claim in claims[claims.dataset == "pooled"].claim.unique():
@@ -459,12 +458,12 @@ print(change.to_string(index=False) if not change.empty else "no cell's tuning u
         ),
         md("""What `next`'s recorded runs say so far: its run tables from the records alone and the claims on
 them (`experiments.save_recorded_tables`, into `results/next/`), per cell whose runs are recorded; claim 3's
-primary arm is the CD whose guide `next`'s tuning chose. The claims of the tables above are the paper
-profile's."""),
+primary arm is the CD whose guide `next`'s tuning chose. The claims above are this notebook's profile's."""),
         code(
-            """if write_tables:
+            """if write_tables:  # (else: as last written)
     ex.save_recorded_tables(profiles.profile("next", device=device), results_dir)
-print(readme.next_claims(results_dir).to_string(index=False))""",
+shown = readme.next_claims(results_dir)
+print(shown.to_string(index=False) if not shown.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
