@@ -38,6 +38,18 @@ def point_label(stage: str, point: dict) -> str:
     )
 
 
+def at_edge(grid: dict, point: dict) -> list[str]:
+    """The numeric settings of `point` at the smallest or largest value of their `grid` dimension,
+    for dimensions of three values or more: a choice at a grid's edge may lie beyond it."""
+    return [
+        k
+        for k, values in grid.items()
+        if len(values) >= 3
+        and not isinstance(point.get(k), (str, bool))
+        and point.get(k) in (min(values), max(values))
+    ]
+
+
 def tuning_stages(p: Profile) -> list[str]:
     """The stages `p`'s tuning runs, in order: every tuning's four, and "CD guide" where it has one."""
     return [stage for stage in STAGES if stage in TUNING or stage in p.tuning]
@@ -124,12 +136,13 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
 
 def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
     """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
-    ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning),
-    for every cell whose tuning under `after` is recorded. A stage `before` does not tune shows the
+    ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning;
+    "after at grid edge": the settings `at_edge`), for every cell whose tuning under `after` is
+    recorded. A stage `before` does not tune shows the
     setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
     "before" is blank and "moved" NA. Reads the records; trains nothing."""
     columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
-    columns += ["after", "moved"]
+    columns += ["after", "after at grid edge", "moved"]
     if after.tuning is None:
         return pd.DataFrame(columns=columns)
     off = Execution(train=False)
@@ -157,6 +170,7 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
                         else point_label(stage, was) + (" (fixed)" if fixed else ""),
                         "after tuned on": on,
                         "after": point_label(stage, new[stage]),
+                        "after at grid edge": ", ".join(at_edge(after.tuning[stage], new[stage])),
                         "moved": pd.NA if was is None else was != new[stage],
                     }
                 )

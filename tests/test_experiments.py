@@ -1081,6 +1081,10 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert (t["before tuned on"] == "ml-1m").all()
     assert t.loc["Teacher", "before"] == "Teacher lr=0.001" and t.loc["Teacher", "moved"]
     assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
+    assert t.loc["Teacher", "after at grid edge"] == ""  # 3e-3 is inside 3e-4 ... 1e-2
+    assert (
+        t.loc["RD", "after at grid edge"] == "lambda_rd"
+    )  # 1.0, the top of RD's grid (rd_k: 2 values)
     assert t.loc["CD", "after"] == "CD lambda_kd=1, n_distill=20" and not t.loc["CD", "moved"]
     assert t.loc["CD guide", "before"] == "CD guide guide=teacher (fixed)"
     assert t.loc["CD guide", "after"] == "CD guide guide=teacher" and not t.loc["CD guide", "moved"]
