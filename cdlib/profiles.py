@@ -29,9 +29,15 @@ TUNING = {
 # Issue 23's tuning stage: the CD guide is chosen in tuning too (a stage after CD's, its three guides
 # at CD's chosen settings: 2 configurations more, the teacher-guided one is CD's own), so that each
 # cell has one CD configuration fixed before its main table runs, the primary CD arm. RD's grid gets
-# a fourth weight so that CD and RD keep equal budgets: 8 configurations each [decision].
+# a fourth weight so that CD and RD keep equal budgets: 8 configurations each [decision]. The
+# learning rates reach one value further each way (1e-4, 3e-2; after the first four, so that the
+# grid's first point stays): under `next`, 3 of ml-100k's 4 learning-rate choices were at an edge of
+# 3e-4 ... 1e-2 (`experiments.at_edge`) [decision].
+LEARNING_RATES_NEXT = LEARNING_RATES + [1e-4, 3e-2]
 TUNING_NEXT = {
     **TUNING,
+    "Teacher": {"lr": LEARNING_RATES_NEXT},
+    "Student": {"lr": LEARNING_RATES_NEXT},
     "RD": {"lambda_rd": [1.0, 0.3, 0.1, 0.03], "rd_k": [10, 20]},
     "CD guide": {"guide": ["teacher", "student", "hybrid"]},
 }
