@@ -173,6 +173,17 @@ def verdict(pool: dict, lower: float | None = None, held: int = 0, tested: int =
     return "inconclusive: the interval contains 0" + cells
 
 
+VERDICT_KINDS = ("holds", "does not hold", "inconclusive", "no pooled estimate")
+
+
+def verdict_kind(text: str) -> str:
+    """What a `verdict` says, without its reasons or cell counts: one of `VERDICT_KINDS`."""
+    kind = next((k for k in VERDICT_KINDS if str(text).startswith(k)), None)
+    if kind is None:
+        raise ValueError(f"not a verdict of effects.verdict: {text!r}")
+    return kind
+
+
 def against_range(pool: dict, paper_range) -> str:
     """Where a claimed range (lo, hi) lies against the pooled interval: 'above' or 'below' it (no
     overlap), 'inside' it (the range lies within the interval), 'around' it (the interval lies

@@ -8,7 +8,7 @@ import re
 
 import pandas as pd
 
-from . import plots, report, runs
+from . import plots, runs, sentences
 from .agreement import shapes_agreement
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
@@ -63,7 +63,7 @@ def main_markdown(main: pd.DataFrame, metrics=("HR@10", "NDCG@10")) -> pd.DataFr
 
 
 def _verdicts(claims) -> list[str]:
-    """The verdict per claim (`report.verdicts`: pooled effect, interval, heterogeneity, where the
+    """The verdict per claim (`sentences.verdicts`: pooled effect, interval, heterogeneity, where the
     paper's range lies, how many cells could see its smallest gain), and the forest plots."""
     if claims is None or "dataset" not in claims or not (claims.dataset == "pooled").any():
         return []
@@ -91,9 +91,13 @@ def _verdicts(claims) -> list[str]:
         "sparse positives, ambiguous missing feedback, a ranking problem) is the paper's motivation, "
         "not a measurable claim, and has no row.",
         "",
-        *[f"- {v}" for v in report.verdicts(claims)],
+        *[f"- {v}" for v in sentences.verdicts(claims)],
         "",
-        *[f"- {s}" for m in ("HR@10", "NDCG@10") for s in report.primary_against_best(claims, m)],
+        *[
+            f"- {s}"
+            for m in ("HR@10", "NDCG@10")
+            for s in sentences.primary_against_best(claims, m)
+        ],
         "",
         *[f"![{c}](figures/{plots.forest_name(c)}.png)" for c in shown],
         "",
@@ -324,7 +328,7 @@ NEXT_CLAIMS = (
 
 
 def next_claims(results=None) -> pd.DataFrame:
-    """Profile `next`'s claims so far (`experiments.save_recorded_tables`: results/next/claims.csv),
+    """Profile `next`'s claims so far (`claim_tables.save_recorded_tables`: results/next/claims.csv),
     the cells that have them, for `NEXT_CLAIMS`: claim, dataset, backbone, measured."""
     claims = read_table("next/claims", results)
     cols = ["claim", "dataset", "backbone", "measured"]
@@ -357,7 +361,7 @@ def _next_claims_section(results=None) -> list[str]:
         return []
     return [
         "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
-        "from the records alone and the claims on them, `experiments.save_recorded_tables` into "
+        "from the records alone and the claims on them, `claim_tables.save_recorded_tables` into "
         "`results/next/`; claim 3's primary arm is the CD whose guide `next`'s tuning chose):",
         "",
         markdown(table),

@@ -1,7 +1,7 @@
 """The claims table (METHOD.md "The claims to reproduce"): per claim and cell the effect with its
-interval, p-values and minimum detectable effect, a pooled estimate per claim with its verdict
-(`effects`), a verdict paragraph per claim, and the one-sentence verdicts the notebooks print; all
-computed from the tables in results/, never typed by hand (the README's section: `readme`)."""
+interval, p-values and minimum detectable effect, and a pooled estimate per claim with its verdict
+(`effects`); computed from the tables in results/, never typed by hand (the same in sentences:
+`sentences`; the README's section: `readme`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 from . import effects
 from .config import STUDENT
 from .runs import read_table
-from .tables import compare
 
 PAPER_GAIN = {"HR": (2.7, 33.2), "NDCG": (2.7, 29.1)}  # CD over RD, arXiv v1 abstract [paper]
 BACD_GAIN = {"HR": (3.5, 12.0), "NDCG": (4.9, 13.3)}  # journal extension [paper]
@@ -49,50 +48,6 @@ PRIMARY_NAME = {"CD": "the tuned CD, guide included", "CD-T": "the tuned CD, its
 def primary_cd(table: pd.DataFrame) -> str:
     """The label of the primary CD arm in a main table (`PRIMARY_CD`: the first it has)."""
     return next((label for label in PRIMARY_CD if (table.label == label).any()), PRIMARY_CD[-1])
-
-
-def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
-    """Per protocol, one sentence naming the cells where claim 3's primary CD arm and CD-best (the
-    maximum over guides) disagree against RD: opposite signs of the mean effect with at least one of
-    the two 95% intervals excluding 0 (a sign near 0 is noise), or one held after Holm and the other
-    not (from the claims table's per-cell rows)."""
-    rows = table[table.dataset != "pooled"]
-    prim = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), primary")]
-    best = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), secondary")]
-    if prim.empty or best.empty:
-        return []
-    both = prim.merge(best, on=["dataset", "backbone"], suffixes=("", " best"))
-    out = []
-    for proto in PROTOCOLS:
-        e, eb = both[f"effect % ({proto})"], both[f"effect % ({proto}) best"]
-        h, hb = both[f"held ({proto})"].astype(bool), both[f"held ({proto}) best"].astype(bool)
-        sure = [  # the interval excludes 0
-            (both[f"CI low ({proto}){s}"] > 0) | (both[f"CI high ({proto}){s}"] < 0)
-            for s in ("", " best")
-        ]
-        flip = both[((np.sign(e) * np.sign(eb) < 0) & (sure[0] | sure[1])) | (h != hb)]
-        cells = ", ".join(
-            f"{r.dataset}/{r.backbone} ({r[f'effect % ({proto})']:+.1f}% against "
-            f"{r[f'effect % ({proto}) best']:+.1f}%"
-            + (
-                "; held by CD-best only"
-                if r[f"held ({proto}) best"] and not r[f"held ({proto})"]
-                else ""
-            )
-            + (
-                "; held by the primary arm only"
-                if r[f"held ({proto})"] and not r[f"held ({proto}) best"]
-                else ""
-            )
-            + ")"
-            for _, r in flip.iterrows()
-        )
-        out.append(
-            f"{proto.capitalize()} protocol, {metric}: the primary CD arm and CD-best disagree "
-            f"(opposite signs, one of them with an interval excluding 0, or held by one only) in "
-            f"{len(flip)} of {len(both)} cells" + (f": {cells}." if len(flip) else ".")
-        )
-    return out
 
 
 PER_PROTOCOL = [
@@ -385,113 +340,3 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
     for proto in PROTOCOLS:
         out[f"seeds ({proto})"] = out[f"seeds ({proto})"].astype("Int64")
     return out.sort_values(["claim"], kind="stable", ignore_index=True)
-
-
-def verdicts(table: pd.DataFrame) -> list[str]:
-    """One paragraph per claim from its pooled rows: what the paper says, what these runs say on
-    each protocol (pooled effect, interval, heterogeneity, verdict, where the paper's range stands),
-    and how many cells could have seen the paper's smallest gain (MDE at or below it)."""
-    out = []
-    for claim, g in table.groupby("claim", sort=False):
-        pool = g[g.dataset == "pooled"]
-        if pool.empty:
-            continue
-        r, cells = pool.iloc[0], g[g.dataset != "pooled"]
-        paper = r["paper"]
-        lower = float(str(paper).split("-")[0]) if str(paper)[:1].isdigit() else None
-        parts = []
-        for proto in PROTOCOLS:
-            text = _measured_pool(r.to_dict(), proto)
-            if isinstance(r.get(f"paper range is ({proto})"), str):
-                text += f"; the paper's range: {r[f'paper range is ({proto})']} the pooled interval"
-            if lower is not None:
-                mde = cells[f"MDE % ({proto})"]
-                text += f"; {int((mde <= lower).sum())} of {int(mde.notna().sum())} cells could see a {lower:g}% gain"
-            text += _hartung_knapp(r, proto)
-            parts.append(text)
-        out.append(
-            f"**{claim}** (paper: {paper}). " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
-        )
-    return out
-
-
-def _hartung_knapp(r, proto: str) -> str:
-    """The pooled row's Hartung-Knapp interval, and its verdict where that differs from the normal
-    interval's (the first word: holds, does not hold, inconclusive)."""
-    lo, hi = r.get(f"CI low HK ({proto})"), r.get(f"CI high HK ({proto})")
-    if lo is None or not np.isfinite(lo):
-        return ""
-    v, vhk = str(r[f"verdict ({proto})"]), str(r[f"verdict HK ({proto})"])
-    same = v.split(" (")[0].split(":")[0].split(";")[0] == vhk.split(" (")[0].split(":")[0]
-    return f"; Hartung-Knapp interval [{lo:+.1f}, {hi:+.1f}]" + (
-        "" if same else f", under which the claim {vhk.replace('inconclusive', 'is inconclusive')}"
-    )
-
-
-def _best_label(protocol: str) -> str:
-    return "CD-best" if protocol == "sampled" else "CD-best (full)"
-
-
-def compare_best(ok: pd.DataFrame, worse: str, metric: str) -> pd.DataFrame:
-    """`compare` of the best CD guide against `worse` on both protocols, each protocol's best guide
-    chosen on its own validation metric (rows 'CD-best' and 'CD-best (full)' of tables.best_cd)."""
-    s = compare(ok, "CD-best", worse, metrics=(metric,))
-    f = compare(ok, "CD-best (full)", worse, metrics=(f"{metric} (full)",))
-    if s.empty or f.empty:
-        return s if f.empty else f
-    return s.merge(
-        f.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"], how="outer"
-    )
-
-
-def gain_over(ok: pd.DataFrame, worse: str) -> pd.DataFrame:
-    """`compare_best` on HR@10 and NDCG@10 side by side, per dataset and backbone; empty while no
-    cell has both the CD guides and `worse` recorded (a cell with its teachers only, say)."""
-    hr, ndcg = compare_best(ok, worse, "HR@10"), compare_best(ok, worse, "NDCG@10")
-    if hr.empty or ndcg.empty:
-        return pd.DataFrame()
-    return hr.merge(ndcg.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"])
-
-
-def verdict_gain(gain: pd.DataFrame, metric: str = "NDCG@10") -> str:
-    """One sentence: does the best CD guide beat RD, and inside the paper's range?"""
-    if gain.empty:
-        return "No dataset has both CD and RD runs recorded yet."
-    g = gain[f"{metric} gain %"]
-    lo, hi = PAPER_GAIN[metric.split("@")[0]]
-    inside = ((g >= lo) & (g <= hi)).sum()
-    return (
-        f"The best CD guide beats RD in {metric} on {(g > 0).sum()} of {len(g)} dataset x backbone cells "
-        f"(gains {g.min():+.1f}% to {g.max():+.1f}%; {inside} inside the paper's {lo}-{hi}%), so the claim "
-        f"{'holds' if (g > 0).all() else 'does not hold everywhere'} in our runs."
-    )
-
-
-def verdict_best(runs_df: pd.DataFrame, labels, what: str, metric: str = "NDCG@10") -> str:
-    """One sentence: in how many dataset x backbone cells is the best label (mean `metric`) one of `labels`?"""
-    ok = runs_df[runs_df.status == "ok"]
-    if ok.empty:
-        return "No runs recorded yet."
-    best = (
-        ok.groupby(["dataset", "backbone", "label"])[metric]
-        .mean()
-        .groupby(["dataset", "backbone"])
-        .idxmax()
-    )
-    wins = sum(b[2] in labels for b in best)
-    names = ", ".join(f"{b[0]}/{b[1]}: {b[2]}" for b in best)
-    return f"{what.capitalize()} is best in {wins} of {len(best)} dataset x backbone cells by {metric} ({names})."
-
-
-def verdict_pairs(
-    runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric: str = "NDCG@10"
-) -> str:
-    """One sentence: in how many cells (dataset x backbone x keys) is label a better than label b?"""
-    ok = runs_df[runs_df.status == "ok"]
-    if ok.empty:
-        return "No runs recorded yet."
-    m = ok.groupby(["dataset", "backbone", *keys, "label"])[metric].mean().unstack("label")
-    if a not in m or b not in m:
-        return "No paired runs recorded yet."
-    m = m.dropna(subset=[a, b])
-    return f"{what.capitalize()}: better by {metric} in {(m[a] > m[b]).sum()} of {len(m)} cells."

@@ -1,7 +1,8 @@
 """From configurations to tables: `collect` runs or reads every configuration of a grid and returns
 one row per run; `summarize` gives mean and standard deviation over seeds; `compare` the gain of
 one method over another with a paired t-test (scipy.stats.ttest_rel) over seeds; `best_cd` the CD
-guide chosen on validation; `save_table` writes a table to results/."""
+guide chosen on validation, and `compare_best` / `gain_over` it against another method on both
+protocols; `save_table` writes a table to results/."""
 
 from __future__ import annotations
 
@@ -208,3 +209,28 @@ def save_table(df: pd.DataFrame, name: str, results=None) -> str:
     path = runs.results_dir(results) / f"{name}.csv"
     runs.write_atomic(path, df.to_csv(float_format="%.6g"))
     return str(path)
+
+
+def _best_label(protocol: str) -> str:
+    return "CD-best" if protocol == "sampled" else "CD-best (full)"
+
+
+def compare_best(ok: pd.DataFrame, worse: str, metric: str) -> pd.DataFrame:
+    """`compare` of the best CD guide against `worse` on both protocols, each protocol's best guide
+    chosen on its own validation metric (rows 'CD-best' and 'CD-best (full)' of tables.best_cd)."""
+    s = compare(ok, "CD-best", worse, metrics=(metric,))
+    f = compare(ok, "CD-best (full)", worse, metrics=(f"{metric} (full)",))
+    if s.empty or f.empty:
+        return s if f.empty else f
+    return s.merge(
+        f.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"], how="outer"
+    )
+
+
+def gain_over(ok: pd.DataFrame, worse: str) -> pd.DataFrame:
+    """`compare_best` on HR@10 and NDCG@10 side by side, per dataset and backbone; empty while no
+    cell has both the CD guides and `worse` recorded (a cell with its teachers only, say)."""
+    hr, ndcg = compare_best(ok, worse, "HR@10"), compare_best(ok, worse, "NDCG@10")
+    if hr.empty or ndcg.empty:
+        return pd.DataFrame()
+    return hr.merge(ndcg.drop(columns=["better", "worse", "seeds"]), on=["dataset", "backbone"])

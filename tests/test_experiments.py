@@ -10,6 +10,7 @@ from scipy import stats
 from cdlib import (
     analyses,
     audit,
+    claim_tables,
     costs,
     effects,
     plots,
@@ -17,6 +18,7 @@ from cdlib import (
     readme,
     readme_steps,
     report,
+    sentences,
     tables,
 )
 from cdlib import experiments as ex
@@ -327,7 +329,7 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     assert not c.claim.str.startswith(
         "4. gap recovered"
     ).any()  # no plain student: no gap to recover
-    assert "verdict (sampled)" in c and report.verdicts(c)[0].startswith(
+    assert "verdict (sampled)" in c and sentences.verdicts(c)[0].startswith(
         "**3. CD beats RD (HR@10), primary"
     )
 
@@ -634,8 +636,8 @@ def test_tables_of_cells_without_runs_are_empty_not_errors():
     ].empty  # the columns a notebook shows
     assert t.drop(index="CD-best (full)", level="label", errors="ignore").empty
     assert tables.fmt(t).empty and tables.best_cd(df).drop(columns="best_of").equals(df)
-    assert report.verdict_pairs(df, "CD", "Student", ["size"], "x") == "No runs recorded yet."
-    assert report.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
+    assert sentences.verdict_pairs(df, "CD", "Student", ["size"], "x") == "No runs recorded yet."
+    assert sentences.verdict_best(df, ["CD"], "x") == "No runs recorded yet."
 
 
 def _two_datasets(results, items_b: int = 100) -> None:
@@ -773,7 +775,7 @@ def test_device_estimate_prices_every_run_at_the_bench_seconds_per_epoch(tmp_pat
 
 def test_gain_over_rd_is_empty_for_a_cell_with_its_teachers_only():
     out = tables.best_cd(pd.DataFrame(rows("Teacher", [0.6, 0.6])))
-    assert report.gain_over(out, "RD").empty
+    assert tables.gain_over(out, "RD").empty
     # notebook 03 lists the chosen guides: none here, and no error
     assert (
         out[out.label.str.startswith("CD-best")]
@@ -1142,45 +1144,6 @@ def test_a_renamed_claim_leaves_no_forest_plot_behind(tmp_path):
     )
 
 
-def test_primary_against_best_names_the_cells_that_disagree():
-    def row(claim, d, e, lo, hi, held):
-        r = {"claim": claim, "dataset": d, "backbone": "cdae"}
-        for proto in ("sampled", "full"):
-            r.update(
-                {
-                    f"effect % ({proto})": e,
-                    f"CI low ({proto})": lo,
-                    f"CI high ({proto})": hi,
-                    f"held ({proto})": held,
-                }
-            )
-        return r
-
-    prim, best = (
-        "3. CD beats RD (NDCG@10), primary: CD",
-        "3. CD beats RD (NDCG@10), secondary: best",
-    )
-    table = pd.DataFrame(
-        [
-            row(prim, "a", -0.01, -1.0, 1.0, False),  # a sign near 0 against a sure one: disagree
-            row(best, "a", 3.0, 1.0, 5.0, False),
-            row(prim, "b", -0.01, -1.0, 1.0, False),  # both signs uncertain: noise, agree
-            row(best, "b", 0.5, -1.0, 2.0, False),
-            row(prim, "c", 2.0, 1.0, 3.0, False),  # held by CD-best only
-            row(best, "c", 4.0, 3.0, 5.0, True),
-            row(prim, "pooled", 1.0, 0.0, 2.0, False),
-            row(best, "pooled", 2.0, 1.0, 3.0, True),
-        ]
-    )
-    sampled, full = report.primary_against_best(table)
-    assert (
-        "in 2 of 3 cells: a/cdae (-0.0% against +3.0%), c/cdae (+2.0% against +4.0%; held by CD-best only)."
-        in sampled
-    )
-    assert full.startswith("Full protocol, NDCG@10")
-    assert report.primary_against_best(table, "HR@10") == []
-
-
 def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_path, monkeypatch):
     """`next`'s claims while it is recorded: its run tables from the records alone (a run not
     recorded is 'missing', never trained), then, once its tables' runs are recorded, claim 3's
@@ -1189,20 +1152,20 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
     p = profiles.profile("next", datasets=["ml-100k"], backbones=["neumf"], seeds=[0, 2])
     ex.tune(p, "ml-100k", "neumf", tmp_path, progress=False)
     before = len(list((tmp_path / "runs").glob("*.json")))
-    got = ex.recorded_tables(p, tmp_path)
-    assert set(got) == set(ex.CLAIM_TABLES)
+    got = claim_tables.recorded_tables(p, tmp_path)
+    assert set(got) == set(claim_tables.CLAIM_TABLES)
     assert len(list((tmp_path / "runs").glob("*.json"))) == before  # nothing trained
     main = got["03_main_runs"]
     trained = main[~main.label.str.startswith("iALS")]
     assert (trained[trained.seed == 2].status == "missing").all()  # beyond the tuning seeds
     assert (main[main.label.str.startswith("iALS")].status == "untuned").all()  # not run: no iALS
-    for nb in ex.CLAIM_TABLES.values():
+    for nb in claim_tables.CLAIM_TABLES.values():
         tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
-    got = ex.recorded_tables(p, tmp_path)
+    got = claim_tables.recorded_tables(p, tmp_path)
     main = got["03_main_runs"]
     assert (main[~main.label.str.startswith("iALS")].status == "ok").all()
     assert {"CD", "CD-T", "CD-S", "CD-H", "CD-best", "RD"} <= set(main.label)
-    assert ex.save_recorded_tables(p, tmp_path) == "next"
+    assert claim_tables.save_recorded_tables(p, tmp_path) == "next"
     claims = report.claims(tmp_path / "next")
     assert claims.claim.str.startswith(
         "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"

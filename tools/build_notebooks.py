@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, audit, costs, ials, plots, profiles, readme, report, tables
+from cdlib import analyses, audit, claim_tables, costs, ials, plots, profiles, readme, report, sentences, tables
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -188,10 +188,10 @@ RD's budget (the profile's `ials_grid`: 6 configurations in the paper profile, 8
         code(SETUP),
         md("## Train (or read the recorded runs)"),
         code(
-            f"""runs = ex.main_runs(P, {GRID}, P.execution)  # with CD-best and iALS's reference rows
+            f"""runs = claim_tables.main_runs(P, {GRID}, P.execution)  # with CD-best and iALS's reference rows
 table = tables.summarize(runs, ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"])
 full = tables.summarize(runs, ["HR@10 (full)", "NDCG@10 (full)"])
-gain = report.gain_over(runs[runs.status == "ok"], "RD")
+gain = tables.gain_over(runs[runs.status == "ok"], "RD")
 """
             + save(
                 ("runs", "03_main_runs"),
@@ -229,7 +229,7 @@ print(gain.round(4).to_string())""",
     plots.save(plots.dots(runs, "NDCG@10", labels=labels), "03_main_ndcg10", figures_dir)
     plots.save(plots.dots(runs, "NDCG@10 (full)", labels=labels), "03_main_ndcg10_full", figures_dir)"""),
         code(
-            'print(report.verdict_gain(gain) if not gain.empty else "no CD and RD runs recorded")',
+            'print(sentences.verdict_gain(gain) if not gain.empty else "no CD and RD runs recorded")',
             "nbval-check-output",
         ),
         md(
@@ -268,7 +268,7 @@ table = tables.summarize(runs, ["HR@10", "NDCG@10", "NDCG@10 (full)"])
         code("""if (runs.status == "ok").any():
     plots.save(plots.dots(runs, "NDCG@10", relative_to=None), "04_sampling_ndcg10", figures_dir)"""),
         code(
-            'print(report.verdict_best(runs, [f"rank/{g}" for g in guides], "rank-aware sampling"))',
+            'print(sentences.verdict_best(runs, [f"rank/{g}" for g in guides], "rank-aware sampling"))',
             "nbval-check-output",
         ),
     ],
@@ -293,7 +293,7 @@ table = tables.summarize(runs, ["HR@10", "NDCG@10", "valid NDCG@10"])
         code("""if (runs.status == "ok").any():
     plots.save(plots.learning_curves(runs, results_dir), "05_guidance_curves", figures_dir)"""),
         code(
-            'print(report.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))',
+            'print(sentences.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))',
             "nbval-check-output",
         ),
     ],
@@ -316,7 +316,7 @@ table = tables.summarize(runs, by=("dataset", "backbone", "label", "size"))
         code("""if (runs.status == "ok").any():
     plots.save(plots.accuracy_vs_params(runs, "NDCG@10"), "06_size_ndcg10", figures_dir)"""),
         code(
-            'print(report.verdict_pairs(runs, "CD", "Student", ["size"], "CD over the same-size student"))',
+            'print(sentences.verdict_pairs(runs, "CD", "Student", ["size"], "CD over the same-size student"))',
             "nbval-check-output",
         ),
     ],
@@ -417,14 +417,14 @@ if write_tables:
         ),
         md("## Verdicts: the pooled effect of each claim, and the forest plots"),
         code(
-            'print("\\n\\n".join(report.verdicts(claims)))',
+            'print("\\n\\n".join(sentences.verdicts(claims)))',
             "nbval-check-output",
         ),
         md("""Claim 3's primary comparison against its secondary row, CD-best (a maximum over guides): the
 cells where they disagree."""),
         code(
             """for metric in ("HR@10", "NDCG@10"):
-    print("\\n".join(report.primary_against_best(claims, metric)))""",
+    print("\\n".join(sentences.primary_against_best(claims, metric)))""",
             "nbval-check-output",
         ),
         md("""One forest plot per claim (`figures/09_forest_*`): each cell's effect with its 95% interval, the
@@ -457,11 +457,11 @@ print(change.to_string(index=False) if not change.empty else "no cell's tuning u
             "nbval-check-output",
         ),
         md("""What `next`'s recorded runs say so far: its run tables from the records alone and the claims on
-them (`experiments.save_recorded_tables`, into `results/next/`), per cell whose runs are recorded; claim 3's
+them (`claim_tables.save_recorded_tables`, into `results/next/`), per cell whose runs are recorded; claim 3's
 primary arm is the CD whose guide `next`'s tuning chose. The claims above are this notebook's profile's."""),
         code(
             """if write_tables:  # (else: as last written)
-    ex.save_recorded_tables(profiles.profile("next", device=device), results_dir)
+    claim_tables.save_recorded_tables(profiles.profile("next", device=device), results_dir)
 shown = readme.next_claims(results_dir)
 print(shown.to_string(index=False) if not shown.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
@@ -552,7 +552,7 @@ runs the tuning stage of notebook 00 on your file first. To keep a student as a 
             """import pandas as pd
 from IPython.display import display
 
-from cdlib import data, plots, profiles, report, saved, tables
+from cdlib import data, plots, profiles, saved, tables
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -573,7 +573,7 @@ table = tables.summarize(runs, ["HR@10", "NDCG@10", "HR@10 (full)", "NDCG@10 (fu
         ),
         code(
             """ok = runs[runs.status == "ok"]
-print(report.compare_best(ok, "RD", "NDCG@10").round(4).to_string() if not ok.empty else "nothing recorded")""",
+print(tables.compare_best(ok, "RD", "NDCG@10").round(4).to_string() if not ok.empty else "nothing recorded")""",
             "nbval-check-output",
         ),
         code("""if not ok.empty:

@@ -1,0 +1,140 @@
+"""The results in sentences, computed from the claims table and the run tables, never typed by
+hand: a paragraph per claim (`verdicts`), where claim 3's primary CD arm and CD-best disagree
+(`primary_against_best`), and the one-sentence verdicts the notebooks print (`verdict_*`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import effects
+from .report import PAPER_GAIN, PROTOCOLS, _measured_pool
+
+
+def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
+    """Per protocol, one sentence naming the cells where claim 3's primary CD arm and CD-best (the
+    maximum over guides) disagree against RD: opposite signs of the mean effect with at least one of
+    the two 95% intervals excluding 0 (a sign near 0 is noise), or one held after Holm and the other
+    not (from the claims table's per-cell rows)."""
+    rows = table[table.dataset != "pooled"]
+    prim = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), primary")]
+    best = rows[rows.claim.str.startswith(f"3. CD beats RD ({metric}), secondary")]
+    if prim.empty or best.empty:
+        return []
+    both = prim.merge(best, on=["dataset", "backbone"], suffixes=("", " best"))
+    out = []
+    for proto in PROTOCOLS:
+        e, eb = both[f"effect % ({proto})"], both[f"effect % ({proto}) best"]
+        h, hb = both[f"held ({proto})"].astype(bool), both[f"held ({proto}) best"].astype(bool)
+        sure = [  # the interval excludes 0
+            (both[f"CI low ({proto}){s}"] > 0) | (both[f"CI high ({proto}){s}"] < 0)
+            for s in ("", " best")
+        ]
+        flip = both[((np.sign(e) * np.sign(eb) < 0) & (sure[0] | sure[1])) | (h != hb)]
+        cells = ", ".join(
+            f"{r.dataset}/{r.backbone} ({r[f'effect % ({proto})']:+.1f}% against "
+            f"{r[f'effect % ({proto}) best']:+.1f}%"
+            + (
+                "; held by CD-best only"
+                if r[f"held ({proto}) best"] and not r[f"held ({proto})"]
+                else ""
+            )
+            + (
+                "; held by the primary arm only"
+                if r[f"held ({proto})"] and not r[f"held ({proto}) best"]
+                else ""
+            )
+            + ")"
+            for _, r in flip.iterrows()
+        )
+        out.append(
+            f"{proto.capitalize()} protocol, {metric}: the primary CD arm and CD-best disagree "
+            f"(opposite signs, one of them with an interval excluding 0, or held by one only) in "
+            f"{len(flip)} of {len(both)} cells" + (f": {cells}." if len(flip) else ".")
+        )
+    return out
+
+
+def verdicts(table: pd.DataFrame) -> list[str]:
+    """One paragraph per claim from its pooled rows: what the paper says, what these runs say on
+    each protocol (pooled effect, interval, heterogeneity, verdict, where the paper's range stands),
+    and how many cells could have seen the paper's smallest gain (MDE at or below it)."""
+    out = []
+    for claim, g in table.groupby("claim", sort=False):
+        pool = g[g.dataset == "pooled"]
+        if pool.empty:
+            continue
+        r, cells = pool.iloc[0], g[g.dataset != "pooled"]
+        paper = r["paper"]
+        lower = float(str(paper).split("-")[0]) if str(paper)[:1].isdigit() else None
+        parts = []
+        for proto in PROTOCOLS:
+            text = _measured_pool(r.to_dict(), proto)
+            if isinstance(r.get(f"paper range is ({proto})"), str):
+                text += f"; the paper's range: {r[f'paper range is ({proto})']} the pooled interval"
+            if lower is not None:
+                mde = cells[f"MDE % ({proto})"]
+                text += f"; {int((mde <= lower).sum())} of {int(mde.notna().sum())} cells could see a {lower:g}% gain"
+            text += _hartung_knapp(r, proto)
+            parts.append(text)
+        out.append(
+            f"**{claim}** (paper: {paper}). " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
+        )
+    return out
+
+
+def _hartung_knapp(r, proto: str) -> str:
+    """The pooled row's Hartung-Knapp interval, and its verdict where its kind (`effects.verdict_kind`)
+    differs from the normal interval's."""
+    lo, hi = r.get(f"CI low HK ({proto})"), r.get(f"CI high HK ({proto})")
+    if lo is None or not np.isfinite(lo):
+        return ""
+    vhk = str(r[f"verdict HK ({proto})"])
+    same = effects.verdict_kind(r[f"verdict ({proto})"]) == effects.verdict_kind(vhk)
+    return f"; Hartung-Knapp interval [{lo:+.1f}, {hi:+.1f}]" + (
+        "" if same else f", under which the claim {vhk.replace('inconclusive', 'is inconclusive')}"
+    )
+
+
+def verdict_gain(gain: pd.DataFrame, metric: str = "NDCG@10") -> str:
+    """One sentence: does the best CD guide beat RD, and inside the paper's range?"""
+    if gain.empty:
+        return "No dataset has both CD and RD runs recorded yet."
+    g = gain[f"{metric} gain %"]
+    lo, hi = PAPER_GAIN[metric.split("@")[0]]
+    inside = ((g >= lo) & (g <= hi)).sum()
+    return (
+        f"The best CD guide beats RD in {metric} on {(g > 0).sum()} of {len(g)} dataset x backbone cells "
+        f"(gains {g.min():+.1f}% to {g.max():+.1f}%; {inside} inside the paper's {lo}-{hi}%), so the claim "
+        f"{'holds' if (g > 0).all() else 'does not hold everywhere'} in our runs."
+    )
+
+
+def verdict_best(runs_df: pd.DataFrame, labels, what: str, metric: str = "NDCG@10") -> str:
+    """One sentence: in how many dataset x backbone cells is the best label (mean `metric`) one of `labels`?"""
+    ok = runs_df[runs_df.status == "ok"]
+    if ok.empty:
+        return "No runs recorded yet."
+    best = (
+        ok.groupby(["dataset", "backbone", "label"])[metric]
+        .mean()
+        .groupby(["dataset", "backbone"])
+        .idxmax()
+    )
+    wins = sum(b[2] in labels for b in best)
+    names = ", ".join(f"{b[0]}/{b[1]}: {b[2]}" for b in best)
+    return f"{what.capitalize()} is best in {wins} of {len(best)} dataset x backbone cells by {metric} ({names})."
+
+
+def verdict_pairs(
+    runs_df: pd.DataFrame, a: str, b: str, keys, what: str, metric: str = "NDCG@10"
+) -> str:
+    """One sentence: in how many cells (dataset x backbone x keys) is label a better than label b?"""
+    ok = runs_df[runs_df.status == "ok"]
+    if ok.empty:
+        return "No runs recorded yet."
+    m = ok.groupby(["dataset", "backbone", *keys, "label"])[metric].mean().unstack("label")
+    if a not in m or b not in m:
+        return "No paired runs recorded yet."
+    m = m.dropna(subset=[a, b])
+    return f"{what.capitalize()}: better by {metric} in {(m[a] > m[b]).sum()} of {len(m)} cells."

@@ -1,0 +1,76 @@
+"""The results in sentences (`cdlib.sentences`), on small claims tables written out by hand."""
+
+import pandas as pd
+import pytest
+
+from cdlib import effects, sentences
+
+
+def test_primary_against_best_names_the_cells_that_disagree():
+    def row(claim, d, e, lo, hi, held):
+        r = {"claim": claim, "dataset": d, "backbone": "cdae"}
+        for proto in ("sampled", "full"):
+            r.update(
+                {
+                    f"effect % ({proto})": e,
+                    f"CI low ({proto})": lo,
+                    f"CI high ({proto})": hi,
+                    f"held ({proto})": held,
+                }
+            )
+        return r
+
+    prim, best = (
+        "3. CD beats RD (NDCG@10), primary: CD",
+        "3. CD beats RD (NDCG@10), secondary: best",
+    )
+    table = pd.DataFrame(
+        [
+            row(prim, "a", -0.01, -1.0, 1.0, False),  # a sign near 0 against a sure one: disagree
+            row(best, "a", 3.0, 1.0, 5.0, False),
+            row(prim, "b", -0.01, -1.0, 1.0, False),  # both signs uncertain: noise, agree
+            row(best, "b", 0.5, -1.0, 2.0, False),
+            row(prim, "c", 2.0, 1.0, 3.0, False),  # held by CD-best only
+            row(best, "c", 4.0, 3.0, 5.0, True),
+            row(prim, "pooled", 1.0, 0.0, 2.0, False),
+            row(best, "pooled", 2.0, 1.0, 3.0, True),
+        ]
+    )
+    sampled, full = sentences.primary_against_best(table)
+    assert (
+        "in 2 of 3 cells: a/cdae (-0.0% against +3.0%), c/cdae (+2.0% against +4.0%; held by CD-best only)."
+        in sampled
+    )
+    assert full.startswith("Full protocol, NDCG@10")
+    assert sentences.primary_against_best(table, "HR@10") == []
+
+
+def test_a_verdict_s_kind_ignores_its_reasons_and_refuses_other_text():
+    assert effects.verdict_kind("holds overall; holds in 3 of 10 cells") == "holds"
+    assert effects.verdict_kind("does not hold (the pooled effect is negative)") == "does not hold"
+    assert effects.verdict_kind("inconclusive: the interval contains 0; holds in 1 of 2 cells") == (
+        "inconclusive"
+    )
+    with pytest.raises(ValueError, match="not a verdict"):
+        effects.verdict_kind("held")
+
+
+def test_hartung_knapp_is_named_where_it_changes_the_verdict_s_kind_only():
+    def pooled(v, vhk):
+        return {
+            "CI low HK (full)": -1.4,
+            "CI high HK (full)": 15.1,
+            "verdict (full)": v,
+            "verdict HK (full)": vhk,
+        }
+
+    same = sentences._hartung_knapp(
+        pooled("holds overall; holds in 3 of 10 cells", "holds overall; holds in 3 of 10 cells"),
+        "full",
+    )
+    assert same == "; Hartung-Knapp interval [-1.4, +15.1]"
+    changed = sentences._hartung_knapp(
+        pooled("holds overall; holds in 3 of 10 cells", "inconclusive: the interval contains 0"),
+        "full",
+    )
+    assert changed.endswith("under which the claim is inconclusive: the interval contains 0")
