@@ -192,7 +192,7 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
     for r in rows:
         r["measured"] = "; ".join(_measured(r, proto) for proto in PROTOCOLS) + f" [{what}]"
     pool_row["measured"] = (
-        "; ".join(_measured_pool(pool_row, proto) for proto in PROTOCOLS) + f" [{what}]"
+        "; ".join(measured_pool(pool_row, proto) for proto in PROTOCOLS) + f" [{what}]"
     )
     paper = f"{lo}-{hi}%" if paper_range else "better"
     return [{**r, "paper": paper} for r in rows] + [{**pool_row, "paper": paper}]
@@ -211,7 +211,8 @@ def _measured(r: dict, proto: str) -> str:
     )
 
 
-def _measured_pool(r: dict, proto: str) -> str:
+def measured_pool(r: dict, proto: str) -> str:
+    """A pooled row on one protocol in words: effect, interval, cells, I² and verdict."""
     if not r.get(f"cells ({proto})"):
         return f"{proto}: no pooled estimate"
     return (

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import effects
-from .report import PAPER_GAIN, PROTOCOLS, _measured_pool
+from .report import PAPER_GAIN, PROTOCOLS, measured_pool
 
 
 def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
@@ -69,7 +69,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         lower = float(str(paper).split("-")[0]) if str(paper)[:1].isdigit() else None
         parts = []
         for proto in PROTOCOLS:
-            text = _measured_pool(r.to_dict(), proto)
+            text = measured_pool(r.to_dict(), proto)
             if isinstance(r.get(f"paper range is ({proto})"), str):
                 text += f"; the paper's range: {r[f'paper range is ({proto})']} the pooled interval"
             if lower is not None:
