@@ -14,9 +14,10 @@ datasets), index (training pairs by user), models (CDAE, NeuMF), losses (CF, CD,
 one interface), config (a run's configuration, how runs execute), loop (the training loop), train
 (the store of runs and weights), saved (models that recommend), analyses (protocol analyses),
 agreement (configurations run two ways, paired over seeds), experiments (the notebooks' grids),
-costs (CPU hours), report (claims, README), plots (figures), bench (timings), stepbench (the dense
-step against the sparse ones), distill (python -m cdlib.distill DATA), reproduce (the parallel
-papermill runner).
+claim_tables (the run tables the claims read), costs (CPU hours), effects (effects, intervals,
+pooling, verdicts), report (the claims table), sentences (the results in sentences), readme (the
+README's results), plots (figures), bench (timings), stepbench (the dense step against the sparse
+ones), distill (python -m cdlib.distill DATA), reproduce (the parallel papermill runner).
 """
 
 import importlib

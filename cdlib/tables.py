@@ -211,10 +211,6 @@ def save_table(df: pd.DataFrame, name: str, results=None) -> str:
     return str(path)
 
 
-def _best_label(protocol: str) -> str:
-    return "CD-best" if protocol == "sampled" else "CD-best (full)"
-
-
 def compare_best(ok: pd.DataFrame, worse: str, metric: str) -> pd.DataFrame:
     """`compare` of the best CD guide against `worse` on both protocols, each protocol's best guide
     chosen on its own validation metric (rows 'CD-best' and 'CD-best (full)' of tables.best_cd)."""

@@ -29,9 +29,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ds = data.load(args.dataset)
+    points = []
     for point in args.points:
-        users, lr = point.split(":")
+        users, _, lr = point.partition(":")
+        try:
+            points.append((int(users), float(lr)))
+        except ValueError:
+            ap.error(f"point {point!r}: expected users per step:learning rate, e.g. 64:1e-2")
+    ds = data.load(args.dataset)
+    for users, lr in points:
         cfg = Config(
             dataset=args.dataset,
             backbone=args.backbone,
