@@ -49,19 +49,22 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
     (`costs.profile_runs`), those recorded, and the share. Runs are counted as `profile_runs`
     counts them, a run that two tables name in the first: the tuning stage's at its real choices,
     the tables' at the settings tuned so far (a cell whose tuning is not recorded has none of its
-    tables' runs yet). Reads the records; trains nothing."""
+    tables' runs yet); "CPU hours": the recorded runs' wall time (`timing.wall_seconds`, 0 where a
+    record has none). Reads the records; trains nothing."""
     from . import experiments
     from .config import Execution
 
     off = Execution(train=False)
     look = dataclasses.replace(p, execution=off)
-    seen, done = set(), Counter()
+    seen, done, seconds = set(), Counter(), Counter()
 
     def count(table: str, df: pd.DataFrame) -> None:
         for r in df[df.status == "ok"].itertuples():
             if r.key not in seen:
                 seen.add(r.key)
                 done[(table, r.dataset, r.backbone)] += 1
+                timing = (runs.read_record(r.key, results) or {}).get("timing", {})
+                seconds[(table, r.dataset, r.backbone)] += timing.get("wall_seconds", 0.0)
 
     for d in p.tuning_datasets():
         for b in p.backbones:
@@ -71,8 +74,14 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
     plan = profile_runs(p).groupby(["table", "dataset", "backbone"], sort=False).size()
     out = plan.rename("runs").reset_index()
     out["recorded"] = [done[k] for k in plan.index]
-    total = pd.DataFrame([{"table": "all", "runs": out.runs.sum(), "recorded": out.recorded.sum()}])
-    out = pd.concat([out, total], ignore_index=True)
+    out["CPU hours"] = [seconds[k] / 3600 for k in plan.index]
+    total = {
+        "table": "all",
+        "runs": int(out.runs.sum()),
+        "recorded": int(out.recorded.sum()),
+        "CPU hours": out["CPU hours"].sum(),
+    }
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
     out["recorded %"] = (100 * out.recorded / out.runs).round(1)
     return out
 

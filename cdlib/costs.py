@@ -280,13 +280,18 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
     )
 
 
-def _with_total(out: pd.DataFrame, cols: list, by=("dataset", "backbone")) -> pd.DataFrame:
-    """`out` with a last row "all" summing `cols` and the runs (NaN where a row has none), rounded."""
+def _with_total(
+    out: pd.DataFrame, cols: list, by=("dataset", "backbone"), digits: int | None = 1
+) -> pd.DataFrame:
+    """`out` with a last row "all" summing `cols` and the runs (NaN where a row has none), rounded
+    to `digits` (None: not rounded)."""
     total = {c: "" for c in out.columns}
     total.update({by[0]: "all", "runs": int(out.runs.sum())})
     total.update({c: out[c].sum(skipna=False) for c in cols})
     out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
-    out[cols] = out[cols].astype(float).round(1)
+    out[cols] = out[cols].astype(float)
+    if digits is not None:
+        out[cols] = out[cols].round(digits)
     return out
 
 
@@ -334,12 +339,13 @@ def profile_runs(p) -> pd.DataFrame:
 
 
 def profile_estimate(
-    p, bench_records: list[dict], results=None, step: str = "deferred"
+    p, bench_records: list[dict], results=None, step: str = "deferred", digits: int | None = 1
 ) -> pd.DataFrame:
     """The CPU hours of profile `p`'s whole grid (`profile_runs`), per table, dataset and backbone,
     with the dense step and with `step`: every run priced as `compute` estimates a run to go (the
     recorded runs of the same kind, on the same dataset or the nearest in work) and divided by its
-    kind's benched ratio (`_pricer`). Empty without bench records or recorded runs."""
+    kind's benched ratio (`_pricer`), rounded to `digits` (None: not rounded). Empty without bench
+    records or recorded runs."""
     price = _pricer(bench_records, _grid_runs(results), results, step)
     if price is None:
         return pd.DataFrame()
@@ -352,7 +358,28 @@ def profile_estimate(
     out["CPU hours, dense step"] = g.dense.apply(lambda x: x.sum(skipna=False)) / 3600
     out[f"CPU hours, {step} step (est.)"] = g.stepped.apply(lambda x: x.sum(skipna=False)) / 3600
     out = out.reset_index()
-    return _with_total(out, list(out.columns[-2:]), by=("table", "dataset", "backbone"))
+    return _with_total(out, list(out.columns[-2:]), ("table", "dataset", "backbone"), digits)
+
+
+def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
+    """`profile_estimate` against what was recorded (`audit.profile_coverage`), per dataset and
+    backbone whose every planned run is recorded: runs, the estimated CPU hours (the last column of
+    `estimate`: the stepped one) and the recorded ones, and recorded / estimated. A cell with a run
+    still to go is left out (its recorded hours price only part of it)."""
+    col = estimate.columns[-1]
+    est = estimate[estimate.table != "all"].groupby(["dataset", "backbone"], sort=False)[col].sum()
+    cov = coverage[coverage.table != "all"].groupby(["dataset", "backbone"], sort=False)
+    cells = cov[["runs", "recorded", "CPU hours"]].sum()
+    done = cells[(cells.recorded == cells.runs) & (cells.runs > 0)]
+    out = pd.DataFrame(
+        {
+            "runs": done.runs,
+            "CPU hours, estimated": est.reindex(done.index),
+            "CPU hours, recorded": done["CPU hours"],
+        }
+    )
+    out["recorded / estimated"] = out["CPU hours, recorded"] / out["CPU hours, estimated"]
+    return out.reset_index()
 
 
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from . import runs
 from .agreement import step_agreement, step_equivalence
-from .costs import profile_estimate, step_estimate
+from .audit import profile_coverage
+from .costs import estimate_check, profile_estimate, step_estimate
 from .profiles import PROFILES
 from .stepbench import STEP_COLUMNS
 from .tables import markdown
@@ -111,7 +112,7 @@ def sparse_step_section(results=None) -> list[str]:
                 markdown(both),
                 "",
             ]
-        nxt = profile_estimate(PROFILES["next"], records, results, "deferred")
+        nxt = profile_estimate(PROFILES["next"], records, results, "deferred", digits=None)
         if not nxt.empty:
             by_table = (  # a table with a run that has no estimate has none
                 nxt.groupby("table", sort=False)[list(nxt.columns[-3:])]
@@ -130,6 +131,7 @@ def sparse_step_section(results=None) -> list[str]:
                 markdown(by_table.reset_index()),
                 "",
             ]
+            parts += _estimate_check_sentence(nxt, profile_coverage(PROFILES["next"], results))
     for step, table in agree.items():
         if table.empty:
             continue
@@ -161,3 +163,29 @@ def sparse_step_section(results=None) -> list[str]:
         if step == PROFILES["next"].step and not pooled.empty:
             parts += [next_step_sentence(step, pooled), ""]
     return parts
+
+
+def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> list[str]:
+    """What profile `next` has recorded so far, and the estimate against the recorded hours where a
+    cell's every run is recorded (`costs.estimate_check`)."""
+    whole = coverage[coverage.table == "all"]
+    if whole.empty or not whole.recorded.iloc[0]:
+        return []
+    check = estimate_check(estimate, coverage)
+    text = (
+        f"Recorded so far: {int(whole.recorded.iloc[0])} runs, "
+        f"{whole['CPU hours'].iloc[0]:.1f} CPU hours (`audit.profile_coverage`)."
+    )
+    if not check.empty:
+        text += (
+            " Where a cell's every planned run is recorded, the estimate meets the hours they took "
+            "(`costs.estimate_check`): "
+            + "; ".join(
+                f"{r['dataset']} {r['backbone']}, {r['runs']} runs priced at "
+                f"{r['CPU hours, estimated']:.1f} h, recorded {r['CPU hours, recorded']:.1f} h "
+                f"({r['recorded / estimated']:.2f}x)"
+                for _, r in check.iterrows()
+            )
+            + "."
+        )
+    return [text, ""]

@@ -18,6 +18,7 @@ from cdlib import (
     readme,
     readme_steps,
     report,
+    runs,
     sentences,
     tables,
 )
@@ -1126,6 +1127,47 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
         tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
     cov = audit.profile_coverage(p, tmp_path)
     assert (cov.recorded == cov.runs).all() and (cov["recorded %"] == 100).all()
+    assert (cov["CPU hours"] == 0).all()  # the fake records carry no wall time
+    rec = runs.read_record(runs_df.key.iloc[0], tmp_path)
+    runs.write_record({**rec, "timing": {**rec["timing"], "wall_seconds": 7200.0}}, tmp_path)
+    cov = audit.profile_coverage(p, tmp_path).set_index("table")
+    assert cov.loc["00_tuning", "CPU hours"] == cov.loc["all", "CPU hours"] == 2.0
+
+
+def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_cells_only():
+    """`costs.estimate_check`: a cell whose every planned run is recorded gets its estimated and
+    recorded hours side by side; a cell with a run to go is left out."""
+    estimate = pd.DataFrame(
+        {
+            "table": ["00_tuning", "03_main", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", ""],
+            "backbone": ["cdae", "cdae", "cdae", ""],
+            "runs": [4, 2, 4, 10],
+            "CPU hours, dense step": [9.0, 9.0, 9.0, 27.0],
+            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 4.5],
+        }
+    )
+    coverage = pd.DataFrame(
+        {
+            "table": ["00_tuning", "03_main", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", None],
+            "backbone": ["cdae", "cdae", "cdae", None],
+            "runs": [4, 2, 4, 10],
+            "recorded": [4, 2, 3, 9],
+            "CPU hours": [2.0, 1.0, 5.0, 8.0],
+        }
+    )
+    check = costs.estimate_check(estimate, coverage)
+    assert check.to_dict("records") == [
+        {
+            "dataset": "ml-100k",
+            "backbone": "cdae",
+            "runs": 6,
+            "CPU hours, estimated": 1.5,
+            "CPU hours, recorded": 3.0,
+            "recorded / estimated": 2.0,
+        }
+    ]
 
 
 def test_a_renamed_claim_leaves_no_forest_plot_behind(tmp_path):

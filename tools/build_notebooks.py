@@ -472,16 +472,19 @@ print(shown.to_string(index=False) if not shown.empty else "no cell of next has 
 validation negatives disjoint from the test's, 5 seeds for the main table and the claims' ablations,
 3 for the size table, sensitivity on ml-1m and citeulike-t), every run priced as a run to go, with
 the dense step and the deferred one (`costs.profile_estimate`, from the recorded runs and the step
-bench)."""),
+bench); then, for each cell whose every planned run is recorded, the estimate beside the hours those
+runs took (`costs.estimate_check`)."""),
         code(
             """import json
 from cdlib import runs
 bench_steps = [json.loads(f.read_text()) for f in sorted(runs.results_dir(results_dir).glob("bench/steps_*_cpu.json"))]
-grid_next = costs.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred")
+grid_next = costs.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred", digits=None)
 if grid_next.empty:
     print("no step bench or recorded runs to price it from")
 else:
-    print(grid_next.groupby("table", sort=False)[grid_next.columns[-3:]].sum().round(1).to_string())""",
+    print(grid_next.groupby("table", sort=False)[grid_next.columns[-3:]].sum().round(1).to_string())
+    check = costs.estimate_check(grid_next, progress)
+    print(check.round(2).to_string(index=False) if not check.empty else "no cell of next is complete yet")""",
             "nbval-check-output",
         ),
         md(
