@@ -98,6 +98,15 @@ def sparse_step_section(results=None) -> list[str]:
             both = both.drop(columns="ratios of_y").rename(columns={"ratios of_x": "ratios of"})
             both = both[[c for c in both if c != "ratios of"] + ["ratios of"]]
             whole = both[both.dataset == "all"].iloc[0]
+            estimates = {
+                step: e.loc[e.dataset == "all", f"CPU hours, {step} step (est.)"].iloc[0]
+                for step, e in est.items()
+            }
+            cards = [
+                json.loads(p.read_text())
+                for p in sorted(runs.results_dir(results).glob("bench/distill_*_cpu.json"))
+            ]
+            targets = engine_targets(records, cards, estimates)
             parts += [
                 f"The whole grid the tables list ({whole['runs']} runs) costs "
                 f"**{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step (recorded, "
@@ -110,6 +119,14 @@ def sparse_step_section(results=None) -> list[str]:
                 "CPU than the bench's).",
                 "",
                 markdown(both),
+                "",
+                "Issue 22's targets against these measurements (`readme_steps.engine_targets`): "
+                "epochs are training epochs (dense / step, the bench above; the deferred step after "
+                "its warm-up), memory the bench's and `cdlib.distill`'s peak (process), the grid's "
+                "hours the estimate above, the distillation's time its card "
+                "(`results/bench/distill_*_cpu.json`).",
+                "",
+                markdown(targets),
                 "",
             ]
         nxt = profile_estimate(PROFILES["next"], records, results, "deferred", digits=None)
@@ -189,3 +206,61 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
             + "."
         )
     return [text, ""]
+
+
+def engine_targets(records: list[dict], cards: list[dict], estimates: dict) -> pd.DataFrame:
+    """Issue 22's targets against what was measured, a row per target and step: the step bench's
+    training-epoch ratios dense / step (`records`: `cdlib.bench --steps` JSON), the peak memory of
+    the yelp bench and of `cdlib.distill` on yelp (`cards`: `cdlib.distill`'s cards, with the
+    `wall_seconds` and `peak_rss_gib` of the command that wrote them), the grid's estimated CPU hours per step
+    (`estimates`: step -> hours, `costs.step_estimate`'s total). A target with nothing measured is
+    left out."""
+    bench = pd.DataFrame(
+        [row for rec in records for row in rec["steps"]],
+        columns=["dataset", "run", "dense / sparse", "dense / deferred"],
+    )
+    peaks = {rec["dataset"]["name"]: rec["peak_rss_gib"] for rec in records}
+    rows = []
+
+    def add(target, step, measured, met, unit=""):
+        rows.append(
+            {"target": target, "step": step, "measured": f"{measured:.3g}{unit}", "met": met}
+        )
+
+    for dataset, run, at_least in (
+        ("citeulike-t", "CDAE teacher", 10),
+        ("yelp", "CDAE teacher", 10),
+        ("yelp", "NeuMF teacher", 5),
+    ):
+        got = bench[(bench.dataset == dataset) & (bench.run == run)]
+        for step in ("sparse", "deferred") if not got.empty else ():
+            ratio = got[f"dense / {step}"].iloc[0]
+            add(f"{dataset} {run} epoch >= {at_least}x faster", step, ratio, ratio >= at_least, "x")
+    ml1m = bench[bench.dataset == "ml-1m"]
+    for step in ("sparse", "deferred") if not ml1m.empty else ():
+        worst = ml1m.loc[ml1m[f"dense / {step}"].idxmin()]
+        add(
+            f"no kind of epoch slower on ml-1m (slowest: {worst.run})",
+            step,
+            worst[f"dense / {step}"],
+            worst[f"dense / {step}"] >= 1,
+            "x",
+        )
+    yelp_cards = [c for c in cards if c["data"]["name"].startswith("yelp")]
+    peak = [peaks["yelp"]] if "yelp" in peaks else []
+    peak += [c["peak_rss_gib"] for c in yelp_cards]
+    if peak:
+        add(
+            "peak memory of any yelp run <= 4 GiB",
+            "every step benched; distill's",
+            max(peak),
+            max(peak) <= 4,
+            " GiB",
+        )
+    for step, hours in estimates.items():
+        add("the paper profile <= 30 CPU hours", step, hours, hours <= 30, " h")
+    for c in yelp_cards:
+        minutes = c["wall_seconds"] / 60
+        step = c["models"]["teacher"]["config"].get("step") or "dense"
+        add("python -m cdlib.distill on yelp <= 30 minutes", step, minutes, minutes <= 30, " min")
+    return pd.DataFrame(rows, columns=["target", "step", "measured", "met"])

@@ -1218,3 +1218,54 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
         readme._next_claims_section(tmp_path)
     )
     assert claims.claim.str.startswith("6. born-again CD beats the teacher").any()
+
+
+def test_engine_targets_compares_each_measurement_with_issue_22s_target():
+    """`readme_steps.engine_targets`: each target met or not from the bench's ratios, the peak
+    memory on yelp (bench and distillation card, the larger), the grid's estimate and the card's
+    time; a target with nothing measured (yelp's epochs, here) gets no row."""
+
+    def step_row(dataset, run, sparse, deferred):
+        return {
+            "dataset": dataset,
+            "run": run,
+            "dense / sparse": sparse,
+            "dense / deferred": deferred,
+        }
+
+    records = [
+        {
+            "dataset": {"name": "citeulike-t"},
+            "peak_rss_gib": 1.0,
+            "steps": [step_row("citeulike-t", "CDAE teacher", 12.0, 4.0)],
+        },
+        {
+            "dataset": {"name": "ml-1m"},
+            "peak_rss_gib": 1.0,
+            "steps": [
+                step_row("ml-1m", "CDAE teacher", 1.2, 1.1),
+                step_row("ml-1m", "x", 1.0, 0.9),
+            ],
+        },
+        {"dataset": {"name": "yelp"}, "peak_rss_gib": 3.0, "steps": []},
+    ]
+    card = {
+        "data": {"name": "yelp.inter"},
+        "wall_seconds": 1800.0 + 60,
+        "peak_rss_gib": 4.5,
+        "models": {"teacher": {"config": {"step": "sparse"}}},
+    }
+    t = readme_steps.engine_targets(records, [card], {"sparse": 29.0, "deferred": 31.0})
+    met = {(r.target.split(" (")[0], r.step): r.met for r in t.itertuples()}
+    assert met == {
+        ("citeulike-t CDAE teacher epoch >= 10x faster", "sparse"): True,
+        ("citeulike-t CDAE teacher epoch >= 10x faster", "deferred"): False,
+        ("no kind of epoch slower on ml-1m", "sparse"): True,
+        ("no kind of epoch slower on ml-1m", "deferred"): False,
+        ("peak memory of any yelp run <= 4 GiB", "every step benched; distill's"): False,
+        ("the paper profile <= 30 CPU hours", "sparse"): True,
+        ("the paper profile <= 30 CPU hours", "deferred"): False,
+        ("python -m cdlib.distill on yelp <= 30 minutes", "sparse"): False,
+    }
+    assert "slowest: x" in t.target[t.step == "deferred"].iloc[1]
+    assert t.measured[t.target.str.startswith("peak")].iloc[0] == "4.5 GiB"
