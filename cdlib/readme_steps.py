@@ -195,7 +195,7 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
     )
     if not check.empty:
         text += (
-            " Where a cell's every planned run is recorded, the estimate meets the hours they took "
+            " Where a cell's every planned run is recorded, the estimate beside the hours they took "
             "(`costs.estimate_check`): "
             + "; ".join(
                 f"{r['dataset']} {r['backbone']}, {r['runs']} runs priced at "
