@@ -109,12 +109,11 @@ def _draw_missing(
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(users.device)
 
     items = draw(sizes) if len(rows) else rows.new_empty(0)
-    redo = seen[rows, items]
+    idx = seen[rows, items].nonzero().squeeze(1)  # the entries to redraw, ascending
     ends = torch.cumsum(torch.tensor(sizes, device=users.device), 0) if len(sizes) > 1 else None
-    for _ in range(max_rounds):
-        if not redo.any():
+    for _ in range(max_rounds):  # each round costs the entries still to redraw, not all of them
+        if not len(idx):
             return items
-        idx = redo.nonzero().squeeze(1)
         counts = (
             [len(idx)]
             if ends is None
@@ -123,8 +122,7 @@ def _draw_missing(
             ).tolist()
         )
         items[idx] = draw(counts)
-        redo = torch.zeros_like(redo)
-        redo[idx] = seen[rows[idx], items[idx]]
+        idx = idx[seen[rows[idx], items[idx]]]
     raise RuntimeError("uniform sampling: some user has (almost) no missing item to draw")
 
 

@@ -59,6 +59,28 @@ def test_group_negatives_are_each_members_negatives_alone(setup):
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(group_gens, alone_gens))
 
 
+def _redraw_every_hit(pos, users, rows, n_items, generator):
+    """The rejection sampler by its definition: one uniform draw per entry, then, round by round,
+    every entry whose item is the user's positive drawn again (in entry order)."""
+    seen = {(r, i) for r, i in zip(*(t.tolist() for t in pos.pairs(users)))}
+    items = torch.randint(n_items, (len(rows),), generator=generator)
+    while True:
+        hits = [j for j, (r, i) in enumerate(zip(rows.tolist(), items.tolist())) if (r, i) in seen]
+        if not hits:
+            return items
+        items[hits] = torch.randint(n_items, (len(hits),), generator=generator)
+
+
+def test_uniform_negatives_are_the_rejection_samplers_draws(setup):
+    """The vectorised sampler draws exactly what the rejection sampler's definition draws from the
+    same generator (so that every record's negatives stay the same whatever the loop's form)."""
+    ds, pos, _ = setup
+    users = torch.randperm(ds.n_users, generator=torch.Generator().manual_seed(5))[:64]
+    rows, items = samplers.uniform_negatives(pos, users, 4, torch.Generator().manual_seed(2))
+    want = _redraw_every_hit(pos, users, rows, ds.n_items, torch.Generator().manual_seed(2))
+    assert torch.equal(items, want)
+
+
 def test_inverse_missing_is_uniform_over_each_users_missing_items(setup):
     """The fixed-shape sampler: never a positive, every missing item, equally often (chi-square), for
     users with few and with many positives, padding or not."""
