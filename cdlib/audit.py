@@ -129,16 +129,20 @@ def popularity_valid_ndcg(config: dict) -> float:
 FIXES: dict = {}
 
 
-def violations(results=None, stall: float = 1.05, last: float = 0.1) -> pd.DataFrame:
+def violations(
+    results=None, stall: float = 1.05, last: float = 0.1, folder: str | None = None
+) -> pd.DataFrame:
     """Every recorded run a table uses that breaks the fair protocol (METHOD.md "A fair comparison"):
     'capped', its best validation epoch in the last `last` fraction of its epoch cap (still improving
     when cut off), 'stalled', its best validation NDCG@10 at most `stall` x that of the most-popular
     ranking (never left the initial plateau), or a teacher 'below its plain student' of the same
     seed on validation NDCG@10 (a weak teacher makes every distillation look worse than it is), with
-    the fix applied where there is one (`FIXES`). One row per table, run and kind of problem."""
+    the fix applied where there is one (`FIXES`). One row per table, run and kind of problem. The
+    tables are results/<folder>/'s where `folder` is given (a profile's tables from its records,
+    `claim_tables.save_recorded_tables`), the records results/runs/ either way."""
     rows = []
     for name, what in RUN_TABLES.items():
-        t = read_table(name, results)
+        t = read_table(name if folder is None else f"{folder}/{name}", results)
         if t is None or "key" not in t:
             continue
         t = own_runs(t[t.status == "ok"])

@@ -366,6 +366,11 @@ def _next_claims_section(results=None) -> list[str]:
         "",
         markdown(table),
         "",
+        "Runs of these tables that break the fair protocol, as above (`audit.violations` on "
+        "`results/next/`):",
+        "",
+        markdown(bad) if not (bad := violations(results, folder="next")).empty else "None.",
+        "",
     ]
 
 

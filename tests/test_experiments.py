@@ -501,6 +501,13 @@ def test_violations_list_a_teacher_below_its_plain_student_with_its_fix(tmp_path
     assert bad.fix[0] == "" and bad["best epoch"][0] == 14
     monkeypatch.setitem(audit.FIXES, ("d", "neumf"), "learning rate tuned on d")
     assert audit.violations(tmp_path).fix[0] == "learning rate tuned on d"
+    # a profile's tables from its records (results/next/), the records where they always are
+    tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path / "next")
+    (tmp_path / "03_main_runs.csv").unlink()
+    assert audit.violations(tmp_path).empty
+    assert audit.violations(tmp_path, folder="next").equals(
+        bad.assign(fix="learning rate tuned on d")
+    )
 
 
 def test_claim_5_compares_teacher_and_student_on_the_same_device(tmp_path):

@@ -493,7 +493,9 @@ else:
         ),
         code(
             """bad = audit.violations(results_dir)
-print(bad.to_string(index=False) if not bad.empty else "none")""",
+print(bad.to_string(index=False) if not bad.empty else "none")
+bad_next = audit.violations(results_dir, folder="next")  # profile next's tables (results/next/)
+print("next:", bad_next.to_string(index=False) if not bad_next.empty else "none")""",
             "nbval-check-output",
         ),
         md("""## The static step against the dynamic one (one device; test NDCG@10, paired over seeds)
