@@ -1,5 +1,7 @@
-"""environment.yml and pyproject.toml list the same dependencies."""
+"""What the repository ships: environment.yml and pyproject.toml list the same dependencies, and the
+numbered notebooks are committed executed."""
 
+import json
 import re
 
 try:
@@ -28,3 +30,20 @@ def test_environment_yml_matches_pyproject():
     pip = next(d["pip"] for d in env if isinstance(d, dict))
     listed = names(c for c in conda if not c.startswith("python") and c != "pip") | names(pip)
     assert listed == deps
+
+
+def test_the_numbered_notebooks_are_committed_executed():
+    """Every code cell of notebooks/NN_*.ipynb has run (`make figures` executes them): a notebook
+    rebuilt by tools/build_notebooks.py and committed as it is shows no table, and nbval, which
+    compares the outputs it stores, would check nothing in it."""
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        unrun = [
+            i for i, c in enumerate(cells) if c["cell_type"] == "code" and not c["execution_count"]
+        ]
+        assert not unrun, (
+            f"{path.name}: code cells {unrun} have not run; execute it with `make figures` "
+            "before committing"
+        )
