@@ -1064,7 +1064,7 @@ def _fake_training(monkeypatch, paper_lr: float = 3e-3):
             if rec is None:
                 if execution is not None and not execution.train:
                     raise train.NotRecorded(c.key())
-                rec = {**_fake_record(c, valid=valid(c)), "config": {}}
+                rec = {**_fake_record(c, valid=valid(c)), "config": dataclasses.asdict(c)}
                 runs.write_record(rec, results)
             out.append(rec)
         return out
@@ -1198,6 +1198,7 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
     recorded is 'missing', never trained), then, once its tables' runs are recorded, claim 3's
     primary arm is the CD whose guide its tuning chose."""
     _fake_training(monkeypatch)
+    monkeypatch.setattr(audit, "popularity_valid_ndcg", lambda config: 0.01)
     p = profiles.profile("next", datasets=["ml-100k"], backbones=["neumf"], seeds=[0, 2])
     ex.tune(p, "ml-100k", "neumf", tmp_path, progress=False)
     before = len(list((tmp_path / "runs").glob("*.json")))
@@ -1221,9 +1222,9 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
     ).any()
     shown = readme.next_claims(tmp_path)  # what the README shows of them
     assert set(shown.dataset) == {"ml-100k"} and shown.claim.str.startswith("3. CD beats RD").any()
-    assert "What `next`'s recorded runs say so far" in "\n".join(
-        readme._next_claims_section(tmp_path)
-    )
+    section = "\n".join(readme._next_claims_section(tmp_path))
+    assert "What `next`'s recorded runs say so far" in section
+    assert "break the fair protocol" in section  # next's own violations (`audit.violations`)
     assert claims.claim.str.startswith("6. born-again CD beats the teacher").any()
 
 
