@@ -231,7 +231,8 @@ def readme_section(results=None) -> str:
                     + ".",
                     "",
                 ]
-    parts += _next_coverage_section(results)
+    next_coverage = profile_coverage(PROFILES["next"], results)  # (seconds: read once, used twice)
+    parts += _next_coverage_section(next_coverage, results)
     cost = compute(results)
     if not cost.empty:
         parts += [
@@ -255,7 +256,7 @@ def readme_section(results=None) -> str:
                     "epoch, scaled by the steps per epoch (`costs.device_estimate`, validation left out).",
                     "",
                 ]
-    parts += sparse_step_section(results)
+    parts += sparse_step_section(results, next_coverage)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [
@@ -296,11 +297,10 @@ def readme_section(results=None) -> str:
     return "\n".join(parts)
 
 
-def _next_coverage_section(results=None) -> list[str]:
-    """How much of issue 23's grid (profile `next`) is recorded (`audit.profile_coverage`): per
-    dataset and backbone, recorded / planned runs of each table."""
+def _next_coverage_section(cov: pd.DataFrame, results=None) -> list[str]:
+    """How much of issue 23's grid (profile `next`) is recorded (`cov`: its
+    `audit.profile_coverage`): per dataset and backbone, recorded / planned runs of each table."""
     nxt = PROFILES["next"]
-    cov = profile_coverage(nxt, results)
     if cov.empty or cov.recorded.sum() == 0:
         return []
     whole = cov[cov.table == "all"].iloc[0]

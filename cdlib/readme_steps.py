@@ -62,10 +62,11 @@ def next_step_sentence(step: str, pooled: pd.DataFrame) -> str:
     )
 
 
-def sparse_step_section(results=None) -> list[str]:
+def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None) -> list[str]:
     """The sparse steps (`Config.step`): their timings beside the dense step's (`bench --steps`),
-    the grid's cost with them (`costs.step_estimate`), and the agreement study
-    (`agreement.step_agreement`)."""
+    the grid's cost with them (`costs.step_estimate`, and profile `next`'s against what it has
+    recorded: `next_coverage`, its `audit.profile_coverage`, read here where not given), and the
+    agreement study (`agreement.step_agreement`)."""
     paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
     records = [json.loads(p.read_text()) for p in paths_]
     agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
@@ -148,7 +149,9 @@ def sparse_step_section(results=None) -> list[str]:
                 markdown(by_table.reset_index()),
                 "",
             ]
-            parts += _estimate_check_sentence(nxt, profile_coverage(PROFILES["next"], results))
+            if next_coverage is None:
+                next_coverage = profile_coverage(PROFILES["next"], results)
+            parts += _estimate_check_sentence(nxt, next_coverage)
     for step, table in agree.items():
         if table.empty:
             continue
@@ -212,9 +215,9 @@ def engine_targets(records: list[dict], cards: list[dict], estimates: dict) -> p
     """Issue 22's targets against what was measured, a row per target and step: the step bench's
     training-epoch ratios dense / step (`records`: `cdlib.bench --steps` JSON), the peak memory of
     the yelp bench and of `cdlib.distill` on yelp (`cards`: `cdlib.distill`'s cards, with the
-    `wall_seconds` and `peak_rss_gib` of the command that wrote them), the grid's estimated CPU hours per step
-    (`estimates`: step -> hours, `costs.step_estimate`'s total). A target with nothing measured is
-    left out."""
+    `wall_seconds` and `peak_rss_gib` of the command that wrote them), the grid's estimated CPU
+    hours per step (`estimates`: step -> hours, `costs.step_estimate`'s total). A target with
+    nothing measured is left out."""
     bench = pd.DataFrame(
         [row for rec in records for row in rec["steps"]],
         columns=["dataset", "run", "dense / sparse", "dense / deferred"],
