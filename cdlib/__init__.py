@@ -17,7 +17,8 @@ agreement (configurations run two ways, paired over seeds), experiments (the not
 claim_tables (the run tables the claims read), costs (CPU hours), effects (effects, intervals,
 pooling, verdicts), report (the claims table), sentences (the results in sentences), readme (the
 README's results), plots (figures), bench (timings), stepbench (the dense step against the sparse
-ones), distill (python -m cdlib.distill DATA), reproduce (the parallel papermill runner).
+ones), distill (python -m cdlib.distill DATA), reproduce (the parallel papermill runner), backlog
+(a profile's runs still to train, shared by workers).
 """
 
 import importlib

@@ -106,13 +106,36 @@ def tune(
         frames.append(df.assign(stage=stage))
         if (df.status != "ok").any():
             break
-        means = df.groupby("label", sort=False)[f"valid {TUNE_METRIC}"].mean()
-        best = means.idxmax()
-        choice[stage] = {
-            k: v for k, v in _points(p.tuning[stage])[list(means.index).index(best)].items()
-        }
+        choice[stage] = chosen_point(p, stage, df)
     runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return runs_df, (choice if len(choice) == len(stages) else None)
+
+
+def chosen_point(p: Profile, stage: str, df: pd.DataFrame) -> dict:
+    """The point of `stage`'s grid with the best mean validation NDCG@10 over its recorded runs `df`
+    (`collect`'s rows of `stage_grid`; ties: the earlier point)."""
+    means = df.groupby("label", sort=False)[f"valid {TUNE_METRIC}"].mean()
+    return dict(_points(p.tuning[stage])[list(means.index).index(means.idxmax())])
+
+
+def tuning_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
+    """The runs the tuning stage of `dataset` and `backbone` needs next: those not recorded of its first
+    stage that is not recorded whole (the later stages wait on its choice); [] once every stage is.
+    Reads the records; trains nothing."""
+    check_tuning(p.tuning)
+    off, choice = Execution(train=False), {}
+    for stage in tuning_stages(p):
+        grid = stage_grid(p, dataset, backbone, stage, choice)
+        df = collect(grid, results, off, progress=False)
+        if (df.status != "ok").any():
+            return [c for (c, ok) in zip(_flat(grid), df.status == "ok") if not ok]
+        choice[stage] = chosen_point(p, stage, df)
+    return []
+
+
+def _flat(grid: dict) -> list:
+    """A grid's configurations in `collect`'s row order."""
+    return [c for cs in grid.values() for c in cs]
 
 
 def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:

@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fake_record as _fake_record
+from conftest import fake_training as _fake_training
 from scipy import stats
 
 from cdlib import (
@@ -109,24 +111,6 @@ def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
     )
     assert choice is not None and (tuned_runs.status == "ok").all()
     assert {c.key() for c in main["CD-T"] if c.backbone == "cdae"} <= set(tuned_runs.key)
-
-
-def _fake_record(c, valid: float, test: float = 0.5) -> dict:
-    """A record of canonical config `c` as train.run returns it, every metric 0.5 but the validation
-    and test NDCG@10 (sampled): what the tuning stage reads."""
-    m = {k: 0.5 for k in tables.METRICS}
-    return {
-        "key": c.key(),
-        "n_params": 1,
-        "best_epoch": 1,
-        "epochs_run": 1,
-        "timing": {"train_seconds": 0},
-        "provenance": {"device": "cpu: x"},
-        "test_sampled": {**m, "NDCG@10": test},
-        "test_full": m,
-        "valid_sampled": {**m, "NDCG@10": valid},
-        "valid_full": m,
-    }
 
 
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
@@ -1044,32 +1028,6 @@ def test_the_sentence_on_next_s_step_names_where_it_was_shown_equivalent():
     )
     none = readme_steps.next_step_sentence("deferred", pooled[1:2])
     assert "within ±1.35% on no dataset; not on b (4 seeds). " in none
-
-
-def _fake_training(monkeypatch, paper_lr: float = 3e-3):
-    """train.run_group writes a fake record for each run not recorded (none when training is off):
-    validation prefers learning rate 3e-3 (`paper_lr` with the paper profile's validation
-    negatives), and CD at lambda_kd 1.0 with 20 distilled items."""
-    from cdlib import runs, train
-
-    def valid(c):
-        lr = paper_lr if c.valid_negatives == "own" else 3e-3
-        good = c.lr == lr if c.method == "none" else c.method != "cd" or c.lambda_kd == 1.0
-        return 0.9 if good and (c.method != "cd" or c.n_distill in (None, 20)) else 0.1
-
-    def fake_group(cfgs, results=None, refresh=False, progress=True, execution=None):
-        out = []
-        for c in (c.canonical() for c in cfgs):
-            rec = runs.read_record(c.key(), results)
-            if rec is None:
-                if execution is not None and not execution.train:
-                    raise train.NotRecorded(c.key())
-                rec = {**_fake_record(c, valid=valid(c)), "config": dataclasses.asdict(c)}
-                runs.write_record(rec, results)
-            out.append(rec)
-        return out
-
-    monkeypatch.setattr(train, "run_group", fake_group)
 
 
 def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):

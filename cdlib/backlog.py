@@ -1,0 +1,230 @@
+"""A profile's runs still to train, in the order issue 23 ranks them, and workers that share them.
+
+`outstanding(p)` lists the runs that can be configured now and are not recorded: the next stage of
+each cell's tuning (`experiments.tuning_frontier`), then the runs of the training notebooks' grids
+whose cell is tuned. They come in tiers, as the issue says to cut its grid: first the tuning stage, the
+main table (02, 03), the sampling ablation (04) and born-again CD (06's "BACD"), the claims' runs; then
+the rest of the student-size table (06); last the sensitivity figure (07). Within a tier cell by cell
+(the profile's datasets x backbones), seed by seed, teachers and plain students before the students
+that distil them. A run two tables share takes the first tier that names it.
+
+`work(p)` trains them one at a time until none is left, each run claimed by a lock file, so that any
+number of workers (processes, here or on other machines that share `results/`) train one backlog
+without training a run twice; a lock dies with its process, so a killed worker frees its run. The list
+is read again after every tuning run (a stage that completes opens the next) and when it is worked
+through. Records are written atomically (`runs.write_record`), so a worker killed mid-run loses that
+run only.
+
+    python -m cdlib.backlog --profile next --datasets ml-1m,citeulike-t --workers 2
+    python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import experiments, ials, profiles, runs, train
+from .config import Execution
+from .tables import Pending
+
+# the tier of each training notebook's runs (born-again CD, 06's "BACD", is in the first: claim 6)
+TIERS = {"00_tuning": 0, "02_teachers": 0, "03_main": 0, "04_sampling": 0, "06_student_size": 1}
+TIERS["07_sensitivity"] = 2
+FIRST_TIER_LABELS = {"06_student_size": ("BACD",)}
+NOTEBOOKS = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One run of the backlog: its configuration and where it ranks."""
+
+    tier: int
+    table: str
+    label: str
+    config: object  # config.Config, canonical
+
+
+def outstanding(p, results=None) -> list[Item]:
+    """Profile `p`'s runs not recorded that can be configured now (a cell's tables wait for its tuning;
+    each tuning stage waits for the one before), in training order (module docstring). Reads the
+    records; trains nothing."""
+    look = dataclasses.replace(p, execution=Execution(train=False))
+    cells = [(d, b) for d in p.datasets for b in p.backbones]
+    best: dict[str, tuple] = {}
+
+    def add(table, label, c):
+        c = c.canonical()
+        if runs.record_path(c.key(), results).is_file():
+            return
+        tier = 0 if label in FIRST_TIER_LABELS.get(table, ()) else TIERS[table]
+        cell = (c.dataset, c.backbone)
+        where = cells.index(cell) if cell in cells else -1  # a tuning dataset outside p.datasets
+        rank = (tier, where, c.seed, c.has_teacher, list(TIERS).index(table))
+        if c.key() not in best or rank < best[c.key()][0]:
+            best[c.key()] = (rank, Item(tier, table, label, c))
+
+    if p.tuning is not None:
+        for d in p.tuning_datasets():
+            for b in p.backbones:
+                for c in experiments.tuning_frontier(look, d, b, results):
+                    add("00_tuning", "tuning", c)
+    for nb in NOTEBOOKS:
+        for label, cs in experiments.notebook_grid(nb, look, results).items():
+            for c in cs:
+                if not isinstance(c, Pending):
+                    add(nb, label, c)
+    return [item for _, item in sorted(best.values(), key=lambda v: v[0])]
+
+
+def summary(items: list[Item]) -> pd.DataFrame:
+    """Runs outstanding per tier, table, dataset and backbone."""
+    rows = [(i.tier, i.table, i.config.dataset, i.config.backbone) for i in items]
+    df = pd.DataFrame(rows, columns=["tier", "table", "dataset", "backbone"])
+    return df.groupby(list(df.columns), sort=False).size().rename("runs").reset_index()
+
+
+def lock_dir(results=None) -> Path:
+    """Where the workers' locks live: results/.locks (git-ignored)."""
+    return runs.results_dir(results) / ".locks"
+
+
+def claim(key: str, results=None):
+    """An open, exclusively locked file for `key`, or None when another worker holds it."""
+    d = lock_dir(results)
+    d.mkdir(parents=True, exist_ok=True)
+    f = open(d / key, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def _log(worker: int, *parts) -> None:
+    print(time.strftime("%H:%M:%S"), f"[worker {worker}]", *parts, flush=True)
+
+
+def _describe(c) -> str:
+    guide = f" guide={c.guide}" if c.method == "cd" else ""
+    return f"{c.dataset} {c.backbone} size={c.size} {c.method}{guide} seed={c.seed}"
+
+
+def _train(c, p, results, worker: int) -> bool:
+    """Train `c` unless it is recorded or claimed; its teacher first when that is not recorded (and
+    not claimed, else False: the other worker trains it)."""
+    recorded = lambda k: runs.record_path(k, results).is_file()  # noqa: E731
+    lock = claim(c.key(), results)
+    if lock is None:
+        return False
+    with lock:
+        if recorded(c.key()):
+            return False
+        if c.has_teacher and not recorded(c.teacher().canonical().key()):
+            t = c.teacher().canonical()
+            tl = claim(t.key(), results)
+            if tl is None:
+                return False
+            with tl:
+                if not recorded(t.key()):
+                    _run(t, p, results, worker)
+        _run(c, p, results, worker)
+    return True
+
+
+def _run(c, p, results, worker: int) -> None:
+    start = time.time()
+    _log(worker, "training", _describe(c), c.key())
+    rec = train.run(c, results, progress=sys.stderr.isatty(), execution=p.execution)
+    _log(
+        worker,
+        "recorded",
+        c.key(),
+        f"best epoch {rec['best_epoch']},",
+        f"{time.time() - start:.0f} s",
+    )
+
+
+def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | None = None) -> int:
+    """Train profile `p`'s backlog until it is empty (waiting while other workers hold its last runs),
+    then (whoever claims it) the main table's iALS rows. Returns how many runs this worker trained;
+    stops after `max_runs` when given."""
+    done = 0
+    while True:
+        items = outstanding(p, results)
+        if not items:
+            break
+        _log(worker, f"{len(items)} runs outstanding, tier {items[0].tier} first")
+        trained = False
+        for item in items:  # a run another worker recorded meanwhile is skipped (`_train`)
+            if max_runs is not None and done >= max_runs:
+                return done
+            if _train(item.config, p, results, worker):
+                done, trained = done + 1, True
+                if item.table == "00_tuning":
+                    break  # a completed stage opens the next: read the backlog again
+        if not trained:
+            time.sleep(poll)  # every outstanding run is another worker's
+    lock = claim("ials", results)
+    if lock is not None:
+        with lock:
+            ials.main_rows(p, results, p.execution)
+        _log(worker, "iALS rows recorded")
+    return done
+
+
+def _worker(args) -> int:
+    profile, datasets, backbones, worker, threads, max_runs = args
+    torch.set_num_threads(threads)
+    p = profiles.profile(profile, datasets=datasets, backbones=backbones, train_missing=True)
+    return work(p, worker=worker, max_runs=max_runs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m cdlib.backlog", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--profile", default="next", choices=list(profiles.PROFILES))
+    ap.add_argument("--datasets", help="comma-separated (default: the profile's)")
+    ap.add_argument("--backbones", help="comma-separated (default: the profile's)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    ap.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: cores / workers)"
+    )
+    ap.add_argument("--max-runs", type=int, help="runs per worker, then stop")
+    ap.add_argument("--dry", action="store_true", help="print what is outstanding; train nothing")
+    a = ap.parse_args(argv)
+    datasets = a.datasets.split(",") if a.datasets else None
+    backbones = a.backbones.split(",") if a.backbones else None
+    if a.dry:
+        p = profiles.profile(a.profile, datasets=datasets, backbones=backbones, train_missing=False)
+        items = outstanding(p)
+        print(summary(items).to_string(index=False) if items else "nothing outstanding")
+        print(
+            f"{len(items)} runs can be trained now; a tuning stage's later stages and the tables of"
+        )
+        print("a cell not yet tuned are not counted until the runs before them are recorded")
+        return 0
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+    jobs = [(a.profile, datasets, backbones, w, threads, a.max_runs) for w in range(a.workers)]
+    if a.workers == 1:
+        n = [_worker(jobs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(a.workers) as pool:
+            n = pool.map(_worker, jobs)
+    print(f"trained {sum(n)} runs ({', '.join(map(str, n))} per worker)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
