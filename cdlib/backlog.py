@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -157,11 +158,12 @@ def _run(c, p, results, worker: int) -> None:
 
 def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | None = None) -> int:
     """Train profile `p`'s backlog until it is empty (waiting while other workers hold its last runs),
-    then (whoever claims it) the main table's iALS rows. Returns how many runs this worker trained;
-    stops after `max_runs` when given."""
-    done = 0
+    then (whoever claims it) the main table's iALS rows. A run that raises is logged with its traceback
+    and left for the next worker (this one does not retry it); the time limit (CDLIB_DEADLINE) stops the
+    worker. Returns how many runs this worker trained; stops after `max_runs` when given."""
+    done, failed = 0, set()
     while True:
-        items = outstanding(p, results)
+        items = [i for i in outstanding(p, results) if i.config.key() not in failed]
         if not items:
             break
         _log(worker, f"{len(items)} runs outstanding, tier {items[0].tier} first")
@@ -169,12 +171,26 @@ def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | N
         for item in items:  # a run another worker recorded meanwhile is skipped (`_train`)
             if max_runs is not None and done >= max_runs:
                 return done
-            if _train(item.config, p, results, worker):
-                done, trained = done + 1, True
-                if item.table == "00_tuning":
-                    break  # a completed stage opens the next: read the backlog again
+            try:
+                if not _train(item.config, p, results, worker):
+                    continue
+            except train.DeadlineReached as e:
+                _log(worker, f"stopped: {e}")
+                return done
+            except Exception:
+                _log(worker, "failed", _describe(item.config), item.config.key())
+                traceback.print_exc()
+                failed.add(item.config.key())
+                continue
+            done, trained = done + 1, True
+            if item.table == "00_tuning":
+                break  # a completed stage opens the next: read the backlog again
         if not trained:
-            time.sleep(poll)  # every outstanding run is another worker's
+            time.sleep(poll)  # every outstanding run is another worker's (or failed here)
+    if failed:
+        _log(
+            worker, f"{len(failed)} runs failed here (tracebacks above); not retried by this worker"
+        )
     lock = claim("ials", results)
     if lock is not None:
         with lock:
@@ -184,9 +200,11 @@ def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | N
 
 
 def _worker(args) -> int:
-    profile, datasets, backbones, worker, threads, max_runs = args
+    profile, datasets, backbones, device, worker, threads, max_runs = args
     torch.set_num_threads(threads)
-    p = profiles.profile(profile, datasets=datasets, backbones=backbones, train_missing=True)
+    p = profiles.profile(
+        profile, datasets=datasets, backbones=backbones, device=device, train_missing=True
+    )
     return work(p, worker=worker, max_runs=max_runs)
 
 
@@ -197,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="next", choices=list(profiles.PROFILES))
     ap.add_argument("--datasets", help="comma-separated (default: the profile's)")
     ap.add_argument("--backbones", help="comma-separated (default: the profile's)")
+    ap.add_argument("--device", help="cpu or cuda (default: the profile's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     ap.add_argument(
         "--threads", type=int, help="torch threads per worker (default: cores / workers)"
@@ -216,7 +235,9 @@ def main(argv=None) -> int:
         print("a cell not yet tuned are not counted until the runs before them are recorded")
         return 0
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-    jobs = [(a.profile, datasets, backbones, w, threads, a.max_runs) for w in range(a.workers)]
+    jobs = [
+        (a.profile, datasets, backbones, a.device, w, threads, a.max_runs) for w in range(a.workers)
+    ]
     if a.workers == 1:
         n = [_worker(jobs[0])]
     else:

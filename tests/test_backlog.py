@@ -1,5 +1,7 @@
 """The backlog of a profile's runs and the workers that share it, on fake training (no training)."""
 
+import dataclasses
+
 from conftest import fake_training
 
 from cdlib import audit, backlog, costs, ials, profiles, runs
@@ -91,3 +93,33 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "00_tuning" in out and "12 runs can be trained now" in out
     assert not list(tmp_path.glob("runs/*.json"))  # a dry run trains nothing
+
+
+def test_a_run_that_fails_is_logged_and_left_and_the_time_limit_stops_a_worker(
+    tmp_path, monkeypatch, capsys
+):
+    from cdlib import train
+
+    fake_training(monkeypatch)
+    monkeypatch.setattr(ials, "main_rows", lambda p, results, execution: None)
+    p = _profile(train_missing=True)
+    first, second = backlog.outstanding(p, tmp_path)[:2]
+    fake = train.run_group
+
+    def failing(cfgs, results=None, refresh=False, progress=True, execution=None):
+        training = execution is None or execution.train
+        if training and execution is not None and execution.deadline is not None:
+            raise train.DeadlineReached("the time limit (CDLIB_DEADLINE) has passed")  # as train's
+        if training and any(c.canonical().key() == first.config.key() for c in cfgs):
+            raise FloatingPointError("loss is NaN")
+        return fake(cfgs, results, refresh, progress, execution)
+
+    monkeypatch.setattr(train, "run_group", failing)
+    assert backlog.work(p, tmp_path, poll=0, max_runs=1) == 1
+    out = capsys.readouterr()
+    assert "failed" in out.out and "loss is NaN" in out.err  # the traceback
+    assert runs.record_path(second.config.key(), tmp_path).exists()
+    assert not runs.record_path(first.config.key(), tmp_path).exists()
+    late = dataclasses.replace(p, execution=dataclasses.replace(p.execution, deadline=0.0))
+    assert backlog.work(late, tmp_path, poll=0) == 0
+    assert "stopped" in capsys.readouterr().out
