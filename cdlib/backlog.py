@@ -4,9 +4,12 @@
 each cell's tuning (`experiments.tuning_frontier`), then the runs of the training notebooks' grids
 whose cell is tuned. They come in tiers, as the issue says to cut its grid: first the tuning stage, the
 main table (02, 03), the sampling ablation (04) and born-again CD (06's "BACD"), the claims' runs; then
-the rest of the student-size table (06); last the sensitivity figure (07). Within a tier cell by cell
-(the profile's datasets x backbones), seed by seed, teachers and plain students before the students
-that distil them. A run two tables share takes the first tier that names it.
+the rest of the student-size table (06); last the sensitivity figure (07). The first tier goes cell by
+cell (the profile's datasets x backbones: a cell's claims complete before the next cell's start), then
+seed by seed; the later tiers seed by seed, then cell by cell, so that a cut leaves every cell with
+fewer seeds rather than some cells with none (the issue cuts the size table's seeds). Teachers and
+plain students come before the students that distil them. A run two tables share takes the first
+tier that names it.
 
 `work(p)` trains them one at a time until none is left, each run claimed by a lock file, so that any
 number of workers (processes, here or on other machines that share `results/`) train one backlog
@@ -70,7 +73,8 @@ def outstanding(p, results=None) -> list[Item]:
         tier = 0 if label in FIRST_TIER_LABELS.get(table, ()) else TIERS[table]
         cell = (c.dataset, c.backbone)
         where = cells.index(cell) if cell in cells else -1  # a tuning dataset outside p.datasets
-        rank = (tier, where, c.seed, c.has_teacher, list(TIERS).index(table))
+        order = (where, c.seed) if tier == 0 else (c.seed, where)
+        rank = (tier, *order, c.has_teacher, list(TIERS).index(table))
         if c.key() not in best or rank < best[c.key()][0]:
             best[c.key()] = (rank, Item(tier, table, label, c))
 

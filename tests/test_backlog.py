@@ -9,9 +9,9 @@ from cdlib import experiments as ex
 from cdlib.config import STUDENT, TEACHER_SIZE
 
 
-def _profile(**kw):
-    """Issue 23's profile on one dataset and backbone, two seeds: every table's grid is small."""
-    return profiles.profile("next", datasets=["ml-1m"], backbones=["neumf"], seeds=[0, 2], **kw)
+def _profile(datasets=("ml-1m",), **kw):
+    """Issue 23's profile on one backbone and two seeds (one dataset unless told): small grids."""
+    return profiles.profile("next", datasets=datasets, backbones=["neumf"], seeds=[0, 2], **kw)
 
 
 def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, monkeypatch):
@@ -44,6 +44,23 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     assert seed2[0].method == "none" and seed2[0].size == TEACHER_SIZE["neumf"]
     assert all(c.has_teacher for c in seed2[2:])  # the teacher, then the plain student
     assert all(not runs.record_path(k, tmp_path).exists() for k in keys)
+
+
+def test_the_claims_go_cell_by_cell_and_the_cut_tables_seed_by_seed(tmp_path, monkeypatch):
+    """A cell's claims complete before the next cell's start; the size table and the sensitivity
+    figure, which the issue cuts first, fill every cell's first seed before any cell's next."""
+    fake_training(monkeypatch)
+    p = _profile(datasets=["ml-1m", "citeulike-t"])
+    for d in p.datasets:
+        ex.tune(p, d, "neumf", tmp_path, progress=False)
+    items = backlog.outstanding(p, tmp_path)
+    for tier in (0, 1, 2):
+        got = [(i.config.dataset, i.config.seed) for i in items if i.tier == tier]
+        assert {d for d, _ in got} == set(p.datasets)
+        if tier == 0:
+            assert got == sorted(got, key=lambda x: (p.datasets.index(x[0]), x[1]))
+        else:
+            assert got == sorted(got, key=lambda x: (x[1], p.datasets.index(x[0])))
 
 
 def test_workers_train_the_whole_plan_once_then_the_ials_rows(tmp_path, monkeypatch):
