@@ -11,12 +11,13 @@ fewer seeds rather than some cells with none (the issue cuts the size table's se
 plain students come before the students that distil them. A run two tables share takes the first
 tier that names it.
 
-`work(p)` trains them one at a time until none is left, each run claimed by a lock file, so that any
-number of workers (processes, here or on other machines that share `results/`) train one backlog
-without training a run twice; a lock dies with its process, so a killed worker frees its run. The list
-is read again after every tuning run (a stage that completes opens the next) and when it is worked
-through. Records are written atomically (`runs.write_record`), so a worker killed mid-run loses that
-run only.
+`work(p)` trains them one at a time until none is left, each run claimed by a lock file
+(results/.locks/), so that any number of workers on this machine train one backlog without training a
+run twice; a lock dies with its process, so a killed worker frees its run. (Workers on other machines
+would need a shared results/, a file system whose `flock` spans machines, and a shared $CDLIB_CACHE for
+the teachers' weights.) The list is read again after every run: another worker's may have opened runs
+that rank higher. Records are written atomically (`runs.write_record`), so a worker killed mid-run
+loses that run only.
 
     python -m cdlib.backlog --profile next --datasets ml-1m,citeulike-t --workers 2
     python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell
@@ -39,13 +40,16 @@ import torch
 
 from . import experiments, ials, profiles, runs, train
 from .config import Execution
+from .costs import TRAINING_NOTEBOOKS
 from .tables import Pending
 
 # the tier of each training notebook's runs (born-again CD, 06's "BACD", is in the first: claim 6)
 TIERS = {"00_tuning": 0, "02_teachers": 0, "03_main": 0, "04_sampling": 0, "06_student_size": 1}
 TIERS["07_sensitivity"] = 2
 FIRST_TIER_LABELS = {"06_student_size": ("BACD",)}
-NOTEBOOKS = ["02_teachers", "03_main", "04_sampling", "06_student_size", "07_sensitivity"]
+# a run two tables of one tier name is counted in the first of this order, as `costs.profile_runs`
+# and `audit.profile_coverage` count it (a teacher in 03_main, not 02_teachers)
+TABLE_ORDER = ["00_tuning", *TRAINING_NOTEBOOKS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +76,10 @@ def outstanding(p, results=None) -> list[Item]:
             return
         tier = 0 if label in FIRST_TIER_LABELS.get(table, ()) else TIERS[table]
         cell = (c.dataset, c.backbone)
-        where = cells.index(cell) if cell in cells else -1  # a tuning dataset outside p.datasets
+        # a tuning dataset outside p.datasets (one that others borrow) comes before every cell
+        where = cells.index(cell) if cell in cells else -1
         order = (where, c.seed) if tier == 0 else (c.seed, where)
-        rank = (tier, *order, c.has_teacher, list(TIERS).index(table))
+        rank = (tier, *order, c.has_teacher, TABLE_ORDER.index(table))
         if c.key() not in best or rank < best[c.key()][0]:
             best[c.key()] = (rank, Item(tier, table, label, c))
 
@@ -83,7 +88,7 @@ def outstanding(p, results=None) -> list[Item]:
             for b in p.backbones:
                 for c in experiments.tuning_frontier(look, d, b, results):
                     add("00_tuning", "tuning", c)
-    for nb in NOTEBOOKS:
+    for nb in TRAINING_NOTEBOOKS:
         for label, cs in experiments.notebook_grid(nb, look, results).items():
             for c in cs:
                 if not isinstance(c, Pending):
@@ -125,81 +130,93 @@ def _describe(c) -> str:
     return f"{c.dataset} {c.backbone} size={c.size} {c.method}{guide} seed={c.seed}"
 
 
-def _train(c, p, results, worker: int) -> bool:
-    """Train `c` unless it is recorded or claimed; its teacher first when that is not recorded (and
-    not claimed, else False: the other worker trains it)."""
+class _Failed(Exception):
+    """A run raised (logged with its traceback by `_run`)."""
+
+
+def _blocked(c, failed: set) -> bool:
+    """Whether `c` or the teacher it distils failed in this worker."""
+    return c.key() in failed or (c.has_teacher and c.teacher().canonical().key() in failed)
+
+
+def _train(c, p, results, worker: int, failed: set) -> int:
+    """Train `c` unless it is recorded or another worker holds it; its teacher first when that is not
+    recorded (unless another worker holds the teacher: then nothing). Returns the runs trained (0, 1,
+    or 2 with the teacher); raises `_Failed` when one of them raises."""
     recorded = lambda k: runs.record_path(k, results).is_file()  # noqa: E731
     lock = claim(c.key(), results)
     if lock is None:
-        return False
+        return 0
     with lock:
-        if recorded(c.key()):
-            return False
+        if recorded(c.key()) or _blocked(c, failed):
+            return 0
+        n = 0
         if c.has_teacher and not recorded(c.teacher().canonical().key()):
             t = c.teacher().canonical()
             tl = claim(t.key(), results)
             if tl is None:
-                return False
+                return 0
             with tl:
                 if not recorded(t.key()):
-                    _run(t, p, results, worker)
-        _run(c, p, results, worker)
-    return True
+                    n += _run(t, p, results, worker, failed)
+        return n + _run(c, p, results, worker, failed)
 
 
-def _run(c, p, results, worker: int) -> None:
+def _run(c, p, results, worker: int, failed: set) -> int:
     start = time.time()
     _log(worker, "training", _describe(c), c.key())
-    rec = train.run(c, results, progress=sys.stderr.isatty(), execution=p.execution)
-    _log(
-        worker,
-        "recorded",
-        c.key(),
-        f"best epoch {rec['best_epoch']},",
-        f"{time.time() - start:.0f} s",
-    )
+    try:
+        rec = train.run(c, results, progress=sys.stderr.isatty(), execution=p.execution)
+    except train.DeadlineReached:
+        raise
+    except Exception as e:
+        _log(worker, "failed", _describe(c), c.key(), f"({type(e).__name__}: {e})")
+        traceback.print_exc()
+        failed.add(c.key())
+        raise _Failed(c.key()) from e
+    seconds = f"{time.time() - start:.0f} s"
+    _log(worker, "recorded", c.key(), f"best epoch {rec['best_epoch']},", seconds)
+    return 1
 
 
 def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | None = None) -> int:
     """Train profile `p`'s backlog until it is empty (waiting while other workers hold its last runs),
     then (whoever claims it) the main table's iALS rows. A run that raises is logged with its traceback
-    and left for the next worker (this one does not retry it); the time limit (CDLIB_DEADLINE) stops the
-    worker. Returns how many runs this worker trained; stops after `max_runs` when given."""
+    and not tried again by this worker, nor are the students of a teacher that raised; the time limit
+    (CDLIB_DEADLINE) stops the worker. The backlog is read again after every run (another worker's
+    may have opened runs that rank higher). Returns how many runs this worker trained, teachers
+    included; stops once it has trained `max_runs` when given."""
     done, failed = 0, set()
     while True:
-        items = [i for i in outstanding(p, results) if i.config.key() not in failed]
+        if max_runs is not None and done >= max_runs:
+            return done
+        items = [i for i in outstanding(p, results) if not _blocked(i.config, failed)]
         if not items:
             break
         _log(worker, f"{len(items)} runs outstanding, tier {items[0].tier} first")
-        trained = False
-        for item in items:  # a run another worker recorded meanwhile is skipped (`_train`)
-            if max_runs is not None and done >= max_runs:
-                return done
+        for item in items:  # the first this worker can claim
             try:
-                if not _train(item.config, p, results, worker):
-                    continue
+                n = _train(item.config, p, results, worker, failed)
             except train.DeadlineReached as e:
                 _log(worker, f"stopped: {e}")
                 return done
-            except Exception:
-                _log(worker, "failed", _describe(item.config), item.config.key())
-                traceback.print_exc()
-                failed.add(item.config.key())
-                continue
-            done, trained = done + 1, True
-            if item.table == "00_tuning":
-                break  # a completed stage opens the next: read the backlog again
-        if not trained:
-            time.sleep(poll)  # every outstanding run is another worker's (or failed here)
+            except _Failed:
+                break  # read the backlog again, less what failed
+            if n:
+                done += n
+                break
+        else:
+            time.sleep(poll)  # every outstanding run is another worker's
     if failed:
-        _log(
-            worker, f"{len(failed)} runs failed here (tracebacks above); not retried by this worker"
-        )
-    lock = claim("ials", results)
-    if lock is not None:
-        with lock:
-            ials.main_rows(p, results, p.execution)
-        _log(worker, "iALS rows recorded")
+        _log(worker, f"{len(failed)} runs failed here (tracebacks above): the iALS rows wait")
+    elif p.execution.deadline is not None and time.time() > p.execution.deadline:
+        _log(worker, "stopped: the time limit (CDLIB_DEADLINE) has passed; the iALS rows wait")
+    else:
+        lock = claim("ials", results)
+        if lock is not None:
+            with lock:
+                ials.main_rows(p, results, p.execution)
+            _log(worker, "iALS rows recorded")
     return done
 
 
@@ -220,7 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", help="comma-separated (default: the profile's)")
     ap.add_argument("--backbones", help="comma-separated (default: the profile's)")
     ap.add_argument("--device", help="cpu or cuda (default: the profile's)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    ap.add_argument(
+        "--workers", type=int, help="processes (default: the number of cores; 1 with --device cuda)"
+    )
     ap.add_argument(
         "--threads", type=int, help="torch threads per worker (default: cores / workers)"
     )
@@ -238,14 +257,15 @@ def main(argv=None) -> int:
         )
         print("a cell not yet tuned are not counted until the runs before them are recorded")
         return 0
-    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+    workers = a.workers or (1 if a.device == "cuda" else os.cpu_count() or 1)
+    threads = a.threads or max(1, (os.cpu_count() or 1) // workers)
     jobs = [
-        (a.profile, datasets, backbones, a.device, w, threads, a.max_runs) for w in range(a.workers)
+        (a.profile, datasets, backbones, a.device, w, threads, a.max_runs) for w in range(workers)
     ]
-    if a.workers == 1:
+    if workers == 1:
         n = [_worker(jobs[0])]
     else:
-        with multiprocessing.get_context("spawn").Pool(a.workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             n = pool.map(_worker, jobs)
     print(f"trained {sum(n)} runs ({', '.join(map(str, n))} per worker)")
     return 0

@@ -96,19 +96,38 @@ def tune(
     seeds (trained when missing, unless training is off), and the choice of each stage, the point
     with the best mean validation NDCG@10 (ties: the earlier point). Returns (runs, choice); choice
     is {stage: settings} with every stage, or None while some run is not recorded."""
+    walked, choice = _walk(p, dataset, backbone, results, p.execution, progress)
+    frames = [df.assign(stage=stage) for stage, _, df in walked]
+    runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return runs_df, (choice if len(choice) == len(tuning_stages(p)) else None)
+
+
+def tuning_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
+    """The runs the tuning stage of `dataset` and `backbone` needs next: those not recorded of its first
+    stage that is not recorded whole (the later stages wait on its choice); [] once every stage is.
+    Reads the records; trains nothing."""
+    walked, choice = _walk(p, dataset, backbone, results, Execution(train=False), False)
+    if len(choice) == len(walked):
+        return []
+    _, grid, df = walked[-1]
+    configs = [c for cs in grid.values() for c in cs]  # `collect`'s row order
+    return [c for c, ok in zip(configs, df.status == "ok") if not ok]
+
+
+def _walk(p: Profile, dataset: str, backbone: str, results, execution, progress: bool):
+    """The tuning stages in order, each at the choices of those before it, up to the first that is not
+    recorded whole (trained first when `execution` trains): ([(stage, grid, collect's rows)],
+    {stage: the chosen settings} of the stages recorded whole)."""
     check_tuning(p.tuning)
-    stages = tuning_stages(p)
-    frames, choice = [], {}
-    for stage in stages:
-        df = collect(
-            stage_grid(p, dataset, backbone, stage, choice), results, p.execution, progress
-        )
-        frames.append(df.assign(stage=stage))
+    walked, choice = [], {}
+    for stage in tuning_stages(p):
+        grid = stage_grid(p, dataset, backbone, stage, choice)
+        df = collect(grid, results, execution, progress)
+        walked.append((stage, grid, df))
         if (df.status != "ok").any():
             break
         choice[stage] = chosen_point(p, stage, df)
-    runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return runs_df, (choice if len(choice) == len(stages) else None)
+    return walked, choice
 
 
 def chosen_point(p: Profile, stage: str, df: pd.DataFrame) -> dict:
@@ -116,26 +135,6 @@ def chosen_point(p: Profile, stage: str, df: pd.DataFrame) -> dict:
     (`collect`'s rows of `stage_grid`; ties: the earlier point)."""
     means = df.groupby("label", sort=False)[f"valid {TUNE_METRIC}"].mean()
     return dict(_points(p.tuning[stage])[list(means.index).index(means.idxmax())])
-
-
-def tuning_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
-    """The runs the tuning stage of `dataset` and `backbone` needs next: those not recorded of its first
-    stage that is not recorded whole (the later stages wait on its choice); [] once every stage is.
-    Reads the records; trains nothing."""
-    check_tuning(p.tuning)
-    off, choice = Execution(train=False), {}
-    for stage in tuning_stages(p):
-        grid = stage_grid(p, dataset, backbone, stage, choice)
-        df = collect(grid, results, off, progress=False)
-        if (df.status != "ok").any():
-            return [c for (c, ok) in zip(_flat(grid), df.status == "ok") if not ok]
-        choice[stage] = chosen_point(p, stage, df)
-    return []
-
-
-def _flat(grid: dict) -> list:
-    """A grid's configurations in `collect`'s row order."""
-    return [c for cs in grid.values() for c in cs]
 
 
 def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:

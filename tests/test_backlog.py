@@ -1,17 +1,24 @@
 """The backlog of a profile's runs and the workers that share it, on fake training (no training)."""
 
-import dataclasses
+import multiprocessing
 
+import pytest
 from conftest import fake_training
 
 from cdlib import audit, backlog, costs, ials, profiles, runs
 from cdlib import experiments as ex
+from cdlib.backlog import summary
 from cdlib.config import STUDENT, TEACHER_SIZE
 
 
-def _profile(datasets=("ml-1m",), **kw):
+@pytest.fixture(autouse=True)
+def _no_time_limit(monkeypatch):
+    monkeypatch.delenv("CDLIB_DEADLINE", raising=False)
+
+
+def _profile(datasets=("ml-1m",), seeds=(0, 2), **kw):
     """Issue 23's profile on one backbone and two seeds (one dataset unless told): small grids."""
-    return profiles.profile("next", datasets=datasets, backbones=["neumf"], seeds=[0, 2], **kw)
+    return profiles.profile("next", datasets=datasets, backbones=["neumf"], seeds=seeds, **kw)
 
 
 def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, monkeypatch):
@@ -29,12 +36,14 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     items = backlog.outstanding(p, tmp_path)
     keys = [i.config.key() for i in items]
     assert len(keys) == len(set(keys))  # a run two tables share is listed once
-    cov = audit.profile_coverage(p, tmp_path).set_index("table").loc["all"]
-    assert len(items) == cov.runs - cov.recorded  # every run the plan has left
+    cov = audit.profile_coverage(p, tmp_path).set_index("table")
+    left = (cov.runs - cov.recorded)[lambda x: x > 0]
+    assert len(items) == left["all"]  # every run the plan has left, each in the table it counts in
+    assert summary(items).groupby("table").runs.sum().to_dict() == left.drop("all").to_dict()
     tiers = [i.tier for i in items]
     assert tiers == sorted(tiers) and set(tiers) == {0, 1, 2}
     first = [i for i in items if i.tier == 0]
-    assert {i.table for i in first} == {"02_teachers", "03_main", "04_sampling", "06_student_size"}
+    assert {i.table for i in first} == {"03_main", "04_sampling", "06_student_size"}
     assert {i.label for i in first if i.table == "06_student_size"} == {"BACD"}  # claim 6
     assert {i.table for i in items if i.tier == 2} == {"07_sensitivity"}
     # within a tier, seed by seed, the teacher before the students that distil it
@@ -42,8 +51,8 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     assert seeds == sorted(seeds)
     seed2 = [i.config for i in first if i.config.seed == 2]  # seed 0's teacher is the tuning's
     assert seed2[0].method == "none" and seed2[0].size == TEACHER_SIZE["neumf"]
-    assert all(c.has_teacher for c in seed2[2:])  # the teacher, then the plain student
-    assert all(not runs.record_path(k, tmp_path).exists() for k in keys)
+    assert seed2[1].method == "none" and seed2[1].size == STUDENT["neumf"]  # the plain student
+    assert all(c.has_teacher for c in seed2[2:])  # then the students that distil the teacher
 
 
 def test_the_claims_go_cell_by_cell_and_the_cut_tables_seed_by_seed(tmp_path, monkeypatch):
@@ -67,7 +76,7 @@ def test_workers_train_the_whole_plan_once_then_the_ials_rows(tmp_path, monkeypa
     fake_training(monkeypatch)
     called = []
     monkeypatch.setattr(ials, "main_rows", lambda p, results, execution: called.append(p.name))
-    p = _profile(train_missing=True)
+    p = _profile(seeds=[0], train_missing=True)
     n = backlog.work(p, tmp_path, poll=0)
     cov = audit.profile_coverage(p, tmp_path)
     assert (cov.recorded == cov.runs).all() and n == len(costs.profile_runs(p)) > 0
@@ -94,12 +103,12 @@ def test_a_student_trains_its_teacher_first_unless_another_worker_holds_it(tmp_p
     c = p.config("ml-1m", "neumf", 2, size=STUDENT["neumf"], method="cd").canonical()
     t = c.teacher().canonical()
     held = backlog.claim(t.key(), tmp_path)
-    assert not backlog._train(c, p, tmp_path, worker=0)
+    assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 0
     assert not runs.record_path(c.key(), tmp_path).exists()
     held.close()
-    assert backlog._train(c, p, tmp_path, worker=0)
+    assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 2  # the teacher, the student
     assert all(runs.record_path(x.key(), tmp_path).exists() for x in (t, c))
-    assert not backlog._train(c, p, tmp_path, worker=0)  # recorded: not trained again
+    assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 0  # recorded: not again
 
 
 def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch, capsys):
@@ -112,31 +121,71 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     assert not list(tmp_path.glob("runs/*.json"))  # a dry run trains nothing
 
 
-def test_a_run_that_fails_is_logged_and_left_and_the_time_limit_stops_a_worker(
+def test_a_teacher_that_fails_is_tried_once_and_its_students_are_left(
     tmp_path, monkeypatch, capsys
 ):
     from cdlib import train
 
     fake_training(monkeypatch)
-    monkeypatch.setattr(ials, "main_rows", lambda p, results, execution: None)
+    called = []
+    monkeypatch.setattr(ials, "main_rows", lambda p, results, execution: called.append(1))
     p = _profile(train_missing=True)
-    first, second = backlog.outstanding(p, tmp_path)[:2]
-    fake = train.run_group
+    ex.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
+    teacher = next(i.config for i in backlog.outstanding(p, tmp_path) if i.config.seed == 2)
+    assert teacher.method == "none" and teacher.size == TEACHER_SIZE["neumf"]
+    fake, tries = train.run_group, []
 
     def failing(cfgs, results=None, refresh=False, progress=True, execution=None):
-        training = execution is None or execution.train
-        if training and execution is not None and execution.deadline is not None:
-            raise train.DeadlineReached("the time limit (CDLIB_DEADLINE) has passed")  # as train's
-        if training and any(c.canonical().key() == first.config.key() for c in cfgs):
+        if (execution is None or execution.train) and teacher in [c.canonical() for c in cfgs]:
+            tries.append(1)
             raise FloatingPointError("loss is NaN")
         return fake(cfgs, results, refresh, progress, execution)
 
     monkeypatch.setattr(train, "run_group", failing)
-    assert backlog.work(p, tmp_path, poll=0, max_runs=1) == 1
+    n = backlog.work(p, tmp_path, poll=0)
     out = capsys.readouterr()
-    assert "failed" in out.out and "loss is NaN" in out.err  # the traceback
-    assert runs.record_path(second.config.key(), tmp_path).exists()
-    assert not runs.record_path(first.config.key(), tmp_path).exists()
-    late = dataclasses.replace(p, execution=dataclasses.replace(p.execution, deadline=0.0))
-    assert backlog.work(late, tmp_path, poll=0) == 0
-    assert "stopped" in capsys.readouterr().out
+    assert tries == [1] and "failed" in out.out and "loss is NaN" in out.err  # once, traceback
+    left = backlog.outstanding(p, tmp_path)
+    assert left[0].config == teacher and all(
+        i.config.teacher().canonical() == teacher for i in left[1:]
+    )  # what is left: the teacher and the students that distil it
+    assert len(left) > 1 and n > 0 and called == []  # the iALS rows wait for a clean backlog
+
+
+def test_the_time_limit_stops_a_worker(tmp_path, monkeypatch, capsys):
+    from cdlib import train
+
+    def late(cfgs, results=None, refresh=False, progress=True, execution=None):
+        if execution is not None and execution.train:
+            raise train.DeadlineReached("the time limit (CDLIB_DEADLINE) has passed")  # as train's
+        return fake(cfgs, results, refresh, progress, execution)
+
+    fake_training(monkeypatch)
+    fake = train.run_group
+    monkeypatch.setattr(train, "run_group", late)
+    monkeypatch.setattr(ials, "main_rows", lambda *a: pytest.fail("iALS after the time limit"))
+    p = _profile(train_missing=True)
+    assert backlog.work(p, tmp_path, poll=0) == 0
+    assert "stopped" in capsys.readouterr().out and backlog.outstanding(p, tmp_path)
+
+
+def _hold(path, key, ready, release):
+    """In another process: hold `key`'s lock until told to let go."""
+    lock = backlog.claim(key, path)
+    ready.set()
+    release.wait(30)
+    lock.close()
+
+
+def test_a_lock_held_by_another_process_is_respected_until_it_ends(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold, args=(tmp_path, "k", ready, release))
+    other.start()
+    assert ready.wait(60)
+    assert backlog.claim("k", tmp_path) is None
+    release.set()
+    other.join(30)
+    lock = backlog.claim("k", tmp_path)
+    assert lock is not None
+    lock.close()

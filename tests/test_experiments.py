@@ -1235,3 +1235,32 @@ def test_engine_targets_compares_each_measurement_with_issue_22s_target():
     }
     assert "slowest: x" in t.target[t.step == "deferred"].iloc[1]
     assert t.measured[t.target.str.startswith("peak")].iloc[0] == "4.5 GiB"
+
+
+def test_the_tuning_frontier_is_the_first_stage_not_recorded_whole(tmp_path, monkeypatch):
+    """What the tuning stage needs next (`cdlib.backlog`'s first runs): the teacher's stage, then,
+    once it is recorded, the student's at the teacher's choice; nothing once every stage is."""
+    _fake_training(monkeypatch)
+    p = profiles.profile("smoke", train_missing=True)
+    q = dataclasses.replace(p, tuning={**p.tuning, "Student": {"lr": [1e-3, 3e-3]}})
+    teacher = ex.stage_grid(q, "ml-100k", "cdae", "Teacher", {})
+    assert ex.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == [
+        c for cs in teacher.values() for c in cs
+    ]
+    tables.collect(teacher, tmp_path, progress=False)
+    student = ex.stage_grid(q, "ml-100k", "cdae", "Student", {"Teacher": {"lr": 3e-3}})
+    want = [c for cs in student.values() for c in cs]
+    tables.collect({"one": want[:1]}, tmp_path, progress=False)  # a stage recorded in part
+    assert ex.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == want[1:]
+    ex.tune(q, "ml-100k", "cdae", tmp_path, progress=False)
+    assert ex.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == []
+
+
+def test_a_tie_on_validation_goes_to_the_earlier_point():
+    p = profiles.profile("next")
+    rows = pd.DataFrame(
+        {"label": ["a", "a", "b", "b", "c", "c"], "valid NDCG@10": [0.2, 0.4, 0.3, 0.3, 0.1, 0.5]}
+    )
+    assert ex.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[0]}
+    rows.loc[5, "valid NDCG@10"] = 0.6
+    assert ex.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[2]}
