@@ -382,6 +382,35 @@ def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFra
     return out.reset_index()
 
 
+def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
+    """What `coverage` (`audit.profile_coverage`) has not recorded of `estimate` (`profile_estimate`),
+    per backbone: the runs to go, the estimated CPU hours to go (each table and cell's estimate, the
+    last column, times its share of runs not recorded), the recorded / estimated ratio of the
+    backbone's complete cells (`estimate_check`, pooled over them; NaN where none is complete), and
+    the hours to go at that ratio. A last row "all" sums them."""
+    keys = ["table", "dataset", "backbone"]
+    est = estimate[estimate.table != "all"].set_index(keys)[estimate.columns[-1]]
+    cov = coverage[coverage.table != "all"].set_index(keys)
+    left = cov.runs - cov.recorded
+    rows = pd.DataFrame({"runs to go": left, "hours": est.reindex(cov.index) * left / cov.runs})
+    by = rows.groupby(level="backbone", sort=False).agg(lambda x: x.sum(skipna=False))
+    done = estimate_check(estimate, coverage).groupby("backbone", sort=False).sum(numeric_only=True)
+    ratio = (done["CPU hours, recorded"] / done["CPU hours, estimated"]).reindex(by.index)
+    out = pd.DataFrame(
+        {
+            "runs to go": by["runs to go"].astype(int),
+            "CPU hours to go, estimated": by.hours,
+            "recorded / estimated": ratio,
+            "CPU hours to go, at that ratio": by.hours * ratio,
+        }
+    ).reset_index()
+    total = out.sum(numeric_only=True, skipna=False)
+    total["recorded / estimated"] = (
+        total["CPU hours to go, at that ratio"] / total["CPU hours to go, estimated"]
+    )
+    return pd.concat([out, pd.DataFrame([{"backbone": "all", **total}])], ignore_index=True)
+
+
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
     """Seconds per training epoch of a kind of run, from a `cdlib.bench` record's 'seconds': the teacher,
     the student without distillation, or (RD and CD) the CD student-guided student, the dearest method."""

@@ -12,7 +12,7 @@ import pandas as pd
 from . import runs
 from .agreement import step_agreement, step_equivalence
 from .audit import profile_coverage
-from .costs import estimate_check, profile_estimate, step_estimate
+from .costs import estimate_check, hours_to_go, profile_estimate, step_estimate
 from .profiles import PROFILES
 from .stepbench import STEP_COLUMNS
 from .tables import markdown
@@ -208,7 +208,31 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
             )
             + "."
         )
+        text += _to_go_sentence(hours_to_go(estimate, coverage))
     return [text, ""]
+
+
+def _to_go_sentence(t: pd.DataFrame) -> str:
+    """The runs and CPU hours `next` has to go (`costs.hours_to_go`), as estimated and at the ratio
+    its complete cells took."""
+    whole = t.set_index("backbone").loc["all"]
+    cells = "; ".join(
+        f"{r.backbone} {r['recorded / estimated']:.2f}x"
+        if r.notna().all()
+        else f"{r.backbone} none"
+        for _, r in t[t.backbone != "all"].iterrows()
+    )
+    at_ratio = whole["CPU hours to go, at that ratio"]
+    return (
+        f" To go: {int(whole['runs to go'])} runs, an estimated "
+        f"**{whole['CPU hours to go, estimated']:.0f} CPU hours**; at the ratio of recorded to "
+        f"estimated hours of each backbone's complete cells ({cells}), "
+        + (
+            f"**{at_ratio:.0f}** (`costs.hours_to_go`)."
+            if at_ratio == at_ratio
+            else "not known yet."
+        )
+    )
 
 
 def engine_targets(records: list[dict], cards: list[dict], estimates: dict) -> pd.DataFrame:

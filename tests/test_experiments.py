@@ -1264,3 +1264,38 @@ def test_a_tie_on_validation_goes_to_the_earlier_point():
     assert ex.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[0]}
     rows.loc[5, "valid NDCG@10"] = 0.6
     assert ex.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[2]}
+
+
+def test_hours_to_go_scale_the_estimate_by_what_complete_cells_took():
+    """`costs.hours_to_go`: each row's estimate times its share of runs to go, and the same at the
+    recorded / estimated ratio of the backbone's complete cells (none complete: no ratio)."""
+    estimate = pd.DataFrame(
+        {
+            "table": ["00_tuning", "03_main", "00_tuning", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", ""],
+            "backbone": ["cdae", "cdae", "cdae", "neumf", ""],
+            "runs": [4, 2, 4, 4, 14],
+            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 2.0, 6.5],
+        }
+    )
+    coverage = pd.DataFrame(
+        {
+            "table": ["00_tuning", "03_main", "00_tuning", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", None],
+            "backbone": ["cdae", "cdae", "cdae", "neumf", None],
+            "runs": [4, 2, 4, 4, 14],
+            "recorded": [4, 2, 3, 2, 11],
+            "CPU hours": [2.0, 1.0, 5.0, 1.0, 9.0],
+        }
+    )
+    t = costs.hours_to_go(estimate, coverage).set_index("backbone")
+    assert t.loc["cdae"].tolist() == [1, 0.75, 2.0, 1.5]  # 3.0 x 1/4, at ml-100k's 3.0 / 1.5
+    assert t.loc["neumf", "runs to go"] == 2 and t.loc["neumf", "CPU hours to go, estimated"] == 1.0
+    assert t.loc["neumf"].iloc[2:].isna().all()  # no complete NeuMF cell: no ratio
+    assert t.loc["all", "runs to go"] == 3 and t.loc["all", "CPU hours to go, estimated"] == 1.75
+    assert np.isnan(t.loc["all", "CPU hours to go, at that ratio"])
+    text = readme_steps._to_go_sentence(t.reset_index())
+    assert "To go: 3 runs, an estimated **2 CPU hours**" in text
+    assert "(cdae 2.00x; neumf none), not known yet." in text
+    whole = costs.hours_to_go(estimate.iloc[[0, 1, 2, 4]], coverage.iloc[[0, 1, 2, 4]])
+    assert "(cdae 2.00x), **2** (`costs.hours_to_go`)." in readme_steps._to_go_sentence(whole)
