@@ -72,7 +72,7 @@ def outstanding(p, results=None) -> list[Item]:
 
     def add(table, label, c):
         c = c.canonical()
-        if runs.record_path(c.key(), results).is_file():
+        if _recorded(c.key(), results):
             return
         tier = 0 if label in FIRST_TIER_LABELS.get(table, ()) else TIERS[table]
         cell = (c.dataset, c.backbone)
@@ -121,6 +121,10 @@ def claim(key: str, results=None):
     return f
 
 
+def _recorded(key: str, results=None) -> bool:
+    return runs.record_path(key, results).is_file()
+
+
 def _log(worker: int, *parts) -> None:
     print(time.strftime("%H:%M:%S"), f"[worker {worker}]", *parts, flush=True)
 
@@ -143,21 +147,20 @@ def _train(c, p, results, worker: int, failed: set) -> int:
     """Train `c` unless it is recorded or another worker holds it; its teacher first when that is not
     recorded (unless another worker holds the teacher: then nothing). Returns the runs trained (0, 1,
     or 2 with the teacher); raises `_Failed` when one of them raises."""
-    recorded = lambda k: runs.record_path(k, results).is_file()  # noqa: E731
     lock = claim(c.key(), results)
     if lock is None:
         return 0
     with lock:
-        if recorded(c.key()) or _blocked(c, failed):
+        if _recorded(c.key(), results) or _blocked(c, failed):
             return 0
         n = 0
-        if c.has_teacher and not recorded(c.teacher().canonical().key()):
-            t = c.teacher().canonical()
+        t = c.teacher().canonical() if c.has_teacher else None
+        if t is not None and not _recorded(t.key(), results):
             tl = claim(t.key(), results)
             if tl is None:
                 return 0
             with tl:
-                if not recorded(t.key()):
+                if not _recorded(t.key(), results):
                     n += _run(t, p, results, worker, failed)
         return n + _run(c, p, results, worker, failed)
 

@@ -227,11 +227,7 @@ def _to_go_sentence(t: pd.DataFrame) -> str:
         f" To go: {int(whole['runs to go'])} runs, an estimated "
         f"**{whole['CPU hours to go, estimated']:.0f} CPU hours**; at the ratio of recorded to "
         f"estimated hours of each backbone's complete cells ({cells}), "
-        + (
-            f"**{at_ratio:.0f}** (`costs.hours_to_go`)."
-            if at_ratio == at_ratio
-            else "not known yet."
-        )
+        + (f"**{at_ratio:.0f}** (`costs.hours_to_go`)." if pd.notna(at_ratio) else "not known yet.")
     )
 
 

@@ -29,9 +29,8 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     assert sorted(i.config.key() for i in items) == sorted(
         c.canonical().key() for cs in stage.values() for c in cs
     )
-    assert {i.table for i in items} == {
-        "00_tuning"
-    }  # the later stages wait on the teacher's choice
+    # the later stages wait on the teacher's choice
+    assert {i.table for i in items} == {"00_tuning"}
     ex.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
     items = backlog.outstanding(p, tmp_path)
     keys = [i.config.key() for i in items]
