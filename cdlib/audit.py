@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 
 from . import metrics, runs
@@ -49,8 +50,8 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
     (`costs.profile_runs`), those recorded, and the share. Runs are counted as `profile_runs`
     counts them, a run that two tables name in the first: the tuning stage's at its real choices,
     the tables' at the settings tuned so far (a cell whose tuning is not recorded has none of its
-    tables' runs yet); "CPU hours": the recorded runs' wall time (`timing.wall_seconds`, 0 where a
-    record has none). Reads the records; trains nothing."""
+    tables' runs yet); "CPU hours": the recorded runs' cost (`runs.run_seconds`: CPU time, else
+    wall time less paused epochs; 0 where a record has neither). Reads the records; trains nothing."""
     from . import experiments
     from .config import Execution
 
@@ -63,8 +64,8 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
             if r.key not in seen:
                 seen.add(r.key)
                 done[(table, r.dataset, r.backbone)] += 1
-                timing = (runs.read_record(r.key, results) or {}).get("timing", {})
-                seconds[(table, r.dataset, r.backbone)] += timing.get("wall_seconds", 0.0)
+                rec = runs.read_record(r.key, results) or {}
+                seconds[(table, r.dataset, r.backbone)] += np.nan_to_num(runs.run_seconds(rec))
 
     for d in p.tuning_datasets():
         for b in p.backbones:

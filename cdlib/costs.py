@@ -26,7 +26,8 @@ RUN_TABLES = {
 
 def _grid_runs(results=None) -> pd.DataFrame | None:
     """Every distinct run the tables list (a run named by two tables once), with its status, recorded
-    epochs, and for a recorded run its wall time and seconds per epoch (validation included)."""
+    epochs, and for a recorded run its cost (`runs.run_seconds`) and seconds per epoch (validation
+    included)."""
     need = {"label", "dataset", "backbone", "size", "seed", "method", "status", "key", "epochs_run"}
     frames = [
         t
@@ -56,14 +57,12 @@ def _grid_runs(results=None) -> pd.DataFrame | None:
         .copy()
     )
     ok = t.status == "ok"
-    t["wall"] = np.nan
-    t.loc[ok, "wall"] = [
-        (runs.read_record(k, results) or runs.read_record(k, results, "ials") or {})
-        .get("timing", {})
-        .get("wall_seconds", np.nan)
+    t["seconds"] = np.nan
+    t.loc[ok, "seconds"] = [
+        runs.run_seconds(runs.read_record(k, results) or runs.read_record(k, results, "ials") or {})
         for k in t.key[ok]
     ]
-    t["per_epoch"] = t.wall / t.epochs_run
+    t["per_epoch"] = t.seconds / t.epochs_run
     return t
 
 
@@ -111,9 +110,9 @@ def _estimator(ok: pd.DataFrame, work: dict):
 
 
 def compute(results=None) -> pd.DataFrame:
-    """CPU time of the grid the tables list, per dataset and backbone: the wall time of every distinct
+    """CPU time of the grid the tables list, per dataset and backbone: the cost of every distinct
     recorded run, and an estimate for the runs not recorded (missing, or waiting for their tuning).
-    The estimate is the median epochs times the median seconds per epoch (wall time, validation
+    The estimate is the median epochs times the median seconds per epoch (`runs.run_seconds`, validation
     included) of the recorded runs of the same backbone, size and method (else method) on the same
     dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
     CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
@@ -141,7 +140,7 @@ def compute(results=None) -> pd.DataFrame:
                 "dataset": d,
                 "backbone": b,
                 "runs recorded": len(o),
-                "CPU hours": o.wall.sum() / 3600,
+                "CPU hours": o.seconds.sum() / 3600,
                 "runs to go": len(rest),
                 "est. CPU hours to go": rest.sum(min_count=1) / 3600,
             }
@@ -196,7 +195,7 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
 
 def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
-    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs, wall seconds), else `compute`'s estimate,
+    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs, seconds), else `compute`'s estimate,
     divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
     measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
     work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
@@ -249,7 +248,7 @@ def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, ste
 def step_estimate(bench_records: list[dict], results=None, step: str = "sparse") -> pd.DataFrame:
     """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with a
     sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
-    (recorded wall time, else `compute`'s estimate) and with `step` (`_pricer`). A cell with a run
+    (recorded seconds, else `compute`'s estimate) and with `step` (`_pricer`). A cell with a run
     whose kind has no benched ratio has no estimate. Empty without bench records or tables."""
     t = _grid_runs(results)
     price = _pricer(bench_records, t, results, step)
@@ -259,7 +258,7 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
     for (d, b), g in t.groupby(["dataset", "backbone"], sort=False):
         dense, new, ref = [], [], ""
         for r in g.itertuples():
-            recorded = (r.epochs_run, r.wall) if r.status == "ok" else None
+            recorded = (r.epochs_run, r.seconds) if r.status == "ok" else None
             seconds, stepped, ref = price(d, b, r.size, r.method, r.label, recorded)
             dense.append(seconds)
             new.append(stepped)

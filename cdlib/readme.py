@@ -238,7 +238,9 @@ def readme_section(results=None) -> str:
         parts += [
             "### Compute (CPU hours, one core per run)",
             "",
-            "The wall time of every distinct recorded run the tables use, and for the runs not recorded an "
+            "The cost of every distinct recorded run the tables use (`runs.run_seconds`: its process's CPU "
+            "time, else its wall time less the epochs a paused worker stood still), and for the runs not "
+            "recorded an "
             "estimate from the recorded runs most like them (`costs.compute`: median epochs x median seconds "
             "per epoch, scaled by the dataset's size where none of its own is recorded). The runs were timed "
             "two at a time on a 2-core CPU.",

@@ -201,6 +201,38 @@ def threads(prov: dict) -> int | None:
     return int(found.group(1)) if found else None
 
 
+# an epoch whose wall time is over PAUSE_FACTOR x its run's median epoch and PAUSE_S seconds beyond
+# it was stopped, not slow: a worker paused by SIGSTOP, a machine suspended between sessions
+# (a record of 84 epochs of ~1.1 s holds one of 4,360 s)
+PAUSE_FACTOR, PAUSE_S = 20.0, 60.0
+
+
+def paused_seconds(curve: list[dict]) -> float:
+    """The wall seconds a record's epochs (`curve`) spent stopped: each paused epoch's time beyond
+    its run's median epoch (`PAUSE_FACTOR`, `PAUSE_S`); 0 for a record without epochs."""
+    seconds = sorted(e["seconds"] for e in curve if "seconds" in e)
+    if not seconds:
+        return 0.0
+    n = len(seconds)
+    median = (seconds[(n - 1) // 2] + seconds[n // 2]) / 2
+    over = [s - median for s in seconds if s > PAUSE_FACTOR * median and s - median > PAUSE_S]
+    return float(sum(over))
+
+
+def run_seconds(rec: dict) -> float:
+    """The seconds a recorded run cost its machine: on the CPU, the process's CPU time over its
+    every thread (`timing.cpu_seconds`, which a pause or a busy machine does not inflate; older
+    records have none), else its wall time (`timing.wall_seconds`) less the epochs' paused seconds; NaN where
+    the record has neither."""
+    timing = rec.get("timing", {})
+    on_cpu = device_kind(rec.get("provenance", {}).get("device", "")) == "cpu"
+    if on_cpu and "cpu_seconds" in timing:
+        return float(timing["cpu_seconds"])
+    if "wall_seconds" not in timing:
+        return float("nan")
+    return float(timing["wall_seconds"]) - paused_seconds(rec.get("curve", []))
+
+
 def describe_arithmetic(prov: dict) -> str:
     a = arithmetic(prov)
     if a is None:

@@ -268,7 +268,7 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
     _check_deadline(
         f"run {cfgs[0].key()}" if len(cfgs) == 1 else f"a group of {len(cfgs)} runs", execution
     )
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     ds = dataset_for(cfgs[0])
     teachers = [
         load_teacher(c, results, progress, execution) if c.has_teacher else (None, None)
@@ -315,8 +315,13 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
                 "provenance": runs.provenance(model.device, execution.compile),
             }
         )
-    wall = time.time() - t0
-    for rec in out:  # a member's share of the group's wall time (all of it for a group of one)
-        rec["timing"] = dict(rec["timing"], wall_seconds=wall / len(cfgs), group_wall_seconds=wall)
+    wall, cpu = time.time() - t0, time.process_time() - cpu0
+    for rec in out:  # a member's share of the group's time (all of it for a group of one)
+        rec["timing"] = dict(
+            rec["timing"],
+            wall_seconds=wall / len(cfgs),
+            group_wall_seconds=wall,
+            cpu_seconds=cpu / len(cfgs),  # the process's, every thread (`runs.run_seconds`)
+        )
         runs.write_record(rec, results)
     return out

@@ -2,6 +2,9 @@
 
 import subprocess
 
+import numpy as np
+import pytest
+
 from cdlib import runs
 
 
@@ -40,3 +43,24 @@ def test_provenance_names_the_code_the_process_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("CDLIB_GIT_COMMIT", "later")  # what git_state() would say now
     assert runs.git_state()["commit"] == "later"
     assert runs.provenance("cpu")["git"] == {"commit": "c0de", "dirty": False}
+
+
+def test_a_run_costs_its_cpu_time_else_its_wall_time_less_paused_epochs():
+    curve = [{"epoch": e, "seconds": s} for e, s in enumerate([1.0, 1.2, 0.9, 1.1, 4360.0, 1.0], 1)]
+    # the 4,360 s epoch was stopped: its time beyond the median epoch (1.05 s) is paused
+    assert runs.paused_seconds(curve) == pytest.approx(4360.0 - 1.05)
+    cpu = {"device": "cpu: Intel(R) Xeon(R) Processor, 1 threads"}
+    old = {"timing": {"wall_seconds": 4370.0}, "curve": curve, "provenance": cpu}
+    assert runs.run_seconds(old) == pytest.approx(4370.0 - (4360.0 - 1.05))
+    new = {
+        "timing": {"wall_seconds": 4370.0, "cpu_seconds": 9.5},
+        "curve": curve,
+        "provenance": cpu,
+    }
+    assert runs.run_seconds(new) == 9.5
+    # a GPU run's CPU time is not its cost; a slow epoch below the pause thresholds is not paused
+    gpu = {**new, "provenance": {"device": "cuda: NVIDIA H200"}}
+    assert runs.run_seconds(gpu) == pytest.approx(4370.0 - (4360.0 - 1.05))
+    slow = [{"seconds": s} for s in (1.0, 1.0, 1.0, 50.0)]  # 50 x the median, under 60 s beyond it
+    assert runs.paused_seconds(slow) == 0.0 and runs.paused_seconds([]) == 0.0
+    assert np.isnan(runs.run_seconds({}))

@@ -76,6 +76,10 @@ def test_record_is_reused_and_complete(results, monkeypatch):
         assert k in rec
     prov = rec["provenance"]
     assert {"git", "packages", "device", "python"} <= set(prov) and "commit" in prov["git"]
+    # its cost: the process's CPU time, every thread, which a paused process does not add to
+    t = rec["timing"]
+    assert 0 < t["cpu_seconds"] <= t["wall_seconds"] * torch.get_num_threads() * 1.1 + 0.5
+    assert runs.run_seconds(rec) == t["cpu_seconds"]
     assert rec["dataset"]["sha256"]["ml-100k.rating"].startswith("06416e59")
     assert json.loads(files[0].read_text())["key"] == rec["key"]
 
