@@ -52,7 +52,7 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
     the tables' at the settings tuned so far (a cell whose tuning is not recorded has none of its
     tables' runs yet); "CPU hours": the recorded runs' cost (`runs.run_seconds`: CPU time, else
     wall time less paused epochs; 0 where a record has neither). Reads the records; trains nothing."""
-    from . import experiments
+    from . import experiments, tuning
     from .config import Execution
 
     off = Execution(train=False)
@@ -69,7 +69,7 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
 
     for d in p.tuning_datasets():
         for b in p.backbones:
-            count("00_tuning", experiments.tune(look, d, b, results, progress=False)[0])
+            count("00_tuning", tuning.tune(look, d, b, results, progress=False)[0])
     for nb in TRAINING_NOTEBOOKS:
         count(nb, collect(experiments.notebook_grid(nb, look, results), results, off, False))
     plan = profile_runs(p).groupby(["table", "dataset", "backbone"], sort=False).size()

@@ -1,7 +1,7 @@
 """A profile's runs still to train, in the order issue 23 ranks them, and workers that share them.
 
 `outstanding(p)` lists the runs that can be configured now and are not recorded: the next stage of
-each cell's tuning (`experiments.tuning_frontier`), then the runs of the training notebooks' grids
+each cell's tuning (`tuning.tuning_frontier`), then the runs of the training notebooks' grids
 whose cell is tuned. They come in tiers, as the issue says to cut its grid: first the tuning stage, the
 main table (02, 03), the sampling ablation (04) and born-again CD (06's "BACD"), the claims' runs; then
 the rest of the student-size table (06); last the sensitivity figure (07). The first tier goes cell by
@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import experiments, ials, profiles, runs, train
+from . import experiments, ials, profiles, runs, train, tuning
 from .config import Execution
 from .costs import TRAINING_NOTEBOOKS
 from .tables import Pending
@@ -86,7 +86,7 @@ def outstanding(p, results=None) -> list[Item]:
     if p.tuning is not None:
         for d in p.tuning_datasets():
             for b in p.backbones:
-                for c in experiments.tuning_frontier(look, d, b, results):
+                for c in tuning.tuning_frontier(look, d, b, results):
                     add("00_tuning", "tuning", c)
     for nb in TRAINING_NOTEBOOKS:
         for label, cs in experiments.notebook_grid(nb, look, results).items():

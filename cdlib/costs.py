@@ -303,12 +303,12 @@ def profile_runs(p) -> pd.DataFrame:
     before any is recorded: its tuning stage (each stage's points x tuning seeds on each tuning
     dataset and backbone) and its training notebooks' grids, a run that two of them name counted
     once, where it first appears. Every stage is enumerated as if it chose its first grid point
-    (`experiments.first_choice`), the settings the grids are enumerated at: a run that the tuning
+    (`tuning.first_choice`), the settings the grids are enumerated at: a run that the tuning
     stage trains at its chosen point (the main table's runs at the tuning seeds, the sensitivity
     figure's points that are tuning points, ...) is then the same configuration whichever point it
     chooses. One row per run:
     table, label, dataset, backbone, size, method, seed."""
-    from . import experiments
+    from . import experiments, tuning
     from .config import Execution
 
     seen, rows = set(), []
@@ -320,11 +320,11 @@ def profile_runs(p) -> pd.DataFrame:
             rows.append((table, label, c.dataset, c.backbone, c.size, c.method, c.seed))
 
     stage_label = {"Teacher": "Teacher", "Student": "Student", "RD": "RD", "CD": "CD-T"}
-    first = experiments.first_choice(p) if p.tuning else None
+    first = tuning.first_choice(p) if p.tuning else None
     for d in p.tuning_datasets():
         for b in p.backbones:
-            for stage in experiments.tuning_stages(p):
-                for cfgs in experiments.stage_grid(p, d, b, stage, first).values():
+            for stage in tuning.tuning_stages(p):
+                for cfgs in tuning.stage_grid(p, d, b, stage, first).values():
                     for c in cfgs:  # the guide stage's runs priced as their guide's
                         add("00_tuning", stage_label.get(stage, f"CD-{c.guide[0].upper()}"), c)
     q = dataclasses.replace(p, presume=first, execution=Execution(train=False))

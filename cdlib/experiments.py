@@ -1,20 +1,20 @@
-"""The experiment grids behind the numbered notebooks and the tuning stage they rest on.
+"""The experiment grids behind the numbered notebooks.
 
 A notebook names a profile (`profiles.profile`) and calls one grid function (`teacher_grid`,
 `main_grid`, ...); each returns {label: [Config, ...]}, every method at the settings the tuning
-stage chose on validation (`tune`, `settings`). `tables.collect` runs or reads them.
+stage chose on validation (`tuning.settings`). `tables.collect` runs or reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import pandas as pd
 
-from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE, Execution
-from .profiles import STAGES, TUNE_METRIC, TUNING, Profile, check_tuning
+from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE
+from .profiles import TUNING, Profile
 from .tables import Pending, collect
+from .tuning import settings, tune
 
 SENSITIVITY = {
     "lambda_kd": [0.1, 0.5, 1.0, 2.0],
@@ -22,206 +22,6 @@ SENSITIVITY = {
     "temperature": [0.5, 1.0, 2.0, 5.0],
     "n_distill": [5, 10, 20, 50],
 }
-
-
-# ----------------------------------------------------------------------------- tuning
-
-
-def _points(grid: dict) -> list[dict]:
-    """Every combination of a stage's values, in grid order (the first is the starting point)."""
-    return [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
-
-
-def point_label(stage: str, point: dict) -> str:
-    return f"{stage} " + ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()
-    )
-
-
-def at_edge(grid: dict, point: dict) -> list[str]:
-    """The numeric settings of `point` at the smallest or largest value of their `grid` dimension,
-    for dimensions of three values or more: a choice at a grid's edge may lie beyond it."""
-    return [
-        k
-        for k, values in grid.items()
-        if len(values) >= 3
-        and not isinstance(point.get(k), (str, bool))
-        and point.get(k) in (min(values), max(values))
-    ]
-
-
-def tuning_stages(p: Profile) -> list[str]:
-    """The stages `p`'s tuning runs, in order: every tuning's four, and "CD guide" where it has one."""
-    return [stage for stage in STAGES if stage in TUNING or stage in p.tuning]
-
-
-# what a profile without a stage runs in its place: the CD guide is teacher-guided
-UNTUNED = {"CD guide": {"guide": "teacher"}}
-
-
-def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict) -> dict:
-    """{label: [Config per tuning seed]} of one tuning stage, each point of its grid at the choices of
-    the stages before it (`choice`, {stage: settings}): the teacher's and the student's learning
-    rates for RD and CD, and CD's settings for the guide stage."""
-    base = {
-        "Teacher": {},
-        "Student": {"size": STUDENT[backbone]},
-        "RD": {"size": STUDENT[backbone], "method": "rd"},
-        "CD": {"size": STUDENT[backbone], "method": "cd", **UNTUNED["CD guide"]},
-        "CD guide": {"size": STUDENT[backbone], "method": "cd"},
-    }
-    fixed = {}
-    if stage in ("RD", "CD", "CD guide"):
-        fixed = {"teacher_lr": choice["Teacher"].get("lr"), "lr": choice["Student"].get("lr")}
-    if stage == "CD guide":  # the guides at CD's chosen settings
-        fixed.update(choice["CD"])
-    return {
-        point_label(stage, pt): [
-            p.config(dataset, backbone, s, **{**base[stage], **fixed, **pt}) for s in p.tune_seeds
-        ]
-        for pt in _points(p.tuning[stage])
-    }
-
-
-def first_choice(p: Profile) -> dict:
-    """The choice of a tuning stage that chose every stage's first grid point: one it can make,
-    at which `costs.profile_runs` plans a profile's grid."""
-    return {stage: _points(p.tuning[stage])[0] for stage in tuning_stages(p)}
-
-
-def tune(
-    p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
-) -> tuple[pd.DataFrame, dict | None]:
-    """The tuning stage of one dataset and backbone: every stage's configurations over the tuning
-    seeds (trained when missing, unless training is off), and the choice of each stage, the point
-    with the best mean validation NDCG@10 (ties: the earlier point). Returns (runs, choice); choice
-    is {stage: settings} with every stage, or None while some run is not recorded."""
-    walked, choice = _walk(p, dataset, backbone, results, p.execution, progress)
-    frames = [df.assign(stage=stage) for stage, _, df in walked]
-    runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return runs_df, (choice if len(choice) == len(tuning_stages(p)) else None)
-
-
-def tuning_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
-    """The runs the tuning stage of `dataset` and `backbone` needs next: those not recorded of its first
-    stage that is not recorded whole (the later stages wait on its choice); [] once every stage is.
-    Reads the records; trains nothing."""
-    walked, choice = _walk(p, dataset, backbone, results, Execution(train=False), False)
-    if len(choice) == len(walked):
-        return []
-    _, grid, df = walked[-1]
-    configs = [c for cs in grid.values() for c in cs]  # `collect`'s row order
-    return [c for c, ok in zip(configs, df.status == "ok") if not ok]
-
-
-def _walk(p: Profile, dataset: str, backbone: str, results, execution, progress: bool):
-    """The tuning stages in order, each at the choices of those before it, up to the first that is not
-    recorded whole (trained first when `execution` trains): ([(stage, grid, collect's rows)],
-    {stage: the chosen settings} of the stages recorded whole)."""
-    check_tuning(p.tuning)
-    walked, choice = [], {}
-    for stage in tuning_stages(p):
-        grid = stage_grid(p, dataset, backbone, stage, choice)
-        df = collect(grid, results, execution, progress)
-        walked.append((stage, grid, df))
-        if (df.status != "ok").any():
-            break
-        choice[stage] = chosen_point(p, stage, df)
-    return walked, choice
-
-
-def chosen_point(p: Profile, stage: str, df: pd.DataFrame) -> dict:
-    """The point of `stage`'s grid with the best mean validation NDCG@10 over its recorded runs `df`
-    (`collect`'s rows of `stage_grid`; ties: the earlier point)."""
-    means = df.groupby("label", sort=False)[f"valid {TUNE_METRIC}"].mean()
-    return dict(_points(p.tuning[stage])[list(means.index).index(means.idxmax())])
-
-
-def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
-    """Mean validation and test NDCG@10 per tuning point, and which point each stage chose."""
-    ok = runs_df[runs_df.status == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    g = ok.groupby(["dataset", "backbone", "stage", "label"], sort=False)
-    out = (
-        g[[f"valid {TUNE_METRIC}", TUNE_METRIC]]
-        .mean()
-        .rename(columns={TUNE_METRIC: f"test {TUNE_METRIC}"})
-    )
-    out["seeds"] = g.size()
-    out["chosen"] = [
-        point_label(st, choices.get((d, b), {}).get(st, {})) == lab if (d, b) in choices else False
-        for d, b, st, lab in out.index
-    ]
-    return out
-
-
-def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
-    """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
-    ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning;
-    "after at grid edge": the settings `at_edge`), for every cell whose tuning under `after` is
-    recorded. A stage `before` does not tune shows the
-    setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
-    "before" is blank and "moved" NA. Reads the records; trains nothing."""
-    columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
-    columns += ["after", "after at grid edge", "moved"]
-    if after.tuning is None:
-        return pd.DataFrame(columns=columns)
-    off = Execution(train=False)
-    rows = []
-    for d in after.datasets:
-        for b in after.backbones:
-            on = after.tuning_dataset(d)
-            _, new = tune(dataclasses.replace(after, execution=off), on, b, results, False)
-            if new is None:
-                continue
-            src, old = before.tuning_dataset(d), None
-            if before.tuning is not None:
-                _, old = tune(dataclasses.replace(before, execution=off), src, b, results, False)
-            for stage in tuning_stages(after):
-                was = (old or {}).get(stage, UNTUNED.get(stage) if old else None)
-                fixed = old is not None and stage not in old
-                rows.append(
-                    {
-                        "dataset": d,
-                        "backbone": b,
-                        "stage": stage,
-                        "before tuned on": src if old else "",
-                        "before": ""
-                        if was is None
-                        else point_label(stage, was) + (" (fixed)" if fixed else ""),
-                        "after tuned on": on,
-                        "after": point_label(stage, new[stage]),
-                        "after at grid edge": ", ".join(at_edge(after.tuning[stage], new[stage])),
-                        "moved": pd.NA if was is None else was != new[stage],
-                    }
-                )
-    return pd.DataFrame(rows, columns=columns)
-
-
-def settings(
-    p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
-) -> dict | None:
-    """Each method's settings for `dataset` from the tuning stage of its tuning dataset:
-    {"Teacher": kw, "Student": kw, "RD": kw, "CD": kw} (learning rates included; CD's guide when the
-    tuning chooses it), or None while that tuning is not recorded. Without a tuning stage (p.tuning
-    None) every method at its defaults; with `p.presume`, from that choice (planning)."""
-    if p.tuning is None:
-        return {k: {} for k in TUNING}
-    choice = p.presume
-    if choice is None:
-        _, choice = tune(p, p.tuning_dataset(dataset), backbone, results, progress)
-    if choice is None:
-        return None
-    t_lr, s_lr = choice["Teacher"].get("lr"), choice["Student"].get("lr")
-    student = {"lr": s_lr} if s_lr else {}
-    distil = {**student, **({"teacher_lr": t_lr} if t_lr else {})}
-    return {
-        "Teacher": dict(choice["Teacher"]),
-        "Student": {**choice["Student"]},
-        "RD": {**distil, **choice["RD"]},
-        "CD": {**distil, **choice["CD"], **choice.get("CD guide", {})},
-    }
 
 
 def _grid(p: Profile, variants: dict, results=None, progress: bool = True) -> dict:

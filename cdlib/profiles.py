@@ -32,7 +32,7 @@ TUNING = {
 # a fourth weight so that CD and RD keep equal budgets: 8 configurations each [decision]. The
 # learning rates reach one value further each way (1e-4, 3e-2; after the first four, so that the
 # grid's first point stays): under `next`, 3 of ml-100k's 4 learning-rate choices were at an edge of
-# 3e-4 ... 1e-2 (`experiments.at_edge`) [decision].
+# 3e-4 ... 1e-2 (`tuning.at_edge`) [decision].
 LEARNING_RATES_NEXT = LEARNING_RATES + [1e-4, 3e-2]
 TUNING_NEXT = {
     **TUNING,
@@ -235,7 +235,7 @@ def profile(
     return p
 
 
-# what each stage fixes itself (`experiments.stage_grid`): its size and method, and the choices of the
+# what each stage fixes itself (`tuning.stage_grid`): its size and method, and the choices of the
 # stages before it; a grid may not vary them
 FIXED = {
     "Teacher": ("size", "method"),

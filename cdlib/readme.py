@@ -13,12 +13,12 @@ from .agreement import shapes_agreement
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate
-from .experiments import tuning_change
 from .models import default_device
 from .profiles import PROFILES
 from .readme_steps import sparse_step_section
 from .runs import read_table
 from .tables import markdown
+from .tuning import tuning_change
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -341,7 +341,7 @@ def next_claims(results=None) -> pd.DataFrame:
 
 
 def _tuning_change_section(results=None) -> list[str]:
-    """The choices of `next`'s tuning stage beside the paper profile's (`experiments.tuning_change`)."""
+    """The choices of `next`'s tuning stage beside the paper profile's (`tuning.tuning_change`)."""
     change = tuning_change(PROFILES["paper"], PROFILES["next"], results)
     if change.empty:
         return []
@@ -349,7 +349,7 @@ def _tuning_change_section(results=None) -> list[str]:
         "The settings `next`'s tuning stage chose (after), beside those of the paper profile (before; "
         "tuned on ml-100k and ml-1m, the other datasets borrowing ml-1m's, validation negatives of "
         "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
-        "(`experiments.tuning_change`):",
+        "(`tuning.tuning_change`):",
         "",
         markdown(change),
         "",

@@ -5,8 +5,7 @@ import multiprocessing
 import pytest
 from conftest import fake_training
 
-from cdlib import audit, backlog, costs, ials, profiles, runs
-from cdlib import experiments as ex
+from cdlib import audit, backlog, costs, ials, profiles, runs, tuning
 from cdlib.backlog import summary
 from cdlib.config import STUDENT, TEACHER_SIZE
 
@@ -25,13 +24,13 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     fake_training(monkeypatch)
     p = _profile()
     items = backlog.outstanding(p, tmp_path)
-    stage = ex.stage_grid(p, "ml-1m", "neumf", "Teacher", {})
+    stage = tuning.stage_grid(p, "ml-1m", "neumf", "Teacher", {})
     assert sorted(i.config.key() for i in items) == sorted(
         c.canonical().key() for cs in stage.values() for c in cs
     )
     # the later stages wait on the teacher's choice
     assert {i.table for i in items} == {"00_tuning"}
-    ex.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
+    tuning.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
     items = backlog.outstanding(p, tmp_path)
     keys = [i.config.key() for i in items]
     assert len(keys) == len(set(keys))  # a run two tables share is listed once
@@ -60,7 +59,7 @@ def test_the_claims_go_cell_by_cell_and_the_cut_tables_seed_by_seed(tmp_path, mo
     fake_training(monkeypatch)
     p = _profile(datasets=["ml-1m", "citeulike-t"])
     for d in p.datasets:
-        ex.tune(p, d, "neumf", tmp_path, progress=False)
+        tuning.tune(p, d, "neumf", tmp_path, progress=False)
     items = backlog.outstanding(p, tmp_path)
     for tier in (0, 1, 2):
         got = [(i.config.dataset, i.config.seed) for i in items if i.tier == tier]
@@ -129,7 +128,7 @@ def test_a_teacher_that_fails_is_tried_once_and_its_students_are_left(
     called = []
     monkeypatch.setattr(ials, "main_rows", lambda p, results, execution: called.append(1))
     p = _profile(train_missing=True)
-    ex.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
+    tuning.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
     teacher = next(i.config for i in backlog.outstanding(p, tmp_path) if i.config.seed == 2)
     assert teacher.method == "none" and teacher.size == TEACHER_SIZE["neumf"]
     fake, tries = train.run_group, []

@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, audit, claim_tables, costs, ials, plots, profiles, readme, report, sentences, tables
+from cdlib import analyses, audit, claim_tables, costs, ials, plots, profiles, readme, report, sentences, tables, tuning
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -76,12 +76,12 @@ The other datasets use the choice of the dataset named in the profile's `tune_on
             """frames, choices = [], {}
 for d in P.tuning_datasets():
     for b in P.backbones:
-        runs_db, choice = ex.tune(P, d, b, results_dir)
+        runs_db, choice = tuning.tune(P, d, b, results_dir)
         frames.append(runs_db)
         if choice is not None:
             choices[(d, b)] = choice
 runs = pd.concat(frames, ignore_index=True)
-table = ex.tuning_table(runs, choices)
+table = tuning.tuning_table(runs, choices)
 """
             + save(("runs", "00_tuning_runs"), ("table", "00_tuning"))
         ),
@@ -92,7 +92,7 @@ table = ex.tuning_table(runs, choices)
         ),
         code(
             """for (d, b), c in choices.items():
-    print(f"{d}/{b}: " + "; ".join(f"{stage}: {ex.point_label(stage, kw).split(' ', 1)[1]}" for stage, kw in c.items()))
+    print(f"{d}/{b}: " + "; ".join(f"{stage}: {tuning.point_label(stage, kw).split(' ', 1)[1]}" for stage, kw in c.items()))
 incomplete = sorted({(r.dataset, r.backbone) for r in runs.itertuples() if r.status != "ok"}) if not runs.empty else []
 print("not complete:", incomplete or "none")""",
             "nbval-check-output",
@@ -452,7 +452,7 @@ print(audit.coverage_grid(progress).to_string(index=False))""",
         md("""The settings `next`'s tuning stage chose (after) beside the paper profile's (before: tuned on ml-100k
 and ml-1m, the other datasets borrowing ml-1m's), per cell whose tuning under `next` is recorded."""),
         code(
-            """change = ex.tuning_change(profiles.profile("paper", device=device), profiles.profile("next", device=device), results_dir)
+            """change = tuning.tuning_change(profiles.profile("paper", device=device), profiles.profile("next", device=device), results_dir)
 print(change.to_string(index=False) if not change.empty else "no cell's tuning under next is recorded yet")""",
             "nbval-check-output",
         ),

@@ -1,0 +1,192 @@
+"""The tuning stage on synthetic records (no training): stages in order with equal budgets, each
+choice made on validation, a stage's frontier, and the choices beside another profile's."""
+
+import dataclasses
+
+import pandas as pd
+import pytest
+from conftest import fake_record as _fake_record
+from conftest import fake_training as _fake_training
+
+from cdlib import experiments as ex
+from cdlib import profiles, tables, tuning
+
+
+def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
+    from cdlib import train
+
+    assert len(tuning._points(profiles.TUNING["CD"])) == len(
+        tuning._points(profiles.TUNING["RD"])
+    )  # equal budgets
+    assert len(tuning._points(profiles.TUNING["Teacher"])) == len(
+        tuning._points(profiles.TUNING["Student"])
+    )
+    assert tuning._points(profiles.TUNING["RD"])[0] == {
+        "lambda_rd": 1.0,
+        "rd_k": 10,
+    }  # the authors' defaults first
+    seen = []
+
+    def fake_run(cfg, results=None, refresh=False, progress=True, train=None):
+        c = cfg.canonical()
+        seen.append(c)
+        # validation prefers lr 1e-2 for teachers, 3e-4 for students, lambda 0.1 for both methods;
+        # test prefers the opposite, and must not matter
+        good = {
+            "none": (c.lr == (1e-2 if c.size == 200 else 3e-4)),
+            "rd": c.lambda_rd == 0.1 and c.rd_k == 20,
+            "cd": c.lambda_kd == 0.1 and c.n_distill == 20,
+        }[c.method]
+        return _fake_record(c, valid=0.9 if good else 0.1, test=0.1 if good else 0.9)
+
+    monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
+    p = profiles.profile("quick")
+    runs_df, choice = tuning.tune(p, "ml-100k", "cdae", tmp_path)
+    assert choice == {
+        "Teacher": {"lr": 1e-2},
+        "Student": {"lr": 3e-4},
+        "RD": {"lambda_rd": 0.1, "rd_k": 20},
+        "CD": {"lambda_kd": 0.1, "n_distill": 20},
+    }
+    students = [c for c in seen if c.method != "none"]
+    assert all(c.teacher_lr == 1e-2 and c.lr == 3e-4 for c in students)  # stages feed the next
+    assert {c.seed for c in seen} == set(p.tune_seeds) and all(
+        c.min_epochs == p.min_epochs for c in seen
+    )
+    t = tuning.tuning_table(runs_df, {("ml-100k", "cdae"): choice})
+    assert t.chosen.sum() == 4 and len(t) == 4 + 4 + 6 + 6
+    s = tuning.settings(p, "citeulike-t", "cdae", tmp_path)  # untuned: the nearest tuned
+    assert s["RD"] == {"lr": 3e-4, "teacher_lr": 1e-2, "lambda_rd": 0.1, "rd_k": 20}
+
+
+def test_the_next_profile_tunes_every_dataset_and_the_cd_guide_with_equal_budgets(
+    tmp_path, monkeypatch
+):
+    """Issue 23: validation negatives disjoint from the test's, each dataset tuned on its own, and the
+    CD guide chosen in tuning (the primary CD arm, the main table's "CD" row); CD and RD 8 each."""
+    from cdlib import train
+
+    nxt = profiles.PROFILES["next"]
+    assert set(nxt.tuned) == set(nxt.datasets) and all(
+        nxt.tuning_dataset(d) == d for d in nxt.datasets
+    )
+    rd = len(tuning._points(nxt.tuning["RD"]))
+    cd = len(tuning._points(nxt.tuning["CD"])) + len(nxt.tuning["CD guide"]["guide"]) - 1
+    assert rd == cd == 8  # the teacher-guided point of the guide stage is CD's chosen run
+    assert len(tuning._points(nxt.ials_grid)) == 8  # iALS, the main table's reference rows, too
+    paper = profiles.PROFILES["paper"]
+    assert len(tuning._points(paper.ials_grid)) == len(tuning._points(paper.tuning["RD"])) == 6
+    assert paper.ials_grid == {"regularization": [1.0, 10.0, 100.0], "alpha": [1.0, 10.0]}
+    seen = {}
+
+    def fake_run(cfg):
+        c = cfg.canonical()
+        seen[c.key()] = c
+        good = {  # validation prefers lr 1e-3, lambda 0.1 and the student guide
+            "none": c.lr == 1e-3,
+            "rd": c.lambda_rd == 0.1,
+            "cd": c.lambda_kd == 0.1 and c.guide == "student",
+        }[c.method]
+        v = 0.9 if good else (0.5 if c.method == "cd" and c.lambda_kd == 0.1 else 0.1)
+        return _fake_record(c, valid=v)
+
+    monkeypatch.setattr(train, "run_group", lambda cfgs, *a, **kw: [fake_run(c) for c in cfgs])
+    p = profiles.profile("next", datasets=["citeulike-t"], backbones=["neumf"], seeds=[0])
+    runs_df, choice = tuning.tune(p, "citeulike-t", "neumf", tmp_path)
+    assert choice["CD"] == {"lambda_kd": 0.1, "n_distill": 10} and choice["CD guide"] == {
+        "guide": "student"
+    }
+    per_method = pd.Series([c.method for c in seen.values()]).value_counts() / len(p.tune_seeds)
+    assert per_method["rd"] == per_method["cd"] == 8  # distinct configurations
+    assert {c.valid_negatives for c in seen.values()} == {"disjoint"}
+    assert {c.dataset for c in seen.values()} == {"citeulike-t"}  # tuned on itself
+    guide_stage = runs_df[runs_df.stage == "CD guide"]
+    assert len(guide_stage) == 3 * len(p.tune_seeds)
+    main = ex.main_grid(p, tmp_path)
+    assert [c.key() for c in main["CD"]] == [c.key() for c in main["CD-S"]]  # the primary arm
+    assert main["CD-T"][0].guide == "teacher" and main["CD-T"][0].lambda_kd == 0.1
+    assert "CD" not in ex.main_grid(profiles.profile("quick"), tmp_path)  # guide not tuned there
+    from cdlib import report
+
+    assert report.primary_cd(pd.DataFrame({"label": ["CD-T", "CD", "RD"]})) == "CD"
+    assert report.primary_cd(pd.DataFrame({"label": ["CD-T", "RD"]})) == "CD-T"
+
+
+def test_bad_tuning_grids_and_epoch_rules_are_refused():
+
+    with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
+        profiles.check_tuning({"CD": {"lamda": [1.0]}})
+    with pytest.raises(ValueError, match="the grid of RD is empty"):
+        profiles.check_tuning({"RD": {}})
+    with pytest.raises(ValueError, match="'lambda_rd' has no values"):
+        profiles.check_tuning({"RD": {"lambda_rd": []}})
+    with pytest.raises(ValueError, match="unknown stage 'KD'"):
+        profiles.check_tuning({"KD": {"lr": [1e-3]}})
+    with pytest.raises(ValueError, match="RD may not vary 'lr'"):  # the student's stage chooses it
+        profiles.check_tuning({"RD": {"lr": [1e-3]}})
+    with pytest.raises(ValueError, match="CD may not vary 'guide'"):  # the guide stage's
+        profiles.check_tuning({"CD": {"guide": ["student"]}})
+    with pytest.raises(ValueError, match="CD guide may not vary 'lambda_kd'"):
+        profiles.check_tuning({"CD": {"lambda_kd": [1.0]}, "CD guide": {"lambda_kd": [0.1]}})
+    for p in profiles.PROFILES.values():
+        profiles.check_tuning(p.tuning)
+    with pytest.raises(ValueError, match="epoch cap epochs=20 is below min_epochs=50"):
+        profiles.profile("quick", epochs=20)
+
+
+def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
+    """Issue 23's closing note: the tuned settings per dataset under `next`, and how far they moved
+    from those the paper profile borrowed from ml-1m (whose validation, here, prefers lr 1e-3)."""
+    _fake_training(monkeypatch, paper_lr=1e-3)
+    paper, nxt = (
+        profiles.profile(n, datasets=["citeulike-t"], backbones=["neumf"])
+        for n in ("paper", "next")
+    )
+    assert tuning.tuning_change(paper, nxt, tmp_path).empty  # nothing tuned under next yet
+    tuning.tune(nxt, "citeulike-t", "neumf", tmp_path, progress=False)
+    t = tuning.tuning_change(paper, nxt, tmp_path).set_index("stage")
+    assert list(t.index) == ["Teacher", "Student", "RD", "CD", "CD guide"]
+    assert (t.before == "").all() and t.moved.isna().all()  # ml-1m's tuning not recorded
+    assert (t["after tuned on"] == "citeulike-t").all()
+    tuning.tune(paper, "ml-1m", "neumf", tmp_path, progress=False)
+    t = tuning.tuning_change(paper, nxt, tmp_path).set_index("stage")
+    assert (t["before tuned on"] == "ml-1m").all()
+    assert t.loc["Teacher", "before"] == "Teacher lr=0.001" and t.loc["Teacher", "moved"]
+    assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
+    assert t.loc["Teacher", "after at grid edge"] == ""  # 3e-3 is inside 3e-4 ... 1e-2
+    assert (
+        t.loc["RD", "after at grid edge"] == "lambda_rd"
+    )  # 1.0, the top of RD's grid (rd_k: 2 values)
+    assert t.loc["CD", "after"] == "CD lambda_kd=1, n_distill=20" and not t.loc["CD", "moved"]
+    assert t.loc["CD guide", "before"] == "CD guide guide=teacher (fixed)"
+    assert t.loc["CD guide", "after"] == "CD guide guide=teacher" and not t.loc["CD guide", "moved"]
+    assert tuning.tuning_change(nxt, dataclasses.replace(paper, tuning=None), tmp_path).empty
+
+
+def test_the_tuning_frontier_is_the_first_stage_not_recorded_whole(tmp_path, monkeypatch):
+    """What the tuning stage needs next (`cdlib.backlog`'s first runs): the teacher's stage, then,
+    once it is recorded, the student's at the teacher's choice; nothing once every stage is."""
+    _fake_training(monkeypatch)
+    p = profiles.profile("smoke", train_missing=True)
+    q = dataclasses.replace(p, tuning={**p.tuning, "Student": {"lr": [1e-3, 3e-3]}})
+    teacher = tuning.stage_grid(q, "ml-100k", "cdae", "Teacher", {})
+    assert tuning.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == [
+        c for cs in teacher.values() for c in cs
+    ]
+    tables.collect(teacher, tmp_path, progress=False)
+    student = tuning.stage_grid(q, "ml-100k", "cdae", "Student", {"Teacher": {"lr": 3e-3}})
+    want = [c for cs in student.values() for c in cs]
+    tables.collect({"one": want[:1]}, tmp_path, progress=False)  # a stage recorded in part
+    assert tuning.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == want[1:]
+    tuning.tune(q, "ml-100k", "cdae", tmp_path, progress=False)
+    assert tuning.tuning_frontier(q, "ml-100k", "cdae", tmp_path) == []
+
+
+def test_a_tie_on_validation_goes_to_the_earlier_point():
+    p = profiles.profile("next")
+    rows = pd.DataFrame(
+        {"label": ["a", "a", "b", "b", "c", "c"], "valid NDCG@10": [0.2, 0.4, 0.3, 0.3, 0.1, 0.5]}
+    )
+    assert tuning.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[0]}
+    rows.loc[5, "valid NDCG@10"] = 0.6
+    assert tuning.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[2]}
