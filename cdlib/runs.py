@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -210,11 +211,10 @@ PAUSE_FACTOR, PAUSE_S = 20.0, 60.0
 def paused_seconds(curve: list[dict]) -> float:
     """The wall seconds a record's epochs (`curve`) spent stopped: each paused epoch's time beyond
     its run's median epoch (`PAUSE_FACTOR`, `PAUSE_S`); 0 for a record without epochs."""
-    seconds = sorted(e["seconds"] for e in curve if "seconds" in e)
+    seconds = [e["seconds"] for e in curve if "seconds" in e]
     if not seconds:
         return 0.0
-    n = len(seconds)
-    median = (seconds[(n - 1) // 2] + seconds[n // 2]) / 2
+    median = statistics.median(seconds)
     over = [s - median for s in seconds if s > PAUSE_FACTOR * median and s - median > PAUSE_S]
     return float(sum(over))
 
