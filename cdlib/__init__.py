@@ -13,7 +13,8 @@ datasets), index (training pairs by user), models (CDAE, NeuMF), losses (CF, CD,
 (negatives, rank-aware CD sampling), metrics (HR, NDCG, MRR), methods (none, RD and CD as units of
 one interface), config (a run's configuration, how runs execute), loop (the training loop), train
 (the store of runs and weights), saved (models that recommend), analyses (protocol analyses),
-agreement (configurations run two ways, paired over seeds), experiments (the notebooks' grids),
+agreement (configurations run two ways, paired over seeds), tuning (the tuning stage: each cell's
+settings chosen on validation), experiments (the notebooks' grids),
 claim_tables (the run tables the claims read), costs (CPU hours), effects (effects, intervals,
 pooling, verdicts), report (the claims table), sentences (the results in sentences), readme (the
 README's results), plots (figures), bench (timings), stepbench (the dense step against the sparse

@@ -6,9 +6,9 @@ on the initial plateau, or a teacher below its own plain student), from the tabl
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 
-import numpy as np
 import pandas as pd
 
 from . import metrics, runs
@@ -64,8 +64,8 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
             if r.key not in seen:
                 seen.add(r.key)
                 done[(table, r.dataset, r.backbone)] += 1
-                rec = runs.read_record(r.key, results) or {}
-                seconds[(table, r.dataset, r.backbone)] += np.nan_to_num(runs.run_seconds(rec))
+                cost = runs.run_seconds(runs.read_record(r.key, results) or {})
+                seconds[(table, r.dataset, r.backbone)] += 0.0 if math.isnan(cost) else cost
 
     for d in p.tuning_datasets():
         for b in p.backbones:

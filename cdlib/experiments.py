@@ -11,10 +11,10 @@ import dataclasses
 
 import pandas as pd
 
+from . import tuning
 from .config import STUDENT, STUDENT_SIZES, TEACHER_SIZE
 from .profiles import TUNING, Profile
 from .tables import Pending, collect
-from .tuning import settings, tune
 
 SENSITIVITY = {
     "lambda_kd": [0.1, 0.5, 1.0, 2.0],
@@ -30,7 +30,7 @@ def _grid(p: Profile, variants: dict, results=None, progress: bool = True) -> di
     out = {label: [] for label in variants}
     for d in p.datasets:
         for b in p.backbones:
-            tuned = settings(p, d, b, results, progress)
+            tuned = tuning.settings(p, d, b, results, progress)
             for label, fn in variants.items():
                 for s in p.seeds:
                     if tuned is None:
@@ -253,7 +253,9 @@ def train_notebook(notebook: str, p: Profile, results=None, progress: bool = Tru
     execution says so (CDLIB_NO_TRAIN=1)."""
     if notebook == "00_tuning":
         frames = [
-            tune(p, d, b, results, progress)[0] for d in p.tuning_datasets() for b in p.backbones
+            tuning.tune(p, d, b, results, progress)[0]
+            for d in p.tuning_datasets()
+            for b in p.backbones
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return collect(notebook_grid(notebook, p, results), results, p.execution, progress)

@@ -210,27 +210,33 @@ PAUSE_FACTOR, PAUSE_S = 20.0, 60.0
 
 def paused_seconds(curve: list[dict]) -> float:
     """The wall seconds a record's epochs (`curve`) spent stopped: each paused epoch's time beyond
-    its run's median epoch (`PAUSE_FACTOR`, `PAUSE_S`); 0 for a record without epochs."""
+    its run's median epoch (`PAUSE_FACTOR`, `PAUSE_S`; the lower median, so that a run of two
+    epochs can show one); 0 for a record without epochs. An epoch's seconds time its training
+    steps only, so a pause during validation, or while the data or a teacher loaded, is not seen."""
     seconds = [e["seconds"] for e in curve if "seconds" in e]
     if not seconds:
         return 0.0
-    median = statistics.median(seconds)
+    median = statistics.median_low(seconds)
     over = [s - median for s in seconds if s > PAUSE_FACTOR * median and s - median > PAUSE_S]
     return float(sum(over))
 
 
 def run_seconds(rec: dict) -> float:
-    """The seconds a recorded run cost its machine: on the CPU, the process's CPU time over its
-    every thread (`timing.cpu_seconds`, which a pause or a busy machine does not inflate; older
-    records have none), else its wall time (`timing.wall_seconds`) less the epochs' paused seconds; NaN where
-    the record has neither."""
+    """The seconds a recorded run cost its machine. On the CPU: its process's CPU time summed over
+    all its threads (`timing.cpu_seconds`, core-seconds; a pause or a busy machine does not inflate
+    it), its share where runs trained as a group. Otherwise (a GPU run, a CPU record older than
+    `cpu_seconds`): its wall time (`timing.wall_seconds`, a group member's share of the group's)
+    less the same share of its epochs' `paused_seconds` (a group's members share its epochs and
+    their pauses). NaN where the record has neither time."""
     timing = rec.get("timing", {})
     on_cpu = device_kind(rec.get("provenance", {}).get("device", "")) == "cpu"
     if on_cpu and "cpu_seconds" in timing:
         return float(timing["cpu_seconds"])
     if "wall_seconds" not in timing:
         return float("nan")
-    return float(timing["wall_seconds"]) - paused_seconds(rec.get("curve", []))
+    wall = float(timing["wall_seconds"])
+    share = wall / timing["group_wall_seconds"] if timing.get("group_wall_seconds") else 1.0
+    return max(wall - share * paused_seconds(rec.get("curve", [])), 0.0)
 
 
 def describe_arithmetic(prov: dict) -> str:

@@ -268,12 +268,13 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
     _check_deadline(
         f"run {cfgs[0].key()}" if len(cfgs) == 1 else f"a group of {len(cfgs)} runs", execution
     )
-    t0, cpu0 = time.time(), time.process_time()
     ds = dataset_for(cfgs[0])
     teachers = [
         load_teacher(c, results, progress, execution) if c.has_teacher else (None, None)
         for c in cfgs
     ]
+    # timed from here: a teacher trained (or retrained for its weights) above has its own record
+    t0, cpu0 = time.time(), time.process_time()
     try:
         outs = fit_group(cfgs, ds, [t for t, _ in teachers], progress, execution=execution)
     except torch.cuda.OutOfMemoryError:

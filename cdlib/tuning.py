@@ -1,8 +1,8 @@
-"""The tuning stage (METHOD.md "A fair comparison"): per dataset and backbone, each stage (the
-teacher's and the student's learning rates, RD's and CD's settings, where a profile has one the CD
-guide) a grid of points over the tuning seeds at the choices of the stages before it, each stage's
-choice the point with the best mean validation NDCG@10; `settings` gives every method the settings
-its cell's tuning chose, for the grids of `experiments`.
+"""The tuning stage (METHOD.md "A fair comparison"), per dataset and backbone, in stages: the
+teacher's learning rate, the student's, RD's settings, CD's, and the CD guide where the profile tunes
+it. Each stage trains a grid of points over the tuning seeds, at the choices of the stages before
+it, and chooses the point with the best mean validation NDCG@10. `settings` gives every method the
+settings its cell's tuning chose, for the grids of `experiments`.
 """
 
 from __future__ import annotations

@@ -47,11 +47,11 @@ def test_provenance_names_the_code_the_process_loaded(tmp_path, monkeypatch):
 
 def test_a_run_costs_its_cpu_time_else_its_wall_time_less_paused_epochs():
     curve = [{"epoch": e, "seconds": s} for e, s in enumerate([1.0, 1.2, 0.9, 1.1, 4360.0, 1.0], 1)]
-    # the 4,360 s epoch was stopped: its time beyond the median epoch (1.05 s) is paused
-    assert runs.paused_seconds(curve) == pytest.approx(4360.0 - 1.05)
+    # the 4,360 s epoch was stopped: its time beyond the (lower) median epoch, 1.0 s, is paused
+    assert runs.paused_seconds(curve) == pytest.approx(4360.0 - 1.0)
     cpu = {"device": "cpu: Intel(R) Xeon(R) Processor, 1 threads"}
     old = {"timing": {"wall_seconds": 4370.0}, "curve": curve, "provenance": cpu}
-    assert runs.run_seconds(old) == pytest.approx(4370.0 - (4360.0 - 1.05))
+    assert runs.run_seconds(old) == pytest.approx(4370.0 - (4360.0 - 1.0))
     new = {
         "timing": {"wall_seconds": 4370.0, "cpu_seconds": 9.5},
         "curve": curve,
@@ -60,7 +60,14 @@ def test_a_run_costs_its_cpu_time_else_its_wall_time_less_paused_epochs():
     assert runs.run_seconds(new) == 9.5
     # a GPU run's CPU time is not its cost; a slow epoch below the pause thresholds is not paused
     gpu = {**new, "provenance": {"device": "cuda: NVIDIA H200"}}
-    assert runs.run_seconds(gpu) == pytest.approx(4370.0 - (4360.0 - 1.05))
+    assert runs.run_seconds(gpu) == pytest.approx(4370.0 - (4360.0 - 1.0))
     slow = [{"seconds": s} for s in (1.0, 1.0, 1.0, 50.0)]  # 50 x the median, under 60 s beyond it
     assert runs.paused_seconds(slow) == 0.0 and runs.paused_seconds([]) == 0.0
+    assert runs.paused_seconds([{"seconds": 1.0}, {"seconds": 500.0}]) == 499.0  # two epochs
+    # a member of a group of 15 shares the group's epochs, its pause and its wall time
+    member = {"seconds": 1.0}
+    curve15 = [member] * 50 + [{"seconds": 1000.0}]
+    timing = {"wall_seconds": 1100.0 / 15, "group_wall_seconds": 1100.0}
+    share = runs.run_seconds({**gpu, "timing": timing, "curve": curve15})
+    assert share == pytest.approx((1100.0 - 999.0) / 15) and share > 0
     assert np.isnan(runs.run_seconds({}))
