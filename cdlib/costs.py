@@ -112,8 +112,8 @@ def _estimator(ok: pd.DataFrame, work: dict):
 def compute(results=None) -> pd.DataFrame:
     """CPU time of the grid the tables list, per dataset and backbone: the cost of every distinct
     recorded run, and an estimate for the runs not recorded (missing, or waiting for their tuning).
-    The estimate is the median epochs times the median seconds per epoch (`runs.run_seconds`, validation
-    included) of the recorded runs of the same backbone, size and method (else method) on the same
+    The estimate is the median epochs times the median seconds per epoch (`runs.run_seconds`,
+    validation included) of the recorded runs of the same backbone, size and method (else method) on the same
     dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
     CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
     counted once per table row, so two tables naming one such run count it twice."""
@@ -195,10 +195,10 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
 
 def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
-    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs, seconds), else `compute`'s estimate,
-    divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
-    measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
-    work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
+    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs,
+    seconds), else `compute`'s estimate, divided by the ratio of whole epochs (dense / step,
+    validation included) that `bench --steps` measured for its kind of run (`run_kind`) on its
+    dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
     batch size steps an epoch) at the warm-up's ratio. NaN where no ratio or no estimate exists.
     None without bench records of `step` or recorded runs (`t`: the tables' runs, `_grid_runs`)."""
     column = f"dense / {step}, validation included"

@@ -240,8 +240,7 @@ def readme_section(results=None) -> str:
             "",
             "The cost of every distinct recorded run the tables use (`runs.run_seconds`: its process's CPU "
             "time, else, in records older than that measure, its wall time less the time its epochs stood "
-            "paused), and for the runs not "
-            "recorded an "
+            "paused), and for the runs not recorded an "
             "estimate from the recorded runs most like them (`costs.compute`: median epochs x median seconds "
             "per epoch, scaled by the dataset's size where none of its own is recorded). The runs were timed "
             "two at a time on a 2-core CPU.",
