@@ -217,16 +217,26 @@ class Execution:
     sync_debug: str | None = (
         None  # torch.cuda.set_sync_debug_mode inside each epoch's steps (warn|error)
     )
+    checkpoint_every: float | None = 300.0  # seconds between a run's checkpoints (None: none)
 
     @classmethod
     def from_environment(cls, environ=None) -> Execution:
-        """CDLIB_NO_TRAIN, CDLIB_GROUP_SIZE, CDLIB_DEADLINE, CDLIB_COMPILE, CDLIB_DETERMINISTIC and
-        CDLIB_SYNC_DEBUG, each checked."""
+        """CDLIB_NO_TRAIN, CDLIB_GROUP_SIZE, CDLIB_DEADLINE, CDLIB_COMPILE, CDLIB_DETERMINISTIC,
+        CDLIB_SYNC_DEBUG and CDLIB_CHECKPOINT_EVERY (seconds, or "off"), each checked."""
         env = os.environ if environ is None else environ
         size = env.get("CDLIB_GROUP_SIZE", "1")
         if not size.isdigit() or int(size) < 1:
             raise ValueError(f"CDLIB_GROUP_SIZE must be a positive integer, got {size!r}")
         deadline = env.get("CDLIB_DEADLINE")
+        raw = env.get("CDLIB_CHECKPOINT_EVERY", "300")
+        try:
+            every = None if raw == "off" else float(raw)
+            if every is not None and not every >= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"CDLIB_CHECKPOINT_EVERY must be seconds (a number >= 0) or 'off', got {raw!r}"
+            ) from None
         return cls(
             train=env.get("CDLIB_NO_TRAIN", "") in ("", "0"),
             group_size=int(size),
@@ -234,6 +244,7 @@ class Execution:
             compile=env.get("CDLIB_COMPILE") or None,
             deterministic=env.get("CDLIB_DETERMINISTIC", "") not in ("", "0"),
             sync_debug=env.get("CDLIB_SYNC_DEBUG") or None,
+            checkpoint_every=every,
         )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import index, losses, methods, metrics, models, sparse
+from . import checkpoint, index, losses, methods, metrics, models, sparse
 from .batches import Member, dynamic_batches, plan_capacities, rng_state, static_batches
 from .config import Config, Execution, build_model
 from .dataset import Dataset
@@ -193,6 +193,7 @@ def fit_group(
     desc: str = "",
     track_test: bool = False,
     execution: Execution | None = None,
+    resume: checkpoint.Resume | None = None,
 ) -> list[dict]:
     """Train the runs `cfgs` (canonical, one dataset, stackable: `check_group`) together, each step
     one stacked forward and backward pass over the active members; returns, per run, {model, curve,
@@ -204,7 +205,8 @@ def fit_group(
     epoch's test HR@10 and NDCG@10 (sampled) to the curve, for analyses of the protocol only: nothing
     is chosen on them, and they draw no random numbers, so the run is the same. `execution` gives the
     step's compile mode, determinism and sync debugging (`config.Execution`; none of it is read here
-    from the environment)."""
+    from the environment). `resume`: the group's checkpoints (`checkpoint.Resume`), from the last of
+    which it starts and to which it saves every `resume.every` seconds."""
     check_group(cfgs)
     ex = execution or Execution()
     teachers = list(teachers) if teachers is not None else [None] * len(cfgs)
@@ -244,10 +246,15 @@ def fit_group(
     popularity = metrics.evaluate(
         metrics.Popularity(ds, dev), ds, "valid", "sampled", valid_negatives=cfgs[0].valid_negatives
     )["NDCG@10"]
-    stack = Stack(members, compile=ex.compile)
-    c0 = cfgs[0]
+    saved = resume.load(dev) if resume is not None else None
+    stack = Stack(checkpoint.restore(saved, members, dev) if saved else members, compile=ex.compile)
+    if saved:
+        stack.opt.load_state_dict(saved["optimizer"])
+    c0, start, cap = cfgs[0], saved["epoch"] if saved else 0, max(c.epochs for c in cfgs)
     bar = tqdm(
-        range(max(c.epochs for c in cfgs)),
+        range(start, cap),
+        initial=start,
+        total=cap,
         disable=not progress,
         leave=False,
         mininterval=2.0,
@@ -304,6 +311,8 @@ def fit_group(
             if not left:
                 break
             stack = Stack(left, stack, ex.compile)
+        if resume is not None and resume.due():
+            resume.save(checkpoint.capture(epoch + 1, members, stack.members, stack.opt, dev), dev)
         lead = max(stack.members, key=lambda m: m.best)
         bar.set_postfix(
             loss=f"{lead.curve[-1]['loss']:.4f}",

@@ -4,7 +4,8 @@ new class here and an entry in METHODS: its FIELDS become fields of `config.Conf
 
 A method says, for a batch of users, which items it adds to the student's forward pass
 (`batch_items`), what loss term it adds on the student's logits of those items (`loss`), and what
-it refreshes at the start of each epoch (`start_epoch`). L = L_CF + the method's term. It also
+it refreshes at the start of each epoch (`start_epoch`), and what of it a checkpoint saves
+(`state`, `load_state`). L = L_CF + the method's term. It also
 declares its parameters with their defaults (`FIELDS`), fills in the defaults that depend on others
 and checks their values (`canonical`), and says whether it needs a teacher (`TEACHER`).
 
@@ -44,6 +45,14 @@ class NoKD:
 
     def start_epoch(self, epoch: int, student) -> None:
         pass
+
+    def state(self) -> dict:
+        """What the method carries from one epoch to the next that `start_epoch` does not rebuild
+        from the epoch and the student: a checkpoint saves it (`checkpoint`)."""
+        return {"refresh_seconds": list(self.refresh_seconds)}
+
+    def load_state(self, state: dict) -> None:
+        self.refresh_seconds[:] = state["refresh_seconds"]  # (in place: CD shares its sampler's)
 
     def batch_items(
         self, users: torch.Tensor, generator: torch.Generator, pairs=None
@@ -169,6 +178,19 @@ class CD(NoKD):
 
     def start_epoch(self, epoch, student):
         self.sampler.start_epoch(epoch, student)
+
+    def state(
+        self,
+    ):  # the guide's ranking in use, which a student guide refreshes only every few epochs
+        return {
+            **super().state(),
+            "candidates": self.sampler.candidates,
+            "source": self.sampler.source,
+        }
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.sampler.candidates, self.sampler.source = state["candidates"], state["source"]
 
     def batch_items(self, users, generator, pairs=None):
         return self.sampler.sample(users, generator, pairs)

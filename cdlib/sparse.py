@@ -178,6 +178,27 @@ class RowAdam:
         self.clock: dict = {}  # parameter -> Adam steps taken, on the host (deferred)
         self.tails: dict = {}  # device -> F(t) of `tail_sums`, float64, grown as steps are taken
 
+    def state_dict(self) -> dict:
+        """Each parameter's state and step count, by its position in `params` (as torch's optimisers
+        key theirs), after `flush`: what a checkpoint saves (`checkpoint`). The `tail_sums` table is
+        not saved: it is a function of the step count, rebuilt on demand."""
+        self._settle()
+        at = {id(p): i for i, p in enumerate(self.params)}
+        return {
+            "state": {at[id(p)]: dict(st) for p, st in self.state.items()},
+            "clock": {at[id(p)]: n for p, n in self.clock.items()},
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """The state `state_dict` gave, on this optimiser's parameters (of the same shapes)."""
+        for i, st in saved["state"].items():
+            p = self.params[int(i)]
+            self.state[p] = {
+                k: v.to(p.device, copy=True) if isinstance(v, torch.Tensor) else v
+                for k, v in st.items()
+            }
+        self.clock = {self.params[int(i)]: int(n) for i, n in saved["clock"].items()}
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None

@@ -3,7 +3,8 @@ exact configuration exists in `results/runs/` (or when `refresh=True`), and cach
 every run outside git ($CDLIB_CACHE/weights). A student's teacher is itself a run, so every student
 of one dataset, backbone and teacher seed reuses one teacher, and a student's record names the
 SHA-256 of the teacher weights it was distilled from. A teacher retrained because its weights are
-missing never overwrites its record (`load_teacher`). The loop itself is `loop.fit_group`.
+missing never overwrites its record (`load_teacher`). The loop itself is `loop.fit_group`; a run
+stopped mid-training resumes from its last checkpoint (`checkpoint`, `Execution.checkpoint_every`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import paths, runs
+from . import checkpoint, paths, runs
 from .config import Config, Execution, build_model, dataset_for
 from .loop import STACKED, evaluate, fit, fit_group
 
@@ -275,11 +276,22 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
     ]
     # timed from here: a teacher trained (or retrained for its weights) above has its own record
     t0, cpu0 = time.time(), time.process_time()
+    resume = (
+        checkpoint.Resume(
+            [c.key() for c in cfgs], [sha for _, sha in teachers], execution.checkpoint_every
+        )
+        if execution.checkpoint_every is not None
+        else None
+    )
     try:
-        outs = fit_group(cfgs, ds, [t for t, _ in teachers], progress, execution=execution)
+        outs = fit_group(
+            cfgs, ds, [t for t, _ in teachers], progress, execution=execution, resume=resume
+        )
     except torch.cuda.OutOfMemoryError:
         if len(cfgs) == 1:
             raise
+        if resume is not None:
+            resume.discard()  # the halves keep checkpoints of their own
         half = len(cfgs) // 2
         print(
             f"out of GPU memory training a group of {len(cfgs)} runs: split into groups of {half} and "
@@ -316,7 +328,9 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
                 "provenance": runs.provenance(model.device, execution.compile),
             }
         )
-    wall, cpu = time.time() - t0, time.process_time() - cpu0
+    earlier = resume.earlier if resume is not None else {"wall_seconds": 0.0, "cpu_seconds": 0.0}
+    wall = time.time() - t0 + earlier["wall_seconds"]  # with the parts before a resume
+    cpu = time.process_time() - cpu0 + earlier["cpu_seconds"]
     for rec in out:  # a member's share of the group's time (all of it for a group of one)
         rec["timing"] = dict(
             rec["timing"],
@@ -324,5 +338,11 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
             group_wall_seconds=wall,
             cpu_seconds=cpu / len(cfgs),  # the process's, every thread (`runs.run_seconds`)
         )
+        if earlier.get(
+            "parts"
+        ):  # resumed from a checkpoint: the epochs each earlier part ran, where
+            rec["resumed"] = earlier["parts"]
         runs.write_record(rec, results)
+    if resume is not None:
+        resume.discard()
     return out

@@ -539,6 +539,7 @@ def test_execution_is_read_from_the_environment_at_entry_points_only(monkeypatch
         "CDLIB_COMPILE": "default",
         "CDLIB_DETERMINISTIC": "1",
         "CDLIB_SYNC_DEBUG": "warn",
+        "CDLIB_CHECKPOINT_EVERY": "60",
     }
     assert config.Execution.from_environment(env) == config.Execution(
         train=False,
@@ -547,10 +548,16 @@ def test_execution_is_read_from_the_environment_at_entry_points_only(monkeypatch
         compile="default",
         deterministic=True,
         sync_debug="warn",
+        checkpoint_every=60.0,
     )
     assert config.Execution.from_environment({}) == config.Execution()
-    with pytest.raises(ValueError, match="CDLIB_GROUP_SIZE"):
-        config.Execution.from_environment({"CDLIB_GROUP_SIZE": "0"})
+    assert (
+        config.Execution.from_environment({"CDLIB_CHECKPOINT_EVERY": "off"}).checkpoint_every
+        is None
+    )
+    for var, bad in (("CDLIB_GROUP_SIZE", "0"), ("CDLIB_CHECKPOINT_EVERY", "-1")):
+        with pytest.raises(ValueError, match=var):
+            config.Execution.from_environment({var: bad})
     for var, value in env.items():  # the loop and the store read none of them
         monkeypatch.setenv(var, value)
     cfg = train.Config(backbone="cdae", size=4, **dict(TINY, epochs=1, min_epochs=1))

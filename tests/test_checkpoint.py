@@ -1,0 +1,163 @@
+"""Checkpoints within a run: a run stopped after any epoch and resumed is the run trained in one go,
+bit for bit (one thread, this machine); a checkpoint that is not the run's is set aside, not used."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from cdlib import checkpoint, config, runs, sparse, train
+
+TINY = dict(dataset="ml-100k", subset_users=200, patience=2, min_epochs=1, device="cpu")
+EVERY_EPOCH = config.Execution(checkpoint_every=0.0)
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every record: two runs on two threads can part by rounding
+    yield tmp_path / "results"
+    torch.set_num_threads(threads)
+
+
+class Stopped(Exception):
+    """The process killed right after a checkpoint was written."""
+
+
+def stop_after(monkeypatch, epoch: int) -> list[int]:
+    """Make the run stop right after writing its checkpoint of `epoch` epochs; returns the epochs
+    checkpointed."""
+    saved, save = [], checkpoint.Resume.save
+
+    def save_then_stop(self, state, device):
+        save(self, state, device)
+        saved.append(state["epoch"])
+        if state["epoch"] == epoch:
+            raise Stopped
+
+    monkeypatch.setattr(checkpoint.Resume, "save", save_then_stop)
+    return saved
+
+
+def same_run(a: dict, b: dict) -> None:
+    assert train.differences(a, b) == []
+    assert a["weights_sha256"] == b["weights_sha256"] and a["best_epoch"] == b["best_epoch"]
+
+
+@pytest.mark.parametrize(
+    "backbone,method,extra",
+    [
+        ("cdae", "cd", {"guide": "student", "refresh_every": 2}),  # a ranking kept across epochs
+        ("cdae", "cd", {"guide": "hybrid", "switch_epoch": 2}),
+        ("neumf", "rd", {"rd_warmup": 2}),
+        ("cdae", "none", {"step": "deferred"}),
+        ("neumf", "none", {"step": "sparse"}),
+        ("cdae", "cd", {"sampling": "uniform", "shapes": "static"}),
+    ],
+)
+def test_a_run_stopped_after_an_epoch_resumes_as_the_same_run(
+    results, monkeypatch, backbone, method, extra
+):
+    cfg = train.Config(
+        backbone=backbone, size=8, method=method, teacher_size=16, epochs=5, **TINY, **extra
+    )
+    whole = train.run(cfg, results, progress=False, execution=config.Execution())
+    assert "resumed" not in whole
+    runs.record_path(cfg.canonical().key(), results).unlink()
+    with monkeypatch.context() as m:
+        stop_after(m, 3)
+        with pytest.raises(Stopped):
+            train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
+    path = checkpoint.path_of([cfg.canonical().key()])
+    assert path.is_file() and runs.read_record(cfg.canonical().key(), results) is None
+    resumed = train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
+    same_run(whole, resumed)
+    assert [p["epochs"] for p in resumed["resumed"]] == [3]
+    assert resumed["resumed"][0]["provenance"]["git"] == runs.provenance("cpu")["git"]
+    assert resumed["timing"]["cpu_seconds"] > 0 and not path.exists()  # deleted once recorded
+
+
+def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, monkeypatch):
+    cfgs = [
+        train.Config(backbone="cdae", size=8, seed=s, epochs=cap, **TINY)
+        for s, cap in zip(range(3), (5, 2, 4))
+    ]
+    whole = train.run_group(cfgs, results, progress=False, execution=config.Execution(group_size=3))
+    for c in cfgs:
+        runs.record_path(c.canonical().key(), results).unlink()
+    ex = dataclasses.replace(EVERY_EPOCH, group_size=3)
+    with monkeypatch.context() as m:
+        stop_after(m, 3)  # the second member has left the stack after its cap of 2 epochs
+        with pytest.raises(Stopped):
+            train.run_group(cfgs, results, progress=False, execution=ex)
+    saved = torch.load(checkpoint.path_of([c.canonical().key() for c in cfgs]), weights_only=True)
+    assert saved["active"] == [0, 2] and saved["members"][1]["done"]
+    resumed = train.run_group(cfgs, results, progress=False, execution=ex)
+    for a, b in zip(whole, resumed):
+        same_run(a, b)
+        assert [p["epochs"] for p in b["resumed"]] == [3]
+
+
+def test_a_checkpoint_of_other_teacher_weights_or_unreadable_is_set_aside(
+    results, monkeypatch, capsys
+):
+    cfg = train.Config(backbone="cdae", size=8, method="cd", teacher_size=16, epochs=4, **TINY)
+    whole = train.run(cfg, results, progress=False, execution=config.Execution())
+    key = cfg.canonical().key()
+    path = checkpoint.path_of([key])
+    for damage in ("teacher", "bytes"):
+        runs.record_path(key, results).unlink()
+        with monkeypatch.context() as m:
+            stop_after(m, 2)
+            with pytest.raises(Stopped):
+                train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
+        if damage == "teacher":  # as if the teacher had been retrained on another machine
+            saved = torch.load(path, weights_only=True)
+            saved["identity"]["teacher_sha256"] = ["0" * 64]
+            torch.save(saved, path)
+        else:
+            path.write_bytes(path.read_bytes()[:100])
+        again = train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
+        err = capsys.readouterr().err
+        assert f"checkpoint {path} not used" in err and "starts from its first epoch" in err
+        assert ("other runs, teacher weights" if damage == "teacher" else "cannot be read") in err
+        assert path.with_name(path.name + ".unused").is_file()  # kept, not destroyed
+        same_run(whole, again)
+        assert "resumed" not in again
+
+
+def test_row_adam_state_round_trips(monkeypatch):
+    """Deferred RowAdam's state saved after `flush` and loaded into a new optimiser continues as the
+    old one does, to the last bit, rows deferred again after the load."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (a table this small is otherwise stepped whole)
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(80, 4, generator=gen).requires_grad_()
+    opt = sparse.RowAdam([p], lr=0.01, betas=(0.9, 0.95), deferred=True)
+    assert opt.warmup == 20
+    grads = [
+        (torch.randint(0, 80, (5,), generator=gen), torch.randn(5, 4, generator=gen))
+        for _ in range(70)
+    ]
+
+    def step(opt, table, t):
+        ids, values = grads[t]
+        table.grad = torch.sparse_coo_tensor(ids[None], values, table.shape, check_invariants=False)
+        opt.step()
+
+    for t in range(40):
+        step(opt, p, t)
+    assert opt.state[p]["pending"]
+    opt.flush()
+    q = p.detach().clone().requires_grad_()
+    new = sparse.RowAdam([q], lr=0.01, betas=(0.9, 0.95), deferred=True)
+    new.load_state_dict(opt.state_dict())
+    for t in range(40, 70):
+        step(opt, p, t)
+        step(new, q, t)
+    assert opt.state[p]["pending"] and new.state[q]["pending"]
+    opt.flush()
+    new.flush()
+    assert torch.equal(p, q) and opt.clock[p] == new.clock[q] == 70
+    for k in ("exp_avg", "exp_avg_sq", "last"):
+        assert torch.equal(opt.state[p][k], new.state[q][k])
