@@ -13,7 +13,8 @@ import pandas as pd
 
 from . import metrics, runs
 from .config import STUDENT, Config, dataset_for
-from .costs import RUN_TABLES, TRAINING_NOTEBOOKS, profile_runs
+from .costs import RUN_TABLES
+from .plan import TRAINING_NOTEBOOKS, profile_runs
 from .runs import read_table
 from .tables import collect, own_runs
 
@@ -47,7 +48,7 @@ def coverage(results=None) -> pd.DataFrame:
 def profile_coverage(p, results=None) -> pd.DataFrame:
     """How much of profile `p`'s grid is recorded, before its tables are: per table (the tuning
     stage, then each training notebook), dataset and backbone, the runs it plans
-    (`costs.profile_runs`), those recorded, and the share. Runs are counted as `profile_runs`
+    (`plan.profile_runs`), those recorded, and the share. Runs are counted as `profile_runs`
     counts them, a run that two tables name in the first: the tuning stage's at its real choices,
     the tables' at the settings tuned so far (a cell whose tuning is not recorded has none of its
     tables' runs yet); "CPU hours": the recorded runs' cost (`runs.run_seconds`: CPU time, else

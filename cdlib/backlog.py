@@ -38,16 +38,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import experiments, ials, profiles, runs, train, tuning
+from . import checkpoint, experiments, ials, profiles, runs, train, tuning
 from .config import Execution
-from .costs import TRAINING_NOTEBOOKS
+from .plan import TRAINING_NOTEBOOKS
 from .tables import Pending
 
 # the tier of each training notebook's runs (born-again CD, 06's "BACD", is in the first: claim 6)
 TIERS = {"00_tuning": 0, "02_teachers": 0, "03_main": 0, "04_sampling": 0, "06_student_size": 1}
 TIERS["07_sensitivity"] = 2
 FIRST_TIER_LABELS = {"06_student_size": ("BACD",)}
-# a run two tables of one tier name is counted in the first of this order, as `costs.profile_runs`
+# a run two tables of one tier name is counted in the first of this order, as `plan.profile_runs`
 # and `audit.profile_coverage` count it (a teacher in 03_main, not 02_teachers)
 TABLE_ORDER = ["00_tuning", *TRAINING_NOTEBOOKS]
 
@@ -125,6 +125,13 @@ def _recorded(key: str, results=None) -> bool:
     return runs.record_path(key, results).is_file()
 
 
+def _checkpointed(c) -> bool:
+    """Whether `c`, or the teacher it would train first, has a checkpoint on this machine (a run
+    stopped mid-training, `checkpoint`): such a run is trained before the others, in their order."""
+    keys = [c.key()] + ([c.teacher().canonical().key()] if c.has_teacher else [])
+    return any(checkpoint.path_of([k]).is_file() for k in keys)
+
+
 def _log(worker: int, *parts) -> None:
     print(time.strftime("%H:%M:%S"), f"[worker {worker}]", *parts, flush=True)
 
@@ -184,7 +191,8 @@ def _run(c, p, results, worker: int, failed: set) -> int:
 
 def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | None = None) -> int:
     """Train profile `p`'s backlog until it is empty (waiting while other workers hold its last runs),
-    then (whoever claims it) the main table's iALS rows. A run that raises is logged with its traceback
+    a run stopped mid-training on this machine first (`_checkpointed`), then (whoever claims it) the
+    main table's iALS rows. A run that raises is logged with its traceback
     and not tried again by this worker, nor are the students of a teacher that raised; the time limit
     (CDLIB_DEADLINE) stops the worker. The backlog is read again after every run (another worker's
     may have opened runs that rank higher). Returns how many runs this worker trained, teachers
@@ -196,6 +204,7 @@ def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | N
         items = [i for i in outstanding(p, results) if not _blocked(i.config, failed)]
         if not items:
             break
+        items.sort(key=lambda i: not _checkpointed(i.config))  # half-trained runs first
         _log(worker, f"{len(items)} runs outstanding, tier {items[0].tier} first")
         for item in items:  # the first this worker can claim
             try:

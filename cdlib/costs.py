@@ -1,9 +1,10 @@
 """What the grid costs: the CPU hours recorded and estimated to go per dataset and backbone
-(`compute`), and the paper profile's training time on a benchmarked device (`device_estimate`)."""
+(`compute`), each kind of run priced with a step's benched ratio (`pricer`, `step_estimate`), and the
+paper profile's training time on a benchmarked device (`device_estimate`). A profile's whole plan,
+priced, is `plan`."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ RUN_TABLES = {
 }
 
 
-def _grid_runs(results=None) -> pd.DataFrame | None:
+def grid_runs(results=None) -> pd.DataFrame | None:
     """Every distinct run the tables list (a run named by two tables once), with its status, recorded
     epochs, and for a recorded run its cost (`runs.run_seconds`) and seconds per epoch (validation
     included)."""
@@ -117,7 +118,7 @@ def compute(results=None) -> pd.DataFrame:
     dataset, else on the recorded dataset nearest in work, scaled by the work (users x items for
     CDAE's dense rows, training interactions for NeuMF's pairs). Runs waiting for their tuning are
     counted once per table row, so two tables naming one such run count it twice."""
-    t = _grid_runs(results)
+    t = grid_runs(results)
     if t is None:
         return pd.DataFrame()
     ok = t[t.status == "ok"]
@@ -193,14 +194,14 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
     return "student, CD teacher-guided"
 
 
-def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
+def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
     seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs,
     seconds), else `compute`'s estimate, divided by the ratio of whole epochs (dense / step,
     validation included) that `bench --steps` measured for its kind of run (`run_kind`) on its
     dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
     batch size steps an epoch) at the warm-up's ratio. NaN where no ratio or no estimate exists.
-    None without bench records of `step` or recorded runs (`t`: the tables' runs, `_grid_runs`)."""
+    None without bench records of `step` or recorded runs (`t`: the tables' runs, `grid_runs`)."""
     column = f"dense / {step}, validation included"
     if t is None or not any(column in row for rec in bench_records for row in rec["steps"]):
         return None
@@ -248,10 +249,10 @@ def _pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, ste
 def step_estimate(bench_records: list[dict], results=None, step: str = "sparse") -> pd.DataFrame:
     """The whole grid the tables list (recorded and to go, as `compute` counts it) trained with a
     sparse step (`Config.step`), per dataset and backbone: each run's CPU hours with the dense step
-    (recorded seconds, else `compute`'s estimate) and with `step` (`_pricer`). A cell with a run
+    (recorded seconds, else `compute`'s estimate) and with `step` (`pricer`). A cell with a run
     whose kind has no benched ratio has no estimate. Empty without bench records or tables."""
-    t = _grid_runs(results)
-    price = _pricer(bench_records, t, results, step)
+    t = grid_runs(results)
+    price = pricer(bench_records, t, results, step)
     if price is None:
         return pd.DataFrame()
     rows = []
@@ -274,12 +275,12 @@ def step_estimate(bench_records: list[dict], results=None, step: str = "sparse")
                 "ratios of": ref or "",
             }
         )
-    return _with_total(
+    return with_total(
         pd.DataFrame(rows), ["CPU hours, dense step", f"CPU hours, {step} step (est.)"]
     )
 
 
-def _with_total(
+def with_total(
     out: pd.DataFrame, cols: list, by=("dataset", "backbone"), digits: int | None = 1
 ) -> pd.DataFrame:
     """`out` with a last row "all" summing `cols` and the runs (NaN where a row has none), rounded
@@ -292,122 +293,6 @@ def _with_total(
     if digits is not None:
         out[cols] = out[cols].round(digits)
     return out
-
-
-# the training notebooks whose grids `profile_runs` lists (`experiments.notebook_grid`)
-TRAINING_NOTEBOOKS = ("03_main", "02_teachers", "04_sampling", "06_student_size", "07_sensitivity")
-
-
-def profile_runs(p) -> pd.DataFrame:
-    """Every distinct run (of the backbones; iALS's, minutes in all, aside) that profile `p` trains,
-    before any is recorded: its tuning stage (each stage's points x tuning seeds on each tuning
-    dataset and backbone) and its training notebooks' grids, a run that two of them name counted
-    once, where it first appears. Every stage is enumerated as if it chose its first grid point
-    (`tuning.first_choice`), the settings the grids are enumerated at: a run that the tuning
-    stage trains at its chosen point (the main table's runs at the tuning seeds, the sensitivity
-    figure's points that are tuning points, ...) is then the same configuration whichever point it
-    chooses. One row per run:
-    table, label, dataset, backbone, size, method, seed."""
-    from . import experiments, tuning
-    from .config import Execution
-
-    seen, rows = set(), []
-
-    def add(table, label, c):
-        c = c.canonical()
-        if c.key() not in seen:
-            seen.add(c.key())
-            rows.append((table, label, c.dataset, c.backbone, c.size, c.method, c.seed))
-
-    stage_label = {"Teacher": "Teacher", "Student": "Student", "RD": "RD", "CD": "CD-T"}
-    first = tuning.first_choice(p) if p.tuning else None
-    for d in p.tuning_datasets():
-        for b in p.backbones:
-            for stage in tuning.tuning_stages(p):
-                for cfgs in tuning.stage_grid(p, d, b, stage, first).values():
-                    for c in cfgs:  # the guide stage's runs priced as their guide's
-                        add("00_tuning", stage_label.get(stage, f"CD-{c.guide[0].upper()}"), c)
-    q = dataclasses.replace(p, presume=first, execution=Execution(train=False))
-    for nb in TRAINING_NOTEBOOKS:
-        for label, cfgs in experiments.notebook_grid(nb, q).items():
-            for c in cfgs:
-                add(nb, label, c)
-    return pd.DataFrame(
-        rows, columns=["table", "label", "dataset", "backbone", "size", "method", "seed"]
-    )
-
-
-def profile_estimate(
-    p, bench_records: list[dict], results=None, step: str = "deferred", digits: int | None = 1
-) -> pd.DataFrame:
-    """The CPU hours of profile `p`'s whole grid (`profile_runs`), per table, dataset and backbone,
-    with the dense step and with `step`: every run priced as `compute` estimates a run to go (the
-    recorded runs of the same kind, on the same dataset or the nearest in work) and divided by its
-    kind's benched ratio (`_pricer`), rounded to `digits` (None: not rounded). Empty without bench
-    records or recorded runs."""
-    price = _pricer(bench_records, _grid_runs(results), results, step)
-    if price is None:
-        return pd.DataFrame()
-    t = profile_runs(p)
-    priced = [price(r.dataset, r.backbone, r.size, r.method, r.label)[:2] for r in t.itertuples()]
-    t["dense"], t["stepped"] = np.array(priced, dtype=float).reshape(-1, 2).T
-    g = t.groupby(["table", "dataset", "backbone"], sort=False)
-    out = g.size().rename("runs").to_frame()
-    # a run without an estimate leaves its cell without one
-    out["CPU hours, dense step"] = g.dense.apply(lambda x: x.sum(skipna=False)) / 3600
-    out[f"CPU hours, {step} step (est.)"] = g.stepped.apply(lambda x: x.sum(skipna=False)) / 3600
-    out = out.reset_index()
-    return _with_total(out, list(out.columns[-2:]), ("table", "dataset", "backbone"), digits)
-
-
-def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
-    """`profile_estimate` against what was recorded (`audit.profile_coverage`), per dataset and
-    backbone whose every planned run is recorded: runs, the estimated CPU hours (the last column of
-    `estimate`: the stepped one) and the recorded ones, and recorded / estimated. A cell with a run
-    still to go is left out (its recorded hours price only part of it)."""
-    col = estimate.columns[-1]
-    est = estimate[estimate.table != "all"].groupby(["dataset", "backbone"], sort=False)[col].sum()
-    cov = coverage[coverage.table != "all"].groupby(["dataset", "backbone"], sort=False)
-    cells = cov[["runs", "recorded", "CPU hours"]].sum()
-    done = cells[(cells.recorded == cells.runs) & (cells.runs > 0)]
-    out = pd.DataFrame(
-        {
-            "runs": done.runs,
-            "CPU hours, estimated": est.reindex(done.index),
-            "CPU hours, recorded": done["CPU hours"],
-        }
-    )
-    out["recorded / estimated"] = out["CPU hours, recorded"] / out["CPU hours, estimated"]
-    return out.reset_index()
-
-
-def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
-    """What `coverage` (`audit.profile_coverage`) has not recorded of `estimate` (`profile_estimate`),
-    per backbone: the runs to go, the estimated CPU hours to go (each table and cell's estimate, the
-    last column, times its share of runs not recorded), the recorded / estimated ratio of the
-    backbone's complete cells (`estimate_check`, pooled over them; NaN where none is complete), and
-    the hours to go at that ratio. A last row "all" sums them."""
-    keys = ["table", "dataset", "backbone"]
-    est = estimate[estimate.table != "all"].set_index(keys)[estimate.columns[-1]]
-    cov = coverage[coverage.table != "all"].set_index(keys)
-    left = cov.runs - cov.recorded
-    rows = pd.DataFrame({"runs to go": left, "hours": est.reindex(cov.index) * left / cov.runs})
-    by = rows.groupby(level="backbone", sort=False).agg(lambda x: x.sum(skipna=False))
-    done = estimate_check(estimate, coverage).groupby("backbone", sort=False).sum(numeric_only=True)
-    ratio = (done["CPU hours, recorded"] / done["CPU hours, estimated"]).reindex(by.index)
-    out = pd.DataFrame(
-        {
-            "runs to go": by["runs to go"].astype(int),
-            "CPU hours to go, estimated": by.hours,
-            "recorded / estimated": ratio,
-            "CPU hours to go, at that ratio": by.hours * ratio,
-        }
-    ).reset_index()
-    total = out.sum(numeric_only=True, skipna=False)
-    total["recorded / estimated"] = (
-        total["CPU hours to go, at that ratio"] / total["CPU hours to go, estimated"]
-    )
-    return pd.concat([out, pd.DataFrame([{"backbone": "all", **total}])], ignore_index=True)
 
 
 def _bench_epoch(seconds: dict, backbone: str, size: int, method: str, teacher_size: int) -> float:
@@ -436,7 +321,7 @@ def device_estimate(bench_record: dict, results=None) -> dict:
     steps per epoch (users / batch) on a GPU, where a step costs its overhead whatever its size, and by the
     work (`_work`) on a CPU. Validation is left out, so this is a lower bound. Returns hours in all and per
     dataset, and what it rests on."""
-    t = _grid_runs(results)
+    t = grid_runs(results)
     if t is None:
         return {}
     gpu = runs.device_kind(bench_record["provenance"]["device"]) == "cuda"

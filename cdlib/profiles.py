@@ -81,7 +81,7 @@ class Profile:
     tune_on: dict = field(default_factory=dict)
     tuning: dict | None = field(default_factory=lambda: TUNING)
     ials_grid: dict = field(default_factory=lambda: IALS_GRID)  # iALS's tuning grid (`cdlib.ials`)
-    # planning only (`costs.profile_runs`): the tuning stage's choice taken as given, {stage:
+    # planning only (`plan.profile_runs`): the tuning stage's choice taken as given, {stage:
     # settings}, its runs neither read nor trained; None: the tuning stage decides
     presume: dict | None = None
     # narrower grids for some tables: {"size" | "sensitivity": {"datasets": [...], "seeds": [...]}}
@@ -181,7 +181,7 @@ PROFILES = {
         # the deferred step (Adam's own training at the cost of the rows a step reads; the dense
         # step's up to rounding, `tests/test_sparse.py`), chosen on the pooled equivalence test of
         # ml-100k and ml-1m and on the grid's estimated cost (README "The sparse steps against the
-        # dense one", `costs.profile_estimate`) [decision]
+        # dense one", `plan.profile_estimate`) [decision]
         step="deferred",
         tuned=list(data.DATASETS),
         tuning=TUNING_NEXT,
@@ -195,7 +195,7 @@ PROFILES = {
         cost="the paper profile under issue 23's protocol (validation negatives disjoint from the "
         "test's, each dataset tuned on its own, the CD guide chosen in tuning, the deferred step): "
         "weeks on 2 cores "
-        "(`costs.profile_estimate` prices it: README, notebook 09); what tools/gpu_window.sh trains",
+        "(`plan.profile_estimate` prices it: README, notebook 09); what tools/gpu_window.sh trains",
     ),
 }
 

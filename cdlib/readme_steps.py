@@ -1,6 +1,6 @@
 """The README's section on the sparse steps (`Config.step`, issue 22): their epoch timings beside
 the dense step's (`cdlib.bench --steps`), what the grids cost with them (`costs.step_estimate`,
-`costs.profile_estimate`), their agreement with the dense step (`agreement`), and what decided
+`plan.profile_estimate`), their agreement with the dense step (`agreement`), and what decided
 profile `next`'s step. Part of `readme.readme_section`."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pandas as pd
 from . import runs
 from .agreement import step_agreement, step_equivalence
 from .audit import profile_coverage
-from .costs import estimate_check, hours_to_go, profile_estimate, step_estimate
+from .costs import step_estimate
+from .plan import estimate_check, hours_to_go, profile_estimate
 from .profiles import PROFILES
 from .stepbench import STEP_COLUMNS
 from .tables import markdown
@@ -144,7 +145,7 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
                 f"table, sensitivity on ml-1m and citeulike-t) is {int(whole['runs'])} runs: an "
                 f"estimated **{whole['CPU hours, dense step']:.0f} CPU hours** with the dense step and "
                 f"**{whole['CPU hours, deferred step (est.)']:.0f}** with the deferred one, every run "
-                "priced as a run to go (`costs.profile_estimate`).",
+                "priced as a run to go (`plan.profile_estimate`).",
                 "",
                 markdown(by_table.reset_index()),
                 "",
@@ -187,7 +188,7 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
 
 def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> list[str]:
     """What profile `next` has recorded so far, and the estimate against the recorded hours where a
-    cell's every run is recorded (`costs.estimate_check`)."""
+    cell's every run is recorded (`plan.estimate_check`)."""
     whole = coverage[coverage.table == "all"]
     if whole.empty or not whole.recorded.iloc[0]:
         return []
@@ -199,7 +200,7 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
     if not check.empty:
         text += (
             " Where a cell's every planned run is recorded, the estimate beside the hours they took "
-            "(`costs.estimate_check`): "
+            "(`plan.estimate_check`): "
             + "; ".join(
                 f"{r['dataset']} {r['backbone']}, {r['runs']} runs priced at "
                 f"{r['CPU hours, estimated']:.1f} h, recorded {r['CPU hours, recorded']:.1f} h "
@@ -213,7 +214,7 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
 
 
 def _to_go_sentence(t: pd.DataFrame) -> str:
-    """The runs and CPU hours `next` has to go (`costs.hours_to_go`), as estimated and at the ratio
+    """The runs and CPU hours `next` has to go (`plan.hours_to_go`), as estimated and at the ratio
     its complete cells took."""
     whole = t.set_index("backbone").loc["all"]
     cells = "; ".join(
@@ -227,7 +228,7 @@ def _to_go_sentence(t: pd.DataFrame) -> str:
         f" To go: {int(whole['runs to go'])} runs, an estimated "
         f"**{whole['CPU hours to go, estimated']:.0f} CPU hours**; at the ratio of recorded to "
         f"estimated hours of each backbone's complete cells ({cells}), "
-        + (f"**{at_ratio:.0f}** (`costs.hours_to_go`)." if pd.notna(at_ratio) else "not known yet.")
+        + (f"**{at_ratio:.0f}** (`plan.hours_to_go`)." if pd.notna(at_ratio) else "not known yet.")
     )
 
 

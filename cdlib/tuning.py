@@ -75,7 +75,7 @@ def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict
 
 def first_choice(p: Profile) -> dict:
     """The choice of a tuning stage that chose every stage's first grid point: one it can make,
-    at which `costs.profile_runs` plans a profile's grid."""
+    at which `plan.profile_runs` plans a profile's grid."""
     return {stage: _points(p.tuning[stage])[0] for stage in tuning_stages(p)}
 
 

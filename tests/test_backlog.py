@@ -5,7 +5,7 @@ import multiprocessing
 import pytest
 from conftest import fake_training
 
-from cdlib import audit, backlog, costs, ials, profiles, runs, tuning
+from cdlib import audit, backlog, checkpoint, ials, plan, profiles, runs, tuning
 from cdlib.backlog import summary
 from cdlib.config import STUDENT, TEACHER_SIZE
 
@@ -77,7 +77,7 @@ def test_workers_train_the_whole_plan_once_then_the_ials_rows(tmp_path, monkeypa
     p = _profile(seeds=[0], train_missing=True)
     n = backlog.work(p, tmp_path, poll=0)
     cov = audit.profile_coverage(p, tmp_path)
-    assert (cov.recorded == cov.runs).all() and n == len(costs.profile_runs(p)) > 0
+    assert (cov.recorded == cov.runs).all() and n == len(plan.profile_runs(p)) > 0
     assert called == ["next"] and backlog.outstanding(p, tmp_path) == []
     assert backlog.work(p, tmp_path, poll=0) == 0  # resumes: nothing is trained twice
 
@@ -93,6 +93,25 @@ def test_a_claimed_run_is_left_to_its_worker(tmp_path, monkeypatch):
     assert runs.record_path(second.config.key(), tmp_path).exists()
     held.close()  # the worker holding it stops (a lock dies with its process)
     assert backlog.claim(first.config.key(), tmp_path) is not None
+
+
+def test_a_run_stopped_mid_training_here_is_resumed_first(tmp_path, monkeypatch):
+    """A run with a checkpoint on this machine (`checkpoint.path_of`) is claimed before the backlog's
+    first run; the others keep their order."""
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    fake_training(monkeypatch)
+    p = _profile(train_missing=True)
+    first, second, third = backlog.outstanding(p, tmp_path)[:3]
+    path = checkpoint.path_of([third.config.key()])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert backlog.work(p, tmp_path, poll=0, max_runs=1) == 1
+    assert runs.record_path(third.config.key(), tmp_path).exists()
+    assert not runs.record_path(first.config.key(), tmp_path).exists()
+    path.unlink()  # (fake training writes no checkpoint and deletes none)
+    assert backlog.work(p, tmp_path, poll=0, max_runs=1) == 1
+    assert runs.record_path(first.config.key(), tmp_path).exists()
+    assert not runs.record_path(second.config.key(), tmp_path).exists()
 
 
 def test_a_student_trains_its_teacher_first_unless_another_worker_holds_it(tmp_path, monkeypatch):

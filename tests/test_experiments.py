@@ -14,6 +14,7 @@ from cdlib import (
     claim_tables,
     costs,
     effects,
+    plan,
     plots,
     profiles,
     readme,
@@ -728,86 +729,6 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
     assert costs.step_estimate([], tmp_path).empty
 
 
-def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
-    """Issue 23's grid, one cell (ml-100k CDAE, 5 seeds): tuning 2 seeds x (Teacher 6 + Student 6 + RD 8
-    + CD 6 + 2 more guides) = 56; main 6 labels x 5 seeds less the 6 x 2 the tuning trained, plus RD-v1
-    x 5 = 23; sampling 4 new labels x 5 = 20 (rank-aware teacher/student guided are CD-T and CD-S);
-    size 3 other sizes x (Student, CD) x 3 seeds + born-again x 3 = 21; no sensitivity (ml-1m and
-    citeulike-t only). The paper profile: no guide stage, so CD-S and CD-H of the tuning seeds are
-    the main table's own runs."""
-    one = dict(datasets=["ml-100k"], backbones=["cdae"])
-    nxt = costs.profile_runs(dataclasses.replace(profiles.PROFILES["next"], **one))
-    assert nxt.groupby("table").size().to_dict() == {
-        "00_tuning": 56,
-        "03_main": 23,
-        "04_sampling": 20,
-        "06_student_size": 21,
-    }
-    assert set(nxt[nxt.table == "06_student_size"].seed) == {0, 1, 2}
-    tuning = nxt[nxt.table == "00_tuning"]
-    assert (tuning.method.value_counts() / 2).to_dict() == {"none": 12, "rd": 8, "cd": 8}
-    paper = costs.profile_runs(dataclasses.replace(profiles.PROFILES["paper"], **one))
-    counts = paper.groupby("table").size().to_dict()
-    assert counts["00_tuning"] == 2 * (4 + 4 + 6 + 6) and counts["03_main"] == 6 * 5 - 4 * 2 + 5
-    # every seed (no scope); of each parameter's 4 values, the one CD-T runs at is CD-T's run, and
-    # at the tuning seeds the other lambda_kd and n_distill values of CD's grid are tuning runs
-    assert counts["07_sensitivity"] == (16 - 4) * 5 - 3 * 2
-
-
-def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
-    """Each run of the profile at the recorded runs' epochs x seconds per epoch of its kind, over
-    its kind's benched ratio; a cell priced from a dataset nearest in work is scaled by it."""
-    from cdlib import runs
-
-    tables.save_table(  # ml-1m stands for a dataset of 4x ml-100k's users x items
-        pd.DataFrame(
-            {
-                "dataset": ["ml-100k", "ml-1m"],
-                "users": [10, 40],
-                "items": [100] * 2,
-                "train": [5] * 2,
-            }
-        ),
-        "01_datasets",
-        tmp_path,
-    )
-    rows_ = []
-    for label, size in (("Teacher", 200), ("Student", 20)):
-        for m in ("none", "rd", "cd") if size == 20 else ("none",):
-            key = f"{label}{m}"
-            runs.write_record({"key": key, "timing": {"wall_seconds": 360.0}}, tmp_path)
-            rows_.append(
-                dict(label=label, dataset="ml-100k", backbone="cdae", size=size, seed=0, method=m)
-                | {"status": "ok", "key": key, "epochs_run": 10}
-            )
-    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
-    ratios = {"teacher": 4.0, "student, none": 2.0}
-    ratios |= {"student, CD teacher-guided": 2.0, "student, CD student-guided": 1.0}
-    bench = {
-        "steps": [
-            {"dataset": "ml-100k", "run": f"CDAE {k}", "dense / sparse, validation included": v}
-            for k, v in ratios.items()
-        ]
-    }
-    p = dataclasses.replace(
-        profiles.PROFILES["next"], datasets=["ml-100k", "ml-1m"], backbones=["cdae"]
-    )
-    p.scope = {}
-    e = costs.profile_estimate(p, [bench], tmp_path, step="sparse")
-    t = costs.profile_runs(p)
-    assert e.runs.iloc[-1] == len(t)  # every run priced once
-    # each run 360 s on ml-100k; on ml-1m 4x the work (users x items): 1440 s
-    per = t.dataset.map({"ml-100k": 360.0, "ml-1m": 1440.0})
-    assert np.isclose(e["CPU hours, dense step"].iloc[-1], round(per.sum() / 3600, 1))
-    kinds = [
-        costs.kind_name("cdae", costs.run_kind("cdae", r.size, r.method, r.label))
-        for r in t.itertuples()
-    ]
-    stepped = per / pd.Series([ratios[k.removeprefix("CDAE ")] for k in kinds])
-    assert np.isclose(e["CPU hours, sparse step (est.)"].iloc[-1], round(stepped.sum() / 3600, 1))
-    assert costs.profile_estimate(p, [], tmp_path).empty
-
-
 def test_the_deferred_estimate_prices_the_warm_up_epochs_at_their_own_ratio(tmp_path, monkeypatch):
     """step="deferred": a run's epochs in the deferred Adam's warm-up (here its first 50 steps, one a
     epoch: half of a 100-epoch run) at the warm-up's benched ratio, the rest at the deferred one's."""
@@ -922,21 +843,21 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
     tmp_path, monkeypatch, name, dataset, chosen
 ):
     """A profile's grid against its records: nothing recorded, then the tuning stage (chosen away
-    from the first points `costs.profile_runs` plans at, or from the backbone's defaults where the
+    from the first points `plan.profile_runs` plans at, or from the backbone's defaults where the
     grid leaves them out), then every table's runs: each count reaches its plan exactly, a run two
     tables share counted once."""
     _fake_training(monkeypatch)
     p = profiles.profile(name, datasets=[dataset], backbones=["neumf"], seeds=[0, 2])
-    plan = costs.profile_runs(p)
+    planned = plan.profile_runs(p)
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
-    assert cov.loc["all", "runs"] == len(plan) and cov.recorded.sum() == 0
+    assert cov.loc["all", "runs"] == len(planned) and cov.recorded.sum() == 0
     runs_df, choice = tuning.tune(p, dataset, "neumf", tmp_path, progress=False)
     assert all(choice[stage] == want for stage, want in chosen.items())
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
     distinct = runs_df.key.nunique()  # the guide stage's teacher-guided point is CD's chosen run
     assert cov.loc["00_tuning", "recorded"] == cov.loc["00_tuning", "runs"] == distinct
     assert cov.loc["03_main", "recorded"] == 0 < cov.loc["03_main", "runs"]
-    for nb in costs.TRAINING_NOTEBOOKS:
+    for nb in plan.TRAINING_NOTEBOOKS:
         tables.collect(ex.notebook_grid(nb, p, tmp_path), tmp_path, progress=False)
     cov = audit.profile_coverage(p, tmp_path)
     assert (cov.recorded == cov.runs).all() and (cov["recorded %"] == 100).all()
@@ -945,42 +866,6 @@ def test_profile_coverage_counts_each_run_once_and_complete_means_complete(
     runs.write_record({**rec, "timing": {**rec["timing"], "wall_seconds": 7200.0}}, tmp_path)
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
     assert cov.loc["00_tuning", "CPU hours"] == cov.loc["all", "CPU hours"] == 2.0
-
-
-def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_cells_only():
-    """`costs.estimate_check`: a cell whose every planned run is recorded gets its estimated and
-    recorded hours side by side; a cell with a run to go is left out."""
-    estimate = pd.DataFrame(
-        {
-            "table": ["00_tuning", "03_main", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", ""],
-            "backbone": ["cdae", "cdae", "cdae", ""],
-            "runs": [4, 2, 4, 10],
-            "CPU hours, dense step": [9.0, 9.0, 9.0, 27.0],
-            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 4.5],
-        }
-    )
-    coverage = pd.DataFrame(
-        {
-            "table": ["00_tuning", "03_main", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", None],
-            "backbone": ["cdae", "cdae", "cdae", None],
-            "runs": [4, 2, 4, 10],
-            "recorded": [4, 2, 3, 9],
-            "CPU hours": [2.0, 1.0, 5.0, 8.0],
-        }
-    )
-    check = costs.estimate_check(estimate, coverage)
-    assert check.to_dict("records") == [
-        {
-            "dataset": "ml-100k",
-            "backbone": "cdae",
-            "runs": 6,
-            "CPU hours, estimated": 1.5,
-            "CPU hours, recorded": 3.0,
-            "recorded / estimated": 2.0,
-        }
-    ]
 
 
 def test_a_renamed_claim_leaves_no_forest_plot_behind(tmp_path):
@@ -1083,38 +968,3 @@ def test_engine_targets_compares_each_measurement_with_issue_22s_target():
     }
     assert "slowest: x" in t.target[t.step == "deferred"].iloc[1]
     assert t.measured[t.target.str.startswith("peak")].iloc[0] == "4.5 GiB"
-
-
-def test_hours_to_go_scale_the_estimate_by_what_complete_cells_took():
-    """`costs.hours_to_go`: each row's estimate times its share of runs to go, and the same at the
-    recorded / estimated ratio of the backbone's complete cells (none complete: no ratio)."""
-    estimate = pd.DataFrame(
-        {
-            "table": ["00_tuning", "03_main", "00_tuning", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", ""],
-            "backbone": ["cdae", "cdae", "cdae", "neumf", ""],
-            "runs": [4, 2, 4, 4, 14],
-            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 2.0, 6.5],
-        }
-    )
-    coverage = pd.DataFrame(
-        {
-            "table": ["00_tuning", "03_main", "00_tuning", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", None],
-            "backbone": ["cdae", "cdae", "cdae", "neumf", None],
-            "runs": [4, 2, 4, 4, 14],
-            "recorded": [4, 2, 3, 2, 11],
-            "CPU hours": [2.0, 1.0, 5.0, 1.0, 9.0],
-        }
-    )
-    t = costs.hours_to_go(estimate, coverage).set_index("backbone")
-    assert t.loc["cdae"].tolist() == [1, 0.75, 2.0, 1.5]  # 3.0 x 1/4, at ml-100k's 3.0 / 1.5
-    assert t.loc["neumf", "runs to go"] == 2 and t.loc["neumf", "CPU hours to go, estimated"] == 1.0
-    assert t.loc["neumf"].iloc[2:].isna().all()  # no complete NeuMF cell: no ratio
-    assert t.loc["all", "runs to go"] == 3 and t.loc["all", "CPU hours to go, estimated"] == 1.75
-    assert np.isnan(t.loc["all", "CPU hours to go, at that ratio"])
-    text = readme_steps._to_go_sentence(t.reset_index())
-    assert "To go: 3 runs, an estimated **2 CPU hours**" in text
-    assert "(cdae 2.00x; neumf none), not known yet." in text
-    whole = costs.hours_to_go(estimate.iloc[[0, 1, 2, 4]], coverage.iloc[[0, 1, 2, 4]])
-    assert "(cdae 2.00x), **2** (`costs.hours_to_go`)." in readme_steps._to_go_sentence(whole)

@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, audit, claim_tables, costs, ials, plots, profiles, readme, report, sentences, tables, tuning
+from cdlib import analyses, audit, claim_tables, costs, ials, plan, plots, profiles, readme, report, sentences, tables, tuning
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -471,19 +471,19 @@ print(shown.to_string(index=False) if not shown.empty else "no cell of next has 
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
 validation negatives disjoint from the test's, 5 seeds for the main table and the claims' ablations,
 3 for the size table, sensitivity on ml-1m and citeulike-t), every run priced as a run to go, with
-the dense step and the deferred one (`costs.profile_estimate`, from the recorded runs and the step
+the dense step and the deferred one (`plan.profile_estimate`, from the recorded runs and the step
 bench); then, for each cell whose every planned run is recorded, the estimate beside the hours those
-runs took (`costs.estimate_check`)."""),
+runs took (`plan.estimate_check`)."""),
         code(
             """import json
 from cdlib import runs
 bench_steps = [json.loads(f.read_text()) for f in sorted(runs.results_dir(results_dir).glob("bench/steps_*_cpu.json"))]
-grid_next = costs.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred", digits=None)
+grid_next = plan.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred", digits=None)
 if grid_next.empty:
     print("no step bench or recorded runs to price it from")
 else:
     print(grid_next.groupby("table", sort=False)[grid_next.columns[-3:]].sum().round(1).to_string())
-    check = costs.estimate_check(grid_next, progress)
+    check = plan.estimate_check(grid_next, progress)
     print(check.round(2).to_string(index=False) if not check.empty else "no cell of next is complete yet")""",
             "nbval-check-output",
         ),
