@@ -1,14 +1,16 @@
-"""Checkpoints within a run: a run stopped mid-training (a session's end, a killed worker, a GPU
-window's limit) resumes from the end of its last saved epoch instead of from its first, and ends as
-the run it would have been, bit for bit on the same machine (`tests/test_checkpoint.py`).
+"""Checkpoints within a run: a run stopped mid-training (a session's end, a killed worker) resumes
+from the end of its last saved epoch instead of from its first, and ends as the run it would have
+been, bit for bit on the same machine (`tests/test_checkpoint.py`).
 
 A checkpoint holds, after an epoch, everything the loop carries into the next one: each member's
 weights, random streams (its sampling generator and the global state its dropout draws from),
 learning curve, best state and early-stopping count, its method's state (`methods.NoKD.state`),
 and the optimiser of the active members. It is written atomically every `every` seconds of wall
 time, to $CDLIB_CACHE/checkpoints/<key>.pt, outside git, and deleted once the run's record is
-written. A checkpoint of other runs, of other teacher weights or of another format is not used: the
-run starts from its first epoch, and says why.
+written (a teacher retrained for its missing weights: once they are cached). A checkpoint of other
+runs, of other teacher weights or of another format is not used: the run starts from its first
+epoch, and says why. A GPU window's machine is new each time and the window sends back records
+only (`tools/gpu_window.sh`), so there a run in flight at the window's end is still lost.
 """
 
 from __future__ import annotations

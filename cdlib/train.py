@@ -139,7 +139,8 @@ def load_teacher(
 def _retrain_recorded_teacher(
     tcfg: Config, recorded: dict, ds, results, progress: bool, execution: Execution
 ) -> None:
-    out = fit(tcfg, ds, None, progress, execution=execution)
+    resume = _resume([tcfg], [None], execution)
+    out = fit_group([tcfg], ds, [None], progress, execution=execution, resume=resume)[0]
     new = {
         **evaluate(out["model"], ds, tcfg),
         "best_epoch": out["best_epoch"],
@@ -184,6 +185,8 @@ def _retrain_recorded_teacher(
         "provenance": here,
     }
     runs.write_atomic(path.with_suffix(".json"), json.dumps(note, indent=1, default=str))
+    if resume is not None:
+        resume.discard()
 
 
 def check_record(key: str, results=None, note: bool = False) -> list[str]:
@@ -265,6 +268,13 @@ def run_group(
     return [recs[c.key()] for c in cfgs]
 
 
+def _resume(cfgs: list[Config], teacher_sha256: list, execution: Execution):
+    """The checkpoints of a group of runs (`checkpoint.Resume`), or None where they are off."""
+    if execution.checkpoint_every is None:
+        return None
+    return checkpoint.Resume([c.key() for c in cfgs], teacher_sha256, execution.checkpoint_every)
+
+
 def _train_group(cfgs: list[Config], results, progress: bool, execution: Execution) -> list[dict]:
     _check_deadline(
         f"run {cfgs[0].key()}" if len(cfgs) == 1 else f"a group of {len(cfgs)} runs", execution
@@ -276,13 +286,7 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
     ]
     # timed from here: a teacher trained (or retrained for its weights) above has its own record
     t0, cpu0 = time.time(), time.process_time()
-    resume = (
-        checkpoint.Resume(
-            [c.key() for c in cfgs], [sha for _, sha in teachers], execution.checkpoint_every
-        )
-        if execution.checkpoint_every is not None
-        else None
-    )
+    resume = _resume(cfgs, [sha for _, sha in teachers], execution)
     try:
         outs = fit_group(
             cfgs, ds, [t for t, _ in teachers], progress, execution=execution, resume=resume

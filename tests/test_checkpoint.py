@@ -2,11 +2,12 @@
 bit for bit (one thread, this machine); a checkpoint that is not the run's is set aside, not used."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from cdlib import checkpoint, config, runs, sparse, train
+from cdlib import checkpoint, config, paths, runs, sparse, train
 
 TINY = dict(dataset="ml-100k", subset_users=200, patience=2, min_epochs=1, device="cpu")
 EVERY_EPOCH = config.Execution(checkpoint_every=0.0)
@@ -125,6 +126,25 @@ def test_a_checkpoint_of_other_teacher_weights_or_unreadable_is_set_aside(
         assert path.with_name(path.name + ".unused").is_file()  # kept, not destroyed
         same_run(whole, again)
         assert "resumed" not in again
+
+
+def test_a_teacher_retrained_for_its_weights_resumes_and_still_equals_its_record(
+    results, monkeypatch
+):
+    student = train.Config(backbone="cdae", size=4, method="cd", teacher_size=16, epochs=4, **TINY)
+    rec = train.run(student, results, progress=False)
+    wpath = train.weights_path(student.teacher())
+    sha = paths.sha256(wpath)
+    wpath.unlink()  # a machine without the teacher's weights
+    with monkeypatch.context() as m:
+        stop_after(m, 2)
+        with pytest.raises(Stopped):
+            train.load_teacher(student, results, progress=False, execution=EVERY_EPOCH)
+    assert checkpoint.path_of([rec["teacher_key"]]).is_file() and not wpath.exists()
+    _, again = train.load_teacher(student, results, progress=False, execution=EVERY_EPOCH)
+    note = json.loads(wpath.with_suffix(".json").read_text())
+    assert again == sha and "equals the record" in note["retrained"]
+    assert not checkpoint.path_of([rec["teacher_key"]]).exists()
 
 
 def test_row_adam_state_round_trips(monkeypatch):
