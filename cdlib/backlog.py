@@ -16,8 +16,10 @@ tier that names it.
 run twice; a lock dies with its process, so a killed worker frees its run. (Workers on other machines
 would need a shared results/, a file system whose `flock` spans machines, and a shared $CDLIB_CACHE for
 the teachers' weights.) The list is read again after every run: another worker's may have opened runs
-that rank higher. Records are written atomically (`runs.write_record`), so a worker killed mid-run
-loses that run only.
+that rank higher. Records are written atomically (`runs.write_record`), and a run saves checkpoints
+as it trains (`checkpoint`), so a worker killed mid-run loses the epochs since its run's last
+checkpoint only; a run with a checkpoint here is taken first, and the checkpoints of runs recorded
+since are deleted when a worker starts (`checkpoint.sweep`).
 
     python -m cdlib.backlog --profile next --datasets ml-1m,citeulike-t --workers 2
     python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell
@@ -198,6 +200,7 @@ def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | N
     may have opened runs that rank higher). Returns how many runs this worker trained, teachers
     included; stops once it has trained `max_runs` when given."""
     done, failed = 0, set()
+    checkpoint.sweep(lambda key: _recorded(key, results))
     while True:
         if max_runs is not None and done >= max_runs:
             return done

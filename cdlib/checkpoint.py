@@ -9,15 +9,20 @@ and the optimiser of the active members. It is written atomically every `every` 
 time, to $CDLIB_CACHE/checkpoints/<key>.pt, outside git, and deleted once the run's record is
 written (a teacher retrained for its missing weights: once they are cached). A checkpoint of other
 runs, of other teacher weights or of another format is not used: the run starts from its first
-epoch, and says why. A GPU window's machine is new each time and the window sends back records
-only (`tools/gpu_window.sh`), so there a run in flight at the window's end is still lost.
+epoch, and says why; so is one written on other arithmetic (another instruction set, torch or
+thread count, `runs.arithmetic`), from which the run would not end as it would have here. The code
+is not compared: as for records, a change to the code that changes training must change the
+configuration. A GPU window's machine is new each time and the window sends back records only
+(`tools/gpu_window.sh`), so there a run in flight at the window's end is still lost.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -30,6 +35,10 @@ from .batches import Member, rng_state, set_rng_state
 FORMAT = 1  # the layout of a checkpoint; a checkpoint of another format is not read
 
 
+def folder() -> Path:
+    return paths.cache_dir() / "checkpoints"
+
+
 def path_of(keys: list[str]) -> Path:
     """Where the checkpoint of a group of runs (one run: its key) is written."""
     name = (
@@ -37,62 +46,94 @@ def path_of(keys: list[str]) -> Path:
         if len(keys) == 1
         else "group-" + hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16]
     )
-    return paths.cache_dir() / "checkpoints" / f"{name}.pt"
+    return folder() / f"{name}.pt"
+
+
+class NotThisRun(ValueError):
+    """A checkpoint that was read but does not fit the runs it is named for."""
 
 
 class Resume:
     """The checkpoints of one group of runs (`keys`) distilled from teachers whose weights have the
-    SHA-256s `teacher_sha256` (None for a run without one): `load` the last one, `save` a new one when
-    `due`, `discard` it once the records are written. It keeps the wall and CPU seconds of the parts
-    run before (`earlier`), which a record adds to its own."""
+    SHA-256s `teacher_sha256` (None for a run without one), trained on `device` (with `compile`):
+    `load` the last one, `save` a new one when `due`, `discard` it once the records are written. It
+    keeps the wall and CPU seconds of the parts run before (`earlier`), which a record adds to its
+    own, and the epoch count and provenance of each (`parts`)."""
 
-    def __init__(self, keys: list[str], teacher_sha256: list[str | None], every: float):
+    def __init__(
+        self,
+        keys: list[str],
+        teacher_sha256: list[str | None],
+        every: float,
+        device="cpu",
+        compile: str | None = None,
+    ):
         self.path = path_of(keys)
-        self.identity = {
-            "format": FORMAT,
-            "keys": list(keys),
-            "teacher_sha256": list(teacher_sha256),
-        }
+        self.keys, self.teacher_sha256 = list(keys), list(teacher_sha256)
+        self.device, self.compile = device, compile
         self.every = every
         self.earlier = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "parts": []}
         self._t0, self._cpu0, self._last = time.time(), time.process_time(), time.monotonic()
 
+    @functools.cached_property
+    def provenance(self) -> dict:
+        """This machine's (`runs.provenance`), in plain types; read once the loop has checked the
+        device, on the first load or save."""
+        return json.loads(json.dumps(runs.provenance(self.device, self.compile), default=str))
+
+    @functools.cached_property
+    def identity(self) -> dict:
+        """What a checkpoint must share with this group to be resumed by it."""
+        return {
+            "format": FORMAT,
+            "keys": self.keys,
+            "teacher_sha256": self.teacher_sha256,
+            # where a run would not end as it would have here (a GPU: its name)
+            "arithmetic": runs.arithmetic(self.provenance) or self.provenance["device"],
+        }
+
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
 
-    def load(self, device) -> dict | None:
-        """The saved state, or None when there is none or it is not this group's (with a message)."""
+    def load(self) -> dict | None:
+        """The saved state, on the CPU, or None when there is none or it is not this group's (then
+        set aside, with a message)."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.tmp*"):  # of a save that was killed
+            tmp.unlink(missing_ok=True)
         if not self.path.is_file():
             return None
         try:
-            saved = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 -- a damaged file: say which, start over, keep it
-            return self._refuse(f"it cannot be read ({type(e).__name__}: {e})")
-        if saved.get("identity") != self.identity:
-            return self._refuse(
-                f"it is of other runs, teacher weights or format ({saved.get('identity')} vs "
-                f"{self.identity})"
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+            return self.refuse(f"it cannot be read ({type(e).__name__}: {e})")
+        theirs = saved.get("identity") if isinstance(saved, dict) else None
+        if theirs != self.identity:
+            what = [k for k in self.identity if not theirs or theirs.get(k) != self.identity[k]]
+            return self.refuse(
+                f"its {', '.join(what)} differ ({[theirs.get(k) if theirs else None for k in what]} "
+                f"vs {[self.identity[k] for k in what]})"
             )
         self.earlier = saved["elapsed"]
         return saved
 
-    def _refuse(self, why: str) -> None:
-        bad = self.path.with_name(self.path.name + ".unused")
-        os.replace(self.path, bad)
+    def refuse(self, why: str) -> None:
+        """Set the checkpoint aside (`<name>.unused-<time>`, kept), saying why: the run starts over."""
+        self.earlier = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "parts": []}
+        bad = self.path.with_name(f"{self.path.name}.unused-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.replace(self.path, bad)
+        except FileNotFoundError:  # (another process set it aside first)
+            pass
         print(
-            f"checkpoint {self.path} not used: {why}; moved to {bad}, the run starts from its first epoch",
+            f"checkpoint {self.path} not used: {why}; moved to {bad}, the run starts from its "
+            "first epoch",
             file=sys.stderr,
             flush=True,
         )
 
-    def save(self, state: dict, device) -> None:
+    def save(self, state: dict) -> None:
         """Write `state` (`capture`) atomically, with this group's identity and the time spent so far."""
-        part = {
-            "epochs": state["epoch"],
-            "provenance": json.loads(
-                json.dumps(runs.provenance(device), default=str)
-            ),  # plain types
-        }
+        part = {"epochs": state["epoch"], "provenance": self.provenance}
         state = {
             **state,
             "identity": self.identity,
@@ -112,8 +153,20 @@ class Resume:
         self.path.unlink(missing_ok=True)
 
 
+def sweep(recorded) -> int:
+    """Delete the checkpoints of single runs that `recorded(key)` says are recorded (a record that
+    came from elsewhere, a stop between a record and its checkpoint's deletion); returns how many."""
+    gone = 0
+    for path in folder().glob("*.pt") if folder().is_dir() else []:
+        if not path.name.startswith("group-") and recorded(path.stem):
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
 def capture(epoch: int, members: list[Member], active: list[Member], optimizer, device) -> dict:
     """The loop's state after `epoch` epochs: every member's, and the optimiser of the `active` ones."""
+    at = {id(m): i for i, m in enumerate(members)}
     return {
         "epoch": epoch,
         "members": [
@@ -132,22 +185,34 @@ def capture(epoch: int, members: list[Member], active: list[Member], optimizer, 
             }
             for m in members
         ],
-        "active": [members.index(m) for m in active],
+        "active": [at[id(m)] for m in active],
         "optimizer": optimizer.state_dict(),
         "global_rng": rng_state(device),
     }
 
 
 def restore(saved: dict, members: list[Member], device) -> list[Member]:
-    """Put the state `capture` gave back into `members` (built as at the run's start); returns the
-    active ones, whose optimiser state is `saved["optimizer"]`."""
-    for m, s in zip(members, saved["members"]):
+    """Put the state `capture` gave (loaded on the CPU) back into `members`, built as at the run's
+    start, on `device`; returns the active ones, whose optimiser state is `saved["optimizer"]`.
+    NotThisRun, before anything is changed, where the state does not fit the members."""
+    states = saved.get("members", [])
+    if len(states) != len(members) or not all(0 <= i < len(members) for i in saved["active"]):
+        raise NotThisRun(f"{len(states)} members saved for {len(members)} runs")
+    for m, s in zip(members, states):
+        mine = {k: v.shape for k, v in m.model.state_dict().items()}
+        if {k: v.shape for k, v in s["model"].items()} != mine:
+            raise NotThisRun("its weights' names or shapes differ from the model's")
+    for m, s in zip(members, states):
         m.model.load_state_dict(s["model"])
-        m.gen.set_state(s["gen"].cpu())  # (random states are CPU tensors, whatever the device)
-        m.rng = s["rng"].cpu()
+        m.gen.set_state(s["gen"])  # (random states are CPU tensors, whatever the device)
+        m.rng = s["rng"]
         m.curve, m.seconds = s["curve"], s["seconds"]
-        m.best, m.best_epoch, m.best_state = s["best"], s["best_epoch"], s["best_state"]
-        m.since, m.done = s["since"], s["done"]
-        m.method.load_state(s["method"])
-    set_rng_state(saved["global_rng"].cpu(), device)
+        m.best, m.best_epoch, m.since, m.done = s["best"], s["best_epoch"], s["since"], s["done"]
+        m.best_state = (
+            None
+            if s["best_state"] is None
+            else {k: v.to(device) for k, v in s["best_state"].items()}
+        )
+        m.method.load_state(s["method"], device)
+    set_rng_state(saved["global_rng"], device)
     return [members[i] for i in saved["active"]]

@@ -1,6 +1,7 @@
 """The training loop: one or several runs of one dataset and backbone trained together, each with
 its own random streams, method, early stopping and learning curve (`fit_group`; `fit` for one).
-It reads no file and writes none: `train` stores what it returns.
+It reads and writes no file but its checkpoints (`checkpoint`, given `resume`): `train` stores what
+it returns.
 
 Early stopping on validation NDCG@10 (sampled protocol, the validation's own negatives), patience
 `patience` epochs, never before `min_epochs` nor while the run is on its initial plateau, under the
@@ -235,22 +236,36 @@ def fit_group(
     if ex.deterministic:  # GPU runs that a later window can repeat
         torch.use_deterministic_algorithms(True, warn_only=True)
     positives = index.UserItems(ds.train, dev)
-    members = []
-    for cfg, teacher in zip(cfgs, teachers):
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-        model = build_model(cfg, ds, dev)
-        members.append(
-            Member(cfg, model, methods.build(cfg, positives, teacher), gen, rng_state(dev))
-        )
+
+    def start_members() -> list[Member]:
+        out = []
+        for cfg, teacher in zip(cfgs, teachers):
+            torch.manual_seed(cfg.seed)
+            gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+            model = build_model(cfg, ds, dev)
+            out.append(
+                Member(cfg, model, methods.build(cfg, positives, teacher), gen, rng_state(dev))
+            )
+        return out
+
+    members = start_members()
     popularity = metrics.evaluate(
         metrics.Popularity(ds, dev), ds, "valid", "sampled", valid_negatives=cfgs[0].valid_negatives
     )["NDCG@10"]
-    saved = resume.load(dev) if resume is not None else None
-    stack = Stack(checkpoint.restore(saved, members, dev) if saved else members, compile=ex.compile)
-    if saved:
-        stack.opt.load_state_dict(saved["optimizer"])
-    c0, start, cap = cfgs[0], saved["epoch"] if saved else 0, max(c.epochs for c in cfgs)
+    stack, start = None, 0
+    saved = resume.load() if resume is not None else None
+    if saved is not None:  # resume from the end of the checkpoint's epoch
+        try:
+            stack = Stack(checkpoint.restore(saved, members, dev), compile=ex.compile)
+            stack.opt.load_state_dict(saved["optimizer"])
+            start = saved["epoch"]
+        except (checkpoint.NotThisRun, KeyError, IndexError, TypeError, ValueError) as e:
+            resume.refuse(f"it does not fit these runs ({type(e).__name__}: {e})")
+            stack, members = None, start_members()
+        del saved  # (its tensors, copied into the members and the optimiser)
+    if stack is None:
+        stack = Stack(members, compile=ex.compile)
+    c0, cap = cfgs[0], max(c.epochs for c in cfgs)
     bar = tqdm(
         range(start, cap),
         initial=start,
@@ -312,7 +327,7 @@ def fit_group(
                 break
             stack = Stack(left, stack, ex.compile)
         if resume is not None and resume.due():
-            resume.save(checkpoint.capture(epoch + 1, members, stack.members, stack.opt, dev), dev)
+            resume.save(checkpoint.capture(epoch + 1, members, stack.members, stack.opt, dev))
         lead = max(stack.members, key=lambda m: m.best)
         bar.set_postfix(
             loss=f"{lead.curve[-1]['loss']:.4f}",

@@ -51,7 +51,8 @@ class NoKD:
         from the epoch and the student: a checkpoint saves it (`checkpoint`)."""
         return {"refresh_seconds": list(self.refresh_seconds)}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict, device) -> None:
+        """The state `state` gave (read on the CPU), its tensors moved to `device`."""
         self.refresh_seconds[:] = state["refresh_seconds"]  # (in place: CD shares its sampler's)
 
     def batch_items(
@@ -188,9 +189,11 @@ class CD(NoKD):
             "source": self.sampler.source,
         }
 
-    def load_state(self, state):
-        super().load_state(state)
-        self.sampler.candidates, self.sampler.source = state["candidates"], state["source"]
+    def load_state(self, state, device):
+        super().load_state(state, device)
+        cand = state["candidates"]
+        self.sampler.candidates = None if cand is None else cand.to(device)
+        self.sampler.source = state["source"]
 
     def batch_items(self, users, generator, pairs=None):
         return self.sampler.sample(users, generator, pairs)

@@ -151,7 +151,8 @@ class RowAdam:
     fixed (no wait of the host on a GPU to count the rows); the same numbers. Deferred and masked:
     whole-table steps throughout (Adam's own).
 
-    The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`, `flush`."""
+    The interface the loop uses of an optimiser: `zero_grad`, `step`, `state`, `flush`, and a
+    checkpoint's `state_dict` and `load_state_dict`."""
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, paths, runs
+from . import checkpoint, models, paths, runs
 from .config import Config, Execution, build_model, dataset_for
 from .loop import STACKED, evaluate, fit, fit_group
 
@@ -272,7 +272,13 @@ def _resume(cfgs: list[Config], teacher_sha256: list, execution: Execution):
     """The checkpoints of a group of runs (`checkpoint.Resume`), or None where they are off."""
     if execution.checkpoint_every is None:
         return None
-    return checkpoint.Resume([c.key() for c in cfgs], teacher_sha256, execution.checkpoint_every)
+    return checkpoint.Resume(
+        [c.key() for c in cfgs],
+        teacher_sha256,
+        execution.checkpoint_every,
+        models.default_device(cfgs[0].device),
+        execution.compile,
+    )
 
 
 def _train_group(cfgs: list[Config], results, progress: bool, execution: Execution) -> list[dict]:
@@ -342,10 +348,8 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
             group_wall_seconds=wall,
             cpu_seconds=cpu / len(cfgs),  # the process's, every thread (`runs.run_seconds`)
         )
-        if earlier.get(
-            "parts"
-        ):  # resumed from a checkpoint: the epochs each earlier part ran, where
-            rec["resumed"] = earlier["parts"]
+        if earlier.get("parts"):  # resumed: each earlier part's epochs at its last checkpoint
+            rec["resumed"] = earlier["parts"]  # and its provenance
         runs.write_record(rec, results)
     if resume is not None:
         resume.discard()

@@ -26,24 +26,46 @@ class Stopped(Exception):
     """The process killed right after a checkpoint was written."""
 
 
-def stop_after(monkeypatch, epoch: int) -> list[int]:
-    """Make the run stop right after writing its checkpoint of `epoch` epochs; returns the epochs
-    checkpointed."""
-    saved, save = [], checkpoint.Resume.save
+def stop_after(monkeypatch, epoch: int) -> None:
+    """Make the run stop right after writing its checkpoint of `epoch` epochs."""
+    save = checkpoint.Resume.save
 
-    def save_then_stop(self, state, device):
-        save(self, state, device)
-        saved.append(state["epoch"])
+    def save_then_stop(self, state):
+        save(self, state)
         if state["epoch"] == epoch:
             raise Stopped
 
     monkeypatch.setattr(checkpoint.Resume, "save", save_then_stop)
-    return saved
+
+
+def stopped(cfgs, results, monkeypatch, epoch: int, execution=EVERY_EPOCH) -> dict:
+    """Train `cfgs` (a group) until the checkpoint of `epoch` epochs, as a killed process would;
+    returns that checkpoint, as saved."""
+    with monkeypatch.context() as m:
+        stop_after(m, epoch)
+        with pytest.raises(Stopped):
+            train.run_group(cfgs, results, progress=False, execution=execution)
+    keys = [c.canonical().key() for c in cfgs]
+    assert all(runs.read_record(k, results) is None for k in keys)
+    return torch.load(checkpoint.path_of(keys), weights_only=True)
 
 
 def same_run(a: dict, b: dict) -> None:
     assert train.differences(a, b) == []
     assert a["weights_sha256"] == b["weights_sha256"] and a["best_epoch"] == b["best_epoch"]
+
+
+def forget(cfgs, results) -> None:
+    for c in cfgs:
+        runs.record_path(c.canonical().key(), results).unlink()
+
+
+@pytest.fixture()
+def deferring(monkeypatch):
+    """Deferred Adam defers from its 5th step on, on tables of any size (a tiny run's 20 steps
+    would otherwise all be whole-table warm-up steps)."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
+    monkeypatch.setattr(sparse, "WARMUP", 0.005)
 
 
 @pytest.mark.parametrize(
@@ -52,47 +74,47 @@ def same_run(a: dict, b: dict) -> None:
         ("cdae", "cd", {"guide": "student", "refresh_every": 2}),  # a ranking kept across epochs
         ("cdae", "cd", {"guide": "hybrid", "switch_epoch": 2}),
         ("neumf", "rd", {"rd_warmup": 2}),
+        ("cdae", "rd", {"rd_warmup": 2, "rd_rank": "exact"}),
         ("cdae", "none", {"step": "deferred"}),
+        ("neumf", "cd", {"step": "deferred", "guide": "student", "refresh_every": 2}),
         ("neumf", "none", {"step": "sparse"}),
         ("cdae", "cd", {"sampling": "uniform", "shapes": "static"}),
     ],
 )
 def test_a_run_stopped_after_an_epoch_resumes_as_the_same_run(
-    results, monkeypatch, backbone, method, extra
+    results, monkeypatch, deferring, backbone, method, extra
 ):
     cfg = train.Config(
         backbone=backbone, size=8, method=method, teacher_size=16, epochs=5, **TINY, **extra
     )
     whole = train.run(cfg, results, progress=False, execution=config.Execution())
     assert "resumed" not in whole
-    runs.record_path(cfg.canonical().key(), results).unlink()
-    with monkeypatch.context() as m:
-        stop_after(m, 3)
-        with pytest.raises(Stopped):
-            train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
-    path = checkpoint.path_of([cfg.canonical().key()])
-    assert path.is_file() and runs.read_record(cfg.canonical().key(), results) is None
+    forget([cfg], results)
+    saved = stopped([cfg], results, monkeypatch, 3)
+    if cfg.step == "deferred":  # the optimiser's deferred state travels
+        assert any(st.get("defer") for st in saved["optimizer"]["state"].values())
     resumed = train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
     same_run(whole, resumed)
     assert [p["epochs"] for p in resumed["resumed"]] == [3]
     assert resumed["resumed"][0]["provenance"]["git"] == runs.provenance("cpu")["git"]
-    assert resumed["timing"]["cpu_seconds"] > 0 and not path.exists()  # deleted once recorded
+    for t in ("wall_seconds", "cpu_seconds"):  # the part before the stop counted
+        assert resumed["timing"][t] > saved["elapsed"][t] > 0
+    assert not checkpoint.path_of([cfg.canonical().key()]).exists()  # deleted once recorded
 
 
-def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, monkeypatch):
+@pytest.mark.parametrize(
+    "extra", [{}, {"method": "cd", "guide": "student", "teacher_size": 16, "shapes": "static"}]
+)
+def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, monkeypatch, extra):
     cfgs = [
-        train.Config(backbone="cdae", size=8, seed=s, epochs=cap, **TINY)
+        train.Config(backbone="cdae", size=8, seed=s, **dict(TINY, epochs=cap), **extra)
         for s, cap in zip(range(3), (5, 2, 4))
     ]
-    whole = train.run_group(cfgs, results, progress=False, execution=config.Execution(group_size=3))
-    for c in cfgs:
-        runs.record_path(c.canonical().key(), results).unlink()
     ex = dataclasses.replace(EVERY_EPOCH, group_size=3)
-    with monkeypatch.context() as m:
-        stop_after(m, 3)  # the second member has left the stack after its cap of 2 epochs
-        with pytest.raises(Stopped):
-            train.run_group(cfgs, results, progress=False, execution=ex)
-    saved = torch.load(checkpoint.path_of([c.canonical().key() for c in cfgs]), weights_only=True)
+    whole = train.run_group(cfgs, results, progress=False, execution=ex)
+    assert whole[0]["group"] == [c.canonical().key() for c in cfgs]
+    forget(cfgs, results)
+    saved = stopped(cfgs, results, monkeypatch, 3, ex)  # the second member has left after 2 epochs
     assert saved["active"] == [0, 2] and saved["members"][1]["done"]
     resumed = train.run_group(cfgs, results, progress=False, execution=ex)
     for a, b in zip(whole, resumed):
@@ -100,32 +122,49 @@ def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, 
         assert [p["epochs"] for p in b["resumed"]] == [3]
 
 
-def test_a_checkpoint_of_other_teacher_weights_or_unreadable_is_set_aside(
-    results, monkeypatch, capsys
+@pytest.mark.parametrize("damage", ["teacher", "arithmetic", "bytes", "layout"])
+def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
+    results, monkeypatch, capsys, damage
 ):
     cfg = train.Config(backbone="cdae", size=8, method="cd", teacher_size=16, epochs=4, **TINY)
     whole = train.run(cfg, results, progress=False, execution=config.Execution())
-    key = cfg.canonical().key()
-    path = checkpoint.path_of([key])
-    for damage in ("teacher", "bytes"):
-        runs.record_path(key, results).unlink()
-        with monkeypatch.context() as m:
-            stop_after(m, 2)
-            with pytest.raises(Stopped):
-                train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
-        if damage == "teacher":  # as if the teacher had been retrained on another machine
-            saved = torch.load(path, weights_only=True)
-            saved["identity"]["teacher_sha256"] = ["0" * 64]
-            torch.save(saved, path)
-        else:
-            path.write_bytes(path.read_bytes()[:100])
-        again = train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
-        err = capsys.readouterr().err
-        assert f"checkpoint {path} not used" in err and "starts from its first epoch" in err
-        assert ("other runs, teacher weights" if damage == "teacher" else "cannot be read") in err
-        assert path.with_name(path.name + ".unused").is_file()  # kept, not destroyed
-        same_run(whole, again)
-        assert "resumed" not in again
+    path = checkpoint.path_of([cfg.canonical().key()])
+    forget([cfg], results)
+    saved = stopped([cfg], results, monkeypatch, 2)
+    if damage == "teacher":  # as if the teacher had been retrained on another machine
+        saved["identity"]["teacher_sha256"] = ["0" * 64]
+    elif damage == "arithmetic":  # written with two threads
+        saved["identity"]["arithmetic"]["threads"] = 2
+    elif damage == "layout":  # read, of this run, but not of its model
+        saved["members"][0]["model"].popitem()
+    torch.save(saved, path)
+    if damage == "bytes":
+        path.write_bytes(path.read_bytes()[:100])
+    again = train.run(cfg, results, progress=False, execution=EVERY_EPOCH)
+    err = capsys.readouterr().err
+    assert f"checkpoint {path} not used" in err and "starts from its first epoch" in err
+    why = {
+        "teacher": "its teacher_sha256 differ",
+        "arithmetic": "its arithmetic differ",
+        "bytes": "cannot be read",
+        "layout": "does not fit these runs",
+    }
+    assert why[damage] in err
+    assert len(list(path.parent.glob(path.name + ".unused-*"))) == 1  # kept, not destroyed
+    same_run(whole, again)
+    assert "resumed" not in again and not path.exists()
+
+
+def test_sweep_deletes_the_checkpoints_of_recorded_runs_only(results):
+    for name in ("recorded", "not-recorded", "group-abc"):
+        path = checkpoint.folder() / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert checkpoint.sweep(lambda key: key in ("recorded", "group-abc")) == 1
+    assert sorted(p.name for p in checkpoint.folder().iterdir()) == [
+        "group-abc.pt",
+        "not-recorded.pt",
+    ]
 
 
 def test_a_teacher_retrained_for_its_weights_resumes_and_still_equals_its_record(
