@@ -110,8 +110,9 @@ class Resume:
         if theirs != self.identity:
             what = [k for k in self.identity if not theirs or theirs.get(k) != self.identity[k]]
             return self.refuse(
-                f"its {', '.join(what)} differ ({[theirs.get(k) if theirs else None for k in what]} "
-                f"vs {[self.identity[k] for k in what]})"
+                f"its {', '.join(what)} {'differ' if len(what) > 1 else 'differs'} "
+                f"({[theirs.get(k) if theirs else None for k in what]} vs "
+                f"{[self.identity[k] for k in what]})"
             )
         self.earlier = saved["elapsed"]
         return saved

@@ -144,8 +144,8 @@ def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
     err = capsys.readouterr().err
     assert f"checkpoint {path} not used" in err and "starts from its first epoch" in err
     why = {
-        "teacher": "its teacher_sha256 differ",
-        "arithmetic": "its arithmetic differ",
+        "teacher": "its teacher_sha256 differs",
+        "arithmetic": "its arithmetic differs",
         "bytes": "cannot be read",
         "layout": "does not fit these runs",
     }
