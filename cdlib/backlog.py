@@ -194,9 +194,9 @@ def _run(c, p, results, worker: int, failed: set) -> int:
 def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | None = None) -> int:
     """Train profile `p`'s backlog until it is empty (waiting while other workers hold its last runs),
     a run stopped mid-training on this machine first (`_checkpointed`), then (whoever claims it) the
-    main table's iALS rows. A run that raises is logged with its traceback
-    and not tried again by this worker, nor are the students of a teacher that raised; the time limit
-    (CDLIB_DEADLINE) stops the worker. The backlog is read again after every run (another worker's
+    main table's iALS rows. A run that raises is logged with its traceback and not tried again by
+    this worker, nor are the students of a teacher that raised; the time limit (CDLIB_DEADLINE)
+    stops the worker. The backlog is read again after every run (another worker's
     may have opened runs that rank higher). Returns how many runs this worker trained, teachers
     included; stops once it has trained `max_runs` when given."""
     done, failed = 0, set()

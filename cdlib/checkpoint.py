@@ -1,6 +1,6 @@
 """Checkpoints within a run: a run stopped mid-training (a session's end, a killed worker) resumes
 from the end of its last saved epoch instead of from its first, and ends as the run it would have
-been, bit for bit on the same machine (`tests/test_checkpoint.py`).
+been, bit for bit on the same arithmetic (`tests/test_checkpoint.py`).
 
 A checkpoint holds, after an epoch, everything the loop carries into the next one: each member's
 weights, random streams (its sampling generator and the global state its dropout draws from),
@@ -8,8 +8,8 @@ learning curve, best state and early-stopping count, its method's state (`method
 and the optimiser of the active members. It is written atomically every `every` seconds of wall
 time, to $CDLIB_CACHE/checkpoints/<key>.pt, outside git, and deleted once the run's record is
 written (a teacher retrained for its missing weights: once they are cached). A checkpoint of other
-runs, of other teacher weights or of another format is not used: the run starts from its first
-epoch, and says why; so is one written on other arithmetic (another instruction set, torch or
+runs, of other teacher weights or of another format, or one that cannot be read or does not fit its
+runs, is set aside: the run starts from its first epoch, and says why; so is one written on other arithmetic (another instruction set, torch or
 thread count, `runs.arithmetic`), from which the run would not end as it would have here. The code
 is not compared: as for records, a change to the code that changes training must change the
 configuration. A GPU window's machine is new each time and the window sends back records only

@@ -5,9 +5,9 @@ new class here and an entry in METHODS: its FIELDS become fields of `config.Conf
 A method says, for a batch of users, which items it adds to the student's forward pass
 (`batch_items`), what loss term it adds on the student's logits of those items (`loss`), and what
 it refreshes at the start of each epoch (`start_epoch`), and what of it a checkpoint saves
-(`state`, `load_state`). L = L_CF + the method's term. It also
-declares its parameters with their defaults (`FIELDS`), fills in the defaults that depend on others
-and checks their values (`canonical`), and says whether it needs a teacher (`TEACHER`).
+(`state`, `load_state`). L = L_CF + the method's term. It also declares its parameters with their
+defaults (`FIELDS`), fills in the defaults that depend on others and checks their values
+(`canonical`), and says whether it needs a teacher (`TEACHER`).
 
 - NoKD: nothing (teachers, and students without distillation).
 - RD:   Ranking Distillation (Tang & Wang, KDD 2018; METHOD.md "RD"), as the authors' code runs it.
@@ -180,9 +180,8 @@ class CD(NoKD):
     def start_epoch(self, epoch, student):
         self.sampler.start_epoch(epoch, student)
 
-    def state(
-        self,
-    ):  # the guide's ranking in use, which a student guide refreshes only every few epochs
+    def state(self):
+        """With the guide's ranking in use, which a student guide refreshes every few epochs."""
         return {
             **super().state(),
             "candidates": self.sampler.candidates,
