@@ -165,6 +165,14 @@ def sweep(recorded) -> int:
     return gone
 
 
+def saved_epochs(path: Path) -> int | None:
+    """The epochs the checkpoint at `path` holds, or None where there is none or it cannot be read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (OSError, pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError):
+        return None
+
+
 def capture(epoch: int, members: list[Member], active: list[Member], optimizer, device) -> dict:
     """The loop's state after `epoch` epochs: every member's, and the optimiser of the `active` ones."""
     at = {id(m): i for i, m in enumerate(members)}

@@ -3,6 +3,7 @@
 import multiprocessing
 
 import pytest
+import torch
 from conftest import fake_training
 
 from cdlib import audit, backlog, checkpoint, ials, plan, profiles, runs, tuning
@@ -135,7 +136,18 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     assert backlog.main(argv) == 0
     out = capsys.readouterr().out
     assert "00_tuning" in out and "12 runs can be trained now" in out
+    assert "half-trained" not in out
     assert not list(tmp_path.glob("runs/*.json"))  # a dry run trains nothing
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    p = profiles.profile("next", datasets=["ml-1m"], backbones=["neumf"])
+    first = backlog.outstanding(p, tmp_path)[3].config
+    path = checkpoint.path_of([first.key()])
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 7}, path)
+    assert backlog.main(argv) == 0
+    assert f"resumed first: {backlog._describe(first)} {first.key()} (7 epochs saved)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_teacher_that_fails_is_tried_once_and_its_students_are_left(
