@@ -271,11 +271,13 @@ def main(argv=None) -> int:
             f"{len(items)} runs can be trained now; a tuning stage's later stages and the tables of"
         )
         print("a cell not yet tuned are not counted until the runs before them are recorded")
-        for i in (i for i in items if _checkpointed(i.config)):
-            epochs = checkpoint.saved_epochs(checkpoint.path_of([i.config.key()]))
+        for c in (i.config for i in items if _checkpointed(i.config)):
+            own = checkpoint.saved_epochs(checkpoint.path_of([c.key()]))
+            if own is None:  # its teacher's
+                teacher = c.teacher().canonical().key()
+                own = f"its teacher, {checkpoint.saved_epochs(checkpoint.path_of([teacher]))}"
             print(
-                f"half-trained here, resumed first: {_describe(i.config)} {i.config.key()}"
-                + (f" ({epochs} epochs saved)" if epochs is not None else " (its teacher)")
+                f"half-trained here, resumed first: {_describe(c)} {c.key()} ({own} epochs saved)"
             )
         return 0
     workers = a.workers or (1 if a.device == "cuda" else os.cpu_count() or 1)
