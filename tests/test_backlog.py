@@ -12,8 +12,10 @@ from cdlib.config import STUDENT, TEACHER_SIZE
 
 
 @pytest.fixture(autouse=True)
-def _no_time_limit(monkeypatch):
+def _no_time_limit(monkeypatch, tmp_path):
     monkeypatch.delenv("CDLIB_DEADLINE", raising=False)
+    # a worker sweeps the checkpoints of recorded runs: never this machine's own
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
 
 
 def _profile(datasets=("ml-1m",), seeds=(0, 2), **kw):
@@ -99,7 +101,6 @@ def test_a_claimed_run_is_left_to_its_worker(tmp_path, monkeypatch):
 def test_a_run_stopped_mid_training_here_is_resumed_first(tmp_path, monkeypatch):
     """A run with a checkpoint on this machine (`checkpoint.path_of`) is claimed before the backlog's
     first run; the others keep their order."""
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     fake_training(monkeypatch)
     p = _profile(train_missing=True)
     first, second, third = backlog.outstanding(p, tmp_path)[:3]
@@ -138,7 +139,6 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     assert "00_tuning" in out and "12 runs can be trained now" in out
     assert "half-trained" not in out
     assert not list(tmp_path.glob("runs/*.json"))  # a dry run trains nothing
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     p = profiles.profile("next", datasets=["ml-1m"], backbones=["neumf"])
     first = backlog.outstanding(p, tmp_path)[3].config
     path = checkpoint.path_of([first.key()])
