@@ -19,7 +19,7 @@ the teachers' weights.) The list is read again after every run: another worker's
 that rank higher. Records are written atomically (`runs.write_record`), and a run saves checkpoints
 as it trains (`checkpoint`), so a worker killed mid-run loses the epochs since its run's last
 checkpoint only; a run with a checkpoint here is taken first, and the checkpoints of runs recorded
-since are deleted when a worker starts (`checkpoint.sweep`).
+since (their weights cached here) are deleted when a worker starts (`checkpoint.sweep`).
 
     python -m cdlib.backlog --profile next --datasets ml-1m,citeulike-t --workers 2
     python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell
@@ -200,7 +200,7 @@ def work(p, results=None, worker: int = 0, poll: float = 30.0, max_runs: int | N
     may have opened runs that rank higher). Returns how many runs this worker trained, teachers
     included; stops once it has trained `max_runs` when given."""
     done, failed = 0, set()
-    checkpoint.sweep(lambda key: _recorded(key, results))
+    checkpoint.sweep(lambda key: _recorded(key, results) and train.weights_file(key).is_file())
     while True:
         if max_runs is not None and done >= max_runs:
             return done
@@ -272,8 +272,10 @@ def main(argv=None) -> int:
         )
         print("a cell not yet tuned are not counted until the runs before them are recorded")
         for c in (i.config for i in items if _checkpointed(i.config)):
-            own = checkpoint.saved_epochs(checkpoint.path_of([c.key()]))
-            if own is None:  # its teacher's
+            own = checkpoint.path_of([c.key()])
+            if own.is_file():
+                own = checkpoint.saved_epochs(own)
+            else:  # its teacher's
                 teacher = c.teacher().canonical().key()
                 own = f"its teacher, {checkpoint.saved_epochs(checkpoint.path_of([teacher]))}"
             print(

@@ -88,8 +88,19 @@ class Resume:
             "format": FORMAT,
             "keys": self.keys,
             "teacher_sha256": self.teacher_sha256,
-            # where a run would not end as it would have here (a GPU: its name)
-            "arithmetic": runs.arithmetic(self.provenance) or self.provenance["device"],
+            # where a run would not end as it would have here
+            "arithmetic": runs.arithmetic(self.provenance) or self._gpu(),
+        }
+
+    def _gpu(self) -> dict:
+        """A GPU's arithmetic: its name, torch and CUDA, the compile mode, deterministic kernels."""
+        prov = self.provenance
+        return {
+            "device": prov["device"],
+            "torch": prov["packages"]["torch"],
+            "cuda": torch.version.cuda,
+            "compile": prov["compile"],
+            "deterministic": prov["deterministic_algorithms"],
         }
 
     def due(self) -> bool:
@@ -104,17 +115,20 @@ class Resume:
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+            theirs, earlier = saved["identity"], saved["elapsed"]
+            if not isinstance(theirs, dict):
+                raise TypeError(f"an identity of type {type(theirs).__name__}")
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- a damaged file never stops a run: set it aside
             return self.refuse(f"it cannot be read ({type(e).__name__}: {e})")
-        theirs = saved.get("identity") if isinstance(saved, dict) else None
         if theirs != self.identity:
-            what = [k for k in self.identity if not theirs or theirs.get(k) != self.identity[k]]
+            what = [k for k in self.identity if theirs.get(k) != self.identity[k]]
             return self.refuse(
                 f"its {', '.join(what)} {'differ' if len(what) > 1 else 'differs'} "
-                f"({[theirs.get(k) if theirs else None for k in what]} vs "
-                f"{[self.identity[k] for k in what]})"
+                f"({[theirs.get(k) for k in what]} vs {[self.identity[k] for k in what]})"
             )
-        self.earlier = saved["elapsed"]
+        self.earlier = earlier
         return saved
 
     def refuse(self, why: str) -> None:
@@ -154,15 +168,27 @@ class Resume:
         self.path.unlink(missing_ok=True)
 
 
-def sweep(recorded) -> int:
-    """Delete the checkpoints of single runs that `recorded(key)` says are recorded (a record that
-    came from elsewhere, a stop between a record and its checkpoint's deletion); returns how many."""
+def sweep(finished) -> int:
+    """Delete the checkpoints of single runs that `finished(key)` says are done (recorded, their
+    weights cached here: a record that came from elsewhere, a stop between a record and its
+    checkpoint's deletion; not a recorded teacher being retrained for its weights); returns how
+    many."""
     gone = 0
     for path in folder().glob("*.pt") if folder().is_dir() else []:
-        if not path.name.startswith("group-") and recorded(path.stem):
+        if not path.name.startswith("group-") and finished(path.stem):
             path.unlink(missing_ok=True)
             gone += 1
     return gone
+
+
+def check_optimizer(optimizer) -> None:
+    """NotThisRun where a restored optimiser's moments do not have their parameters' shapes."""
+    for p, st in optimizer.state.items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st and st[k].shape != p.shape:
+                raise NotThisRun(
+                    f"its optimiser's {k} is {tuple(st[k].shape)}, not {tuple(p.shape)}"
+                )
 
 
 def saved_epochs(path: Path) -> int | None:

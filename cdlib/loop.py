@@ -258,8 +258,11 @@ def fit_group(
         try:
             stack = Stack(checkpoint.restore(saved, members, dev), compile=ex.compile)
             stack.opt.load_state_dict(saved["optimizer"])
+            checkpoint.check_optimizer(stack.opt)
             start = saved["epoch"]
-        except (checkpoint.NotThisRun, KeyError, IndexError, TypeError, ValueError) as e:
+        except torch.OutOfMemoryError:
+            raise  # (a group too large: `train` splits it)
+        except Exception as e:  # noqa: BLE001 -- a checkpoint never stops a run: start over
             resume.refuse(f"it does not fit these runs ({type(e).__name__}: {e})")
             stack, members = None, start_members()
         del saved  # (its tensors, copied into the members and the optimiser)

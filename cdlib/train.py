@@ -26,7 +26,12 @@ from .loop import STACKED, evaluate, fit, fit_group
 
 def weights_path(cfg: Config) -> Path:
     """Where the weights of a run are cached: $CDLIB_CACHE/weights/<key>.pt (outside git)."""
-    return paths.cache_dir() / "weights" / f"{cfg.key()}.pt"
+    return weights_file(cfg.key())
+
+
+def weights_file(key: str) -> Path:
+    """`weights_path` of the run `key`."""
+    return paths.cache_dir() / "weights" / f"{key}.pt"
 
 
 class NotRecorded(LookupError):

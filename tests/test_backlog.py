@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import fake_training
 
-from cdlib import audit, backlog, checkpoint, ials, plan, profiles, runs, tuning
+from cdlib import audit, backlog, checkpoint, ials, plan, profiles, runs, train, tuning
 from cdlib.backlog import summary
 from cdlib.config import STUDENT, TEACHER_SIZE
 
@@ -114,6 +114,25 @@ def test_a_run_stopped_mid_training_here_is_resumed_first(tmp_path, monkeypatch)
     assert backlog.work(p, tmp_path, poll=0, max_runs=1) == 1
     assert runs.record_path(first.config.key(), tmp_path).exists()
     assert not runs.record_path(second.config.key(), tmp_path).exists()
+
+
+def test_a_worker_sweeps_the_checkpoints_of_finished_runs_only(tmp_path, monkeypatch):
+    """Recorded with its weights cached: deleted. Recorded without them (a teacher being retrained
+    for its weights) or not recorded: kept."""
+    p = _profile()
+    for key in ("done", "retraining", "running"):
+        checkpoint.path_of([key]).parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.path_of([key]).write_bytes(b"")
+    for key in ("done", "retraining"):
+        runs.write_record({"key": key}, tmp_path)
+    train.weights_file("done").parent.mkdir(parents=True)
+    train.weights_file("done").write_bytes(b"")
+    assert backlog.work(p, tmp_path, poll=0, max_runs=0) == 0
+    assert [checkpoint.path_of([k]).exists() for k in ("done", "retraining", "running")] == [
+        False,
+        True,
+        True,
+    ]
 
 
 def test_a_student_trains_its_teacher_first_unless_another_worker_holds_it(tmp_path, monkeypatch):

@@ -122,7 +122,9 @@ def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, 
         assert [p["epochs"] for p in b["resumed"]] == [3]
 
 
-@pytest.mark.parametrize("damage", ["teacher", "arithmetic", "bytes", "layout"])
+@pytest.mark.parametrize(
+    "damage", ["teacher", "arithmetic", "bytes", "identity", "layout", "optimizer"]
+)
 def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
     results, monkeypatch, capsys, damage
 ):
@@ -135,8 +137,12 @@ def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
         saved["identity"]["teacher_sha256"] = ["0" * 64]
     elif damage == "arithmetic":  # written with two threads
         saved["identity"]["arithmetic"]["threads"] = 2
+    elif damage == "identity":
+        saved["identity"] = "x"
     elif damage == "layout":  # read, of this run, but not of its model
         saved["members"][0]["model"].popitem()
+    elif damage == "optimizer":  # its moments of another shape
+        saved["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
     torch.save(saved, path)
     if damage == "bytes":
         path.write_bytes(path.read_bytes()[:100])
@@ -147,7 +153,9 @@ def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
         "teacher": "its teacher_sha256 differs",
         "arithmetic": "its arithmetic differs",
         "bytes": "cannot be read",
+        "identity": "cannot be read (TypeError: an identity of type str)",
         "layout": "does not fit these runs",
+        "optimizer": "does not fit these runs (NotThisRun: its optimiser's exp_avg is (3,)",
     }
     assert why[damage] in err
     assert len(list(path.parent.glob(path.name + ".unused-*"))) == 1  # kept, not destroyed

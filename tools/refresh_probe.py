@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 import time
 
 import numpy as np
@@ -34,7 +33,8 @@ def recorded_share() -> None:
         if c.get("method") != "cd" or not t.get("refresh_seconds_mean"):
             continue
         first = c.get("switch_epoch") or 0 if c["guide"] == "hybrid" else 0
-        refreshes = math.ceil(max(r["epochs_run"] - first, 0) / (c.get("refresh_every") or 1))
+        every = c.get("refresh_every") or 1  # (samplers.CDSampler.start_epoch's rule)
+        refreshes = sum(e == first or e % every == 0 for e in range(first, r["epochs_run"]))
         name = c["dataset"].split("/")[-1]
         cells[(name, c["backbone"], c["guide"])].append(
             (t["refresh_seconds_mean"], t["epoch_seconds_mean"], refreshes, t["train_seconds"])
