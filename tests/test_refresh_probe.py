@@ -6,7 +6,7 @@ import importlib.util
 import torch
 from conftest import ROOT
 
-from cdlib import config, runs
+from cdlib import runs
 
 spec = importlib.util.spec_from_file_location("refresh_probe", ROOT / "tools" / "refresh_probe.py")
 probe = importlib.util.module_from_spec(spec)
@@ -14,13 +14,7 @@ spec.loader.exec_module(probe)
 
 
 def test_the_feature_major_tower_is_score_all_up_to_rounding():
-    cfg = config.Config(dataset="ml-100k", backbone="neumf", size=8, device="cpu").canonical()
-    ds = config.dataset_for(cfg)
-    torch.manual_seed(0)
-    model = config.build_model(cfg, ds, torch.device("cpu")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    model, _ = probe.perturbed_neumf("ml-100k", 8)
     users = torch.arange(100)
     want = model.score_all(users)
     got = probe.feature_major(model, users, max_elems=1 << 14)  # several chunks

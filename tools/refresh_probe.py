@@ -67,9 +67,9 @@ def feature_major(model, users: torch.Tensor, max_elems: int = 1 << 18) -> torch
     return out.add_(gmf).add_(model.out.bias)
 
 
-def compare(dataset: str, size: int, n_users: int = 1024) -> None:
-    """score_all as it is against `feature_major`, one thread, on a model with non-trivial weights."""
-    torch.set_num_threads(1)
+def perturbed_neumf(dataset: str, size: int):
+    """A NeuMF of `dataset` at its initial weights plus N(0, 0.3) noise (weights of a trained
+    model's scale, not the init's 0.01): the model and its number of users."""
     cfg = config.Config(dataset=dataset, backbone="neumf", size=size, device="cpu").canonical()
     ds = config.dataset_for(cfg)
     torch.manual_seed(0)
@@ -77,7 +77,14 @@ def compare(dataset: str, size: int, n_users: int = 1024) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    users = torch.arange(min(n_users, ds.n_users))
+    return model, ds.n_users
+
+
+def compare(dataset: str, size: int, n_users: int = 1024) -> None:
+    """score_all as it is against `feature_major`, one thread, on a model with non-trivial weights."""
+    torch.set_num_threads(1)
+    model, users = perturbed_neumf(dataset, size)
+    users = torch.arange(min(n_users, users))
     timed = {}
     for name, f in (
         ("score_all", model.score_all),
