@@ -49,6 +49,11 @@ def path_of(keys: list[str]) -> Path:
     return folder() / f"{name}.pt"
 
 
+def nothing_earlier() -> dict:
+    """`Resume.earlier` of a run not resumed: no part before this one."""
+    return {"wall_seconds": 0.0, "cpu_seconds": 0.0, "parts": []}
+
+
 class NotThisRun(ValueError):
     """A checkpoint that was read but does not fit the runs it is named for."""
 
@@ -72,7 +77,7 @@ class Resume:
         self.keys, self.teacher_sha256 = list(keys), list(teacher_sha256)
         self.device, self.compile = device, compile
         self.every = every
-        self.earlier = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "parts": []}
+        self.earlier = nothing_earlier()
         self._t0, self._cpu0, self._last = time.time(), time.process_time(), time.monotonic()
 
     @functools.cached_property
@@ -109,7 +114,8 @@ class Resume:
     def load(self) -> dict | None:
         """The saved state, on the CPU, or None when there is none or it is not this group's (then
         set aside, with a message)."""
-        for tmp in self.path.parent.glob(f".{self.path.name}.tmp*"):  # of a save that was killed
+        killed = self.path.parent.glob(f".{self.path.name}.tmp*")  # saves' (`paths.atomic`)
+        for tmp in killed:
             tmp.unlink(missing_ok=True)
         if not self.path.is_file():
             return None
@@ -133,7 +139,7 @@ class Resume:
 
     def refuse(self, why: str) -> None:
         """Set the checkpoint aside (`<name>.unused-<time>`, kept), saying why: the run starts over."""
-        self.earlier = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "parts": []}
+        self.earlier = nothing_earlier()
         bad = self.path.with_name(f"{self.path.name}.unused-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             os.replace(self.path, bad)
@@ -158,10 +164,8 @@ class Resume:
                 "parts": [*self.earlier["parts"], part],
             },
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with paths.atomic(self.path) as tmp:
+            torch.save(state, tmp)
         self._last = time.monotonic()
 
     def discard(self) -> None:

@@ -4,6 +4,7 @@ weights and prepared files ($CDLIB_CACHE), and how a file is checked (SHA-256) a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -29,8 +30,17 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic(path: Path):
+    """Yield a temporary file beside `path` (.<name>.tmp<pid>) to write, renamed to `path` once the
+    block ends without an exception: a reader never sees half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    yield tmp
     os.replace(tmp, path)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic(path) as tmp:
+        tmp.write_bytes(data)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paths
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -58,13 +60,10 @@ def read_record(key: str, results=None, folder: str = "runs") -> dict | None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    with paths.atomic(path) as tmp, open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_record(record: dict, results=None, folder: str = "runs") -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,11 +53,8 @@ class TeacherMismatch(RuntimeError):
 
 def save_atomic(obj, path: Path) -> str:
     """torch.save `obj` to `path` atomically (a reader never sees half a file); returns its SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with paths.atomic(path) as tmp:
+        torch.save(obj, tmp)
     return paths.sha256(path)
 
 
@@ -343,7 +339,7 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
                 "provenance": runs.provenance(model.device, execution.compile),
             }
         )
-    earlier = resume.earlier if resume is not None else {"wall_seconds": 0.0, "cpu_seconds": 0.0}
+    earlier = resume.earlier if resume is not None else checkpoint.nothing_earlier()
     wall = time.time() - t0 + earlier["wall_seconds"]  # with the parts before a resume
     cpu = time.process_time() - cpu0 + earlier["cpu_seconds"]
     for rec in out:  # a member's share of the group's time (all of it for a group of one)
@@ -353,7 +349,7 @@ def _train_group(cfgs: list[Config], results, progress: bool, execution: Executi
             group_wall_seconds=wall,
             cpu_seconds=cpu / len(cfgs),  # the process's, every thread (`runs.run_seconds`)
         )
-        if earlier.get("parts"):  # resumed: each earlier part's epochs at its last checkpoint
+        if earlier["parts"]:  # resumed: each earlier part's epochs at its last checkpoint
             rec["resumed"] = earlier["parts"]  # and its provenance
         runs.write_record(rec, results)
     if resume is not None:
