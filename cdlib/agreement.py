@@ -1,12 +1,15 @@
 """Paired comparisons of the same configurations run two ways, over the seeds recorded both ways:
 static against dynamic shapes (`shapes_agreement`), a sparse or deferred step against the dense
-one (`step_agreement`), and GPU against CPU (`device_agreement`). Each pairs the records whose
-configurations differ only in that choice (`_paired`) and reads their test metric (sampled)."""
+one (`step_agreement`), the feature-major refresh against the item-major one (`tower_agreement`),
+and GPU against CPU (`device_agreement`). Each pairs the records whose configurations differ only in
+that choice (`_paired`) and reads their test metric (sampled). Before any training, the two towers'
+rankings of one trained model (`ranking_agreement`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import runs
 from .config import keyed_fields, recorded
@@ -38,6 +41,44 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
         ("shapes",),
         {"dynamic": "dynamic", "static": "static"},
     )
+
+
+def tower_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
+    """A NeuMF student's refresh with the feature-major tower against the item-major one
+    (`Config.refresh_tower`: the same scores up to rounding) on one device: every configuration
+    recorded with both, as `device_agreement`."""
+    return _paired(
+        results,
+        metric,
+        lambda r: recorded(r["config"], "refresh_tower") or "item-major",
+        ("refresh_tower",),
+        {"item-major": "item-major", "feature-major": "feature-major"},
+    )
+
+
+@torch.no_grad()
+def ranking_agreement(model, positives, users: torch.Tensor, k: int = 100) -> dict:
+    """A NeuMF's top-k missing items of each of `users` ranked item-major (`score_all`) and
+    feature-major (`score_all_feature_major`), as a refresh ranks them (`samplers.top_missing`):
+    the share of users whose lists are identical, the share of list positions that differ, the
+    largest difference of two scores, and the largest item-major score gap between the two items at
+    a differing position (0: a tie broken otherwise; within rounding: a near-tie ordered otherwise)."""
+    from .samplers import masked_scores
+
+    a = masked_scores(model.score_all(users), positives, users)
+    b = masked_scores(model.score_all_feature_major(users), positives, users)
+    ia, ib = a.topk(k, dim=1).indices, b.topk(k, dim=1).indices
+    differ = ia != ib
+    finite = torch.isfinite(a)
+    gap = (a.gather(1, ia) - a.gather(1, ib)).abs()[differ]
+    return {
+        "users": len(users),
+        "k": k,
+        "identical lists": float((~differ).all(1).float().mean()),
+        "positions differing": float(differ.float().mean()),
+        "largest score difference": float((a - b)[finite].abs().max()),
+        "largest gap at a difference": float(gap.max()) if len(gap) else 0.0,
+    }
 
 
 # The equivalence margin of the step agreement, relative to the dense step's mean: half the paper's

@@ -29,7 +29,7 @@ STUDENT = {"cdae": 20, "neumf": 8}  # the main table's student sizes [decision] 
 SHAPES = ("dynamic", "static")
 # fields added after runs were recorded, and the value their absence from a record means: at that
 # value they are left out of the key, so older records keep theirs
-ABSENT_MEANS = {"shapes": "dynamic", "step": "dense"}
+ABSENT_MEANS = {"shapes": "dynamic", "step": "dense", "refresh_tower": None}
 
 
 def recorded(config: dict, name: str):

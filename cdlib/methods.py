@@ -27,6 +27,7 @@ from .samplers import GUIDES, SAMPLINGS, CDSampler, masked_scores, top_missing, 
 
 SWITCH_EPOCH = 50  # CD's hybrid guide: the teacher for the first 50 epochs [decision]
 RD_RANKS = ("sampled", "exact")
+REFRESH_TOWERS = (None, "feature-major")
 
 
 class NoKD:
@@ -143,8 +144,11 @@ class CD(NoKD):
         "sampling": "rank",  # rank | uniform | topk
         "guide": "teacher",  # teacher | student | hybrid
         "refresh_every": 1,  # epochs between two refreshes of the student's ranking
-        "switch_epoch": None,
-    }  # hybrid: the epoch the student takes over; None: SWITCH_EPOCH
+        "switch_epoch": None,  # hybrid: the epoch the student takes over; None: SWITCH_EPOCH
+        # how a NeuMF student ranks in a refresh: None, score_all's item-major tower (the first runs)
+        # | "feature-major", the same scores up to rounding, 2.6-3.1x faster (`models.NeuMF`)
+        "refresh_tower": None,
+    }
     TEACHER = True
 
     @staticmethod
@@ -160,6 +164,12 @@ class CD(NoKD):
             d["switch_epoch"] = SWITCH_EPOCH
         if d["guide"] == "teacher" or d["sampling"] == "uniform":
             d["refresh_every"] = None
+        if d["refresh_tower"] not in REFRESH_TOWERS:
+            raise ValueError(
+                f"refresh_tower must be one of {REFRESH_TOWERS}, got {d['refresh_tower']!r}"
+            )
+        if d["backbone"] != "neumf" or d["refresh_every"] is None:  # no NeuMF student refreshes
+            d["refresh_tower"] = None
 
     def __init__(self, cfg, positives: UserItems, teacher):
         self.cfg, self.teacher = cfg, teacher
@@ -173,6 +183,7 @@ class CD(NoKD):
             cfg.max_rank,
             cfg.refresh_every or 1,
             cfg.switch_epoch or 0,
+            cfg.refresh_tower,
         )
         self.refresh_seconds = self.sampler.refresh_seconds
         self.teacher_score = teacher.scorer(static=cfg.shapes == "static")

@@ -158,16 +158,23 @@ def masked_scores(
 
 @torch.no_grad()
 def top_missing(
-    model, positives: UserItems, k: int, users: torch.Tensor | None = None, batch_size: int = 1024
+    model,
+    positives: UserItems,
+    k: int,
+    users: torch.Tensor | None = None,
+    batch_size: int = 1024,
+    tower: str | None = None,
 ) -> torch.Tensor:
     """Each user's k highest-scored missing items, rank 1 first: [users x k] item ids.
-    A user with fewer than k missing items gets -1 in the surplus slots."""
+    A user with fewer than k missing items gets -1 in the surplus slots. tower="feature-major":
+    a NeuMF scores with `score_all_feature_major` (the same scores up to rounding, faster)."""
     if users is None:
         users = torch.arange(positives.shape[0], device=positives.indptr.device)
+    score = model.score_all_feature_major if tower == "feature-major" else model.score_all
     out = torch.empty(len(users), k, dtype=torch.long, device=users.device)
     for s in range(0, len(users), batch_size):
         u = users[s : s + batch_size]
-        val, idx = masked_scores(model.score_all(u), positives, u).topk(k, dim=1)
+        val, idx = masked_scores(score(u), positives, u).topk(k, dim=1)
         out[s : s + batch_size] = torch.where(torch.isinf(val), -1, idx)
     return out
 
@@ -199,6 +206,8 @@ class CDSampler:
     guide:    teacher -- ranks from the teacher, computed once
               student -- ranks from the current student, recomputed every `refresh_every` epochs
               hybrid  -- teacher for epochs < switch_epoch, student afterwards
+    tower:    how a NeuMF student ranks in a refresh (`top_missing`): None, score_all's item-major
+              tower | "feature-major", the same up to rounding, faster
     """
 
     def __init__(
@@ -212,6 +221,7 @@ class CDSampler:
         max_rank: int | None = None,
         refresh_every: int = 1,
         switch_epoch: int = 0,
+        tower: str | None = None,
     ):
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -225,7 +235,7 @@ class CDSampler:
         self.positives, self.teacher = positives, teacher
         self.n_distill, self.mu, self.sampling, self.guide = n_distill, mu, sampling, guide
         self.max_rank = min(max(max_rank or math.ceil(10 * mu), n_distill), n_missing)
-        self.refresh_every, self.switch_epoch = refresh_every, switch_epoch
+        self.refresh_every, self.switch_epoch, self.tower = refresh_every, switch_epoch, tower
         self.candidates = None  # [users x max_rank] of the guide in use
         self.source = None  # "teacher" or "student": who ranked `candidates`
         self.refresh_seconds = []  # wall time of each student-guided refresh
@@ -250,7 +260,7 @@ class CDSampler:
         elif who == "student" and (self.source != "student" or epoch % self.refresh_every == 0):
             t = time.perf_counter()
             self.candidates, self.source = (
-                top_missing(student, self.positives, self.max_rank),
+                top_missing(student, self.positives, self.max_rank, tower=self.tower),
                 "student",
             )
             self.refresh_seconds.append(time.perf_counter() - t)

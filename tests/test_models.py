@@ -25,11 +25,28 @@ def test_scoring_paths_agree(ml100k, backbone, size):
     if backbone == "neumf":  # chunks of 2 users through the reused buffer, the last one short
         chunked = m.score_all(users, max_elems=2 * ml100k.n_items * size)
         assert torch.allclose(chunked, full, atol=1e-6)
+        for elems in (1 << 20, 2 * ml100k.n_items * size):  # the feature-major tower, chunked too
+            torch.testing.assert_close(
+                m.score_all_feature_major(users, max_elems=elems), full, rtol=1e-6, atol=1e-5
+            )
+        assert m.score_all_feature_major(users[:0]).shape == (0, ml100k.n_items)
     assert m.score_all(users[:0]).shape == (0, ml100k.n_items)  # an empty batch scores nothing
     for static in (False, True):  # a CD teacher's soft labels
         assert torch.allclose(
             m.scorer(static=static)(users, items), full.gather(1, items), atol=1e-5
         )
+
+
+def test_the_feature_major_tower_is_score_all_with_a_wider_tower(ml100k):
+    """mlp_scale = 2 (NCF's tower: [4d -> 2d -> d]) through both towers, several users a chunk."""
+    torch.manual_seed(1)
+    m = models.NeuMF(ml100k.n_users, ml100k.n_items, 8, mlp_scale=2).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    users = torch.arange(50)
+    want = m.score_all(users)
+    got = m.score_all_feature_major(users, max_elems=7 * ml100k.n_items * 16)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
 
 
 def test_parameter_counts(ml100k):

@@ -1,24 +1,35 @@
-"""tools/refresh_probe.py: its feature-major tower is NeuMF's score_all up to rounding, and the
-recorded share counts each run's refreshes from the epoch its student guides."""
+"""tools/refresh_probe.py: its record of both towers, and the recorded share counts each run's
+refreshes from the epoch its student guides."""
 
 import importlib.util
+import json
 
-import torch
 from conftest import ROOT
 
-from cdlib import runs
+from cdlib import runs, train
 
 spec = importlib.util.spec_from_file_location("refresh_probe", ROOT / "tools" / "refresh_probe.py")
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
 
 
-def test_the_feature_major_tower_is_score_all_up_to_rounding():
-    model, _ = probe.perturbed_neumf("ml-100k", 8)
-    users = torch.arange(100)
-    want = model.score_all(users)
-    got = probe.feature_major(model, users, max_elems=1 << 14)  # several chunks
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+def test_the_record_times_both_towers_and_ranks_every_cached_neumf(tmp_path, monkeypatch):
+    """--agreement's record: both towers timed on a dataset, and the rankings of the one NeuMF run
+    trained (weights cached) in a results directory of its own, not a CDAE run's."""
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    tiny = dict(dataset="ml-100k", subset_users=100, epochs=1, min_epochs=1, device="cpu")
+    neumf = train.Config(backbone="neumf", size=4, **tiny).canonical()
+    for cfg in (neumf, train.Config(backbone="cdae", size=4, **tiny).canonical()):
+        train.run(cfg, tmp_path / "results", progress=False)
+    rec = json.loads(probe.write_record(8, datasets=("ml-100k",)).read_text())
+    (t,) = rec["timings"]
+    assert t["dataset"] == "ml-100k" and t["item-major s"] > 0 and t["feature-major s"] > 0
+    assert 0 < t["largest score difference"] < 1e-5
+    (r,) = rec["rankings"]
+    assert r["key"] == neumf.key() and r["users"] == 100 and r["k"] == 100
+    assert r["identical lists"] > 0.9 and r["largest gap at a difference"] < 1e-5
+    assert rec["provenance"]["git"] and rec["wall_seconds"] > 0
 
 
 def test_the_recorded_share_counts_refreshes_from_the_student_s_first_epoch(

@@ -128,6 +128,38 @@ def test_top_missing_is_the_guides_ranking(setup):
         assert top[u].tolist() == sc.argsort(descending=True)[:20].tolist()
 
 
+def test_a_feature_major_refresh_differs_from_the_item_major_one_only_at_near_ties(ml100k):
+    """A NeuMF student's top-100 missing items through both towers: the same lists but where two
+    items' scores lie within rounding (`agreement.ranking_agreement`; the study on trained models is
+    tools/refresh_probe.py --agreement), and the CD sampler ranks with the tower it is given."""
+    from cdlib import agreement, models
+
+    torch.manual_seed(0)
+    m = models.NeuMF(ml100k.n_users, ml100k.n_items, 8).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    pos = index.UserItems(ml100k.train)
+    users = torch.arange(ml100k.n_users)
+    a = agreement.ranking_agreement(m, pos, users)
+    assert a["users"] == ml100k.n_users and a["identical lists"] > 0.99
+    assert 0 < a["largest score difference"] < 1e-5  # summed in another order, not another function
+    assert a["largest gap at a difference"] <= 2 * a["largest score difference"]
+    calls = []
+    m.score_all_feature_major = lambda u: (
+        calls.append(len(u)) or type(m).score_all_feature_major(m, u)
+    )
+    item_major = samplers.top_missing(m, pos, 100)
+    assert not calls
+    feature_major = samplers.top_missing(m, pos, 100, tower="feature-major")
+    assert sum(calls) == ml100k.n_users
+    assert (item_major == feature_major).all(1).float().mean() == a["identical lists"]
+    for tower, want in ((None, item_major), ("feature-major", feature_major)):
+        calls.clear()
+        s = samplers.CDSampler(pos, m, guide="student", tower=tower)
+        s.start_epoch(0, m)
+        assert torch.equal(s.candidates, want) and bool(calls) == (tower is not None)
+
+
 @pytest.mark.parametrize(
     "sampling,guide",
     [

@@ -154,6 +154,47 @@ def test_canonical_config_ignores_unused_parameters():
         train.Config(method="kd").canonical()
 
 
+def test_the_refresh_tower_names_only_runs_whose_neumf_student_refreshes():
+    """refresh_tower is kept where a NeuMF student ranks (CD, student or hybrid guide, rank or topk
+    sampling) and dropped elsewhere, so that it splits no other run's key; a bad value is refused."""
+    fm = dict(refresh_tower="feature-major")
+    for kw in (
+        dict(backbone="neumf", method="cd", guide="student"),
+        dict(backbone="neumf", method="cd", guide="hybrid", sampling="topk"),
+    ):
+        c = train.Config(**kw, **fm).canonical()
+        assert c.refresh_tower == "feature-major" and c.key() != train.Config(**kw).key()
+    for kw in (
+        dict(backbone="cdae", method="cd", guide="student"),
+        dict(backbone="neumf", method="cd", guide="teacher"),
+        dict(backbone="neumf", method="cd", guide="student", sampling="uniform"),
+        dict(backbone="neumf", method="rd"),
+        dict(backbone="neumf", method="none"),
+    ):
+        c = train.Config(**kw, **fm).canonical()
+        assert c.refresh_tower is None and c.key() == train.Config(**kw).key()
+    with pytest.raises(ValueError, match="refresh_tower"):
+        train.Config(backbone="neumf", method="cd", refresh_tower="fast").canonical()
+
+
+def test_a_feature_major_run_refreshes_with_the_feature_major_tower(results, monkeypatch):
+    """The configuration's refresh_tower reaches the CD sampler: each refresh of a NeuMF student
+    ranks through `score_all_feature_major`, and a run without it never does."""
+    from cdlib import models
+
+    calls = []
+    fm = models.NeuMF.score_all_feature_major
+    monkeypatch.setattr(
+        models.NeuMF, "score_all_feature_major", lambda m, u: calls.append(len(u)) or fm(m, u)
+    )
+    kw = dict(TINY, epochs=2, backbone="neumf", size=4, method="cd", guide="student")
+    for tower, refreshes in ((None, 0), ("feature-major", 2)):
+        calls.clear()
+        cfg = train.Config(**kw, refresh_tower=tower).canonical()
+        train.run(cfg, results, progress=False)
+        assert len(calls) == refreshes  # one batch of 200 users per epoch
+
+
 def test_static_shapes_are_the_gpu_default_and_leave_the_cpu_records_keys_alone():
     assert train.Config(device="cpu").canonical().shapes == "dynamic"
     assert train.Config(device="cuda").canonical().shapes == "static"

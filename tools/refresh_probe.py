@@ -1,26 +1,33 @@
-"""A probe, not part of any result: how much of a student- or hybrid-guided CD epoch is the refresh
-of the student's ranking (`samplers.top_missing`, NeuMF's `score_all` over every item), and what a
-feature-major MLP tower would give it. Records nothing.
+"""A probe of the student-guided refresh of CD's ranking (`samplers.top_missing`): how much of a
+guided epoch it is, from the records, and the feature-major NeuMF tower (`Config.refresh_tower`)
+against the item-major one: their times, and the rankings they give trained models, written to
+results/bench/refresh_tower_cpu.json (read by the README).
 
     python tools/refresh_probe.py                     # the recorded share, per dataset and backbone
     python tools/refresh_probe.py --score citeulike-t # score_all as it is against feature-major
+    python tools/refresh_probe.py --agreement         # both, on every trained NeuMF cached here: the record
 
 The feature-major tower computes the same function with the tower's layers as [units x pairs]
 products (long rows, where `score_all`'s [pairs x 4] output leaves the vector units half idle); its
 sums run in another order, so its scores differ by rounding, and a ranking built on them by ties
-broken otherwise: adopting it would need an agreement study, as the deferred step had.
+broken otherwise (`agreement.ranking_agreement`).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cdlib import config, runs
+from cdlib import agreement, config, index, runs, train
+
+RECORD = "bench/refresh_tower_cpu.json"
+TIMED = ("ml-1m", "citeulike-t", "foursquare", "amazon-music", "yelp")
 
 
 def recorded_share() -> None:
@@ -46,27 +53,6 @@ def recorded_share() -> None:
         print(f"{d:16} {b:8} {g:8} {len(v):4}  {refresh:9.2f}  {epoch:7.2f}  {share:5.0%}")
 
 
-@torch.no_grad()
-def feature_major(model, users: torch.Tensor, max_elems: int = 1 << 18) -> torch.Tensor:
-    """NeuMF's score_all with the tower feature-major: the same function, summed in another order."""
-    d, e = model.size, model.size * model.mlp_scale
-    n_items = model.gmf_item.num_embeddings
-    gmf = (model.gmf_user(users) * model.out.weight[0, :d]) @ model.gmf_item.weight.T
-    a = (model.mlp_user(users) @ model.layer1.weight[:, :e].T + model.layer1.bias).T.contiguous()
-    c = (model.mlp_item.weight @ model.layer1.weight[:, e:].T).T.contiguous()
-    out = torch.empty(len(users), n_items)
-    step = max(1, min(len(users), max_elems // (n_items * e)))
-    buf = torch.empty(e, step, n_items)
-    w2, b2, w = model.layer2.weight, model.layer2.bias[:, None], model.out.weight[0, d:]
-    for s in range(0, len(users), step):
-        n = min(step, len(users) - s)
-        h = buf[:, :n]
-        torch.add(a[:, s : s + n, None], c[:, None, :], out=h).relu_()
-        g = w2 @ h.reshape(e, -1)
-        out[s : s + n] = (w @ (g + b2).relu_()).view(n, n_items)
-    return out.add_(gmf).add_(model.out.bias)
-
-
 def perturbed_neumf(dataset: str, size: int):
     """A NeuMF of `dataset` at its initial weights plus N(0, 0.3) noise (weights of a trained
     model's scale, not the init's 0.01): the model and its number of users."""
@@ -80,32 +66,80 @@ def perturbed_neumf(dataset: str, size: int):
     return model, ds.n_users
 
 
-def compare(dataset: str, size: int, n_users: int = 1024) -> None:
-    """score_all as it is against `feature_major`, one thread, on a model with non-trivial weights."""
+def timed(dataset: str, size: int, n_users: int = 1024, repeats: int = 3) -> dict:
+    """score_all against score_all_feature_major, one thread, on a model with non-trivial weights:
+    the best of `repeats` seconds for `n_users` users, and the largest score difference."""
     torch.set_num_threads(1)
     model, users = perturbed_neumf(dataset, size)
     users = torch.arange(min(n_users, users))
-    timed = {}
+    out, scores = {"dataset": dataset, "size": size, "users": len(users)}, {}
     for name, f in (
-        ("score_all", model.score_all),
-        ("feature-major", lambda u: feature_major(model, u)),
+        ("item-major", model.score_all),
+        ("feature-major", model.score_all_feature_major),
     ):
         seconds = []
-        for _ in range(3):
+        for _ in range(repeats):
             t = time.perf_counter()
-            timed[name] = f(users)
+            scores[name] = f(users)
             seconds.append(time.perf_counter() - t)
-        print(f"{dataset} NeuMF d={size}, {len(users)} users: {name:13} {min(seconds):.3f} s")
-    diff = (timed["score_all"] - timed["feature-major"]).abs().max().item()
-    print(f"  equal: {torch.equal(*timed.values())}, largest difference {diff:.3g}")
+        out[f"{name} s"] = min(seconds)
+    out["speed-up"] = out["item-major s"] / out["feature-major s"]
+    out["largest score difference"] = float(
+        (scores["item-major"] - scores["feature-major"]).abs().max()
+    )
+    return out
+
+
+def trained_rankings(n_users: int = 2048) -> list[dict]:
+    """`agreement.ranking_agreement` of every NeuMF run recorded with its weights cached here, on its
+    dataset's first `n_users` users (a refresh's top `max_rank` = 100 missing items)."""
+    torch.set_num_threads(1)
+    rows = []
+    for r in sorted(runs.all_records(), key=lambda r: r["key"]):
+        c = r["config"]
+        if c.get("backbone") != "neumf" or not train.weights_file(r["key"]).is_file():
+            continue
+        cfg = config.Config(**c)
+        ds = config.dataset_for(cfg)
+        model = train.load_weights(cfg, ds, torch.device("cpu"))
+        pos = index.UserItems(ds.train, torch.device("cpu"))
+        users = torch.arange(min(n_users, ds.n_users))
+        rows.append(
+            {
+                "key": r["key"],
+                "dataset": ds.name,
+                "size": c["size"],
+                "method": c["method"],
+                **agreement.ranking_agreement(model, pos, users),
+            }
+        )
+        print(rows[-1])
+    return rows
+
+
+def write_record(size: int, datasets=TIMED) -> Path:
+    """The timings on `datasets` and the trained models' rankings, with provenance, to `RECORD`."""
+    start = time.time()
+    rec = {
+        "timings": [timed(d, size) for d in datasets],
+        "rankings": trained_rankings(),
+    }
+    rec["wall_seconds"] = time.time() - start
+    rec["provenance"] = runs.provenance("cpu")
+    path = runs.results_dir() / RECORD
+    runs.write_atomic(path, json.dumps(rec, indent=1) + "\n")
+    return path
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--score", metavar="DATASET", help="time score_all on DATASET instead")
+    ap.add_argument("--agreement", action="store_true", help=f"write results/{RECORD}")
     ap.add_argument("--size", type=int, default=8, help="NeuMF's d (default 8, the student's)")
     a = ap.parse_args()
-    if a.score:
-        compare(a.score, a.size)
+    if a.agreement:
+        print(f"wrote {write_record(a.size)}")
+    elif a.score:
+        print(timed(a.score, a.size))
     else:
         recorded_share()
