@@ -1,6 +1,7 @@
 """What the grid costs: the CPU hours recorded and estimated to go per dataset and backbone
-(`compute`), each kind of run priced with a step's benched ratio (`pricer`, `step_estimate`), and the
-paper profile's training time on a benchmarked device (`device_estimate`). A profile's whole plan,
+(`compute`), each kind of run priced with a step's benched ratio (`pricer`, `step_estimate`), the
+paper profile's training time on a benchmarked device (`device_estimate`), and the share of a
+guided CD run that refreshes its student's ranking (`refresh_share`). A profile's whole plan,
 priced, is `plan`."""
 
 from __future__ import annotations
@@ -357,3 +358,42 @@ def device_estimate(bench_record: dict, results=None) -> dict:
         "hours": round(float(np.nansum(seconds)) / 3600, 2),
         "hours_per_dataset": per_dataset.to_dict(),
     }
+
+
+def refresh_share(results=None) -> pd.DataFrame:
+    """Per dataset, backbone and guide of the recorded CD runs whose student guides (student or
+    hybrid), the refreshes' part of the training time: each run's mean refresh times the refreshes
+    it made (one every `refresh_every` epochs from the epoch the student guides, as
+    `samplers.CDSampler.start_epoch` refreshes), over its training seconds, pooled over the runs;
+    with the mean seconds of a refresh and of an epoch, and the refresh tower
+    (`Config.refresh_tower`; "item-major" where the record has none)."""
+    from .config import recorded
+
+    rows = []
+    for r in runs.all_records(results):
+        c, t = r.get("config", {}), r.get("timing", {})
+        if c.get("method") != "cd" or not t.get("refresh_seconds_mean"):
+            continue
+        first = (c.get("switch_epoch") or 0) if c["guide"] == "hybrid" else 0
+        every = c.get("refresh_every") or 1
+        refreshes = sum(e == first or e % every == 0 for e in range(first, r["epochs_run"]))
+        rows.append(
+            {
+                "dataset": c["dataset"].split("/")[-1],
+                "backbone": c["backbone"],
+                "guide": c["guide"],
+                "tower": recorded(c, "refresh_tower") or "item-major",
+                "refresh s": t["refresh_seconds_mean"],
+                "epoch s": t["epoch_seconds_mean"],
+                "refreshing": t["refresh_seconds_mean"] * refreshes,
+                "training": t["train_seconds"],
+            }
+        )
+    cols = ["dataset", "backbone", "guide", "tower"]
+    if not rows:
+        return pd.DataFrame(columns=[*cols, "runs", "refresh s", "epoch s", "share of training"])
+    g = pd.DataFrame(rows).groupby(cols)
+    out = g[["refresh s", "epoch s"]].mean()
+    out.insert(0, "runs", g.size())
+    out["share of training"] = g.refreshing.sum() / g.training.sum()
+    return out.reset_index()

@@ -146,7 +146,7 @@ class CD(NoKD):
         "refresh_every": 1,  # epochs between two refreshes of the student's ranking
         "switch_epoch": None,  # hybrid: the epoch the student takes over; None: SWITCH_EPOCH
         # how a NeuMF student ranks in a refresh: None, score_all's item-major tower (the first runs)
-        # | "feature-major", the same scores up to rounding, 2.6-3.1x faster (`models.NeuMF`)
+        # | "feature-major", the same scores up to rounding, faster (`models.NeuMF`)
         "refresh_tower": None,
     }
     TEACHER = True

@@ -15,7 +15,7 @@ from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate
 from .models import default_device
 from .profiles import PROFILES
-from .readme_steps import sparse_step_section
+from .readme_steps import refresh_tower_section, sparse_step_section
 from .runs import read_table
 from .tables import markdown
 from .tuning import tuning_change
@@ -259,6 +259,7 @@ def readme_section(results=None) -> str:
                     "",
                 ]
     parts += sparse_step_section(results, next_coverage)
+    parts += refresh_tower_section(results)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [

@@ -1,7 +1,8 @@
-"""The README's section on the sparse steps (`Config.step`, issue 22): their epoch timings beside
-the dense step's (`cdlib.bench --steps`), what the grids cost with them (`costs.step_estimate`,
-`plan.profile_estimate`), their agreement with the dense step (`agreement`), and what decided
-profile `next`'s step. Part of `readme.readme_section`."""
+"""The README's sections on the engine's faster paths: the sparse steps (`Config.step`, issue 22),
+their epoch timings beside the dense step's (`cdlib.bench --steps`), what the grids cost with them
+(`costs.step_estimate`, `plan.profile_estimate`), their agreement with the dense step
+(`agreement`), and what decided profile `next`'s step; and the feature-major refresh
+(`Config.refresh_tower`), its timings and agreement. Part of `readme.readme_section`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import json
 import pandas as pd
 
 from . import runs
-from .agreement import step_agreement, step_equivalence
+from .agreement import step_agreement, step_equivalence, tower_agreement
 from .audit import profile_coverage
-from .costs import step_estimate
+from .costs import refresh_share, step_estimate
 from .plan import estimate_check, hours_to_go, profile_estimate
 from .profiles import PROFILES
 from .stepbench import STEP_COLUMNS
@@ -288,3 +289,78 @@ def engine_targets(records: list[dict], cards: list[dict], estimates: dict) -> p
         step = c["models"]["teacher"]["config"].get("step") or "dense"
         add("python -m cdlib.distill on yelp <= 30 minutes", step, minutes, minutes <= 30, " min")
     return pd.DataFrame(rows, columns=["target", "step", "measured", "met"])
+
+
+def _sci(x: float) -> str:
+    return f"{x:.1e}"
+
+
+def refresh_tower_section(results=None) -> list[str]:
+    """The feature-major refresh (`Config.refresh_tower`): both towers' times and the rankings they
+    give trained models (`results/bench/refresh_tower_cpu.json`, tools/refresh_probe.py
+    --agreement), and the runs trained with each (`agreement.tower_agreement`)."""
+    path = runs.results_dir(results) / "bench" / "refresh_tower_cpu.json"
+    agree = tower_agreement(results)
+    if not path.is_file() and agree.empty:
+        return []
+    share = refresh_share(results)
+    share = share[share.backbone == "neumf"].reset_index(drop=True)
+    parts = [
+        "### The feature-major refresh",
+        "",
+        "A student-guided CD run ranks every user's missing items by the student once an epoch "
+        "(`samplers.top_missing`). For NeuMF students that refresh is most of the training on the "
+        "larger datasets: its share of the training seconds of the recorded NeuMF runs guided by "
+        "their student (hybrid: from its switch epoch), the seconds of a refresh and of an epoch "
+        "(`costs.refresh_share`, `python tools/refresh_probe.py`):",
+        "",
+        markdown(share.round({"refresh s": 2, "epoch s": 2, "share of training": 2})),
+        "",
+        '`Config.refresh_tower="feature-major"` ranks with `NeuMF.score_all_feature_major`: the '
+        "tower's layers as [units x pairs] products instead of [pairs x units], the same function "
+        "summed in another order. Profile `next` uses it for every NeuMF student that refreshes "
+        "[decision]; the runs recorded before used the item-major tower (`score_all`).",
+        "",
+    ]
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        timed = pd.DataFrame(rec["timings"])
+        ranked = pd.DataFrame(rec["rankings"])
+        by = ranked.groupby(["dataset", "size"], sort=False)
+        summary = pd.DataFrame(
+            {
+                "models": by.size(),
+                "users each": by.users.first(),
+                "identical top-100 lists, fewest": by["identical lists"].min().map("{:.2%}".format),
+                "positions differing, most": by["positions differing"].max().map("{:.1e}".format),
+                "largest score difference": by["largest score difference"].max().map(_sci),
+                "largest gap at a difference": by["largest gap at a difference"].max().map(_sci),
+            }
+        ).reset_index()
+        timed["largest score difference"] = timed["largest score difference"].map(_sci)
+        parts += [
+            f"Seconds to score {timed.users.iloc[0]} users' items with each tower, one thread, a "
+            "NeuMF of d = 8 with weights of a trained model's scale (the best of 3; "
+            f"`python tools/refresh_probe.py --agreement`, {rec['provenance']['device']}):",
+            "",
+            markdown(timed.round({"item-major s": 3, "feature-major s": 3, "speed-up": 2})),
+            "",
+            "Each trained NeuMF whose weights were cached here, its top-100 missing items for its "
+            "dataset's first users through both towers (`agreement.ranking_agreement`): the share "
+            "of users whose lists are identical, the share of list positions that differ, and the "
+            "largest item-major score gap between the two items at a differing position (0: a tie "
+            "broken otherwise):",
+            "",
+            markdown(summary),
+            "",
+        ]
+    if not agree.empty:
+        parts += [
+            "Configurations trained with both towers (the item-major runs are the ones recorded "
+            "before the choice); test NDCG@10 (sampled), paired over seeds "
+            "(`agreement.tower_agreement`, notebook 09).",
+            "",
+            markdown(agree.round(4).replace(-0.0, 0.0)),
+            "",
+        ]
+    return parts

@@ -1,12 +1,11 @@
-"""tools/refresh_probe.py: its record of both towers, and the recorded share counts each run's
-refreshes from the epoch its student guides."""
+"""tools/refresh_probe.py: its record of both towers, timed and ranking trained models."""
 
 import importlib.util
 import json
 
 from conftest import ROOT
 
-from cdlib import runs, train
+from cdlib import train
 
 spec = importlib.util.spec_from_file_location("refresh_probe", ROOT / "tools" / "refresh_probe.py")
 probe = importlib.util.module_from_spec(spec)
@@ -30,34 +29,3 @@ def test_the_record_times_both_towers_and_ranks_every_cached_neumf(tmp_path, mon
     assert r["key"] == neumf.key() and r["users"] == 100 and r["k"] == 100
     assert r["identical lists"] > 0.9 and r["largest gap at a difference"] < 1e-5
     assert rec["provenance"]["git"] and rec["wall_seconds"] > 0
-
-
-def test_the_recorded_share_counts_refreshes_from_the_student_s_first_epoch(
-    tmp_path, monkeypatch, capsys
-):
-    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path))
-    for key, guide, switch in (("a", "student", None), ("b", "hybrid", 50)):
-        runs.write_record(
-            {
-                "key": key,
-                "config": {
-                    "dataset": "x",
-                    "backbone": "cdae",
-                    "method": "cd",
-                    "guide": guide,
-                    "switch_epoch": switch,
-                    "refresh_every": 1,
-                },
-                "epochs_run": 100,
-                "timing": {
-                    "refresh_seconds_mean": 1.0,
-                    "epoch_seconds_mean": 2.0,
-                    "train_seconds": 200.0,
-                },
-            },
-            tmp_path,
-        )
-    probe.recorded_share()
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[2:] == ["hybrid", "1", "1.00", "2.00", "25%"]  # 50 refreshes of 200 s
-    assert lines[2].split()[2:] == ["student", "1", "1.00", "2.00", "50%"]

@@ -530,6 +530,17 @@ then tested over the seeds (`agreement.step_equivalence`)."""),
     print(pooled.round(3).to_string(index=False) if not pooled.empty else "", end="\\n\\n")""",
             "nbval-check-output",
         ),
+        md("""## The feature-major refresh against the item-major one (test NDCG@10, paired over seeds)
+A NeuMF student that guides CD ranks every user's missing items once an epoch. Profile `next` ranks
+with the feature-major tower (`train.Config.refresh_tower`): the same scores up to rounding, a
+faster refresh (README "The feature-major refresh"); the runs recorded before that choice used the
+item-major one. Where a
+configuration is recorded with both, the two are compared here (`agreement.tower_agreement`)."""),
+        code(
+            """towers = agreement.tower_agreement(results_dir)
+print(towers.round(4).to_string(index=False) if not towers.empty else "no configuration is recorded with both towers yet")""",
+            "nbval-check-output",
+        ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
         code(
             """agree = agreement.device_agreement(results_dir)

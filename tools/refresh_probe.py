@@ -16,41 +16,23 @@ broken otherwise (`agreement.ranking_agreement`).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cdlib import agreement, config, index, runs, train
+from cdlib import agreement, config, costs, index, runs, train
 
 RECORD = "bench/refresh_tower_cpu.json"
 TIMED = ("ml-1m", "citeulike-t", "foursquare", "amazon-music", "yelp")
 
 
 def recorded_share() -> None:
-    """Per dataset, backbone and guide, the refreshes' part of the training time (records): the mean
-    refresh times the refreshes a run made (one every `refresh_every` epochs from the epoch the
-    student guides), over its training seconds."""
-    cells = collections.defaultdict(list)
-    for r in runs.all_records():
-        c, t = r.get("config", {}), r.get("timing", {})
-        if c.get("method") != "cd" or not t.get("refresh_seconds_mean"):
-            continue
-        first = c.get("switch_epoch") or 0 if c["guide"] == "hybrid" else 0
-        every = c.get("refresh_every") or 1  # (samplers.CDSampler.start_epoch's rule)
-        refreshes = sum(e == first or e % every == 0 for e in range(first, r["epochs_run"]))
-        name = c["dataset"].split("/")[-1]
-        cells[(name, c["backbone"], c["guide"])].append(
-            (t["refresh_seconds_mean"], t["epoch_seconds_mean"], refreshes, t["train_seconds"])
-        )
-    print(f"{'dataset':16} {'backbone':8} {'guide':8} runs  refresh s  epoch s  share of training")
-    for (d, b, g), v in sorted(cells.items()):
-        refresh, epoch = np.mean([x[:2] for x in v], axis=0)
-        share = sum(x[0] * x[2] for x in v) / sum(x[3] for x in v)
-        print(f"{d:16} {b:8} {g:8} {len(v):4}  {refresh:9.2f}  {epoch:7.2f}  {share:5.0%}")
+    """Per dataset, backbone and guide, the refreshes' part of the training time
+    (`costs.refresh_share`, from the records)."""
+    t = costs.refresh_share()
+    print(t.round({"refresh s": 2, "epoch s": 2, "share of training": 2}).to_string(index=False))
 
 
 def perturbed_neumf(dataset: str, size: int):
