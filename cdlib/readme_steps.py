@@ -339,11 +339,13 @@ def refresh_tower_section(results=None) -> list[str]:
         ).reset_index()
         timed["largest score difference"] = timed["largest score difference"].map(_sci)
         parts += [
-            f"Seconds to score {timed.users.iloc[0]} users' items with each tower, one thread, a "
-            "NeuMF of d = 8 with weights of a trained model's scale (the best of 3; "
-            f"`python tools/refresh_probe.py --agreement`, {rec['provenance']['device']}):",
+            f"Seconds to score {timed.users.iloc[0]} users' items with each tower, and to refresh "
+            "twice as many users' top 100 (`samplers.top_missing`, in the batches a run uses), "
+            f"one thread, a NeuMF of d = {timed['size'].iloc[0]} with weights of a trained model's "
+            "scale (the best of 3; `python tools/refresh_probe.py --agreement`, "
+            f"{rec['provenance']['device']}):",
             "",
-            markdown(timed.round({"item-major s": 3, "feature-major s": 3, "speed-up": 2})),
+            markdown(timed.round(3)),
             "",
             "Each trained NeuMF whose weights were cached here, its top-100 missing items for its "
             "dataset's first users through both towers (`agreement.ranking_agreement`): the share "

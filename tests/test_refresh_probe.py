@@ -25,6 +25,7 @@ def test_the_record_times_both_towers_and_ranks_every_cached_neumf(tmp_path, mon
     (t,) = rec["timings"]
     assert t["dataset"] == "ml-100k" and t["item-major s"] > 0 and t["feature-major s"] > 0
     assert 0 < t["largest score difference"] < 1e-5
+    assert t["refresh item-major s"] > 0 and t["refresh feature-major s"] > 0
     (r,) = rec["rankings"]
     assert r["key"] == neumf.key() and r["users"] == 100 and r["k"] == 100
     assert r["identical lists"] > 0.9 and r["largest gap at a difference"] < 1e-5
