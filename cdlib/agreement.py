@@ -43,17 +43,32 @@ def shapes_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
     )
 
 
-def tower_agreement(results=None, metric: str = "NDCG@10") -> pd.DataFrame:
+def tower_agreement(
+    results=None,
+    metric: str = "NDCG@10",
+    margin: float | None = None,
+    keep_differences: bool = False,
+) -> pd.DataFrame:
     """A NeuMF student's refresh with the feature-major tower against the item-major one
     (`Config.refresh_tower`: the same scores up to rounding) on one device: every configuration
-    recorded with both, as `device_agreement`."""
-    return _paired(
+    recorded with both, as `step_agreement` (its criterion and equivalence test, item-major the
+    reference)."""
+    out = _paired(
         results,
         metric,
         lambda r: recorded(r["config"], "refresh_tower") or "item-major",
         ("refresh_tower",),
         {"item-major": "item-major", "feature-major": "feature-major"},
+        differences=True,
+        shown=("sampling",),
     )
+    return _equivalence(out, "item-major", "feature-major", metric, margin, keep_differences)
+
+
+def tower_equivalence(results=None, metric: str = "NDCG@10", margin: float | None = None):
+    """`tower_agreement` pooled per dataset, as `step_equivalence`."""
+    t = tower_agreement(results, metric, margin, keep_differences=True)
+    return _pooled(t, "item-major", "feature-major", metric, margin)
 
 
 @torch.no_grad()
@@ -115,12 +130,22 @@ def step_agreement(
         {"dense": "dense", step: step},
         differences=True,
     )
+    return _equivalence(out, "dense", step, metric, margin, keep_differences)
+
+
+def _equivalence(
+    out: pd.DataFrame, a: str, b: str, metric: str, margin: float | None, keep_differences: bool
+) -> pd.DataFrame:
+    """`_paired`'s table (with its differences) of reference `a` against `b`, with "within 1 sd",
+    "TOST p" and "equivalent" (against +-`margin`, default `EQUIVALENCE_MARGIN`, x a's mean) as
+    `step_agreement` describes them."""
     if out.empty:
         return out
-    sd = out[f"sd dense {metric}"]  # (undecided, NaN, for a configuration with fewer than 2 seeds)
-    out["within 1 sd"] = (out[f"{step} - dense"].abs() <= sd).astype(object).where(sd.notna())
+    margin = EQUIVALENCE_MARGIN if margin is None else margin
+    sd = out[f"sd {a} {metric}"]  # (undecided, NaN, for a configuration with fewer than 2 seeds)
+    out["within 1 sd"] = (out[f"{b} - {a}"].abs() <= sd).astype(object).where(sd.notna())
     diffs = out.pop("differences")
-    out["TOST p"] = [tost(d.to_numpy(), margin * m) for d, m in zip(diffs, out[f"dense {metric}"])]
+    out["TOST p"] = [tost(d.to_numpy(), margin * m) for d, m in zip(diffs, out[f"{a} {metric}"])]
     out["equivalent"] = (out["TOST p"] < ALPHA).astype(object).where(out["TOST p"].notna())
     if keep_differences:
         out["differences"] = diffs
@@ -152,15 +177,22 @@ def step_equivalence(
     lies within +-`margin`), and the equivalence test (`tost`) against +-`margin`. A
     configuration-by-configuration test has little power with 5 seeds; this asks whether the step
     moves a dataset's results as a whole."""
+    t = step_agreement(results, metric, step, margin, keep_differences=True)
+    return _pooled(t, "dense", step, metric, margin)
+
+
+def _pooled(t: pd.DataFrame, a: str, b: str, metric: str, margin: float | None) -> pd.DataFrame:
+    """An agreement table with its differences (reference `a` against `b`) pooled per dataset, as
+    `step_equivalence` describes."""
     from scipy import stats
 
-    t = step_agreement(results, metric, step, margin, keep_differences=True)
+    margin = EQUIVALENCE_MARGIN if margin is None else margin
     if t.empty:
         return pd.DataFrame()
     rows = []
     for d, g in t.groupby("dataset", sort=False):
         rel = pd.DataFrame(
-            {i: r.differences / r[f"dense {metric}"] for i, r in g.iterrows()}
+            {i: r.differences / r[f"{a} {metric}"] for i, r in g.iterrows()}
         ).dropna()  # seeds x configurations, the seeds every configuration has
         x = rel.mean(axis=1).to_numpy()
         n = len(x)
@@ -170,7 +202,7 @@ def step_equivalence(
                 "dataset": d,
                 "configurations": rel.shape[1],
                 "seeds": n,
-                f"{step} - dense %": 100 * x.mean() if n else np.nan,
+                f"{b} - {a} %": 100 * x.mean() if n else np.nan,
                 "90% CI low %": 100 * (x.mean() - half) if n else np.nan,
                 "90% CI high %": 100 * (x.mean() + half) if n else np.nan,
                 "margin %": 100 * margin,
@@ -203,10 +235,11 @@ def _paired(
     names: dict,
     device_column: str | None = None,
     differences: bool = False,
+    shown: tuple = (),
 ) -> pd.DataFrame:
     """Records grouped by their configuration less the fields `drop`, each named by side(record); for
     the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
-    configuration (its dataset, backbone, size, method and CD guide shown): the seeds, B's device (as
+    configuration (its dataset, backbone, size, method and CD guide shown, and the fields `shown`): the seeds, B's device (as
     `device_column`, if given), the mean test `metric` (sampled) of each side, A's standard deviation
     over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p); and
     with `differences` the paired differences themselves (a Series over the seeds per row)."""
@@ -228,6 +261,7 @@ def _paired(
                     "size": c["size"],
                     "method": c["method"],
                     "guide": c.get("guide") or "",
+                    **{k: c.get(k) or "" for k in shown},
                     "seed": c["seed"],
                     "config": _less_seed(c, drop),
                     "a": both[a]["test_sampled"][metric],
@@ -238,7 +272,7 @@ def _paired(
     if not rows:
         return pd.DataFrame()
     out = []
-    described = ["dataset", "backbone", "size", "method", "guide"]
+    described = ["dataset", "backbone", "size", "method", "guide", *shown]
     for _, g in pd.DataFrame(rows).groupby("config", sort=False):  # a configuration, its seeds
         d = g.b - g.a
         p = stats.ttest_rel(g.b, g.a).pvalue if len(g) > 1 and d.std() > 0 else np.nan
@@ -263,5 +297,7 @@ def _paired(
             )
         )
     return pd.DataFrame(out).sort_values(  # teachers before their students, per cell
-        described, ascending=[True, True, False, True, True], ignore_index=True
+        described,
+        ascending=[True, True, False, True, True, *(True for _ in shown)],
+        ignore_index=True,
     )

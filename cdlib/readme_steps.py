@@ -11,7 +11,7 @@ import json
 import pandas as pd
 
 from . import runs
-from .agreement import step_agreement, step_equivalence, tower_agreement
+from .agreement import step_agreement, step_equivalence, tower_agreement, tower_equivalence
 from .audit import profile_coverage
 from .costs import refresh_share, step_estimate
 from .plan import estimate_check, hours_to_go, profile_estimate
@@ -357,12 +357,18 @@ def refresh_tower_section(results=None) -> list[str]:
             "",
         ]
     if not agree.empty:
+        pooled = tower_equivalence(results)
         parts += [
             "Configurations trained with both towers (the item-major runs are the ones recorded "
-            "before the choice); test NDCG@10 (sampled), paired over seeds "
-            "(`agreement.tower_agreement`, notebook 09).",
+            "before the choice); test NDCG@10 (sampled), paired over seeds, with the criterion and "
+            "the equivalence test of the steps' agreement above (`agreement.tower_agreement`, "
+            "notebook 09):",
             "",
             markdown(agree.round(4).replace(-0.0, 0.0)),
+            "",
+            "Pooled per dataset as the steps are (`agreement.tower_equivalence`):",
+            "",
+            markdown(pooled.round(3)),
             "",
         ]
     return parts

@@ -1,5 +1,5 @@
 """The agreement tables (cdlib/agreement.py): records of one configuration run two ways (devices,
-shapes, steps), paired over seeds."""
+shapes, steps, refresh towers), paired over seeds."""
 
 import numpy as np
 import pandas as pd
@@ -152,3 +152,35 @@ def test_step_equivalence_pools_each_seed_over_the_configurations_before_testing
     assert agreement.tost(np.array([0.001, 0.001]), 0.01) == 0.0 and np.isnan(
         agreement.tost(x[:1], 0.01)
     )
+
+
+def test_tower_agreement_pairs_the_towers_and_pools_them_as_the_steps(tmp_path, cpu_record):
+    """Records that differ only in refresh_tower (the item-major ones predate the field), per
+    configuration with its sampling shown, then pooled per dataset as `step_equivalence`."""
+    assert agreement.tower_agreement(tmp_path).empty
+    assert agreement.tower_equivalence(tmp_path).empty
+    values = {  # (sampling, seed) -> (item-major, feature-major)
+        ("rank", 0): (0.40, 0.401),
+        ("rank", 1): (0.42, 0.419),
+        ("rank", 2): (0.38, 0.381),
+        ("topk", 0): (0.30, 0.300),
+        ("topk", 1): (0.31, 0.312),
+        ("topk", 2): (0.32, None),  # no feature-major twin: seed 2 out of the pooled test
+    }
+    for (sampling, seed), pair in values.items():
+        for tower, value in zip((None, "feature-major"), pair):
+            if value is None:
+                continue
+            cfg = {"method": "cd", "guide": "student", "sampling": sampling, "seed": seed}
+            cfg |= {"refresh_tower": tower} if tower else {}
+            cpu_record(tmp_path, f"{sampling}{tower}{seed}", cfg, value)
+    t = agreement.tower_agreement(tmp_path).set_index("sampling")
+    assert t.seeds.to_dict() == {"rank": 3, "topk": 2}
+    assert np.isclose(t.loc["rank", "feature-major - item-major"], 0.001 / 3)
+    assert np.isclose(t.loc["topk", "item-major NDCG@10"], 0.305)
+    assert (t["TOST p"] < 0.05).tolist() == t.equivalent.tolist()
+    p = agreement.tower_equivalence(tmp_path).iloc[0]
+    rank = np.array([0.001, -0.001]) / np.mean([0.40, 0.42, 0.38])
+    topk = np.array([0.0, 0.002]) / 0.305
+    assert (p.configurations, p.seeds) == (2, 2)
+    assert np.isclose(p["feature-major - item-major %"], 100 * ((rank + topk) / 2).mean())

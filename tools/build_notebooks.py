@@ -535,10 +535,13 @@ A NeuMF student that guides CD ranks every user's missing items once an epoch. P
 with the feature-major tower (`train.Config.refresh_tower`): the same scores up to rounding, a
 faster refresh (README "The feature-major refresh"); the runs recorded before that choice used the
 item-major one. Where a
-configuration is recorded with both, the two are compared here (`agreement.tower_agreement`)."""),
+configuration is recorded with both, the two are compared here as the steps are above
+(`agreement.tower_agreement`), and pooled per dataset (`agreement.tower_equivalence`)."""),
         code(
             """towers = agreement.tower_agreement(results_dir)
-print(towers.round(4).to_string(index=False) if not towers.empty else "no configuration is recorded with both towers yet")""",
+print(towers.round(4).to_string(index=False) if not towers.empty else "no configuration is recorded with both towers yet", end="\n\n")
+pooled = agreement.tower_equivalence(results_dir)
+print(pooled.round(3).to_string(index=False) if not pooled.empty else "")""",
             "nbval-check-output",
         ),
         md("## CPU against GPU: configurations recorded on both (test NDCG@10, paired over seeds)"),
