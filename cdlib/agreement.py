@@ -76,7 +76,8 @@ def ranking_agreement(model, positives, users: torch.Tensor, k: int = 100) -> di
     """A NeuMF's top-k missing items of each of `users` ranked item-major (`score_all`) and
     feature-major (`score_all_feature_major`), as a refresh ranks them (`samplers.top_missing`):
     the share of users whose lists are identical, the share of list positions that differ, the
-    largest difference of two scores, and the largest item-major score gap between the two items at
+    largest score (in absolute value: the scale of float32's rounding), the largest difference of
+    two scores, and the largest item-major score gap between the two items at
     a differing position (0: a tie broken otherwise; within rounding: a near-tie ordered otherwise)."""
     from .samplers import masked_scores
 
@@ -91,6 +92,7 @@ def ranking_agreement(model, positives, users: torch.Tensor, k: int = 100) -> di
         "k": k,
         "identical lists": float((~differ).all(1).float().mean()),
         "positions differing": float(differ.float().mean()),
+        "largest score": float(a[finite].abs().max()),  # the scale of the rounding
         "largest score difference": float((a - b)[finite].abs().max()),
         "largest gap at a difference": float(gap.max()) if len(gap) else 0.0,
     }

@@ -383,7 +383,7 @@ class NeuMF(Recommender):
         """score_all with the tower feature-major: each layer one [units x pairs] product over the
         (user, item) pairs, where score_all's [pairs x e/2] products leave the vector units idle
         (e/2 = 4 outputs at d = 8). The same function summed in another order, so equal to score_all
-        up to rounding; 2.4-3.5x faster at d = 8 on five datasets (one thread, a 4 MiB buffer:
+        up to rounding, and several times faster at d = 8 (one thread, a 4 MiB buffer:
         results/bench/refresh_tower_cpu.json). CD's refresh uses it with refresh_tower="feature-major"."""
         gmf, a, c = self._all_items_parts(users)
         (n_items, e), a, c = c.shape, a.T.contiguous(), c.T.contiguous()  # [e x B], [e x I]

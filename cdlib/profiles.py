@@ -186,10 +186,10 @@ PROFILES = {
         # dense one", `plan.profile_estimate`) [decision]
         step="deferred",
         # a NeuMF student's ranking refreshed with the feature-major tower: the same scores up to
-        # rounding (on 32 trained NeuMF, 99.85-100% of the users' top-100 lists identical, every
-        # difference between items whose scores lie within 7.2e-7), 2.4-3.5x faster where the
-        # refresh was 55-82% of a guided run's training (README "The feature-major refresh",
-        # results/bench/refresh_tower_cpu.json) [decision]
+        # rounding, the same top-100 lists but for items whose scores lie within rounding, a
+        # refresh 2-4x faster where it was most of a guided run's training, and equivalent test
+        # NDCG@10 on ml-100k (README "The feature-major refresh", from
+        # results/bench/refresh_tower_cpu.json and the paired runs) [decision]
         refresh_tower="feature-major",
         tuned=list(data.DATASETS),
         tuning=TUNING_NEXT,

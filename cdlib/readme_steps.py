@@ -333,6 +333,7 @@ def refresh_tower_section(results=None) -> list[str]:
                 "users each": by.users.first(),
                 "identical top-100 lists, fewest": by["identical lists"].min().map("{:.2%}".format),
                 "positions differing, most": by["positions differing"].max().map("{:.1e}".format),
+                "largest score": by["largest score"].max().round(1),
                 "largest score difference": by["largest score difference"].max().map(_sci),
                 "largest gap at a difference": by["largest gap at a difference"].max().map(_sci),
             }
@@ -349,9 +350,10 @@ def refresh_tower_section(results=None) -> list[str]:
             "",
             "Each trained NeuMF whose weights were cached here, its top-100 missing items for its "
             "dataset's first users through both towers (`agreement.ranking_agreement`): the share "
-            "of users whose lists are identical, the share of list positions that differ, and the "
-            "largest item-major score gap between the two items at a differing position (0: a tie "
-            "broken otherwise):",
+            "of users whose lists are identical, the share of list positions that differ, the "
+            "largest score (float32 rounds a score of size s by up to s x 6e-8), and the largest "
+            "item-major score gap between the two items at a differing position (0: a tie broken "
+            "otherwise):",
             "",
             markdown(summary),
             "",
