@@ -366,7 +366,9 @@ def refresh_tower_section(results=None) -> list[str]:
             "the equivalence test of the steps' agreement above (`agreement.tower_agreement`, "
             "notebook 09):",
             "",
-            markdown(agree.round(4).replace(-0.0, 0.0)),
+            markdown(
+                agree.round(4).replace({c: {-0.0: 0.0} for c in agree.select_dtypes("float")})
+            ),
             "",
             "Pooled per dataset as the steps are (`agreement.tower_equivalence`):",
             "",

@@ -539,7 +539,7 @@ configuration is recorded with both, the two are compared here as the steps are 
 (`agreement.tower_agreement`), and pooled per dataset (`agreement.tower_equivalence`)."""),
         code(
             """towers = agreement.tower_agreement(results_dir)
-print(towers.round(4).to_string(index=False) if not towers.empty else "no configuration is recorded with both towers yet", end="\n\n")
+print(towers.round(4).to_string(index=False) if not towers.empty else "no configuration is recorded with both towers yet", end="\\n\\n")
 pooled = agreement.tower_equivalence(results_dir)
 print(pooled.round(3).to_string(index=False) if not pooled.empty else "")""",
             "nbval-check-output",
