@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs, sparse
-from .config import BACKBONE_DEFAULTS, STUDENT, TEACHER_SIZE
+from .config import BACKBONE_DEFAULTS, STUDENT, TEACHER_SIZE, recorded
 from .runs import read_table
 from .tables import own_runs
 
@@ -367,8 +367,6 @@ def refresh_share(results=None) -> pd.DataFrame:
     `samplers.CDSampler.start_epoch` refreshes), over its training seconds, pooled over the runs;
     with the mean seconds of a refresh and of an epoch, and the refresh tower
     (`Config.refresh_tower`; "item-major" where the record has none)."""
-    from .config import recorded
-
     rows = []
     for r in runs.all_records(results):
         c, t = r.get("config", {}), r.get("timing", {})

@@ -332,7 +332,7 @@ def refresh_tower_section(results=None) -> list[str]:
                 "models": by.size(),
                 "users each": by.users.first(),
                 "identical top-100 lists, fewest": by["identical lists"].min().map("{:.2%}".format),
-                "positions differing, most": by["positions differing"].max().map("{:.1e}".format),
+                "positions differing, most": by["positions differing"].max().map(_sci),
                 "largest score": by["largest score"].max().round(1),
                 "largest score difference": by["largest score difference"].max().map(_sci),
                 "largest gap at a difference": by["largest gap at a difference"].max().map(_sci),

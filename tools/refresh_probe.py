@@ -16,13 +16,14 @@ broken otherwise (`agreement.ranking_agreement`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from cdlib import agreement, config, costs, index, runs, samplers, train
+from cdlib import agreement, bench, config, costs, index, runs, samplers, train
 
 RECORD = "bench/refresh_tower_cpu.json"
 TIMED = ("ml-1m", "citeulike-t", "foursquare", "amazon-music", "yelp")
@@ -33,16 +34,6 @@ def recorded_share() -> None:
     (`costs.refresh_share`, from the records)."""
     t = costs.refresh_share()
     print(t.round({"refresh s": 2, "epoch s": 2, "share of training": 2}).to_string(index=False))
-
-
-def _best(repeats: int, f, *args, **kw):
-    """The fewest seconds of `repeats` calls of f(*args, **kw), and its result."""
-    seconds = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = f(*args, **kw)
-        seconds.append(time.perf_counter() - t)
-    return min(seconds), out
 
 
 def perturbed_neumf(dataset: str, size: int):
@@ -60,8 +51,9 @@ def perturbed_neumf(dataset: str, size: int):
 
 def timed(dataset: str, size: int, n_users: int = 1024, repeats: int = 3) -> dict:
     """score_all against score_all_feature_major, one thread, on a model with non-trivial weights:
-    the best of `repeats` seconds for `n_users` users, the largest score difference, and the whole
-    refresh of 2 x `n_users` users (`samplers.top_missing`, top 100) with each tower."""
+    the best of `repeats` seconds for `n_users` users (`bench.timed`, after a warm-up call), the
+    largest score difference, and the whole refresh of 2 x `n_users` users (`samplers.top_missing`,
+    top 100) with each tower."""
     torch.set_num_threads(1)
     model, ds = perturbed_neumf(dataset, size)
     users = torch.arange(min(n_users, ds.n_users))
@@ -72,10 +64,10 @@ def timed(dataset: str, size: int, n_users: int = 1024, repeats: int = 3) -> dic
         ("item-major", model.score_all, None),
         ("feature-major", model.score_all_feature_major, "feature-major"),
     ):
-        out[f"{name} s"], scores[name] = _best(repeats, f, users)
-        out[f"refresh {name} s"], _ = _best(
-            repeats, samplers.top_missing, model, pos, 100, refreshed, tower=tower
-        )
+        scores[name] = f(users)
+        out[f"{name} s"] = bench.timed(functools.partial(f, users), repeats)
+        refresh = functools.partial(samplers.top_missing, model, pos, 100, refreshed, tower=tower)
+        out[f"refresh {name} s"] = bench.timed(refresh, repeats)
     out["speed-up"] = out["item-major s"] / out["feature-major s"]
     out["refresh speed-up"] = out["refresh item-major s"] / out["refresh feature-major s"]
     out["largest score difference"] = float(
