@@ -5,9 +5,12 @@ each cell's tuning (`tuning.tuning_frontier`), then the runs of the training not
 whose cell is tuned. They come in tiers, as the issue says to cut its grid: first the tuning stage, the
 main table (02, 03), the sampling ablation (04) and born-again CD (06's "BACD"), the claims' runs; then
 the rest of the student-size table (06); last the sensitivity figure (07). The first tier goes cell by
-cell (the profile's datasets x backbones: a cell's claims complete before the next cell's start), then
-seed by seed; the later tiers seed by seed, then cell by cell, so that a cut leaves every cell with
-fewer seeds rather than some cells with none (the issue cuts the size table's seeds). Teachers and
+cell (a cell's claims complete before the next cell's start), then seed by seed; the later tiers seed
+by seed, then cell by cell, so that a cut leaves every cell with fewer seeds rather than some cells
+with none (the issue cuts the size table's seeds). Cells come in the order of their dataset's users x
+items (table 01; the profile's order without it, and among equals): what a ranking of every item
+costs, and the order of the cells' estimated hours, so that each CPU hour completes as many cells'
+claims as it can [decision] (`cell_order`). Teachers and
 plain students come before the students that distil them. A run two tables share takes the first
 tier that names it.
 
@@ -43,6 +46,7 @@ import torch
 from . import checkpoint, experiments, ials, profiles, runs, train, tuning
 from .config import Execution
 from .plan import TRAINING_NOTEBOOKS
+from .runs import read_table
 from .tables import Pending
 
 # the tier of each training notebook's runs (born-again CD, 06's "BACD", is in the first: claim 6)
@@ -69,7 +73,7 @@ def outstanding(p, results=None) -> list[Item]:
     each tuning stage waits for the one before), in training order (module docstring). Reads the
     records; trains nothing."""
     look = dataclasses.replace(p, execution=Execution(train=False))
-    cells = [(d, b) for d in p.datasets for b in p.backbones]
+    cells = cell_order(p, results)
     best: dict[str, tuple] = {}
 
     def add(table, label, c):
@@ -96,6 +100,16 @@ def outstanding(p, results=None) -> list[Item]:
                 if not isinstance(c, Pending):
                     add(nb, label, c)
     return [item for _, item in sorted(best.values(), key=lambda v: v[0])]
+
+
+def cell_order(p, results=None) -> list[tuple]:
+    """Profile `p`'s (dataset, backbone) cells in the order the first tier trains them: by the
+    dataset's users x items (results/01_datasets.csv), the smallest first; a dataset the table does
+    not list, and every dataset without the table, in the profile's order after those it lists."""
+    st = read_table("01_datasets", results)
+    work = {} if st is None else dict(zip(st["dataset"], st["users"] * st["items"]))
+    datasets = sorted(p.datasets, key=lambda d: (d not in work, work.get(d, 0)))  # (stable)
+    return [(d, b) for d in datasets for b in p.backbones]
 
 
 def summary(items: list[Item]) -> pd.DataFrame:

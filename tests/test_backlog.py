@@ -2,6 +2,7 @@
 
 import multiprocessing
 
+import pandas as pd
 import pytest
 import torch
 from conftest import fake_training
@@ -71,6 +72,22 @@ def test_the_claims_go_cell_by_cell_and_the_cut_tables_seed_by_seed(tmp_path, mo
             assert got == sorted(got, key=lambda x: (p.datasets.index(x[0]), x[1]))
         else:
             assert got == sorted(got, key=lambda x: (x[1], p.datasets.index(x[0])))
+
+
+def test_the_cells_go_smallest_dataset_first_by_table_01(tmp_path, monkeypatch):
+    """With table 01, the first tier takes the cell whose dataset has the fewest users x items
+    first, whatever the profile's order; a dataset the table does not list comes last."""
+    fake_training(monkeypatch)
+    p = _profile(datasets=["ml-1m", "citeulike-t", "foursquare"], seeds=(0,))
+    assert backlog.cell_order(p, tmp_path) == [(d, "neumf") for d in p.datasets]  # no table 01
+    pd.DataFrame(
+        {"dataset": ["ml-1m", "citeulike-t"], "users": [6040, 30], "items": [3706, 100]}
+    ).to_csv(tmp_path / "01_datasets.csv", index=False)
+    assert [d for d, _ in backlog.cell_order(p, tmp_path)] == ["citeulike-t", "ml-1m", "foursquare"]
+    for d in p.datasets:
+        tuning.tune(p, d, "neumf", tmp_path, progress=False)
+    got = [i.config.dataset for i in backlog.outstanding(p, tmp_path) if i.tier == 0]
+    assert list(dict.fromkeys(got)) == ["citeulike-t", "ml-1m", "foursquare"]
 
 
 def test_workers_train_the_whole_plan_once_then_the_ials_rows(tmp_path, monkeypatch):
