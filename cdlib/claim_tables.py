@@ -15,6 +15,7 @@ from .experiments import main_grid, notebook_grid
 from .profiles import Profile
 from .runs import results_dir
 from .tables import best_cd, collect, save_table
+from .tuning import tune_all, tuning_table
 
 
 def main_runs(
@@ -60,12 +61,17 @@ def recorded_tables(p: Profile, results=None) -> dict[str, pd.DataFrame]:
 
 
 def save_recorded_tables(p: Profile, results=None, folder: str | None = None) -> str:
-    """`recorded_tables` and the claims on them (`report.claims`) written under
+    """`recorded_tables` and the claims on them (`report.claims`), and the tuning stage's runs and
+    table from the records (`tuning.tune_all`, notebook 00's, for `audit.violations`), written under
     results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
     the folder, for `runs.read_table(f"{folder}/claims")`."""
     folder = folder or p.name
     out = results_dir(results) / folder
     for name, df in recorded_tables(p, results).items():
         save_table(df, name, out)
+    off = dataclasses.replace(p, execution=Execution(train=False))
+    tuning_runs, choices = tune_all(off, results, progress=False)
+    save_table(tuning_runs, "00_tuning_runs", out)
+    save_table(tuning_table(tuning_runs, choices), "00_tuning", out)
     save_table(report.claims(out).set_index("claim"), "claims", out)
     return folder

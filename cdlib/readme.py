@@ -277,9 +277,11 @@ def readme_section(results=None) -> str:
         "### Runs that break the fair protocol",
         "",
         "Runs used by a table whose best validation epoch lies in the last 10% of the epoch cap (capped), "
-        "or whose validation NDCG@10 is at most 1.05x that of the most-popular ranking (stalled on the "
-        "initial plateau), and teachers below their own plain student on validation NDCG@10, with the "
-        "fix applied where there is one; `audit.violations`.",
+        "whose validation NDCG@10 is at most 1.05x that of the most-popular ranking (stalled on the "
+        "initial plateau), or that early stopping ended while their validation NDCG@10 still rose (over "
+        "the last `patience` epochs, a least-squares rise above 2% of the best with a slope t of 3 or "
+        "more: stopped rising), and teachers below their own plain student on validation NDCG@10, with "
+        "the fix applied where there is one; `audit.violations`.",
         "",
         markdown(bad) if not bad.empty else "None.",
         "",
@@ -369,8 +371,8 @@ def _next_claims_section(results=None) -> list[str]:
         "",
         markdown(table),
         "",
-        "Runs of these tables that break the fair protocol, as above (`audit.violations` on "
-        "`results/next/`):",
+        "Runs of these tables and of `next`'s tuning stage that break the fair protocol, as above "
+        "(`audit.violations` on `results/next/`):",
         "",
         markdown(bad) if not (bad := violations(results, folder="next")).empty else "None.",
         "",

@@ -92,6 +92,20 @@ def tune(
     return runs_df, (choice if len(choice) == len(tuning_stages(p)) else None)
 
 
+def tune_all(p: Profile, results=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """`tune` on each of profile `p`'s tuning datasets and backbones, as notebook 00 tables them:
+    (their runs, {(dataset, backbone): choice} of the cells tuned whole). A profile whose execution
+    does not train reads its records alone: a run not recorded is 'missing'."""
+    frames, choices = [], {}
+    for d in p.tuning_datasets():
+        for b in p.backbones:
+            runs_df, choice = tune(p, d, b, results, progress)
+            frames.append(runs_df)
+            if choice is not None:
+                choices[(d, b)] = choice
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), choices
+
+
 def tuning_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
     """The runs the tuning stage of `dataset` and `backbone` needs next: those not recorded of its first
     stage that is not recorded whole (the later stages wait on its choice); [] once every stage is.

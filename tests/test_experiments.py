@@ -343,6 +343,45 @@ def test_violations_flag_capped_and_stalled_runs_per_table(tmp_path, monkeypatch
     assert "### Runs that break the fair protocol" in readme.readme_section(tmp_path)
 
 
+def test_a_run_stopped_while_its_validation_still_rose_is_flagged():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.002, 50)
+
+    def curve(values):
+        return [{"valid_NDCG@10": float(x)} for x in values]
+
+    peak = np.r_[0.2, 0.34, np.full(48, 0.32)]  # an early peak, then a dip that ended it
+    climbing = peak + np.r_[np.zeros(20), np.linspace(0, 0.02, 30)] + noise
+    got = audit.stopped_rising(curve(climbing), 30)
+    assert got.startswith("stopped rising (valid NDCG@10 +") and "over its last 30 epochs" in got
+    assert audit.stopped_rising(curve(peak + noise), 30) == ""  # a plateau after its best
+    slow = peak + np.r_[np.zeros(20), np.linspace(0, 0.004, 30)] + noise / 10
+    assert audit.stopped_rising(curve(slow), 30) == ""  # +1.2% of its best: under the 2%
+    assert audit.stopped_rising(curve(climbing), 30, rise=0.1) == ""
+    zigzag = 0.03 * (-1.0) ** np.arange(50)
+    noisy = peak + np.r_[np.zeros(20), np.linspace(0, 0.02, 30)] + zigzag
+    assert audit.stopped_rising(curve(noisy), 30) == ""  # a rise the epochs' noise explains
+    assert audit.stopped_rising(None, 30) == audit.stopped_rising(curve(climbing), None) == ""
+    assert audit.stopped_rising(curve(climbing[:20]), 30) == ""
+
+
+def test_violations_flag_a_run_stopped_rising_unless_its_cap_ended_it(tmp_path, monkeypatch):
+    from cdlib import runs
+
+    monkeypatch.setattr(audit, "popularity_valid_ndcg", lambda config: 0.01)
+    rising = [{"valid_NDCG@10": 0.3 + 0.001 * i} for i in range(60)]
+    table = []
+    for seed, cap in ((0, 1000), (1, 60)):
+        key = f"k{seed}"
+        config = {"dataset": "d", "backbone": "neumf", "size": 8, "epochs": cap, "patience": 30}
+        rec = {"key": key, "config": config, "best_epoch": 10, "epochs_run": 60, "curve": rising}
+        runs.write_record(rec | {"valid_sampled": {"NDCG@10": 0.36}}, tmp_path)
+        table += [dict(r, key=key, seed=seed) for r in rows("RD", [0.36], backbone="neumf")]
+    tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
+    bad = audit.violations(tmp_path)
+    assert list(bad.seed) == [0] and bad.problem[0].startswith("stopped rising")
+
+
 def test_violations_list_a_teacher_below_its_plain_student_with_its_fix(tmp_path, monkeypatch):
     from cdlib import runs
 
@@ -907,6 +946,11 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
     assert (main[~main.label.str.startswith("iALS")].status == "ok").all()
     assert {"CD", "CD-T", "CD-S", "CD-H", "CD-best", "RD"} <= set(main.label)
     assert claim_tables.save_recorded_tables(p, tmp_path) == "next"
+    # the tuning stage's runs and choices too, from the records (for `audit.violations`)
+    tuned = pd.read_csv(tmp_path / "next" / "00_tuning_runs.csv")
+    assert len(tuned) > 0 and (tuned.status == "ok").all() and set(tuned.dataset) == {"ml-100k"}
+    chosen = pd.read_csv(tmp_path / "next" / "00_tuning.csv")
+    assert chosen.groupby("stage").chosen.sum().eq(1).all()  # each stage chose one point
     claims = report.claims(tmp_path / "next")
     assert claims.claim.str.startswith(
         "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"

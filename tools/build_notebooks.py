@@ -73,14 +73,7 @@ The other datasets use the choice of the dataset named in the profile's `tune_on
         code(SETUP),
         md("## Run (or read) the tuning stage of each tuning dataset and backbone"),
         code(
-            """frames, choices = [], {}
-for d in P.tuning_datasets():
-    for b in P.backbones:
-        runs_db, choice = tuning.tune(P, d, b, results_dir)
-        frames.append(runs_db)
-        if choice is not None:
-            choices[(d, b)] = choice
-runs = pd.concat(frames, ignore_index=True)
+            """runs, choices = tuning.tune_all(P, results_dir)
 table = tuning.tuning_table(runs, choices)
 """
             + save(("runs", "00_tuning_runs"), ("table", "00_tuning"))
@@ -489,7 +482,8 @@ else:
         ),
         md(
             "## Runs that break the fair protocol (capped by the epoch budget, stalled on the initial plateau, "
-            "or a teacher below its own plain student)"
+            "stopped by early stopping while still rising, or a teacher below its own plain student; "
+            "`next`'s tuning stage included)"
         ),
         code(
             """bad = audit.violations(results_dir)
