@@ -172,7 +172,8 @@ def violations(
     ranking (never left the initial plateau), 'stopped rising', ended by early stopping while its
     validation still rose (`stopped_rising`), or a teacher 'below its plain student' of the same
     seed on validation NDCG@10 (a weak teacher makes every distillation look worse than it is), with
-    the fix applied where there is one (`FIXES`). One row per table, run and kind of problem. The
+    the fix applied where there is one (`FIXES`; for a run of the tuning stage, whether its stage
+    chose its point, `_tuning_point`). One row per table, run and kind of problem. The
     tables are results/<folder>/'s where `folder` is given (a profile's tables from its records,
     `claim_tables.save_recorded_tables`), the records results/runs/ either way."""
     rows = []
@@ -180,6 +181,7 @@ def violations(
         t = read_table(name if folder is None else f"{folder}/{name}", results)
         if t is None or "key" not in t:
             continue
+        whole = t
         t = own_runs(t[t.status == "ok"])
         for r in t.itertuples():
             rec = runs.read_record(r.key, results)
@@ -209,7 +211,7 @@ def violations(
                         "epochs run": rec["epochs_run"],
                         "cap": c["epochs"],
                         "problem": "; ".join(problems),
-                        "fix": "",
+                        "fix": _tuning_point(whole, r) if name == "00_tuning_runs" else "",
                     }
                 )
         rows += _weak_teachers(t, what, results)
@@ -227,6 +229,28 @@ def violations(
         "fix",
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _tuning_point(runs_table: pd.DataFrame, r) -> str:
+    """What became of tuning run `r`'s point (a row of the tuning stage's run table `runs_table`):
+    the point its stage chose by mean validation NDCG@10 (`tuning.chosen_point`'s rule), or that
+    the stage is not recorded whole yet."""
+    col = "valid NDCG@10"
+    g = runs_table[
+        (runs_table.dataset == r.dataset)
+        & (runs_table.backbone == r.backbone)
+        & (runs_table.stage == r.stage)
+    ]
+    if (g.status != "ok").any():
+        return "its stage is not recorded whole yet"
+    means = g.groupby("label", sort=False)[col].mean()
+    best = means.idxmax()  # (ties: the earlier point)
+    if best == r.label:
+        return "its stage chose this point"
+    return (
+        f"not chosen: its stage chose {best} (mean {col} {means[best]:.4f} against "
+        f"{means[r.label]:.4f})"
+    )
 
 
 def _weak_teachers(t: pd.DataFrame, what: str, results=None) -> list[dict]:

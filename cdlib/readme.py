@@ -281,7 +281,8 @@ def readme_section(results=None) -> str:
         "initial plateau), or that early stopping ended while their validation NDCG@10 still rose (over "
         "the last `patience` epochs, a least-squares rise above 2% of the best with a slope t of 3 or "
         "more: stopped rising), and teachers below their own plain student on validation NDCG@10, with "
-        "the fix applied where there is one; `audit.violations`.",
+        "the fix applied where there is one (for a run of the tuning stage, whether its stage chose its "
+        "point); `audit.violations`.",
         "",
         markdown(bad) if not bad.empty else "None.",
         "",

@@ -380,6 +380,23 @@ def test_violations_flag_a_run_stopped_rising_unless_its_cap_ended_it(tmp_path, 
     tables.save_table(pd.DataFrame(table), "03_main_runs", tmp_path)
     bad = audit.violations(tmp_path)
     assert list(bad.seed) == [0] and bad.problem[0].startswith("stopped rising")
+    assert bad.fix[0] == ""
+    # in the tuning stage's table: what became of the run's point
+    tuned = pd.DataFrame(table).assign(stage="Teacher", label="Teacher lr=0.001")
+    tuned["valid NDCG@10"] = 0.36
+    other = tuned.assign(label="Teacher lr=0.003", key="k1")  # (a run that breaks nothing)
+    other["valid NDCG@10"] = 0.4
+    both = pd.concat([tuned[tuned.seed == 0], other], ignore_index=True)
+    tables.save_table(both, "00_tuning_runs", tmp_path)
+    got = audit.violations(tmp_path)
+    got = got[got.table == "tuning (00)"].reset_index()
+    assert len(got) == 1 and got.fix[0] == (
+        "not chosen: its stage chose Teacher lr=0.003 (mean valid NDCG@10 0.4000 against 0.3600)"
+    )
+    both.loc[1, "status"] = "missing"
+    tables.save_table(both, "00_tuning_runs", tmp_path)
+    got = audit.violations(tmp_path)
+    assert list(got[got.table == "tuning (00)"].fix) == ["its stage is not recorded whole yet"]
 
 
 def test_violations_list_a_teacher_below_its_plain_student_with_its_fix(tmp_path, monkeypatch):
