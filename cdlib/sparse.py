@@ -88,8 +88,12 @@ def embedding_bag(
 
 
 def distinct(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.unique(ids, return_inverse=True) for ids in [0, n), by a mask of n entries instead of
-    a sort: O(n + len(ids)) (a ml-1m batch's 52k items among 3.7k: 1.0 against 5.2 ms, one thread)."""
+    """torch.unique(ids, return_inverse=True) for ids in [0, n): for many ids, by a mask of n entries
+    instead of a sort, O(n + len(ids)) (a ml-1m batch's 52k items among 3.7k: 0.25 against 0.68 ms,
+    one thread); for few, by the sort, O(len(ids) log len(ids)) (a NeuMF step's 16 users among
+    yelp's 30k: 5.6 against 54 us; 640 items among 20k: 9 against 41 us). The same integers."""
+    if 4 * len(ids) <= n:
+        return torch.unique(ids, sorted=True, return_inverse=True)
     mask = torch.zeros(n, dtype=torch.bool, device=ids.device)
     mask[ids] = True
     rows = mask.nonzero()[:, 0]

@@ -153,11 +153,14 @@ def test_row_adam_with_every_row_touched_is_adam():
     torch.testing.assert_close(bias.detach(), bias_q.detach(), rtol=0, atol=0)
 
 
-def test_distinct_is_unique():
-    ids = torch.randint(0, 50, (300,), generator=torch.Generator().manual_seed(0))
-    rows, where = sparse.distinct(ids, 50)
+@pytest.mark.parametrize("m,n", [(300, 50), (12, 50), (13, 50), (16, 30351), (0, 10)])
+def test_distinct_is_unique(m, n):
+    """Both ways (a mask for many ids, a sort for few), the integers of torch.unique."""
+    ids = torch.randint(0, n, (m,), generator=torch.Generator().manual_seed(0))
+    rows, where = sparse.distinct(ids, n)
     u, inv = torch.unique(ids, return_inverse=True)
     assert torch.equal(rows, u) and torch.equal(where, inv)
+    assert rows.dtype == where.dtype == torch.long
 
 
 def test_take_has_a_sparse_gradient_of_its_rows():
