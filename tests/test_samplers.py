@@ -128,6 +128,37 @@ def test_top_missing_is_the_guides_ranking(setup):
         assert top[u].tolist() == sc.argsort(descending=True)[:20].tolist()
 
 
+@pytest.mark.parametrize(
+    "backbone,size", [("cdae", 20), ("cdae", 200), ("neumf", 8), ("neumf", 64)]
+)
+def test_the_item_major_ranking_in_equal_batches_is_that_of_1024_users_a_batch(
+    ml100k, backbone, size
+):
+    """top_missing's default batches (`RANK_USERS` users at most, equal: 943 users as 236, 236,
+    236, 235) rank every user as one batch of 1024 did, bit for bit, at 1 and 2 threads (the
+    same held for every model cached here, trained on ml-100k, ml-1m and citeulike-t)."""
+    from cdlib import models
+
+    torch.manual_seed(0)
+    m = models.build(backbone, ml100k.train, size, device="cpu").eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    pos = index.UserItems(ml100k.train)
+    calls = []
+    score_all = m.score_all
+    m.score_all = lambda u: calls.append(len(u)) or score_all(u)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            calls.clear()
+            got = samplers.top_missing(m, pos, 100)
+            assert calls == [236, 236, 236, 235]
+            assert torch.equal(got, samplers.top_missing(m, pos, 100, batch_size=1024))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_feature_major_refresh_differs_from_the_item_major_one_only_at_near_ties(
     ml100k, monkeypatch
 ):
