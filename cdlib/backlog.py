@@ -10,9 +10,8 @@ by seed, then cell by cell, so that a cut leaves every cell with fewer seeds rat
 with none (the issue cuts the size table's seeds). Cells come in the order of their dataset's users x
 items (table 01; the profile's order without it, and among equals): what a ranking of every item
 costs, and the order of the cells' estimated hours, so that each CPU hour completes as many cells'
-claims as it can [decision] (`cell_order`). Teachers and
-plain students come before the students that distil them. A run two tables share takes the first
-tier that names it.
+claims as it can [decision] (`cell_order`). Teachers and plain students come before the students
+that distil them. A run two tables share takes the first tier that names it.
 
 `work(p)` trains them one at a time until none is left, each run claimed by a lock file
 (results/.locks/), so that any number of workers on this machine train one backlog without training a

@@ -165,7 +165,7 @@ REFRESH_PAIRS = 1 << 21
 # of every user 1.3x faster than batches of 1024 users on yelp (3.4 -> 2.5 s) and citeulike-t
 # (1.0 -> 0.78 s), a teacher's (H = 200) 1.15x on yelp, ml-1m's alike (one thread). The batches
 # are equal (sizes differ by one at most) so that none is a short tail: the same scores, bit for
-# bit, as 1024 users a batch (the BLAS rounds the same for any batch of a dozen users or more)
+# bit, as 1024 users a batch (this machine's BLAS rounds alike for any batch of a dozen users or more)
 RANK_USERS = 256
 
 
