@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import costs, data, index, metrics, models, runs
-from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution
+from .config import STUDENT_SIZES, TEACHER_SIZE, Config, Execution, build_model, dataset_for
 from .loop import fit, fit_group
 from .samplers import CDSampler, top_missing
 
@@ -41,6 +41,19 @@ def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def perturbed_model(dataset: str, backbone: str, size: int, std: float = 0.3):
+    """A model of `dataset` at its initial weights plus N(0, `std`) noise (weights of a trained
+    model's scale, not the init's 0.01), for timing and comparing scoring paths: (model, dataset)."""
+    cfg = Config(dataset=dataset, backbone=backbone, size=size, device="cpu").canonical()
+    ds = dataset_for(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, ds, torch.device("cpu")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model, ds
 
 
 def epoch_seconds(

@@ -268,6 +268,7 @@ class CDAE(Recommender):
 # 0.10 and 0.63 s so; a d = 8 student's on ml-1m 0.032 and 0.024 s (one thread, workers paused;
 # chunks of 4 and 8 MiB were slower)
 SCORE_ELEMS = 1 << 19
+PAIR_ALIGN = 4096
 
 
 class NeuMF(Recommender):
@@ -327,9 +328,10 @@ class NeuMF(Recommender):
     def score(
         self, users: torch.Tensor, items: torch.Tensor, max_elems: int = SCORE_ELEMS
     ) -> torch.Tensor:
-        """pair_logits on each user's candidates [B x C] (the sampled protocol), in chunks of whole
-        users whose [pairs x e] tensors hold at most `max_elems` floats, so that they stay in the
-        cache: the user parts computed for the whole batch, the first layer's item half W_i q'_i
+        """pair_logits on each user's candidates [B x C] (the sampled protocol), in chunks of pairs
+        whose [pairs x e] tensors hold at most `max_elems` floats (`PAIR_ALIGN` pairs at least), so
+        that they stay in the cache: the user parts computed for the whole batch, the first layer's
+        item half W_i q'_i
         once an item (`_item_half`) where the batch has more pairs than the dataset has items, then
         looked up per pair. The same products as pair_logits on the whole batch, bit for bit on
         this machine's BLAS (tests/test_models.py, and every metric of the records checked), and a
@@ -337,14 +339,18 @@ class NeuMF(Recommender):
         n, c = items.shape
         gmf_user, user_half = self._user_parts(users)
         every = self._item_half() if n * c > self.mlp_item.num_embeddings else None
-        step = max(1, max_elems // (c * self.size * self.mlp_scale))
-        out = torch.empty(items.shape, device=items.device)
-        for s in range(0, n, step):
-            pairs = items[s : s + step].reshape(-1)
-            rows = torch.arange(s, min(s + step, n), device=users.device).repeat_interleave(c)
-            half = None if every is None else every.index_select(0, pairs)
-            out[s : s + step] = self._pairs(gmf_user, user_half, rows, pairs, half).view(-1, c)
-        return out
+        pairs = items.reshape(-1)
+        rows = torch.arange(n, device=users.device).repeat_interleave(c)
+        # chunks start at multiples of PAIR_ALIGN pairs: each pair then takes the same place in
+        # the BLAS's row blocks as in the whole batch (a chunk of whole users does not: its last
+        # rows were rounded otherwise)
+        step = max(1, max_elems // (self.size * self.mlp_scale) // PAIR_ALIGN) * PAIR_ALIGN
+        out = torch.empty(len(pairs), device=items.device)
+        for s in range(0, len(pairs), step):
+            p, r = pairs[s : s + step], rows[s : s + step]
+            half = None if every is None else every.index_select(0, p)
+            out[s : s + step] = self._pairs(gmf_user, user_half, r, p, half)
+        return out.view(n, c)
 
     def _item_half(self) -> torch.Tensor:
         """The first MLP layer's item half of every item, W_i q'_i [I x e]."""

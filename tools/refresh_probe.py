@@ -36,26 +36,13 @@ def recorded_share() -> None:
     print(t.round({"refresh s": 2, "epoch s": 2, "share of training": 2}).to_string(index=False))
 
 
-def perturbed_neumf(dataset: str, size: int):
-    """A NeuMF of `dataset` at its initial weights plus N(0, 0.3) noise (weights of a trained
-    model's scale, not the init's 0.01): the model and its dataset."""
-    cfg = config.Config(dataset=dataset, backbone="neumf", size=size, device="cpu").canonical()
-    ds = config.dataset_for(cfg)
-    torch.manual_seed(0)
-    model = config.build_model(cfg, ds, torch.device("cpu")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model, ds
-
-
 def timed(dataset: str, size: int, n_users: int = 1024, repeats: int = 3) -> dict:
     """score_all against score_all_feature_major, one thread, on a model with non-trivial weights:
     the best of `repeats` seconds for `n_users` users (`bench.timed`, after a warm-up call), the
     largest score difference, and the whole refresh of 2 x `n_users` users (`samplers.top_missing`,
     top 100) with each tower."""
     torch.set_num_threads(1)
-    model, ds = perturbed_neumf(dataset, size)
+    model, ds = bench.perturbed_model(dataset, "neumf", size)
     users = torch.arange(min(n_users, ds.n_users))
     out, scores = {"dataset": dataset, "size": size, "users": len(users)}, {}
     pos = index.UserItems(ds.train, torch.device("cpu"))
