@@ -92,6 +92,8 @@ def test_grids_share_configurations_across_notebooks(tmp_path, monkeypatch):
     )
     assert guid["CD-S"] == main["CD-S"]
     assert samp["rank/teacher"] == main["CD-T"]  # same run, trained once
+    assert samp["uniform/student"] == samp["uniform/teacher"]  # uniform sampling reads no guide
+    assert samp["rank/student"] != samp["rank/teacher"]
     size = ex.size_grid(p, results=tmp_path)
     assert {c.size for c in size["Student"] if c.backbone == "cdae"} == {5, 10, 20, 50}
     assert all(c.size == 200 and c.method == "cd" for c in size["BACD"] if c.backbone == "cdae")
@@ -823,9 +825,10 @@ def test_run_kind_names_the_benched_kind_of_each_grid_run():
     kind = costs.run_kind
     assert kind("cdae", 200, "none", "Teacher") == kind("cdae", 200, "cd", "BACD") == "teacher"
     assert kind("neumf", 8, "none", "Student") == "student, none"
-    for label in ("CD-S", "CD-H", "rank/student", "uniform/student"):
+    for label in ("CD-S", "CD-H", "rank/student", "topk/student"):
         assert kind("cdae", 20, "cd", label) == "student, CD student-guided"
-    for label, method in (("CD-T", "cd"), ("rank/teacher", "cd"), ("RD", "rd"), ("mu=5.0", "cd")):
+    teacher_guided = (("CD-T", "cd"), ("rank/teacher", "cd"), ("RD", "rd"), ("mu=5.0", "cd"))
+    for label, method in (*teacher_guided, ("uniform/student", "cd")):  # (uniform ranks nothing)
         assert kind("cdae", 20, method, label) == "student, CD teacher-guided"
 
 

@@ -12,7 +12,8 @@ from cdlib import costs, plan, profiles, readme_steps, tables
 def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
     """Issue 23's grid, one cell (ml-100k CDAE, 5 seeds): tuning 2 seeds x (Teacher 6 + Student 6 + RD 8
     + CD 6 + 2 more guides) = 56; main 6 labels x 5 seeds less the 6 x 2 the tuning trained, plus RD-v1
-    x 5 = 23; sampling 4 new labels x 5 = 20 (rank-aware teacher/student guided are CD-T and CD-S);
+    x 5 = 23; sampling 3 new runs x 5 = 15 (rank-aware teacher/student guided are CD-T and CD-S,
+    and uniform sampling, which reads no guide, is one run for both guides);
     size 3 other sizes x (Student, CD) x 3 seeds + born-again x 3 = 21; no sensitivity (ml-1m and
     citeulike-t only). The paper profile: no guide stage, so CD-S and CD-H of the tuning seeds are
     the main table's own runs."""
@@ -21,7 +22,7 @@ def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
     assert nxt.groupby("table").size().to_dict() == {
         "00_tuning": 56,
         "03_main": 23,
-        "04_sampling": 20,
+        "04_sampling": 15,
         "06_student_size": 21,
     }
     assert set(nxt[nxt.table == "06_student_size"].seed) == {0, 1, 2}
