@@ -263,10 +263,11 @@ class CDAE(Recommender):
         return out
 
 
-# [pairs x e] floats a chunk of `NeuMF.score` (2 MiB): a trained d = 64 teacher's sampled validation
-# (`metrics.evaluate`, 1,024 users a batch) took 0.23 s on ml-1m and 1.8 s on yelp a pass at once,
-# 0.10 and 0.63 s so; a d = 8 student's on ml-1m 0.032 and 0.024 s (one thread, workers paused;
-# chunks of 4 and 8 MiB were slower)
+# [pairs x e] floats a chunk of `NeuMF.score` (2 MiB; chunks of 4 and 8 MiB were slower), and the
+# pairs a chunk starts at a multiple of: each pair keeps its place in the BLAS's row blocks, as in
+# the whole batch (chunks of whole users rounded their last rows otherwise). A d = 64 teacher's
+# sampled validation is 2.2-3.3x faster on ml-1m, citeulike-t and yelp, a d = 8 student's 1.2-1.3x,
+# with the same scores (tools/scoring_probe.py: results/bench/scoring_cpu.json)
 SCORE_ELEMS = 1 << 19
 PAIR_ALIGN = 4096
 
@@ -331,19 +332,15 @@ class NeuMF(Recommender):
         """pair_logits on each user's candidates [B x C] (the sampled protocol), in chunks of pairs
         whose [pairs x e] tensors hold at most `max_elems` floats (`PAIR_ALIGN` pairs at least), so
         that they stay in the cache: the user parts computed for the whole batch, the first layer's
-        item half W_i q'_i
-        once an item (`_item_half`) where the batch has more pairs than the dataset has items, then
-        looked up per pair. The same products as pair_logits on the whole batch, bit for bit on
-        this machine's BLAS (tests/test_models.py, and every metric of the records checked), and a
-        d = 64 teacher's sampled validation 2.3-2.9x faster (`SCORE_ELEMS`)."""
+        item half W_i q'_i once an item (`_item_half`) where the batch has more pairs than the
+        dataset has items, then looked up per pair. The same products as pair_logits on the whole
+        batch, bit for bit on this machine's BLAS (tests/test_models.py; the recorded models'
+        metrics recompute exactly), and faster (`SCORE_ELEMS`)."""
         n, c = items.shape
         gmf_user, user_half = self._user_parts(users)
         every = self._item_half() if n * c > self.mlp_item.num_embeddings else None
         pairs = items.reshape(-1)
         rows = torch.arange(n, device=users.device).repeat_interleave(c)
-        # chunks start at multiples of PAIR_ALIGN pairs: each pair then takes the same place in
-        # the BLAS's row blocks as in the whole batch (a chunk of whole users does not: its last
-        # rows were rounded otherwise)
         step = max(1, max_elems // (self.size * self.mlp_scale) // PAIR_ALIGN) * PAIR_ALIGN
         out = torch.empty(len(pairs), device=items.device)
         for s in range(0, len(pairs), step):

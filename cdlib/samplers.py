@@ -162,10 +162,11 @@ def masked_scores(
 REFRESH_PAIRS = 1 << 21
 # an item-major ranking (`score_all`) takes the users in equal batches of at most this many, whose
 # scores the mask and the top-k read while they are in the cache: a CDAE student's (H = 20) ranking
-# of every user 1.3x faster than batches of 1024 users on yelp (3.4 -> 2.5 s) and citeulike-t
-# (1.0 -> 0.78 s), a teacher's (H = 200) 1.15x on yelp, ml-1m's alike (one thread). The batches
-# are equal (sizes differ by one at most) so that none is a short tail: the same scores, bit for
-# bit, as 1024 users a batch (this machine's BLAS rounds alike for any batch of a dozen users or more)
+# of every user 1.7-1.8x faster than batches of 1024 users on citeulike-t and yelp, a teacher's
+# (H = 200) 1.1-1.3x, ml-1m's alike (tools/scoring_probe.py: results/bench/scoring_cpu.json). The
+# batches are equal (sizes differ by one at most) so that none is a short tail: the same scores,
+# bit for bit, as 1024 users a batch (this machine's BLAS rounds alike for any batch of a dozen
+# users or more)
 RANK_USERS = 256
 
 

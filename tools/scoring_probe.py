@@ -1,6 +1,6 @@
-"""A probe of the two scoring paths that session 26 reshaped without changing a bit of what they
-compute, on models with weights of a trained model's scale (`bench.perturbed_model`), one thread,
-written to results/bench/scoring_cpu.json:
+"""A probe of two scoring paths made faster without changing a bit of what they compute, on
+models with weights of a trained model's scale (`bench.perturbed_model`), one thread, written to
+results/bench/scoring_cpu.json:
 
 - a NeuMF's sampled validation (`metrics.evaluate`, 1,024 users x 100 candidates a batch):
   `NeuMF.score` (cache-sized chunks, the first layer's item half once an item) against the per-pair
