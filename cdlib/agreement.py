@@ -241,10 +241,11 @@ def _paired(
 ) -> pd.DataFrame:
     """Records grouped by their configuration less the fields `drop`, each named by side(record); for
     the configurations recorded on both sides of `names` ({side: label}, first side A, second B), per
-    configuration (its dataset, backbone, size, method and CD guide shown, and the fields `shown`): the seeds, B's device (as
-    `device_column`, if given), the mean test `metric` (sampled) of each side, A's standard deviation
-    over the seeds, the paired difference B - A, its standard deviation and a paired t-test (p); and
-    with `differences` the paired differences themselves (a Series over the seeds per row)."""
+    configuration (its dataset, backbone, size, method and CD guide shown, and the fields `shown`):
+    the seeds, B's device (as `device_column`, if given), the mean test `metric` (sampled) of each
+    side, A's standard deviation over the seeds, the paired difference B - A, its standard deviation
+    and a paired t-test (p); and with `differences` the paired differences themselves (a Series over
+    the seeds per row)."""
     from scipy import stats
 
     (a, label_a), (b, label_b) = names.items()

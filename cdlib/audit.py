@@ -195,9 +195,9 @@ def violations(
                 problems.append(f"capped (best epoch {rec['best_epoch']} of cap {c['epochs']})")
             if best_valid <= stall * pop:
                 problems.append(f"stalled (valid NDCG@10 {best_valid:.4f}, popularity {pop:.4f})")
-            if rec["epochs_run"] < c["epochs"]:  # (a run its cap ended is not early-stopped)
-                problems.append(stopped_rising(rec.get("curve"), c.get("patience")))
-            problems = [x for x in problems if x]
+            early = rec["epochs_run"] < c["epochs"]  # (a run its cap ended is not early-stopped)
+            if early and (why := stopped_rising(rec.get("curve"), c.get("patience"))):
+                problems.append(why)
             if problems:
                 rows.append(
                     {

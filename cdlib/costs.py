@@ -184,14 +184,16 @@ def kind_name(backbone: str, kind: str) -> str:
 def run_kind(backbone: str, size: int, method: str, label: str) -> str:
     """The kind of run (`step_kinds`) that a grid's run is priced as: the teacher (a run of
     the teacher's size, born-again CD included), the plain student, or the CD student guided by the
-    student (labels CD-S, CD-H, sampling's ".../student" but uniform's, which ranks nothing: every
-    epoch refreshes the student's ranking)
-    or by the teacher (every other CD run, and RD, whose per-step work is alike)."""
+    student (labels CD-S, CD-H, sampling's ".../student": every epoch refreshes the student's
+    ranking) or by the teacher (every other CD run, uniform sampling's, which ranks nothing, and
+    RD, whose per-step work is alike)."""
     if size == TEACHER_SIZE[backbone]:
         return "teacher"
     if method == "none":
         return "student, none"
-    if label in ("CD-S", "CD-H") or (label.endswith("/student") and label != "uniform/student"):
+    if label in ("CD-S", "CD-H") or (
+        label.endswith("/student") and not label.startswith("uniform/")
+    ):
         return "student, CD student-guided"
     return "student, CD teacher-guided"
 
