@@ -163,6 +163,46 @@ def test_distinct_is_unique(m, n):
     assert rows.dtype == where.dtype == torch.long
 
 
+@pytest.mark.parametrize("through_numpy", [False, True])
+def test_put_rows_is_index_copy(through_numpy, monkeypatch):
+    """Both ways (numpy's row assignment, torch's index_copy_), the same table; a parameter too, and
+    rows given as a strided view."""
+    monkeypatch.setattr(sparse, "PUT_NUMPY_MIN", 0 if through_numpy else 1 << 62)
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 6, generator=gen).requires_grad_()
+    rows = torch.randperm(50, generator=gen)[:17]
+    new = torch.randn(6, 17, generator=gen).T  # (not contiguous)
+    want = table.detach().clone().index_copy_(0, rows, new)
+    with torch.no_grad():
+        sparse.put_rows(table, rows, new)
+    assert torch.equal(table.detach(), want)
+
+
+def test_deferred_row_adam_writes_the_same_bits_either_way(monkeypatch):
+    """Deferred RowAdam's tables and moments, their rows written through numpy or by index_copy_:
+    bit for bit the same after steps that defer, catch up and flush."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
+    monkeypatch.setattr(sparse, "WARMUP", 0.0)
+    out = []
+    for least in (0, 1 << 62):
+        monkeypatch.setattr(sparse, "PUT_NUMPY_MIN", least)
+        gen = torch.Generator().manual_seed(1)
+        p = torch.randn(200, 4, generator=gen).requires_grad_()
+        opt = sparse.RowAdam([p], lr=0.01, deferred=True)
+        for _ in range(60):
+            ids = torch.randint(
+                0, 200, (int(torch.randint(1, 150, (1,), generator=gen)),), generator=gen
+            )
+            sparse.fresh(p, ids)
+            p.grad = torch.sparse_coo_tensor(
+                ids[None], torch.randn(len(ids), 4, generator=gen), p.shape, check_invariants=False
+            )
+            opt.step()
+        opt.flush()
+        out.append([p.detach().clone(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
 def test_take_has_a_sparse_gradient_of_its_rows():
     b = torch.arange(5.0, requires_grad=True)
     (sparse.take(b, torch.tensor([1, 3, 3])) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
