@@ -196,6 +196,7 @@ class RowAdam:
         self.state: dict = {}
         self.clock: dict = {}  # parameter -> Adam steps taken, on the host (deferred)
         self.tails: dict = {}  # device -> F(t) of `tail_sums`, float64, grown as steps are taken
+        self.zeros: dict = {}  # parameter -> its whole-table steps' gradient buffer (`_zeros`)
 
     def state_dict(self) -> dict:
         """Each parameter's state and step count, by its position in `params` (as torch's optimisers
@@ -302,6 +303,24 @@ class RowAdam:
         st["last"].index_fill_(0, rows, self.clock[p])
         st["brought"] = rows, new
 
+    def _zeros(self, p: torch.Tensor) -> torch.Tensor:
+        """A zero table of p's rows, kept for its whole-table steps' gradients: zeroed again where
+        a step wrote it (`_stepped_whole`) instead of allocated and filled every step."""
+        z = self.zeros.get(p)
+        if z is None:
+            z = self.zeros[p] = torch.zeros(
+                len(p), p.numel() // len(p), dtype=p.dtype, device=p.device
+            )
+        return z
+
+    def _stepped_whole(self, p: torch.Tensor, st: dict, g: torch.Tensor, ids: torch.Tensor) -> None:
+        """After a whole-table step: its gradient rows zeroed again (`_zeros`), and every row's last
+        step the current one, unless the table is stepped whole for good (`defers`): then no
+        look-up reads `last`."""
+        g.index_fill_(0, ids, 0)
+        if st.get("defer", True):
+            st["last"].fill_(self.clock[p])
+
     def _full(self, p: torch.Tensor, st: dict) -> list[torch.Tensor]:
         return [t.view(len(p), -1) for t in (p, st["exp_avg"], st["exp_avg_sq"])]
 
@@ -350,13 +369,14 @@ class RowAdam:
             st["defer"] = defers(p.numel(), len(distinct(ids, len(p))[0]) * values.shape[1])
         whole = self.deferred and (self.clock.get(p, 0) < self.warmup or not st.get("defer"))
         if self.masked or 2 * len(ids) >= len(p) or whole:
-            g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             if self.deferred:
+                g = self._zeros(p).index_add_(0, ids, values)
                 self._settle(p)
                 if st["pending"]:
                     self._catch_up(p, st, None, *full)
                 st["pending"] = False
-                return *full, g, lambda: st["last"].fill_(self.clock[p])
+                return *full, g, lambda: self._stepped_whole(p, st, g, ids)
+            g = torch.zeros_like(full[0]).index_add_(0, ids, values)
             touched = torch.zeros(len(p), 1, dtype=torch.bool, device=p.device)
             touched.index_fill_(0, ids, True)
             if self.masked:
