@@ -85,8 +85,8 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
         "form when a row is next read (Adam's own training), its first 1,000 steps whole-table "
         "(its warm-up). Seconds per training epoch of untrained models, each step timed in turn, "
         "the best of two epochs kept (so that what a run does once, the teacher's ranking of "
-        f"every user's items, is left out), {timed_on}(`python -m cdlib.bench --steps --dataset D --out results/bench/steps_D_cpu.json`); "
-        "the ratios add each epoch's validation to both.",
+        f"every user's items, is left out), {timed_on}(`python -m cdlib.bench --steps --dataset D "
+        "--out results/bench/steps_D_cpu.json`); the ratios add each epoch's validation to both.",
         "",
     ]
     if records:

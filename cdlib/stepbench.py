@@ -65,7 +65,7 @@ def step_table(
         best = {name: float("inf") for name in cfgs}
         for _ in range(rounds):
             for name, _, warmup in STEP_COLUMNS:
-                with _warmup(warmup):
+                with sparse_warmup(warmup):
                     seconds = epoch_seconds(cfgs[name], ds, teachers.get(teacher), epochs)
                 best[name] = min(best[name], seconds)
         valid = {  # each epoch's validation (sampled NDCG@10 for early stopping), per model
@@ -100,7 +100,7 @@ def step_table(
 
 
 @contextlib.contextmanager
-def _warmup(factor: float | None):
+def sparse_warmup(factor: float | None):
     """sparse.WARMUP set to `factor` (None: left as it is) for the block."""
     old = sparse.WARMUP
     sparse.WARMUP = old if factor is None else factor

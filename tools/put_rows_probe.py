@@ -19,6 +19,7 @@ import torch
 
 from cdlib import data, loop, runs, sparse
 from cdlib.config import TEACHER_SIZE, Config
+from cdlib.stepbench import sparse_warmup
 
 RECORD = "bench/put_rows_cpu.json"
 RUNS = ("yelp/cdae", "citeulike-t/cdae", "yelp/neumf")  # teachers: the tables with large writes
@@ -41,17 +42,16 @@ def compare(dataset: str, backbone: str, rounds: int = 3, epochs: int = 2) -> di
     ways = {"index_copy_": NEVER, "numpy": sparse.PUT_NUMPY_MIN}
     seconds = {name: [] for name in ways}
     weights = {}
-    warmup, least = sparse.WARMUP, sparse.PUT_NUMPY_MIN
-    sparse.WARMUP = 0.0  # (the step of most of a run: after the warm-up)
-    try:
-        for _ in range(rounds):
-            for name, value in ways.items():
-                sparse.PUT_NUMPY_MIN = value
-                out = loop.fit(cfg, ds, progress=False)
-                seconds[name] += [c["seconds"] for c in out["curve"]]
-                weights[name] = out["model"].state_dict()
-    finally:
-        sparse.WARMUP, sparse.PUT_NUMPY_MIN = warmup, least
+    with sparse_warmup(0.0):  # (the step of most of a run: after the warm-up)
+        try:
+            for _ in range(rounds):
+                for name, value in ways.items():
+                    sparse.PUT_NUMPY_MIN = value
+                    out = loop.fit(cfg, ds, progress=False)
+                    seconds[name] += [c["seconds"] for c in out["curve"]]
+                    weights[name] = out["model"].state_dict()
+        finally:
+            sparse.PUT_NUMPY_MIN = ways["numpy"]
     a, b = weights.values()
     best = {name: min(s) for name, s in seconds.items()}
     return {
