@@ -111,13 +111,7 @@ def run(cfg: IALSConfig, results=None, execution: Execution | None = None) -> di
         "key": cfg.key(),
         "model": "ials",
         "config": dataclasses.asdict(cfg),
-        **{
-            f"{split}_{proto}": metrics.evaluate(
-                model, ds, split, proto, valid_negatives=cfg.valid_negatives
-            )
-            for split in ("valid", "test")
-            for proto in ("sampled", "full")
-        },
+        **metrics.evaluate_all(model, ds, cfg.valid_negatives),
         "n_params": model.n_params(),
         "epochs_run": cfg.iterations,
         "timing": {

@@ -392,10 +392,5 @@ def _end_epoch(
 
 
 def evaluate(model, ds, cfg) -> dict:
-    return {
-        f"{split}_{proto}": metrics.evaluate(
-            model, ds, split, proto, valid_negatives=cfg.valid_negatives
-        )
-        for split in ("valid", "test")
-        for proto in ("sampled", "full")
-    }
+    """A trained model's metrics on both splits and protocols (`metrics.evaluate_all`)."""
+    return metrics.evaluate_all(model, ds, cfg.valid_negatives)

@@ -110,27 +110,66 @@ def evaluate(
         )
     if valid_negatives not in ("own", "disjoint", "test"):
         raise ValueError(f"valid_negatives must be own, disjoint or test, got {valid_negatives!r}")
+    if protocol == "full":
+        return evaluate_full(model, ds, batch_size, positives, users)[split]
     dev = model.device
     target = torch.from_numpy(ds.valid_item if split == "valid" else ds.test_item).to(dev)
-    other = torch.from_numpy(ds.test_item if split == "valid" else ds.valid_item).to(dev)
     users = torch.arange(ds.n_users, device=dev) if users is None else users.to(dev)
-    if protocol == "sampled":
-        negs = ds.validation_negatives(valid_negatives) if split == "valid" else ds.negatives
-        cand = torch.cat([target[:, None], torch.from_numpy(negs).to(dev)], 1)
-    else:
-        positives = positives or UserItems(ds.train, dev)
+    negs = ds.validation_negatives(valid_negatives) if split == "valid" else ds.negatives
+    cand = torch.cat([target[:, None], torch.from_numpy(negs).to(dev)], 1)
     what = f"{ds.name} {split} ({protocol})"
     ranks = []
     for s in range(0, len(users), batch_size):
         u = users[s : s + batch_size]
-        if protocol == "sampled":
-            sc = model.score(u, cand[u])
-            check_finite(sc, model, what)
-            ranks.append(ranks_sampled(sc[:, 0], sc[:, 1:]))
-        else:
-            sc = model.score_all(u)
-            check_finite(sc, model, what)
-            sc = masked_scores(sc, positives, u)
-            sc[torch.arange(len(u), device=dev), other[u]] = -np.inf  # the other held-out item
-            ranks.append(ranks_full(sc, target[u]))
+        sc = model.score(u, cand[u])
+        check_finite(sc, model, what)
+        ranks.append(ranks_sampled(sc[:, 0], sc[:, 1:]))
     return summarize(torch.cat(ranks))
+
+
+@torch.no_grad()
+def evaluate_full(
+    model,
+    ds: Dataset,
+    batch_size: int = 1024,
+    positives: UserItems | None = None,
+    users=None,
+) -> dict:
+    """`evaluate`'s full protocol on both splits, {"valid": metrics, "test": metrics}, from one
+    scoring of every item a user (`score_all`, the cost of a full evaluation): each split ranks its
+    held-out item among the same scores, the training positives and the other split's item at
+    -inf. The numbers of two separate evaluations, bit for bit (the same scores, masked alike)."""
+    dev = model.device
+    held = {
+        s: torch.from_numpy(ds.valid_item if s == "valid" else ds.test_item).to(dev)
+        for s in ("valid", "test")
+    }
+    users = torch.arange(ds.n_users, device=dev) if users is None else users.to(dev)
+    positives = positives or UserItems(ds.train, dev)
+    ranks = {s: [] for s in held}
+    for s in range(0, len(users), batch_size):
+        u = users[s : s + batch_size]
+        sc = model.score_all(u)
+        check_finite(sc, model, f"{ds.name} valid and test (full)")
+        sc = masked_scores(sc, positives, u)
+        rows = torch.arange(len(u), device=dev)
+        kept = sc[rows, held["test"][u]]  # the test item's scores, masked for the validation
+        sc[rows, held["test"][u]] = -np.inf
+        ranks["valid"].append(ranks_full(sc, held["valid"][u]))
+        sc[rows, held["test"][u]] = kept
+        sc[rows, held["valid"][u]] = -np.inf
+        ranks["test"].append(ranks_full(sc, held["test"][u]))
+    return {s: summarize(torch.cat(r)) for s, r in ranks.items()}
+
+
+def evaluate_all(model, ds: Dataset, valid_negatives: str = "own") -> dict:
+    """{"valid_sampled", "valid_full", "test_sampled", "test_full"}: a trained model's metrics on
+    both splits and both protocols, the full protocol's two from one scoring (`evaluate_full`)."""
+    full = evaluate_full(model, ds)
+    return {
+        f"{split}_{proto}": full[split]
+        if proto == "full"
+        else evaluate(model, ds, split, proto, valid_negatives=valid_negatives)
+        for split in ("valid", "test")
+        for proto in ("sampled", "full")
+    }

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from cdlib import metrics
+from cdlib.index import UserItems
+from cdlib.samplers import masked_scores
 
 
 def brute_rank(target_score, others):
@@ -112,6 +114,39 @@ def test_evaluate_full_and_sampled_on_real_data(ml100k):
         assert abs(s["HR@10"] - 0.1) < 4 * sd
 
 
+def full_split(model, ds, split, batch_size):
+    """The full protocol of one split as `evaluate` computed it before `evaluate_full` (one scoring
+    a split): the reference that `evaluate_full` must equal bit for bit."""
+    target = torch.from_numpy(ds.valid_item if split == "valid" else ds.test_item)
+    other = torch.from_numpy(ds.test_item if split == "valid" else ds.valid_item)
+    positives, ranks = UserItems(ds.train), []
+    for s in range(0, ds.n_users, batch_size):
+        u = torch.arange(s, min(s + batch_size, ds.n_users))
+        sc = masked_scores(model.score_all(u), positives, u)
+        sc[torch.arange(len(u)), other[u]] = -math.inf
+        ranks.append(metrics.ranks_full(sc, target[u]))
+    return metrics.summarize(torch.cat(ranks))
+
+
+def test_evaluate_full_scores_once_and_equals_each_split_alone(ml100k):
+    g = torch.Generator().manual_seed(3)
+    table = torch.randint(0, 4, (ml100k.n_users, ml100k.n_items), generator=g).float()  # ties
+    m = Oracle(table)
+    calls = []
+    score_all = m.score_all
+    m.score_all = lambda u: calls.append(len(u)) or score_all(u)
+    both = metrics.evaluate_full(m, ml100k, batch_size=100)
+    assert sum(calls) == ml100k.n_users  # every user scored once, for both splits
+    m.score_all = score_all
+    for split in ("valid", "test"):
+        assert both[split] == full_split(m, ml100k, split, 100)
+        assert metrics.evaluate(m, ml100k, split, "full", batch_size=100) == both[split]
+    rec = metrics.evaluate_all(m, ml100k, "disjoint")
+    assert list(rec) == ["valid_sampled", "valid_full", "test_sampled", "test_full"]
+    assert rec["valid_full"] == both["valid"] and rec["test_full"] == both["test"]
+    assert rec["valid_sampled"] == metrics.evaluate(m, ml100k, "valid", valid_negatives="disjoint")
+
+
 def test_count_above_matches_brute_force_with_ties_and_minus_inf():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (7, 40), generator=g).float()  # many ties
@@ -132,13 +167,13 @@ def test_count_above_matches_brute_force_with_ties_and_minus_inf():
 def test_a_non_finite_score_is_an_error_naming_model_and_split(ml100k):
     table = torch.rand(ml100k.n_users, ml100k.n_items)
     table[5, 3] = float("nan")
-    for protocol in ("sampled", "full"):
+    for protocol, what in (("sampled", "valid"), ("full", "valid and test")):  # full: one scoring
         t = table.clone()
         if protocol == "sampled":
             t[5, ml100k.valid_negatives[5, 0]] = float("nan")
         with pytest.raises(
             FloatingPointError,
-            match=rf"Oracle .*non-finite score\(s\) on ml-100k valid \({protocol}\)",
+            match=rf"Oracle .*non-finite score\(s\) on ml-100k {what} \({protocol}\)",
         ):
             metrics.evaluate(Oracle(t), ml100k, "valid", protocol)
     t = torch.rand(ml100k.n_users, ml100k.n_items)
