@@ -23,7 +23,14 @@ import torch
 
 from . import losses, metrics
 from .index import UserItems
-from .samplers import GUIDES, SAMPLINGS, CDSampler, masked_scores, top_missing, uniform_items
+from .samplers import (
+    GUIDES,
+    SAMPLINGS,
+    CDSampler,
+    masked_scores,
+    teacher_top_missing,
+    uniform_items,
+)
 
 SWITCH_EPOCH = 50  # CD's hybrid guide: the teacher for the first 50 epochs [decision]
 RD_RANKS = ("sampled", "exact")
@@ -95,7 +102,7 @@ class RD(NoKD):
 
     def __init__(self, cfg, positives: UserItems, teacher):
         self.cfg, self.positives = cfg, positives
-        self.top = top_missing(teacher, positives, cfg.rd_k)
+        self.top = teacher_top_missing(teacher, positives, cfg.rd_k)
         if (self.top < 0).any():
             raise ValueError(f"rd_k={cfg.rd_k} exceeds the missing items of some user")
         self.dynamic, self.ranks, self.refresh_seconds = False, None, []

@@ -159,6 +159,46 @@ def test_the_item_major_ranking_in_equal_batches_is_that_of_1024_users_a_batch(
         torch.set_num_threads(threads)
 
 
+def test_a_teachers_ranking_is_computed_once_for_its_weights_positives_and_k(ml100k, monkeypatch):
+    """`teacher_top_missing` gives top_missing's ranking, computed once a process for equal weights
+    (another instance of the same teacher, as each run loads its own), positives, k and threads."""
+    from cdlib import models
+
+    monkeypatch.setattr(samplers, "_teacher_rankings", type(samplers._teacher_rankings)())
+    monkeypatch.setattr(samplers, "TEACHER_RANKINGS_KEPT", 2)
+    calls = []
+
+    def teacher(scale):
+        torch.manual_seed(0)
+        m = models.build("neumf", ml100k.train, 8, device="cpu").eval()
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.3 * scale)
+        score_all = m.score_all
+        m.score_all = lambda u: calls.append(len(u)) or score_all(u)
+        return m
+
+    pos = index.UserItems(ml100k.train)
+    first = samplers.teacher_top_missing(teacher(1), pos, 100)
+    n = len(calls)
+    assert n and torch.equal(first, samplers.top_missing(teacher(1), pos, 100))
+    calls.clear()
+    first[:] = -1  # a copy: the kept ranking is not changed through it
+    again = samplers.teacher_top_missing(teacher(1), pos, 100)
+    assert not calls and torch.equal(again, samplers.top_missing(teacher(1), pos, 100))
+    calls.clear()
+    other = samplers.teacher_top_missing(teacher(2), pos, 100)  # other weights: ranked anew
+    assert len(calls) == n and not torch.equal(other, again)
+    assert torch.equal(samplers.teacher_top_missing(teacher(1), pos, 10), again[:, :10])
+    assert len(samplers._teacher_rankings) == 2  # the oldest of three, (1, 100), dropped
+    calls.clear()
+    assert torch.equal(samplers.teacher_top_missing(teacher(1), pos, 100), again)
+    assert len(calls) == n  # (dropped: ranked again)
+    calls.clear()
+    fewer = index.UserItems(ml100k.train[:-1])  # other positives: ranked anew
+    assert torch.equal(samplers.teacher_top_missing(teacher(1), fewer, 100), again[:-1])
+    assert calls
+
+
 def test_a_feature_major_refresh_differs_from_the_item_major_one_only_at_near_ties(
     ml100k, monkeypatch
 ):
