@@ -140,25 +140,23 @@ def evaluate_full(
     held-out item among the same scores, the training positives and the other split's item at
     -inf. The numbers of two separate evaluations, bit for bit (the same scores, masked alike)."""
     dev = model.device
-    held = {
-        s: torch.from_numpy(ds.valid_item if s == "valid" else ds.test_item).to(dev)
-        for s in ("valid", "test")
-    }
+    valid_item = torch.from_numpy(ds.valid_item).to(dev)
+    test_item = torch.from_numpy(ds.test_item).to(dev)
     users = torch.arange(ds.n_users, device=dev) if users is None else users.to(dev)
     positives = positives or UserItems(ds.train, dev)
-    ranks = {s: [] for s in held}
+    ranks = {"valid": [], "test": []}
     for s in range(0, len(users), batch_size):
         u = users[s : s + batch_size]
         sc = model.score_all(u)
         check_finite(sc, model, f"{ds.name} valid and test (full)")
         sc = masked_scores(sc, positives, u)
-        rows = torch.arange(len(u), device=dev)
-        kept = sc[rows, held["test"][u]]  # the test item's scores, masked for the validation
-        sc[rows, held["test"][u]] = -np.inf
-        ranks["valid"].append(ranks_full(sc, held["valid"][u]))
-        sc[rows, held["test"][u]] = kept
-        sc[rows, held["valid"][u]] = -np.inf
-        ranks["test"].append(ranks_full(sc, held["test"][u]))
+        rows, v, t = torch.arange(len(u), device=dev), valid_item[u], test_item[u]
+        kept = sc[rows, t]  # the test item's scores, masked for the validation
+        sc[rows, t] = -np.inf
+        ranks["valid"].append(ranks_full(sc, v))
+        sc[rows, t] = kept
+        sc[rows, v] = -np.inf
+        ranks["test"].append(ranks_full(sc, t))
     return {s: summarize(torch.cat(r)) for s, r in ranks.items()}
 
 
