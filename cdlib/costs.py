@@ -203,8 +203,10 @@ def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step
     seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs,
     seconds), else `compute`'s estimate, divided by the ratio of whole epochs (dense / step,
     validation included) that `bench --steps` measured for its kind of run (`run_kind`) on its
-    dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at users /
-    batch size steps an epoch) at the warm-up's ratio. NaN where no ratio or no estimate exists.
+    dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred
+    Adam's warm-up (its first 1,000 steps, at users / batch size steps an epoch) at the warm-up's
+    ratio. An iALS run (the teachers table's baseline) costs the same with every step. NaN where no
+    ratio or no estimate exists.
     None without bench records of `step` or recorded runs (`t`: the tables' runs, `grid_runs`)."""
     column = f"dense / {step}, validation included"
     if t is None or not any(column in row for rec in bench_records for row in rec["steps"]):
@@ -239,6 +241,8 @@ def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step
         else:
             epochs, per = estimate(d, b, size, method)
             seconds = epochs * per
+        if method == "ials":  # its alternating least squares has no step to change
+            return seconds, seconds, ref
         per_epoch = math.ceil(users.get(d, np.nan) / BACKBONE_DEFAULTS[b]["batch_size"])
         kind = kind_name(b, run_kind(b, int(size), method, str(label)))
         warm = min(1.0, warm_steps / per_epoch / epochs) if warm_steps else 0.0

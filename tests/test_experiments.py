@@ -774,12 +774,18 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
             for k, v in ratios.items()
         ]
     }
+    # iALS (the teachers table's baseline, size 128: neither the teacher's nor the student's) has no
+    # step: its hour stays an hour with every step, not divided by a CD student's ratio
+    runs.write_record({"key": "iALS", "timing": {"wall_seconds": 3600.0}}, tmp_path)
+    ials = dict(label="iALS (teacher budget)", dataset="a", backbone="cdae", size=128, seed=0)
+    rows_.append(ials | {"method": "ials", "status": "ok", "key": "iALS", "epochs_run": 15})
+    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
     e = costs.step_estimate([bench], tmp_path).set_index("dataset")
-    assert e.loc["a", "CPU hours, dense step"] == 4.0
-    assert e.loc["a", "CPU hours, sparse step (est.)"] == round(1 / 4 + 2 / 2 + 1 / 1, 1)
+    assert e.loc["a", "CPU hours, dense step"] == 5.0
+    assert e.loc["a", "CPU hours, sparse step (est.)"] == round(1 / 4 + 2 / 2 + 1 / 1 + 1, 1)
     assert e.loc["b", "CPU hours, dense step"] == 6.0 and e.loc["b", "ratios of"] == "a"
     assert e.loc["b", "CPU hours, sparse step (est.)"] == 3.0
-    assert e.loc["all", "CPU hours, sparse step (est.)"] == round(2.25 + 3.0, 1)
+    assert e.loc["all", "CPU hours, sparse step (est.)"] == round(3.25 + 3.0, 1)
     no_student = {"steps": bench["steps"][:1]}  # a kind without a benched ratio: no estimate
     assert np.isnan(
         costs.step_estimate([no_student], tmp_path).set_index("dataset").loc["a"].iloc[3]
