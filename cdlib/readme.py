@@ -91,6 +91,14 @@ def _verdicts(claims) -> list[str]:
         "sparse positives, ambiguous missing feedback, a ranking problem) is the paper's motivation, "
         "not a measurable claim, and has no row.",
         "",
+        "At a glance (`sentences.at_a_glance`): the pooled effect and 95% interval per protocol, the "
+        "verdict (fragile where the Hartung-Knapp interval gives another), and the cells where the "
+        "claim held on its own after Holm, of the cells with two seeds or more.",
+        "",
+        markdown(sentences.at_a_glance(claims)),
+        "",
+        "Claim by claim:",
+        "",
         *[f"- {v}" for v in sentences.verdicts(claims)],
         "",
         *[
@@ -365,7 +373,14 @@ def _next_claims_section(results=None) -> list[str]:
     table = next_claims(results)
     if table.empty:
         return []
+    claims = read_table("next/claims", results)
+    glance = sentences.at_a_glance(claims[claims.claim.str.startswith(NEXT_CLAIMS)])
     return [
+        f"Pooled over the {table[['dataset', 'backbone']].drop_duplicates().shape[0]} cells of "
+        "`next` recorded so far, at a glance as above (`sentences.at_a_glance`):",
+        "",
+        markdown(glance),
+        "",
         "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
         "from the records alone and the claims on them, `claim_tables.save_recorded_tables` into "
         "`results/next/`; claim 3's primary arm is the CD whose guide `next`'s tuning chose):",

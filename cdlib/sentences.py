@@ -1,5 +1,5 @@
 """The results in sentences, computed from the claims table and the run tables, never typed by
-hand: a paragraph per claim (`verdicts`), where claim 3's primary CD arm and CD-best disagree
+hand: a table of every claim's verdicts (`at_a_glance`), a paragraph per claim (`verdicts`), where claim 3's primary CD arm and CD-best disagree
 (`primary_against_best`), and the one-sentence verdicts the notebooks print (`verdict_*`)."""
 
 from __future__ import annotations
@@ -81,6 +81,49 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             f"**{claim}** (paper: {paper}). " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
         )
     return out
+
+
+def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim with a pooled row (the claims table, `report.claims`): what the paper says,
+    and per protocol the pooled effect with its 95% interval, the verdict's kind (`effects.verdict_kind`;
+    "fragile" where the Hartung-Knapp interval gives another kind; where the paper's claimed range
+    and the interval do not overlap, on which side it lies) and the cells where it held after
+    Holm, of the cells tested (two seeds or more). The bullets of `verdicts` give the reasons."""
+    rows = []
+    for claim, g in table.groupby("claim", sort=False):
+        pool = g[g.dataset == "pooled"]
+        if pool.empty:
+            continue
+        r, cells = pool.iloc[0], g[g.dataset != "pooled"]
+        row = {"claim": claim, "paper": r["paper"]}
+        for proto in PROTOCOLS:
+            if not r.get(f"cells ({proto})"):
+                row.update(
+                    {
+                        proto: "no pooled estimate",
+                        f"{proto}: verdict": "",
+                        f"{proto}: cells held": "",
+                    }
+                )
+                continue
+            kind = effects.verdict_kind(r[f"verdict ({proto})"])
+            hk = r.get(f"verdict HK ({proto})")
+            if isinstance(hk, str) and effects.verdict_kind(hk) != kind:
+                kind += f" (fragile: {effects.verdict_kind(hk)} under Hartung-Knapp)"
+            if r.get(f"paper range is ({proto})") in ("above", "below"):  # no overlap
+                kind += f"; the paper's range lies {r[f'paper range is ({proto})']} the interval"
+            tested = cells[f"p ({proto})"].notna()  # a cell of one seed has no test
+            held = cells.loc[tested, f"held ({proto})"].astype(bool).sum()
+            row.update(
+                {
+                    proto: f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
+                    f"{r[f'CI high ({proto})']:+.1f}]",
+                    f"{proto}: verdict": kind,
+                    f"{proto}: cells held": f"{int(held)} of {int(tested.sum())}",
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _hartung_knapp(r, proto: str) -> str:

@@ -74,3 +74,50 @@ def test_hartung_knapp_is_named_where_it_changes_the_verdict_s_kind_only():
         "full",
     )
     assert changed.endswith("under which the claim is inconclusive: the interval contains 0")
+
+
+def test_at_a_glance_gives_each_claim_s_verdict_kind_and_cells_held_per_protocol():
+    def row(d, e, held, p, verdict="", hk=None, cells=None):
+        r = {"claim": "4. CD beats the plain student (NDCG@10)", "dataset": d, "paper": "better"}
+        for proto in ("sampled", "full"):
+            r |= {
+                f"effect % ({proto})": e,
+                f"CI low ({proto})": e - 1,
+                f"CI high ({proto})": e + 1,
+                f"held ({proto})": held,
+                f"p ({proto})": p,
+                f"verdict ({proto})": verdict,
+                f"verdict HK ({proto})": hk,
+                f"cells ({proto})": cells,
+            }
+        return r
+
+    table = pd.DataFrame(
+        [
+            row("a", 3.0, True, 0.01),
+            row("b", 1.0, False, 0.2),
+            row("c", 9.0, True, float("nan")),  # one seed: no test, not counted (nor held)
+            row(
+                "pooled",
+                2.0,
+                True,
+                0.01,
+                "holds overall; holds in 1 of 2 cells",
+                "inconclusive: x",
+                2,
+            ),
+        ]
+    )
+    g = sentences.at_a_glance(table).iloc[0]
+    assert g["sampled"] == "+2.0% [+1.0, +3.0]"
+    assert g["sampled: verdict"] == "holds (fragile: inconclusive under Hartung-Knapp)"
+    assert g["sampled: cells held"] == g["full: cells held"] == "1 of 2"
+    table.loc[3, "verdict HK (full)"] = "holds overall"
+    assert sentences.at_a_glance(table).iloc[0]["full: verdict"] == "holds"
+    # a gain shown, but smaller than the paper's smallest: said beside the verdict
+    table["paper range is (full)"] = ["", "", "", "above"]
+    table.loc[3, "paper range is (sampled)"] = "overlapping"
+    g = sentences.at_a_glance(table).iloc[0]
+    assert g["full: verdict"] == "holds; the paper's range lies above the interval"
+    assert g["sampled: verdict"] == "holds (fragile: inconclusive under Hartung-Knapp)"
+    assert sentences.at_a_glance(table[table.dataset != "pooled"]).empty
