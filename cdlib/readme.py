@@ -92,8 +92,9 @@ def _verdicts(claims) -> list[str]:
         "not a measurable claim, and has no row.",
         "",
         "At a glance (`sentences.at_a_glance`): the pooled effect and 95% interval per protocol, the "
-        "verdict (fragile where the Hartung-Knapp interval gives another), and the cells where the "
-        "claim held on its own after Holm, of the cells with two seeds or more.",
+        "verdict (fragile where the Hartung-Knapp interval gives another; where the paper's claimed "
+        "range lies wholly above or below the interval, that is said), and the cells where the claim "
+        "held on its own after Holm, of the cells with two seeds or more.",
         "",
         markdown(sentences.at_a_glance(claims)),
         "",
@@ -352,6 +353,15 @@ def next_claims(results=None) -> pd.DataFrame:
     return claims.loc[keep, cols].reset_index(drop=True)
 
 
+def next_at_a_glance(results=None) -> pd.DataFrame:
+    """`sentences.at_a_glance` of profile `next`'s claims so far, for `NEXT_CLAIMS`: each pooled over
+    the cells recorded."""
+    claims = read_table("next/claims", results)
+    if claims is None or "dataset" not in claims:
+        return pd.DataFrame()
+    return sentences.at_a_glance(claims[claims.claim.str.startswith(NEXT_CLAIMS)])
+
+
 def _tuning_change_section(results=None) -> list[str]:
     """The choices of `next`'s tuning stage beside the paper profile's (`tuning.tuning_change`)."""
     change = tuning_change(PROFILES["paper"], PROFILES["next"], results)
@@ -373,13 +383,11 @@ def _next_claims_section(results=None) -> list[str]:
     table = next_claims(results)
     if table.empty:
         return []
-    claims = read_table("next/claims", results)
-    glance = sentences.at_a_glance(claims[claims.claim.str.startswith(NEXT_CLAIMS)])
     return [
         f"Pooled over the {table[['dataset', 'backbone']].drop_duplicates().shape[0]} cells of "
-        "`next` recorded so far, at a glance as above (`sentences.at_a_glance`):",
+        "`next` recorded so far, at a glance as above (`readme.next_at_a_glance`):",
         "",
-        markdown(glance),
+        markdown(next_at_a_glance(results)),
         "",
         "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
         "from the records alone and the claims on them, `claim_tables.save_recorded_tables` into "

@@ -409,6 +409,14 @@ if write_tables:
             "nbval-check-output",
         ),
         md("## Verdicts: the pooled effect of each claim, and the forest plots"),
+        md("""At a glance: per claim and protocol, the pooled effect with its 95% interval, the verdict
+(fragile where the Hartung-Knapp interval gives another; the paper's range named where it lies wholly
+above or below the interval), and the cells where the claim held after Holm, of those tested. The
+paragraphs below give the reasons."""),
+        code(
+            "print(sentences.at_a_glance(claims).to_string(index=False))",
+            "nbval-check-output",
+        ),
         code(
             'print("\\n\\n".join(sentences.verdicts(claims)))',
             "nbval-check-output",
@@ -457,6 +465,12 @@ primary arm is the CD whose guide `next`'s tuning chose. The claims above are th
     claim_tables.save_recorded_tables(profiles.profile("next", device=device), results_dir)
 shown = readme.next_claims(results_dir)
 print(shown.to_string(index=False) if not shown.empty else "no cell of next has its runs recorded yet")""",
+            "nbval-check-output",
+        ),
+        md("The same claims pooled over `next`'s cells recorded so far, at a glance."),
+        code(
+            """glance = readme.next_at_a_glance(results_dir)
+print(glance.to_string(index=False) if not glance.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
