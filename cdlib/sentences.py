@@ -1,6 +1,7 @@
 """The results in sentences, computed from the claims table and the run tables, never typed by
-hand: a table of every claim's verdicts (`at_a_glance`), a paragraph per claim (`verdicts`), where claim 3's primary CD arm and CD-best disagree
-(`primary_against_best`), and the one-sentence verdicts the notebooks print (`verdict_*`)."""
+hand: a table of every claim's verdicts (`at_a_glance`), a paragraph per claim (`verdicts`), where
+claim 3's primary CD arm and CD-best disagree (`primary_against_best`), and the one-sentence
+verdicts the notebooks print (`verdict_*`)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
         r, cells = pool.iloc[0], g[g.dataset != "pooled"]
         row = {"claim": claim, "paper": r["paper"]}
         for proto in PROTOCOLS:
-            if not r.get(f"cells ({proto})"):
+            if pd.isna(r.get(f"cells ({proto})")) or not r[f"cells ({proto})"]:
                 row.update(
                     {
                         proto: "no pooled estimate",

@@ -120,4 +120,6 @@ def test_at_a_glance_gives_each_claim_s_verdict_kind_and_cells_held_per_protocol
     g = sentences.at_a_glance(table).iloc[0]
     assert g["full: verdict"] == "holds; the paper's range lies above the interval"
     assert g["sampled: verdict"] == "holds (fragile: inconclusive under Hartung-Knapp)"
+    table.loc[3, "cells (full)"] = float("nan")  # no cell with two seeds: nothing pooled
+    assert sentences.at_a_glance(table).iloc[0]["full"] == "no pooled estimate"
     assert sentences.at_a_glance(table[table.dataset != "pooled"]).empty
