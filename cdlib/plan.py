@@ -1,6 +1,6 @@
 """A profile's plan, priced: every run it trains before any is recorded (`profile_runs`), their CPU
 hours per table and cell (`profile_estimate`, each run priced by `costs.pricer`), that estimate set
-beside the hours complete cells took (`estimate_check`), and the hours still to go (`hours_to_go`)."""
+beside the hours complete tables took (`estimate_check`), and the hours still to go (`hours_to_go`)."""
 
 from __future__ import annotations
 
@@ -79,14 +79,15 @@ def profile_estimate(
 
 def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
     """`profile_estimate` against what was recorded (`audit.profile_coverage`), per dataset and
-    backbone whose every planned run is recorded: runs, the estimated CPU hours (the last column of
-    `estimate`: the stepped one) and the recorded ones, and recorded / estimated. A cell with a run
-    still to go is left out (its recorded hours price only part of it)."""
+    backbone, over its tables whose every planned run is recorded: runs, the estimated CPU hours (the
+    last column of `estimate`: the stepped one) and the recorded ones, and recorded / estimated. A
+    table with a run still to go is left out (its recorded hours price only part of it), and so is a
+    cell with no complete table."""
+    keys = ["table", "dataset", "backbone"]
     col = estimate.columns[-1]
-    est = estimate[estimate.table != "all"].groupby(["dataset", "backbone"], sort=False)[col].sum()
-    cov = coverage[coverage.table != "all"].groupby(["dataset", "backbone"], sort=False)
-    cells = cov[["runs", "recorded", "CPU hours"]].sum()
-    done = cells[(cells.recorded == cells.runs) & (cells.runs > 0)]
+    est = estimate[estimate.table != "all"].set_index(keys)[col]
+    cov = coverage[coverage.table != "all"].set_index(keys)
+    done = cov[(cov.recorded == cov.runs) & (cov.runs > 0)]
     out = pd.DataFrame(
         {
             "runs": done.runs,
@@ -94,6 +95,7 @@ def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFra
             "CPU hours, recorded": done["CPU hours"],
         }
     )
+    out = out.groupby(level=["dataset", "backbone"], sort=False).sum(min_count=1)
     out["recorded / estimated"] = out["CPU hours, recorded"] / out["CPU hours, estimated"]
     return out.reset_index()
 
@@ -102,7 +104,7 @@ def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
     """What `coverage` (`audit.profile_coverage`) has not recorded of `estimate` (`profile_estimate`),
     per backbone: the runs to go, the estimated CPU hours to go (each table and cell's estimate, the
     last column, times its share of runs not recorded), the recorded / estimated ratio of the
-    backbone's complete cells (`estimate_check`, pooled over them; NaN where none is complete), and
+    backbone's complete tables (`estimate_check`, pooled over them; NaN where none is complete), and
     the hours to go at that ratio. A last row "all" sums them."""
     keys = ["table", "dataset", "backbone"]
     est = estimate[estimate.table != "all"].set_index(keys)[estimate.columns[-1]]

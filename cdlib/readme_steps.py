@@ -190,8 +190,8 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
 
 
 def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> list[str]:
-    """What profile `next` has recorded so far, and the estimate against the recorded hours where a
-    cell's every run is recorded (`plan.estimate_check`)."""
+    """What profile `next` has recorded so far, and the estimate against the recorded hours of each
+    cell's tables whose every run is recorded (`plan.estimate_check`)."""
     whole = coverage[coverage.table == "all"]
     if whole.empty or not whole.recorded.iloc[0]:
         return []
@@ -202,8 +202,8 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
     )
     if not check.empty:
         text += (
-            " Where a cell's every planned run is recorded, the estimate beside the hours they took "
-            "(`plan.estimate_check`): "
+            " Over each cell's tables whose every planned run is recorded, the estimate beside the "
+            "hours they took (`plan.estimate_check`): "
             + "; ".join(
                 f"{r['dataset']} {r['backbone']}, {r['runs']} runs priced at "
                 f"{r['CPU hours, estimated']:.1f} h, recorded {r['CPU hours, recorded']:.1f} h "
@@ -218,7 +218,7 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
 
 def _to_go_sentence(t: pd.DataFrame) -> str:
     """The runs and CPU hours `next` has to go (`plan.hours_to_go`), as estimated and at the ratio
-    its complete cells took."""
+    its complete tables took."""
     whole = t.set_index("backbone").loc["all"]
     cells = "; ".join(
         f"{r.backbone} {r['recorded / estimated']:.2f}x"
@@ -230,7 +230,7 @@ def _to_go_sentence(t: pd.DataFrame) -> str:
     return (
         f" To go: {int(whole['runs to go'])} runs, an estimated "
         f"**{whole['CPU hours to go, estimated']:.0f} CPU hours**; at the ratio of recorded to "
-        f"estimated hours of each backbone's complete cells ({cells}), "
+        f"estimated hours of each backbone's complete tables ({cells}), "
         + (f"**{at_ratio:.0f}** (`plan.hours_to_go`)." if pd.notna(at_ratio) else "not known yet.")
     )
 

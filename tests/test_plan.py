@@ -90,27 +90,28 @@ def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
     assert plan.profile_estimate(p, [], tmp_path).empty
 
 
-def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_cells_only():
-    """`plan.estimate_check`: a cell whose every planned run is recorded gets its estimated and
-    recorded hours side by side; a cell with a run to go is left out."""
+def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_tables_only():
+    """`plan.estimate_check`: per cell, the tables whose every planned run is recorded get their
+    estimated and recorded hours summed side by side; a table with a run to go is left out, and a
+    cell without a complete table."""
     estimate = pd.DataFrame(
         {
-            "table": ["00_tuning", "03_main", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", ""],
-            "backbone": ["cdae", "cdae", "cdae", ""],
-            "runs": [4, 2, 4, 10],
-            "CPU hours, dense step": [9.0, 9.0, 9.0, 27.0],
-            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 4.5],
+            "table": ["00_tuning", "03_main", "00_tuning", "03_main", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", "yelp", ""],
+            "backbone": ["cdae"] * 5 + [""],
+            "runs": [4, 2, 4, 2, 4, 16],
+            "CPU hours, dense step": [9.0, 9.0, 9.0, 9.0, 9.0, 45.0],
+            "CPU hours, deferred step (est.)": [1.0, 0.5, 3.0, 0.5, 7.0, 12.0],
         }
     )
     coverage = pd.DataFrame(
         {
-            "table": ["00_tuning", "03_main", "00_tuning", "all"],
-            "dataset": ["ml-100k", "ml-100k", "ml-1m", None],
-            "backbone": ["cdae", "cdae", "cdae", None],
-            "runs": [4, 2, 4, 10],
-            "recorded": [4, 2, 3, 9],
-            "CPU hours": [2.0, 1.0, 5.0, 8.0],
+            "table": ["00_tuning", "03_main", "00_tuning", "03_main", "00_tuning", "all"],
+            "dataset": ["ml-100k", "ml-100k", "ml-1m", "ml-1m", "yelp", None],
+            "backbone": ["cdae"] * 5 + [None],
+            "runs": [4, 2, 4, 2, 4, 16],
+            "recorded": [4, 2, 3, 2, 1, 12],
+            "CPU hours": [2.0, 1.0, 5.0, 1.5, 1.0, 10.5],
         }
     )
     check = plan.estimate_check(estimate, coverage)
@@ -122,7 +123,15 @@ def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_cells_onl
             "CPU hours, estimated": 1.5,
             "CPU hours, recorded": 3.0,
             "recorded / estimated": 2.0,
-        }
+        },
+        {  # its tuning has a run to go: its main table alone
+            "dataset": "ml-1m",
+            "backbone": "cdae",
+            "runs": 2,
+            "CPU hours, estimated": 0.5,
+            "CPU hours, recorded": 1.5,
+            "recorded / estimated": 3.0,
+        },
     ]
 
 

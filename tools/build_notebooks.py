@@ -479,8 +479,8 @@ print(glance.to_string(index=False) if not glance.empty else "no cell of next ha
 validation negatives disjoint from the test's, 5 seeds for the main table and the claims' ablations,
 3 for the size table, sensitivity on ml-1m and citeulike-t), every run priced as a run to go, with
 the dense step and the deferred one (`plan.profile_estimate`, from the recorded runs and the step
-bench); then, for each cell whose every planned run is recorded, the estimate beside the hours those
-runs took (`plan.estimate_check`)."""),
+bench); then, per cell, over its tables whose every planned run is recorded, the estimate beside the
+hours those runs took (`plan.estimate_check`)."""),
         code(
             """import json
 from cdlib import runs
@@ -491,7 +491,7 @@ if grid_next.empty:
 else:
     print(grid_next.groupby("table", sort=False)[grid_next.columns[-3:]].sum().round(1).to_string())
     check = plan.estimate_check(grid_next, progress)
-    print(check.round(2).to_string(index=False) if not check.empty else "no cell of next is complete yet")""",
+    print(check.round(2).to_string(index=False) if not check.empty else "no table of next is complete yet")""",
             "nbval-check-output",
         ),
         md(
