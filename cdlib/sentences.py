@@ -56,16 +56,20 @@ def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[s
     return out
 
 
+def _pooled_claims(table: pd.DataFrame):
+    """(claim, its pooled row, its cells' rows) for each claim of the claims table with a pooled row."""
+    for claim, g in table.groupby("claim", sort=False):
+        pool = g[g.dataset == "pooled"]
+        if not pool.empty:
+            yield claim, pool.iloc[0], g[g.dataset != "pooled"]
+
+
 def verdicts(table: pd.DataFrame) -> list[str]:
     """One paragraph per claim from its pooled rows: what the paper says, what these runs say on
     each protocol (pooled effect, interval, heterogeneity, verdict, where the paper's range stands),
     and how many cells could have seen the paper's smallest gain (MDE at or below it)."""
     out = []
-    for claim, g in table.groupby("claim", sort=False):
-        pool = g[g.dataset == "pooled"]
-        if pool.empty:
-            continue
-        r, cells = pool.iloc[0], g[g.dataset != "pooled"]
+    for claim, r, cells in _pooled_claims(table):
         paper = r["paper"]
         lower = float(str(paper).split("-")[0]) if str(paper)[:1].isdigit() else None
         parts = []
@@ -91,11 +95,7 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     and the interval do not overlap, on which side it lies) and the cells where it held after
     Holm, of the cells tested (two seeds or more). The bullets of `verdicts` give the reasons."""
     rows = []
-    for claim, g in table.groupby("claim", sort=False):
-        pool = g[g.dataset == "pooled"]
-        if pool.empty:
-            continue
-        r, cells = pool.iloc[0], g[g.dataset != "pooled"]
+    for claim, r, cells in _pooled_claims(table):
         row = {"claim": claim, "paper": r["paper"]}
         for proto in PROTOCOLS:
             if pd.isna(r.get(f"cells ({proto})")) or not r[f"cells ({proto})"]:
