@@ -406,3 +406,24 @@ def test_valid_in_train_is_ncf_training_set(ml100k):
     assert (
         np.asarray(ml100k.train[rows, ml100k.valid_item]).ravel() == 0
     ).all()  # the original unchanged
+
+
+@pytest.mark.parametrize("n_items, seen_share", [(300, 0.2), (5000, 0.0), (5000, 0.97), (120, 0.1)])
+def test_smallest_keys_are_argpartitions_own(n_items, seen_share):
+    """The k smallest keys per row, found from the keys under a threshold, are argpartition's: the
+    same columns in the same order; rows with ties at the k-th key or too few keys under the
+    threshold included."""
+    from cdlib.dataset import smallest_keys
+
+    rng = np.random.default_rng(0)
+    k = 99
+    keys = rng.random((64, n_items), dtype=np.float32)
+    seen = rng.random(keys.shape) < seen_share
+    free = n_items - seen.sum(1)
+    seen[free < k] = False  # every row keeps k free keys
+    keys[seen] = 2.0
+    free = n_items - seen.sum(1)
+    keys[:8] = np.round(keys[:8] * 50) / 50  # coarse keys: ties at the k-th smallest
+    keys[8:16] = np.where(seen[8:16], 2.0, 0.5 + keys[8:16] / 4)  # none under the threshold
+    want = np.sort(np.argpartition(keys, k, axis=1)[:, :k], axis=1)
+    assert np.array_equal(smallest_keys(keys, k, free), want)
