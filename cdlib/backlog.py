@@ -167,8 +167,10 @@ def _blocked(c, failed: set) -> bool:
 
 def _train(c, p, results, worker: int, failed: set) -> int:
     """Train `c` unless it is recorded or another worker holds it; its teacher first when that is not
-    recorded (unless another worker holds the teacher: then nothing). Returns the runs trained (0, 1,
-    or 2 with the teacher); raises `_Failed` when one of them raises."""
+    recorded, or is recorded without its weights on this machine (a new machine's cache is empty:
+    retrained for them, `train.load_teacher`); when another worker holds the teacher, nothing, so
+    that this worker takes another run instead of waiting on the teacher. Returns the runs recorded
+    (0, 1, or 2 with the teacher); raises `_Failed` when one of them raises."""
     lock = claim(c.key(), results)
     if lock is None:
         return 0
@@ -177,21 +179,34 @@ def _train(c, p, results, worker: int, failed: set) -> int:
             return 0
         n = 0
         t = c.teacher().canonical() if c.has_teacher else None
-        if t is not None and not _recorded(t.key(), results):
+        if t is not None and not _teacher_ready(t, results):
             tl = claim(t.key(), results)
             if tl is None:
                 return 0
             with tl:
                 if not _recorded(t.key(), results):
                     n += _run(t, p, results, worker, failed)
+                elif not train.weights_file(t.key()).is_file():
+                    _run(t, p, results, worker, failed, student=c)  # no new record
         return n + _run(c, p, results, worker, failed)
 
 
-def _run(c, p, results, worker: int, failed: set) -> int:
+def _teacher_ready(t, results) -> bool:
+    """Whether teacher `t` is recorded and its weights are cached on this machine."""
+    return _recorded(t.key(), results) and train.weights_file(t.key()).is_file()
+
+
+def _run(c, p, results, worker: int, failed: set, student=None) -> int:
+    """Train and record `c`; with `student`, `c` is the student's teacher, recorded but without its
+    weights here, retrained for them (its record kept, `train.load_teacher`)."""
     start = time.time()
-    _log(worker, "training", _describe(c), c.key())
+    _log(worker, "retraining for its weights" if student else "training", _describe(c), c.key())
     try:
-        rec = train.run(c, results, progress=sys.stderr.isatty(), execution=p.execution)
+        if student is None:
+            rec = train.run(c, results, progress=sys.stderr.isatty(), execution=p.execution)
+        else:
+            train.load_teacher(student, results, sys.stderr.isatty(), p.execution)
+            rec = runs.read_record(c.key(), results)
     except train.DeadlineReached:
         raise
     except Exception as e:
@@ -200,7 +215,8 @@ def _run(c, p, results, worker: int, failed: set) -> int:
         failed.add(c.key())
         raise _Failed(c.key()) from e
     seconds = f"{time.time() - start:.0f} s"
-    _log(worker, "recorded", c.key(), f"best epoch {rec['best_epoch']},", seconds)
+    done = "weights cached for" if student else "recorded"
+    _log(worker, done, c.key(), f"best epoch {rec['best_epoch']},", seconds)
     return 1
 
 

@@ -57,7 +57,8 @@ def fake_record(c, valid: float, test: float = 0.5) -> dict:
 
 
 def fake_training(monkeypatch, paper_lr: float = 3e-3):
-    """train.run_group writes a fake record for each run not recorded (none when training is off):
+    """train.run_group writes a fake record for each run not recorded (none when training is off), and
+    train.load_teacher gives no teacher (the backlog's retraining of a teacher's weights):
     validation prefers learning rate 3e-3 (`paper_lr` with the paper profile's validation
     negatives), and CD at lambda_kd 1.0 with 20 distilled items."""
     from cdlib import runs, train
@@ -80,3 +81,5 @@ def fake_training(monkeypatch, paper_lr: float = 3e-3):
         return out
 
     monkeypatch.setattr(train, "run_group", fake_group)
+    # a fake teacher has no weights to cache or load
+    monkeypatch.setattr(train, "load_teacher", lambda *a, **k: (None, None))

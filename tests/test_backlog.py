@@ -166,6 +166,39 @@ def test_a_student_trains_its_teacher_first_unless_another_worker_holds_it(tmp_p
     assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 0  # recorded: not again
 
 
+def test_a_recorded_teacher_without_weights_here_is_retrained_by_one_worker_alone(
+    tmp_path, monkeypatch
+):
+    """A new machine's cache holds no weights: a student's recorded teacher is retrained for them
+    (`train.load_teacher`) under the teacher's claim, and a worker that finds the teacher claimed
+    takes another run rather than wait on it; once the weights are cached, nothing is retrained."""
+    fake_training(monkeypatch)
+    retrained = []
+
+    def retrain(student, *a, **k):
+        retrained.append(student.key())
+        train.weights_file(student.teacher().key()).parent.mkdir(parents=True, exist_ok=True)
+        train.weights_file(student.teacher().key()).write_bytes(b"")
+        return None, None
+
+    monkeypatch.setattr(train, "load_teacher", retrain)
+    p = _profile(train_missing=True)
+    c, other = (
+        p.config("ml-1m", "neumf", 2, size=STUDENT["neumf"], method=m).canonical()
+        for m in ("cd", "rd")
+    )
+    t = c.teacher().canonical()
+    train.run_group([t], tmp_path)  # recorded, its weights not cached here
+    held = backlog.claim(t.key(), tmp_path)  # another worker retrains them
+    assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 0 and retrained == []
+    assert not runs.record_path(c.key(), tmp_path).exists()
+    held.close()
+    assert backlog._train(c, p, tmp_path, worker=0, failed=set()) == 1  # the student alone recorded
+    assert retrained == [c.key()] and runs.record_path(c.key(), tmp_path).exists()
+    assert backlog._train(other, p, tmp_path, worker=0, failed=set()) == 1
+    assert retrained == [c.key()]  # cached now: not again
+
+
 def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch, capsys):
     fake_training(monkeypatch)
     monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path))
