@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from . import data, metrics, models, runs
@@ -82,6 +81,10 @@ def dataset_for(cfg: IALSConfig) -> Dataset:
 
 def fit(cfg: IALSConfig, ds: Dataset, threads: int = 1) -> Factors:
     """iALS on the training interactions (confidence 1 + alpha for each), seeded."""
+    # imported here, not with the module: a machine without `implicit` (the lent GPU's has none)
+    # still trains every other run, through the modules that import this one (backlog, experiments)
+    from implicit.cpu.als import AlternatingLeastSquares
+
     model = AlternatingLeastSquares(
         factors=cfg.factors,
         regularization=cfg.regularization,

@@ -77,3 +77,14 @@ def test_main_rows_choose_on_validation_and_say_what_is_missing(results):
     other = ials.main_rows(disjoint, results, labels=["iALS (student budget)"])
     rec = runs.read_record(other.key[0], results, ials.FOLDER)
     assert rec["config"]["valid_negatives"] == "disjoint" and other.key[0] != rows.key[0]
+
+
+def test_the_training_modules_import_without_implicit():
+    """The lent GPU machine has no `implicit`: the backlog and the notebooks' runners must still
+    import there (only fitting an iALS row needs it)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['implicit'] = None; import cdlib.backlog, cdlib.experiments"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
