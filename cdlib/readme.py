@@ -15,7 +15,7 @@ from .audit import coverage, coverage_grid, profile_coverage, violations
 from .costs import compute, device_estimate
 from .models import default_device
 from .profiles import PROFILES
-from .readme_steps import refresh_tower_section, sparse_step_section
+from .readme_steps import gpu_section, refresh_tower_section, sparse_step_section
 from .runs import read_table
 from .tables import markdown
 from .tuning import tuning_change
@@ -267,6 +267,7 @@ def readme_section(results=None) -> str:
                     "epoch, scaled by the steps per epoch (`costs.device_estimate`, validation left out).",
                     "",
                 ]
+        parts += gpu_section(results)
     parts += sparse_step_section(results, next_coverage)
     parts += refresh_tower_section(results)
     steps = shapes_agreement(results)

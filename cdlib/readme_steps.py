@@ -2,7 +2,8 @@
 their epoch timings beside the dense step's (`cdlib.bench --steps`), what the grids cost with them
 (`costs.step_estimate`, `plan.profile_estimate`), their agreement with the dense step
 (`agreement`), and what decided profile `next`'s step; and the feature-major refresh
-(`Config.refresh_tower`), its timings and agreement. Part of `readme.readme_section`."""
+(`Config.refresh_tower`), its timings and agreement; and what a lent GPU's window measured
+(`gpu_section`). Part of `readme.readme_section`."""
 
 from __future__ import annotations
 
@@ -378,3 +379,47 @@ def refresh_tower_section(results=None) -> list[str]:
             "",
         ]
     return parts
+
+
+def gpu_section(results=None) -> list[str]:
+    """What the last GPU window checked (`results/bench/gpu_check.json`, written by
+    tools/gpu_window.sh) and the gain of groups there (`results/bench/*_cuda.json`, `cdlib.bench
+    --groups`): README lines, none where neither was recorded."""
+    bench = runs.results_dir(results) / "bench"
+    lines = []
+    if (bench / "gpu_check.json").is_file():
+        c = json.loads((bench / "gpu_check.json").read_text())
+        prov, waits = c["provenance"], c.get("host_waits_in_one_epoch", {})
+        dyn = [n for k, n in waits.items() if k.endswith("dynamic")]
+        static = [n for k, n in waits.items() if k.endswith("static")]
+
+        def span(v):
+            return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
+
+        lines += [
+            f"**The GPU window's check** (`results/bench/gpu_check.json`, {prov['device']}, torch "
+            f"{prov['packages']['torch']}, commit {prov['git']['commit'][:7]}): the same 3-epoch run twice "
+            f"on the GPU gave {'the same' if c['device_deterministic'] else 'different'} curves; its "
+            f"losses differ from the CPU's by at most {c['max_loss_difference_cpu_vs_device']:.1e} (each "
+            "device draws its own random numbers); 3 CD students trained as a group differ from the same "
+            f"runs alone by at most {c['group_max_loss_difference']:.1e}; in one epoch the host waited on "
+            f"the GPU {span(dyn)} times with the dynamic step and {span(static)} "
+            f"times with the static one ({len(static)} kinds of step each).",
+            "",
+        ]
+    for path in sorted(bench.glob("*_cuda.json")):
+        groups = pd.DataFrame(json.loads(path.read_text()).get("groups", []))
+        if groups.empty:
+            continue
+        best = groups.loc[groups.groupby("run")["gain over one after another"].idxmax()]
+        gains = ", ".join(
+            f"{r.run} {r['gain over one after another']:.1f}x (groups of {r.group})"
+            for _, r in best.iterrows()
+        )
+        lines += [
+            f"In groups on that GPU (`results/bench/{path.name}`, `cdlib.bench --groups`), the most "
+            f"member-epochs per second against one run after another: {gains}. Profile `next` trains "
+            "one run at a time (its sparse step does not stack).",
+            "",
+        ]
+    return lines

@@ -9,7 +9,8 @@
 #   dry run here:   GPU_WINDOW_DEVICE=cpu BENCH_DATASET=ml-100k bash tools/gpu_window.sh /tmp/w 300 --profile smoke
 #
 # OUT/window.log          everything printed
-# OUT/check.json          one small run on the CPU and on the device (first-epoch losses), the same device run
+# OUT/check.json          (results/bench/gpu_check.json once committed: the README reports it)
+#                         one small run on the CPU and on the device (first-epoch losses), the same device run
 #                         twice (is it deterministic?), 3 runs trained as a group against the same runs alone, and
 #                         the host's waits on the GPU in one epoch of each kind of step (none expected when static)
 # OUT/bench_<d>_<dev>.json  python -m cdlib.bench (seconds per epoch, FLOP/s, groups of 1/5/15), the device's
@@ -100,9 +101,10 @@ fi
 echo "== correctness ($(left) s left)"
 timeout 240 $PY - "$OUT/check.json" "$DEV" <<'PY'
 import dataclasses, json, sys
-from cdlib import loop, train
+from cdlib import loop, runs, train
 from cdlib.config import Execution
-dev, out = sys.argv[2], {}
+dev = sys.argv[2]
+out = {"provenance": runs.provenance(dev)}   # results/bench/gpu_check.json once committed (README)
 EX = Execution.from_environment()     # CDLIB_DETERMINISTIC=1, exported above
 small = dict(dataset="ml-100k", backbone="cdae", size=20, epochs=3, patience=3, min_epochs=3, subset_users=300,
              shapes="static")       # the GPU's step on both devices: only the hardware (and its random streams) differ
