@@ -69,9 +69,12 @@ DEV=${GPU_WINDOW_DEVICE:-cuda}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 CDLIB_DETERMINISTIC=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 [ -d .data ] && export CDLIB_DATA=${CDLIB_DATA:-$PWD/.data}
-if [ ! -d results/runs ] && [ -f .data/runs.tar.gz ]; then   # the records as --pack packed them
-  mkdir -p results && tar -xzf .data/runs.tar.gz -C results
+# the records as --pack packed them, beside any that came with the tree (the device tool may leave an
+# empty results/runs behind, as in session 31's second window, whose workers then retrained ml-100k)
+if [ -f .data/runs.tar.gz ]; then
+  mkdir -p results && tar -xzf .data/runs.tar.gz -C results --skip-old-files
 fi
+echo "records here: $(ls results/runs | grep -c '\.json$')"
 export CDLIB_CACHE=${CDLIB_CACHE:-$(mktemp -d)/cache}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -165,6 +168,7 @@ fi
 comm -13 <(ls results/runs | sort) <(ls "$RES/runs" | sort) > "$OUT/new_records.txt"
 tar -czf "$OUT/records.tar.gz" -C "$RES/runs" -T "$OUT/new_records.txt"
 if [ "$CPU_WORKERS" -gt 0 ]; then      # the workers' process group: a run in flight leaves no record
+  while [ "$(left)" -gt 15 ] && kill -0 "$CPU_PID" 2>/dev/null; do sleep 5; done   # the whole window
   kill -TERM -- -"$CPU_PID" 2>/dev/null; sleep 3; kill -KILL -- -"$CPU_PID" 2>/dev/null
   comm -13 "$WORK/runs_before.txt" <(ls results/runs | sort) | grep '\.json$' > "$WORK/cpu_records.txt"
   tar -czf "$OUT/cpu_records.tar.gz" -C results/runs -T "$WORK/cpu_records.txt"
