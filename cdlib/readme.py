@@ -267,7 +267,7 @@ def readme_section(results=None) -> str:
                     "epoch, scaled by the steps per epoch (`costs.device_estimate`, validation left out).",
                     "",
                 ]
-        parts += gpu_section(results)
+    parts += gpu_section(results)  # the window's check, whatever the compute table holds
     parts += sparse_step_section(results, next_coverage)
     parts += refresh_tower_section(results)
     steps = shapes_agreement(results)

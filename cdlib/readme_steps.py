@@ -408,7 +408,8 @@ def gpu_section(results=None) -> list[str]:
             "",
         ]
     for path in sorted(bench.glob("*_cuda.json")):
-        groups = pd.DataFrame(json.loads(path.read_text()).get("groups", []))
+        record = json.loads(path.read_text())
+        groups = pd.DataFrame(record.get("groups", []))
         if groups.empty:
             continue
         best = groups.loc[groups.groupby("run")["gain over one after another"].idxmax()]
@@ -417,7 +418,8 @@ def gpu_section(results=None) -> list[str]:
             for _, r in best.iterrows()
         )
         lines += [
-            f"In groups on that GPU (`results/bench/{path.name}`, `cdlib.bench --groups`), the most "
+            f"In groups on the {record['provenance']['device']} of `results/bench/{path.name}` "
+            "(`cdlib.bench --groups`), the most "
             f"member-epochs per second against one run after another: {gains}. Profile `next` trains "
             "one run at a time (its sparse step does not stack).",
             "",
