@@ -70,11 +70,12 @@ def profile_coverage(p, results=None) -> pd.DataFrame:
                 cost = runs.run_seconds(runs.read_record(r.key, results) or {})
                 seconds[(table, r.dataset, r.backbone)] += 0.0 if math.isnan(cost) else cost
 
-    for d in p.tuning_datasets():
-        for b in p.backbones:
-            count("00_tuning", tuning.tune(look, d, b, results, progress=False)[0])
-    for nb in TRAINING_NOTEBOOKS:
-        count(nb, collect(experiments.notebook_grid(nb, look, results), results, off, False))
+    with tuning.read_once():  # each cell's tuning read once, not once per table
+        for d in p.tuning_datasets():
+            for b in p.backbones:
+                count("00_tuning", tuning.tune(look, d, b, results, progress=False)[0])
+        for nb in TRAINING_NOTEBOOKS:
+            count(nb, collect(experiments.notebook_grid(nb, look, results), results, off, False))
     plan = profile_runs(p).groupby(["table", "dataset", "backbone"], sort=False).size()
     out = plan.rename("runs").reset_index()
     out["recorded"] = [done[k] for k in plan.index]

@@ -88,16 +88,17 @@ def outstanding(p, results=None) -> list[Item]:
         if c.key() not in best or rank < best[c.key()][0]:
             best[c.key()] = (rank, Item(tier, table, label, c))
 
-    if p.tuning is not None:
-        for d in p.tuning_datasets():
-            for b in p.backbones:
-                for c in tuning.tuning_frontier(look, d, b, results):
-                    add("00_tuning", "tuning", c)
-    for nb in TRAINING_NOTEBOOKS:
-        for label, cs in experiments.notebook_grid(nb, look, results).items():
-            for c in cs:
-                if not isinstance(c, Pending):
-                    add(nb, label, c)
+    with tuning.read_once():  # each cell's tuning read once, not once per table
+        if p.tuning is not None:
+            for d in p.tuning_datasets():
+                for b in p.backbones:
+                    for c in tuning.tuning_frontier(look, d, b, results):
+                        add("00_tuning", "tuning", c)
+        for nb in TRAINING_NOTEBOOKS:
+            for label, cs in experiments.notebook_grid(nb, look, results).items():
+                for c in cs:
+                    if not isinstance(c, Pending):
+                        add(nb, label, c)
     return [item for _, item in sorted(best.values(), key=lambda v: v[0])]
 
 

@@ -190,3 +190,30 @@ def test_a_tie_on_validation_goes_to_the_earlier_point():
     assert tuning.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[0]}
     rows.loc[5, "valid NDCG@10"] = 0.6
     assert tuning.chosen_point(p, "Teacher", rows) == {"lr": profiles.LEARNING_RATES_NEXT[2]}
+
+
+def test_read_once_reads_each_cell_s_tuning_once_and_never_a_training_one(tmp_path, monkeypatch):
+    """`tuning.read_once` (a planning pass): a tuning that trains nothing is walked once per
+    cell within the block, whatever scope asks for it, its answer the same as unmemoised; a
+    record written after the block is seen; a profile that trains is walked every time."""
+    _fake_training(monkeypatch)
+    p = profiles.profile("smoke", train_missing=True)
+    look = dataclasses.replace(p, execution=dataclasses.replace(p.execution, train=False))
+    walks = []
+    walk = tuning._walk
+    monkeypatch.setattr(tuning, "_walk", lambda *a: walks.append(a[1:3]) or walk(*a))
+    before = tuning.tune(look, "ml-100k", "cdae", tmp_path, progress=False)
+    assert before[1] is None and len(walks) == 1
+    with tuning.read_once():
+        first = tuning.tune(look, "ml-100k", "cdae", tmp_path, progress=False)
+        again = tuning.tune(look.scoped("size"), "ml-100k", "cdae", tmp_path, progress=False)
+        tuning.tune(look, "ml-1m", "cdae", tmp_path, progress=False)
+        tuning.tune(p, "ml-100k", "cdae", tmp_path, progress=False)  # trains: walked, not kept
+        tuning.tune(p, "ml-100k", "cdae", tmp_path, progress=False)
+        stale = tuning.tune(look, "ml-100k", "cdae", tmp_path, progress=False)
+    assert walks[1:] == [("ml-100k", "cdae"), ("ml-1m", "cdae")] + [("ml-100k", "cdae")] * 2
+    pd.testing.assert_frame_equal(first[0], before[0])
+    pd.testing.assert_frame_equal(again[0], before[0])
+    assert stale[1] is None  # the block's first reading, though the runs were trained meanwhile
+    after = tuning.tune(look, "ml-100k", "cdae", tmp_path, progress=False)
+    assert after[1] is not None and len(walks) == 6
