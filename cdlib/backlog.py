@@ -51,10 +51,13 @@ from .tables import Pending
 # the tier of each training notebook's runs (born-again CD, 06's "BACD", is in the first: claim 6)
 TIERS = {"00_tuning": 0, "02_teachers": 0, "03_main": 0, "04_sampling": 0, "06_student_size": 1}
 TIERS["07_sensitivity"] = 2
+# the runs one step past a tuning grid's edge where a cell's choice lies on it (`tuning.edge_check`:
+# does the grid bracket the choice?): outside the profile's grid, in the first tier, after the claims
+TIERS["00_edges"] = 0
 FIRST_TIER_LABELS = {"06_student_size": ("BACD",)}
 # a run two tables of one tier name is counted in the first of this order, as `plan.profile_runs`
 # and `audit.profile_coverage` count it (a teacher in 03_main, not 02_teachers)
-TABLE_ORDER = ["00_tuning", *TRAINING_NOTEBOOKS]
+TABLE_ORDER = ["00_tuning", *TRAINING_NOTEBOOKS, "00_edges"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +89,10 @@ def outstanding(p, results=None) -> list[Item]:
         order = (where, c.seed) if tier == 0 else (c.seed, where)
         rank = (tier, *order, c.has_teacher, TABLE_ORDER.index(table))
         if c.key() not in best or rank < best[c.key()][0]:
-            best[c.key()] = (rank, Item(tier, table, label, c))
+            item = Item(tier, table, label, c)
+            if table == "00_edges" and c.key() in best:  # a grid's run: counted in its table
+                item = dataclasses.replace(best[c.key()][1], tier=tier)
+            best[c.key()] = (rank, item)
 
     with tuning.read_once():  # each cell's tuning read once, not once per table
         if p.tuning is not None:
@@ -99,6 +105,10 @@ def outstanding(p, results=None) -> list[Item]:
                 for c in cs:
                     if not isinstance(c, Pending):
                         add(nb, label, c)
+        for d in p.tuning_datasets() if p.tuning is not None else ():
+            for b in p.backbones:  # after the grids: a run a grid lists keeps its table
+                for c in tuning.edge_frontier(look, d, b, results):
+                    add("00_edges", "past the edge", c)
     return [item for _, item in sorted(best.values(), key=lambda v: v[0])]
 
 

@@ -74,6 +74,33 @@ def stage_grid(p: Profile, dataset: str, backbone: str, stage: str, choice: dict
     }
 
 
+def beyond(values, value):
+    """The next value of a grid dimension's progression past `value`, an edge of it: the largest
+    times its ratio to the second largest, the smallest divided by the second smallest's ratio to it
+    (to 2 significant digits: 1 of 0.03 ... 1 gives 3.3; 3e-2 of 1e-4 ... 3e-2, 0.09); None where
+    `value` is no edge."""
+    v = sorted(values)
+    if len(v) < 2 or value not in (v[0], v[-1]):
+        return None
+    return float(f"{v[-1] * v[-1] / v[-2] if value == v[-1] else v[0] * v[0] / v[1]:.2g}")
+
+
+def beyond_edge_grid(p: Profile, dataset: str, backbone: str, choice: dict) -> dict:
+    """{(stage, setting): {label: [Config per tuning seed]}}: for each stage's choice (`choice`, as
+    `tune` gives it, every stage chosen) at an edge of its grid (`at_edge`), the stage's point one
+    step past that edge in that setting (`beyond`), the others as chosen, at the choices of the
+    stages before it: whether the grid brackets the choice, run as the stage ran its own points."""
+    out = {}
+    for stage in tuning_stages(p):
+        for k in at_edge(p.tuning[stage], choice[stage]):
+            point = {**choice[stage], k: beyond(p.tuning[stage][k], choice[stage][k])}
+            one = dataclasses.replace(
+                p, tuning={**p.tuning, stage: {n: [v] for n, v in point.items()}}
+            )
+            out[(stage, k)] = stage_grid(one, dataset, backbone, stage, choice)
+    return out
+
+
 def first_choice(p: Profile) -> dict:
     """The choice of a tuning stage that chose every stage's first grid point: one it can make,
     at which `plan.profile_runs` plans a profile's grid."""
@@ -230,6 +257,62 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
                         "after": point_label(stage, new[stage]),
                         "after at grid edge": ", ".join(at_edge(after.tuning[stage], new[stage])),
                         "moved": pd.NA if was is None else was != new[stage],
+                    }
+                )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def edge_frontier(p: Profile, dataset: str, backbone: str, results=None) -> list:
+    """The runs of `beyond_edge_grid` not recorded, once the cell's tuning is recorded whole (before:
+    none, its choice unknown). Reads the records; trains nothing."""
+    _, choice = tune(
+        dataclasses.replace(p, execution=Execution(train=False)), dataset, backbone, results, False
+    )
+    if choice is None:
+        return []
+    grids = beyond_edge_grid(p, dataset, backbone, choice).values()
+    configs = [c for g in grids for cs in g.values() for c in cs]
+    df = collect({"past the edge": configs}, results, Execution(train=False), False)
+    return [c for c, ok in zip(configs, df.status == "ok") if not ok]
+
+
+def edge_check(p: Profile, results=None, progress: bool = True) -> pd.DataFrame:
+    """Whether each tuned cell's grid brackets its choices: for every stage whose choice lies at an
+    edge of its grid (`at_edge`), the mean validation NDCG@10 over the tuning seeds of the chosen
+    point and of the point one step past the edge (`beyond_edge_grid`; trained where `p`'s execution
+    trains, else read), and "past better": whether the point past the edge scores higher (NA until
+    its runs are recorded). A choice past which validation still rises is not the grid's optimum but
+    its edge: its method was tuned less than the grid suggests."""
+    columns = ["dataset", "backbone", "stage", "setting", "chosen", f"valid {TUNE_METRIC}, chosen"]
+    columns += ["past the edge", f"valid {TUNE_METRIC}, past", "recorded", "past - chosen %"]
+    columns += ["past better"]
+    rows = []
+    for d in p.tuning_datasets():
+        for b in p.backbones:
+            off = dataclasses.replace(p, execution=Execution(train=False))
+            df, choice = tune(off, d, b, results, False)
+            if choice is None:
+                continue
+            for (stage, k), grid in beyond_edge_grid(p, d, b, choice).items():
+                at = df[(df.stage == stage) & (df.label == point_label(stage, choice[stage]))]
+                past = collect(grid, results, p.execution, progress)
+                ok = past[past.status == "ok"]
+                chosen = at[f"valid {TUNE_METRIC}"].mean()
+                value = ok[f"valid {TUNE_METRIC}"].mean() if len(ok) else float("nan")
+                whole = len(ok) == len(past)
+                rows.append(
+                    {
+                        "dataset": d,
+                        "backbone": b,
+                        "stage": stage,
+                        "setting": k,
+                        "chosen": point_label(stage, choice[stage]),
+                        f"valid {TUNE_METRIC}, chosen": chosen,
+                        "past the edge": next(iter(grid)),
+                        f"valid {TUNE_METRIC}, past": value,
+                        "recorded": f"{len(ok)} / {len(past)}",
+                        "past - chosen %": 100 * (value - chosen) / chosen,
+                        "past better": bool(value > chosen) if whole else pd.NA,
                     }
                 )
     return pd.DataFrame(rows, columns=columns)

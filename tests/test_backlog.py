@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import fake_training
 
-from cdlib import audit, backlog, checkpoint, ials, plan, profiles, runs, train, tuning
+from cdlib import audit, backlog, checkpoint, experiments, ials, plan, profiles, runs, train, tuning
 from cdlib.backlog import summary
 from cdlib.config import STUDENT, TEACHER_SIZE
 
@@ -38,10 +38,22 @@ def test_the_backlog_opens_stage_by_stage_and_ranks_the_claims_first(tmp_path, m
     items = backlog.outstanding(p, tmp_path)
     keys = [i.config.key() for i in items]
     assert len(keys) == len(set(keys))  # a run two tables share is listed once
+    # the runs past the grid's edges of the choices at one (`tuning.edge_check`), the plan's aside
+    _, choice = tuning.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
+    edges = tuning.beyond_edge_grid(p, "ml-1m", "neumf", choice)
+    assert edges  # (the fake validation puts some choice at an edge)
+    past = {c.canonical().key() for g in edges.values() for cs in g.values() for c in cs}
+    assert past <= {i.config.key() for i in items}
+    assert {i.tier for i in items if i.config.key() in past} == {0}  # the first tier's, all
+    # a run a grid lists too keeps its table (here the sensitivity figure's lambda_kd = 2)
+    shared = {i.table for i in items if i.config.key() in past and i.table != "00_edges"}
+    assert shared == {"07_sensitivity"}
+    items = [i for i in items if i.table != "00_edges"]
     cov = audit.profile_coverage(p, tmp_path).set_index("table")
     left = (cov.runs - cov.recorded)[lambda x: x > 0]
     assert len(items) == left["all"]  # every run the plan has left, each in the table it counts in
     assert summary(items).groupby("table").runs.sum().to_dict() == left.drop("all").to_dict()
+    items = [i for i in items if i.config.key() not in past]  # the grid's own order below
     tiers = [i.tier for i in items]
     assert tiers == sorted(tiers) and set(tiers) == {0, 1, 2}
     first = [i for i in items if i.tier == 0]
@@ -97,7 +109,14 @@ def test_workers_train_the_whole_plan_once_then_the_ials_rows(tmp_path, monkeypa
     p = _profile(seeds=[0], train_missing=True)
     n = backlog.work(p, tmp_path, poll=0)
     cov = audit.profile_coverage(p, tmp_path)
-    assert (cov.recorded == cov.runs).all() and n == len(plan.profile_runs(p)) > 0
+    # the plan's runs and those past its tuning grid's edges that no grid lists
+    _, choice = tuning.tune(p, "ml-1m", "neumf", tmp_path, progress=False)
+    edges = tuning.beyond_edge_grid(p, "ml-1m", "neumf", choice).values()
+    past = {c.canonical().key() for g in edges for cs in g.values() for c in cs}
+    grids = [experiments.notebook_grid(nb, p, tmp_path) for nb in plan.TRAINING_NOTEBOOKS]
+    listed = {c.canonical().key() for g in grids for cs in g.values() for c in cs}
+    assert (cov.recorded == cov.runs).all() and n == len(plan.profile_runs(p)) + len(past - listed)
+    assert past - listed and (tuning.edge_check(p, tmp_path).recorded == "2 / 2").all()
     assert called == ["next"] and backlog.outstanding(p, tmp_path) == []
     assert backlog.work(p, tmp_path, poll=0) == 0  # resumes: nothing is trained twice
 

@@ -217,3 +217,56 @@ def test_read_once_reads_each_cell_s_tuning_once_and_never_a_training_one(tmp_pa
     assert stale[1] is None  # the block's first reading, though the runs were trained meanwhile
     after = tuning.tune(look, "ml-100k", "cdae", tmp_path, progress=False)
     assert after[1] is not None and len(walks) == 6
+
+
+def test_beyond_is_the_next_value_of_a_grid_s_progression_past_its_edge():
+    rd = profiles.TUNING_NEXT["RD"]["lambda_rd"]  # 1, 0.3, 0.1, 0.03
+    assert tuning.beyond(rd, 1.0) == 3.3 and tuning.beyond(rd, 0.03) == 0.009
+    assert tuning.beyond(rd, 0.3) is None and tuning.beyond([1.0], 1.0) is None
+    lrs = profiles.LEARNING_RATES_NEXT  # 3e-4 ... 1e-2, then 1e-4 and 3e-2
+    assert tuning.beyond(lrs, 3e-2) == 0.09 and tuning.beyond(lrs, 1e-4) == 3.3e-5
+
+
+def test_edge_check_runs_each_choice_at_an_edge_one_step_past_it(tmp_path, monkeypatch):
+    """A choice at an edge of its grid gets the stage's point one step past that edge, at the
+    choices of the stages before it, on the tuning seeds; the check says whether validation still
+    rises there (an edge of a two-value dimension, or a guide, is none)."""
+    from cdlib import runs
+
+    _fake_training(monkeypatch)
+    p = profiles.profile("next", datasets=["ml-100k"], backbones=["cdae"], train_missing=True)
+    _, choice = tuning.tune(p, "ml-100k", "cdae", tmp_path, progress=False)
+    # fake validation: every RD point ties (the first, lambda_rd = 1, an edge); CD's best is
+    # lambda_kd = 1 (the largest) with 20 items (a two-value dimension: no edge)
+    assert choice["RD"] == {"lambda_rd": 1.0, "rd_k": 10}
+    assert choice["CD"] == {"lambda_kd": 1.0, "n_distill": 20}
+    grids = tuning.beyond_edge_grid(p, "ml-100k", "cdae", choice)
+    assert list(grids) == [("RD", "lambda_rd"), ("CD", "lambda_kd")]
+    (rd,) = grids[("RD", "lambda_rd")].values()
+    (cd,) = grids[("CD", "lambda_kd")].values()
+    assert [c.seed for c in rd] == p.tune_seeds
+    assert {(c.lambda_rd, c.rd_k, c.lr, c.teacher_lr) for c in rd} == {
+        (3.3, 10, choice["Student"]["lr"], choice["Teacher"]["lr"])
+    }
+    assert {(c.lambda_kd, c.n_distill, c.guide) for c in cd} == {(2.0, 20, "teacher")}
+    assert tuning.edge_frontier(p, "ml-100k", "cdae", tmp_path) == rd + cd
+    off = dataclasses.replace(p, execution=dataclasses.replace(p.execution, train=False))
+    t = tuning.edge_check(off, tmp_path, progress=False).set_index("stage")
+    assert list(t.recorded) == ["0 / 2", "0 / 2"] and t["past better"].isna().all()
+    for c in rd:  # RD still rises past its edge; CD (fake validation 0.1 off its best) does not
+        runs.write_record({**_fake_record(c.canonical(), valid=0.95), "config": {}}, tmp_path)
+    t = tuning.edge_check(p, tmp_path, progress=False).set_index("stage")
+    assert (
+        list(t.recorded) == ["2 / 2", "2 / 2"]
+        and tuning.edge_frontier(p, "ml-100k", "cdae", tmp_path) == []
+    )
+    assert t.loc["RD", "past better"] and not t.loc["CD", "past better"]
+    assert t.loc["RD", "past the edge"] == "RD lambda_rd=3.3, rd_k=10"
+    assert t.loc["RD", "past - chosen %"] == pytest.approx(100 * (0.95 - 0.9) / 0.9)
+    assert t.loc["CD", "valid NDCG@10, past"] == pytest.approx(0.1)
+    from cdlib import readme
+
+    text = readme._edge_section(tmp_path)[0]  # the README's sentence, from these records
+    assert text.startswith("Of these choices, 2 settings lie at an edge of their grid.")
+    assert "of the 2 recorded, validation NDCG@10 still rises past 1: ml-100k cdae " in text
+    assert "RD lambda_rd=3.3, rd_k=10 (+5.6% over RD lambda_rd=1, rd_k=10)" in text

@@ -457,6 +457,13 @@ and ml-1m, the other datasets borrowing ml-1m's), per cell whose tuning under `n
 print(change.to_string(index=False) if not change.empty else "no cell's tuning under next is recorded yet")""",
             "nbval-check-output",
         ),
+        md("""Where a choice lies at an edge of its grid, the stage's point one step past that edge, on the tuning
+seeds (`tuning.edge_check`; trained by the backlog, read here): does validation still rise past the edge?"""),
+        code(
+            """edges = tuning.edge_check(profiles.profile("next", device=device, train_missing=False), results_dir, progress=False)
+print(edges.round(4).to_string(index=False) if not edges.empty else "no choice of next's tuning lies at an edge of its grid")""",
+            "nbval-check-output",
+        ),
         md("""What `next`'s recorded runs say so far: its run tables from the records alone and the claims on
 them (`claim_tables.save_recorded_tables`, into `results/next/`), per cell whose runs are recorded; claim 3's
 primary arm is the CD whose guide `next`'s tuning chose. The claims above are this notebook's profile's."""),
