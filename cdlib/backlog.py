@@ -4,7 +4,10 @@
 each cell's tuning (`tuning.tuning_frontier`), then the runs of the training notebooks' grids
 whose cell is tuned. They come in tiers, as the issue says to cut its grid: first the tuning stage, the
 main table (02, 03), the sampling ablation (04) and born-again CD (06's "BACD"), the claims' runs; then
-the rest of the student-size table (06); last the sensitivity figure (07). The first tier goes cell by
+the rest of the student-size table (06); last the sensitivity figure (07). The first tier also holds
+each cell's runs one step past its tuning grid's edges where a choice lies on one (`tuning.edge_check`;
+outside the profile's grid, each after its seed's runs of the grid; a run a grid lists too keeps its
+table and takes the first tier). It goes cell by
 cell (a cell's claims complete before the next cell's start), then seed by seed; the later tiers seed
 by seed, then cell by cell, so that a cut leaves every cell with fewer seeds rather than some cells
 with none (the issue cuts the size table's seeds). Cells come in the order of their dataset's users x
