@@ -15,7 +15,7 @@ from .experiments import main_grid, notebook_grid
 from .profiles import Profile
 from .runs import results_dir
 from .tables import best_cd, collect, save_table
-from .tuning import tune_all, tuning_table
+from .tuning import read_once, tune_all, tuning_table
 
 
 def main_runs(
@@ -67,10 +67,11 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     the folder, for `runs.read_table(f"{folder}/claims")`."""
     folder = folder or p.name
     out = results_dir(results) / folder
-    for name, df in recorded_tables(p, results).items():
-        save_table(df, name, out)
-    off = dataclasses.replace(p, execution=Execution(train=False))
-    tuning_runs, choices = tune_all(off, results, progress=False)
+    with read_once():  # each cell's tuning read once, not once per table
+        for name, df in recorded_tables(p, results).items():
+            save_table(df, name, out)
+        off = dataclasses.replace(p, execution=Execution(train=False))
+        tuning_runs, choices = tune_all(off, results, progress=False)
     save_table(tuning_runs, "00_tuning_runs", out)
     save_table(tuning_table(tuning_runs, choices), "00_tuning", out)
     save_table(report.claims(out).set_index("claim"), "claims", out)
