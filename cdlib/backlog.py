@@ -55,7 +55,7 @@ from .tables import Pending
 TIERS = {"00_tuning": 0, "02_teachers": 0, "03_main": 0, "04_sampling": 0, "06_student_size": 1}
 TIERS["07_sensitivity"] = 2
 # the runs one step past a tuning grid's edge where a cell's choice lies on it (`tuning.edge_check`:
-# does the grid bracket the choice?): outside the profile's grid, in the first tier, after the claims
+# does the grid bracket the choice?): outside the profile's grid, in the first tier
 TIERS["00_edges"] = 0
 FIRST_TIER_LABELS = {"06_student_size": ("BACD",)}
 # a run two tables of one tier name is counted in the first of this order, as `plan.profile_runs`

@@ -396,7 +396,7 @@ def _edge_section(results=None) -> list[str]:
     text = (
         f"Of these choices, {len(edges)} settings lie at an edge of their grid. For each, the stage's point one "
         "step past the edge (the grid's own progression, on the tuning seeds, at the earlier stages' "
-        "choices; trained by the backlog after the cell's claims) tells whether the grid brackets it "
+        "choices; trained by the backlog in its first tier) tells whether the grid brackets it "
         f"(`tuning.edge_check`): of the {len(done)} recorded, validation NDCG@10 still rises past "
         f"{len(rises)}"
     )
