@@ -135,15 +135,16 @@ def tune(
     # the profile less what `Profile.scoped` and planning change, which no tuning reads
     unscoped = dataclasses.replace(p, datasets=[], seeds=[], scope={}, presume=None, cost="")
     memo = (repr(unscoped), dataset, backbone, str(results))
-    if _READ is not None and not p.execution.train and memo in _READ:
-        runs_df, choice = _READ[memo]
+    kept = _READ if _READ is not None and not p.execution.train else None  # never a training one
+    if kept is not None and memo in kept:
+        runs_df, choice = kept[memo]
         return runs_df.copy(), _copy_choice(choice)
     walked, choice = _walk(p, dataset, backbone, results, p.execution, progress)
     frames = [df.assign(stage=stage) for stage, _, df in walked]
     runs_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     choice = choice if len(choice) == len(tuning_stages(p)) else None
-    if _READ is not None and not p.execution.train:
-        _READ[memo] = (runs_df.copy(), _copy_choice(choice))
+    if kept is not None:
+        kept[memo] = (runs_df.copy(), _copy_choice(choice))
     return runs_df, choice
 
 
@@ -287,9 +288,9 @@ def edge_check(p: Profile, results=None, progress: bool = True) -> pd.DataFrame:
     columns += ["past the edge", f"valid {TUNE_METRIC}, past", "recorded", "past - chosen %"]
     columns += ["past better"]
     rows = []
+    off = dataclasses.replace(p, execution=Execution(train=False))
     for d in p.tuning_datasets():
         for b in p.backbones:
-            off = dataclasses.replace(p, execution=Execution(train=False))
             df, choice = tune(off, d, b, results, False)
             if choice is None:
                 continue
