@@ -1,4 +1,4 @@
-"""Provenance: which commit a record names, and when it calls the tree dirty."""
+"""Run records: which commit a record names, when it calls the tree dirty, and reading them back."""
 
 import subprocess
 
@@ -71,3 +71,17 @@ def test_a_run_costs_its_cpu_time_else_its_wall_time_less_paused_epochs():
     share = runs.run_seconds({**gpu, "timing": timing, "curve": curve15})
     assert share == pytest.approx((1100.0 - 999.0) / 15) and share > 0
     assert np.isnan(runs.run_seconds({}))
+
+
+def test_all_records_reads_the_folder_again_once_a_file_in_it_changes(tmp_path):
+    runs.write_record({"key": "a", "x": 1}, tmp_path)
+    runs.write_record({"key": "b", "x": 2}, tmp_path)
+    first = runs.all_records(tmp_path)
+    assert [r["x"] for r in first] == [1, 2]
+    assert runs.all_records(tmp_path)[0] is first[0]  # kept: not read again
+    runs.write_record({"key": "a", "x": 10}, tmp_path)  # rewritten (a new file: atomic)
+    assert [r["x"] for r in runs.all_records(tmp_path)] == [10, 2]
+    runs.write_record({"key": "c", "x": 3}, tmp_path)
+    (tmp_path / "runs" / "b.json").unlink()
+    assert [r["x"] for r in runs.all_records(tmp_path)] == [10, 3]
+    assert runs.all_records(tmp_path / "none") == []
