@@ -6,7 +6,7 @@ the minimum detectable effect at 80% power for that cell's seed variance and a g
 statsmodels' TTestPower). Across cells: the random-effects pooled estimate (`pooled`:
 DerSimonian and Laird, statsmodels' `combine_effects`) with its interval and heterogeneity (I²,
 tau²), and a verdict from it (`verdict`); where the pooled interval lies against the paper's range
-(`against_range`).
+(`against_range`); whether that verdict rests on any one cell (`without_each`).
 """
 
 from __future__ import annotations
@@ -146,6 +146,23 @@ def pooled(effects, variances, seeds=None) -> dict:
         "ci_low_hk": float(row.eff) - half,
         "ci_high_hk": float(row.eff) + half,
     }
+
+
+def without_each(effects, variances, seeds=None) -> list[dict | None]:
+    """The leave-one-out check of `pooled` (Viechtbauer and Cheung 2010's influence analysis, its
+    first step): for each cell, the pooled estimate of the others (`pooled` on them, with their
+    seeds); None for a cell `pooled` leaves out (no variance) and where no other cell is left."""
+    e, v = np.asarray(effects, dtype=float), np.asarray(variances, dtype=float)
+    n = None if seeds is None else np.asarray(seeds, dtype=float)
+    usable = np.isfinite(e) & np.isfinite(v) & (v > 0)
+    out = []
+    for i in range(len(e)):
+        rest = np.arange(len(e)) != i
+        if not usable[i] or not usable[rest].any():
+            out.append(None)
+            continue
+        out.append(pooled(e[rest], v[rest], None if n is None else n[rest]))
+    return out
 
 
 def verdict(pool: dict, lower: float | None = None, held: int = 0, tested: int = 0) -> str:

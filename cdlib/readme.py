@@ -82,7 +82,9 @@ def _verdicts(claims) -> list[str]:
         "Hartung-Knapp interval of the same estimate (t on cells - 1 degrees of freedom, never narrower "
         "than the random-effects variance), with the verdict it gives where that differs: with 2 to 10 "
         "cells whose variances rest on 3 to 5 seeds the normal interval is too narrow, so a verdict "
-        "that flips under Hartung-Knapp is fragile. The gap recovered is a ratio of means over seeds "
+        "that flips under Hartung-Knapp is fragile; and whether the verdict rests on one cell: the "
+        "cells without which it would change, and to what (the pool of the other cells, "
+        "`effects.without_each`). The gap recovered is a ratio of means over seeds "
         "with a delta-method interval. Claim 3's primary comparison is the CD configuration the tuning "
         "stage chose (its rows name it, `report.primary_cd`) against RD; CD-best, the best of three "
         "guides chosen on validation, is a maximum over guides and only a secondary row. In the paper "
@@ -94,8 +96,9 @@ def _verdicts(claims) -> list[str]:
         "not a measurable claim, and has no row.",
         "",
         "At a glance (`sentences.at_a_glance`): the pooled effect and 95% interval per protocol, the "
-        "verdict (fragile where the Hartung-Knapp interval gives another; where the paper's claimed "
-        "range lies wholly above or below the interval, that is said), and the cells where the claim "
+        "verdict (fragile where the Hartung-Knapp interval gives another; the cells without which it "
+        "would change, named, or counted where more than two change it alike; where the paper's "
+        "claimed range lies wholly above or below the interval, that is said), and the cells where the claim "
         "held on its own after Holm, of the cells with two seeds or more.",
         "",
         markdown(sentences.at_a_glance(claims)),

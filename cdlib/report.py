@@ -68,6 +68,7 @@ PER_PROTOCOL = [
     "CI low HK",
     "CI high HK",
     "verdict HK",
+    "changes without one cell",
 ]
 CLAIM_COLUMNS = [
     "claim",
@@ -135,7 +136,8 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
     Holm-adjusted p over the claim's cells, the minimum detectable effect at 80% power at Holm's
     strictest level (alpha / tested cells) for that cell's seed variance, and `held` (adjusted
     p < alpha, effect > 0); then one pooled row per protocol (`effects.pooled`, random effects)
-    with its verdict and, for a claim with a range, where the paper's range stands."""
+    with its verdict, the cells without which that verdict would change (`_changes_without_one`)
+    and, for a claim with a range, where the paper's range stands."""
     rows = [{"claim": claim, **r} for r in _cells(ok, effect)]
     if not rows:
         return rows
@@ -167,6 +169,11 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
             n,
         )
         held = sum(bool(r[f"held ({proto})"]) for r in rows)
+        drops = effects.without_each(
+            [r.get(f"effect ({proto})", np.nan) for r in rows],
+            [r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)],
+            n,
+        )
         pool_row.update(
             {
                 f"effect % ({proto})": pool["effect"],
@@ -185,6 +192,7 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
                 )
                 if pool["cells"] > 1
                 else None,
+                f"changes without one cell ({proto})": _changes_without_one(pool, drops, rows, lo),
             }
         )
         if paper_range:
@@ -196,6 +204,22 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
     )
     paper = f"{lo}-{hi}%" if paper_range else "better"
     return [{**r, "paper": paper} for r in rows] + [{**pool_row, "paper": paper}]
+
+
+def _changes_without_one(pool: dict, drops: list, rows: list[dict], lower) -> str | None:
+    """The cells without which the pooled verdict's kind changes (`effects.without_each`), each as
+    "dataset/backbone: the kind without it", joined by "; "; "" where none does; None below two
+    cells."""
+    if pool["cells"] < 2:
+        return None
+    kind = effects.verdict_kind(effects.verdict(pool, lower))
+    changed = []
+    for r, d in zip(rows, drops):
+        if d is not None:
+            k = effects.verdict_kind(effects.verdict(d, lower))
+            if k != kind:
+                changed.append(f"{r['dataset']}/{r['backbone']}: {k}")
+    return "; ".join(changed)
 
 
 def _measured(r: dict, proto: str) -> str:

@@ -80,7 +80,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             if lower is not None:
                 mde = cells[f"MDE % ({proto})"]
                 text += f"; {int((mde <= lower).sum())} of {int(mde.notna().sum())} cells could see a {lower:g}% gain"
-            text += _hartung_knapp(r, proto)
+            text += _hartung_knapp(r, proto) + _without_one(r, proto)
             parts.append(text)
         out.append(
             f"**{claim}** (paper: {paper}). " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
@@ -91,8 +91,9 @@ def verdicts(table: pd.DataFrame) -> list[str]:
 def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     """One row per claim with a pooled row (the claims table, `report.claims`): what the paper says,
     and per protocol the pooled effect with its 95% interval, the verdict's kind (`effects.verdict_kind`;
-    "fragile" where the Hartung-Knapp interval gives another kind; where the paper's claimed range
-    and the interval do not overlap, on which side it lies) and the cells where it held after
+    "fragile" where the Hartung-Knapp interval gives another kind; the cells without which it would
+    change, and to what (`report._changes_without_one`); where the paper's claimed range and the
+    interval do not overlap, on which side it lies) and the cells where it held after
     Holm, of the cells tested (two seeds or more). The bullets of `verdicts` give the reasons."""
     rows = []
     for claim, r, cells in _pooled_claims(table):
@@ -111,6 +112,8 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
             hk = r.get(f"verdict HK ({proto})")
             if isinstance(hk, str) and effects.verdict_kind(hk) != kind:
                 kind += f" (fragile: {effects.verdict_kind(hk)} under Hartung-Knapp)"
+            if _changes(r, proto):
+                kind += f"; {_changes(r, proto)}"
             if r.get(f"paper range is ({proto})") in ("above", "below"):  # no overlap
                 kind += f"; the paper's range lies {r[f'paper range is ({proto})']} the interval"
             tested = cells[f"p ({proto})"].notna()  # a cell of one seed has no test
@@ -125,6 +128,35 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
             )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _changes(r, proto: str, named: int = 2) -> str:
+    """The pooled row's cells without which its verdict changes, per kind it changes to: "inconclusive
+    without ml-1m/neumf or yelp/cdae", or where more than `named` cells change it alike, "inconclusive
+    without any one of 6 of its 7 cells"; "" where none does (or the table predates the check)."""
+    text = r.get(f"changes without one cell ({proto})")
+    if not isinstance(text, str) or not text:
+        return ""
+    by_kind: dict = {}
+    for part in text.split("; "):
+        cell, kind = part.rsplit(": ", 1)
+        by_kind.setdefault(kind, []).append(cell)
+    return ", ".join(
+        f"{kind} without {' or '.join(cells)}"
+        if len(cells) <= named
+        else f"{kind} without any one of {len(cells)} of its {int(r[f'cells ({proto})'])} cells"
+        for kind, cells in by_kind.items()
+    )
+
+
+def _without_one(r, proto: str) -> str:
+    """The leave-one-cell-out check of a pooled row in words (`report._changes_without_one`)."""
+    text = r.get(f"changes without one cell ({proto})")
+    if not isinstance(text, str):  # one cell, or a table from before the check
+        return ""
+    if not text:
+        return "; left out one cell at a time, the verdict stands each time"
+    return f"; left out one cell at a time, the verdict changes without {text}"
 
 
 def _hartung_knapp(r, proto: str) -> str:

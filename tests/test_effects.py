@@ -133,3 +133,16 @@ def test_verdicts_and_where_the_paper_range_lies():
     assert effects.against_range(pool(-1.0, 40.0), (2.7, 29.1)) == "inside"
     assert effects.against_range(pool(5.0, 10.0), (2.7, 29.1)) == "around"
     assert effects.against_range(pool(-1.0, 10.0), (2.7, 29.1)) == "overlapping"
+
+
+def test_without_each_pools_the_other_cells_and_skips_cells_without_a_variance():
+    e, v, n = [3.0, 1.0, -2.0, 5.0], [0.5, 0.2, 1.0, np.nan], [5, 5, 3, 1]
+    got = effects.without_each(e, v, n)
+    assert got[3] is None  # no variance: `pooled` leaves it out, so leaving it out changes nothing
+    for i in range(3):  # the definition: `pooled` on the other cells, with their seeds
+        rest = [j for j in range(4) if j != i]
+        want = effects.pooled([e[j] for j in rest], [v[j] for j in rest], [n[j] for j in rest])
+        assert got[i] == pytest.approx(want, nan_ok=True)
+    two = effects.without_each([3.0, 1.0], [0.5, 0.2], [5, 3])  # what is left is one cell alone
+    assert two[0] == pytest.approx(effects.pooled([1.0], [0.2], [3]), nan_ok=True)
+    assert effects.without_each([3.0], [0.5]) == [None]

@@ -183,6 +183,21 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
         {"ci_low": pool["ci_low_hk"], "ci_high": pool["ci_high_hk"]}, 2.7
     )
     assert hr.loc["pooled", "verdict (sampled)"] == effects.verdict(pool, 2.7, 1, 3)  # 1 of 3 held
+    # leave one cell out: the cells without which the verdict's kind changes, and to what
+    kind = effects.verdict_kind(effects.verdict(pool, 2.7))
+    changes = []
+    for d in cds:
+        rest = [x for o, x in rel.items() if o != d]
+        k = effects.verdict_kind(
+            effects.verdict(
+                effects.pooled([x.mean() for x in rest], [x.var(ddof=1) / 4 for x in rest], [4, 4]),
+                2.7,
+            )
+        )
+        if k != kind:
+            changes.append(f"{d}/cdae: {k}")
+    assert changes  # without cell a, the clear one, the claim is no longer held
+    assert hr.loc["pooled", "changes without one cell (sampled)"] == "; ".join(changes)
     assert hr.loc["pooled", "paper range is (sampled)"] == effects.against_range(pool, (2.7, 33.2))
     close = c[c.claim == "4. CD student comes close to the teacher (description)"].set_index(
         "dataset"

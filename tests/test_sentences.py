@@ -123,3 +123,47 @@ def test_at_a_glance_gives_each_claim_s_verdict_kind_and_cells_held_per_protocol
     table.loc[3, "cells (full)"] = float("nan")  # no cell with two seeds: nothing pooled
     assert sentences.at_a_glance(table).iloc[0]["full"] == "no pooled estimate"
     assert sentences.at_a_glance(table[table.dataset != "pooled"]).empty
+
+
+def test_a_verdict_that_rests_on_one_cell_names_it_and_many_such_cells_are_counted():
+    r = {
+        "cells (sampled)": 7,
+        "changes without one cell (sampled)": "ml-1m/neumf: inconclusive; yelp/cdae: does not hold",
+    }
+    assert sentences._changes(r, "sampled") == (
+        "inconclusive without ml-1m/neumf, does not hold without yelp/cdae"
+    )
+    assert sentences._without_one(r, "sampled") == (
+        "; left out one cell at a time, the verdict changes without ml-1m/neumf: inconclusive; "
+        "yelp/cdae: does not hold"
+    )
+    r["changes without one cell (sampled)"] = "; ".join(
+        f"c{i}/cdae: inconclusive" for i in range(3)
+    )
+    assert sentences._changes(r, "sampled") == "inconclusive without any one of 3 of its 7 cells"
+    r["changes without one cell (sampled)"] = ""  # checked: none changes it
+    assert sentences._changes(r, "sampled") == ""
+    assert sentences._without_one(r, "sampled") == (
+        "; left out one cell at a time, the verdict stands each time"
+    )
+    r["changes without one cell (sampled)"] = float("nan")  # one cell, or a table from before
+    assert sentences._changes(r, "sampled") == sentences._without_one(r, "sampled") == ""
+    table = pd.DataFrame(  # in the glance, beside the verdict's kind
+        [
+            {"claim": "4. x", "dataset": "a", "paper": "better", "p (sampled)": 0.01},
+            {
+                "claim": "4. x",
+                "dataset": "pooled",
+                "paper": "better",
+                "effect % (sampled)": 2.0,
+                "CI low (sampled)": 1.0,
+                "CI high (sampled)": 3.0,
+                "verdict (sampled)": "holds overall; holds in 0 of 1 cells",
+                "cells (sampled)": 2,
+                "changes without one cell (sampled)": "a/cdae: inconclusive",
+            },
+        ]
+    )
+    table["held (sampled)"] = False
+    g = sentences.at_a_glance(table).iloc[0]
+    assert g["sampled: verdict"] == "holds; inconclusive without a/cdae"
