@@ -208,8 +208,8 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
 
 def _changes_without_one(pool: dict, drops: list, rows: list[dict], lower) -> str | None:
     """The cells without which the pooled verdict's kind changes (`effects.without_each`), each as
-    "dataset/backbone: the kind without it", joined by "; "; "" where none does; None below two
-    cells."""
+    "dataset/backbone: the kind without it", joined by "; "; "no cell" where none does (an empty cell
+    would read back from the CSV as missing); None below two cells."""
     if pool["cells"] < 2:
         return None
     kind = effects.verdict_kind(effects.verdict(pool, lower))
@@ -219,7 +219,7 @@ def _changes_without_one(pool: dict, drops: list, rows: list[dict], lower) -> st
             k = effects.verdict_kind(effects.verdict(d, lower))
             if k != kind:
                 changed.append(f"{r['dataset']}/{r['backbone']}: {k}")
-    return "; ".join(changed)
+    return "; ".join(changed) or "no cell"
 
 
 def _measured(r: dict, proto: str) -> str:

@@ -133,9 +133,9 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
 def _changes(r, proto: str, named: int = 2) -> str:
     """The pooled row's cells without which its verdict changes, per kind it changes to: "inconclusive
     without ml-1m/neumf or yelp/cdae", or where more than `named` cells change it alike, "inconclusive
-    without any one of 6 of its 7 cells"; "" where none does (or the table predates the check)."""
+    without any one of 6 of its 7 cells"; "" where none does ("no cell") or the table predates the check."""
     text = r.get(f"changes without one cell ({proto})")
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str) or text == "no cell":
         return ""
     by_kind: dict = {}
     for part in text.split("; "):
@@ -154,7 +154,7 @@ def _without_one(r, proto: str) -> str:
     text = r.get(f"changes without one cell ({proto})")
     if not isinstance(text, str):  # one cell, or a table from before the check
         return ""
-    if not text:
+    if text == "no cell":
         return "; left out one cell at a time, the verdict stands each time"
     return f"; left out one cell at a time, the verdict changes without {text}"
 

@@ -198,6 +198,18 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
             changes.append(f"{d}/cdae: {k}")
     assert changes  # without cell a, the clear one, the claim is no longer held
     assert hr.loc["pooled", "changes without one cell (sampled)"] == "; ".join(changes)
+    # a verdict that stands without each cell says so, and still does once the CSV is read back
+    alike = [{"dataset": d, "backbone": "cdae"} for d in "xyz"]
+    pool3 = effects.pooled([3.0, 3.2, 2.9], [0.1, 0.1, 0.1])
+    drops = effects.without_each([3.0, 3.2, 2.9], [0.1, 0.1, 0.1])
+    assert report._changes_without_one(pool3, drops, alike, 2.7) == "no cell"
+    c.loc[c.dataset == "pooled", "changes without one cell (full)"] = "no cell"
+    tables.save_table(c.set_index("claim"), "claims", tmp_path)  # as the notebooks save it
+    back = runs.read_table("claims", tmp_path)
+    assert (
+        back.loc[back.dataset == "pooled", "changes without one cell (full)"] == "no cell"
+    ).all()
+    assert "the verdict stands each time" in sentences.verdicts(back)[0]
     assert hr.loc["pooled", "paper range is (sampled)"] == effects.against_range(pool, (2.7, 33.2))
     close = c[c.claim == "4. CD student comes close to the teacher (description)"].set_index(
         "dataset"
