@@ -100,10 +100,11 @@ def test_ml100k_split_by_timestamp(ml100k):
         assert ml100k.item_ids[ml100k.valid_item[idx]] == rows.i[order[-2]]
 
 
-def test_seeded_split_is_deterministic():
+def test_seeded_split_is_deterministic(all_datasets):
+    # (a load of its own beside the module's: the same seed, the same split and negatives)
     a, b, c = (
-        data.load("amazon-music", seed=0),
-        data.load("citeulike-t", seed=0),
+        all_datasets["amazon-music"],
+        all_datasets["citeulike-t"],
         data.load("citeulike-t", seed=0),
     )
     assert (b.test_item == c.test_item).all() and (b.negatives == c.negatives).all()
