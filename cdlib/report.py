@@ -163,17 +163,13 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
             r[f"in paper range ({proto})"] = (
                 bool(lo <= e <= hi) if paper_range and np.isfinite(e) else None
             )
-        pool = effects.pooled(
-            [r.get(f"effect ({proto})", np.nan) for r in rows],
-            [r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)],
-            n,
-        )
+        cell_effects = [r.get(f"effect ({proto})", np.nan) for r in rows]
+        cell_variances = [
+            r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)
+        ]
+        pool = effects.pooled(cell_effects, cell_variances, n)
         held = sum(bool(r[f"held ({proto})"]) for r in rows)
-        drops = effects.without_each(
-            [r.get(f"effect ({proto})", np.nan) for r in rows],
-            [r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)],
-            n,
-        )
+        drops = effects.without_each(cell_effects, cell_variances, n)
         pool_row.update(
             {
                 f"effect % ({proto})": pool["effect"],

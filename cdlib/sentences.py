@@ -112,8 +112,8 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
             hk = r.get(f"verdict HK ({proto})")
             if isinstance(hk, str) and effects.verdict_kind(hk) != kind:
                 kind += f" (fragile: {effects.verdict_kind(hk)} under Hartung-Knapp)"
-            if _changes(r, proto):
-                kind += f"; {_changes(r, proto)}"
+            if changes := _changes(r, proto):
+                kind += f"; {changes}"
             if r.get(f"paper range is ({proto})") in ("above", "below"):  # no overlap
                 kind += f"; the paper's range lies {r[f'paper range is ({proto})']} the interval"
             tested = cells[f"p ({proto})"].notna()  # a cell of one seed has no test
