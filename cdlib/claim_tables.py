@@ -64,7 +64,9 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     """`recorded_tables` and the claims on them (`report.claims`), and the tuning stage's runs and
     table from the records (`tuning.tune_all`, notebook 00's, for `audit.violations`), written under
     results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
-    the folder, for `runs.read_table(f"{folder}/claims")`."""
+    the folder, for `runs.read_table(f"{folder}/claims")`. Beside them, each claim's verdict under
+    the repository's own tables and under these, on the cells both tested it in
+    (`report.verdict_change`: "verdict_change")."""
     folder = folder or p.name
     out = results_dir(results) / folder
     with read_once():  # each cell's tuning read once, not once per table
@@ -75,4 +77,6 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     save_table(tuning_runs, "00_tuning_runs", out)
     save_table(tuning_table(tuning_runs, choices), "00_tuning", out)
     save_table(report.claims(out).set_index("claim"), "claims", out)
+    # beside the repository's own tables (the paper profile's): each claim before and after
+    save_table(report.verdict_change(results, out), "verdict_change", out)
     return folder

@@ -18,6 +18,7 @@ from .costs import compute, device_estimate
 from .models import default_device
 from .profiles import PROFILES
 from .readme_steps import gpu_section, refresh_tower_section, sparse_step_section
+from .report import PROTOCOLS
 from .runs import read_table
 from .tables import markdown
 from .tuning import edge_check, tuning_change
@@ -424,6 +425,7 @@ def _next_claims_section(results=None) -> list[str]:
         "",
         markdown(next_at_a_glance(results)),
         "",
+        *_verdict_change_section(results),
         "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
         "from the records alone and the claims on them, `claim_tables.save_recorded_tables` into "
         "`results/next/`; claim 3's primary arm is the CD whose guide `next`'s tuning chose):",
@@ -436,6 +438,40 @@ def _next_claims_section(results=None) -> list[str]:
         markdown(bad) if not (bad := violations(results, folder="next")).empty else "None.",
         "",
     ]
+
+
+def _verdict_change_section(results=None) -> list[str]:
+    """Each claim before (the paper profile) and after (`next`), on the cells both tested it in
+    (`report.verdict_change`, results/next/verdict_change.csv), where `next` has any."""
+    change = read_table("next/verdict_change", results)
+    if change is None or change.empty:
+        return []
+    glance = sentences.verdict_change_glance(change)
+    groups = change.groupby("cell list", sort=False).claim.apply(
+        lambda c: _numbered("claim", sorted({x.split(".")[0] for x in c}))
+    )
+    moved = {p: int(glance["kind changed on"].str.contains(p).sum()) for p in PROTOCOLS}
+    return [
+        "Each claim before (the paper profile: ml-100k and ml-1m tuned, the other datasets "
+        "borrowing ml-1m's settings, no guide stage, so its primary CD arm is CD-T) and after "
+        "(`next`), pooled over the cells both profiles have tested it in, each claim recomputed on "
+        "those cells alone so that a change comes from the protocol and its runs, not from the "
+        "cells pooled (`report.verdict_change`, `results/next/verdict_change.csv`); the cells: "
+        + "; ".join(f"{claims} on {cells}" for cells, claims in groups.items())
+        + ". The verdict's kind changed in "
+        + " and ".join(f"{n} of {len(glance)} rows on the {p} protocol" for p, n in moved.items())
+        + ":",
+        "",
+        markdown(glance),
+        "",
+    ]
+
+
+def _numbered(noun: str, items: list[str]) -> str:
+    """Numbered items in words: "claim 3", "claims 2 and 6", "claims 2, 3 and 4"."""
+    if len(items) == 1:
+        return f"{noun} {items[0]}"
+    return f"{noun}s {', '.join(items[:-1])} and {items[-1]}"
 
 
 def update_readme(results=None, readme=None) -> bool:

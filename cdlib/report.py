@@ -5,6 +5,8 @@ interval, p-values and minimum detectable effect, and a pooled estimate per clai
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -242,7 +244,16 @@ def measured_pool(r: dict, proto: str) -> str:
     )
 
 
-def claims(results=None, close: float = 0.9) -> pd.DataFrame:
+def _cell_table(name: str, results, cells) -> pd.DataFrame | None:
+    """results/<name>.csv, only its rows of `cells` ((dataset, backbone) pairs; None: every row)."""
+    t = read_table(name, results)
+    if t is None or cells is None:
+        return t
+    keep = [(d, b) in cells for d, b in zip(t.dataset, t.backbone)]
+    return t[keep].reset_index(drop=True)
+
+
+def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
     """One row per claim and dataset x backbone, the sampled and the full-ranking protocol side by
     side (`_family`): the mean paired relative difference over seeds (a seed is a whole replicate: a
     student and the teacher it was distilled from) with its 95% interval, p, Holm-adjusted p over
@@ -253,9 +264,11 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
 
     Claim 4 is measured by what discriminates: the fraction of the teacher-student gap that CD and
     RD recover, and CD against the plain student as a paired test; `close` (the CD student's NDCG@10
-    at least this fraction of its teacher's, mean of per-seed ratios) [decision] is a description."""
+    at least this fraction of its teacher's, mean of per-seed ratios) [decision] is a description.
+
+    `cells`: the (dataset, backbone) pairs to read (None: every cell of the tables)."""
     rows = []
-    main = read_table("03_main_runs", results)
+    main = _cell_table("03_main_runs", results, cells)
     if main is not None and (main.status == "ok").any():
         ok = main[main.status == "ok"]
         primary = primary_cd(ok)
@@ -311,7 +324,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                         "paper": f">= {100 * close:.0f}% [decision]",
                     }
                 )
-    eff = read_table("08_efficiency", results)
+    eff = _cell_table("08_efficiency", results, cells)
     if eff is not None:
         for (d, b, device), g in eff.groupby(["dataset", "backbone", "device"], sort=False):
             t = g[g.label == "Teacher"]
@@ -334,7 +347,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                     "paper": "smaller, faster",
                 }
             )
-    size = read_table("06_size_runs", results)
+    size = _cell_table("06_size_runs", results, cells)
     if size is not None and (size.status == "ok").any():
         ok = size[size.status == "ok"]
         for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
@@ -345,7 +358,7 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
                 "BACD vs its teacher",
                 BACD_GAIN[key],
             )
-    samp = read_table("04_sampling_runs", results)
+    samp = _cell_table("04_sampling_runs", results, cells)
     if samp is not None and (samp.status == "ok").any():
         ok = samp[samp.status == "ok"]
         for guide in sorted({lab.split("/")[1] for lab in ok.label}):
@@ -361,3 +374,71 @@ def claims(results=None, close: float = 0.9) -> pd.DataFrame:
     for proto in PROTOCOLS:
         out[f"seeds ({proto})"] = out[f"seeds ({proto})"].astype("Int64")
     return out.sort_values(["claim"], kind="stable", ignore_index=True)
+
+
+# `verdict_change`'s columns per protocol
+VERDICT_CHANGE_COLUMNS = ("before", "verdict before", "after", "verdict after", "changed")
+
+
+def by_role(claim: str) -> str:
+    """A claim's name with its primary CD arm named by its role rather than its label ("CD-T" in the
+    paper profile, "CD" in `next`, `PRIMARY_CD`): the same claim under either profile."""
+    claim = re.sub(r", primary: CD(-T)?, .*$", ", primary CD arm", claim)
+    return re.sub(r"gap recovered by CD(-T)? \(", "gap recovered by the primary CD arm (", claim)
+
+
+def _tested_cells(table: pd.DataFrame) -> dict[str, set]:
+    """{claim by role: its cells with an effect on either protocol}, for the claims with a pooled row."""
+    pooled = set(table.claim[table.dataset == "pooled"])
+    cells = table[table.claim.isin(pooled) & (table.dataset != "pooled")]
+    cells = cells[cells[[f"seeds ({p})" for p in PROTOCOLS]].notna().any(axis=1)]
+    out: dict[str, set] = {}
+    for claim, d, b in zip(cells.claim, cells.dataset, cells.backbone):
+        out.setdefault(by_role(claim), set()).add((d, b))
+    return out
+
+
+def verdict_change(before=None, after=None) -> pd.DataFrame:
+    """Each claim's pooled verdict under two sets of records (`before`, `after`: results folders,
+    the paper profile's and `next`'s, `claim_tables.save_recorded_tables`), on the cells both tested
+    it in (the claims recomputed on those cells alone, `claims(cells=...)`, so that a change comes
+    from the protocol and its runs, not from the cells pooled): per protocol the pooled effect and
+    95% interval and the verdict's kind (`effects.verdict_kind`) before and after, and whether the
+    kind changed. Claims are matched by role (`by_role`): the primary CD arm is CD-T before and CD
+    after where the profiles name them so ("arm before", "arm after")."""
+    tables = [claims(before), claims(after)]
+    tested = [_tested_cells(t) for t in tables]
+    arms = [
+        primary_cd(m[m.status == "ok"]) if m is not None and (m.status == "ok").any() else None
+        for m in (read_table("03_main_runs", r) for r in (before, after))
+    ]
+    common = {c: tested[0][c] & tested[1][c] for c in tested[0] if c in tested[1]}
+    rows = []
+    for cells in {frozenset(s) for s in common.values() if s}:
+        pooled = [
+            {by_role(r["claim"]): r for _, r in t[t.dataset == "pooled"].iterrows()}
+            for t in (claims(before, cells=cells), claims(after, cells=cells))
+        ]
+        for claim in (c for c, s in common.items() if s == cells):
+            row = {"claim": claim, "cells": len(cells)}
+            row["cell list"] = ", ".join(f"{d}/{b}" for d, b in sorted(cells))
+            if "primary CD arm" in claim:
+                row["arm before"], row["arm after"] = arms
+            for proto in PROTOCOLS:
+                kinds = []
+                for when, r in zip(("before", "after"), (p[claim] for p in pooled)):
+                    ok = r.get(f"cells ({proto})") and np.isfinite(r[f"effect % ({proto})"])
+                    row[f"{proto}: {when}"] = (
+                        f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
+                        f"{r[f'CI high ({proto})']:+.1f}]"
+                        if ok
+                        else "no pooled estimate"
+                    )
+                    kinds.append(effects.verdict_kind(r[f"verdict ({proto})"]) if ok else None)
+                    row[f"{proto}: verdict {when}"] = kinds[-1]
+                row[f"{proto}: changed"] = None if None in kinds else kinds[0] != kinds[1]
+            rows.append(row)
+    columns = ["claim", "cells", "cell list", "arm before", "arm after"]
+    columns += [f"{p}: {c}" for p in PROTOCOLS for c in VERDICT_CHANGE_COLUMNS]
+    out = pd.DataFrame(rows, columns=columns)
+    return out.sort_values("claim", kind="stable", ignore_index=True)

@@ -130,6 +130,32 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict_change_glance(change: pd.DataFrame) -> pd.DataFrame:
+    """`report.verdict_change` in one row per claim: its cells, and per protocol the verdict's kind
+    and pooled effect before and after ("inconclusive +0.3% [-2.7, +3.2] → holds +6.1% [+3.2,
+    +9.1]"), and the protocols on which the kind changed."""
+    rows = []
+    for _, r in change.iterrows():
+        row = {"claim": r["claim"], "cells": r["cells"]}
+        if isinstance(r.get("arm before"), str):
+            row["claim"] += f" ({r['arm before']} → {r['arm after']})"
+        for proto in PROTOCOLS:
+            ends = [
+                f"{r[f'{proto}: verdict {when}']} {r[f'{proto}: {when}']}"
+                if isinstance(r[f"{proto}: verdict {when}"], str)
+                else r[f"{proto}: {when}"]
+                for when in ("before", "after")
+            ]
+            row[proto] = " → ".join(ends)
+        row["kind changed on"] = ", ".join(
+            proto
+            for proto in PROTOCOLS
+            if pd.notna(r[f"{proto}: changed"]) and r[f"{proto}: changed"]
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["claim", "cells", *PROTOCOLS, "kind changed on"])
+
+
 def _changes(r, proto: str, named: int = 2) -> str:
     """The pooled row's cells without which its verdict changes, per kind it changes to: "inconclusive
     without ml-1m/neumf or yelp/cdae", or where more than `named` cells change it alike, "inconclusive

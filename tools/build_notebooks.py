@@ -480,6 +480,18 @@ print(shown.to_string(index=False) if not shown.empty else "no cell of next has 
 print(glance.to_string(index=False) if not glance.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
+        md("""Each claim before (this notebook's profile, the paper's) and after (`next`), pooled over the cells both
+have tested it in, each recomputed on those cells alone (`report.verdict_change`, written beside `next`'s claims):
+the verdict's kind and pooled effect before → after, and the protocols on which the kind changed."""),
+        code(
+            """from cdlib.runs import read_table
+change = read_table("next/verdict_change", results_dir)
+if change is None or change.empty:
+    print("no claim is tested on a cell both profiles have")
+else:
+    print(sentences.verdict_change_glance(change).to_string(index=False))""",
+            "nbval-check-output",
+        ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
