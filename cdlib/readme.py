@@ -379,7 +379,8 @@ def _tuning_change_section(results=None) -> list[str]:
             "The settings `next`'s tuning stage chose (after), beside those of the paper profile (before; "
             "tuned on ml-100k and ml-1m, the other datasets borrowing ml-1m's, validation negatives of "
             "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
-            "(`tuning.tuning_change`):",
+            '(`tuning.tuning_change`; "grid steps": how far each numeric setting moved along its '
+            "grid, sorted by value, `tuning.grid_steps`)." + _moved_sentence(change),
             "",
             markdown(change),
             "",
@@ -387,6 +388,32 @@ def _tuning_change_section(results=None) -> list[str]:
         + _edge_section(results)
         + _next_claims_section(results)
     )
+
+
+def _moved_sentence(change: pd.DataFrame) -> str:
+    """How many stage choices moved, in the cells that borrowed another dataset's tuning before and
+    in those tuned on their own, and the largest move in grid steps (`tuning.grid_steps`)."""
+    known = change[change.moved.notna()]
+    parts = []
+    for what, rows in (
+        ("that borrowed ml-1m's settings before", known[known["before tuned on"] != known.dataset]),
+        ("tuned on their own before too", known[known["before tuned on"] == known.dataset]),
+    ):
+        if rows.empty:
+            continue
+        steps = [
+            abs(int(part.rsplit(" ", 1)[1]))
+            for text in rows["grid steps"].fillna("")
+            for part in filter(None, text.split(", "))
+            if not part.endswith("off the grid")
+        ]
+        n = rows[["dataset", "backbone"]].drop_duplicates().shape[0]
+        parts.append(
+            f"in the {n} cell{'s' if n != 1 else ''} {what}, "
+            f"{int(rows.moved.astype(bool).sum())} of {len(rows)} stage choices moved"
+            + (f" (a setting by at most {max(steps)} grid steps)" if steps else "")
+        )
+    return (" " + "; ".join(parts).capitalize() + ".") if parts else ""
 
 
 def _edge_section(results=None) -> list[str]:

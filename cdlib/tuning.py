@@ -220,15 +220,32 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
     return out
 
 
+def grid_steps(grid: dict, was: dict, now: dict) -> str:
+    """How far each numeric setting of a stage's choice moved from `was` to `now`, in steps of its
+    `grid` dimension sorted by value ("lr +1, lambda_kd -2"; "" where none moved); a value not on the
+    grid is named as "off the grid"."""
+    parts = []
+    for k, v in now.items():
+        old = was.get(k)
+        if old is None or old == v or isinstance(v, (str, bool)) or k not in grid:
+            continue
+        values = sorted(grid[k])
+        if old not in values or v not in values:
+            parts.append(f"{k} off the grid")
+        else:
+            parts.append(f"{k} {values.index(v) - values.index(old):+d}")
+    return ", ".join(parts)
+
+
 def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
     """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
     ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning;
-    "after at grid edge": the settings `at_edge`), for every cell whose tuning under `after` is
-    recorded. A stage `before` does not tune shows the
+    "after at grid edge": the settings `at_edge`; "grid steps": how far each numeric setting moved,
+    `grid_steps`), for every cell whose tuning under `after` is recorded. A stage `before` does not tune shows the
     setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
     "before" is blank and "moved" NA. Reads the records; trains nothing."""
     columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
-    columns += ["after", "after at grid edge", "moved"]
+    columns += ["after", "after at grid edge", "moved", "grid steps"]
     if after.tuning is None:
         return pd.DataFrame(columns=columns)
     off = Execution(train=False)
@@ -258,6 +275,9 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
                         "after": point_label(stage, new[stage]),
                         "after at grid edge": ", ".join(at_edge(after.tuning[stage], new[stage])),
                         "moved": pd.NA if was is None else was != new[stage],
+                        "grid steps": ""
+                        if was is None
+                        else grid_steps(after.tuning[stage], was, new[stage]),
                     }
                 )
     return pd.DataFrame(rows, columns=columns)

@@ -9,7 +9,7 @@ from conftest import fake_record as _fake_record
 from conftest import fake_training as _fake_training
 
 from cdlib import experiments as ex
-from cdlib import profiles, tables, tuning
+from cdlib import profiles, readme, tables, tuning
 
 
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
@@ -153,6 +153,13 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert (t["before tuned on"] == "ml-1m").all()
     assert t.loc["Teacher", "before"] == "Teacher lr=0.001" and t.loc["Teacher", "moved"]
     assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
+    assert t.loc["Teacher", "grid steps"] == "lr +1"  # 1e-3 to 3e-3 on 1e-4, 3e-4, 1e-3, 3e-3, ...
+    assert (t.loc[~t.moved.astype(bool), "grid steps"] == "").all()
+    assert readme._moved_sentence(t.reset_index()) == (
+        " In the 1 cell that borrowed ml-1m's settings before, "
+        f"{int(t.moved.sum())} of 5 stage choices moved (a setting by at most "
+        f"{max(abs(int(x.rsplit(' ', 1)[1])) for x in t['grid steps'] if x)} grid steps)."
+    )
     assert t.loc["Teacher", "after at grid edge"] == ""  # 3e-3 is inside 3e-4 ... 1e-2
     assert (
         t.loc["RD", "after at grid edge"] == "lambda_rd"
@@ -161,6 +168,17 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert t.loc["CD guide", "before"] == "CD guide guide=teacher (fixed)"
     assert t.loc["CD guide", "after"] == "CD guide guide=teacher" and not t.loc["CD guide", "moved"]
     assert tuning.tuning_change(nxt, dataclasses.replace(paper, tuning=None), tmp_path).empty
+
+
+def test_grid_steps_counts_each_numeric_setting_s_move_along_its_sorted_grid():
+    grid = {"lambda_kd": [0.5, 0.1, 1.0], "n_distill": [10, 20], "guide": ["teacher", "student"]}
+    was = {"lambda_kd": 0.1, "n_distill": 20, "guide": "teacher"}
+    assert tuning.grid_steps(grid, was, {**was, "lambda_kd": 1.0, "n_distill": 10}) == (
+        "lambda_kd +2, n_distill -1"
+    )
+    assert tuning.grid_steps(grid, was, {**was, "guide": "student"}) == ""  # not a number
+    assert tuning.grid_steps(grid, was, dict(was)) == ""
+    assert tuning.grid_steps(grid, {**was, "lambda_kd": 0.3}, was) == "lambda_kd off the grid"
 
 
 def test_the_tuning_frontier_is_the_first_stage_not_recorded_whole(tmp_path, monkeypatch):
