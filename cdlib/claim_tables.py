@@ -9,7 +9,7 @@ import dataclasses
 
 import pandas as pd
 
-from . import ials, report
+from . import before_after, ials, report
 from .config import Execution
 from .experiments import main_grid, notebook_grid
 from .profiles import Profile
@@ -66,7 +66,8 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
     the folder, for `runs.read_table(f"{folder}/claims")`. Beside them, each claim's verdict under
     the repository's own tables and under these, on the cells both tested it in
-    (`report.verdict_change`: "verdict_change")."""
+    (`before_after.verdict_change`: "verdict_change"), and the main table's test NDCG@10 under both
+    (`before_after.main_change`: "main_change")."""
     folder = folder or p.name
     out = results_dir(results) / folder
     with read_once():  # each cell's tuning read once, not once per table
@@ -77,6 +78,8 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     save_table(tuning_runs, "00_tuning_runs", out)
     save_table(tuning_table(tuning_runs, choices), "00_tuning", out)
     save_table(report.claims(out).set_index("claim"), "claims", out)
-    # beside the repository's own tables (the paper profile's): each claim before and after
-    save_table(report.verdict_change(results, out), "verdict_change", out)
+    # beside the repository's own tables (the paper profile's): each claim and the main table
+    # before and after
+    save_table(before_after.verdict_change(results, out), "verdict_change", out)
+    save_table(before_after.main_change(results, out), "main_change", out)
     return folder

@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from . import plots, runs, sentences
+from . import before_after, plots, runs, sentences
 from .agreement import shapes_agreement
 from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, coverage_grid, profile_coverage, violations
@@ -468,8 +468,9 @@ def _next_claims_section(results=None) -> list[str]:
 
 
 def _verdict_change_section(results=None) -> list[str]:
-    """Each claim before (the paper profile) and after (`next`), on the cells both tested it in
-    (`report.verdict_change`, results/next/verdict_change.csv), where `next` has any."""
+    """Each claim and the main table before (the paper profile) and after (`next`), on the cells both
+    have (`before_after.verdict_change` and `main_change`: results/next/verdict_change.csv and
+    main_change.csv), where `next` has any."""
     change = read_table("next/verdict_change", results)
     if change is None or change.empty:
         return []
@@ -478,12 +479,13 @@ def _verdict_change_section(results=None) -> list[str]:
         lambda c: _numbered("claim", sorted({x.split(".")[0] for x in c}))
     )
     moved = {p: int(glance["kind changed on"].str.contains(p).sum()) for p in PROTOCOLS}
-    return [
+    parts = [
         "Each claim before (the paper profile: ml-100k and ml-1m tuned, the other datasets "
         "borrowing ml-1m's settings, no guide stage, so its primary CD arm is CD-T) and after "
         "(`next`), pooled over the cells both profiles have tested it in, each claim recomputed on "
         "those cells alone so that a change comes from the protocol and its runs, not from the "
-        "cells pooled (`report.verdict_change`, `results/next/verdict_change.csv`); the cells: "
+        "cells pooled (`before_after.verdict_change`, `results/next/verdict_change.csv`); the "
+        "cells: "
         + "; ".join(f"{claims} on {cells}" for cells, claims in groups.items())
         + ". The verdict's kind changed in "
         + " and ".join(f"{n} of {len(glance)} rows on the {p} protocol" for p, n in moved.items())
@@ -492,6 +494,22 @@ def _verdict_change_section(results=None) -> list[str]:
         markdown(glance),
         "",
     ]
+    main = read_table("next/main_change", results)
+    if main is None or main.empty:
+        return parts
+    for proto in PROTOCOLS:
+        parts += [
+            f"The main table's test NDCG@10 ({proto} protocol), mean over each profile's seeds, "
+            "before → after and the relative change, per cell both have "
+            "(`before_after.main_change`, `results/next/main_change.csv`; not paired: the runs of "
+            "the two profiles differ in tuning and validation negatives, their test split is one):"
+            if proto == "sampled"
+            else f"The same on the {proto} protocol:",
+            "",
+            markdown(before_after.main_glance(main, proto)),
+            "",
+        ]
+    return parts
 
 
 def _numbered(noun: str, items: list[str]) -> str:

@@ -5,8 +5,6 @@ interval, p-values and minimum detectable effect, and a pooled estimate per clai
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 
@@ -374,71 +372,3 @@ def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
     for proto in PROTOCOLS:
         out[f"seeds ({proto})"] = out[f"seeds ({proto})"].astype("Int64")
     return out.sort_values(["claim"], kind="stable", ignore_index=True)
-
-
-# `verdict_change`'s columns per protocol
-VERDICT_CHANGE_COLUMNS = ("before", "verdict before", "after", "verdict after", "changed")
-
-
-def by_role(claim: str) -> str:
-    """A claim's name with its primary CD arm named by its role rather than its label ("CD-T" in the
-    paper profile, "CD" in `next`, `PRIMARY_CD`): the same claim under either profile."""
-    claim = re.sub(r", primary: CD(-T)?, .*$", ", primary CD arm", claim)
-    return re.sub(r"gap recovered by CD(-T)? \(", "gap recovered by the primary CD arm (", claim)
-
-
-def _tested_cells(table: pd.DataFrame) -> dict[str, set]:
-    """{claim by role: its cells with an effect on either protocol}, for the claims with a pooled row."""
-    pooled = set(table.claim[table.dataset == "pooled"])
-    cells = table[table.claim.isin(pooled) & (table.dataset != "pooled")]
-    cells = cells[cells[[f"seeds ({p})" for p in PROTOCOLS]].notna().any(axis=1)]
-    out: dict[str, set] = {}
-    for claim, d, b in zip(cells.claim, cells.dataset, cells.backbone):
-        out.setdefault(by_role(claim), set()).add((d, b))
-    return out
-
-
-def verdict_change(before=None, after=None) -> pd.DataFrame:
-    """Each claim's pooled verdict under two sets of records (`before`, `after`: results folders,
-    the paper profile's and `next`'s, `claim_tables.save_recorded_tables`), on the cells both tested
-    it in (the claims recomputed on those cells alone, `claims(cells=...)`, so that a change comes
-    from the protocol and its runs, not from the cells pooled): per protocol the pooled effect and
-    95% interval and the verdict's kind (`effects.verdict_kind`) before and after, and whether the
-    kind changed. Claims are matched by role (`by_role`): the primary CD arm is CD-T before and CD
-    after where the profiles name them so ("arm before", "arm after")."""
-    tables = [claims(before), claims(after)]
-    tested = [_tested_cells(t) for t in tables]
-    arms = [
-        primary_cd(m[m.status == "ok"]) if m is not None and (m.status == "ok").any() else None
-        for m in (read_table("03_main_runs", r) for r in (before, after))
-    ]
-    common = {c: tested[0][c] & tested[1][c] for c in tested[0] if c in tested[1]}
-    rows = []
-    for cells in {frozenset(s) for s in common.values() if s}:
-        pooled = [
-            {by_role(r["claim"]): r for _, r in t[t.dataset == "pooled"].iterrows()}
-            for t in (claims(before, cells=cells), claims(after, cells=cells))
-        ]
-        for claim in (c for c, s in common.items() if s == cells):
-            row = {"claim": claim, "cells": len(cells)}
-            row["cell list"] = ", ".join(f"{d}/{b}" for d, b in sorted(cells))
-            if "primary CD arm" in claim:
-                row["arm before"], row["arm after"] = arms
-            for proto in PROTOCOLS:
-                kinds = []
-                for when, r in zip(("before", "after"), (p[claim] for p in pooled)):
-                    ok = r.get(f"cells ({proto})") and np.isfinite(r[f"effect % ({proto})"])
-                    row[f"{proto}: {when}"] = (
-                        f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
-                        f"{r[f'CI high ({proto})']:+.1f}]"
-                        if ok
-                        else "no pooled estimate"
-                    )
-                    kinds.append(effects.verdict_kind(r[f"verdict ({proto})"]) if ok else None)
-                    row[f"{proto}: verdict {when}"] = kinds[-1]
-                row[f"{proto}: changed"] = None if None in kinds else kinds[0] != kinds[1]
-            rows.append(row)
-    columns = ["claim", "cells", "cell list", "arm before", "arm after"]
-    columns += [f"{p}: {c}" for p in PROTOCOLS for c in VERDICT_CHANGE_COLUMNS]
-    out = pd.DataFrame(rows, columns=columns)
-    return out.sort_values("claim", kind="stable", ignore_index=True)

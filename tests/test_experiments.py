@@ -226,57 +226,6 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     )
 
 
-def test_verdict_change_compares_two_profiles_on_the_cells_both_tested(tmp_path):
-    """`report.verdict_change`: each claim pooled under two sets of records on the cells both
-    tested it in (here a and b: cell c is the after profile's only), matched by role (CD-T's rows
-    before, CD's after), the kind of each verdict and whether it changed; and its one-row-per-claim
-    form (`sentences.verdict_change_glance`) after a CSV round trip."""
-    rd = np.array([0.40, 0.42, 0.41, 0.43])
-    noise = {
-        "a": [1.01, 0.99, 1.0, 1.005],
-        "b": [0.99, 1.01, 1.002, 0.995],
-    }  # CD / RD, inconclusive
-    gain = {"a": [1.2, 1.22, 1.19, 1.21], "b": [1.1, 1.12, 1.11, 1.13], "c": [1.5, 1.6, 1.55, 1.5]}
-    before, after = tmp_path / "before", tmp_path / "after"
-    for folder, arm, ratios in ((before, "CD-T", noise), (after, "CD", gain)):
-        main = pd.DataFrame(
-            [
-                r
-                for d, ratio in ratios.items()
-                for r in rows("RD", list(rd), d) + rows(arm, list(rd * ratio), d)
-            ]
-        )
-        tables.save_table(tables.best_cd(main), "03_main_runs", folder)
-    change = report.verdict_change(before, after).set_index("claim")
-    row = change.loc["3. CD beats RD (NDCG@10), primary CD arm"]
-    assert (row["cells"], row["cell list"]) == (2, "a/cdae, b/cdae")  # c: after only
-    assert (row["arm before"], row["arm after"]) == ("CD-T", "CD")
-    name = "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"
-    pooled = {
-        n: report.claims(after, cells=cells).set_index(["claim", "dataset"]).loc[(name, "pooled")]
-        for n, cells in ((2, {("a", "cdae"), ("b", "cdae")}), (3, None))
-    }
-    pool = pooled[2]
-    assert pool["cells (sampled)"] == 2 and pooled[3]["cells (sampled)"] == 3
-    assert pool["effect % (sampled)"] < pooled[3]["effect % (sampled)"] - 5  # without c's +53%
-    assert row["sampled: after"].startswith(f"{pool['effect % (sampled)']:+.1f}% [")
-    assert row["sampled: verdict after"] == effects.verdict_kind(pool["verdict (sampled)"])
-    assert row["sampled: verdict before"] == "does not hold"  # excludes the paper's 2.7%
-    assert row["sampled: verdict after"] == "holds" and bool(row["sampled: changed"])
-    # CD-best (of CD-T, CD-S, CD-H) is before's only: a claim one profile lacks has no row
-    assert not change.index.str.contains("CD-best").any()
-    assert change["arm before"].notna().equals(change.index.to_series().str.contains("primary"))
-    assert report.by_role("4. gap recovered by CD-T (% of teacher - student, HR@10)") == (
-        "4. gap recovered by the primary CD arm (% of teacher - student, HR@10)"
-    )
-    tables.save_table(change.reset_index(), "verdict_change", after)
-    glance = sentences.verdict_change_glance(runs.read_table("verdict_change", after))
-    g = glance.set_index("claim").loc["3. CD beats RD (NDCG@10), primary CD arm (CD-T → CD)"]
-    assert g["sampled"].startswith("does not hold ") and " → holds +" in g["sampled"]
-    assert g["kind changed on"].startswith("sampled")
-    assert report.verdict_change(before, tmp_path / "nothing").empty  # no records: no rows
-
-
 def test_claims_bacd_and_sampling_use_paired_seeds(tmp_path):
     teacher, bacd = [0.60, 0.62, 0.61], [0.63, 0.64, 0.65]
     tables.save_table(

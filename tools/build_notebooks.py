@@ -481,15 +481,21 @@ print(glance.to_string(index=False) if not glance.empty else "no cell of next ha
             "nbval-check-output",
         ),
         md("""Each claim before (this notebook's profile, the paper's) and after (`next`), pooled over the cells both
-have tested it in, each recomputed on those cells alone (`report.verdict_change`, written beside `next`'s claims):
-the verdict's kind and pooled effect before → after, and the protocols on which the kind changed."""),
+have tested it in, each recomputed on those cells alone (`before_after.verdict_change`, written beside `next`'s
+claims): the verdict's kind and pooled effect before → after, and the protocols on which the kind changed. Then
+the main table's test NDCG@10 on both protocols, before → after, per cell both have (`before_after.main_change`)."""),
         code(
-            """from cdlib.runs import read_table
+            """from cdlib import before_after
+from cdlib.runs import read_table
 change = read_table("next/verdict_change", results_dir)
 if change is None or change.empty:
     print("no claim is tested on a cell both profiles have")
 else:
-    print(sentences.verdict_change_glance(change).to_string(index=False))""",
+    print(sentences.verdict_change_glance(change).to_string(index=False))
+main_change = read_table("next/main_change", results_dir)
+for proto in ("sampled", "full") if main_change is not None and not main_change.empty else ():
+    print(f"\\nNDCG@10, {proto} protocol")
+    print(before_after.main_glance(main_change, proto).to_string(index=False))""",
             "nbval-check-output",
         ),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
