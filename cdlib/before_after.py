@@ -15,77 +15,100 @@ from .effects import verdict_kind
 from .report import PROTOCOLS
 from .runs import read_table
 
+PRIMARY = "primary CD arm"  # the role of claim 3's primary arm, whatever its label (`by_role`)
 # `verdict_change`'s columns per protocol
-VERDICT_CHANGE_COLUMNS = ("before", "verdict before", "after", "verdict after", "changed")
+VERDICT_CHANGE_COLUMNS = ("cells", "cell list")
+VERDICT_CHANGE_COLUMNS += tuple(
+    f"{c} {when}" for when in ("before", "after") for c in ("pooled", "verdict", "verdict HK")
+)
+VERDICT_CHANGE_COLUMNS += ("changed",)
 
 
 def by_role(claim: str) -> str:
     """A claim's name with its primary CD arm named by its role rather than its label ("CD-T" in the
-    paper profile, "CD" in `next`, `PRIMARY_CD`): the same claim under either profile."""
-    claim = re.sub(r", primary: CD(-T)?, .*$", ", primary CD arm", claim)
-    return re.sub(r"gap recovered by CD(-T)? \(", "gap recovered by the primary CD arm (", claim)
+    paper profile, "CD" in `next`, `report.PRIMARY_CD`): the same claim under either profile."""
+    claim = re.sub(r", primary: CD(-T)?, .*$", f", {PRIMARY}", claim)
+    claim = re.sub(
+        r"^4\. CD beats the plain student", f"4. the {PRIMARY} beats the plain student", claim
+    )
+    return re.sub(r"gap recovered by CD(-T)? \(", f"gap recovered by the {PRIMARY} (", claim)
 
 
-def _tested_cells(table: pd.DataFrame) -> dict[str, set]:
-    """{claim by role: its cells with an effect on either protocol}, for the claims with a pooled row."""
+def _pooled_cells(table: pd.DataFrame) -> dict[tuple[str, str], set]:
+    """{(claim by role, protocol): the cells its pool uses on that protocol}, for the claims of a
+    claims table with a pooled row: those with a finite effect and a finite, positive variance
+    (`effects._with_variance`; from the table, an interval of positive width). A cell of one seed,
+    or whose gap recovered is undefined, is not pooled."""
     pooled = set(table.claim[table.dataset == "pooled"])
     cells = table[table.claim.isin(pooled) & (table.dataset != "pooled")]
-    cells = cells[cells[[f"seeds ({p})" for p in PROTOCOLS]].notna().any(axis=1)]
-    out: dict[str, set] = {}
-    for claim, d, b in zip(cells.claim, cells.dataset, cells.backbone):
-        out.setdefault(by_role(claim), set()).add((d, b))
+    out: dict[tuple[str, str], set] = {}
+    for proto in PROTOCOLS:
+        e, lo, hi = (
+            cells[f"{c} ({proto})"].astype(float).to_numpy()
+            for c in ("effect %", "CI low", "CI high")
+        )
+        ok = np.isfinite(e) & np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+        for claim, d, b in zip(cells.claim[ok], cells.dataset[ok], cells.backbone[ok]):
+            out.setdefault((by_role(claim), proto), set()).add((d, b))
     return out
 
 
 def verdict_change(before=None, after=None) -> pd.DataFrame:
     """Each claim's pooled verdict under two sets of records (`before`, `after`: results folders,
-    the paper profile's and `next`'s, `claim_tables.save_recorded_tables`), on the cells both tested
-    it in (the claims recomputed on those cells alone, `report.claims(cells=...)`, so that a change comes
-    from the protocol and its runs, not from the cells pooled): per protocol the pooled effect and
-    95% interval and the verdict's kind (`verdict_kind`) before and after, and whether the
-    kind changed. Claims are matched by role (`by_role`): the primary CD arm is CD-T before and CD
-    after where the profiles name them so ("arm before", "arm after")."""
-    tables = [report.claims(before), report.claims(after)]
-    tested = [_tested_cells(t) for t in tables]
+    the paper profile's and `next`'s, `claim_tables.save_recorded_tables`), per protocol on the cells
+    both profiles' pools of it use there (`_pooled_cells`), the claims recomputed on those cells
+    alone (`report.claims(cells=...)`): the pooled effect and 95% interval, the verdict's kind
+    (`verdict_kind`) and its kind under the Hartung-Knapp interval ("verdict HK"; None below two
+    cells), before and after, and whether the kind changed. The same cells, not the same runs: the
+    profiles differ in tuning, validation negatives and seeds (3 or 5 per cell), so a kind that
+    changes is not a test that the two estimates differ, and part of a change can be power. Claims
+    are matched by role (`by_role`); "arm before" and "arm after" name the primary CD arm of the
+    claims that use it (CD-T before, CD after)."""
+    tested = [_pooled_cells(report.claims(r)) for r in (before, after)]
     arms = [
         report.primary_cd(m[m.status == "ok"])
         if m is not None and (m.status == "ok").any()
         else None
         for m in (read_table("03_main_runs", r) for r in (before, after))
     ]
-    common = {c: tested[0][c] & tested[1][c] for c in tested[0] if c in tested[1]}
-    rows = []
+    common = {k: tested[0][k] & tested[1][k] for k in tested[0] if k in tested[1]}
+    pools = {}  # cells: ({claim by role: pooled row} before, after)
     for cells in {frozenset(s) for s in common.values() if s}:
-        pooled = [
+        pools[cells] = [
             {by_role(r["claim"]): r for _, r in t[t.dataset == "pooled"].iterrows()}
             for t in (report.claims(before, cells=cells), report.claims(after, cells=cells))
         ]
-        for claim in (c for c, s in common.items() if s == cells):
-            row = {"claim": claim, "cells": len(cells)}
-            row["cell list"] = ", ".join(f"{d}/{b}" for d, b in sorted(cells))
-            if "primary CD arm" in claim:
-                row["arm before"], row["arm after"] = arms
-            for proto in PROTOCOLS:
-                kinds = []
-                for when, r in zip(("before", "after"), (p[claim] for p in pooled)):
-                    ok = r.get(f"cells ({proto})") and np.isfinite(r[f"effect % ({proto})"])
-                    row[f"{proto}: {when}"] = (
-                        f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
-                        f"{r[f'CI high ({proto})']:+.1f}]"
-                        if ok
-                        else "no pooled estimate"
-                    )
-                    kinds.append(verdict_kind(r[f"verdict ({proto})"]) if ok else None)
-                    row[f"{proto}: verdict {when}"] = kinds[-1]
-                row[f"{proto}: changed"] = None if None in kinds else kinds[0] != kinds[1]
-            rows.append(row)
-    columns = ["claim", "cells", "cell list", "arm before", "arm after"]
+    rows = []
+    for claim in sorted({c for c, _ in common}):
+        row = {"claim": claim}
+        if PRIMARY in claim:
+            row["arm before"], row["arm after"] = arms
+        for proto in PROTOCOLS:
+            cells = frozenset(common.get((claim, proto), ()))
+            row[f"{proto}: cells"] = len(cells)
+            row[f"{proto}: cell list"] = ", ".join(f"{d}/{b}" for d, b in sorted(cells))
+            if not cells:  # no cell both pool on this protocol
+                row[f"{proto}: changed"] = None
+                continue
+            kinds = []
+            for when, r in zip(("before", "after"), (p[claim] for p in pools[cells])):
+                hk = r[f"verdict HK ({proto})"]
+                row[f"{proto}: pooled {when}"] = (
+                    f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
+                    f"{r[f'CI high ({proto})']:+.1f}]"
+                )
+                row[f"{proto}: verdict {when}"] = verdict_kind(r[f"verdict ({proto})"])
+                row[f"{proto}: verdict HK {when}"] = (
+                    verdict_kind(hk) if isinstance(hk, str) else None
+                )
+                kinds.append(row[f"{proto}: verdict {when}"])
+            row[f"{proto}: changed"] = kinds[0] != kinds[1]
+        rows.append(row)
+    columns = ["claim", "arm before", "arm after"]
     columns += [f"{p}: {c}" for p in PROTOCOLS for c in VERDICT_CHANGE_COLUMNS]
-    out = pd.DataFrame(rows, columns=columns)
-    return out.sort_values("claim", kind="stable", ignore_index=True)
+    return pd.DataFrame(rows, columns=columns)
 
 
-PRIMARY = "primary CD arm"  # the role of claim 3's primary arm, whatever its label (`by_role`)
 MAIN_ROLES = ("Teacher", "Student", "RD", PRIMARY, "CD-best")
 
 
@@ -147,6 +170,10 @@ def main_glance(change: pd.DataFrame, protocol: str = "sampled") -> pd.DataFrame
     for (d, b), g in change.groupby(["dataset", "backbone"], sort=False):
         row = {"dataset": d, "backbone": b}
         for _, r in g.iterrows():
+            if pd.isna(r[f"{metric} before ({protocol})"]) or pd.isna(
+                r[f"{metric} after ({protocol})"]
+            ):
+                continue  # no seed on this protocol in one of them
             row[r.role] = (
                 f"{r[f'{metric} before ({protocol})']:.4f} → {r[f'{metric} after ({protocol})']:.4f} "
                 f"({r[f'change % ({protocol})']:+.1f}%)"

@@ -80,6 +80,7 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     save_table(report.claims(out).set_index("claim"), "claims", out)
     # beside the repository's own tables (the paper profile's): each claim and the main table
     # before and after
-    save_table(before_after.verdict_change(results, out), "verdict_change", out)
-    save_table(before_after.main_change(results, out), "main_change", out)
+    save_table(before_after.verdict_change(results, out).set_index("claim"), "verdict_change", out)
+    main = before_after.main_change(results, out).set_index(["dataset", "backbone", "role"])
+    save_table(main, "main_change", out)
     return folder

@@ -247,7 +247,7 @@ def _cell_table(name: str, results, cells) -> pd.DataFrame | None:
     t = read_table(name, results)
     if t is None or cells is None:
         return t
-    keep = [(d, b) in cells for d, b in zip(t.dataset, t.backbone)]
+    keep = np.array([(d, b) in cells for d, b in zip(t.dataset, t.backbone)], dtype=bool)
     return t[keep].reset_index(drop=True)
 
 

@@ -131,29 +131,33 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_change_glance(change: pd.DataFrame) -> pd.DataFrame:
-    """`report.verdict_change` in one row per claim: its cells, and per protocol the verdict's kind
-    and pooled effect before and after ("inconclusive +0.3% [-2.7, +3.2] → holds +6.1% [+3.2,
-    +9.1]"), and the protocols on which the kind changed."""
+    """`before_after.verdict_change` in one row per claim: per protocol the cells pooled, the
+    verdict's kind and pooled effect before and after ("inconclusive +0.3% [-2.7, +3.2] → holds
+    +6.1% [+3.2, +9.1]"; "fragile" where the Hartung-Knapp interval gives another kind), and the
+    protocols on which the kind changed."""
     rows = []
     for _, r in change.iterrows():
-        row = {"claim": r["claim"], "cells": r["cells"]}
+        row = {"claim": r["claim"]}
         if isinstance(r.get("arm before"), str):
             row["claim"] += f" ({r['arm before']} → {r['arm after']})"
         for proto in PROTOCOLS:
-            ends = [
-                f"{r[f'{proto}: verdict {when}']} {r[f'{proto}: {when}']}"
-                if isinstance(r[f"{proto}: verdict {when}"], str)
-                else r[f"{proto}: {when}"]
-                for when in ("before", "after")
-            ]
-            row[proto] = " → ".join(ends)
+            if not r[f"{proto}: cells"]:
+                row[proto] = "no cell pooled under both"
+                continue
+            ends = []
+            for when in ("before", "after"):
+                kind, hk = r[f"{proto}: verdict {when}"], r[f"{proto}: verdict HK {when}"]
+                fragile = " (fragile)" if isinstance(hk, str) and hk != kind else ""
+                ends.append(f"{kind}{fragile} {r[f'{proto}: pooled {when}']}")
+            n = int(r[f"{proto}: cells"])
+            row[proto] = f"{n} cell{'s' if n != 1 else ''}: " + " → ".join(ends)
         row["kind changed on"] = ", ".join(
             proto
             for proto in PROTOCOLS
-            if pd.notna(r[f"{proto}: changed"]) and r[f"{proto}: changed"]
+            if pd.notna(r[f"{proto}: changed"]) and bool(r[f"{proto}: changed"])
         )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["claim", "cells", *PROTOCOLS, "kind changed on"])
+    return pd.DataFrame(rows, columns=["claim", *PROTOCOLS, "kind changed on"])
 
 
 def _changes(r, proto: str, named: int = 2) -> str:

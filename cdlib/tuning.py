@@ -222,8 +222,9 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
 
 def grid_steps(grid: dict, was: dict, now: dict) -> str:
     """How far each numeric setting of a stage's choice moved from `was` to `now`, in steps of its
-    `grid` dimension sorted by value ("lr +1, lambda_kd -2"; "" where none moved); a value not on the
-    grid is named as "off the grid"."""
+    `grid` dimension sorted by value ("lr +1, lambda_kd -2"; "" where none moved); a value not on
+    that grid (`grid` is the after profile's: the before profile's grids may hold other values) is
+    named as "off the grid"."""
     parts = []
     for k, v in now.items():
         old = was.get(k)

@@ -8,41 +8,42 @@ from test_experiments import rows
 from cdlib import before_after, effects, report, runs, sentences, tables
 
 
-def test_verdict_change_compares_two_profiles_on_the_cells_both_tested(tmp_path):
+def test_verdict_change_compares_two_profiles_on_the_cells_both_pool(tmp_path):
     """`before_after.verdict_change`: each claim pooled under two sets of records on the cells both
-    tested it in (here a and b: cell c is the after profile's only), matched by role (CD-T's rows
-    before, CD's after), the kind of each verdict and whether it changed; and its one-row-per-claim
-    form (`sentences.verdict_change_glance`) after a CSV round trip."""
+    pool it on (a and b: cell c is the after profile's only, cell d has one seed before, so no
+    variance to pool), matched by role (CD-T's rows before, CD's after), the kind of each verdict,
+    under Hartung-Knapp too, and whether it changed; and its one-row-per-claim form
+    (`sentences.verdict_change_glance`) after a CSV round trip."""
     rd = np.array([0.40, 0.42, 0.41, 0.43])
-    noise = {
-        "a": [1.01, 0.99, 1.0, 1.005],
-        "b": [0.99, 1.01, 1.002, 0.995],
-    }  # CD / RD, inconclusive
+    noise = {"a": [1.01, 0.99, 1.0, 1.005], "b": [0.99, 1.01, 1.002, 0.995], "d": [1.3]}
     gain = {"a": [1.2, 1.22, 1.19, 1.21], "b": [1.1, 1.12, 1.11, 1.13], "c": [1.5, 1.6, 1.55, 1.5]}
+    gain["d"] = [1.1, 1.2, 1.15, 1.1]
     before, after = tmp_path / "before", tmp_path / "after"
     for folder, arm, ratios in ((before, "CD-T", noise), (after, "CD", gain)):
         main = pd.DataFrame(
             [
                 r
                 for d, ratio in ratios.items()
-                for r in rows("RD", list(rd), d) + rows(arm, list(rd * ratio), d)
+                for r in rows("RD", list(rd[: len(ratio)]), d)
+                + rows(arm, list(rd[: len(ratio)] * ratio), d)
             ]
         )
         tables.save_table(tables.best_cd(main), "03_main_runs", folder)
     change = before_after.verdict_change(before, after).set_index("claim")
     row = change.loc["3. CD beats RD (NDCG@10), primary CD arm"]
-    assert (row["cells"], row["cell list"]) == (2, "a/cdae, b/cdae")  # c: after only
+    assert (row["sampled: cells"], row["sampled: cell list"]) == (2, "a/cdae, b/cdae")
     assert (row["arm before"], row["arm after"]) == ("CD-T", "CD")
     name = "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"
     pooled = {
         n: report.claims(after, cells=cells).set_index(["claim", "dataset"]).loc[(name, "pooled")]
-        for n, cells in ((2, {("a", "cdae"), ("b", "cdae")}), (3, None))
+        for n, cells in ((2, {("a", "cdae"), ("b", "cdae")}), (4, None))
     }
     pool = pooled[2]
-    assert pool["cells (sampled)"] == 2 and pooled[3]["cells (sampled)"] == 3
-    assert pool["effect % (sampled)"] < pooled[3]["effect % (sampled)"] - 5  # without c's +53%
-    assert row["sampled: after"].startswith(f"{pool['effect % (sampled)']:+.1f}% [")
+    assert pool["cells (sampled)"] == 2 and pooled[4]["cells (sampled)"] == 4
+    assert pool["effect % (sampled)"] < pooled[4]["effect % (sampled)"] - 5  # without c's +53%
+    assert row["sampled: pooled after"].startswith(f"{pool['effect % (sampled)']:+.1f}% [")
     assert row["sampled: verdict after"] == effects.verdict_kind(pool["verdict (sampled)"])
+    assert row["sampled: verdict HK after"] == effects.verdict_kind(pool["verdict HK (sampled)"])
     assert row["sampled: verdict before"] == "does not hold"  # excludes the paper's 2.7%
     assert row["sampled: verdict after"] == "holds" and bool(row["sampled: changed"])
     # CD-best (of CD-T, CD-S, CD-H) is before's only: a claim one profile lacks has no row
@@ -51,32 +52,48 @@ def test_verdict_change_compares_two_profiles_on_the_cells_both_tested(tmp_path)
     assert before_after.by_role("4. gap recovered by CD-T (% of teacher - student, HR@10)") == (
         "4. gap recovered by the primary CD arm (% of teacher - student, HR@10)"
     )
-    tables.save_table(change.reset_index(), "verdict_change", after)
-    glance = sentences.verdict_change_glance(runs.read_table("verdict_change", after))
-    g = glance.set_index("claim").loc["3. CD beats RD (NDCG@10), primary CD arm (CD-T → CD)"]
-    assert g["sampled"].startswith("does not hold ") and " → holds +" in g["sampled"]
-    assert g["kind changed on"].startswith("sampled")
+    assert before_after.by_role("4. CD beats the plain student (HR@10)") == (
+        "4. the primary CD arm beats the plain student (HR@10)"
+    )
+    # a protocol on which no cell is pooled under both: no verdicts, and no change
+    change["full: changed"] = change["full: changed"].astype(object)
+    change.loc["3. CD beats RD (NDCG@10), primary CD arm", ["full: cells", "full: changed"]] = [
+        0,
+        None,
+    ]
+    tables.save_table(change, "verdict_change", after)
+    back = runs.read_table("verdict_change", after)
+    glance = sentences.verdict_change_glance(back).set_index("claim")
+    g = glance.loc["3. CD beats RD (NDCG@10), primary CD arm (CD-T → CD)"]
+    assert g["sampled"].startswith("2 cells: does not hold ") and " → holds" in g["sampled"]
+    assert g["full"] == "no cell pooled under both" and g["kind changed on"] == "sampled"
     assert before_after.verdict_change(before, tmp_path / "nothing").empty  # no records: no rows
 
 
 def test_main_change_compares_each_role_s_mean_on_the_cells_both_tables_have(tmp_path):
     """`before_after.main_change`: per cell both main tables have and role, the mean test NDCG@10
-    over each one's seeds on both protocols, the primary CD arm matched by role, CD-best per
-    protocol; and its one-row-per-cell form (`main_glance`)."""
+    over each one's seeds on both protocols, the primary CD arm matched by role, CD-best chosen per
+    protocol (after: CD-T on the sampled validation, CD-S on the full one); and its
+    one-row-per-cell form (`main_glance`)."""
     before, after = tmp_path / "before", tmp_path / "after"
-    spec = {  # folder: (primary arm, cells, CD's values)
-        before: ("CD-T", "ab", [0.50, 0.52, 0.51]),
-        after: ("CD", "bc", [0.55, 0.56]),
-    }
-    for folder, (arm, cells, cd) in spec.items():
+    for folder, arm, cells, cd in (
+        (before, "CD-T", "ab", [0.50, 0.52, 0.51]),
+        (after, "CD", "bc", [0.55, 0.56]),
+    ):
+        n = len(cd)
         main = pd.DataFrame(
             [
                 r
                 for d in cells
-                for r in rows("Teacher", [0.6] * len(cd), d, full=[0.9] * len(cd))
-                + rows("RD", [0.45] * len(cd), d)
+                for r in rows("Teacher", [0.6] * n, d, full=[0.9] * n)
+                + rows("RD", [0.45] * n, d)
                 + rows(arm, cd, d, full=[v + 0.1 for v in cd])
-                + (rows("CD-T", [0.3] * len(cd), d) if arm == "CD" else [])  # CD-best's one guide
+                + (  # two guides, which the two protocols' validations rank differently
+                    rows("CD-T", [0.3] * n, d, valid=[0.9] * n, full=[0.1] * n)
+                    + rows("CD-S", [0.2] * n, d, valid=[0.1] * n, full=[0.8] * n)
+                    if folder == after
+                    else []
+                )
             ]
         )
         tables.save_table(tables.best_cd(main), "03_main_runs", folder)
@@ -92,9 +109,11 @@ def test_main_change_compares_each_role_s_mean_on_the_cells_both_tables_have(tmp
     assert (cd["seeds before (sampled)"], cd["seeds after (sampled)"]) == (3, 2)
     full = np.mean([0.6, 0.62, 0.61]) / 2, np.mean([0.65, 0.66]) / 2
     assert (cd["NDCG@10 before (full)"], cd["NDCG@10 after (full)"]) == pytest.approx(full)
-    best = change.set_index("role").loc["CD-best"]  # CD-T's rows, on either protocol
-    assert best["NDCG@10 before (full)"] == pytest.approx(full[0])
-    assert best["NDCG@10 after (sampled)"] == best["NDCG@10 after (full)"] == pytest.approx(0.15)
+    best = change.set_index("role").loc["CD-best"]
+    assert best["NDCG@10 after (sampled)"] == pytest.approx(0.15)  # CD-T's test
+    assert best["NDCG@10 after (full)"] == pytest.approx(0.4)  # CD-S's
+    assert (best["seeds after (sampled)"], best["seeds after (full)"]) == (2, 2)
+    assert best["NDCG@10 before (full)"] == pytest.approx(full[0])  # CD-T's, the only guide
     assert change.set_index("role").loc["Teacher", "NDCG@10 after (full)"] == pytest.approx(0.45)
     glance = before_after.main_glance(change, "sampled")
     assert list(glance.columns) == ["dataset", "backbone", *roles]

@@ -480,10 +480,11 @@ print(shown.to_string(index=False) if not shown.empty else "no cell of next has 
 print(glance.to_string(index=False) if not glance.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
-        md("""Each claim before (this notebook's profile, the paper's) and after (`next`), pooled over the cells both
-have tested it in, each recomputed on those cells alone (`before_after.verdict_change`, written beside `next`'s
-claims): the verdict's kind and pooled effect before → after, and the protocols on which the kind changed. Then
-the main table's test NDCG@10 on both protocols, before → after, per cell both have (`before_after.main_change`)."""),
+        md("""Each claim before (the tables of `results_dir` itself: the paper profile's) and after (`next`), on each
+protocol pooled over the cells both pool it on, each recomputed on those cells alone (`before_after.verdict_change`,
+written beside `next`'s claims): the verdict's kind and pooled effect before → after, and the protocols on which
+the kind changed (the same cells, not the same runs: tuning, validation negatives and seeds differ). Then the main
+table's test NDCG@10 on both protocols, before → after, per cell both have (`before_after.main_change`)."""),
         code(
             """from cdlib import before_after
 from cdlib.runs import read_table
