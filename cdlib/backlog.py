@@ -27,7 +27,7 @@ checkpoint only; a run with a checkpoint here is taken first, and the checkpoint
 since (their weights cached here) are deleted when a worker starts (`checkpoint.sweep`).
 
     python -m cdlib.backlog --profile next --datasets ml-1m,citeulike-t --workers 2
-    python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell
+    python -m cdlib.backlog --profile next --dry          # what is left, per tier, table and cell; hours to go
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import checkpoint, experiments, ials, profiles, runs, train, tuning
+from . import audit, checkpoint, experiments, ials, plan, profiles, runs, train, tuning
 from .config import Execution
 from .plan import TRAINING_NOTEBOOKS
 from .runs import read_table
@@ -287,6 +287,34 @@ def _worker(args) -> int:
     return work(p, worker=worker, max_runs=max_runs)
 
 
+def hours_left(p, results=None) -> pd.DataFrame:
+    """`plan.hours_to_go` of profile `p` against its records: its grid priced at its own step
+    (`plan.profile_estimate`), what it has recorded (`audit.profile_coverage`); empty where the grid
+    cannot be priced (no bench or no recorded run)."""
+    estimate = plan.profile_estimate(
+        p, plan.bench_steps(results), results, p.step or "dense", digits=None
+    )
+    if estimate.empty:
+        return pd.DataFrame()
+    return plan.hours_to_go(estimate, audit.profile_coverage(p, results))
+
+
+def to_go_line(left: pd.DataFrame, cores: int) -> str:
+    """`hours_left` in a sentence: the runs to go, their estimated CPU hours, the hours at the
+    ratio the complete tables took where there is one, and the wall hours that means on `cores`
+    cores, one run per core."""
+    if left.empty:
+        return "the grid to go cannot be priced here (no step bench or no recorded run)"
+    whole = left.set_index("backbone").loc["all"]
+    hours, at = whole["CPU hours to go, estimated"], whole["CPU hours to go, at that ratio"]
+    best = at if pd.notna(at) else hours
+    return (
+        f"the whole grid: {int(whole['runs to go'])} runs to go, an estimated {hours:.0f} CPU hours"
+        + (f" ({at:.0f} at the ratio its complete tables took)" if pd.notna(at) else "")
+        + f", about {best / cores:.0f} h on {cores} cores (`plan.hours_to_go`)"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m cdlib.backlog", description=__doc__.split("\n\n")[0]
@@ -313,7 +341,8 @@ def main(argv=None) -> int:
         print(
             f"{len(items)} runs can be trained now; a tuning stage's later stages and the tables of"
         )
-        print("a cell not yet tuned are not counted until the runs before them are recorded")
+        print("a cell not yet tuned are not counted until the runs before them are recorded;")
+        print(to_go_line(hours_left(p), os.cpu_count() or 1))
         for c in (i.config for i in items if _checkpointed(i.config)):
             own = checkpoint.path_of([c.key()])
             if own.is_file():

@@ -5,11 +5,12 @@ beside the hours complete tables took (`estimate_check`), and the hours still to
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
 
-from . import costs
+from . import costs, runs
 
 # the training notebooks whose grids `profile_runs` lists (`experiments.notebook_grid`)
 TRAINING_NOTEBOOKS = ("03_main", "02_teachers", "04_sampling", "06_student_size", "07_sensitivity")
@@ -127,3 +128,10 @@ def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
         total["CPU hours to go, at that ratio"] / total["CPU hours to go, estimated"]
     )
     return pd.concat([out, pd.DataFrame([{"backbone": "all", **total}])], ignore_index=True)
+
+
+def bench_steps(results=None) -> list[dict]:
+    """The step bench's records (results/bench/steps_*_cpu.json, `python -m cdlib.bench --steps`),
+    from which `profile_estimate` prices a grid."""
+    paths = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
+    return [json.loads(p.read_text()) for p in paths]

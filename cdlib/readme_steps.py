@@ -15,7 +15,7 @@ from . import runs
 from .agreement import step_agreement, step_equivalence, tower_agreement, tower_equivalence
 from .audit import profile_coverage
 from .costs import refresh_share, step_estimate
-from .plan import estimate_check, hours_to_go, profile_estimate
+from .plan import bench_steps, estimate_check, hours_to_go, profile_estimate
 from .profiles import PROFILES
 from .stepbench import STEP_COLUMNS
 from .tables import markdown
@@ -70,8 +70,7 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
     the grid's cost with them (`costs.step_estimate`, and profile `next`'s against what it has
     recorded: `next_coverage`, its `audit.profile_coverage`, read here where not given), and the
     agreement study (`agreement.step_agreement`)."""
-    paths_ = sorted(runs.results_dir(results).glob("bench/steps_*_cpu.json"))
-    records = [json.loads(p.read_text()) for p in paths_]
+    records = bench_steps(results)
     agree = {step: step_agreement(results, step=step) for step in ("sparse", "deferred")}
     if not records and all(a.empty for a in agree.values()):
         return []

@@ -225,6 +225,7 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     assert backlog.main(argv) == 0
     out = capsys.readouterr().out
     assert "00_tuning" in out and "12 runs can be trained now" in out
+    assert "the grid to go cannot be priced here" in out  # no bench, no recorded run
     assert "half-trained" not in out
     assert not list(tmp_path.glob("runs/*.json"))  # a dry run trains nothing
     p = profiles.profile("next", datasets=["ml-1m"], backbones=["neumf"])
@@ -235,6 +236,27 @@ def test_the_dry_run_lists_what_is_left_per_tier_and_table(tmp_path, monkeypatch
     assert backlog.main(argv) == 0
     assert f"resumed first: {backlog._describe(first)} {first.key()} (7 epochs saved)" in (
         capsys.readouterr().out
+    )
+
+
+def test_the_dry_run_prices_the_whole_grid_to_go_at_the_ratio_of_complete_tables():
+    """`backlog.to_go_line`: `plan.hours_to_go`'s totals in words, the wall hours on the cores."""
+    left = pd.DataFrame(
+        {
+            "backbone": ["cdae", "neumf", "all"],
+            "runs to go": [10, 20, 30],
+            "CPU hours to go, estimated": [4.0, 6.0, 10.0],
+            "recorded / estimated": [1.0, 1.5, 1.3],
+            "CPU hours to go, at that ratio": [4.0, 9.0, 13.0],
+        }
+    )
+    assert backlog.to_go_line(left, 2) == (
+        "the whole grid: 30 runs to go, an estimated 10 CPU hours (13 at the ratio its complete "
+        "tables took), about 6 h on 2 cores (`plan.hours_to_go`)"
+    )
+    left.loc[2, "CPU hours to go, at that ratio"] = float("nan")  # no complete table yet
+    assert backlog.to_go_line(left, 4).endswith(
+        "10 CPU hours, about 2 h on 4 cores (`plan.hours_to_go`)"
     )
 
 
