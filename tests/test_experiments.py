@@ -18,6 +18,7 @@ from cdlib import (
     plots,
     profiles,
     readme,
+    readme_next,
     readme_steps,
     report,
     runs,
@@ -1010,9 +1011,9 @@ def test_recorded_tables_say_what_a_profile_s_records_say_without_training(tmp_p
     assert claims.claim.str.startswith(
         "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"
     ).any()
-    shown = readme.next_claims(tmp_path)  # what the README shows of them
+    shown = readme_next.next_claims(tmp_path)  # what the README shows of them
     assert set(shown.dataset) == {"ml-100k"} and shown.claim.str.startswith("3. CD beats RD").any()
-    section = "\n".join(readme._next_claims_section(tmp_path))
+    section = "\n".join(readme_next._next_claims_section(tmp_path))
     assert "What `next`'s recorded runs say so far" in section
     assert "break the fair protocol" in section  # next's own violations (`audit.violations`)
     assert claims.claim.str.startswith("6. born-again CD beats the teacher").any()

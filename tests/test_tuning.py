@@ -9,7 +9,7 @@ from conftest import fake_record as _fake_record
 from conftest import fake_training as _fake_training
 
 from cdlib import experiments as ex
-from cdlib import profiles, readme, tables, tuning
+from cdlib import profiles, readme_next, tables, tuning
 
 
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
@@ -155,7 +155,7 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
     assert t.loc["Teacher", "grid steps"] == "lr +1"  # 1e-3 to 3e-3 on 1e-4, 3e-4, 1e-3, 3e-3, ...
     assert (t.loc[~t.moved.astype(bool), "grid steps"] == "").all()
-    assert readme._moved_sentence(t.reset_index()) == (
+    assert readme_next._moved_sentence(t.reset_index()) == (
         " In the 1 cell that borrowed ml-1m's settings before, 2 of 5 stage choices moved (a "
         "setting by at most 1 grid step)."
     )
@@ -281,9 +281,7 @@ def test_edge_check_runs_each_choice_at_an_edge_one_step_past_it(tmp_path, monke
     assert t.loc["RD", "past the edge"] == "RD lambda_rd=3.3, rd_k=10"
     assert t.loc["RD", "past - chosen %"] == pytest.approx(100 * (0.95 - 0.9) / 0.9)
     assert t.loc["CD", "valid NDCG@10, past"] == pytest.approx(0.1)
-    from cdlib import readme
-
-    text = readme._edge_section(tmp_path)[0]  # the README's sentence, from these records
+    text = readme_next._edge_section(tmp_path)[0]  # the README's sentence, from these records
     assert text.startswith("Of these choices, 2 settings lie at an edge of their grid.")
     assert "of the 2 recorded, validation NDCG@10 still rises past 1: ml-100k cdae " in text
     assert "RD lambda_rd=3.3, rd_k=10 (+5.6% over RD lambda_rd=1, rd_k=10)" in text

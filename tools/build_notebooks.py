@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, audit, claim_tables, costs, ials, plan, plots, profiles, readme, report, sentences, tables, tuning
+from cdlib import analyses, audit, claim_tables, costs, ials, plan, plots, profiles, readme, readme_next, report, sentences, tables, tuning
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -470,13 +470,13 @@ primary arm is the CD whose guide `next`'s tuning chose. The claims above are th
         code(
             """if write_tables:  # (else: as last written)
     claim_tables.save_recorded_tables(profiles.profile("next", device=device), results_dir)
-shown = readme.next_claims(results_dir)
+shown = readme_next.next_claims(results_dir)
 print(shown.to_string(index=False) if not shown.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
         md("The same claims pooled over `next`'s cells recorded so far, at a glance."),
         code(
-            """glance = readme.next_at_a_glance(results_dir)
+            """glance = readme_next.next_at_a_glance(results_dir)
 print(glance.to_string(index=False) if not glance.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),

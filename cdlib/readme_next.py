@@ -1,0 +1,224 @@
+"""The README's sections on issue 23's grid, profile `next`, while it is recorded: its coverage
+(`audit.profile_coverage`), the settings its tuning chose beside the paper profile's and how far they
+moved (`tuning.tuning_change`), whether its grids bracket the choices at their edges
+(`tuning.edge_check`), its claims on the cells recorded so far (`claim_tables.save_recorded_tables`),
+and each claim and the main table before and after (`before_after`). Part of
+`readme.readme_section` (`next_section`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from . import before_after, sentences
+from .audit import coverage_grid, violations
+from .config import Execution
+from .models import default_device
+from .profiles import PROFILES
+from .report import PROTOCOLS
+from .runs import read_table
+from .tables import markdown
+from .tuning import edge_check, tuning_change
+
+
+def next_section(cov: pd.DataFrame, results=None) -> list[str]:
+    """How much of issue 23's grid (profile `next`) is recorded (`cov`: its
+    `audit.profile_coverage`): per dataset and backbone, recorded / planned runs of each table."""
+    nxt = PROFILES["next"]
+    if cov.empty or cov.recorded.sum() == 0:
+        return []
+    whole = cov[cov.table == "all"].iloc[0]
+    device = default_device(nxt.device).type
+    return [
+        "### Issue 23's grid (profile `next`), recorded so far",
+        "",
+        f"{int(whole.recorded)} of its {int(whole.runs)} runs ({whole['recorded %']:.1f}%) are "
+        f'recorded on the {device} (step="{nxt.step or "dense"}"; iALS\'s runs, minutes in all, '
+        "aside); per table, recorded / planned runs, a run two tables share counted in the first "
+        "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded.",
+        "",
+        markdown(coverage_grid(cov)),
+        "",
+    ] + _tuning_change_section(results)
+
+
+# the claims `next_claims` shows, per cell (NDCG@10; claim 3's both arms on HR@10 too)
+NEXT_CLAIMS = (
+    "3. CD beats RD",
+    "4. CD beats the plain student (NDCG@10)",
+    "6. born-again CD beats the teacher (NDCG@10)",
+    "2. rank-aware sampling beats uniform (student-guided, NDCG@10)",
+)
+
+
+def next_claims(results=None) -> pd.DataFrame:
+    """Profile `next`'s claims so far (`claim_tables.save_recorded_tables`: results/next/claims.csv),
+    the cells that have them, for `NEXT_CLAIMS`: claim, dataset, backbone, measured."""
+    claims = read_table("next/claims", results)
+    cols = ["claim", "dataset", "backbone", "measured"]
+    if claims is None or "dataset" not in claims:
+        return pd.DataFrame(columns=cols)
+    keep = claims.claim.str.startswith(NEXT_CLAIMS) & (claims.dataset != "pooled")
+    return claims.loc[keep, cols].reset_index(drop=True)
+
+
+def next_at_a_glance(results=None) -> pd.DataFrame:
+    """`sentences.at_a_glance` of profile `next`'s claims so far, for `NEXT_CLAIMS`: each pooled over
+    the cells recorded."""
+    claims = read_table("next/claims", results)
+    if claims is None or "dataset" not in claims:
+        return pd.DataFrame()
+    return sentences.at_a_glance(claims[claims.claim.str.startswith(NEXT_CLAIMS)])
+
+
+def _tuning_change_section(results=None) -> list[str]:
+    """The choices of `next`'s tuning stage beside the paper profile's (`tuning.tuning_change`)."""
+    change = tuning_change(PROFILES["paper"], PROFILES["next"], results)
+    if change.empty:
+        return []
+    return (
+        [
+            "The settings `next`'s tuning stage chose (after), beside those of the paper profile (before; "
+            "tuned on ml-100k and ml-1m, the other datasets borrowing ml-1m's, validation negatives of "
+            "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
+            '(`tuning.tuning_change`; "grid steps": how far each numeric setting moved along its '
+            "grid, sorted by value, `tuning.grid_steps`)." + _moved_sentence(change),
+            "",
+            markdown(change),
+            "",
+        ]
+        + _edge_section(results)
+        + _next_claims_section(results)
+    )
+
+
+def _moved_sentence(change: pd.DataFrame) -> str:
+    """How many stage choices moved, in the cells that borrowed another dataset's tuning before and
+    in those tuned on their own, and the largest move in grid steps (`tuning.grid_steps`)."""
+    known = change[change.moved.notna()]
+    borrowed = known["before tuned on"] != known.dataset
+    sources = " and ".join(f"{d}'s" for d in sorted(set(known.loc[borrowed, "before tuned on"])))
+    parts = []
+    for what, rows in (
+        (f"that borrowed {sources} settings before", known[borrowed]),
+        ("tuned on their own before too", known[~borrowed]),
+    ):
+        if rows.empty:
+            continue
+        steps = [
+            abs(int(part.rsplit(" ", 1)[1]))
+            for text in rows["grid steps"].fillna("")
+            for part in filter(None, text.split(", "))
+            if not part.endswith("off the grid")
+        ]
+        n = rows[["dataset", "backbone"]].drop_duplicates().shape[0]
+        most = max(steps, default=0)
+        parts.append(
+            f"in the {n} cell{'s' if n != 1 else ''} {what}, "
+            f"{int(rows.moved.astype(bool).sum())} of {len(rows)} stage choices moved"
+            + (
+                f" (a setting by at most {most} grid step{'s' if most != 1 else ''})"
+                if most
+                else ""
+            )
+        )
+    text = "; ".join(parts)
+    return f" {text[0].upper()}{text[1:]}." if text else ""
+
+
+def _edge_section(results=None) -> list[str]:
+    """Whether `next`'s grids bracket the choices at their edges (`tuning.edge_check`), read only."""
+    look = dataclasses.replace(PROFILES["next"], execution=Execution(train=False))
+    edges = edge_check(look, results, progress=False)
+    if edges.empty:
+        return []
+    done = edges[edges["past better"].notna()]
+    rises = done[done["past better"].astype(bool)]
+    text = (
+        f"Of these choices, {len(edges)} settings lie at an edge of their grid. For each, the stage's point one "
+        "step past the edge (the grid's own progression, on the tuning seeds, at the earlier stages' "
+        "choices; trained by the backlog in its first tier) tells whether the grid brackets it "
+        f"(`tuning.edge_check`): of the {len(done)} recorded, validation NDCG@10 still rises past "
+        f"{len(rises)}"
+    )
+    if len(rises):
+        text += ": " + "; ".join(
+            f"{r.dataset} {r.backbone} {r['past the edge']} "
+            f"({r['past - chosen %']:+.1f}% over {r.chosen})"
+            for _, r in rises.iterrows()
+        )
+        text += " (its method was tuned less there than its grid suggests)"
+    return [text + ".", "", markdown(edges.round(4)), ""]
+
+
+def _next_claims_section(results=None) -> list[str]:
+    """`next_claims` as a table, where `next` has any."""
+    table = next_claims(results)
+    if table.empty:
+        return []
+    return [
+        f"Pooled over the {table[['dataset', 'backbone']].drop_duplicates().shape[0]} cells of "
+        "`next` recorded so far, at a glance as above (`readme_next.next_at_a_glance`):",
+        "",
+        markdown(next_at_a_glance(results)),
+        "",
+        *_verdict_change_section(results),
+        "What `next`'s recorded runs say so far, per cell whose runs are recorded (its tables built "
+        "from the records alone and the claims on them, `claim_tables.save_recorded_tables` into "
+        "`results/next/`; claim 3's primary arm is the CD whose guide `next`'s tuning chose):",
+        "",
+        markdown(table),
+        "",
+        "Runs of these tables and of `next`'s tuning stage that break the fair protocol, as above "
+        "(`audit.violations` on `results/next/`):",
+        "",
+        markdown(bad) if not (bad := violations(results, folder="next")).empty else "None.",
+        "",
+    ]
+
+
+def _verdict_change_section(results=None) -> list[str]:
+    """Each claim and the main table before (the paper profile) and after (`next`), on the cells both
+    have (`before_after.verdict_change` and `main_change`: results/next/verdict_change.csv and
+    main_change.csv), where `next` has any."""
+    change = read_table("next/verdict_change", results)
+    if change is None or change.empty:
+        return []
+    glance = sentences.verdict_change_glance(change)
+    counts = [
+        f"{sum(bool(x) for x in change[f'{p}: changed'] if pd.notna(x))} of "
+        f"{int((change[f'{p}: cells'] > 0).sum())} rows on the {p} protocol"
+        for p in PROTOCOLS
+    ]
+    parts = [
+        "Each claim before (the paper profile: ml-100k and ml-1m tuned, the other datasets "
+        "borrowing ml-1m's settings, no guide stage, so its primary CD arm is CD-T) and after "
+        "(`next`), on each protocol pooled over the cells both profiles pool it on there, each claim "
+        "recomputed on those cells alone (`before_after.verdict_change`, "
+        "`results/next/verdict_change.csv`, whose `cell list` columns name them). The same cells, "
+        "not the same runs: the profiles differ in tuning, validation negatives and seeds (3 or 5 "
+        "per cell), so a verdict whose kind changed is not itself evidence that the two estimates "
+        'differ, and part of a change can be power; "fragile" marks a verdict the Hartung-Knapp '
+        "interval does not share (with two cells the normal interval is too narrow). The kind "
+        f"changed in {' and '.join(counts)}:",
+        "",
+        markdown(glance),
+        "",
+    ]
+    main = read_table("next/main_change", results)
+    if main is None or main.empty:
+        return parts
+    for proto in PROTOCOLS:
+        parts += [
+            f"The main table's test NDCG@10 ({proto} protocol), mean over each profile's seeds, "
+            "before → after and the relative change, per cell both have "
+            "(`before_after.main_change`, `results/next/main_change.csv`; not paired: the runs of "
+            "the two profiles differ in tuning and validation negatives, their test split is one):"
+            if proto == "sampled"
+            else f"The same on the {proto} protocol:",
+            "",
+            markdown(before_after.main_glance(main, proto)),
+            "",
+        ]
+    return parts
