@@ -1,5 +1,5 @@
 """Two sets of records side by side, the paper profile's (before) and issue 23's `next` (after): each
-claim's pooled verdict on the cells both tested it in (`verdict_change`) and the main table's test
+claim's pooled verdict on the cells both pool it on (`verdict_change`) and the main table's test
 metrics per cell and method (`main_change`), the primary CD arm matched by its role (`by_role`: CD-T
 in the paper profile, whose tuning has no guide stage; CD in `next`). Read only: nothing trains."""
 
@@ -161,11 +161,10 @@ def main_change(before=None, after=None, metric: str = "NDCG@10") -> pd.DataFram
     return out.reindex(columns=columns).reset_index(drop=True)
 
 
-def main_glance(change: pd.DataFrame, protocol: str = "sampled") -> pd.DataFrame:
+def main_glance(
+    change: pd.DataFrame, protocol: str = "sampled", metric: str = "NDCG@10"
+) -> pd.DataFrame:
     """`main_change` on one protocol, a row per cell and a column per role: "0.388 → 0.392 (+1.0%)"."""
-    metric = next(c for c in change.columns if c.endswith(f" before ({protocol})")).split(
-        " before"
-    )[0]
     rows = []
     for (d, b), g in change.groupby(["dataset", "backbone"], sort=False):
         row = {"dataset": d, "backbone": b}

@@ -65,7 +65,7 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     table from the records (`tuning.tune_all`, notebook 00's, for `audit.violations`), written under
     results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
     the folder, for `runs.read_table(f"{folder}/claims")`. Beside them, each claim's verdict under
-    the repository's own tables and under these, on the cells both tested it in
+    the repository's own tables and under these, on the cells both pool it on
     (`before_after.verdict_change`: "verdict_change"), and the main table's test NDCG@10 under both
     (`before_after.main_change`: "main_change")."""
     folder = folder or p.name
