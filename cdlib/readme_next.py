@@ -23,8 +23,9 @@ from .tuning import edge_check, tuning_change
 
 
 def next_section(cov: pd.DataFrame, results=None) -> list[str]:
-    """How much of issue 23's grid (profile `next`) is recorded (`cov`: its
-    `audit.profile_coverage`): per dataset and backbone, recorded / planned runs of each table."""
+    """Profile `next`'s sections: how much of issue 23's grid is recorded (`cov`: its
+    `audit.profile_coverage`), per dataset and backbone, recorded / planned runs of each table; then,
+    once a cell's tuning is recorded, the rest (`_tuning_change_section`)."""
     nxt = PROFILES["next"]
     if cov.empty or cov.recorded.sum() == 0:
         return []
