@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pandas as pd
 
 from . import report
@@ -35,20 +34,14 @@ def by_role(claim: str) -> str:
 
 
 def _pooled_cells(table: pd.DataFrame) -> dict[tuple[str, str], set]:
-    """{(claim by role, protocol): the cells its pool uses on that protocol}, for the claims of a
-    claims table with a pooled row: those with a finite effect and a finite, positive variance
-    (`effects._with_variance`; from the table, an interval of positive width). A cell of one seed,
-    or whose gap recovered is undefined, is not pooled."""
-    pooled = set(table.claim[table.dataset == "pooled"])
-    cells = table[table.claim.isin(pooled) & (table.dataset != "pooled")]
+    """{(claim by role, protocol): the cells its pool uses on that protocol} (the claims table's
+    "pooled" column, `effects.poolable`: a cell of one seed, or whose gap recovered is undefined,
+    is not pooled)."""
+    cells = table[table.dataset != "pooled"]
     out: dict[tuple[str, str], set] = {}
     for proto in PROTOCOLS:
-        e, lo, hi = (
-            cells[f"{c} ({proto})"].astype(float).to_numpy()
-            for c in ("effect %", "CI low", "CI high")
-        )
-        ok = np.isfinite(e) & np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
-        for claim, d, b in zip(cells.claim[ok], cells.dataset[ok], cells.backbone[ok]):
+        used = cells[f"pooled ({proto})"].eq(True).to_numpy()
+        for claim, d, b in zip(cells.claim[used], cells.dataset[used], cells.backbone[used]):
             out.setdefault((by_role(claim), proto), set()).add((d, b))
     return out
 

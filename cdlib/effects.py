@@ -85,8 +85,9 @@ def mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
     return float(d * sd)
 
 
-def _with_variance(e: np.ndarray, v: np.ndarray) -> np.ndarray:
+def poolable(e, v) -> np.ndarray:
     """The cells `pooled` uses: a finite effect and a finite, positive variance."""
+    e, v = np.asarray(e, dtype=float), np.asarray(v, dtype=float)
     return np.isfinite(e) & np.isfinite(v) & (v > 0)
 
 
@@ -106,7 +107,7 @@ def pooled(effects, variances, seeds=None) -> dict:
     gives q / sum(w). The normal interval is too narrow with few cells whose variances come from a
     handful of seeds; this one is the check on it (NaN below two cells)."""
     e, v = np.asarray(effects, dtype=float), np.asarray(variances, dtype=float)
-    keep = _with_variance(e, v)
+    keep = poolable(e, v)
     e, v = e[keep], v[keep]
     n = None if seeds is None else np.asarray(seeds, dtype=float)[keep]
     out = {
@@ -159,7 +160,7 @@ def without_each(effects, variances, seeds=None) -> list[dict | None]:
     seeds); None for a cell `pooled` leaves out (no variance) and where no other cell is left."""
     e, v = np.asarray(effects, dtype=float), np.asarray(variances, dtype=float)
     n = None if seeds is None else np.asarray(seeds, dtype=float)
-    usable = _with_variance(e, v)
+    usable = poolable(e, v)
     out = []
     for i in range(len(e)):
         rest = np.arange(len(e)) != i

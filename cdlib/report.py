@@ -69,6 +69,7 @@ PER_PROTOCOL = [
     "CI high HK",
     "verdict HK",
     "changes without one cell",
+    "pooled",
 ]
 CLAIM_COLUMNS = [
     "claim",
@@ -168,6 +169,8 @@ def _family(claim: str, ok: pd.DataFrame, effect, what: str, paper_range=None) -
             r.get(f"sd ({proto})", np.nan) ** 2 / k if k else np.nan for r, k in zip(rows, n)
         ]
         pool = effects.pooled(cell_effects, cell_variances, n)
+        for r, used in zip(rows, effects.poolable(cell_effects, cell_variances)):
+            r[f"pooled ({proto})"] = bool(used)  # whether the pool of its claim uses this cell
         held = sum(bool(r[f"held ({proto})"]) for r in rows)
         drops = effects.without_each(cell_effects, cell_variances, n)
         pool_row.update(

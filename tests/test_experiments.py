@@ -179,6 +179,7 @@ def test_claims_on_both_protocols_with_holm_adjustment(tmp_path):
     )
     assert hr.loc["pooled", "effect % (sampled)"] == pytest.approx(pool["effect"])
     assert hr.loc["pooled", "cells (sampled)"] == 3
+    assert hr.loc[list(cds), "pooled (sampled)"].astype(bool).all()  # each cell has a variance
     assert hr.loc["pooled", "CI low HK (sampled)"] == pytest.approx(pool["ci_low_hk"])
     assert hr.loc["pooled", "verdict HK (sampled)"] == effects.verdict(
         {"ci_low": pool["ci_low_hk"], "ci_high": pool["ci_high_hk"]}, 2.7

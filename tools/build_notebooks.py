@@ -508,10 +508,7 @@ the dense step and the deferred one (`plan.profile_estimate`, from the recorded 
 bench); then, per cell, over its tables whose every planned run is recorded, the estimate beside the
 hours those runs took (`plan.estimate_check`)."""),
         code(
-            """import json
-from cdlib import runs
-bench_steps = [json.loads(f.read_text()) for f in sorted(runs.results_dir(results_dir).glob("bench/steps_*_cpu.json"))]
-grid_next = plan.profile_estimate(profiles.PROFILES["next"], bench_steps, results_dir, step="deferred", digits=None)
+            """grid_next = plan.profile_estimate(profiles.PROFILES["next"], plan.bench_steps(results_dir), results_dir, step="deferred", digits=None)
 if grid_next.empty:
     print("no step bench or recorded runs to price it from")
 else:
