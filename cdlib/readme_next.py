@@ -96,7 +96,8 @@ def _tuning_change_section(results=None) -> list[str]:
 
 def _moved_sentence(change: pd.DataFrame) -> str:
     """How many stage choices moved, in the cells that borrowed another dataset's tuning before and
-    in those tuned on their own, and the largest move in grid steps (`tuning.grid_steps`)."""
+    in those tuned on their own, and the largest move in grid steps (`tuning.tuning_change`'s
+    "largest grid step")."""
     known = change[change.moved.notna()]
     borrowed = known["before tuned on"] != known.dataset
     sources = " and ".join(f"{d}'s" for d in sorted(set(known.loc[borrowed, "before tuned on"])))
@@ -107,14 +108,8 @@ def _moved_sentence(change: pd.DataFrame) -> str:
     ):
         if rows.empty:
             continue
-        steps = [
-            abs(int(part.rsplit(" ", 1)[1]))
-            for text in rows["grid steps"].fillna("")
-            for part in filter(None, text.split(", "))
-            if not part.endswith("off the grid")
-        ]
         n = rows[["dataset", "backbone"]].drop_duplicates().shape[0]
-        most = max(steps, default=0)
+        most = int(rows["largest grid step"].max())
         parts.append(
             f"in the {n} cell{'s' if n != 1 else ''} {what}, "
             f"{int(rows.moved.astype(bool).sum())} of {len(rows)} stage choices moved"

@@ -220,33 +220,42 @@ def tuning_table(runs_df: pd.DataFrame, choices: dict) -> pd.DataFrame:
     return out
 
 
-def grid_steps(grid: dict, was: dict, now: dict) -> str:
-    """How far each numeric setting of a stage's choice moved from `was` to `now`, in steps of its
-    `grid` dimension sorted by value ("lr +1, lambda_kd -2"; "" where none moved); a value not on
-    that grid (`grid` is the after profile's: the before profile's grids may hold other values) is
-    named as "off the grid"."""
-    parts = []
+def grid_moves(grid: dict, was: dict, now: dict) -> dict:
+    """How far each numeric setting of a stage's choice moved from `was` to `now`, {setting: steps
+    of its `grid` dimension sorted by value, signed; None: a value not on that grid}, the settings
+    that did not move left out. `grid` is the after profile's: the before profile's grids may hold
+    other values."""
+    out = {}
     for k, v in now.items():
         old = was.get(k)
         if old is None or old == v or isinstance(v, (str, bool)) or k not in grid:
             continue
         values = sorted(grid[k])
-        if old not in values or v not in values:
-            parts.append(f"{k} off the grid")
-        else:
-            parts.append(f"{k} {values.index(v) - values.index(old):+d}")
-    return ", ".join(parts)
+        on = old in values and v in values
+        out[k] = values.index(v) - values.index(old) if on else None
+    return out
+
+
+def grid_steps(grid: dict, was: dict, now: dict) -> str:
+    """`grid_moves` as text (`steps_text`)."""
+    return steps_text(grid_moves(grid, was, now))
+
+
+def steps_text(moves: dict) -> str:
+    """`grid_moves`' moves as text: "lr +1, lambda_kd -2", "lambda_kd off the grid"; "": none."""
+    return ", ".join(f"{k} off the grid" if n is None else f"{k} {n:+d}" for k, n in moves.items())
 
 
 def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame:
     """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
     ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning;
     "after at grid edge": the settings `at_edge`; "grid steps": how far each numeric setting moved,
-    `grid_steps`), for every cell whose tuning under `after` is recorded. A stage `before` does not tune shows the
-    setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
+    `grid_moves`; "largest grid step": the largest of those moves in absolute value, 0 where no
+    setting on its grid moved), for every cell whose tuning under `after` is recorded. A stage
+    `before` does not tune shows the setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
     "before" is blank and "moved" NA. Reads the records; trains nothing."""
     columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
-    columns += ["after", "after at grid edge", "moved", "grid steps"]
+    columns += ["after", "after at grid edge", "moved", "grid steps", "largest grid step"]
     if after.tuning is None:
         return pd.DataFrame(columns=columns)
     off = Execution(train=False)
@@ -263,6 +272,7 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
             for stage in tuning_stages(after):
                 was = (old or {}).get(stage, UNTUNED.get(stage) if old else None)
                 fixed = old is not None and stage not in old
+                moves = {} if was is None else grid_moves(after.tuning[stage], was, new[stage])
                 rows.append(
                     {
                         "dataset": d,
@@ -276,9 +286,10 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
                         "after": point_label(stage, new[stage]),
                         "after at grid edge": ", ".join(at_edge(after.tuning[stage], new[stage])),
                         "moved": pd.NA if was is None else was != new[stage],
-                        "grid steps": ""
+                        "grid steps": steps_text(moves),
+                        "largest grid step": pd.NA
                         if was is None
-                        else grid_steps(after.tuning[stage], was, new[stage]),
+                        else max((abs(n) for n in moves.values() if n is not None), default=0),
                     }
                 )
     return pd.DataFrame(rows, columns=columns)

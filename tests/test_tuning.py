@@ -147,6 +147,7 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     t = tuning.tuning_change(paper, nxt, tmp_path).set_index("stage")
     assert list(t.index) == ["Teacher", "Student", "RD", "CD", "CD guide"]
     assert (t.before == "").all() and t.moved.isna().all()  # ml-1m's tuning not recorded
+    assert t["largest grid step"].isna().all()
     assert (t["after tuned on"] == "citeulike-t").all()
     tuning.tune(paper, "ml-1m", "neumf", tmp_path, progress=False)
     t = tuning.tuning_change(paper, nxt, tmp_path).set_index("stage")
@@ -155,6 +156,8 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert t.loc["Teacher", "after"] == "Teacher lr=0.003"
     assert t.loc["Teacher", "grid steps"] == "lr +1"  # 1e-3 to 3e-3 on 1e-4, 3e-4, 1e-3, 3e-3, ...
     assert (t.loc[~t.moved.astype(bool), "grid steps"] == "").all()
+    assert t.loc["Teacher", "largest grid step"] == 1
+    assert (t.loc[~t.moved.astype(bool), "largest grid step"] == 0).all()
     assert readme_next._moved_sentence(t.reset_index()) == (
         " In the 1 cell that borrowed ml-1m's settings before, 2 of 5 stage choices moved (a "
         "setting by at most 1 grid step)."
@@ -178,6 +181,10 @@ def test_grid_steps_counts_each_numeric_setting_s_move_along_its_sorted_grid():
     assert tuning.grid_steps(grid, was, {**was, "guide": "student"}) == ""  # not a number
     assert tuning.grid_steps(grid, was, dict(was)) == ""
     assert tuning.grid_steps(grid, {**was, "lambda_kd": 0.3}, was) == "lambda_kd off the grid"
+    assert tuning.grid_moves(grid, {**was, "lambda_kd": 0.3}, {**was, "n_distill": 10}) == {
+        "lambda_kd": None,  # 0.3 is not on the grid
+        "n_distill": -1,
+    }
 
 
 def test_the_tuning_frontier_is_the_first_stage_not_recorded_whole(tmp_path, monkeypatch):
