@@ -18,7 +18,9 @@ PRIMARY = "primary CD arm"  # the role of claim 3's primary arm, whatever its la
 # `verdict_change`'s columns per protocol
 VERDICT_CHANGE_COLUMNS = ("cells", "cell list")
 VERDICT_CHANGE_COLUMNS += tuple(
-    f"{c} {when}" for when in ("before", "after") for c in ("pooled", "verdict", "verdict HK")
+    f"{c} {when}"
+    for when in ("before", "after")
+    for c in ("pooled", "verdict", "verdict HK", "effect %", "CI low", "CI high")
 )
 VERDICT_CHANGE_COLUMNS += ("changed",)
 
@@ -50,7 +52,8 @@ def verdict_change(before=None, after=None) -> pd.DataFrame:
     """Each claim's pooled verdict under two sets of records (`before`, `after`: results folders,
     the paper profile's and `next`'s, `claim_tables.save_recorded_tables`), per protocol on the cells
     both profiles' pools of it use there (`_pooled_cells`), the claims recomputed on those cells
-    alone (`report.claims(cells=...)`): the pooled effect and 95% interval, the verdict's kind
+    alone (`report.claims(cells=...)`): the pooled effect and 95% interval (as text, "pooled", and
+    as numbers, "effect %", "CI low", "CI high"), the verdict's kind
     (`verdict_kind`) and its kind under the Hartung-Knapp interval ("verdict HK"; None below two
     cells), before and after, and whether the kind changed. The same cells, not the same runs: the
     profiles differ in tuning, validation negatives and seeds (3 or 5 per cell), so a kind that
@@ -86,6 +89,8 @@ def verdict_change(before=None, after=None) -> pd.DataFrame:
             kinds = []
             for when, r in zip(("before", "after"), (p[claim] for p in pools[cells])):
                 hk = r[f"verdict HK ({proto})"]
+                for k in ("effect %", "CI low", "CI high"):
+                    row[f"{proto}: {k} {when}"] = r[f"{k} ({proto})"]
                 row[f"{proto}: pooled {when}"] = (
                     f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
                     f"{r[f'CI high ({proto})']:+.1f}]"

@@ -244,5 +244,57 @@ def forest(table: pd.DataFrame, claim: str):
     return fig
 
 
+def verdict_change(change: pd.DataFrame):
+    """Each claim's pooled effect (%) with its 95% interval before (the paper profile) and after
+    (`next`), on the cells both pool it on (`before_after.verdict_change`), one panel per protocol;
+    the claims in % of the teacher - student gap below the others, on their own scale. A claim that
+    no cell pools under both on a protocol has no interval there."""
+    gap = change.claim.str.contains("gap recovered")
+    groups = [
+        (g, x)
+        for g, x in ((change[~gap], "effect (%)"), (change[gap], "gap recovered (%)"))
+        if not g.empty
+    ]
+    fig, axes = plt.subplots(
+        len(groups),
+        2,
+        figsize=(13, 0.36 * len(change) + 1.2 * len(groups) + 0.6),
+        squeeze=False,
+        sharey="row",
+        gridspec_kw={"height_ratios": [len(g) + 1 for g, _ in groups]},
+    )
+    for row, (g, xlabel) in zip(axes, groups):
+        y = np.arange(len(g), 0, -1, dtype=float)
+        for ax, proto in zip(row, ("sampled", "full")):
+            for when, dy, style in (
+                (
+                    "before",
+                    0.17,
+                    {"color": "grey", "mfc": "white", "label": "before (paper profile)"},
+                ),
+                ("after", -0.17, {"color": "C0", "label": "after (next)"}),
+            ):
+                e, lo, hi = (
+                    g[f"{proto}: {k} {when}"].to_numpy(float)
+                    for k in ("effect %", "CI low", "CI high")
+                )
+                ax.errorbar(
+                    e, y + dy, xerr=[e - lo, hi - e], fmt="o", ms=4, capsize=2, lw=1, **style
+                )
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_xlabel(xlabel)
+        row[0].set_yticks(y, [f"{c} [{n}]" for c, n in zip(g.claim, g["sampled: cells"])])
+    for ax, proto in zip(axes[0], ("sampled", "full")):
+        ax.set_title(f"{proto} protocol", fontsize=10)
+    axes[0, 1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(
+        "Each claim before and after, pooled over the cells both profiles pool it on "
+        "([n]: cells, sampled protocol)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

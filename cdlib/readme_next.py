@@ -201,6 +201,10 @@ def _verdict_change_section(results=None) -> list[str]:
         "",
         markdown(glance),
         "",
+        "The same intervals drawn (notebook 09, `plots.verdict_change`):",
+        "",
+        "![Each claim before and after](figures/09_next_verdict_change.png)",
+        "",
     ]
     main = read_table("next/main_change", results)
     if main is None or main.empty:

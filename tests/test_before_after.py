@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from test_experiments import rows
 
-from cdlib import before_after, effects, report, runs, sentences, tables
+from cdlib import before_after, effects, plots, report, runs, sentences, tables
 
 
 def test_verdict_change_compares_two_profiles_on_the_cells_both_pool(tmp_path):
@@ -42,6 +42,8 @@ def test_verdict_change_compares_two_profiles_on_the_cells_both_pool(tmp_path):
     assert pool["cells (sampled)"] == 2 and pooled[4]["cells (sampled)"] == 4
     assert pool["effect % (sampled)"] < pooled[4]["effect % (sampled)"] - 5  # without c's +53%
     assert row["sampled: pooled after"].startswith(f"{pool['effect % (sampled)']:+.1f}% [")
+    for k in ("effect %", "CI low", "CI high"):  # the same interval as numbers, for the figure
+        assert row[f"sampled: {k} after"] == pool[f"{k} (sampled)"]
     assert row["sampled: verdict after"] == effects.verdict_kind(pool["verdict (sampled)"])
     assert row["sampled: verdict HK after"] == effects.verdict_kind(pool["verdict HK (sampled)"])
     assert row["sampled: verdict before"] == "does not hold"  # excludes the paper's 2.7%
@@ -55,6 +57,18 @@ def test_verdict_change_compares_two_profiles_on_the_cells_both_pool(tmp_path):
     assert before_after.by_role("4. CD beats the plain student (HR@10)") == (
         "4. the primary CD arm beats the plain student (HR@10)"
     )
+    # the figure: per protocol, each claim's interval before (first) and after (second); the claims
+    # in % of the gap on a row of panels of their own
+    fig = plots.verdict_change(change.reset_index())
+    assert len(fig.axes) == 2
+    before_bars, after_bars = fig.axes[0].containers
+    assert np.allclose(after_bars.lines[0].get_xdata(), change["sampled: effect % after"])
+    assert np.allclose(before_bars.lines[0].get_xdata(), change["sampled: effect % before"])
+    plots.close(fig)
+    gap = change.iloc[:1].rename(index=lambda c: "4. gap recovered by RD (% of teacher - student)")
+    fig = plots.verdict_change(pd.concat([change, gap]).reset_index())
+    assert len(fig.axes) == 4 and len(fig.axes[2].get_yticks()) == 1
+    plots.close(fig)
     # a protocol on which no cell is pooled under both: no verdicts, and no change
     change["full: changed"] = change["full: changed"].astype(object)
     change.loc["3. CD beats RD (NDCG@10), primary CD arm", ["full: cells", "full: changed"]] = [
