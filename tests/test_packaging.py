@@ -47,3 +47,28 @@ def test_the_numbered_notebooks_are_committed_executed():
             f"{path.name}: code cells {unrun} have not run; execute it with `make figures` "
             "before committing"
         )
+
+
+def test_every_function_the_readme_and_the_package_cite_exists():
+    """A name in backticks, `module.name`, in README.md or a docstring or comment of cdlib, whose
+    module is one of cdlib's, names something that module has: a renamed or moved function leaves
+    no stale pointer (`report.violations` once named what is `audit.violations`)."""
+    import importlib
+    import pkgutil
+
+    import cdlib
+
+    modules = {m.name for m in pkgutil.iter_modules(cdlib.__path__)}
+    texts = [ROOT / "README.md", *sorted((ROOT / "cdlib").glob("*.py"))]
+    cited = {
+        (m, n, path.name)
+        for path in texts
+        for m, n in re.findall(r"`([a-z_]+)\.([A-Za-z_]\w*)", path.read_text())
+        if m in modules and n != "py"  # (`cdlib/plots.py`-style file names aside)
+    }
+    missing = sorted(
+        f"{where}: {m}.{n}"
+        for m, n, where in cited
+        if not hasattr(importlib.import_module(f"cdlib.{m}"), n)
+    )
+    assert not missing, missing
