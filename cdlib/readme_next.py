@@ -84,7 +84,7 @@ def _tuning_change_section(results=None) -> list[str]:
             "tuned on ml-100k and ml-1m, the other datasets borrowing ml-1m's, validation negatives of "
             "their own draw, no guide stage: CD teacher-guided), per cell whose tuning is recorded "
             '(`tuning.tuning_change`; "grid steps": how far each numeric setting moved along its '
-            "grid, sorted by value, `tuning.grid_steps`)." + _moved_sentence(change),
+            "grid, sorted by value, `tuning.grid_moves`)." + _moved_sentence(change),
             "",
             markdown(change),
             "",

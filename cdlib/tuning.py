@@ -236,11 +236,6 @@ def grid_moves(grid: dict, was: dict, now: dict) -> dict:
     return out
 
 
-def grid_steps(grid: dict, was: dict, now: dict) -> str:
-    """`grid_moves` as text (`steps_text`)."""
-    return steps_text(grid_moves(grid, was, now))
-
-
 def steps_text(moves: dict) -> str:
     """`grid_moves`' moves as text: "lr +1, lambda_kd -2", "lambda_kd off the grid"; "": none."""
     return ", ".join(f"{k} off the grid" if n is None else f"{k} {n:+d}" for k, n in moves.items())
@@ -250,10 +245,11 @@ def tuning_change(before: Profile, after: Profile, results=None) -> pd.DataFrame
     """Each stage's choice under profile `after` beside `before`'s for the same dataset and backbone
     ("before", "after", "moved"; "... tuned on": a profile may borrow another dataset's tuning;
     "after at grid edge": the settings `at_edge`; "grid steps": how far each numeric setting moved,
-    `grid_moves`; "largest grid step": the largest of those moves in absolute value, 0 where no
-    setting on its grid moved), for every cell whose tuning under `after` is recorded. A stage
-    `before` does not tune shows the setting it runs instead (`UNTUNED`, "(fixed)"); where `before`'s tuning is not recorded whole,
-    "before" is blank and "moved" NA. Reads the records; trains nothing."""
+    `grid_moves` as `steps_text`; "largest grid step": the largest of those moves in absolute
+    value, 0 where no setting on its grid moved), for every cell whose tuning under `after` is
+    recorded. A stage `before` does not tune shows the setting it runs instead (`UNTUNED`,
+    "(fixed)"); where `before`'s tuning is not recorded whole, "before" is blank and "moved" NA.
+    Reads the records; trains nothing."""
     columns = ["dataset", "backbone", "stage", "before tuned on", "before", "after tuned on"]
     columns += ["after", "after at grid edge", "moved", "grid steps", "largest grid step"]
     if after.tuning is None:

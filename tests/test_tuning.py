@@ -172,19 +172,17 @@ def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp
     assert tuning.tuning_change(nxt, dataclasses.replace(paper, tuning=None), tmp_path).empty
 
 
-def test_grid_steps_counts_each_numeric_setting_s_move_along_its_sorted_grid():
+def test_grid_moves_counts_each_numeric_setting_s_move_along_its_sorted_grid():
     grid = {"lambda_kd": [0.5, 0.1, 1.0], "n_distill": [10, 20], "guide": ["teacher", "student"]}
     was = {"lambda_kd": 0.1, "n_distill": 20, "guide": "teacher"}
-    assert tuning.grid_steps(grid, was, {**was, "lambda_kd": 1.0, "n_distill": 10}) == (
-        "lambda_kd +2, n_distill -1"
-    )
-    assert tuning.grid_steps(grid, was, {**was, "guide": "student"}) == ""  # not a number
-    assert tuning.grid_steps(grid, was, dict(was)) == ""
-    assert tuning.grid_steps(grid, {**was, "lambda_kd": 0.3}, was) == "lambda_kd off the grid"
-    assert tuning.grid_moves(grid, {**was, "lambda_kd": 0.3}, {**was, "n_distill": 10}) == {
-        "lambda_kd": None,  # 0.3 is not on the grid
-        "n_distill": -1,
-    }
+    moves = tuning.grid_moves(grid, was, {**was, "lambda_kd": 1.0, "n_distill": 10})
+    assert moves == {"lambda_kd": 2, "n_distill": -1}
+    assert tuning.steps_text(moves) == "lambda_kd +2, n_distill -1"
+    assert tuning.grid_moves(grid, was, {**was, "guide": "student"}) == {}  # not a number
+    assert tuning.grid_moves(grid, was, dict(was)) == {} and tuning.steps_text({}) == ""
+    off = tuning.grid_moves(grid, {**was, "lambda_kd": 0.3}, {**was, "n_distill": 10})
+    assert off == {"lambda_kd": None, "n_distill": -1}  # 0.3 is not on the grid
+    assert tuning.steps_text(off) == "lambda_kd off the grid, n_distill -1"
 
 
 def test_the_tuning_frontier_is_the_first_stage_not_recorded_whole(tmp_path, monkeypatch):
