@@ -91,10 +91,7 @@ def verdict_change(before=None, after=None) -> pd.DataFrame:
                 hk = r[f"verdict HK ({proto})"]
                 for k in ("effect %", "CI low", "CI high"):
                     row[f"{proto}: {k} {when}"] = r[f"{k} ({proto})"]
-                row[f"{proto}: pooled {when}"] = (
-                    f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
-                    f"{r[f'CI high ({proto})']:+.1f}]"
-                )
+                row[f"{proto}: pooled {when}"] = report.interval_text(r, proto)
                 row[f"{proto}: verdict {when}"] = verdict_kind(r[f"verdict ({proto})"])
                 row[f"{proto}: verdict HK {when}"] = (
                     verdict_kind(hk) if isinstance(hk, str) else None

@@ -221,6 +221,14 @@ def _changes_without_one(pool: dict, drops: list, rows: list[dict], lower) -> st
     return "; ".join(changed) or "no cell"
 
 
+def interval_text(r, proto: str) -> str:
+    """A row's effect and 95% interval on one protocol: "+2.9% [+1.8, +4.0]"."""
+    return (
+        f"{r[f'effect % ({proto})']:+.1f}% "
+        f"[{r[f'CI low ({proto})']:+.1f}, {r[f'CI high ({proto})']:+.1f}]"
+    )
+
+
 def _measured(r: dict, proto: str) -> str:
     e = r.get(f"effect % ({proto})")
     if e is None or not np.isfinite(e):
@@ -228,7 +236,7 @@ def _measured(r: dict, proto: str) -> str:
     if not np.isfinite(r.get(f"p ({proto})", np.nan)):
         return f"{proto}: {e:+.1f}% (one seed, no interval)"
     return (
-        f"{proto}: {e:+.1f}% [{r[f'CI low ({proto})']:+.1f}, {r[f'CI high ({proto})']:+.1f}] "
+        f"{proto}: {interval_text(r, proto)} "
         f"(p {r[f'p ({proto})']:.2g}, Holm {r[f'p Holm ({proto})']:.2g}, MDE {r[f'MDE % ({proto})']:.1f}%, "
         f"{r[f'seeds ({proto})']} seeds)"
     )
@@ -239,8 +247,7 @@ def measured_pool(r: dict, proto: str) -> str:
     if not r.get(f"cells ({proto})"):
         return f"{proto}: no pooled estimate"
     return (
-        f"{proto}: pooled {r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
-        f"{r[f'CI high ({proto})']:+.1f}] over {int(r[f'cells ({proto})'])} cells, I² "
+        f"{proto}: pooled {interval_text(r, proto)} over {int(r[f'cells ({proto})'])} cells, I² "
         f"{100 * (r[f'I2 ({proto})'] if np.isfinite(r[f'I2 ({proto})']) else 0):.0f}%: {r[f'verdict ({proto})']}"
     )
 

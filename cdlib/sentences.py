@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import effects
-from .report import PAPER_GAIN, PROTOCOLS, measured_pool
+from .report import PAPER_GAIN, PROTOCOLS, interval_text, measured_pool
 
 
 def primary_against_best(table: pd.DataFrame, metric: str = "NDCG@10") -> list[str]:
@@ -120,8 +120,7 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
             held = cells.loc[tested, f"held ({proto})"].astype(bool).sum()
             row.update(
                 {
-                    proto: f"{r[f'effect % ({proto})']:+.1f}% [{r[f'CI low ({proto})']:+.1f}, "
-                    f"{r[f'CI high ({proto})']:+.1f}]",
+                    proto: interval_text(r, proto),
                     f"{proto}: verdict": kind,
                     f"{proto}: cells held": f"{int(held)} of {int(tested.sum())}",
                 }
