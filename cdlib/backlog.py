@@ -287,25 +287,25 @@ def _worker(args) -> int:
     return work(p, worker=worker, max_runs=max_runs)
 
 
-def hours_left(p, results=None) -> pd.DataFrame:
-    """`plan.hours_to_go` of profile `p` against its records: its grid priced at its own step
-    (`plan.profile_estimate`), what it has recorded (`audit.profile_coverage`); empty where the grid
-    cannot be priced (no bench or no recorded run)."""
+def hours_left(p, results=None, by=("backbone",)) -> pd.DataFrame:
+    """`plan.hours_to_go` of profile `p` against its records, per `by`: its grid priced at its own
+    step (`plan.profile_estimate`), what it has recorded (`audit.profile_coverage`); empty where the
+    grid cannot be priced (no bench or no recorded run)."""
     estimate = plan.profile_estimate(
         p, plan.bench_steps(results), results, p.step or "dense", digits=None
     )
     if estimate.empty:
         return pd.DataFrame()
-    return plan.hours_to_go(estimate, audit.profile_coverage(p, results))
+    return plan.hours_to_go(estimate, audit.profile_coverage(p, results), by)
 
 
 def to_go_line(left: pd.DataFrame, cores: int) -> str:
-    """`hours_left` in a sentence: the runs to go, their estimated CPU hours, the hours at the
-    ratio the complete tables took where there is one, and the wall hours that means on `cores`
-    cores, one run per core."""
+    """`hours_left` (by any grouping) in a sentence: the runs to go, their estimated CPU hours, the
+    hours at the ratio the complete tables took where there is one, and the wall hours that means
+    on `cores` cores, one run per core."""
     if left.empty:
         return "the grid to go cannot be priced here (no step bench or no recorded run)"
-    whole = left.set_index("backbone").loc["all"]
+    whole = left.iloc[-1]  # the row "all"
     hours, at = whole["CPU hours to go, estimated"], whole["CPU hours to go, at that ratio"]
     best = at if pd.notna(at) else hours
     return (
@@ -342,7 +342,11 @@ def main(argv=None) -> int:
             f"{len(items)} runs can be trained now; a tuning stage's later stages and the tables of"
         )
         print("a cell not yet tuned are not counted until the runs before them are recorded;")
-        print(to_go_line(hours_left(p), os.cpu_count() or 1))
+        cells = hours_left(p, by=("dataset", "backbone"))
+        if not cells.empty:
+            print("CPU hours to go per cell (`plan.hours_to_go`):")
+            print(cells[cells["runs to go"] > 0].round(1).to_string(index=False))
+        print(to_go_line(cells, os.cpu_count() or 1))
         for c in (i.config for i in items if _checkpointed(i.config)):
             own = checkpoint.path_of([c.key()])
             if own.is_file():

@@ -101,33 +101,37 @@ def estimate_check(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFra
     return out.reset_index()
 
 
-def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
+def hours_to_go(estimate: pd.DataFrame, coverage: pd.DataFrame, by=("backbone",)) -> pd.DataFrame:
     """What `coverage` (`audit.profile_coverage`) has not recorded of `estimate` (`profile_estimate`),
-    per backbone: the runs to go, the estimated CPU hours to go (each table and cell's estimate, the
-    last column, times its share of runs not recorded), the recorded / estimated ratio of the
-    backbone's complete tables (`estimate_check`, pooled over them; NaN where none is complete), and
-    the hours to go at that ratio. A last row "all" sums them."""
-    keys = ["table", "dataset", "backbone"]
+    per backbone (or per `by`: ("dataset", "backbone") gives a row per cell): the runs to go, the
+    estimated CPU hours to go (each table and cell's estimate, the last column, times its share of
+    runs not recorded), the recorded / estimated ratio of the backbone's complete tables
+    (`estimate_check`, pooled over them; NaN where none is complete), and the hours to go at that
+    ratio. A last row "all" sums them."""
+    keys, by = ["table", "dataset", "backbone"], list(by)
     est = estimate[estimate.table != "all"].set_index(keys)[estimate.columns[-1]]
     cov = coverage[coverage.table != "all"].set_index(keys)
     left = cov.runs - cov.recorded
     rows = pd.DataFrame({"runs to go": left, "hours": est.reindex(cov.index) * left / cov.runs})
-    by = rows.groupby(level="backbone", sort=False).agg(lambda x: x.sum(skipna=False))
+    grouped = rows.groupby(level=by, sort=False).agg(lambda x: x.sum(skipna=False))
     done = estimate_check(estimate, coverage).groupby("backbone", sort=False).sum(numeric_only=True)
-    ratio = (done["CPU hours, recorded"] / done["CPU hours, estimated"]).reindex(by.index)
+    by_backbone = done["CPU hours, recorded"] / done["CPU hours, estimated"]
+    ratio = grouped.index.to_frame().backbone.map(by_backbone).to_numpy()
     out = pd.DataFrame(
         {
-            "runs to go": by["runs to go"].astype(int),
-            "CPU hours to go, estimated": by.hours,
+            "runs to go": grouped["runs to go"].astype(int),
+            "CPU hours to go, estimated": grouped.hours,
             "recorded / estimated": ratio,
-            "CPU hours to go, at that ratio": by.hours * ratio,
+            "CPU hours to go, at that ratio": grouped.hours * ratio,
         }
     ).reset_index()
     total = out.sum(numeric_only=True, skipna=False)
     total["recorded / estimated"] = (
         total["CPU hours to go, at that ratio"] / total["CPU hours to go, estimated"]
     )
-    return pd.concat([out, pd.DataFrame([{"backbone": "all", **total}])], ignore_index=True)
+    first = {by[0]: "all", **{k: "" for k in by[1:]}}
+    out = pd.concat([out, pd.DataFrame([{**first, **total}])], ignore_index=True)
+    return out.astype({"runs to go": int})
 
 
 def bench_steps(results=None) -> list[dict]:

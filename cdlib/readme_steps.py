@@ -213,6 +213,16 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
             + "."
         )
         text += _to_go_sentence(hours_to_go(estimate, coverage))
+        cells = hours_to_go(estimate, coverage, by=("dataset", "backbone"))
+        return [
+            text,
+            "",
+            "Where those hours lie, per cell with runs to go (`plan.hours_to_go` by dataset and "
+            "backbone, each cell at its backbone's ratio):",
+            "",
+            markdown(cells[cells["runs to go"] > 0].round(2)),
+            "",
+        ]
     return [text, ""]
 
 

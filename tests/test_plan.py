@@ -168,3 +168,11 @@ def test_hours_to_go_scale_the_estimate_by_what_complete_cells_took():
     assert "(cdae 2.00x; neumf none), not known yet." in text
     whole = plan.hours_to_go(estimate.iloc[[0, 1, 2, 4]], coverage.iloc[[0, 1, 2, 4]])
     assert "(cdae 2.00x), **2** (`plan.hours_to_go`)." in readme_steps._to_go_sentence(whole)
+    # a row per cell, each at its backbone's ratio; their sum is the backbones'
+    cells = plan.hours_to_go(estimate, coverage, by=("dataset", "backbone"))
+    cells = cells.set_index(["dataset", "backbone"])
+    assert cells.loc[("ml-100k", "cdae")].tolist() == [0, 0.0, 2.0, 0.0]
+    assert cells.loc[("ml-1m", "cdae")].tolist() == [1, 0.75, 2.0, 1.5]
+    assert cells.loc[("ml-1m", "neumf"), "CPU hours to go, estimated"] == 1.0
+    assert np.isnan(cells.loc[("ml-1m", "neumf"), "recorded / estimated"])
+    assert cells.loc[("all", "")].iloc[:2].tolist() == t.loc["all"].iloc[:2].tolist()
