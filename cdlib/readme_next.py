@@ -19,7 +19,7 @@ from .profiles import PROFILES
 from .report import PROTOCOLS
 from .runs import read_table
 from .tables import markdown
-from .tuning import edge_check, tuning_change
+from .tuning import edge_check, teacher_margin, tuning_change
 
 
 def next_section(cov: pd.DataFrame, results=None) -> list[str]:
@@ -89,6 +89,7 @@ def _tuning_change_section(results=None) -> list[str]:
             markdown(change),
             "",
         ]
+        + _teacher_margin_section(teacher_margin(PROFILES["next"], results))
         + _edge_section(results)
         + _next_claims_section(results)
     )
@@ -121,6 +122,35 @@ def _moved_sentence(change: pd.DataFrame) -> str:
         )
     text = "; ".join(parts)
     return f" {text[0].upper()}{text[1:]}." if text else ""
+
+
+def _teacher_margin_section(margin: pd.DataFrame) -> list[str]:
+    """The teacher each cell's tuning chose against the student it chose (`margin`:
+    `tuning.teacher_margin`), and the cells where a tuning seed's teacher is below its student."""
+    if margin.empty:
+        return []
+    weak = margin[margin["smallest seed margin %"] < 0]
+    text = (
+        "The teacher each cell's tuning chose against the plain student it chose, on validation "
+        "NDCG@10 over the tuning seeds (`tuning.teacher_margin`; margin: teacher / student - 1 of "
+        "the means, and the smallest of a seed against the same seed's student), per cell whose "
+        "teacher and student stages are recorded. "
+    )
+    if weak.empty:
+        text += "Every chosen teacher is above its student on every tuning seed."
+    else:
+        text += (
+            "A chosen teacher below its student on a tuning seed: "
+            + "; ".join(
+                f"{r.dataset} {r.backbone} ({r['smallest seed margin %']:+.1f}% on its worst seed, "
+                f"{r['margin %']:+.1f}% on the means)"
+                for _, r in weak.iterrows()
+            )
+            + "; the main table's teachers of those seeds share these runs, so `audit.violations` "
+            "will list them there."
+        )
+    shown = margin.round({"margin %": 1, "smallest seed margin %": 1}).round(4)
+    return [text, "", markdown(shown), ""]
 
 
 def _edge_section(results=None) -> list[str]:

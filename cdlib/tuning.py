@@ -347,6 +347,45 @@ def edge_check(p: Profile, results=None, progress: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def teacher_margin(p: Profile, results=None) -> pd.DataFrame:
+    """The teacher each cell's tuning chose against the plain student it chose, on validation NDCG@10
+    over the tuning seeds, once both stages are recorded (the later stages need not be): per cell the
+    two points, their mean validation NDCG@10, the teacher's margin % of the means, and the smallest
+    margin of a seed (the same seed's teacher and student). A negative margin is a teacher weaker
+    than its own plain student (METHOD.md "A fair comparison"), known here before the main table
+    runs (`audit.violations` lists it there). Reads the records; trains nothing."""
+    col = f"valid {TUNE_METRIC}"
+    columns = ["dataset", "backbone", "teacher", f"teacher {col}", "student", f"student {col}"]
+    columns += ["seeds", "margin %", "smallest seed margin %"]
+    rows = []
+    for d in p.tuning_datasets():
+        for b in p.backbones:
+            walked, choice = _walk(p, d, b, results, Execution(train=False), False)
+            if not {"Teacher", "Student"} <= set(choice):
+                continue
+            chosen = {}
+            for stage, _, df in walked:
+                if stage in ("Teacher", "Student"):
+                    label = point_label(stage, choice[stage])
+                    chosen[stage] = (label, df[df.label == label].set_index("seed")[col])
+            (t_label, t), (s_label, s) = chosen["Teacher"], chosen["Student"]
+            both = t.index.intersection(s.index)
+            rows.append(
+                {
+                    "dataset": d,
+                    "backbone": b,
+                    "teacher": t_label,
+                    f"teacher {col}": t.mean(),
+                    "student": s_label,
+                    f"student {col}": s.mean(),
+                    "seeds": len(both),
+                    "margin %": 100 * (t.mean() / s.mean() - 1),
+                    "smallest seed margin %": (100 * (t[both] / s[both] - 1)).min(),
+                }
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def settings(
     p: Profile, dataset: str, backbone: str, results=None, progress: bool = True
 ) -> dict | None:

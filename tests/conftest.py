@@ -56,14 +56,15 @@ def fake_record(c, valid: float, test: float = 0.5) -> dict:
     }
 
 
-def fake_training(monkeypatch, paper_lr: float = 3e-3):
+def fake_training(monkeypatch, paper_lr: float = 3e-3, valid=None):
     """train.run_group writes a fake record for each run not recorded (none when training is off), and
     train.load_teacher gives no teacher (the backlog's retraining of a teacher's weights):
     validation prefers learning rate 3e-3 (`paper_lr` with the paper profile's validation
-    negatives), and CD at lambda_kd 1.0 with 20 distilled items."""
+    negatives), and CD at lambda_kd 1.0 with 20 distilled items; or, given, `valid(config)` is each
+    run's validation NDCG@10."""
     from cdlib import runs, train
 
-    def valid(c):
+    def preferred(c):
         lr = paper_lr if c.valid_negatives == "own" else 3e-3
         good = c.lr == lr if c.method == "none" else c.method != "cd" or c.lambda_kd == 1.0
         return 0.9 if good and (c.method != "cd" or c.n_distill in (None, 20)) else 0.1
@@ -75,7 +76,8 @@ def fake_training(monkeypatch, paper_lr: float = 3e-3):
             if rec is None:
                 if execution is not None and not execution.train:
                     raise train.NotRecorded(c.key())
-                rec = {**fake_record(c, valid=valid(c)), "config": dataclasses.asdict(c)}
+                v = (valid or preferred)(c)
+                rec = {**fake_record(c, valid=v), "config": dataclasses.asdict(c)}
                 runs.write_record(rec, results)
             out.append(rec)
         return out

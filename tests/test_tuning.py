@@ -290,3 +290,41 @@ def test_edge_check_runs_each_choice_at_an_edge_one_step_past_it(tmp_path, monke
     assert text.startswith("Of these choices, 2 settings lie at an edge of their grid.")
     assert "of the 2 recorded, validation NDCG@10 still rises past 1: ml-100k cdae " in text
     assert "RD lambda_rd=3.3, rd_k=10 (+5.6% over RD lambda_rd=1, rd_k=10)" in text
+
+
+def test_teacher_margin_sets_the_chosen_teacher_against_the_chosen_student_per_seed(
+    tmp_path, monkeypatch
+):
+    """Issue 23's weak teachers, seen from the tuning stage: the chosen teacher's validation NDCG@10
+    against the chosen plain student's, as means and seed by seed, once those two stages are
+    recorded (RD's and CD's need not be)."""
+
+    def valid(c):
+        if c.method != "none":
+            return 0.1
+        if c.size == 200:  # the teacher: lr 3e-3 chosen, 0.5 and 0.3 on seeds 0 and 1
+            return {3e-3: 0.5 - 0.2 * c.seed, 1e-3: 0.35}[c.lr]
+        return {3e-3: 0.2 + 0.2 * c.seed, 1e-3: 0.1}[c.lr]  # the student: 0.2 and 0.4
+
+    _fake_training(monkeypatch, valid=valid)
+    p = profiles.profile("smoke", backbones=["cdae"], train_missing=True)
+    p = dataclasses.replace(
+        p,
+        tune_seeds=[0, 1],
+        tuning={**p.tuning, "Teacher": {"lr": [1e-3, 3e-3]}, "Student": {"lr": [1e-3, 3e-3]}},
+    )
+    assert tuning.teacher_margin(p, tmp_path).empty  # nothing recorded
+    teacher = tuning.stage_grid(p, "ml-100k", "cdae", "Teacher", {})
+    tables.collect(teacher, tmp_path, progress=False)
+    assert tuning.teacher_margin(p, tmp_path).empty  # the student's stage is not recorded
+    student = tuning.stage_grid(p, "ml-100k", "cdae", "Student", {"Teacher": {"lr": 3e-3}})
+    tables.collect(student, tmp_path, progress=False)
+    margin = tuning.teacher_margin(p, tmp_path)
+    (row,) = margin.to_dict("records")
+    assert row["teacher"] == "Teacher lr=0.003" and row["student"] == "Student lr=0.003"
+    assert row["teacher valid NDCG@10"] == pytest.approx(0.4)
+    assert row["student valid NDCG@10"] == pytest.approx(0.3)
+    assert row["seeds"] == 2 and row["margin %"] == pytest.approx(100 / 3)
+    assert row["smallest seed margin %"] == pytest.approx(-25.0)  # seed 1: 0.3 against 0.4
+    text = readme_next._teacher_margin_section(margin)
+    assert "A chosen teacher below its student on a tuning seed: ml-100k cdae (-25.0%" in text[0]
