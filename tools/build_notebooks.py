@@ -457,6 +457,14 @@ and ml-1m, the other datasets borrowing ml-1m's), per cell whose tuning under `n
 print(change.to_string(index=False) if not change.empty else "no cell's tuning under next is recorded yet")""",
             "nbval-check-output",
         ),
+        md("""The teacher each cell's tuning chose against the plain student it chose, on validation NDCG@10 over
+the tuning seeds, as means and seed by seed (`tuning.teacher_margin`): a negative margin is a teacher weaker
+than its own student, known before the main table runs."""),
+        code(
+            """margin = tuning.teacher_margin(profiles.profile("next", device=device), results_dir)
+print(margin.round(4).to_string(index=False) if not margin.empty else "no cell of next has its teacher and student stages recorded yet")""",
+            "nbval-check-output",
+        ),
         md("""Where a choice lies at an edge of its grid, the stage's point one step past that edge, on the tuning
 seeds (`tuning.edge_check`; trained by the backlog, read here): does validation still rise past the edge?"""),
         code(
