@@ -146,8 +146,8 @@ def _teacher_margin_section(margin: pd.DataFrame) -> list[str]:
                 f"{r['margin %']:+.1f}% on the means)"
                 for _, r in weak.iterrows()
             )
-            + "; the main table's teachers of those seeds share these runs, so `audit.violations` "
-            "will list them there."
+            + "; the main table's teachers of those seeds are these runs, which `audit.violations` "
+            "lists there once the main table has run."
         )
     shown = margin.round({"margin %": 1, "smallest seed margin %": 1}).round(4)
     return [text, "", markdown(shown), ""]
