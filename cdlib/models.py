@@ -334,8 +334,10 @@ class NeuMF(Recommender):
         that they stay in the cache: the user parts computed for the whole batch, the first layer's
         item half W_i q'_i once an item (`_item_half`) where the batch has more pairs than the
         dataset has items, then looked up per pair. The same products as pair_logits on the whole
-        batch, bit for bit on this machine's BLAS (tests/test_models.py; the recorded models'
-        metrics recompute exactly), and faster (`SCORE_ELEMS`)."""
+        batch, bit for bit with one thread, as the backlog's workers train (tests/test_models.py;
+        the recorded models' metrics recompute exactly), and faster (`SCORE_ELEMS`). With more
+        threads the BLAS may split a chunk's rows between them otherwise than the whole batch's:
+        exact on the AMD EPYC of the records, 1 ulp apart in a few scores on an Intel Xeon's MKL."""
         n, c = items.shape
         gmf_user, user_half = self._user_parts(users)
         every = self._item_half() if n * c > self.mlp_item.num_embeddings else None
