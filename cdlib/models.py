@@ -337,7 +337,7 @@ class NeuMF(Recommender):
         batch, bit for bit with one thread, as the backlog's workers train (tests/test_models.py;
         the recorded models' metrics recompute exactly), and faster (`SCORE_ELEMS`). With more
         threads the BLAS may split a chunk's rows between them otherwise than the whole batch's:
-        exact on the AMD EPYC of the records, 1 ulp apart in a few scores on an Intel Xeon's MKL."""
+        exact on the AMD EPYC of the records, 1-4 ulp apart in a few scores on an Intel Xeon's MKL."""
         n, c = items.shape
         gmf_user, user_half = self._user_parts(users)
         every = self._item_half() if n * c > self.mlp_item.num_embeddings else None

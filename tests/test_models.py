@@ -54,14 +54,14 @@ def test_the_feature_major_tower_is_score_all_with_a_wider_tower(ml100k):
 @pytest.mark.parametrize("size,mlp_scale", [(64, 1), (8, 1), (8, 2)])
 def test_neumf_scores_candidates_as_its_pairs_bit_for_bit(ml100k, size, mlp_scale):
     """NeuMF.score, in chunks of pairs with the item half computed once an item, gives the scores
-    of the per-pair path on the whole batch (`Recommender.score`) exactly, not merely up to
-    rounding: no recorded validation moves. Batches of every size the sampled protocol scores
-    (943 users x 100 or 99 candidates here, more pairs than items; 10 users, fewer), in chunks of
-    the default size and of the least, `PAIR_ALIGN` pairs (the last one short). Chunks of whole
-    users rounded their last users' scores otherwise (99 candidates, d = 64). Exactly with one
-    thread, as the backlog's workers score; with two, up to rounding: MKL on an Intel Xeon
-    (AVX-512) splits a chunk's rows between the threads otherwise than the whole batch's, and 1-4
-    of the 94,300 scores of 943 users differ by 1-4 ulp (exact on an AMD EPYC)."""
+    of the per-pair path on the whole batch (`Recommender.score`) exactly with one thread, as the
+    backlog's workers score, not merely up to rounding: no recorded validation moves. Batches of
+    every size the sampled protocol scores (943 users x 100 or 99 candidates here, more pairs than
+    items; 10 users, fewer), in chunks of the default size and of the least, `PAIR_ALIGN` pairs
+    (the last one short). Chunks of whole users rounded their last users' scores otherwise (99
+    candidates, d = 64). With two threads, up to rounding: MKL on an Intel Xeon (AVX-512) splits a
+    chunk's rows between the threads otherwise than the whole batch's, and 1-4 of the 94,300 scores
+    of 943 users differ by 1-4 ulp (exact on an AMD EPYC)."""
     torch.manual_seed(2)
     m = models.NeuMF(ml100k.n_users, ml100k.n_items, size, mlp_scale, sparse=True).eval()
     for p in m.parameters():
