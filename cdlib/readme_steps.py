@@ -190,8 +190,9 @@ def sparse_step_section(results=None, next_coverage: pd.DataFrame | None = None)
 
 
 def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> list[str]:
-    """What profile `next` has recorded so far, and the estimate against the recorded hours of each
-    cell's tables whose every run is recorded (`plan.estimate_check`)."""
+    """What profile `next` has recorded so far, the estimate against the recorded hours of each
+    cell's tables whose every run is recorded (`plan.estimate_check`), and, once some are, the hours
+    to go (`plan.hours_to_go`): in all, and per cell with runs to go."""
     whole = coverage[coverage.table == "all"]
     if whole.empty or not whole.recorded.iloc[0]:
         return []
@@ -200,6 +201,7 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
         f"Recorded so far: {int(whole.recorded.iloc[0])} runs, "
         f"{whole['CPU hours'].iloc[0]:.1f} CPU hours (`audit.profile_coverage`)."
     )
+    table = []
     if not check.empty:
         text += (
             " Over each cell's tables whose every planned run is recorded, the estimate beside the "
@@ -214,16 +216,14 @@ def _estimate_check_sentence(estimate: pd.DataFrame, coverage: pd.DataFrame) -> 
         )
         text += _to_go_sentence(hours_to_go(estimate, coverage))
         cells = hours_to_go(estimate, coverage, by=("dataset", "backbone"))
-        return [
-            text,
-            "",
+        table = [
             "Where those hours lie, per cell with runs to go (`plan.hours_to_go` by dataset and "
             "backbone, each cell at its backbone's ratio):",
             "",
             markdown(cells[cells["runs to go"] > 0].round(2)),
             "",
         ]
-    return [text, ""]
+    return [text, "", *table]
 
 
 def _to_go_sentence(t: pd.DataFrame) -> str:

@@ -363,20 +363,19 @@ def teacher_margin(p: Profile, results=None) -> pd.DataFrame:
             walked, choice = _walk(p, d, b, results, Execution(train=False), False)
             if not {"Teacher", "Student"} <= set(choice):
                 continue
-            chosen = {}
-            for stage, _, df in walked:
-                if stage in ("Teacher", "Student"):
-                    label = point_label(stage, choice[stage])
-                    chosen[stage] = (label, df[df.label == label].set_index("seed")[col])
-            (t_label, t), (s_label, s) = chosen["Teacher"], chosen["Student"]
+            frames = {stage: df for stage, _, df in walked}
+            label = {st: point_label(st, choice[st]) for st in ("Teacher", "Student")}
+            t, s = (
+                frames[st][frames[st].label == label[st]].set_index("seed")[col] for st in label
+            )
             both = t.index.intersection(s.index)
             rows.append(
                 {
                     "dataset": d,
                     "backbone": b,
-                    "teacher": t_label,
+                    "teacher": label["Teacher"],
                     f"teacher {col}": t.mean(),
-                    "student": s_label,
+                    "student": label["Student"],
                     f"student {col}": s.mean(),
                     "seeds": len(both),
                     "margin %": 100 * (t.mean() / s.mean() - 1),
