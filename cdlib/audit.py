@@ -10,12 +10,12 @@ import dataclasses
 import math
 from collections import Counter
 
-import numpy as np
 import pandas as pd
 
 from . import metrics, runs
 from .config import STUDENT, Config, dataset_for
 from .costs import RUN_TABLES
+from .loop import rising, still_rising
 from .plan import TRAINING_NOTEBOOKS, profile_runs
 from .runs import read_table
 from .tables import collect, own_runs
@@ -134,34 +134,26 @@ def popularity_valid_ndcg(config: dict) -> float:
 FIXES: dict = {}
 
 
-# `stopped_rising`'s thresholds [decision]: on the 1,340 records of 2026-12-03 they flag one run, the
-# yelp NeuMF teacher at lr 1e-3, seed 0 (+4.2%, t = 7.0; best epoch 4, stopped at 50, while its seed 1
-# climbed to 0.4267 at epoch 422); the next largest rise was +1.9% (t = 2.9), on ml-100k
-RISE, RISE_T = 0.02, 3.0
+# `stopped_rising`'s thresholds, early stopping's own (`Config.rise`, `Config.rise_t`) [decision]: on
+# the 1,340 records of 2026-12-03 they flagged one run, the yelp NeuMF teacher at lr 1e-3, seed 0 (+4.2%,
+# t = 7.0; best epoch 4, stopped at 50, while its seed 1 climbed to 0.4267 at epoch 422), which was
+# then re-run under the rule; the next largest rise was +1.9% (t = 2.9), on ml-100k
+RISE, RISE_T = Config.rise, Config.rise_t
 
 
 def stopped_rising(curve, patience: int | None, rise: float = RISE, t: float = RISE_T) -> str:
     """Why early stopping ended a run while its validation NDCG@10 was still rising, or "": the
     least-squares line through its last `patience` epochs (those without a new best that ended it)
-    rising by more than `rise` x its best, with a slope `t` standard errors above 0 or more (the
-    epochs are not independent, so read t as a size, not a p-value). A run whose curve or patience
-    is not recorded, or is shorter, is not judged."""
-    if not curve or not patience or len(curve) < max(patience, 3):
+    rising by more than `rise` x its best, with a slope `t` standard errors above 0 or more
+    (`loop.still_rising`: since `Config.rise`, the rule keeps such a run going). A run whose curve or
+    patience is not recorded, or is shorter, is not judged."""
+    if not still_rising(curve, patience, rise, t):
         return ""
-    v = np.array([e["valid_NDCG@10"] for e in curve[-patience:]])
-    x = np.arange(len(v)) - (len(v) - 1) / 2
-    slope = (x @ v) / (x @ x)
-    resid = v - v.mean() - slope * x
-    se = math.sqrt((resid @ resid) / (len(v) - 2) / (x @ x))
-    best = max(e["valid_NDCG@10"] for e in curve)
-    up = slope * (len(v) - 1) / best
-    tt = slope / se if se > 0 else (math.inf if slope > 0 else 0.0)  # (a straight line)
-    if up > rise and tt >= t:
-        return (
-            f"stopped rising (valid NDCG@10 +{up:.1%} of its best over its last {len(v)} epochs, "
-            f"slope t = {tt:.1f})"
-        )
-    return ""
+    up, tt = rising(curve, patience)
+    return (
+        f"stopped rising (valid NDCG@10 +{up:.1%} of its best over its last {patience} epochs, "
+        f"slope t = {tt:.1f})"
+    )
 
 
 def violations(

@@ -29,7 +29,15 @@ STUDENT = {"cdae": 20, "neumf": 8}  # the main table's student sizes [decision] 
 SHAPES = ("dynamic", "static")
 # fields added after runs were recorded, and the value their absence from a record means: at that
 # value they are left out of the key, so older records keep theirs
-ABSENT_MEANS = {"shapes": "dynamic", "step": "dense", "refresh_tower": None}
+# (`rise`, `rise_t`: every record made before them ends where their rule ends it but one, which was
+# re-run under it: the yelp NeuMF teacher at lr 1e-3, seed 0, of issue 23's tuning stage)
+ABSENT_MEANS = {
+    "shapes": "dynamic",
+    "step": "dense",
+    "refresh_tower": None,
+    "rise": 0.02,
+    "rise_t": 3.0,
+}
 
 
 def recorded(config: dict, name: str):
@@ -75,6 +83,10 @@ class RunFields:
         1.05  # ... nor while its best validation NDCG@10 is at most this x that of the
     )
     # most-popular ranking (the initial plateau); None: no such rule
+    rise: float | None = 0.02  # ... nor while it still rises: the least-squares line through its
+    # last `patience` validation NDCG@10s up by more than `rise` x its best, its slope `rise_t`
+    # standard errors above 0 or more (`loop.rising`); None: no such rule
+    rise_t: float = 3.0
     lr: float | None = None
     batch_size: int | None = None  # users per step
     shapes: str | None = None  # dynamic: each step's tensors sized by its batch, negatives drawn by
@@ -174,6 +186,8 @@ class RunFields:
             patience=c.patience,
             min_epochs=c.min_epochs,
             plateau=c.plateau,
+            rise=c.rise,
+            rise_t=c.rise_t,
             lr=c.teacher_lr,
             weight_decay=c.weight_decay,
             n_neg=c.n_neg,

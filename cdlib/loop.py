@@ -4,8 +4,8 @@ It reads and writes no file but its checkpoints (`checkpoint`, given `resume`): 
 it returns.
 
 Early stopping on validation NDCG@10 (sampled protocol, the validation's own negatives), patience
-`patience` epochs, never before `min_epochs` nor while the run is on its initial plateau, under the
-cap `epochs`; the test metrics are those of the best validation epoch (METHOD.md "Evaluation
+`patience` epochs, never before `min_epochs`, nor while the run is on its initial plateau, nor while
+its validation still rises (`rising`), under the cap `epochs`; the test metrics are those of the best validation epoch (METHOD.md "Evaluation
 protocol", "A fair comparison").
 """
 
@@ -386,9 +386,36 @@ def _end_epoch(
     else:
         m.since += 1
         if m.since >= cfg.patience and epoch + 1 >= cfg.min_epochs and m.best > floor:
-            m.done = True
+            m.done = not still_rising(m.curve, cfg.patience, cfg.rise, cfg.rise_t)
     if epoch + 1 >= cfg.epochs:
         m.done = True
+
+
+def rising(curve: list[dict], window: int) -> tuple[float, float] | None:
+    """The least-squares line through the last `window` validation NDCG@10s of a learning curve:
+    its rise over them as a fraction of the curve's best, and its slope in standard errors (the
+    epochs are not independent, so read it as a size, not a p-value; inf for a rising straight
+    line). None for a curve shorter than `window` or a window under 3 epochs."""
+    if window < 3 or len(curve) < window:
+        return None
+    v = np.array([e["valid_NDCG@10"] for e in curve[-window:]])
+    x = np.arange(window) - (window - 1) / 2
+    slope = (x @ v) / (x @ x)
+    resid = v - v.mean() - slope * x
+    se = float(np.sqrt((resid @ resid) / (window - 2) / (x @ x)))
+    best = max(e["valid_NDCG@10"] for e in curve)
+    t = slope / se if se > 0 else (np.inf if slope > 0 else 0.0)
+    return float(slope * (window - 1) / best), float(t)
+
+
+def still_rising(curve: list[dict], patience: int, rise: float | None, rise_t: float) -> bool:
+    """Whether a run that early stopping would end after `patience` epochs without a new best is
+    still rising (`Config.rise`): its last `patience` epochs' line up by more than `rise` x its best
+    with a slope t of `rise_t` or more (`rising`). Never with `rise` None."""
+    if rise is None or not curve or not patience:
+        return False
+    got = rising(curve, patience)
+    return got is not None and got[0] > rise and got[1] >= rise_t
 
 
 def evaluate(model, ds, cfg) -> dict:

@@ -10,6 +10,7 @@ import torch
 
 from cdlib import (
     analyses,
+    audit,
     batches,
     config,
     index,
@@ -273,6 +274,38 @@ def test_early_stopping_waits_for_min_epochs_and_for_leaving_the_plateau(results
         progress=False,
     )
     assert rec["epochs_run"] == 2
+
+
+def test_early_stopping_waits_while_validation_still_rises(results, monkeypatch):
+    """An early peak, a dip, then a climb past the peak (yelp NeuMF's curves): patience alone ends
+    the run in the dip; `Config.rise` keeps it going while the last `patience` epochs rise, then
+    ends it `patience` epochs after its new best once the curve is flat."""
+    from cdlib import metrics
+
+    climb = [0.30 + 0.01 * k for k in range(22)]  # 0.51 > 0.5 at the 22nd epoch of the climb
+    curve = [0.5, *climb, *[0.51] * 20]
+    calls = {"n": 0}
+
+    def scripted(model, ds, split="test", *a, **k):
+        if isinstance(model, metrics.Popularity):
+            v = 0.1
+        else:
+            v = curve[min(calls["n"], len(curve) - 1)] if split == "valid" else 0.2
+            calls["n"] += split == "valid"
+        return {m: v for m in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")}
+
+    monkeypatch.setattr(metrics, "evaluate", scripted)
+    run = dict(TINY, epochs=40, patience=5, min_epochs=1)
+    rec = train.run(train.Config(backbone="cdae", size=8, **run, rise=None), results, progress=False)
+    assert (rec["best_epoch"], rec["epochs_run"]) == (1, 6)  # in the dip
+    calls["n"] = 0
+    rec = train.run(train.Config(backbone="cdae", size=8, **run), results, progress=False)
+    assert (rec["best_epoch"], rec["epochs_run"]) == (23, 28)  # past the peak, then flat
+    assert audit.stopped_rising(rec["curve"], 5) == ""
+    assert train.Config(backbone="cdae", size=8, **run).key() != train.Config(
+        backbone="cdae", size=8, **run, rise=None
+    ).key()
+    assert "rise" not in config.keyed_fields(config.fields_of(train.Config(**run).canonical()))
 
 
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
