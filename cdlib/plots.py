@@ -123,24 +123,58 @@ def _panels(data: pd.DataFrame, x: str, y: str, log_x: bool = False, **kw):
     return g.figure
 
 
-def learning_curves(df: pd.DataFrame, results=None, metric: str = "valid_NDCG@10"):
-    """Validation curve per epoch of each run (rows of tables.collect), one panel per
-    dataset x backbone, one line per label (mean over seeds)."""
+def _curves(df: pd.DataFrame, results, metric: str, columns: tuple) -> pd.DataFrame:
+    """The recorded learning curve of each run of `df` (rows of tables.collect) whose status is
+    "ok": a row per run and epoch, with the run's `columns` and `metric` at that epoch."""
     rows = []
     for r in df[df.status == "ok"].itertuples():
         rec = json.loads((runs.results_dir(results) / "runs" / f"{r.key}.json").read_text())
-        rows += [
-            {
-                "dataset": r.dataset,
-                "backbone": r.backbone,
-                "label": r.label,
-                "seed": r.seed,
-                "epoch": c["epoch"],
-                metric: c[metric],
-            }
-            for c in rec["curve"]
-        ]
-    return _panels(pd.DataFrame(rows), "epoch", metric, hue="label", kind="line", errorbar="sd")
+        own = {c: getattr(r, c) for c in columns}
+        rows += [{**own, "epoch": c["epoch"], metric: c[metric]} for c in rec["curve"]]
+    return pd.DataFrame(rows, columns=[*columns, "epoch", metric])
+
+
+def learning_curves(df: pd.DataFrame, results=None, metric: str = "valid_NDCG@10"):
+    """Validation curve per epoch of each run (rows of tables.collect), one panel per
+    dataset x backbone, one line per label (mean over seeds)."""
+    data = _curves(df, results, metric, ("dataset", "backbone", "label", "seed"))
+    return _panels(data, "epoch", metric, hue="label", kind="line", errorbar="sd")
+
+
+def tuning_curves(df: pd.DataFrame, results=None, stages=("Teacher", "Student")):
+    """The tuning stage's learning curves (`df`: its run table, results/00_tuning_runs.csv or a
+    profile's): validation NDCG@10 per epoch of every run of `stages`, a line per run coloured by
+    its learning rate (log scale), each seed its own line, so that a run early stopping ended before
+    its curve settled shows; a row of panels per backbone and stage, a column per dataset."""
+    metric = "valid_NDCG@10"
+    t = df[df.stage.isin(stages)]
+    data = _curves(t, results, metric, ("dataset", "backbone", "stage", "label", "seed"))
+    data["lr"] = data.label.str.extract(r"lr=([0-9.e-]+)", expand=False).astype(float)
+    data["panel"] = data.backbone + " · " + data.stage
+    g = sns.relplot(
+        data=data,
+        x="epoch",
+        y=metric,
+        col="dataset",
+        row="panel",
+        hue="lr",
+        hue_norm=matplotlib.colors.LogNorm(),
+        palette="viridis",
+        units="seed",
+        estimator=None,
+        kind="line",
+        linewidth=0.9,
+        height=2.4,
+        aspect=1.3,
+        facet_kws={"sharey": False, "sharex": False},
+    )
+    g.set_titles("{row_name} / {col_name}")
+    for ax in g.axes.flat:
+        if not any(
+            len(line.get_xdata()) for line in ax.lines
+        ):  # (seaborn's legend adds empty ones)
+            ax.text(0.5, 0.5, "not recorded yet", ha="center", va="center", transform=ax.transAxes)
+    return g.figure
 
 
 def accuracy_vs_params(df: pd.DataFrame, metric: str = "NDCG@10"):

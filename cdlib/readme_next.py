@@ -150,7 +150,18 @@ def _teacher_margin_section(margin: pd.DataFrame) -> list[str]:
             "lists there once the main table has run."
         )
     shown = margin.round({"margin %": 1, "smallest seed margin %": 1}).round(4)
-    return [text, "", markdown(shown), ""]
+    return [
+        text,
+        "",
+        markdown(shown),
+        "",
+        "The teacher and student stages' validation curves, a line per run and seed coloured by its "
+        "learning rate (notebook 09, `plots.tuning_curves`): where a run stopped before its curve "
+        "settled, and which learning rates a cell's curves rule out.",
+        "",
+        "![The tuning stage's learning curves](figures/09_next_tuning_curves.png)",
+        "",
+    ]
 
 
 def _edge_section(results=None) -> list[str]:

@@ -482,6 +482,18 @@ shown = readme_next.next_claims(results_dir)
 print(shown.to_string(index=False) if not shown.empty else "no cell of next has its runs recorded yet")""",
             "nbval-check-output",
         ),
+        md("""The teacher and student stages of `next`'s tuning, every run's validation NDCG@10 per epoch, a
+line per seed coloured by its learning rate (`plots.tuning_curves`, `figures/09_next_tuning_curves`): a curve
+cut before it settled would show here, as yelp NeuMF's teacher at lr 1e-3, seed 0 did (an early peak, a dip,
+then a climb past it) before early stopping waited for a rising curve (`Config.rise`)."""),
+        code(
+            """tuned = report.read_table("next/00_tuning_runs", results_dir)
+if tuned is not None and (tuned.status == "ok").any():
+    fig = plots.tuning_curves(tuned, results_dir)
+    plots.save(fig, "09_next_tuning_curves", figures_dir)
+    display(fig)
+    plots.close(fig)"""
+        ),
         md("The same claims pooled over `next`'s cells recorded so far, at a glance."),
         code(
             """glance = readme_next.next_at_a_glance(results_dir)
