@@ -394,6 +394,7 @@ def test_a_run_stopped_while_its_validation_still_rose_is_flagged():
     assert audit.stopped_rising(curve(noisy), 30) == ""  # a rise the epochs' noise explains
     assert audit.stopped_rising(None, 30) == audit.stopped_rising(curve(climbing), None) == ""
     assert audit.stopped_rising(curve(climbing[:20]), 30) == ""
+    assert audit.stopped_rising(curve(climbing), 2) == ""  # a window under 3 epochs: not judged
 
 
 def test_violations_flag_a_run_stopped_rising_unless_its_cap_ended_it(tmp_path, monkeypatch):
