@@ -91,14 +91,18 @@ def best_test_epoch(
 def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -> dict:
     """Whose seed an early collapse follows, the student's or its teacher's: the first `epochs` epochs
     of student `config` are trained again with each of `teacher_seeds` (recorded, cached teachers;
-    none is trained here) and, beside them, of the plain student of the same seed. Each row gives
-    the learning curve and, for NeuMF, how many units of the MLP tower's last layer are active on the
-    validation pairs after those epochs (0: the tower is dead). The row of the config's own teacher
-    is checked against the record's first epochs where the run is recorded. Written to
-    results/analysis/first_epochs_<key>.json with provenance."""
+    none is trained here) and, beside them, of the plain student of the same seed (a plain `config`,
+    method "none", with no `teacher_seeds`: that student alone). Each row gives the learning curve
+    and, for NeuMF, how many units of the MLP tower's last layer are active on the validation pairs
+    after those epochs (0: the tower is dead). The row of the config itself (its own teacher's, or
+    the plain run's) is checked against the record's first epochs where the run is recorded. Written
+    to results/analysis/first_epochs_<key>.json with provenance."""
     cfg = config.canonical()
-    if not cfg.has_teacher:
-        raise ValueError("first_epochs compares teachers of a distilled student; got method 'none'")
+    if teacher_seeds and not cfg.has_teacher:
+        raise ValueError(
+            "first_epochs compares the teachers of a distilled student; a plain run (method 'none') "
+            f"takes no teacher_seeds, got {list(teacher_seeds)}"
+        )
     ds = dataset_for(cfg)
     short = {"epochs": epochs, "min_epochs": epochs, "patience": epochs}
     plain = Config(**{**dataclasses.asdict(cfg), "method": "none"}).canonical()
@@ -137,9 +141,9 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
         )
     rec = runs.read_record(cfg.key(), results)
     own = (
-        next(r for r in rows if r["teacher_seed"] == cfg.teacher_seed)
-        if cfg.teacher_seed in teacher_seeds
-        else None
+        rows[0]
+        if not cfg.has_teacher
+        else next((r for r in rows if r["teacher_seed"] == cfg.teacher_seed), None)
     )
     reproduced = None
     if rec is not None and own is not None:

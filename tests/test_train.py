@@ -296,15 +296,18 @@ def test_early_stopping_waits_while_validation_still_rises(results, monkeypatch)
 
     monkeypatch.setattr(metrics, "evaluate", scripted)
     run = dict(TINY, epochs=40, patience=5, min_epochs=1)
-    rec = train.run(train.Config(backbone="cdae", size=8, **run, rise=None), results, progress=False)
+    rec = train.run(
+        train.Config(backbone="cdae", size=8, **run, rise=None), results, progress=False
+    )
     assert (rec["best_epoch"], rec["epochs_run"]) == (1, 6)  # in the dip
     calls["n"] = 0
     rec = train.run(train.Config(backbone="cdae", size=8, **run), results, progress=False)
     assert (rec["best_epoch"], rec["epochs_run"]) == (23, 28)  # past the peak, then flat
     assert audit.stopped_rising(rec["curve"], 5) == ""
-    assert train.Config(backbone="cdae", size=8, **run).key() != train.Config(
-        backbone="cdae", size=8, **run, rise=None
-    ).key()
+    assert (
+        train.Config(backbone="cdae", size=8, **run).key()
+        != train.Config(backbone="cdae", size=8, **run, rise=None).key()
+    )
     assert "rise" not in config.keyed_fields(config.fields_of(train.Config(**run).canonical()))
 
 
@@ -508,12 +511,16 @@ def test_first_epochs_retrains_a_student_with_each_teacher_seed_and_its_plain_tw
     assert (results / "analysis" / f"first_epochs_{rec['key']}.json").is_file()
     with pytest.raises(train.NotRecorded):  # no teacher is trained for it
         analyses.first_epochs(cfg, [7], results=results)
-    t = analyses.first_epochs_table(results)  # the plain twin once, both teachers' arms
-    assert list(t["run"]) == ["RD λ=1", "RD λ=1", "plain student"] and list(t["teacher seed"]) == [
-        "0",
-        "1",
-        "",
-    ]
+    plain = analyses.first_epochs(
+        dataclasses.replace(cfg, method="none", seed=1), [], epochs=2, results=results
+    )  # a plain student alone (this one not recorded)
+    assert [(r["method"], r["student_seed"]) for r in plain["rows"]] == [("none", 1)]
+    assert plain["reproduced_record_curve"] is None
+    with pytest.raises(ValueError, match="takes no teacher_seeds"):
+        analyses.first_epochs(dataclasses.replace(cfg, method="none"), [0], results=results)
+    t = analyses.first_epochs_table(results)  # the plain twin once, both teachers' arms; seed 1's
+    assert list(t["run"]) == ["RD λ=1", "RD λ=1", "plain student", "plain student"]
+    assert list(t["teacher seed"]) == ["0", "1", "", ""] and list(t["student seed"]) == [0, 0, 0, 1]
 
 
 @pytest.mark.parametrize(
