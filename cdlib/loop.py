@@ -5,8 +5,8 @@ it returns.
 
 Early stopping on validation NDCG@10 (sampled protocol, the validation's own negatives), patience
 `patience` epochs, never before `min_epochs`, nor while the run is on its initial plateau, nor while
-its validation still rises (`rising`), under the cap `epochs`; the test metrics are those of the best validation epoch (METHOD.md "Evaluation
-protocol", "A fair comparison").
+its validation still rises (`still_rising`), under the cap `epochs`; the test metrics are those of
+the best validation epoch (METHOD.md "Evaluation protocol", "A fair comparison").
 """
 
 from __future__ import annotations

@@ -170,9 +170,8 @@ def tuning_curves(df: pd.DataFrame, results=None, stages=("Teacher", "Student"))
     )
     g.set_titles("{row_name} / {col_name}")
     for ax in g.axes.flat:
-        if not any(
-            len(line.get_xdata()) for line in ax.lines
-        ):  # (seaborn's legend adds empty ones)
+        drawn = any(len(line.get_xdata()) for line in ax.lines)  # (the legend adds empty lines)
+        if not drawn:
             ax.text(0.5, 0.5, "not recorded yet", ha="center", va="center", transform=ax.transAxes)
     return g.figure
 
