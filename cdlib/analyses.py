@@ -302,8 +302,9 @@ def teacher_variants(
 
 def first_epochs_table(results=None) -> pd.DataFrame:
     """The analyses of `analyses.first_epochs`, one row per arm: the student and teacher seeds, the loss and
-    validation NDCG@10 after the retrained epochs, the MLP tower's active units (NeuMF), and the best
-    validation NDCG@10 of the recorded run of that arm, where there is one."""
+    validation NDCG@10 after the retrained epochs, the MLP tower's initialisation and active units
+    (NeuMF, `Config.mlp_init`), and the best validation NDCG@10 of the recorded run of that arm, where
+    there is one."""
     d = runs.results_dir(results) / "analysis"
     rows = []
     for p in sorted(d.glob("first_epochs_*.json")) if d.is_dir() else []:
@@ -321,6 +322,7 @@ def first_epochs_table(results=None) -> pd.DataFrame:
                     if r["method"] == "none"
                     else f"{r['method'].upper()} λ={weight:g}",
                     "lr": c["lr"],
+                    "mlp init": c.get("mlp_init") or "torch" if c["backbone"] == "neumf" else "",
                     "student seed": r["student_seed"],
                     "teacher seed": "" if r["teacher_seed"] is None else r["teacher_seed"],
                     f"loss, epoch {a['epochs']}": round(last["loss"], 4),
@@ -338,7 +340,8 @@ def first_epochs_table(results=None) -> pd.DataFrame:
         return out
     out["teacher seed"] = out["teacher seed"].astype(str)  # the plain student has none
     return out.drop_duplicates().sort_values(
-        ["dataset", "backbone", "student seed", "run", "teacher seed"], ignore_index=True
+        ["dataset", "backbone", "mlp init", "student seed", "run", "teacher seed"],
+        ignore_index=True,
     )
 
 

@@ -35,6 +35,7 @@ ABSENT_MEANS = {
     "shapes": "dynamic",
     "step": "dense",
     "refresh_tower": None,
+    "mlp_init": None,
     "rise": 0.02,
     "rise_t": 3.0,
 }
@@ -102,6 +103,10 @@ class RunFields:
     n_neg: int = 4  # uniform negatives per positive in L_CF
     corruption: float = 0.5  # CDAE input dropout q
     mlp_scale: int | None = None  # NeuMF tower width: embeddings of mlp_scale x d (None: 1)
+    mlp_init: str | None = None  # NeuMF's tower and prediction layer (`models.MLP_INITS`): None,
+    # PyTorch's nn.Linear defaults (weights and biases U(+-1/sqrt(fan_in)); every run recorded up
+    # to 2026-12-05) | "ncf": NCF's Keras code's (Glorot-uniform tower, LeCun-uniform prediction
+    # layer, zero biases)
     # teacher (students of a method that distils)
     teacher_size: int | None = None
     teacher_seed: int | None = None  # None: the student's own seed (a seed is a whole replicate)
@@ -141,6 +146,9 @@ class RunFields:
         if self.backbone != "cdae":
             d["corruption"] = None
         d["mlp_scale"] = (self.mlp_scale or 1) if self.backbone == "neumf" else None
+        if self.mlp_init not in models.MLP_INITS:
+            raise ValueError(f"mlp_init must be one of {models.MLP_INITS}, got {self.mlp_init!r}")
+        d["mlp_init"] = self.mlp_init if self.backbone == "neumf" else None
         d["device"] = models.default_device(self.device).type
         d["shapes"] = self.shapes or ("static" if d["device"] == "cuda" else "dynamic")
         d["step"] = self.step or "dense"
@@ -193,6 +201,7 @@ class RunFields:
             n_neg=c.n_neg,
             corruption=self.corruption,
             mlp_scale=c.mlp_scale,
+            mlp_init=c.mlp_init,
             shapes=c.shapes,
             step=c.step,
             device=self.device,
@@ -303,4 +312,5 @@ def build_model(cfg: Config, ds: Dataset, device=None) -> models.Recommender:
         device or cfg.device,
         cfg.mlp_scale or 1,
         cfg.step in sparse.SPARSE_STEPS,
+        cfg.mlp_init,
     )

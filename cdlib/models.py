@@ -263,6 +263,13 @@ class CDAE(Recommender):
         return out
 
 
+# NeuMF's tower and prediction layer: None, PyTorch's nn.Linear defaults (weights and biases
+# U(+-1/sqrt(fan_in))); "ncf", NCF's Keras code's (He et al. 2017, NeuMF.py: Dense layers
+# Glorot-uniform, the prediction layer LeCun-uniform, every bias 0). A d = 8 tower's last layer has 4
+# units; with PyTorch's random biases some seeds start with one of them live and lose it in their
+# first epoch (README Known issues)
+MLP_INITS = (None, "ncf")
+
 # [pairs x e] floats a chunk of `NeuMF.score` (2 MiB; chunks of 4 and 8 MiB were slower), and the
 # pairs a chunk starts at a multiple of: each pair keeps its place in the BLAS's row blocks, as in
 # the whole batch (chunks of whole users rounded their last rows otherwise). A d = 64 teacher's
@@ -278,10 +285,17 @@ class NeuMF(Recommender):
     GMF of dimension d beside an MLP tower on embeddings of size e = mlp_scale x d,
     [2e -> e -> e/2] (ReLU), fused by a linear layer: z_ui = h^T [p_u * q_i ; MLP([p'_u ; q'_i])] + b.
     mlp_scale = 1 is this project's tower ([2d -> d -> d/2]); 2 puts d units in the last layer under
-    wider ones, as NCF's tower at d predictive factors has ([4d -> 2d -> d])."""
+    wider ones, as NCF's tower at d predictive factors has ([4d -> 2d -> d]). Embeddings start from
+    N(0, 0.01) as NCF's; the tower and h from PyTorch's defaults or NCF's (`init`, `MLP_INITS`)."""
 
     def __init__(
-        self, n_users: int, n_items: int, dim: int, mlp_scale: int = 1, sparse: bool = False
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        mlp_scale: int = 1,
+        sparse: bool = False,
+        init: str | None = None,
     ):
         super().__init__()
         self.size, self.mlp_scale, self.sparse = dim, mlp_scale, sparse
@@ -298,6 +312,12 @@ class NeuMF(Recommender):
             if sparse:
                 fresh_on_lookup(emb)
             nn.init.normal_(emb.weight, std=0.01)
+        if init == "ncf":  # NCF's Keras layers (`MLP_INITS`), drawn after the embeddings
+            for layer in (self.layer1, self.layer2):
+                nn.init.xavier_uniform_(layer.weight)
+            nn.init.kaiming_uniform_(self.out.weight, nonlinearity="linear")  # LeCun-uniform
+            for layer in (self.layer1, self.layer2, self.out):
+                nn.init.zeros_(layer.bias)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.pair_logits(users, torch.arange(len(users), device=users.device), items)
@@ -453,14 +473,15 @@ def build(
     device: str | torch.device | None = None,
     mlp_scale: int = 1,
     sparse: bool = False,
+    mlp_init: str | None = None,
 ) -> Recommender:
-    """A CDAE (size = hidden units H) or NeuMF (size = dimension d, tower width `mlp_scale`) for a
-    training matrix; `sparse`: its look-ups give sparse row gradients (`Config.step` "sparse" or
-    "deferred")."""
+    """A CDAE (size = hidden units H) or NeuMF (size = dimension d, tower width `mlp_scale`, its
+    layers initialised as `mlp_init` says, `MLP_INITS`) for a training matrix; `sparse`: its
+    look-ups give sparse row gradients (`Config.step` "sparse" or "deferred")."""
     if backbone == "cdae":
         model = CDAE(train, size, corruption, sparse)
     elif backbone == "neumf":
-        model = NeuMF(train.shape[0], train.shape[1], size, mlp_scale, sparse)
+        model = NeuMF(train.shape[0], train.shape[1], size, mlp_scale, sparse, mlp_init)
     else:
         raise ValueError(f"backbone must be 'cdae' or 'neumf', got {backbone!r}")
     return model.to(default_device(device) if not isinstance(device, torch.device) else device)

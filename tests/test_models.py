@@ -158,3 +158,43 @@ def test_stacked_pair_logits_are_each_models_pair_logits(ml100k, backbone):
         alone.sum().backward()
         for n in names:
             assert torch.allclose(params[n].grad[g], m.get_parameter(n).grad, atol=1e-4), n
+
+
+def test_neumf_takes_ncfs_initialisation_or_keeps_torchs(ml100k):
+    """mlp_init="ncf": NCF's Keras layers (zero biases, Glorot-uniform tower kernels, LeCun-uniform
+    prediction kernel), drawn after the embeddings, which stay those of the same seed; the default
+    leaves every draw as before, so every recorded NeuMF keeps its key and its numbers."""
+    from cdlib import train
+
+    built = {}
+    for init in (None, "ncf"):
+        torch.manual_seed(0)
+        built[init] = models.build("neumf", ml100k.train, 8, mlp_init=init)
+    torch_init, ncf = built[None], built["ncf"]
+    assert torch.equal(torch_init.gmf_user.weight, ncf.gmf_user.weight)
+    assert torch.equal(torch_init.mlp_item.weight, ncf.mlp_item.weight)
+    for layer in (ncf.layer1, ncf.layer2, ncf.out):
+        assert not layer.bias.any()
+    assert all(layer.bias.abs().min() > 0 for layer in (torch_init.layer1, torch_init.layer2))
+    for layer, bound in (
+        (ncf.layer1, (6 / (16 + 8)) ** 0.5),  # Glorot: sqrt(6 / (fan_in + fan_out))
+        (ncf.layer2, (6 / (8 + 4)) ** 0.5),
+        (ncf.out, (3 / 12) ** 0.5),  # LeCun: sqrt(3 / fan_in)
+    ):
+        w = layer.weight
+        assert w.abs().max() <= bound and w.abs().max() > 0.6 * bound  # drawn over the whole range
+    torch.manual_seed(0)
+    again = models.build("neumf", ml100k.train, 8)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), torch_init.parameters()))
+    plain = train.Config(dataset="ml-100k", backbone="neumf", size=8)
+    assert plain.canonical().mlp_init is None
+    assert (
+        train.Config(dataset="ml-100k", backbone="neumf", size=8, mlp_init="ncf").key()
+        != plain.key()
+    )
+    assert (
+        train.Config(dataset="ml-100k", backbone="cdae", mlp_init="ncf").canonical().mlp_init
+        is None
+    )
+    with pytest.raises(ValueError, match="mlp_init must be one of"):
+        train.Config(backbone="neumf", mlp_init="keras").canonical()
