@@ -13,7 +13,7 @@ from collections import Counter
 import pandas as pd
 
 from . import metrics, runs
-from .config import STUDENT, Config, dataset_for
+from .config import STUDENT, TEACHER_SIZE, Config, dataset_for
 from .costs import RUN_TABLES
 from .loop import rising, still_rising
 from .plan import TRAINING_NOTEBOOKS, profile_runs
@@ -274,3 +274,51 @@ def _weak_teachers(t: pd.DataFrame, what: str, results=None) -> list[dict]:
             }
         )
     return rows
+
+
+def first_epoch_drops(results=None, folder: str | None = None, below: float = 0.5) -> pd.DataFrame:
+    """NeuMF students (any size but the teacher's) of the run tables whose first epoch scores below
+    `below` x the most-popular ranking's validation NDCG@10: the mark of a tower that lost its last
+    live unit in that epoch (every such run `analyses.first_epochs` retrained has it; not proof of
+    one: `NeuMF.tower_units` of the weights is). Per dataset and method: the distinct runs recorded,
+    those that dropped, and their seeds. The tables as `violations` reads them (`folder`)."""
+    seen, rows = set(), []
+    for name in RUN_TABLES:
+        t = read_table(name if folder is None else f"{folder}/{name}", results)
+        if t is None or "key" not in t:
+            continue
+        for key in own_runs(t[(t.status == "ok") & (t.backbone == "neumf")]).key:
+            rec = key not in seen and runs.read_record(key, results)
+            seen.add(key)
+            c = rec["config"] if rec else {}
+            if not rec or c["size"] == TEACHER_SIZE["neumf"] or not rec.get("curve"):
+                continue
+            pop = rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(c)
+            first = rec["curve"][0]["valid_NDCG@10"]
+            rows.append(
+                {
+                    "dataset": c["dataset"],
+                    "method": c["method"],
+                    "seed": c["seed"],
+                    "dropped": first < below * pop,
+                }
+            )
+    cols = ["dataset", "method", "runs", "dropped", "seeds dropped"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    df["seeds dropped"] = df.seed.where(df.dropped)
+    return (
+        df.groupby(["dataset", "method"], sort=False)
+        .agg(
+            runs=("dropped", "size"),
+            dropped=("dropped", "sum"),
+            **{
+                "seeds dropped": (
+                    "seeds dropped",
+                    lambda s: ", ".join(f"{x:g}" for x in sorted(set(s.dropna()))),
+                )
+            },
+        )
+        .reset_index()[cols]
+    )

@@ -12,7 +12,7 @@ import dataclasses
 import pandas as pd
 
 from . import before_after, sentences
-from .audit import coverage_grid, violations
+from .audit import coverage_grid, first_epoch_drops, violations
 from .config import Execution
 from .models import default_device
 from .profiles import PROFILES
@@ -90,6 +90,7 @@ def _tuning_change_section(results=None) -> list[str]:
             "",
         ]
         + _teacher_margin_section(teacher_margin(PROFILES["next"], results))
+        + _first_epoch_section(results)
         + _edge_section(results)
         + _next_claims_section(results)
     )
@@ -160,6 +161,26 @@ def _teacher_margin_section(margin: pd.DataFrame) -> list[str]:
         "settled, and which learning rates a cell's curves rule out.",
         "",
         "![The tuning stage's learning curves](figures/09_next_tuning_curves.png)",
+        "",
+    ]
+
+
+def _first_epoch_section(results=None) -> list[str]:
+    """`next`'s NeuMF students whose first epoch drops below half the most-popular ranking
+    (`audit.first_epoch_drops`), per dataset and method, where any did."""
+    drops = first_epoch_drops(results, folder="next")
+    if not drops.dropped.any():
+        return []
+    return [
+        "NeuMF students of `next`'s tables whose first epoch scores below half the most-popular "
+        "ranking's validation NDCG@10, the mark of an MLP tower that lost its last live unit in "
+        "that epoch (`audit.first_epoch_drops`; notebook 00's collapse table retrains such runs, "
+        "and README Known issues gives the cause, PyTorch's initialisation of the tower). Such a "
+        "run likely ranks by GMF alone from then on; the claims pair arms by seed, so a seed whose "
+        f"arms drop differently weighs on its cell's paired differences. {int(drops.dropped.sum())} "
+        f"of {int(drops.runs.sum())} runs:",
+        "",
+        markdown(drops),
         "",
     ]
 

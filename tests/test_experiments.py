@@ -1070,3 +1070,39 @@ def test_engine_targets_compares_each_measurement_with_issue_22s_target():
     }
     assert "slowest: x" in t.target[t.step == "deferred"].iloc[1]
     assert t.measured[t.target.str.startswith("peak")].iloc[0] == "4.5 GiB"
+
+
+def test_first_epoch_drops_count_neumf_students_whose_first_epoch_falls_below_popularity(tmp_path):
+    """A NeuMF student whose first validation NDCG@10 is under half the most-popular ranking's
+    counts as dropped, one above does not; teachers and CDAE runs are not counted; a run two
+    tables list counts once; the seeds that dropped are named."""
+    from cdlib import runs
+
+    table = []
+    for key, backbone, size, method, seed, first in [
+        ("a", "neumf", 8, "none", 0, 0.19),
+        ("b", "neumf", 8, "none", 1, 0.05),
+        ("c", "neumf", 8, "rd", 1, 0.09),
+        ("d", "neumf", 64, "none", 1, 0.01),  # a teacher
+        ("e", "cdae", 20, "none", 1, 0.01),
+    ]:
+        config = {
+            "dataset": "d",
+            "backbone": backbone,
+            "size": size,
+            "method": method,
+            "seed": seed,
+        }
+        curve = [{"epoch": 1, "valid_NDCG@10": first}, {"epoch": 2, "valid_NDCG@10": 0.3}]
+        runs.write_record(
+            {"key": key, "config": config, "curve": curve, "popularity_valid_NDCG@10": 0.2},
+            tmp_path,
+        )
+        table.append(dict(config, label=method, status="ok", key=key))
+    t = pd.DataFrame(table)
+    tables.save_table(t, "03_main_runs", tmp_path)
+    tables.save_table(t, "04_sampling_runs", tmp_path)  # the same runs again
+    got = audit.first_epoch_drops(tmp_path).set_index("method")
+    assert list(got.index) == ["none", "rd"] and list(got.runs) == [2, 1]
+    assert list(got.dropped) == [1, 1] and list(got["seeds dropped"]) == ["1", "1"]
+    assert audit.first_epoch_drops(tmp_path, below=0.2).dropped.sum() == 0
