@@ -279,8 +279,9 @@ def _weak_teachers(t: pd.DataFrame, what: str, results=None) -> list[dict]:
 def first_epoch_drops(results=None, folder: str | None = None, below: float = 0.5) -> pd.DataFrame:
     """NeuMF students (any size but the teacher's) of the run tables whose first epoch scores below
     `below` x the most-popular ranking's validation NDCG@10: the mark of a tower that lost its last
-    live unit in that epoch (every such run `analyses.first_epochs` retrained has it; not proof of
-    one: `NeuMF.tower_units` of the weights is). Per dataset and method: the distinct runs recorded,
+    live unit in that epoch (of the runs `analyses.first_epochs` retrained, next's ml-100k and yelp
+    plain students of the tuning stage, those with the mark are those with no live unit; a proxy
+    still: `NeuMF.tower_units` of the weights is the proof). Per dataset and method: the distinct runs recorded,
     those that dropped, and their seeds. The tables as `violations` reads them (`folder`)."""
     seen, rows = set(), []
     for name in RUN_TABLES:
