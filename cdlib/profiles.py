@@ -76,6 +76,7 @@ class Profile:
     device: str | None = None
     step: str | None = None  # Config.step of every run (None: the default, dense)
     refresh_tower: str | None = None  # Config.refresh_tower of every run (NeuMF students' refresh)
+    mlp_init: str | None = None  # Config.mlp_init of every run (NeuMF; None: PyTorch's defaults)
     valid_negatives: str = Config.valid_negatives  # Config.valid_negatives of every run
     tune_seeds: list = field(default_factory=lambda: [0, 1])
     tuned: list = field(default_factory=lambda: ["ml-100k", "ml-1m"])
@@ -104,6 +105,7 @@ class Profile:
             device=self.device,
             step=self.step,
             refresh_tower=self.refresh_tower,
+            mlp_init=self.mlp_init,
             valid_negatives=self.valid_negatives,
             **kw,
         )

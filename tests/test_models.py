@@ -1,5 +1,6 @@
 """Models: every scoring path agrees, sizes and parameter counts are as documented."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -198,3 +199,14 @@ def test_neumf_takes_ncfs_initialisation_or_keeps_torchs(ml100k):
     )
     with pytest.raises(ValueError, match="mlp_init must be one of"):
         train.Config(backbone="neumf", mlp_init="keras").canonical()
+
+
+def test_a_profile_gives_every_neumf_run_its_mlp_init():
+    from cdlib import profiles
+
+    p = profiles.PROFILES["next"]
+    assert p.mlp_init is None and p.config("yelp", "neumf", 0).canonical().mlp_init is None
+    ncf = dataclasses.replace(p, mlp_init="ncf")
+    assert ncf.config("yelp", "neumf", 0, size=8).canonical().mlp_init == "ncf"
+    assert ncf.config("yelp", "cdae", 0).canonical().mlp_init is None
+    assert ncf.config("yelp", "neumf", 0).key() != p.config("yelp", "neumf", 0).key()
