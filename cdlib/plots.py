@@ -103,16 +103,18 @@ def dots(
     return fig
 
 
-def _panels(data: pd.DataFrame, x: str, y: str, log_x: bool = False, **kw):
-    """One panel per dataset x backbone (seaborn's relplot, axes not shared), x on a log scale when
-    asked; returns the figure."""
+def _panels(
+    data: pd.DataFrame, x: str, y: str, log_x: bool = False, row="backbone", height=3, **kw
+):
+    """One panel per `row` (backbone) x dataset (seaborn's relplot, axes not shared), x on a log
+    scale when asked; returns the figure."""
     g = sns.relplot(
         data=data,
         x=x,
         y=y,
         col="dataset",
-        row="backbone",
-        height=3,
+        row=row,
+        height=height,
         aspect=1.3,
         facet_kws={"sharey": False, "sharex": False},
         **kw,
@@ -151,12 +153,12 @@ def tuning_curves(df: pd.DataFrame, results=None, stages=("Teacher", "Student"))
     data = _curves(t, results, metric, ("dataset", "backbone", "stage", "label", "seed"))
     data["lr"] = data.label.str.extract(r"lr=([0-9.e-]+)", expand=False).astype(float)
     data["panel"] = data.backbone + " · " + data.stage
-    g = sns.relplot(
-        data=data,
-        x="epoch",
-        y=metric,
-        col="dataset",
+    fig = _panels(
+        data,
+        "epoch",
+        metric,
         row="panel",
+        height=2.4,
         hue="lr",
         hue_norm=matplotlib.colors.LogNorm(),
         palette="viridis",
@@ -164,16 +166,12 @@ def tuning_curves(df: pd.DataFrame, results=None, stages=("Teacher", "Student"))
         estimator=None,
         kind="line",
         linewidth=0.9,
-        height=2.4,
-        aspect=1.3,
-        facet_kws={"sharey": False, "sharex": False},
     )
-    g.set_titles("{row_name} / {col_name}")
-    for ax in g.axes.flat:
+    for ax in fig.axes:
         drawn = any(len(line.get_xdata()) for line in ax.lines)  # (the legend adds empty lines)
         if not drawn:
             ax.text(0.5, 0.5, "not recorded yet", ha="center", va="center", transform=ax.transAxes)
-    return g.figure
+    return fig
 
 
 def accuracy_vs_params(df: pd.DataFrame, metric: str = "NDCG@10"):
