@@ -340,7 +340,7 @@ def first_epochs_table(results=None) -> pd.DataFrame:
         return out
     out["teacher seed"] = out["teacher seed"].astype(str)  # the plain student has none
     return out.drop_duplicates().sort_values(
-        ["dataset", "backbone", "mlp init", "student seed", "run", "teacher seed"],
+        ["dataset", "backbone", "mlp init", "student seed", "run", "lr", "teacher seed"],
         ignore_index=True,
     )
 
