@@ -266,8 +266,8 @@ class CDAE(Recommender):
 # NeuMF's tower and prediction layer: None, PyTorch's nn.Linear defaults (weights and biases
 # U(+-1/sqrt(fan_in))); "ncf", NCF's Keras code's (He et al. 2017, NeuMF.py: Dense layers
 # Glorot-uniform, the prediction layer LeCun-uniform, every bias 0). A d = 8 tower's last layer has 4
-# units; with PyTorch's random biases some seeds start with one of them live and lose it in their
-# first epoch (README Known issues)
+# units; with PyTorch's random biases some seeds start with few of them live and lose them all in
+# their first epoch (README Known issues)
 MLP_INITS = (None, "ncf")
 
 # [pairs x e] floats a chunk of `NeuMF.score` (2 MiB; chunks of 4 and 8 MiB were slower), and the
