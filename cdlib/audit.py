@@ -129,6 +129,29 @@ def popularity_valid_ndcg(config: dict) -> float:
     return _POPULARITY[key]
 
 
+def record_popularity(rec: dict) -> float:
+    """The most-popular ranking's validation NDCG@10 on a record's data: the one the record keeps,
+    else `popularity_valid_ndcg` (records made before they kept it)."""
+    return rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(rec["config"])
+
+
+def _table_runs(results=None, folder: str | None = None):
+    """The run tables (`RUN_TABLES`, results/<folder>/'s where `folder` is given) that name their
+    runs: (table name, whole table, its runs of their own with status ok, `own_runs`)."""
+    for name in RUN_TABLES:
+        t = read_table(name if folder is None else f"{folder}/{name}", results)
+        if t is not None and "key" in t:
+            yield name, t, own_runs(t[t.status == "ok"])
+
+
+def _recorded(rows: pd.DataFrame, results=None):
+    """(row, record) of each row of a run table whose record is there."""
+    for r in rows.itertuples():
+        rec = runs.read_record(r.key, results)
+        if rec is not None:
+            yield r, rec
+
+
 # A teacher below its own plain student that was mended: (dataset, backbone) -> the fix applied
 # (issue 23); `violations` lists it beside the problem
 FIXES: dict = {
@@ -177,19 +200,12 @@ def violations(
     tables are results/<folder>/'s where `folder` is given (a profile's tables from its records,
     `claim_tables.save_recorded_tables`), the records results/runs/ either way."""
     rows = []
-    for name, what in RUN_TABLES.items():
-        t = read_table(name if folder is None else f"{folder}/{name}", results)
-        if t is None or "key" not in t:
-            continue
-        whole = t
-        t = own_runs(t[t.status == "ok"])
-        for r in t.itertuples():
-            rec = runs.read_record(r.key, results)
-            if rec is None:
-                continue
+    for name, whole, own in _table_runs(results, folder):
+        what = RUN_TABLES[name]
+        for r, rec in _recorded(own, results):
             c = rec["config"]
             best_valid = rec["valid_sampled"]["NDCG@10"]
-            pop = rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(c)
+            pop = record_popularity(rec)
             problems = []
             if rec["best_epoch"] > (1 - last) * c["epochs"]:
                 problems.append(f"capped (best epoch {rec['best_epoch']} of cap {c['epochs']})")
@@ -214,7 +230,7 @@ def violations(
                         "fix": _tuning_point(whole, r) if name == "00_tuning_runs" else "",
                     }
                 )
-        rows += _weak_teachers(t, what, results)
+        rows += _weak_teachers(own, what, results)
     cols = [
         "table",
         "dataset",
@@ -288,20 +304,18 @@ def first_epoch_drops(results=None, folder: str | None = None, below: float = 0.
     `below` x the most-popular ranking's validation NDCG@10: the mark of a tower that lost its last
     live unit in that epoch (of the runs `analyses.first_epochs` retrained, next's ml-100k and yelp
     plain students of the tuning stage, those with the mark are those with no live unit; a proxy
-    still: `NeuMF.tower_units` of the weights is the proof). Per dataset and method: the distinct runs recorded,
-    those that dropped, and their seeds. The tables as `violations` reads them (`folder`)."""
+    still: `NeuMF.tower_units` of the weights is the proof). Per dataset and method: the distinct
+    runs recorded, those that dropped, and their seeds. The tables as `violations` reads them
+    (`_table_runs`, `folder`)."""
     seen, rows = set(), []
-    for name in RUN_TABLES:
-        t = read_table(name if folder is None else f"{folder}/{name}", results)
-        if t is None or "key" not in t:
-            continue
-        for key in own_runs(t[(t.status == "ok") & (t.backbone == "neumf")]).key:
-            rec = key not in seen and runs.read_record(key, results)
-            seen.add(key)
-            c = rec["config"] if rec else {}
-            if not rec or c["size"] == TEACHER_SIZE["neumf"] or not rec.get("curve"):
+    for *_, own in _table_runs(results, folder):
+        fresh = own[(own.backbone == "neumf") & ~own.key.isin(seen)].drop_duplicates("key")
+        seen.update(fresh.key)
+        for _, rec in _recorded(fresh, results):
+            c = rec["config"]
+            if c["size"] == TEACHER_SIZE["neumf"] or not rec.get("curve"):
                 continue
-            pop = rec.get("popularity_valid_NDCG@10") or popularity_valid_ndcg(c)
+            pop = record_popularity(rec)
             first = rec["curve"][0]["valid_NDCG@10"]
             rows.append(
                 {

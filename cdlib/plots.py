@@ -130,7 +130,7 @@ def _curves(df: pd.DataFrame, results, metric: str, columns: tuple) -> pd.DataFr
     "ok": a row per run and epoch, with the run's `columns` and `metric` at that epoch."""
     rows = []
     for r in df[df.status == "ok"].itertuples():
-        rec = json.loads((runs.results_dir(results) / "runs" / f"{r.key}.json").read_text())
+        rec = json.loads(runs.record_path(r.key, results).read_text())
         own = {c: getattr(r, c) for c in columns}
         rows += [{**own, "epoch": c["epoch"], metric: c[metric]} for c in rec["curve"]]
     return pd.DataFrame(rows, columns=[*columns, "epoch", metric])
