@@ -156,10 +156,11 @@ def _recorded(rows: pd.DataFrame, results=None):
 # (issue 23); `violations` lists it beside the problem
 FIXES: dict = {
     ("yelp", "neumf"): (
-        "profile next tunes yelp's learning rates on yelp (the paper profile borrowed ml-1m's) and "
-        "waits for rising curves (Config.rise); its chosen teacher is still below its plain student "
-        "on tuning seed 1, whose student lost its MLP tower in its first epoch (README Known issues: "
-        "NCF's initialisation, mlp_init='ncf', keeps it; not applied to the grid)"
+        "profile next tunes yelp's learning rates on yelp (the paper profile borrowed ml-1m's), "
+        "waits for rising curves (Config.rise) and initialises NeuMF's tower as NCF's code does "
+        "(mlp_init='ncf'): under PyTorch's defaults its chosen teacher stayed below its plain "
+        "student on tuning seed 1, whose student had lost its MLP tower in its first epoch (README "
+        "Known issues)"
     )
 }
 

@@ -193,6 +193,13 @@ PROFILES = {
         # NDCG@10 on ml-100k (README "The feature-major refresh", from
         # results/bench/refresh_tower_cpu.json and the paired runs) [decision]
         refresh_tower="feature-major",
+        # NeuMF's tower and prediction layer initialised as NCF's code does (Glorot-uniform kernels,
+        # zero biases, a LeCun-uniform prediction layer): under PyTorch's defaults (random biases) a
+        # d = 8 tower lost every unit in its first epoch on 9 of ml-100k's 12 tuning students and on
+        # yelp's seed 1, leaving GMF-only students whose collapse differs by arm and seed; under
+        # NCF's, none did (notebook 00's collapse table, README Known issues). Voids next's NeuMF
+        # records made before it (they stay in results/runs for the results/v2 move) [decision]
+        mlp_init="ncf",
         tuned=list(data.DATASETS),
         tuning=TUNING_NEXT,
         ials_grid=IALS_GRID_NEXT,

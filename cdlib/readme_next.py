@@ -175,7 +175,8 @@ def _first_epoch_section(results=None) -> list[str]:
         "NeuMF students of `next`'s tables whose first epoch scores below half the most-popular "
         "ranking's validation NDCG@10, the mark of an MLP tower that lost its last live unit in "
         "that epoch (`audit.first_epoch_drops`; notebook 00's collapse table retrains such runs, "
-        "and README Known issues gives the cause, PyTorch's initialisation of the tower). Such a "
+        "and README Known issues gives the cause, PyTorch's initialisation of the tower, which "
+        "`next` replaced by NCF's, `Profile.mlp_init`, before its NeuMF runs were re-run). Such a "
         "run likely ranks by GMF alone from then on; the claims pair arms by seed, so a seed whose "
         f"arms drop differently weighs on its cell's paired differences. {int(drops.dropped.sum())} "
         f"of {int(drops.runs.sum())} runs:",

@@ -204,8 +204,9 @@ def test_neumf_takes_ncfs_initialisation_or_keeps_torchs(ml100k):
 def test_a_profile_gives_every_neumf_run_its_mlp_init():
     from cdlib import profiles
 
-    p = profiles.PROFILES["next"]
+    p = profiles.PROFILES["paper"]
     assert p.mlp_init is None and p.config("yelp", "neumf", 0).canonical().mlp_init is None
+    assert profiles.PROFILES["next"].config("yelp", "neumf", 0).canonical().mlp_init == "ncf"
     ncf = dataclasses.replace(p, mlp_init="ncf")
     assert ncf.config("yelp", "neumf", 0, size=8).canonical().mlp_init == "ncf"
     assert ncf.config("yelp", "cdae", 0).canonical().mlp_init is None

@@ -96,10 +96,10 @@ layer is off on every validation pair, the model ranks by GMF alone and ends bel
 this follows, `analyses.first_epochs` retrains the first epoch of such a student with each teacher seed, beside
 the plain student of the same seed (the row of the run's own teacher is checked against its record). The
 ml-100k and yelp rows are plain students of profile `next`'s tuning stage (ml-100k: its 12, lr 1e-4 to 3e-2,
-seeds 0 and 1; yelp: lr 3e-3 and 1e-2, seeds 0-3), retrained alone, with the tower initialised as every run so
-far (PyTorch's defaults, "torch") and as NCF's code does ("ncf": Glorot-uniform kernels, zero biases;
+seeds 0 and 1; yelp: lr 3e-3 and 1e-2, seeds 0-3), retrained alone, with the tower initialised as the paper
+profile's runs were (PyTorch's defaults, "torch") and as NCF's code does ("ncf": Glorot-uniform kernels, zero biases;
 `Config.mlp_init`): under PyTorch's, most of ml-100k's and yelp's seed 1 lose their tower; under NCF's, none
-does."""),
+does, which is why profile `next` now initialises as NCF's code does."""),
         code(
             """fe = analyses.first_epochs_table(results_dir)
 print(fe.to_string() if not fe.empty else "no first-epoch analysis recorded")""",
