@@ -11,6 +11,8 @@ tau²), and a verdict from it (`verdict`); where the pooled interval lies agains
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import stats
 from statsmodels.stats.meta_analysis import combine_effects
@@ -81,8 +83,14 @@ def mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
     by statsmodels' TTestPower, times `sd`. NaN below two seeds or without spread."""
     if n < 2 or not np.isfinite(sd) or sd <= 0 or not np.isfinite(alpha):
         return np.nan
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
-    return float(d * sd)
+    return float(_standard_mde(int(n), float(alpha), float(power)) * sd)
+
+
+@functools.cache
+def _standard_mde(n: int, alpha: float, power: float) -> float:
+    """`mde`'s standardised effect, solved once per (n, alpha, power): the claims table asks for a
+    few dozen distinct ones thousands of times."""
+    return TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
 
 
 def poolable(e, v) -> np.ndarray:

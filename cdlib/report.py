@@ -261,6 +261,13 @@ def _cell_table(name: str, results, cells) -> pd.DataFrame | None:
     return t[keep].reset_index(drop=True)
 
 
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    """A run table's finished runs, with only the columns the claims read (a cell's runs are
+    selected by label thousands of times, and each selection copies every column it keeps)."""
+    metrics = [f"{m}{sfx}" for m in ("HR@10", "NDCG@10") for sfx in PROTOCOLS.values()]
+    return table.loc[table.status == "ok", ["dataset", "backbone", "label", "seed", *metrics]]
+
+
 def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
     """One row per claim and dataset x backbone, the sampled and the full-ranking protocol side by
     side (`_family`): the mean paired relative difference over seeds (a seed is a whole replicate: a
@@ -278,7 +285,7 @@ def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
     rows = []
     main = _cell_table("03_main_runs", results, cells)
     if main is not None and (main.status == "ok").any():
-        ok = main[main.status == "ok"]
+        ok = _ok(main)
         primary = primary_cd(ok)
         for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
             rows += _family(
@@ -357,7 +364,7 @@ def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
             )
     size = _cell_table("06_size_runs", results, cells)
     if size is not None and (size.status == "ok").any():
-        ok = size[size.status == "ok"]
+        ok = _ok(size)
         for m, key in (("HR@10", "HR"), ("NDCG@10", "NDCG")):
             rows += _family(
                 f"6. born-again CD beats the teacher ({m})",
@@ -368,7 +375,7 @@ def claims(results=None, close: float = 0.9, cells=None) -> pd.DataFrame:
             )
     samp = _cell_table("04_sampling_runs", results, cells)
     if samp is not None and (samp.status == "ok").any():
-        ok = samp[samp.status == "ok"]
+        ok = _ok(samp)
         for guide in sorted({lab.split("/")[1] for lab in ok.label}):
             for other in ("uniform", "topk"):
                 for m in ("HR@10", "NDCG@10"):
