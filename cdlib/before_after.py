@@ -175,3 +175,48 @@ def main_glance(
         rows.append(row)
     roles = [r for r in MAIN_ROLES if r in set(change.role)]
     return pd.DataFrame(rows, columns=["dataset", "backbone", *roles])
+
+
+EFFECT = ("effect %", "CI low", "CI high")  # a claims row's effect and interval, per protocol
+
+
+def cell_change(before, after) -> pd.DataFrame:
+    """Each claim's effect per cell under two sets of records of the same cells (`before`, `after`:
+    results folders with a claims table, `claim_tables.save_recorded_tables`), a row per claim (by
+    role, `by_role`) and cell both have: per protocol the seeds, the mean paired effect and its 95%
+    interval before and after (`report.interval_text`) and the raw p of each. Not Holm's: its
+    family is the claim's cells, which the two folders need not share."""
+    tables = [read_table("claims", r) for r in (before, after)]
+    columns = ["claim", "dataset", "backbone"]
+    columns += [
+        f"{proto}: {c}"
+        for proto in PROTOCOLS
+        for c in ("seeds", "before", "after", "p before", "p after")
+    ]
+    if any(t is None for t in tables):
+        return pd.DataFrame(columns=columns)
+    keyed = []
+    for t in tables:
+        t = t[
+            (t.dataset != "pooled") & t[[f"effect % ({p})" for p in PROTOCOLS]].notna().any(axis=1)
+        ]
+        keyed.append(
+            t.assign(claim=t.claim.map(by_role)).set_index(["claim", "dataset", "backbone"])
+        )
+    both = keyed[0].merge(
+        keyed[1], left_index=True, right_index=True, suffixes=(" before", " after")
+    )
+    rows = []
+    for (claim, d, b), r in both.iterrows():
+        row = {"claim": claim, "dataset": d, "backbone": b}
+        for proto in PROTOCOLS:
+            seeds = [r[f"seeds ({proto}) {w}"] for w in ("before", "after")]
+            row[f"{proto}: seeds"] = " → ".join("-" if pd.isna(s) else str(int(s)) for s in seeds)
+            for w in ("before", "after"):
+                one = {f"{k} ({proto})": r[f"{k} ({proto}) {w}"] for k in EFFECT}
+                row[f"{proto}: {w}"] = (
+                    report.interval_text(one, proto) if pd.notna(one[f"effect % ({proto})"]) else ""
+                )
+                row[f"{proto}: p {w}"] = r[f"p ({proto}) {w}"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)

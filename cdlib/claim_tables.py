@@ -12,7 +12,7 @@ import pandas as pd
 from . import before_after, ials, report
 from .config import Execution
 from .experiments import main_grid, notebook_grid
-from .profiles import Profile
+from .profiles import PROFILES, Profile
 from .runs import results_dir
 from .tables import best_cd, collect, save_table
 from .tuning import read_once, tune_all, tuning_table
@@ -60,12 +60,14 @@ def recorded_tables(p: Profile, results=None) -> dict[str, pd.DataFrame]:
     }
 
 
-def save_recorded_tables(p: Profile, results=None, folder: str | None = None) -> str:
+def save_recorded_tables(
+    p: Profile, results=None, folder: str | None = None, beside: bool = True
+) -> str:
     """`recorded_tables` and the claims on them (`report.claims`), and the tuning stage's runs and
     table from the records (`tuning.tune_all`, notebook 00's, for `audit.violations`), written under
     results/<folder>/ (default: the profile's name) as the notebooks write their tables; returns
-    the folder, for `runs.read_table(f"{folder}/claims")`. Beside them, each claim's verdict under
-    the repository's own tables and under these, on the cells both pool it on
+    the folder, for `runs.read_table(f"{folder}/claims")`. Beside them (`beside`), each claim's
+    verdict under the repository's own tables and under these, on the cells both pool it on
     (`before_after.verdict_change`: "verdict_change"), and the main table's test NDCG@10 under both
     (`before_after.main_change`: "main_change")."""
     folder = folder or p.name
@@ -78,9 +80,23 @@ def save_recorded_tables(p: Profile, results=None, folder: str | None = None) ->
     save_table(tuning_runs, "00_tuning_runs", out)
     save_table(tuning_table(tuning_runs, choices), "00_tuning", out)
     save_table(report.claims(out).set_index("claim"), "claims", out)
+    if not beside:
+        return folder
     # beside the repository's own tables (the paper profile's): each claim and the main table
     # before and after
     save_table(before_after.verdict_change(results, out).set_index("claim"), "verdict_change", out)
     main = before_after.main_change(results, out).set_index(["dataset", "backbone", "role"])
     save_table(main, "main_change", out)
     return folder
+
+
+# where `save_torch_init_tables` writes `next`'s NeuMF tables of PyTorch's initialisation
+TORCH_INIT = "next-torch-init"
+
+
+def save_torch_init_tables(results=None) -> str:
+    """Profile `next`'s NeuMF tables as recorded before it moved to NCF's initialisation
+    (`Profile.mlp_init`, session 38): `save_recorded_tables` of `next` with `mlp_init=None`, NeuMF
+    only, into results/next-torch-init/, for `before_after.cell_change` against `next`'s own."""
+    p = dataclasses.replace(PROFILES["next"], mlp_init=None, backbones=["neumf"])
+    return save_recorded_tables(p, results, TORCH_INIT, beside=False)

@@ -13,11 +13,12 @@ import pandas as pd
 
 from . import before_after, sentences
 from .audit import coverage_grid, first_epoch_drops, violations
+from .claim_tables import TORCH_INIT
 from .config import Execution
 from .models import default_device
 from .profiles import PROFILES
 from .report import PROTOCOLS
-from .runs import read_table
+from .runs import read_table, results_dir
 from .tables import markdown
 from .tuning import edge_check, teacher_margin, tuning_change
 
@@ -91,6 +92,7 @@ def _tuning_change_section(results=None) -> list[str]:
         ]
         + _teacher_margin_section(teacher_margin(PROFILES["next"], results))
         + _first_epoch_section(results)
+        + _init_section(results)
         + _edge_section(results)
         + _next_claims_section(results)
     )
@@ -183,6 +185,56 @@ def _first_epoch_section(results=None) -> list[str]:
         "",
         markdown(drops),
         "",
+    ]
+
+
+def init_change(results=None) -> pd.DataFrame:
+    """`before_after.cell_change` of `next`'s NeuMF cells recorded under both initialisations
+    (PyTorch's, `claim_tables.save_torch_init_tables`, before; NCF's, `next`'s own, after), for
+    `NEXT_CLAIMS`."""
+    root = results_dir(results)
+    change = before_after.cell_change(root / TORCH_INIT, root / "next")
+    keep = change.claim.str.startswith(tuple(before_after.by_role(c) for c in NEXT_CLAIMS))
+    return change[keep & (change.backbone == "neumf")].reset_index(drop=True)
+
+
+def init_main(results=None) -> pd.DataFrame:
+    """The main table's test metrics of `next`'s NeuMF cells under PyTorch's initialisation (before)
+    and NCF's (after): `before_after.main_change` of the two folders, NeuMF's rows."""
+    root = results_dir(results)
+    main = before_after.main_change(root / TORCH_INIT, root / "next")
+    return main[main.backbone == "neumf"].reset_index(drop=True)
+
+
+def _init_section(results=None) -> list[str]:
+    """`next`'s NeuMF cells under PyTorch's initialisation and under NCF's (`init_change`, and the
+    main table's `before_after.main_change`), where a cell has both."""
+    change = init_change(results)
+    if change.empty:
+        return []
+    main = init_main(results)
+    cells = ", ".join(sorted({f"{d}/{b}" for d, b in zip(change.dataset, change.backbone)}))
+    return [
+        f"NeuMF cells recorded under both initialisations ({cells}): PyTorch's, as `next` ran "
+        "before session 38 (`claim_tables.save_torch_init_tables`, `results/next-torch-init/`), "
+        "then NCF's, as it runs now. Each claim's paired effect per cell, before → after "
+        "(`before_after.cell_change`; raw p, as Holm's family, the claim's cells, differs between "
+        "the two), and the main table's test NDCG@10 (`before_after.main_change`). Both are draws "
+        "of the same cell with the same seeds and their own tuning, so a difference here is the "
+        "initialisation's and its tuning's together:",
+        "",
+        markdown(change.round(3)),
+        "",
+        *(
+            line
+            for proto in PROTOCOLS
+            for line in (
+                f"Test NDCG@10 ({proto} protocol), PyTorch's → NCF's initialisation:",
+                "",
+                markdown(before_after.main_glance(main, proto)),
+                "",
+            )
+        ),
     ]
 
 

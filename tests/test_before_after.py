@@ -135,3 +135,33 @@ def test_main_change_compares_each_role_s_mean_on_the_cells_both_tables_have(tmp
         f"{before_cd:.4f} → {after_cd:.4f} ({100 * (after_cd / before_cd - 1):+.1f}%)"
     )
     assert before_after.main_change(before, tmp_path / "nothing").empty
+
+
+def test_cell_change_sets_each_cell_s_effect_before_beside_after(tmp_path):
+    """`before_after.cell_change`: a row per claim (by role) and cell both claims tables have (cell
+    b is before's only), each protocol's seeds, paired effect with its interval and raw p, before
+    and after, the values of each folder's own claims table."""
+    rd = [0.40, 0.42, 0.41, 0.43]
+    before, after = tmp_path / "before", tmp_path / "after"
+    for folder, cells in ((before, {"a": 1.01, "b": 1.3}), (after, {"a": 1.2})):
+        main = pd.DataFrame(
+            [
+                r
+                for d, ratio in cells.items()
+                for r in rows("RD", rd, d, "neumf")
+                + rows("CD", [x * ratio + 0.001 * i for i, x in enumerate(rd)], d, "neumf")
+            ]
+        )
+        tables.save_table(tables.best_cd(main), "03_main_runs", folder)
+        tables.save_table(report.claims(folder).set_index("claim"), "claims", folder)
+    change = before_after.cell_change(before, after)
+    assert set(change.dataset) == {"a"} and set(change.backbone) == {"neumf"}
+    row = change.set_index("claim").loc["3. CD beats RD (NDCG@10), primary CD arm"]
+    name = "3. CD beats RD (NDCG@10), primary: CD, the tuned CD, guide included"
+    for folder, when in ((before, "before"), (after, "after")):
+        own = runs.read_table("claims", folder).set_index(["claim", "dataset"]).loc[(name, "a")]
+        assert row[f"sampled: {when}"] == report.interval_text(own, "sampled")
+        assert row[f"sampled: p {when}"] == own["p (sampled)"]
+    assert row["sampled: seeds"] == "4 → 4"
+    assert row["sampled: before"].startswith("+1.") and row["sampled: after"].startswith("+20.")
+    assert before_after.cell_change(before, tmp_path / "none").empty

@@ -58,6 +58,18 @@ def save(*pairs):
 
 GRID = "results_dir"  # every grid resolves the tuned settings from the records
 
+# notebook 09: next's NeuMF cells under PyTorch's initialisation and under NCF's
+INIT_MD = """`next`'s NeuMF cells recorded under both initialisations of the tower: PyTorch's defaults, as `next` ran
+before session 38 (its tables rebuilt from those records, `claim_tables.save_torch_init_tables`, into
+`results/next-torch-init/`), and NCF's, as it runs now (`Profile.mlp_init`). Each claim's paired effect per
+cell before → after (`readme_next.init_change`), then the main table's test NDCG@10 (`before_after.main_change`)."""
+INIT_CODE = """if write_tables:  # (else: as last written)
+    claim_tables.save_torch_init_tables(results_dir)
+init = readme_next.init_change(results_dir)
+print(init.round(3).to_string(index=False) if not init.empty else "no NeuMF cell of next is recorded under both initialisations yet")
+if not init.empty:
+    print(before_after.main_glance(readme_next.init_main(results_dir), "sampled").to_string(index=False))"""
+
 NOTEBOOKS = {
     "00_tuning": [
         md("""# 00 · Tuning stage
@@ -524,6 +536,8 @@ for proto in ("sampled", "full") if main_change is not None and not main_change.
     print(before_after.main_glance(main_change, proto).to_string(index=False))""",
             "nbval-check-output",
         ),
+        md(INIT_MD),
+        code(INIT_CODE, "nbval-check-output"),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
         code("print(costs.compute(results_dir).to_string(index=False))", "nbval-check-output"),
         md("""Issue 23's grid (profile `next`: every dataset tuned on its own, the CD guide chosen in tuning,
