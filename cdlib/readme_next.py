@@ -169,19 +169,31 @@ def _teacher_margin_section(margin: pd.DataFrame) -> list[str]:
 
 def _first_epoch_section(results=None) -> list[str]:
     """`next`'s NeuMF students whose first epoch drops below half the most-popular ranking
-    (`audit.first_epoch_drops`), per dataset and method, where any did."""
-    drops = first_epoch_drops(results, folder="next")
-    if not drops.dropped.any():
+    (`audit.first_epoch_drops`), per dataset and method, under PyTorch's initialisation
+    (`claim_tables.TORCH_INIT`'s tables) and under NCF's (`next`'s own), where any were recorded."""
+    parts = []
+    for folder, init in ((TORCH_INIT, "PyTorch's"), ("next", "NCF's")):
+        drops = first_epoch_drops(results, folder=folder)
+        if not drops.empty:
+            parts.append(drops.assign(init=init, dropped=drops.dropped.astype(int)))
+    if not parts:
         return []
+    drops = pd.concat(parts, ignore_index=True)
+    drops = drops[["init", *[c for c in drops.columns if c != "init"]]]
+    counts = "; ".join(
+        f"under {init} initialisation {int(g.dropped.sum())} of {int(g.runs.sum())} runs"
+        for init, g in drops.groupby("init", sort=False)
+    )
     return [
         "NeuMF students of `next`'s tables whose first epoch scores below half the most-popular "
         "ranking's validation NDCG@10, the mark of an MLP tower that lost its last live unit in "
         "that epoch (`audit.first_epoch_drops`; notebook 00's collapse table retrains such runs, "
-        "and README Known issues gives the cause, PyTorch's initialisation of the tower, which "
-        "`next` replaced by NCF's, `Profile.mlp_init`, before its NeuMF runs were re-run). Such a "
+        "and README Known issues gives the cause), under PyTorch's initialisation of the tower, as "
+        "`next` ran before session 38 (its tables rebuilt from those records, "
+        "`results/next-torch-init/`), and under NCF's, as it runs now (`Profile.mlp_init`). Such a "
         "run likely ranks by GMF alone from then on; the claims pair arms by seed, so a seed whose "
-        f"arms drop differently weighs on its cell's paired differences. {int(drops.dropped.sum())} "
-        f"of {int(drops.runs.sum())} runs:",
+        f"arms drop differently weighs on its cell's paired differences. {counts[0].upper()}"
+        f"{counts[1:]}:",
         "",
         markdown(drops),
         "",
