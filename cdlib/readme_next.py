@@ -38,7 +38,10 @@ def next_section(cov: pd.DataFrame, results=None) -> list[str]:
         f"{int(whole.recorded)} of its {int(whole.runs)} runs ({whole['recorded %']:.1f}%) are "
         f'recorded on the {device} (step="{nxt.step or "dense"}"; iALS\'s runs, minutes in all, '
         "aside); per table, recorded / planned runs, a run two tables share counted in the first "
-        "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded.",
+        "(`audit.profile_coverage`). A table's runs start once its cell's tuning stage is recorded. "
+        "NeuMF's cells count their runs under NCF's initialisation of the tower "
+        "(`Profile.mlp_init`, since session 38); those recorded under PyTorch's before stay in "
+        "`results/runs/`, their tables in `results/next-torch-init/` (README Known issues).",
         "",
         markdown(coverage_grid(cov)),
         "",
