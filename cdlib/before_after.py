@@ -14,13 +14,14 @@ from .effects import verdict_kind
 from .report import PROTOCOLS
 from .runs import read_table
 
+EFFECT = ("effect %", "CI low", "CI high")  # a claims row's effect and interval, per protocol
 PRIMARY = "primary CD arm"  # the role of claim 3's primary arm, whatever its label (`by_role`)
 # `verdict_change`'s columns per protocol
 VERDICT_CHANGE_COLUMNS = ("cells", "cell list")
 VERDICT_CHANGE_COLUMNS += tuple(
     f"{c} {when}"
     for when in ("before", "after")
-    for c in ("pooled", "verdict", "verdict HK", "effect %", "CI low", "CI high")
+    for c in ("pooled", "verdict", "verdict HK", *EFFECT)
 )
 VERDICT_CHANGE_COLUMNS += ("changed",)
 
@@ -89,7 +90,7 @@ def verdict_change(before=None, after=None) -> pd.DataFrame:
             kinds = []
             for when, r in zip(("before", "after"), (p[claim] for p in pools[cells])):
                 hk = r[f"verdict HK ({proto})"]
-                for k in ("effect %", "CI low", "CI high"):
+                for k in EFFECT:
                     row[f"{proto}: {k} {when}"] = r[f"{k} ({proto})"]
                 row[f"{proto}: pooled {when}"] = report.interval_text(r, proto)
                 row[f"{proto}: verdict {when}"] = verdict_kind(r[f"verdict ({proto})"])
@@ -175,9 +176,6 @@ def main_glance(
         rows.append(row)
     roles = [r for r in MAIN_ROLES if r in set(change.role)]
     return pd.DataFrame(rows, columns=["dataset", "backbone", *roles])
-
-
-EFFECT = ("effect %", "CI low", "CI high")  # a claims row's effect and interval, per protocol
 
 
 def cell_change(before, after) -> pd.DataFrame:
