@@ -300,6 +300,23 @@ def teacher_variants(
     return out
 
 
+def retrained_towers(results=None) -> dict:
+    """{run key: active units of its MLP tower's last layer after its first epoch} for the NeuMF
+    runs `first_epochs` retrained for one epoch (results/analysis/first_epochs_*.json): the
+    measurement behind `audit.first_epoch_drops`' proxy."""
+    d = runs.results_dir(results) / "analysis"
+    out = {}
+    for p in sorted(d.glob("first_epochs_*.json")) if d.is_dir() else []:
+        a = json.loads(p.read_text())
+        if a["epochs"] == 1:
+            out.update(
+                (r["key"], r["tower_units_active"])
+                for r in a["rows"]
+                if r.get("tower_units_active") is not None
+            )
+    return out
+
+
 def first_epochs_table(results=None) -> pd.DataFrame:
     """The analyses of `analyses.first_epochs`, one row per arm: the student and teacher seeds, the loss and
     validation NDCG@10 after the retrained epochs, the MLP tower's initialisation and active units

@@ -13,6 +13,7 @@ from collections import Counter
 import pandas as pd
 
 from . import metrics, runs
+from .analyses import retrained_towers
 from .config import STUDENT, TEACHER_SIZE, Config, dataset_for
 from .costs import RUN_TABLES
 from .loop import rising, still_rising
@@ -304,10 +305,14 @@ def first_epoch_drops(results=None, folder: str | None = None, below: float = 0.
     """NeuMF students (any size but the teacher's) of the run tables whose first epoch scores below
     `below` x the most-popular ranking's validation NDCG@10: the mark of a tower that lost its last
     live unit in that epoch (of the runs `analyses.first_epochs` retrained, next's ml-100k and yelp
-    plain students of the tuning stage, those with the mark are those with no live unit; a proxy
-    still: `NeuMF.tower_units` of the weights is the proof). Per dataset and method: the distinct
-    runs recorded, those that dropped, and their seeds. The tables as `violations` reads them
-    (`_table_runs`, `folder`)."""
+    plain students of the tuning stage under PyTorch's initialisation, those with the mark are those
+    with no live unit; a proxy still, which a slow first epoch at a small learning rate sets too:
+    `NeuMF.tower_units` of the weights is the proof). Per dataset and method: the distinct runs
+    recorded, those that dropped, their seeds, and of the dropped runs those `first_epochs`
+    retrained ("retrained") and whose tower it found dead ("tower dead",
+    `analyses.retrained_towers`). The tables as `violations` reads them (`_table_runs`,
+    `folder`)."""
+    towers = retrained_towers(results)
     seen, rows = set(), []
     for *_, own in _table_runs(results, folder):
         fresh = own[(own.backbone == "neumf") & ~own.key.isin(seen)].drop_duplicates("key")
@@ -324,18 +329,23 @@ def first_epoch_drops(results=None, folder: str | None = None, below: float = 0.
                     "method": c["method"],
                     "seed": c["seed"],
                     "dropped": first < below * pop,
+                    "units": towers.get(rec["key"]),
                 }
             )
-    cols = ["dataset", "method", "runs", "dropped", "seeds dropped"]
+    cols = ["dataset", "method", "runs", "dropped", "seeds dropped", "retrained", "tower dead"]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
     df["seeds dropped"] = df.seed.where(df.dropped)
+    df["retrained"] = df.dropped & df.units.notna()
+    df["tower dead"] = df.retrained & df.units.eq(0)
     return (
         df.groupby(["dataset", "method"], sort=False)
         .agg(
             runs=("dropped", "size"),
             dropped=("dropped", "sum"),
+            retrained=("retrained", "sum"),
+            **{"tower dead": ("tower dead", "sum")},
             **{
                 "seeds dropped": (
                     "seeds dropped",

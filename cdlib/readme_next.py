@@ -193,8 +193,11 @@ def _first_epoch_section(results=None) -> list[str]:
         "that epoch (`audit.first_epoch_drops`; notebook 00's collapse table retrains such runs, "
         "and README Known issues gives the cause), under PyTorch's initialisation of the tower, as "
         "`next` ran before session 38 (its tables rebuilt from those records, "
-        "`results/next-torch-init/`), and under NCF's, as it runs now (`Profile.mlp_init`). Such a "
-        "run likely ranks by GMF alone from then on; the claims pair arms by seed, so a seed whose "
+        "`results/next-torch-init/`), and under NCF's, as it runs now (`Profile.mlp_init`). The "
+        "mark is a proxy, which a slow first epoch at a small learning rate sets too: of the marked "
+        'runs, "retrained" counts those whose first epoch `analyses.first_epochs` trained again and '
+        '"tower dead" those it found with no live unit. A run with a dead tower ranks by GMF alone '
+        "from then on; the claims pair arms by seed, so a seed whose "
         f"arms drop differently weighs on its cell's paired differences. {counts[0].upper()}"
         f"{counts[1:]}:",
         "",

@@ -1,6 +1,7 @@
 """Grids, tables and claims on synthetic run rows (no training)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -1105,4 +1106,15 @@ def test_first_epoch_drops_count_neumf_students_whose_first_epoch_falls_below_po
     got = audit.first_epoch_drops(tmp_path).set_index("method")
     assert list(got.index) == ["none", "rd"] and list(got.runs) == [2, 1]
     assert list(got.dropped) == [1, 1] and list(got["seeds dropped"]) == ["1", "1"]
+    assert list(got.retrained) == [0, 0] and list(got["tower dead"]) == [0, 0]
     assert audit.first_epoch_drops(tmp_path, below=0.2).dropped.sum() == 0
+    # what `analyses.first_epochs` measured: b (dropped) retrained with a dead tower, c (dropped)
+    # with a live one, a (not dropped) with a dead one; a run retrained for two epochs is not read
+    (tmp_path / "analysis").mkdir()
+    for name, epochs, units in (("x", 1, {"a": 0, "b": 0, "c": 2}), ("y", 2, {"c": 0})):
+        rows = [{"key": k, "tower_units_active": u} for k, u in units.items()]
+        (tmp_path / "analysis" / f"first_epochs_{name}.json").write_text(
+            json.dumps({"epochs": epochs, "rows": rows})
+        )
+    got = audit.first_epoch_drops(tmp_path).set_index("method")
+    assert list(got.retrained) == [1, 1] and list(got["tower dead"]) == [1, 0]
