@@ -165,3 +165,31 @@ def test_cell_change_sets_each_cell_s_effect_before_beside_after(tmp_path):
     assert row["sampled: seeds"] == "4 → 4"
     assert row["sampled: before"].startswith("+1.") and row["sampled: after"].startswith("+20.")
     assert before_after.cell_change(before, tmp_path / "none").empty
+
+
+def test_init_change_shows_next_s_neumf_cells_under_both_initialisations(tmp_path):
+    """`readme_next.init_change`: `cell_change` of results/next-torch-init (PyTorch's
+    initialisation) against results/next (NCF's), NeuMF's cells only, the claims the README shows
+    (`NEXT_CLAIMS`); and its section names the cells and both protocols' main tables."""
+    from cdlib import claim_tables, readme_next
+
+    rd = [0.40, 0.42, 0.41, 0.43]
+    for folder, ratio in ((claim_tables.TORCH_INIT, 1.01), ("next", 1.2)):
+        main = pd.DataFrame(
+            [
+                r
+                for b in ("cdae", "neumf")
+                for r in rows("RD", rd, "a", b)
+                + rows("CD", [x * ratio + 0.001 * i for i, x in enumerate(rd)], "a", b)
+            ]
+        )
+        tables.save_table(tables.best_cd(main), "03_main_runs", tmp_path / folder)
+        claims = report.claims(tmp_path / folder).set_index("claim")
+        tables.save_table(claims, "claims", tmp_path / folder)
+    change = readme_next.init_change(tmp_path)
+    assert set(change.backbone) == {"neumf"} and len(change)
+    assert change.claim.str.startswith(("3. CD beats RD", "4. the primary CD arm beats")).all()
+    assert not change.claim.str.contains("HR@10\\)$|gap recovered").any()
+    section = "\n".join(readme_next._init_section(tmp_path))
+    assert "(a/neumf)" in section and "full protocol" in section
+    assert readme_next.init_change(tmp_path / "nothing").empty
