@@ -610,48 +610,27 @@ def _two_datasets(results, items_b: int = 100) -> None:
     )
 
 
+def _cd_rows() -> list[dict]:
+    """Table 03's CD-T rows of the cost tests: dataset a's seeds 0 and 1 recorded (keys k0 and k1,
+    100 and 300 epochs run), its seed 2 missing, and dataset b untuned."""
+    cell = {"label": "CD-T", "backbone": "cdae", "size": 20, "method": "cd"}
+    return [
+        *(
+            {**cell, "dataset": "a", "seed": s, "status": "ok", "key": f"k{s}", "epochs_run": n}
+            for s, n in ((0, 100), (1, 300))
+        ),
+        {**cell, "dataset": "a", "seed": 2, "status": "missing", "key": "k2"},
+        {**cell, "dataset": "b", "seed": 0, "status": "untuned"},
+    ]
+
+
 def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
     from cdlib import runs
 
     _two_datasets(tmp_path)
-    rows_ = []
-    for seed, wall, ran in ((0, 3600.0, 100), (1, 7200.0, 300)):  # 36 s/epoch and 24 s/epoch
-        key = f"k{seed}"
-        runs.write_record({"key": key, "timing": {"wall_seconds": wall}}, tmp_path)
-        rows_.append(
-            {
-                "label": "CD-T",
-                "dataset": "a",
-                "backbone": "cdae",
-                "size": 20,
-                "seed": seed,
-                "method": "cd",
-                "status": "ok",
-                "key": key,
-                "epochs_run": ran,
-            }
-        )
-    rows_ += [
-        {
-            "label": "CD-T",
-            "dataset": "a",
-            "backbone": "cdae",
-            "size": 20,
-            "seed": 2,
-            "method": "cd",
-            "status": "missing",
-            "key": "k2",
-        },
-        {
-            "label": "CD-T",
-            "dataset": "b",
-            "backbone": "cdae",
-            "size": 20,
-            "seed": 0,
-            "method": "cd",
-            "status": "untuned",
-        },
-    ]
+    for seed, wall in ((0, 3600.0), (1, 7200.0)):  # 36 s/epoch and 24 s/epoch
+        runs.write_record({"key": f"k{seed}", "timing": {"wall_seconds": wall}}, tmp_path)
+    rows_ = _cd_rows()
     tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
     tables.save_table(
         pd.DataFrame(rows_[:1]), "04_sampling_runs", tmp_path
@@ -669,42 +648,7 @@ def test_compute_sums_recorded_wall_time_and_estimates_the_rest(tmp_path):
 
 def test_device_estimate_prices_every_run_at_the_bench_seconds_per_epoch(tmp_path):
     _two_datasets(tmp_path, items_b=50)
-    rows_ = [
-        {
-            "label": "CD-T",
-            "dataset": "a",
-            "backbone": "cdae",
-            "size": 20,
-            "seed": s,
-            "method": "cd",
-            "status": "ok",
-            "key": f"k{s}",
-            "epochs_run": ran,
-        }
-        for s, ran in ((0, 100), (1, 300))
-    ]
-    rows_ += [
-        {
-            "label": "CD-T",
-            "dataset": "a",
-            "backbone": "cdae",
-            "size": 20,
-            "seed": 2,
-            "method": "cd",
-            "status": "missing",
-            "key": "k2",
-        },
-        {
-            "label": "CD-T",
-            "dataset": "b",
-            "backbone": "cdae",
-            "size": 20,
-            "seed": 0,
-            "method": "cd",
-            "status": "untuned",
-        },
-    ]
-    tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
+    tables.save_table(pd.DataFrame(_cd_rows()), "03_main_runs", tmp_path)
     seconds = {
         "CDAE teacher (H=200) epoch": 1.0,
         "CDAE student (H=20) epoch, method none": 2.0,
