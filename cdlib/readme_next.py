@@ -268,8 +268,8 @@ def _edge_section(results=None) -> list[str]:
         f"Of these choices, {len(edges)} settings lie at an edge of their grid. For each, the stage's point one "
         "step past the edge (the grid's own progression, on the tuning seeds, at the earlier stages' "
         "choices; trained by the backlog in its first tier) tells whether the grid brackets it "
-        f"(`tuning.edge_check`): of the {len(done)} recorded, validation NDCG@10 still rises past "
-        f"{len(rises)}"
+        f"(`tuning.edge_check`): past the edge, validation NDCG@10 still rises in {len(rises)} of "
+        f"the {len(done)} recorded"
     )
     if len(rises):
         text += ": " + "; ".join(

@@ -288,7 +288,7 @@ def test_edge_check_runs_each_choice_at_an_edge_one_step_past_it(tmp_path, monke
     assert t.loc["CD", "valid NDCG@10, past"] == pytest.approx(0.1)
     text = readme_next._edge_section(tmp_path)[0]  # the README's sentence, from these records
     assert text.startswith("Of these choices, 2 settings lie at an edge of their grid.")
-    assert "of the 2 recorded, validation NDCG@10 still rises past 1: ml-100k cdae " in text
+    assert "validation NDCG@10 still rises in 1 of the 2 recorded: ml-100k cdae " in text
     assert "RD lambda_rd=3.3, rd_k=10 (+5.6% over RD lambda_rd=1, rd_k=10)" in text
 
 
