@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam
 
+from . import rowkernel
+
 STEPS = ("dense", "sparse", "deferred")
 SPARSE_STEPS = ("sparse", "deferred")  # the steps whose look-ups give row gradients
 # deferred Adam's first WARMUP / (1 - beta2) steps (1,000) are whole-table steps, Adam's own: while
@@ -165,6 +167,10 @@ class RowAdam:
     every row's deferred steps: the loop calls it at each epoch's end, before validation reads the
     weights. Needs weight_decay = 0 (with it, no row's gradient is 0).
 
+    On a CPU, the deferred row steps and catch-ups run in compiled kernels (`rowkernel`) where they
+    build and reproduce torch to the bit: the same numbers as this Python path, at the cost of one
+    pass over each row (`row_kernels`=False: the Python path, always).
+
     `masked`: the rows' update computed over the whole table and written under a mask, every shape
     fixed (no wait of the host on a GPU to count the rows); the same numbers. Deferred and masked:
     whole-table steps throughout (Adam's own).
@@ -181,6 +187,7 @@ class RowAdam:
         eps: float = 1e-8,
         masked: bool = False,
         deferred: bool = False,
+        row_kernels: bool = True,
     ):
         if deferred and weight_decay:
             raise ValueError(
@@ -197,6 +204,9 @@ class RowAdam:
         self.clock: dict = {}  # parameter -> Adam steps taken, on the host (deferred)
         self.tails: dict = {}  # device -> F(t) of `tail_sums`, float64, grown as steps are taken
         self.zeros: dict = {}  # parameter -> its whole-table steps' gradient buffer (`_zeros`)
+        use = row_kernels and deferred and not masked
+        self.kernels = rowkernel.load() if use else None  # (None: the Python path)
+        self.kernel_table = None  # (table, settings) of the row kernels (`_kernel_hyper`)
 
     def state_dict(self) -> dict:
         """Each parameter's state and step count, by its position in `params` (as torch's optimisers
@@ -238,7 +248,11 @@ class RowAdam:
                     "exp_avg_sq": torch.zeros_like(p),
                 }
             if p.grad.is_sparse:
-                value, m, v, g, after = self._rows(p, p.grad, st, seen)
+                rowed = self._rows(p, p.grad, st, seen)
+                if rowed is None:  # stepped by the row kernel
+                    self.clock[p] = self.clock.get(p, 0) + 1
+                    continue
+                value, m, v, g, after = rowed
                 work["after"].append(after)
             else:
                 value, m, v, g = p, st["exp_avg"], st["exp_avg_sq"], p.grad
@@ -293,6 +307,10 @@ class RowAdam:
         if not st or not st.get("pending"):
             return
         rows = distinct(ids.reshape(-1), len(p))[0]
+        if self._kernel(p, st):
+            hyper, full = self._kernel_hyper(self.clock[p]), self._full(p, st)
+            self.kernels.catch_up(hyper, *full, st["last"], rows.contiguous(), self.clock[p])
+            return
         if not (st["last"][rows] < self.clock[p]).any():
             return
         self._settle(p)  # (read twice in one forward pass)
@@ -302,6 +320,21 @@ class RowAdam:
         put_rows(full[0], rows, new[0])  # m and v: written by the step (`_settle`)
         st["last"].index_fill_(0, rows, self.clock[p])
         st["brought"] = rows, new
+
+    def _kernel(self, p: torch.Tensor, st: dict) -> bool:
+        """Whether the row kernels step and catch up p's rows (`rowkernel.usable`)."""
+        return self.kernels is not None and rowkernel.usable(p, st["exp_avg"], st["exp_avg_sq"])
+
+    def _kernel_hyper(self, now: int) -> rowkernel.Hyper:
+        """The row kernels' settings, with their table (`rowkernel.Kernels.table`) past step `now`."""
+        have = self.kernel_table
+        if have is None or have[0].shape[1] <= now:
+            h = self.hyper
+            size = 64 * math.ceil(max(1024, 2 * now + 1) / 64)
+            tails = tail_sums(size, h["beta1"], h["beta2"])
+            table = self.kernels.table(size, h["beta1"], h["beta2"], tails)
+            have = self.kernel_table = table, self.kernels.hyper(h, table)
+        return have[1]
 
     def _zeros(self, p: torch.Tensor) -> torch.Tensor:
         """A zero table of p's rows, kept for its whole-table steps' gradients: zeroed again where
@@ -351,7 +384,8 @@ class RowAdam:
 
     def _rows(self, p: torch.Tensor, grad: torch.Tensor, st: dict, seen: list):
         """What the fused step updates for a table with a sparse gradient, (values, m, v, g,
-        write_back): copies of the touched rows, written back after (few rows touched); the whole
+        write_back), or None where the row kernel took the step (`_kernel`): copies of the touched
+        rows, written back after (few rows touched); the whole
         table in place, the untouched rows' old values written back over it after (most rows
         touched, on a CPU: a pass over the table costs less than gathering most of it); copies of
         the whole table, written back under the touched mask (`masked`: every shape fixed).
@@ -399,6 +433,14 @@ class RowAdam:
         rows, where = known[0] if known else distinct(ids, len(p))
         seen.append((ids, (rows, where)))
         g = values.new_zeros(len(rows), values.shape[1]).index_add_(0, where, values)
+        if self.deferred and self._kernel(p, st):  # Adam's step of the rows, in place
+            now = self.clock.get(p, 0)
+            step = float(st["step"].add_(1))  # (as the fused step counts it)
+            self.kernels.adam_rows(
+                self._kernel_hyper(now), *full, st["last"], rows.contiguous(), g, now, step
+            )
+            st["pending"] = True
+            return None
         brought = st.get("brought")
         if brought is not None and torch.equal(brought[0], rows):  # up to date, by the look-up
             new = st.pop("brought")[1]

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from cdlib import index, loop, models, sparse, train
+from cdlib import index, loop, models, rowkernel, sparse, train
 from cdlib.config import Config, Execution
 
 
@@ -322,8 +322,9 @@ def test_the_deferred_step_trains_as_the_dense_one(backbone, monkeypatch):
     otherwise."""
     monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
     deferred = []
-    catch_up = sparse.RowAdam._catch_up
+    catch_up, kernel = sparse.RowAdam._catch_up, rowkernel.Kernels.catch_up  # (either path)
     monkeypatch.setattr(sparse.RowAdam, "_catch_up", lambda *a: deferred.append(1) or catch_up(*a))
+    monkeypatch.setattr(rowkernel.Kernels, "catch_up", lambda *a: deferred.append(1) or kernel(*a))
     ds = train.dataset_for(Config(**TINY).canonical())
     out = {}
     for step in ("dense", "deferred", "sparse"):

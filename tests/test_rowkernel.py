@@ -1,0 +1,171 @@
+"""The row kernels (cdlib/rowkernel.py, cdlib/rowadam.c): deferred RowAdam with them leaves its
+tables, moments and step counts bit for bit as its Python path leaves them, in steps and in
+training; their load-time check can fail, and a machine where they do not build or do not reproduce
+torch gets the Python path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from cdlib import loop, rowkernel, sparse, train
+from cdlib.config import Config
+
+KERNELS = rowkernel.load()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason="the row kernels did not load here")
+
+
+def test_the_kernels_load_where_torch_is_this_projects_cpu_build():
+    """On an x86-64 machine with a C compiler and torch's MKL build (this project's machines and
+    CI), the kernels build and reproduce torch; a failure here is not left to a silent fallback."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    if not torch.backends.mkl.is_available() or rowkernel.vector_floats() is None:
+        pytest.skip("not torch's x86-64 MKL build")
+    assert KERNELS is not None
+    assert (KERNELS.adam_vector, KERNELS.adam_tail) == (
+        rowkernel.vector_floats(),
+        KERNELS.adam_vector // 2,
+    )
+
+
+def _train_table(width: int, kernels: bool, steps: int = 120):
+    """A table (and a 1-D bias) trained by deferred RowAdam through look-ups: steps that read the
+    table twice, steps that skip it, ids repeated; the state after each step."""
+    gen = torch.Generator().manual_seed(width)
+    p = torch.randn(3000, width, generator=gen).requires_grad_()
+    b = torch.zeros(3000, requires_grad=True)
+    opt = sparse.RowAdam([p, b], lr=3e-3, deferred=True, row_kernels=kernels)
+    opt.warmup = 0
+    seen = []
+    for t in range(steps):
+        n = int(torch.randint(1, 400, (1,), generator=gen))
+        ids = torch.randint(0, 3000, (n,), generator=gen)
+        loss = torch.zeros(())
+        if t % 9:
+            e = sparse.embedding(p, ids)
+            loss = loss + (e * torch.randn(e.shape, generator=gen)).sum()
+            loss = loss + sparse.take(b, ids).square().sum()
+            if t % 4 == 0:  # read twice: overlapping rows
+                loss = loss + sparse.embedding(p, ids[: n // 2 + 1]).square().sum()
+        opt.zero_grad()
+        if loss.requires_grad:
+            loss.backward()
+            opt.step()
+        st = opt.state.get(p, {})
+        seen.append([x.detach().clone() for x in (p, b, *(st.get(k) for k in ("exp_avg", "last")))
+                     if x is not None])  # fmt: skip
+    opt.flush()
+    return seen, opt.state_dict(), p.detach(), b.detach()
+
+
+@needs_kernels
+@pytest.mark.parametrize("width", [1, 8, 64, 300])
+def test_the_kernels_step_and_catch_up_rows_to_the_bit(width, monkeypatch):
+    """Deferred RowAdam with the kernels against its Python path: every table, moment, last step
+    and step count equal after every step and after the flush; and the tables were deferred."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
+    calls = []
+    monkeypatch.setattr(
+        rowkernel.Kernels, "adam_rows", _counted(rowkernel.Kernels.adam_rows, calls)
+    )
+    fast, python = _train_table(width, True), _train_table(width, False)
+    assert len(calls) > 100
+    for a, b in zip(fast[0], python[0]):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    for i, st in python[1]["state"].items():
+        for k, v in st.items():
+            assert (
+                torch.equal(fast[1]["state"][i][k], v)
+                if torch.is_tensor(v)
+                else v == fast[1]["state"][i][k]
+            )
+    assert torch.equal(fast[2], python[2]) and torch.equal(fast[3], python[3])
+
+
+def _counted(f, calls):
+    def wrapped(*a, **k):
+        calls.append(1)
+        return f(*a, **k)
+
+    return wrapped
+
+
+@needs_kernels
+@pytest.mark.parametrize("backbone", ["cdae", "neumf"])
+def test_a_run_trains_to_the_same_bits_with_the_kernels(backbone, monkeypatch):
+    """Two epochs of deferred training, steps of 8 users, past the warm-up: the same validation
+    curve and weights with the kernels and without them (`rowkernel.load` None)."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
+    monkeypatch.setattr(sparse, "WARMUP", 0.0)
+    cfg = Config(
+        dataset="ml-100k", subset_users=300, epochs=2, patience=2, min_epochs=1, device="cpu",
+        backbone=backbone, size=16, step="deferred", lr=1e-3, batch_size=8,
+    ).canonical()  # fmt: skip
+    ds = train.dataset_for(cfg)
+    out = [loop.fit(cfg, ds, progress=False)]
+    monkeypatch.setattr(rowkernel, "load", lambda: None)
+    out.append(loop.fit(cfg, ds, progress=False))
+    curves = [[c["valid_NDCG@10"] for c in o["curve"]] for o in out]
+    assert curves[0] == curves[1]
+    weights = [o["model"].state_dict() for o in out]
+    assert all(torch.equal(w, weights[1][n]) for n, w in weights[0].items())
+
+
+@needs_kernels
+@pytest.mark.parametrize("what", ["adam_tail", "adam_vector", "sqrt"])
+def test_the_load_time_check_fails_on_a_wrong_reading_of_torch(what):
+    """The check `calibrate` makes fails where the kernels are told a wrong place for torch's
+    scalar loop, a wider vector, or C's correctly rounded sqrtf instead of torch.sqrt's
+    (MKL's, which differs in about 0.5% of floats): what makes the kernels refuse, not agree."""
+    wrong = dict(
+        adam_tail=dict(adam_tail=0),
+        adam_vector=dict(adam_vector=KERNELS.adam_vector * 2),
+        sqrt=dict(sqrt=None),
+    )[what]
+    if what == "sqrt" and KERNELS.sqrt is None:
+        pytest.skip("torch.sqrt is sqrtf here")
+    at = dict(
+        adam_vector=KERNELS.adam_vector,
+        adam_tail=KERNELS.adam_tail,
+        pow_vector=KERNELS.pow_vector,
+        sqrt=KERNELS.sqrt,
+    )
+    bad = rowkernel.Kernels(KERNELS.lib, **{**at, **wrong})
+    assert rowkernel._adam_matches(KERNELS) and rowkernel._catch_up_matches(KERNELS)
+    assert not (rowkernel._adam_matches(bad) and rowkernel._catch_up_matches(bad))
+
+
+def test_loading_the_kernels_draws_nothing_from_the_global_generator():
+    """`load` (its check against torch) leaves torch's global random state as it found it: a run
+    that builds its optimiser after seeding draws the same numbers with or without the kernels."""
+    rowkernel.load.cache_clear()
+    try:
+        before = torch.get_rng_state()
+        rowkernel.load()
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        rowkernel.load.cache_clear()
+
+
+def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
+    """CDLIB_ROW_KERNEL=off gives the Python path; so does a compiler that fails, with a warning
+    that says so; the cached library is per source, flags and CPU."""
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path))
+    rowkernel.load.cache_clear()
+    try:
+        monkeypatch.setenv("CDLIB_ROW_KERNEL", "off")
+        assert rowkernel.load() is None
+        assert (
+            sparse.RowAdam([torch.zeros(3, requires_grad=True)], lr=0.1, deferred=True).kernels
+            is None
+        )
+        monkeypatch.setenv("CDLIB_ROW_KERNEL", "on")
+        monkeypatch.setenv("CC", "false")
+        with pytest.warns(UserWarning, match="Python path"):
+            assert rowkernel.build() is None
+        assert not list(tmp_path.rglob("*.so"))
+    finally:
+        rowkernel.load.cache_clear()
