@@ -253,7 +253,7 @@ def calibrate(lib) -> Kernels | None:
     pow_vector, sqrt = _pow_vector(), _sqrt()
     if sqrt is False:
         return None
-    for vector in (16, 8, 4):
+    for vector in dict.fromkeys((vector_floats() or 16, 16, 8, 4)):  # this machine's width first
         for tail in (vector // 2, 0, vector // 4):
             kernels = Kernels(lib, vector, tail, pow_vector or vector, sqrt)
             if _adam_matches(kernels):
