@@ -12,11 +12,12 @@
 
 typedef struct {
     double lr, beta1, beta2, eps;
-    const double *tab; /* [6 x ntab]: F, E (`tail_sums`), then r^k, (r/sqrt(beta2))^k, beta1^k, beta2^k
-                        * as torch's vector loop computes them (r = beta1 / sqrt(beta2)) */
+    /* [6 x ntab]: F, E (`tail_sums`), then r^k, (r/sqrt(beta2))^k, beta1^k, beta2^k as torch's
+     * vector loop computes them (r = beta1 / sqrt(beta2)) */
+    const double *tab;
     int64_t ntab;
-    int64_t pow_vector; /* doubles per step of torch.pow's vector loop (its scalar rest: libm's pow) */
-    void (*sqrt)(int, const float *, float *); /* torch.sqrt's kernel (MKL's vsSqrt), or NULL: sqrtf */
+    int64_t pow_vector; /* doubles per step of torch.pow's vector loop (its rest: libm's pow) */
+    void (*sqrt)(int, const float *, float *); /* torch.sqrt's (MKL's vsSqrt), or NULL: sqrtf */
 } hyper_t;
 
 #define BLOCK 256
@@ -26,8 +27,9 @@ static double power(const hyper_t *h, int which, double base, int64_t k, int vec
 }
 
 /* Adam's steps a+1..now without gradient of one row (`RowAdam._catch_up`): p -= m moved /
- * (sqrt(v) + eps'), m *= beta1^k, v *= beta2^k, k = now - a, sqrt as torch.sqrt computes it. `vector`: the row's place in the
- * Python path's [rows] tensors falls in torch's vector loop (its powers from the table). */
+ * (sqrt(v) + eps'), m *= beta1^k, v *= beta2^k, k = now - a, sqrt as torch.sqrt computes it.
+ * `vector`: the row's place in the Python path's [rows] tensors falls in torch.pow's vector loop
+ * (its powers from the table, libm's pow otherwise). */
 static void catch_up_row(const hyper_t *h, float *p, float *m, float *v, int64_t width, int64_t a,
                          int64_t now, int vector) {
     const double *F = h->tab, *E = h->tab + h->ntab;
@@ -37,7 +39,8 @@ static void catch_up_row(const hyper_t *h, float *p, float *m, float *v, int64_t
     double e = h->eps * (E[a] - power(h, 1, r2, k, vector) * E[now]);
     float eps = steps > 0 ? (float)(e / steps) : (float)h->eps;
     float moved = (float)(steps * h->lr);
-    float d1 = (float)power(h, 2, h->beta1, k, vector), d2 = (float)power(h, 3, h->beta2, k, vector);
+    float d1 = (float)power(h, 2, h->beta1, k, vector);
+    float d2 = (float)power(h, 3, h->beta2, k, vector);
     float root[BLOCK];
     for (int64_t at = 0; at < width; at += BLOCK) {
         int64_t n = width - at < BLOCK ? width - at : BLOCK;
@@ -76,8 +79,8 @@ void catch_up(const hyper_t *h, float *p, float *m, float *v, int64_t *last, con
  * gradient is g [n x width], stale rows caught up to `now` first; every row's last step is then
  * now + 1. As torch's fused CPU kernel (FusedAdamKernel.cpp) steps the [n x width] copy the Python
  * path gathers: m <- lerp(m, g, 1 - beta1), one fused multiply-add; v <- beta2 v + (1 - beta2) g g,
- * contracted as fma(t, g, beta2 v) (t = (1 - beta2) g) by its vector loops, as fma(v, beta2, t g) by
- * its scalar rest (the copy's elements from `scalar` on); p <- p - step_size m / (sqrt(v) /
+ * contracted as fma(t, g, beta2 v) (t = (1 - beta2) g) by its vector loops, as fma(v, beta2, t g)
+ * by its scalar rest (the copy's elements from `scalar` on); p <- p - step_size m / (sqrt(v) /
  * sqrt(1 - beta2^step) + eps). */
 void adam_rows(const hyper_t *h, float *p, float *m, float *v, int64_t *last, const int64_t *rows,
                int64_t n, int64_t width, const float *g, int64_t now, double step, int64_t scalar) {

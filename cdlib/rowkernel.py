@@ -37,7 +37,7 @@ ADAM = dict(fused=True, amsgrad=False, maximize=False, weight_decay=0.0)  # as `
 
 
 class Hyper(ctypes.Structure):
-    """rowadam.c's hyper_t: Adam's settings, the table of `Kernels.table` and torch's loop widths."""
+    """rowadam.c's hyper_t: Adam's settings, `Kernels.table`, torch.pow's loop width, the sqrt."""
 
     _fields_ = [
         ("lr", ctypes.c_double),
@@ -89,7 +89,7 @@ class Kernels:
 
     def adam_rows(self, hyper, p, m, v, last, rows, g, now: int, step: float) -> None:
         """Adam's step `step` of the rows `rows` (distinct, int64) of p, m, v with summed gradient g
-        [len(rows) x width], in place; stale rows caught up to `now` first, `last` set to now + 1."""
+        [len(rows) x width], in place; stale rows caught up to `now` first, `last` then now + 1."""
         numel = g.numel()
         rest = numel % self.adam_vector
         scalar = numel - rest + (self.adam_tail if rest >= self.adam_tail > 0 else 0)
