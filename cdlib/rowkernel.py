@@ -12,6 +12,7 @@ candidate reproduces torch to the bit, or where there is no C compiler, or CDLIB
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -136,19 +137,26 @@ def build() -> Path | None:
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _machine().encode())
     lib = paths.cache_dir() / "kernels" / f"rowadam-{key.hexdigest()[:16]}.so"
-    if not lib.exists():
+    if lib.exists():
+        return lib
+    tmp = lib.with_name(f".{lib.name}.tmp{os.getpid()}")
+    try:
         lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_name(f".{lib.name}.tmp{os.getpid()}")
         done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True)
-        if done.returncode:
+        why = done.stderr.decode(errors="replace")[-400:] if done.returncode else None
+        if why is None:
+            os.replace(tmp, lib)
+    except OSError as e:  # (a cache folder that cannot be written, a compiler that cannot run)
+        why = str(e)
+    if why is not None:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-            warnings.warn(
-                f"could not build {SOURCE} with {cc}; deferred Adam takes its Python path (the "
-                f"same numbers, slower): {done.stderr.decode(errors='replace')[-400:]}",
-                stacklevel=3,
-            )
-            return None
-        os.replace(tmp, lib)
+        warnings.warn(
+            f"could not build {SOURCE} with {cc} into {lib.parent}; deferred Adam takes its Python "
+            f"path (the same numbers, slower): {why}",
+            stacklevel=3,
+        )
+        return None
     return lib
 
 

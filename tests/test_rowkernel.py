@@ -149,8 +149,8 @@ def test_loading_the_kernels_draws_nothing_from_the_global_generator():
 
 
 def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
-    """CDLIB_ROW_KERNEL=off gives the Python path; so does a compiler that fails, with a warning
-    that says so; the cached library is per source, flags and CPU."""
+    """CDLIB_ROW_KERNEL=off gives the Python path; so do a compiler that fails and a cache folder
+    that cannot be made, each with a warning that says so."""
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path))
     rowkernel.load.cache_clear()
     try:
@@ -165,5 +165,10 @@ def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
         with pytest.warns(UserWarning, match="Python path"):
             assert rowkernel.build() is None
         assert not list(tmp_path.rglob("*.so"))
+        monkeypatch.delenv("CC")
+        (tmp_path / "file").write_text("a file where the cache folder should be")
+        monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "file"))
+        with pytest.warns(UserWarning, match="Python path"):
+            assert rowkernel.build() is None
     finally:
         rowkernel.load.cache_clear()
