@@ -326,13 +326,13 @@ class RowAdam:
         return self.kernels is not None and rowkernel.usable(p, st["exp_avg"], st["exp_avg_sq"])
 
     def _kernel_hyper(self, now: int) -> rowkernel.Hyper:
-        """The row kernels' settings, with their table (`rowkernel.Kernels.table`) past step `now`."""
+        """The row kernels' settings, with their table (`rowkernel.Kernels.table`, built on the CPU
+        tails of `_tails`) past step `now`."""
+        tails = self._tails(now, torch.device("cpu"))
         have = self.kernel_table
-        if have is None or have[0].shape[1] <= now:
+        if have is None or have[0].shape[1] != tails.shape[1]:
             h = self.hyper
-            size = 64 * math.ceil(max(1024, 2 * now + 1) / 64)
-            tails = tail_sums(size, h["beta1"], h["beta2"])
-            table = self.kernels.table(size, h["beta1"], h["beta2"], tails)
+            table = self.kernels.table(tails.shape[1], h["beta1"], h["beta2"], tails)
             have = self.kernel_table = table, self.kernels.hyper(h, table)
         return have[1]
 
@@ -361,7 +361,9 @@ class RowAdam:
         """F and E (0..n) of `tail_sums` on `device`."""
         have = self.tails.get(device)
         if have is None or have.shape[1] <= n:
-            size = max(1024, 2 * n + 1)
+            # (a multiple of 64: the row kernels' powers all from torch.pow's vector loop; F and E
+            # do not depend on the size)
+            size = 64 * math.ceil(max(1024, 2 * n + 1) / 64)
             f = tail_sums(size, self.hyper["beta1"], self.hyper["beta2"])
             have = self.tails[device] = torch.from_numpy(f).to(device)
         return have
@@ -433,7 +435,7 @@ class RowAdam:
         rows, where = known[0] if known else distinct(ids, len(p))
         seen.append((ids, (rows, where)))
         g = values.new_zeros(len(rows), values.shape[1]).index_add_(0, where, values)
-        if self.deferred and self._kernel(p, st):  # Adam's step of the rows, in place
+        if self._kernel(p, st):  # Adam's step of the rows, in place (deferred only)
             now = self.clock.get(p, 0)
             step = float(st["step"].add_(1))  # (as the fused step counts it)
             self.kernels.adam_rows(
