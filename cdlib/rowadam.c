@@ -1,12 +1,12 @@
 /* Deferred Adam's row kernels (`sparse.RowAdam`; built and loaded by `rowkernel.py`): the catch-up
  * of rows whose steps were deferred and Adam's step of the rows with a gradient, in place on the
- * tables, one pass over each row. Each computes what RowAdam's Python path computes with torch's
- * CPU kernels, operation for operation in the same order (built with -ffp-contract=off: a fused
- * multiply-add only where torch's build has one), so the numbers are the same to the bit; where
- * torch's results depend on an element's place in a tensor (its vector loops against their scalar
- * rest), the place the element would have in the Python path's tensor is passed in. `rowkernel`
- * checks all of it against the Python path when it loads the kernels, and uses them only if every
- * bit agrees. */
+ * tables, one pass over each row; and Adam's step of a whole table (`adam_whole`). Each computes
+ * what RowAdam's Python path computes with torch's CPU kernels, operation for operation in the same
+ * order (built with -ffp-contract=off: a fused multiply-add only where torch's build has one), or
+ * what is provably the same, so the numbers are the same to the bit; where torch's results depend
+ * on an element's place in a tensor (its vector loops against their scalar rest), the place the
+ * element would have in the Python path's tensor is passed in. `rowkernel` checks all of it against
+ * torch when it loads the kernels, and uses them only if every bit agrees. */
 #include <math.h>
 #include <stdint.h>
 
@@ -110,4 +110,90 @@ void adam_rows(const hyper_t *h, float *p, float *m, float *v, int64_t *last, co
         }
         last[r] = now + 1;
     }
+}
+
+/* Adam's step `step` of a whole tensor of n elements with gradient g, in place, as torch's fused
+ * CPU kernel steps it (the formulas of `adam_rows`; its scalar rest from element `scalar` on), to
+ * the bit, without the subnormal arithmetic that costs a CPU a microcode assist per vector (a
+ * whole-table step of a table whose rows go unread for hundreds of steps spends most of its time
+ * there: their m decays by beta1 each step through the subnormal range to 0). Two exact shortcuts:
+ * - m without gradient below 2^-125 (subnormal or next to it, where floats are integer multiples
+ *   of 2^-149): fma(1 - beta1, -m, m) is round-to-even(M (1 - c1)) in units of 2^-149, M = |m| in
+ *   those units, its bits M itself; computed in double, exact where 1 - c1 has at most 29
+ *   significant bits (`exact_w`; else no shortcut);
+ * - |new m| < 2^-100 and |p| >= p_min: the step moves p by less than half its ulp, so p stays
+ *   (p_min bounds |fl(fl(step_size m) / d)| with d >= eps, as each rounding can at most give).
+ * Every other element takes torch's operations (subnormal ones included, where they occur). */
+#define TINY_M 0x01000000u  /* 2^-125, as float bits */
+#define SMALL_M 0x0d800000u /* 2^-100 */
+#define FINITE 0x7f800000u  /* infinity: the finite floats' bits are below */
+
+static inline uint32_t bits_of(float x) {
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    return u;
+}
+
+static inline float float_of(uint32_t u) {
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t pick(uint32_t mask, uint32_t a, uint32_t b) {
+    return (a & mask) | (b & ~mask);
+}
+
+/* Whether M (1 - c1) is exact in double for every M < 2^24: 1 - c1 has at most 29 bits. */
+static int exact_w(double w) {
+    int e;
+    double s = ldexp(frexp(w, &e), 29);
+    return s == floor(s);
+}
+
+/* `adam_whole` over n elements, all in torch's vector loop or all in its scalar rest (`vector`).
+ * The shortcuts choose by integer masks, so that the loop has no branch and vectorises. */
+static inline __attribute__((always_inline)) void
+adam_span(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+          int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, double w,
+          uint32_t shortcut_m, uint32_t p_min, int vector) {
+    for (int64_t j = 0; j < n; j++) {
+        float gv = g[j], t = c2 * gv;
+        uint32_t mb = bits_of(m[j]), am = mb & 0x7fffffffu;
+        /* no gradient (+-0) and 0 < |m| < 2^-125: the integer shortcut, m read as 0 by the fma */
+        uint32_t tiny = shortcut_m & -(uint32_t)((bits_of(gv) << 1 == 0) & (am - 1 < TINY_M - 1));
+        float m_in = float_of(mb & ~tiny);
+        float m_hw = fmaf(c1, gv - m_in, m_in);
+        double x = (double)am * w, even = (x + 0x1p52) - 0x1p52; /* round to even, x < 2^24 */
+        uint32_t mn = pick(tiny, (uint32_t)even | (mb & 0x80000000u), bits_of(m_hw));
+        float v_new = vector ? fmaf(t, gv, v[j] * b2) : fmaf(v[j], b2, t * gv);
+        /* |new m| < 2^-100 and p_min <= |p| finite: p stays, m read as 0 by the step */
+        uint32_t pb = bits_of(p[j]), ap = pb & 0x7fffffffu;
+        uint32_t stay = -(uint32_t)(((mn & 0x7fffffffu) < SMALL_M) & (ap - p_min < FINITE - p_min));
+        float m_p = float_of(mn & ~stay);
+        float p_hw = p[j] + (neg * m_p) / (sqrtf(v_new) / bc2 + eps);
+        m[j] = float_of(mn);
+        v[j] = v_new;
+        p[j] = float_of(pick(stay, pb, bits_of(p_hw)));
+    }
+}
+
+void adam_whole(const hyper_t *h, float *p, float *m, float *v, const float *g, int64_t n,
+                double step, int64_t scalar) {
+    double step_size = h->lr / (1 - pow(h->beta1, step));
+    float c1 = (float)(1 - h->beta1), c2 = (float)(1 - h->beta2), b2 = (float)h->beta2;
+    float bc2 = (float)sqrt(1 - pow(h->beta2, step)), eps = (float)h->eps;
+    float neg = (float)(-step_size);
+    double w = 1.0 - (double)c1;
+    uint32_t shortcut_m = c1 > 0 && c1 < 1 && exact_w(w) ? 0xffffffffu : 0;
+    /* |fl(neg m)| <= |neg| 2^-100 (1 + 2^-23) + 2^-149, over d >= eps, rounded, below |p| 2^-25 <
+     * ulp(p) / 2 (p normal) */
+    double bound = (fabs((double)neg) * ldexp(1.0, -100) * (1 + ldexp(1.0, -23)) + ldexp(1.0, -149))
+                       / (double)eps * (1 + ldexp(1.0, -23)) + ldexp(1.0, -149);
+    double pm = bound * ldexp(1.0, 26);
+    uint32_t p_min = eps > 0 && pm < 0x1p100 ? bits_of((float)(pm > 0x1p-125 ? pm : 0x1p-125)) : FINITE;
+    int64_t split = scalar < 0 ? 0 : scalar > n ? n : scalar;
+    adam_span(p, m, v, g, split, c1, c2, b2, bc2, eps, neg, w, shortcut_m, p_min, 1);
+    adam_span(p + split, m + split, v + split, g + split, n - split, c1, c2, b2, bc2, eps, neg, w,
+              shortcut_m, p_min, 0);
 }

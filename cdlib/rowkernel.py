@@ -1,14 +1,17 @@
 """Deferred Adam's row kernels (`rowadam.c`), compiled on first use with the machine's C compiler
 and called through ctypes: `RowAdam`'s catch-up of stale rows and Adam's step of the rows with a
 gradient, in place on the tables, one pass over each row instead of the few dozen torch operations
-(gathers, element-wise passes, scatters) its Python path takes per table and step.
+(gathers, element-wise passes, scatters) its Python path takes per table and step; and its
+whole-table step, torch's fused Adam without the subnormal arithmetic that makes an Intel CPU take
+a microcode assist (a student's step on yelp spent two thirds of its time there).
 
 The same numbers as the Python path, bit for bit: the kernels repeat torch's CPU kernels' operations
 in their order, and where torch's result depends on an element's place in its tensor (its vector
 loops against their scalar rest, which round or contract differently), they are told the place.
 Those places depend on torch's build and the machine's vector width, so `load` measures them
 (`calibrate`) against torch itself and returns None, leaving `RowAdam` on its Python path, where no
-candidate reproduces torch to the bit, or where there is no C compiler, or CDLIB_ROW_KERNEL=off."""
+candidate reproduces torch to the bit, or where there is no C compiler, or CDLIB_ROW_KERNEL=off (and
+leaves the whole-table steps to torch where `adam_whole` does not reproduce it)."""
 
 from __future__ import annotations
 
@@ -61,11 +64,12 @@ class Kernels:
     `adam_vector` floats per vector of the fused Adam's vector loop, the first `adam_tail` of its
     scalar rest vectorised by the compiler (rounded as the vector loop), `pow_vector` doubles per
     step of the vector loop of torch.pow, and `sqrt` the address of torch.sqrt's float kernel
-    (MKL's vsSqrt, which is not always correctly rounded) or None (sqrtf)."""
+    (MKL's vsSqrt, which is not always correctly rounded) or None (sqrtf); `whole`: whether
+    `adam_whole` reproduces torch's fused Adam (`calibrate`)."""
 
     def __init__(self, lib, adam_vector: int, adam_tail: int, pow_vector: int, sqrt=None):
         self.lib, self.adam_vector, self.adam_tail = lib, adam_vector, adam_tail
-        self.pow_vector, self.sqrt = pow_vector, sqrt
+        self.pow_vector, self.sqrt, self.whole = pow_vector, sqrt, False
 
     def table(self, n: int, beta1: float, beta2: float, tails) -> torch.Tensor:
         """[6 x n] float64: `tails` (F and E of `sparse.tail_sums`, [2 x n]), then the powers
@@ -92,8 +96,6 @@ class Kernels:
         """Adam's step `step` of the rows `rows` (distinct, int64) of p, m, v with summed gradient g
         [len(rows) x width], in place; stale rows caught up to `now` first, `last` then now + 1."""
         numel = g.numel()
-        rest = numel % self.adam_vector
-        scalar = numel - rest + (self.adam_tail if rest >= self.adam_tail > 0 else 0)
         self.lib.adam_rows(
             ctypes.byref(hyper),
             *map(_ptr, (p, m, v, last, rows)),
@@ -102,8 +104,22 @@ class Kernels:
             _ptr(g),
             now,
             float(step),
-            scalar,
+            self._scalar(numel),
         )
+
+    def adam_whole(self, hyper, p, m, v, g, step: float) -> None:
+        """Adam's step `step` of the whole of p, m, v with gradient g, in place: torch's fused
+        Adam, to the bit, without its subnormal arithmetic (`rowadam.c`)."""
+        numel = p.numel()
+        self.lib.adam_whole(
+            ctypes.byref(hyper), *map(_ptr, (p, m, v, g)), numel, float(step), self._scalar(numel)
+        )
+
+    def _scalar(self, numel: int) -> int:
+        """Where torch's fused Adam's scalar rest starts in a tensor of `numel` elements (the
+        rounding of its vector loop before)."""
+        rest = numel % self.adam_vector
+        return numel - rest + (self.adam_tail if rest >= self.adam_tail > 0 else 0)
 
 
 VEC_FLOATS = {"AVX512": 16, "AVX2": 8}  # floats per vector of torch's CPU kernels, by capability
@@ -252,12 +268,58 @@ def _catch_up_matches(kernels: Kernels) -> bool:
     return True
 
 
+# values at the edges of `adam_whole`'s shortcuts: signed zeros, subnormals, 2^-125 and 2^-100 (m),
+# p about its bound (5e-18 at lr 1e-3)
+EDGES = (0.0, -0.0, 2.0**-149, -(2.0**-126), 2.0**-125, -(2.0**-100), 0.9 * 2.0**-100, 5e-18, 6e-18)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two float32 tensors hold the same bits (torch.equal takes -0 for 0)."""
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def _whole_matches(kernels: Kernels) -> bool:
+    """Whether `adam_whole` steps a tensor as torch's fused Adam does, to the bit, over 10 steps of
+    tensors of every length modulo 64 elements and 30 of two longer ones (a large lr; from step 900):
+    m of every magnitude, so that most elements (those without gradient) decay through the
+    subnormal range to 0, p and v large and small, and `EDGES` among all three."""
+    gen = torch.Generator().manual_seed(0)
+    edges = torch.tensor(EDGES)
+    runs = [(k, 1e-3, 1, 10) for k in range(1, 65)] + [(1031, 3e-2, 1, 30), (1031, 1e-3, 900, 30)]
+    for n, lr, first, steps in runs:
+        h = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8)
+        hyper = kernels.hyper(h, torch.zeros(6, 1, dtype=torch.float64))
+        scale = torch.pow(2.0, torch.randint(-149, 0, (n,), generator=gen).double())
+        m = (torch.randn(n, generator=gen, dtype=torch.float64) * scale).float()
+        p = torch.randn(n, generator=gen)
+        p[::2] *= 1e-17
+        v = torch.rand(n, generator=gen) * 1e-6
+        for t in (m, p, v):
+            at = torch.randint(n, (n // 8 + 1,), generator=gen)
+            t[at] = edges[torch.randint(len(edges), (len(at),), generator=gen)]
+        v.abs_()
+        mine = [t.clone() for t in (p, m, v)]
+        step = torch.tensor(float(first - 1))
+        for i in range(steps):
+            g = torch.zeros(n)
+            hit = torch.rand(n, generator=gen) < 0.05
+            g[hit] = torch.randn(int(hit.sum()), generator=gen) * 1e-3
+            adam([p], [g], [m], [v], [], [step], **ADAM, **h)
+            kernels.adam_whole(hyper, *mine, g, float(first + i))
+            if not all(_same_bits(a, b) for a, b in zip(mine, (p, m, v))):
+                return False
+    return True
+
+
 def calibrate(lib) -> Kernels | None:
     """The library with what reproduces torch on this machine (`Kernels`), or None."""
     lib.catch_up.restype = lib.adam_rows.restype = None
     lib.catch_up.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3
     lib.adam_rows.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2
     lib.adam_rows.argtypes += [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int64]
+    lib.adam_whole.restype = None
+    whole_args = [ctypes.c_int64, ctypes.c_double, ctypes.c_int64]
+    lib.adam_whole.argtypes = [ctypes.c_void_p] * 5 + whole_args
     pow_vector, sqrt = _pow_vector(), _sqrt()
     if sqrt is False:
         return None
@@ -265,7 +327,16 @@ def calibrate(lib) -> Kernels | None:
         for tail in (vector // 2, 0, vector // 4):
             kernels = Kernels(lib, vector, tail, pow_vector or vector, sqrt)
             if _adam_matches(kernels):
-                return kernels if _catch_up_matches(kernels) else None
+                if not _catch_up_matches(kernels):
+                    return None
+                kernels.whole = _whole_matches(kernels)
+                if not kernels.whole:
+                    warnings.warn(
+                        "adam_whole does not reproduce torch's fused Adam to the bit on this "
+                        "machine; whole-table steps take torch's (the same numbers, slower)",
+                        stacklevel=3,
+                    )
+                return kernels
     return None
 
 

@@ -169,7 +169,8 @@ class RowAdam:
 
     On a CPU, the deferred row steps and catch-ups run in compiled kernels (`rowkernel`) where they
     build and reproduce torch to the bit: the same numbers as this Python path, at the cost of one
-    pass over each row (`row_kernels`=False: the Python path, always).
+    pass over each row; so do the whole-table steps, free of the subnormal arithmetic that slows
+    torch's fused step (`row_kernels`=False: the Python path and torch's step, always).
 
     `masked`: the rows' update computed over the whole table and written under a mask, every shape
     fixed (no wait of the host on a GPU to count the rows); the same numbers. Deferred and masked:
@@ -257,6 +258,10 @@ class RowAdam:
             else:
                 value, m, v, g = p, st["exp_avg"], st["exp_avg_sq"], p.grad
             self.clock[p] = self.clock.get(p, 0) + 1
+            if self._whole_kernel(value, g, m, v):  # Adam's step of the whole table, in place
+                step = float(st["step"].add_(1))  # (as the fused step counts it)
+                self.kernels.adam_whole(self._kernel_hyper(0), value, m, v, g, step)
+                continue
             for k, x in zip(work, (value, g, m, v, st["step"])):
                 work[k].append(x)
         if work["params"]:
@@ -324,6 +329,10 @@ class RowAdam:
     def _kernel(self, p: torch.Tensor, st: dict) -> bool:
         """Whether the row kernels step and catch up p's rows (`rowkernel.usable`)."""
         return self.kernels is not None and rowkernel.usable(p, st["exp_avg"], st["exp_avg_sq"])
+
+    def _whole_kernel(self, *tensors: torch.Tensor) -> bool:
+        """Whether the whole-table kernel (`rowkernel.Kernels.adam_whole`) takes a whole step."""
+        return self.kernels is not None and self.kernels.whole and rowkernel.usable(*tensors)
 
     def _kernel_hyper(self, now: int) -> rowkernel.Hyper:
         """The row kernels' settings, with their table (`rowkernel.Kernels.table`, built on the CPU

@@ -5,7 +5,9 @@ torch gets the Python path."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -124,6 +126,74 @@ def test_the_load_time_check_fails_on_a_wrong_reading_of_torch(what):
     bad = rowkernel.Kernels(KERNELS.lib, **{**at, **wrong})
     assert rowkernel._adam_matches(KERNELS) and rowkernel._catch_up_matches(KERNELS)
     assert not (rowkernel._adam_matches(bad) and rowkernel._catch_up_matches(bad))
+    if (
+        what != "sqrt"
+    ):  # (the whole step's sqrt is the correctly rounded one: torch's vector loop's)
+        assert rowkernel._whole_matches(KERNELS) and not rowkernel._whole_matches(bad)
+
+
+def _train_whole(kernels: bool, steps: int = 1200):
+    """A 20,000 x 2 table and a bias, small enough that deferred RowAdam steps them whole, trained
+    through look-ups of 20 rows a step: most rows go unread for a thousand steps, so that their m
+    decays through the subnormal range. The state every 100 steps, and how many m were subnormal then."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(20_000, 2, generator=gen).requires_grad_()
+    b = torch.zeros(20_000, requires_grad=True)
+    opt = sparse.RowAdam([p, b], lr=1e-3, deferred=True, row_kernels=kernels)
+    seen, subnormal = [], 0
+    for t in range(steps):
+        ids = torch.randint(0, 20_000, (20,), generator=gen)
+        e = sparse.embedding(p, ids)
+        loss = (e * torch.randn(e.shape, generator=gen)).sum() + sparse.take(b, ids).square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t % 100 == 99:
+            m = opt.state[p]["exp_avg"].abs()
+            subnormal += int(((m > 0) & (m < torch.finfo(torch.float32).tiny)).sum())
+            st = opt.state[p]
+            seen.append([x.detach().clone() for x in (p, b, st["exp_avg"], st["exp_avg_sq"])])
+    return seen, subnormal
+
+
+@needs_kernels
+def test_whole_table_steps_through_the_subnormal_range_to_the_bit(monkeypatch):
+    """Tables stepped whole (too small to defer) by the kernel (`adam_whole`) against torch's fused
+    Adam: the same bits (-0 told from 0) every 100 steps over 1,200 steps in which many m were
+    subnormal, where the kernel's shortcuts work."""
+    calls, whole = [], rowkernel.Kernels.adam_whole
+    monkeypatch.setattr(rowkernel.Kernels, "adam_whole", lambda *a: calls.append(1) or whole(*a))
+    (fast, subnormal), (torchs, _) = _train_whole(True), _train_whole(False)
+    assert len(calls) >= 2 * 1200 and subnormal > 10_000
+    for a, b in zip(fast, torchs):
+        assert all(rowkernel._same_bits(x, y) for x, y in zip(a, b))
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        ("even = (x + 0x1p52) - 0x1p52;", "even = floor(x);"),  # m's shortcut rounded down
+        ("(uint32_t)even | (mb & 0x80000000u)", "(uint32_t)even"),  # m's sign lost
+        ("#define SMALL_M 0x0d800000u", "#define SMALL_M 0x2d800000u"),  # p stays for m < 2^-60
+        ("pm = bound * ldexp(1.0, 26)", "pm = bound * ldexp(1.0, 10)"),  # p's bound too low
+    ],
+)
+def test_the_load_time_check_fails_on_a_wrong_whole_step_shortcut(wrong, tmp_path):
+    """A kernel library whose whole step takes a wrong shortcut (built from rowadam.c with one
+    line changed) passes the row kernels' checks but not the whole step's: `calibrate` gives
+    kernels whose whole steps are left to torch (and says so)."""
+    source = rowkernel.SOURCE.read_text()
+    assert wrong[0] in source
+    (tmp_path / "bad.c").write_text(source.replace(*wrong))
+    lib = tmp_path / "bad.so"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run(
+        [cc, *rowkernel.FLAGS, str(tmp_path / "bad.c"), "-o", str(lib), "-lm"], check=True
+    )
+    with pytest.warns(UserWarning, match="whole-table steps take torch's"):
+        bad = rowkernel.calibrate(ctypes.CDLL(str(lib)))
+    assert bad is not None and not bad.whole
 
 
 def test_loading_the_kernels_draws_nothing_from_the_global_generator():
