@@ -117,15 +117,20 @@ void adam_rows(const hyper_t *h, float *p, float *m, float *v, int64_t *last, co
  * the bit, without the subnormal arithmetic that costs a CPU a microcode assist per vector (a
  * whole-table step of a table whose rows go unread for hundreds of steps spends most of its time
  * there: their m decays by beta1 each step through the subnormal range to 0). Two exact shortcuts:
- * - m without gradient below 2^-125 (subnormal or next to it, where floats are integer multiples
- *   of 2^-149): fma(1 - beta1, -m, m) is round-to-even(M (1 - c1)) in units of 2^-149, M = |m| in
- *   those units, its bits M itself; computed in double, exact where 1 - c1 has at most 29
- *   significant bits (`exact_w`; else no shortcut);
+ * - m below 2^-125 (subnormal or next to it, where floats are integer multiples of 2^-149: m =
+ *   M 2^-149, the bits of |m| are M): without gradient, fma(c1, 0 - m, m) (c1 = 1 - beta1) is
+ *   round-to-even(M (1 - c1)) in units of 2^-149, computed in double, exact where 1 - c1 has at
+ *   most 29 significant bits (`exact_w`; else no shortcut); with a gradient 2^-100 <= |g| < 2^60,
+ *   g - m rounds to g and fma(c1, g, m) is 2^-64 fma(c1, 2^64 g, 2^64 m), every operand and
+ *   result normal (2^64 m = M 2^-85);
  * - |new m| < 2^-100 and |p| >= p_min: the step moves p by less than half its ulp, so p stays
  *   (p_min bounds |fl(fl(step_size m) / d)| with d >= eps, as each rounding can at most give).
  * Every other element takes torch's operations (subnormal ones included, where they occur). */
 #define TINY_M 0x01000000u  /* 2^-125, as float bits */
 #define SMALL_M 0x0d800000u /* 2^-100 */
+#define LOW_M 0x0e000000u   /* 2^-99 */
+#define G_LOW 0x0d800000u   /* 2^-100 */
+#define G_HIGH 0x5d800000u  /* 2^60 */
 #define FINITE 0x7f800000u  /* infinity: the finite floats' bits are below */
 
 static inline uint32_t bits_of(float x) {
@@ -151,21 +156,41 @@ static int exact_w(double w) {
     return s == floor(s);
 }
 
-/* `adam_whole` over n elements, all in torch's vector loop or all in its scalar rest (`vector`).
- * The shortcuts choose by integer masks, so that the loop has no branch and vectorises. */
+/* `adam_whole` over n elements, all in torch's vector loop or all in its scalar rest (`vector`),
+ * by torch's formulas alone. */
 static inline __attribute__((always_inline)) void
-adam_span(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
-          int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, double w,
-          uint32_t shortcut_m, uint32_t p_min, int vector) {
+adam_plain(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+           int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, int vector) {
     for (int64_t j = 0; j < n; j++) {
         float gv = g[j], t = c2 * gv;
-        uint32_t mb = bits_of(m[j]), am = mb & 0x7fffffffu;
-        /* no gradient (+-0) and 0 < |m| < 2^-125: the integer shortcut, m read as 0 by the fma */
-        uint32_t tiny = shortcut_m & -(uint32_t)((bits_of(gv) << 1 == 0) & (am - 1 < TINY_M - 1));
-        float m_in = float_of(mb & ~tiny);
+        m[j] = fmaf(c1, gv - m[j], m[j]);
+        v[j] = vector ? fmaf(t, gv, v[j] * b2) : fmaf(v[j], b2, t * gv);
+        p[j] = p[j] + (neg * m[j]) / (sqrtf(v[j]) / bc2 + eps);
+    }
+}
+
+/* The same with the two shortcuts, chosen by integer masks so that the loop has no branch and
+ * vectorises. */
+static inline __attribute__((always_inline)) void
+adam_shortcut(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+              int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, double w,
+              uint32_t shortcut_m, uint32_t p_min, int vector) {
+    for (int64_t j = 0; j < n; j++) {
+        float gv = g[j], t = c2 * gv;
+        uint32_t mb = bits_of(m[j]), am = mb & 0x7fffffffu, ag = bits_of(gv) & 0x7fffffffu;
+        /* 0 < |m| < 2^-125, m = M 2^-149 (M = am), and no gradient: the integer shortcut; or a
+         * gradient of 2^-100 <= |g| < 2^60: the scaled one; m read as 0 by torch's formula */
+        uint32_t tiny = shortcut_m & -(uint32_t)(am - 1 < TINY_M - 1);
+        uint32_t by_int = tiny & -(uint32_t)(ag == 0);
+        uint32_t scaled = tiny & -(uint32_t)(ag - G_LOW < G_HIGH - G_LOW);
+        float m_in = float_of(mb & ~(by_int | scaled));
         float m_hw = fmaf(c1, gv - m_in, m_in);
         double x = (double)am * w, even = (x + 0x1p52) - 0x1p52; /* round to even, x < 2^24 */
-        uint32_t mn = pick(tiny, (uint32_t)even | (mb & 0x80000000u), bits_of(m_hw));
+        /* (the scaled shortcut's operands 0 in the other lanes: no subnormal result there) */
+        float m_up = float_of((bits_of((float)am * 0x1p-85f) | (mb & 0x80000000u)) & scaled);
+        float m_sc = fmaf(c1, float_of(bits_of(gv) & scaled) * 0x1p64f, m_up) * 0x1p-64f;
+        uint32_t mn = pick(by_int, (uint32_t)even | (mb & 0x80000000u),
+                           pick(scaled, bits_of(m_sc), bits_of(m_hw)));
         float v_new = vector ? fmaf(t, gv, v[j] * b2) : fmaf(v[j], b2, t * gv);
         /* |new m| < 2^-100 and p_min <= |p| finite: p stays, m read as 0 by the step */
         uint32_t pb = bits_of(p[j]), ap = pb & 0x7fffffffu;
@@ -178,6 +203,25 @@ adam_span(float *restrict p, float *restrict m, float *restrict v, const float *
     }
 }
 
+/* Blocks of 64 elements: one with an m of 0 < |m| < 2^-99 takes the shortcuts, the others
+ * torch's formulas alone (the same numbers either way: the choice is one of speed). */
+static inline __attribute__((always_inline)) void
+adam_span(float *p, float *m, float *v, const float *g, int64_t n, float c1, float c2, float b2,
+          float bc2, float eps, float neg, double w, uint32_t shortcut_m, uint32_t p_min,
+          int vector) {
+    for (int64_t at = 0; at < n; at += 64) {
+        int64_t k = n - at < 64 ? n - at : 64;
+        uint32_t low = 0;
+        for (int64_t j = 0; j < k; j++)
+            low |= (bits_of(m[at + j]) & 0x7fffffffu) - 1 < LOW_M - 1;
+        if (low)
+            adam_shortcut(p + at, m + at, v + at, g + at, k, c1, c2, b2, bc2, eps, neg, w,
+                          shortcut_m, p_min, vector);
+        else
+            adam_plain(p + at, m + at, v + at, g + at, k, c1, c2, b2, bc2, eps, neg, vector);
+    }
+}
+
 void adam_whole(const hyper_t *h, float *p, float *m, float *v, const float *g, int64_t n,
                 double step, int64_t scalar) {
     double step_size = h->lr / (1 - pow(h->beta1, step));
@@ -185,7 +229,8 @@ void adam_whole(const hyper_t *h, float *p, float *m, float *v, const float *g, 
     float bc2 = (float)sqrt(1 - pow(h->beta2, step)), eps = (float)h->eps;
     float neg = (float)(-step_size);
     double w = 1.0 - (double)c1;
-    uint32_t shortcut_m = c1 > 0 && c1 < 1 && exact_w(w) ? 0xffffffffu : 0;
+    /* (c1 >= 2^-20: c1 g normal where |g| >= 2^-100) */
+    uint32_t shortcut_m = c1 >= 0x1p-20f && c1 < 1 && exact_w(w) ? 0xffffffffu : 0;
     /* |fl(neg m)| <= |neg| 2^-100 (1 + 2^-23) + 2^-149, over d >= eps, rounded, below |p| 2^-25 <
      * ulp(p) / 2 (p normal) */
     double bound = (fabs((double)neg) * ldexp(1.0, -100) * (1 + ldexp(1.0, -23)) + ldexp(1.0, -149))

@@ -269,8 +269,9 @@ def _catch_up_matches(kernels: Kernels) -> bool:
 
 
 # values at the edges of `adam_whole`'s shortcuts: signed zeros, subnormals, 2^-125 and 2^-100 (m),
-# p about its bound (5e-18 at lr 1e-3)
+# p about its bound (5e-18 at lr 1e-3); and gradients about 2^-100 and 2^60
 EDGES = (0.0, -0.0, 2.0**-149, -(2.0**-126), 2.0**-125, -(2.0**-100), 0.9 * 2.0**-100, 5e-18, 6e-18)
+GRAD_EDGES = (-0.0, 1e-40, 2.0**-110, -(2.0**-100), 1.3 * 2.0**-100, 2.0**-97, 2.0**60, -(2.0**61))
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -282,9 +283,10 @@ def _whole_matches(kernels: Kernels) -> bool:
     """Whether `adam_whole` steps a tensor as torch's fused Adam does, to the bit, over 10 steps of
     tensors of every length modulo 64 elements and 30 of two longer ones (a large lr; from step 900):
     m of every magnitude, so that most elements (those without gradient) decay through the
-    subnormal range to 0, p and v large and small, and `EDGES` among all three."""
+    subnormal range to 0, p and v large and small, `EDGES` among all three and `GRAD_EDGES` among
+    the gradients."""
     gen = torch.Generator().manual_seed(0)
-    edges = torch.tensor(EDGES)
+    edges, grad_edges = torch.tensor(EDGES), torch.tensor(GRAD_EDGES)
     runs = [(k, 1e-3, 1, 10) for k in range(1, 65)] + [(1031, 3e-2, 1, 30), (1031, 1e-3, 900, 30)]
     for n, lr, first, steps in runs:
         h = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8)
@@ -304,6 +306,8 @@ def _whole_matches(kernels: Kernels) -> bool:
             g = torch.zeros(n)
             hit = torch.rand(n, generator=gen) < 0.05
             g[hit] = torch.randn(int(hit.sum()), generator=gen) * 1e-3
+            at = torch.randint(n, (n // 64 + 1,), generator=gen)
+            g[at] = grad_edges[torch.randint(len(grad_edges), (len(at),), generator=gen)]
             adam([p], [g], [m], [v], [], [step], **ADAM, **h)
             kernels.adam_whole(hyper, *mine, g, float(first + i))
             if not all(_same_bits(a, b) for a, b in zip(mine, (p, m, v))):

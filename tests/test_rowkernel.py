@@ -175,6 +175,9 @@ def test_whole_table_steps_through_the_subnormal_range_to_the_bit(monkeypatch):
     [
         ("even = (x + 0x1p52) - 0x1p52;", "even = floor(x);"),  # m's shortcut rounded down
         ("(uint32_t)even | (mb & 0x80000000u)", "(uint32_t)even"),  # m's sign lost
+        ("tiny & -(uint32_t)(ag == 0)", "tiny"),  # the integer shortcut with a gradient
+        ("(float)am * 0x1p-85f", "(float)am * 0x1p-86f"),  # the scaled one's m halved
+        ("(ag - G_LOW < G_HIGH - G_LOW)", "(ag != 0)"),  # the scaled one at any gradient
         ("#define SMALL_M 0x0d800000u", "#define SMALL_M 0x2d800000u"),  # p stays for m < 2^-60
         ("pm = bound * ldexp(1.0, 26)", "pm = bound * ldexp(1.0, 10)"),  # p's bound too low
     ],
