@@ -39,6 +39,9 @@ DEFER_SPARSE = 256  # one of at least DEFER_MIN / 4 elements whose step reads un
 # copies element by element, numpy's row assignment row by row (one thread: 4,000 rows of 200 in 94
 # against 297 us, 600 of 64 in 8 against 16; 600 of 8 in 7.2 against 5.5)
 PUT_NUMPY_MIN = 8192
+# a parameter this large takes its whole steps in the kernel (`rowkernel.Kernels.adam_whole`, one
+# call each), a smaller one in torch's fused call with the others (a student's MLP layers and biases)
+WHOLE_KERNEL_MIN = 4096
 
 
 class _Take(torch.autograd.Function):
@@ -258,7 +261,7 @@ class RowAdam:
             else:
                 value, m, v, g = p, st["exp_avg"], st["exp_avg_sq"], p.grad
             self.clock[p] = self.clock.get(p, 0) + 1
-            if self._whole_kernel(value, g, m, v):  # Adam's step of the whole table, in place
+            if value.numel() >= WHOLE_KERNEL_MIN and self._whole_kernel(value, g, m, v):
                 step = float(st["step"].add_(1))  # (as the fused step counts it)
                 self.kernels.adam_whole(self._kernel_hyper(0), value, m, v, g, step)
                 continue
@@ -331,7 +334,8 @@ class RowAdam:
         return self.kernels is not None and rowkernel.usable(p, st["exp_avg"], st["exp_avg_sq"])
 
     def _whole_kernel(self, *tensors: torch.Tensor) -> bool:
-        """Whether the whole-table kernel (`rowkernel.Kernels.adam_whole`) takes a whole step."""
+        """Whether the whole-table kernel (`rowkernel.Kernels.adam_whole`) can take a whole step of
+        these tensors (Adam's step of the whole table, in place)."""
         return self.kernels is not None and self.kernels.whole and rowkernel.usable(*tensors)
 
     def _kernel_hyper(self, now: int) -> rowkernel.Hyper:
