@@ -126,16 +126,16 @@ def test_the_load_time_check_fails_on_a_wrong_reading_of_torch(what):
     bad = rowkernel.Kernels(KERNELS.lib, **{**at, **wrong})
     assert rowkernel._adam_matches(KERNELS) and rowkernel._catch_up_matches(KERNELS)
     assert not (rowkernel._adam_matches(bad) and rowkernel._catch_up_matches(bad))
-    if (
-        what != "sqrt"
-    ):  # (the whole step's sqrt is the correctly rounded one: torch's vector loop's)
+    # (the whole step's sqrt is the correctly rounded one, as in torch's vector loop: not MKL's)
+    if what != "sqrt":
         assert rowkernel._whole_matches(KERNELS) and not rowkernel._whole_matches(bad)
 
 
 def _train_whole(kernels: bool, steps: int = 1200):
     """A 20,000 x 2 table and a bias, small enough that deferred RowAdam steps them whole, trained
     through look-ups of 20 rows a step: most rows go unread for a thousand steps, so that their m
-    decays through the subnormal range. The state every 100 steps, and how many m were subnormal then."""
+    decays through the subnormal range. The state every 100 steps, and how many m were subnormal
+    then."""
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(20_000, 2, generator=gen).requires_grad_()
     b = torch.zeros(20_000, requires_grad=True)
