@@ -75,6 +75,32 @@ void catch_up(const hyper_t *h, float *p, float *m, float *v, int64_t *last, con
     }
 }
 
+/* Adam's scalars at step `step`, as torch's fused CPU kernel computes them: c1 = 1 - beta1,
+ * c2 = 1 - beta2, b2 = beta2, bc2 = sqrt(1 - beta2^step), eps, neg = -lr / (1 - beta1^step). */
+typedef struct {
+    float c1, c2, b2, bc2, eps, neg;
+} step_t;
+
+static step_t step_of(const hyper_t *h, double step) {
+    double step_size = h->lr / (1 - pow(h->beta1, step));
+    step_t s = {(float)(1 - h->beta1), (float)(1 - h->beta2), (float)h->beta2,
+                (float)sqrt(1 - pow(h->beta2, step)), (float)h->eps, (float)(-step_size)};
+    return s;
+}
+
+/* Adam's step of n elements with gradient g, all in torch's vector loop or all in its scalar rest
+ * (`vector`), by torch's formulas (`adam_rows`). */
+static inline __attribute__((always_inline)) void
+adam_plain(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+           int64_t n, step_t s, int vector) {
+    for (int64_t j = 0; j < n; j++) {
+        float gv = g[j], t = s.c2 * gv;
+        m[j] = fmaf(s.c1, gv - m[j], m[j]);
+        v[j] = vector ? fmaf(t, gv, v[j] * s.b2) : fmaf(v[j], s.b2, t * gv);
+        p[j] = p[j] + (s.neg * m[j]) / (sqrtf(v[j]) / s.bc2 + s.eps);
+    }
+}
+
 /* Adam's step `step` (bias corrections 1 - beta^step) of the rows `rows` (n distinct) whose summed
  * gradient is g [n x width], stale rows caught up to `now` first; every row's last step is then
  * now + 1. As torch's fused CPU kernel (FusedAdamKernel.cpp) steps the [n x width] copy the Python
@@ -84,10 +110,7 @@ void catch_up(const hyper_t *h, float *p, float *m, float *v, int64_t *last, con
  * sqrt(1 - beta2^step) + eps). */
 void adam_rows(const hyper_t *h, float *p, float *m, float *v, int64_t *last, const int64_t *rows,
                int64_t n, int64_t width, const float *g, int64_t now, double step, int64_t scalar) {
-    double step_size = h->lr / (1 - pow(h->beta1, step));
-    float c1 = (float)(1 - h->beta1), c2 = (float)(1 - h->beta2), b2 = (float)h->beta2;
-    float bc2 = (float)sqrt(1 - pow(h->beta2, step)), eps = (float)h->eps;
-    float neg = (float)(-step_size);
+    step_t s = step_of(h, step);
     for (int64_t i = 0; i < n; i++) {
         int64_t r = rows[i];
         float *pr = p + r * width, *mr = m + r * width, *vr = v + r * width;
@@ -96,18 +119,8 @@ void adam_rows(const hyper_t *h, float *p, float *m, float *v, int64_t *last, co
             catch_up_row(h, pr, mr, vr, width, last[r], now, in_vector(h, i, n));
         int64_t split = scalar - i * width;
         split = split < 0 ? 0 : split > width ? width : split;
-        for (int64_t j = 0; j < split; j++) {
-            float gv = gr[j], t = c2 * gv;
-            mr[j] = fmaf(c1, gv - mr[j], mr[j]);
-            vr[j] = fmaf(t, gv, vr[j] * b2);
-            pr[j] = pr[j] + (neg * mr[j]) / (sqrtf(vr[j]) / bc2 + eps);
-        }
-        for (int64_t j = split; j < width; j++) {
-            float gv = gr[j], t = c2 * gv;
-            mr[j] = fmaf(c1, gv - mr[j], mr[j]);
-            vr[j] = fmaf(vr[j], b2, t * gv);
-            pr[j] = pr[j] + (neg * mr[j]) / (sqrtf(vr[j]) / bc2 + eps);
-        }
+        adam_plain(pr, mr, vr, gr, split, s, 1);
+        adam_plain(pr + split, mr + split, vr + split, gr + split, width - split, s, 0);
         last[r] = now + 1;
     }
 }
@@ -156,25 +169,12 @@ static int exact_w(double w) {
     return s == floor(s);
 }
 
-/* `adam_whole` over n elements, all in torch's vector loop or all in its scalar rest (`vector`),
- * by torch's formulas alone. */
-static inline __attribute__((always_inline)) void
-adam_plain(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
-           int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, int vector) {
-    for (int64_t j = 0; j < n; j++) {
-        float gv = g[j], t = c2 * gv;
-        m[j] = fmaf(c1, gv - m[j], m[j]);
-        v[j] = vector ? fmaf(t, gv, v[j] * b2) : fmaf(v[j], b2, t * gv);
-        p[j] = p[j] + (neg * m[j]) / (sqrtf(v[j]) / bc2 + eps);
-    }
-}
-
 /* The same with the two shortcuts, chosen by integer masks so that the loop has no branch and
  * vectorises. */
 static inline __attribute__((always_inline)) void
 adam_shortcut(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
-              int64_t n, float c1, float c2, float b2, float bc2, float eps, float neg, double w,
-              uint32_t shortcut_m, uint32_t p_min, int vector) {
+              int64_t n, step_t s, double w, uint32_t shortcut_m, uint32_t p_min, int vector) {
+    float c1 = s.c1, c2 = s.c2, b2 = s.b2, bc2 = s.bc2, eps = s.eps, neg = s.neg;
     for (int64_t j = 0; j < n; j++) {
         float gv = g[j], t = c2 * gv;
         uint32_t mb = bits_of(m[j]), am = mb & 0x7fffffffu, ag = bits_of(gv) & 0x7fffffffu;
@@ -206,28 +206,24 @@ adam_shortcut(float *restrict p, float *restrict m, float *restrict v, const flo
 /* Blocks of 64 elements: one with an m of 0 < |m| < 2^-99 takes the shortcuts, the others
  * torch's formulas alone (the same numbers either way: the choice is one of speed). */
 static inline __attribute__((always_inline)) void
-adam_span(float *p, float *m, float *v, const float *g, int64_t n, float c1, float c2, float b2,
-          float bc2, float eps, float neg, double w, uint32_t shortcut_m, uint32_t p_min,
-          int vector) {
+adam_span(float *p, float *m, float *v, const float *g, int64_t n, step_t s, double w,
+          uint32_t shortcut_m, uint32_t p_min, int vector) {
     for (int64_t at = 0; at < n; at += 64) {
         int64_t k = n - at < 64 ? n - at : 64;
         uint32_t low = 0;
         for (int64_t j = 0; j < k; j++)
             low |= (bits_of(m[at + j]) & 0x7fffffffu) - 1 < LOW_M - 1;
         if (low)
-            adam_shortcut(p + at, m + at, v + at, g + at, k, c1, c2, b2, bc2, eps, neg, w,
-                          shortcut_m, p_min, vector);
+            adam_shortcut(p + at, m + at, v + at, g + at, k, s, w, shortcut_m, p_min, vector);
         else
-            adam_plain(p + at, m + at, v + at, g + at, k, c1, c2, b2, bc2, eps, neg, vector);
+            adam_plain(p + at, m + at, v + at, g + at, k, s, vector);
     }
 }
 
 void adam_whole(const hyper_t *h, float *p, float *m, float *v, const float *g, int64_t n,
                 double step, int64_t scalar) {
-    double step_size = h->lr / (1 - pow(h->beta1, step));
-    float c1 = (float)(1 - h->beta1), c2 = (float)(1 - h->beta2), b2 = (float)h->beta2;
-    float bc2 = (float)sqrt(1 - pow(h->beta2, step)), eps = (float)h->eps;
-    float neg = (float)(-step_size);
+    step_t s = step_of(h, step);
+    float c1 = s.c1, eps = s.eps, neg = s.neg;
     double w = 1.0 - (double)c1;
     /* (c1 >= 2^-20: c1 g normal where |g| >= 2^-100) */
     uint32_t shortcut_m = c1 >= 0x1p-20f && c1 < 1 && exact_w(w) ? 0xffffffffu : 0;
@@ -238,7 +234,6 @@ void adam_whole(const hyper_t *h, float *p, float *m, float *v, const float *g, 
     double pm = bound * ldexp(1.0, 26);
     uint32_t p_min = eps > 0 && pm < 0x1p100 ? bits_of((float)(pm > 0x1p-125 ? pm : 0x1p-125)) : FINITE;
     int64_t split = scalar < 0 ? 0 : scalar > n ? n : scalar;
-    adam_span(p, m, v, g, split, c1, c2, b2, bc2, eps, neg, w, shortcut_m, p_min, 1);
-    adam_span(p + split, m + split, v + split, g + split, n - split, c1, c2, b2, bc2, eps, neg, w,
-              shortcut_m, p_min, 0);
+    adam_span(p, m, v, g, split, s, w, shortcut_m, p_min, 1);
+    adam_span(p + split, m + split, v + split, g + split, n - split, s, w, shortcut_m, p_min, 0);
 }
