@@ -401,3 +401,43 @@ def test_a_small_table_is_stepped_whole_by_deferred_adam():
         ref.step()
     assert not opt.state[p]["defer"] and not opt.state[p]["pending"]
     torch.testing.assert_close(p.detach(), q.detach())  # before any flush
+
+
+def test_tables_read_at_the_same_ids_sort_them_once_per_step(monkeypatch):
+    """Deferred RowAdam sorts a step's ids once for every table looked up at them (`_distinct`: a
+    NeuMF step's GMF and MLP tables of a side), from the look-ups to the step, and trains to the
+    same bits as sorting them for each table anew; ids of the same length but other values (a third
+    table) are sorted on their own."""
+    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
+    monkeypatch.setattr(sparse, "WARMUP", 0.0)
+    calls = []
+    plain = sparse.distinct
+
+    def counted(ids, n):
+        calls.append(len(ids))
+        return plain(ids, n)
+
+    monkeypatch.setattr(sparse, "distinct", counted)
+    out = []
+    for shared in (True, False):
+        if not shared:  # every look-up and step sorts its ids anew
+            monkeypatch.setattr(sparse.RowAdam, "_distinct", lambda self, ids, n: plain(ids, n))
+        gen = torch.Generator().manual_seed(3)
+        tables = [torch.randn(300, k, generator=gen).requires_grad_() for k in (4, 8, 4)]
+        opt = sparse.RowAdam(tables, lr=0.01, deferred=True)
+        for _ in range(40):
+            calls.clear()
+            ids = torch.randint(0, 300, (20,), generator=gen)
+            other = torch.randint(0, 300, (20,), generator=gen)
+            loss = sum(
+                (sparse.embedding(t, i) * torch.randn(20, t.shape[1], generator=gen)).sum()
+                for t, i in zip(tables, (ids, ids, other))
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if shared:
+            assert calls == [20, 20]  # (the last step: ids and other, once each)
+        opt.flush()
+        out.append([t.detach().clone() for t in tables])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
