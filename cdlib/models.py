@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import sparse
+from . import sparse, towerkernel
 from .index import UserItems, put_pairs
 from .sparse import fresh_on_lookup  # (the constructors' `sparse` argument hides the module)
+from .towerkernel import tower_torch
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -448,20 +449,21 @@ class NeuMF(Recommender):
         (user, item) pairs, where score_all's [pairs x e/2] products leave the vector units idle
         (e/2 = 4 outputs at d = 8). The same function summed in another order, so equal to score_all
         up to rounding, and several times faster at d = 8 (one thread, a 4 MiB buffer:
-        results/bench/refresh_tower_cpu.json). CD's refresh uses it with refresh_tower="feature-major"."""
+        results/bench/refresh_tower_cpu.json). CD's refresh uses it with refresh_tower="feature-major".
+        Torch scores the users in chunks of `max_elems` [e x users x I] floats (`tower_torch`); the
+        compiled kernel (`towerkernel`), where it gives those chunks' bits, all at once."""
         gmf, a, c = self._all_items_parts(users)
         (n_items, e), a, c = c.shape, a.T.contiguous(), c.T.contiguous()  # [e x B], [e x I]
-        out = torch.empty(len(users), n_items, device=gmf.device)
         step = max(1, min(len(users), max_elems // (n_items * e)))
+        w2, b2, w = self.layer2.weight, self.layer2.bias, self.out.weight[0, self.size :]
+        kernel = towerkernel.load()
+        chunks = {step, len(users) % step or step}
+        if kernel is not None and kernel.takes(e, len(w2), chunks, n_items, a, c, w2, gmf):
+            return kernel.scores(a, c, w2, b2, w, gmf, self.out.bias)
+        out = torch.empty(len(users), n_items, device=gmf.device)
         buf = torch.empty(e, step, n_items, device=gmf.device)
-        w2, b2, w = self.layer2.weight, self.layer2.bias[:, None], self.out.weight[0, self.size :]
         for s in range(0, len(users), step):
-            n = min(step, len(users) - s)
-            h = buf[:, :n]
-            torch.add(a[:, s : s + n, None], c[:, None, :], out=h).relu_()  # [e, b, I]
-            g = w2 @ h.reshape(e, -1)  # [e/2, b I]
-            g += b2
-            out[s : s + n] = (w @ g.relu_()).view(n, n_items)
+            out[s : s + step] = tower_torch(a[:, s : s + step], c, w2, b2, w, buf)
         return out.add_(gmf).add_(self.out.bias)
 
 

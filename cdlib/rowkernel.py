@@ -145,20 +145,24 @@ def _machine() -> str:
         return platform.machine() + next((x for x in f if x.startswith("flags")), "")
 
 
-def build() -> Path | None:
-    """rowadam.c compiled into $CDLIB_CACHE/kernels/ (once per source, flags and CPU); None
-    where there is no C compiler or the build fails (warned)."""
+def build(
+    source: Path = SOURCE,
+    fallback: str = "deferred Adam takes its Python path (the same numbers, slower)",
+) -> Path | None:
+    """A kernel source (rowadam.c by default) compiled into $CDLIB_CACHE/kernels/ (once per source,
+    flags and CPU); None where there is no C compiler or the build fails (warned: the build's error
+    and `fallback`, what runs instead)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _machine().encode())
-    lib = paths.cache_dir() / "kernels" / f"rowadam-{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + _machine().encode())
+    lib = paths.cache_dir() / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
     tmp = lib.with_name(f".{lib.name}.tmp{os.getpid()}")
     try:
         lib.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True)
+        done = subprocess.run([cc, *FLAGS, str(source), "-o", str(tmp), "-lm"], capture_output=True)
         why = done.stderr.decode(errors="replace")[-400:] if done.returncode else None
         if why is None:
             os.replace(tmp, lib)
@@ -168,8 +172,7 @@ def build() -> Path | None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         warnings.warn(
-            f"could not build {SOURCE} with {cc} into {lib.parent}; deferred Adam takes its Python "
-            f"path (the same numbers, slower): {why}",
+            f"could not build {source} with {cc} into {lib.parent}; {fallback}: {why}",
             stacklevel=3,
         )
         return None
