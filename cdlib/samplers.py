@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .index import UserItems, put_pairs
+from .topkernel import top_ids
 
 SAMPLINGS = ("rank", "uniform", "topk")
 GUIDES = ("teacher", "student", "hybrid")
@@ -185,7 +186,8 @@ def top_missing(
     A user with fewer than k missing items gets -1 in the surplus slots. tower="feature-major":
     a NeuMF scores with `score_all_feature_major` (the same scores up to rounding, faster), by
     default `REFRESH_PAIRS` pairs a batch; else with `score_all`, by default in equal batches of
-    at most `RANK_USERS` users (the ranking of 1024 users a batch, every earlier run's)."""
+    at most `RANK_USERS` users (the ranking of 1024 users a batch, every earlier run's); the top k
+    of each batch by `topkernel.top_ids` (torch.topk's ids)."""
     if users is None:
         users = torch.arange(positives.shape[0], device=positives.indptr.device)
     score = model.score_all_feature_major if tower == "feature-major" else model.score_all
@@ -197,8 +199,7 @@ def top_missing(
     out = torch.empty(len(users), k, dtype=torch.long, device=users.device)
     s = 0
     for u in batches:
-        val, idx = masked_scores(score(u), positives, u).topk(k, dim=1)
-        out[s : s + len(u)] = torch.where(torch.isinf(val), -1, idx)
+        out[s : s + len(u)] = top_ids(masked_scores(score(u), positives, u), k)
         s += len(u)
     return out
 
