@@ -96,7 +96,7 @@ class RunFields:
     # distributions, other draws) | None: static on CUDA, else dynamic
     step: str | None = None  # dense: Adam over every parameter, CDAE decoding all items (the
     # original step) | sparse: look-ups and decoding at the step's pairs, Adam on the rows they
-    # touch only (`sparse.RowAdam`, lazy: other training) | deferred: the same look-ups, Adam's
+    # touch only (`rowadam.RowAdam`, lazy: other training) | deferred: the same look-ups, Adam's
     # steps of the untouched rows deferred and applied in closed form (the dense step's training,
     # up to rounding) | None: dense
     weight_decay: float = 0.0

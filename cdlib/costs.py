@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import runs, sparse
+from . import rowadam, runs
 from .config import BACKBONE_DEFAULTS, STUDENT, TEACHER_SIZE, recorded
 from .runs import read_table
 from .tables import own_runs
@@ -225,7 +225,7 @@ def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step
     benched = sorted({d for d, _, _ in ratio})
     st = read_table("01_datasets", results)
     users = {} if st is None else dict(zip(st.dataset, st.users))
-    warm_steps = sparse.warmup_steps() if step == "deferred" else 0
+    warm_steps = rowadam.warmup_steps() if step == "deferred" else 0
 
     def reference(d, b):
         """The benched dataset whose ratios stand for d's: d, else the nearest in work (or None)."""

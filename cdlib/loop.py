@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, index, losses, methods, metrics, models, sparse
+from . import checkpoint, index, losses, methods, metrics, models, rowadam, sparse
 from .batches import Member, dynamic_batches, plan_capacities, rng_state, static_batches
 from .config import Config, Execution, build_model
 from .dataset import Dataset
@@ -88,7 +88,7 @@ class Stack:
         if len(members) == 1:
             self.params = None
             self.opt = (
-                sparse.RowAdam(
+                rowadam.RowAdam(
                     model.parameters(),
                     lr=cfg.lr,
                     weight_decay=cfg.weight_decay,
@@ -311,7 +311,7 @@ def fit_group(
             loss.backward()
             stack.opt.step()
             n_batches += 1
-        if isinstance(stack.opt, sparse.RowAdam):
+        if isinstance(stack.opt, rowadam.RowAdam):
             stack.opt.flush()  # deferred: every row's pending steps, before validation reads them
         if debug:
             torch.cuda.set_sync_debug_mode(0)

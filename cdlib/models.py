@@ -302,7 +302,7 @@ class NeuMF(Recommender):
         self.size, self.mlp_scale, self.sparse = dim, mlp_scale, sparse
         e = dim * mlp_scale
         half = max(e // 2, 1)
-        # sparse: each table's gradient is the rows the batch looked up (for `sparse.RowAdam`)
+        # sparse: each table's gradient is the rows the batch looked up (for `rowadam.RowAdam`)
         self.gmf_user = nn.Embedding(n_users, dim, sparse=sparse)
         self.gmf_item = nn.Embedding(n_items, dim, sparse=sparse)
         self.mlp_user = nn.Embedding(n_users, e, sparse=sparse)

@@ -57,7 +57,7 @@ def next_step_sentence(step: str, pooled: pd.DataFrame) -> str:
         + "; ".join(said)
         + ". The deferral itself (rows that wait for their Adam steps) is tested against torch's "
         "Adam in `tests/test_sparse.py` (the same weights to 1e-4 after 21 epochs). Which tables "
-        "defer (`sparse.defers`) depends on the dataset: on ml-100k none, on ml-1m only the "
+        "defer (`rowadam.defers`) depends on the dataset: on ml-100k none, on ml-1m only the "
         "teachers' user tables, so there the study tests the sparse look-ups and decoding more than "
         "the deferral; on citeulike-t every item and user table of both teachers defers (no "
         "student's), so there it tests the deferral itself, teachers and the students distilled "

@@ -72,7 +72,7 @@ class Kernels:
         self.pow_vector, self.sqrt, self.whole = pow_vector, sqrt, False
 
     def table(self, n: int, beta1: float, beta2: float, tails) -> torch.Tensor:
-        """[6 x n] float64: `tails` (F and E of `sparse.tail_sums`, [2 x n]), then the powers
+        """[6 x n] float64: `tails` (F and E of `rowadam.tail_sums`, [2 x n]), then the powers
         r^k, (r/sqrt(beta2))^k, beta1^k and beta2^k, k < n, as torch's vector loop computes them
         (`RowAdam._catch_up` computes them with torch.pow); n a multiple of `pow_vector`."""
         r = beta1 / math.sqrt(beta2)
@@ -246,8 +246,8 @@ def _sqrt() -> int | None | bool:
 
 
 def _catch_up_matches(kernels: Kernels) -> bool:
-    """Whether `catch_up` brings rows up to date as `sparse.RowAdam._catch_up` does, to the bit."""
-    from .sparse import RowAdam  # (sparse imports this module)
+    """Whether `catch_up` brings rows up to date as `rowadam.RowAdam._catch_up` does, to the bit."""
+    from .rowadam import RowAdam  # (rowadam imports this module)
 
     gen = torch.Generator().manual_seed(0)
     now, n = 1500, 3000

@@ -1,5 +1,5 @@
 """The step bench: seconds per training epoch of the dense optimiser step against the sparse and
-deferred steps of `cdlib/sparse.py` (`Config.step`), side by side for each kind of run
+deferred steps of `cdlib/sparse.py` and `cdlib/rowadam.py` (`Config.step`), side by side for each kind of run
 (`costs.step_kinds`), with their ratios dense / step per kind of epoch (training alone, and with
 its validation) and the process's peak memory. The ratios are what the sparse steps save: the
 README shows them and `costs.step_estimate` scales the grid's CPU hours by them.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import costs, data, metrics, models, runs, sparse
+from . import costs, data, metrics, models, rowadam, runs
 from .bench import epoch_seconds, timed
 from .config import TEACHER_SIZE, Config, build_model
 
@@ -37,7 +37,7 @@ def step_table(
     dataset: str, ds, device, rounds: int = 2, epochs: int = STEP_EPOCHS, on_row=None
 ) -> pd.DataFrame:
     """Seconds per training epoch with the dense step and the sparse ones (`Config.step`: lazy
-    "sparse"; "deferred" after its warm-up and during it, `sparse.WARMUP`), side by side, for each
+    "sparse"; "deferred" after its warm-up and during it, `rowadam.WARMUP`), side by side, for each
     backbone's `costs.step_kinds` (the teacher, the plain student, the CD student teacher- and
     student-guided, its refresh of every user's ranking included), and the ratios dense / step; then
     each epoch's validation with the dense and the sparse model (the deferred step's is the sparse
@@ -101,13 +101,13 @@ def step_table(
 
 @contextlib.contextmanager
 def sparse_warmup(factor: float | None):
-    """sparse.WARMUP set to `factor` (None: left as it is) for the block."""
-    old = sparse.WARMUP
-    sparse.WARMUP = old if factor is None else factor
+    """rowadam.WARMUP set to `factor` (None: left as it is) for the block."""
+    old = rowadam.WARMUP
+    rowadam.WARMUP = old if factor is None else factor
     try:
         yield
     finally:
-        sparse.WARMUP = old
+        rowadam.WARMUP = old
 
 
 def peak_rss_gib() -> float:

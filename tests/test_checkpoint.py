@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cdlib import checkpoint, config, paths, runs, sparse, train
+from cdlib import checkpoint, config, paths, rowadam, runs, train
 
 TINY = dict(dataset="ml-100k", subset_users=200, patience=2, min_epochs=1, device="cpu")
 EVERY_EPOCH = config.Execution(checkpoint_every=0.0)
@@ -64,8 +64,8 @@ def forget(cfgs, results) -> None:
 def deferring(monkeypatch):
     """Deferred Adam defers from its 5th step on, on tables of any size (a tiny run's 20 steps
     would otherwise all be whole-table warm-up steps)."""
-    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
-    monkeypatch.setattr(sparse, "WARMUP", 0.005)
+    monkeypatch.setattr(rowadam, "DEFER_MIN", 0)
+    monkeypatch.setattr(rowadam, "WARMUP", 0.005)
 
 
 @pytest.mark.parametrize(
@@ -197,10 +197,10 @@ def test_a_teacher_retrained_for_its_weights_resumes_and_still_equals_its_record
 def test_row_adam_state_round_trips(monkeypatch):
     """Deferred RowAdam's state saved after `flush` and loaded into a new optimiser continues as the
     old one does, to the last bit, rows deferred again after the load."""
-    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (a table this small is otherwise stepped whole)
+    monkeypatch.setattr(rowadam, "DEFER_MIN", 0)  # (a table this small is otherwise stepped whole)
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(80, 4, generator=gen).requires_grad_()
-    opt = sparse.RowAdam([p], lr=0.01, betas=(0.9, 0.95), deferred=True)
+    opt = rowadam.RowAdam([p], lr=0.01, betas=(0.9, 0.95), deferred=True)
     assert opt.warmup == 20
     grads = [
         (torch.randint(0, 80, (5,), generator=gen), torch.randn(5, 4, generator=gen))
@@ -217,7 +217,7 @@ def test_row_adam_state_round_trips(monkeypatch):
     assert opt.state[p]["pending"]
     opt.flush()
     q = p.detach().clone().requires_grad_()
-    new = sparse.RowAdam([q], lr=0.01, betas=(0.9, 0.95), deferred=True)
+    new = rowadam.RowAdam([q], lr=0.01, betas=(0.9, 0.95), deferred=True)
     new.load_state_dict(opt.state_dict())
     for t in range(40, 70):
         step(opt, p, t)

@@ -771,10 +771,10 @@ def test_step_estimate_divides_each_run_by_its_kind_s_benched_ratio(tmp_path):
 def test_the_deferred_estimate_prices_the_warm_up_epochs_at_their_own_ratio(tmp_path, monkeypatch):
     """step="deferred": a run's epochs in the deferred Adam's warm-up (here its first 50 steps, one a
     epoch: half of a 100-epoch run) at the warm-up's benched ratio, the rest at the deferred one's."""
-    from cdlib import runs, sparse
+    from cdlib import rowadam, runs
 
-    monkeypatch.setattr(sparse, "WARMUP", 0.05)
-    assert sparse.warmup_steps() == 50
+    monkeypatch.setattr(rowadam, "WARMUP", 0.05)
+    assert rowadam.warmup_steps() == 50
     _two_datasets(tmp_path)
     rows_ = []
     for label, size, method, wall in (("Teacher", 200, "none", 3600.0), ("CD-S", 20, "cd", 7200.0)):

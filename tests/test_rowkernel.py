@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdlib import loop, rowkernel, sparse, train
+from cdlib import loop, rowadam, rowkernel, sparse, train
 from cdlib.config import Config
 
 KERNELS = rowkernel.load()
@@ -36,7 +36,7 @@ def _train_table(width: int, kernels: bool, steps: int = 120):
     gen = torch.Generator().manual_seed(width)
     p = torch.randn(3000, width, generator=gen).requires_grad_()
     b = torch.zeros(3000, requires_grad=True)
-    opt = sparse.RowAdam([p, b], lr=3e-3, deferred=True, row_kernels=kernels)
+    opt = rowadam.RowAdam([p, b], lr=3e-3, deferred=True, row_kernels=kernels)
     opt.warmup = 0
     seen = []
     for t in range(steps):
@@ -65,7 +65,7 @@ def _train_table(width: int, kernels: bool, steps: int = 120):
 def test_the_kernels_step_and_catch_up_rows_to_the_bit(width, monkeypatch):
     """Deferred RowAdam with the kernels against its Python path: every table, moment, last step
     and step count equal after every step and after the flush; and the tables were deferred."""
-    monkeypatch.setattr(sparse, "DEFER_MIN", 0)
+    monkeypatch.setattr(rowadam, "DEFER_MIN", 0)
     calls, adam_rows = [], rowkernel.Kernels.adam_rows
     monkeypatch.setattr(rowkernel.Kernels, "adam_rows", lambda *a: calls.append(1) or adam_rows(*a))
     fast, python = _train_table(width, True), _train_table(width, False)
@@ -87,8 +87,8 @@ def test_the_kernels_step_and_catch_up_rows_to_the_bit(width, monkeypatch):
 def test_a_run_trains_to_the_same_bits_with_the_kernels(backbone, monkeypatch):
     """Two epochs of deferred training, steps of 8 users, past the warm-up: the same validation
     curve and weights with the kernels and without them (`rowkernel.load` None)."""
-    monkeypatch.setattr(sparse, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
-    monkeypatch.setattr(sparse, "WARMUP", 0.0)
+    monkeypatch.setattr(rowadam, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
+    monkeypatch.setattr(rowadam, "WARMUP", 0.0)
     cfg = Config(
         dataset="ml-100k", subset_users=300, epochs=2, patience=2, min_epochs=1, device="cpu",
         backbone=backbone, size=16, step="deferred", lr=1e-3, batch_size=8,
@@ -139,7 +139,7 @@ def _train_whole(kernels: bool, steps: int = 1200):
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(20_000, 2, generator=gen).requires_grad_()
     b = torch.zeros(20_000, requires_grad=True)
-    opt = sparse.RowAdam([p, b], lr=1e-3, deferred=True, row_kernels=kernels)
+    opt = rowadam.RowAdam([p, b], lr=1e-3, deferred=True, row_kernels=kernels)
     seen, subnormal = [], 0
     for t in range(steps):
         ids = torch.randint(0, 20_000, (20,), generator=gen)
@@ -220,7 +220,7 @@ def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
         monkeypatch.setenv("CDLIB_ROW_KERNEL", "off")
         assert rowkernel.load() is None
         assert (
-            sparse.RowAdam([torch.zeros(3, requires_grad=True)], lr=0.1, deferred=True).kernels
+            rowadam.RowAdam([torch.zeros(3, requires_grad=True)], lr=0.1, deferred=True).kernels
             is None
         )
         monkeypatch.setenv("CDLIB_ROW_KERNEL", "on")

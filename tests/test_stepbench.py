@@ -11,7 +11,7 @@ def test_step_table_times_every_step_of_every_kind_and_the_record_says_so(tmp_pa
     peak memory."""
     import json
 
-    from cdlib import data, sparse
+    from cdlib import data, rowadam
 
     ds = data.load("ml-100k").subset(100)
     monkeypatch.setattr(data, "load", lambda name, seed=0: ds)
@@ -19,7 +19,7 @@ def test_step_table_times_every_step_of_every_kind_and_the_record_says_so(tmp_pa
     epoch_seconds = stepbench.epoch_seconds
 
     def spy(cfg, *a, **k):
-        timed_with.append((cfg.step, sparse.WARMUP))
+        timed_with.append((cfg.step, rowadam.WARMUP))
         return epoch_seconds(cfg, *a, **k)
 
     monkeypatch.setattr(stepbench, "epoch_seconds", spy)
@@ -30,7 +30,7 @@ def test_step_table_times_every_step_of_every_kind_and_the_record_says_so(tmp_pa
     kinds = [costs.kind_name(b, k) for b in ("cdae", "neumf") for k in costs.step_kinds(b)]
     assert list(t.run) == kinds and rec["complete"] and rec["peak_rss_gib"] > 0
     assert timed_with[:4] == [("dense", 1.0), ("sparse", 1.0), ("deferred", 0.0), ("deferred", 1e9)]
-    assert sparse.WARMUP == 1.0 and len(timed_with) == 4 * len(kinds)
+    assert rowadam.WARMUP == 1.0 and len(timed_with) == 4 * len(kinds)
     steps = ["dense", "sparse", "deferred", "deferred warm-up"]
     assert (t[[f"{s} s/epoch" for s in steps] + ["dense validation s"]] > 0).all().all()
     for s in steps[1:]:

@@ -18,8 +18,8 @@ from cdlib import (
     methods,
     metrics,
     paths,
+    rowadam,
     runs,
-    sparse,
     tables,
     train,
 )
@@ -858,6 +858,6 @@ def test_a_static_step_reads_no_value_from_the_device(backbone, method, extra, m
     )
     if cfg.step != "dense":  # and RowAdam's masked step, its fused kernel stubbed (meta has none)
         calls = []
-        monkeypatch.setattr(sparse, "adam", lambda *a, **k: calls.append(a))
+        monkeypatch.setattr(rowadam, "adam", lambda *a, **k: calls.append(a))
         stack.opt.step()
         assert len(calls) == 1
