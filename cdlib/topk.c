@@ -8,7 +8,7 @@
  * highest of those maxima is a bound that the k + 1 highest scores reach (k + 1 blocks hold a score
  * at least as high), so the second pass reads only the blocks whose maximum reaches it and keeps
  * their scores that reach it (a few more than k + 1), of which a selection and a sort take the
- * k + 1 highest. */
+ * k + 1 highest. Both passes order the scores by their `key`s. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -39,8 +39,9 @@ static inline int32_t block_max(const float *x, int64_t m, int *odd) {
   return mx;
 }
 
-/* the r-th highest (r from 0) of x[0..n), x reordered (Hoare's selection) */
-static int32_t select_high(int32_t *x, int64_t n, int64_t r) {
+/* the keys x[0..n) (and ix alongside, where given) reordered so that the r + 1 highest come first,
+ * the (r + 1)-th highest at x[r], which it returns (Hoare's selection) */
+static int32_t select_high(int32_t *x, int64_t *ix, int64_t n, int64_t r) {
   int64_t lo = 0, hi = n - 1;
   while (lo < hi) {
     int32_t pivot = x[lo + (hi - lo) / 2];
@@ -48,41 +49,23 @@ static int32_t select_high(int32_t *x, int64_t n, int64_t r) {
     while (i <= j) {
       while (x[i] > pivot) i++;
       while (x[j] < pivot) j--;
-      if (i <= j) { int32_t t = x[i]; x[i] = x[j]; x[j] = t; i++; j--; }
-    }
-    if (r <= j) hi = j;
-    else if (r >= i) lo = i;
-    else return x[r];
-  }
-  return x[r];
-}
-
-/* the pairs (v, ix)[0..n) reordered so that the r + 1 highest values come first (Hoare's selection
- * on the values) */
-static void select_pairs(float *v, int64_t *ix, int64_t n, int64_t r) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    float pivot = v[lo + (hi - lo) / 2];
-    int64_t i = lo, j = hi;
-    while (i <= j) {
-      while (v[i] > pivot) i++;
-      while (v[j] < pivot) j--;
       if (i <= j) {
-        float tv = v[i]; v[i] = v[j]; v[j] = tv;
-        int64_t ti = ix[i]; ix[i] = ix[j]; ix[j] = ti;
+        int32_t t = x[i]; x[i] = x[j]; x[j] = t;
+        if (ix) { int64_t ti = ix[i]; ix[i] = ix[j]; ix[j] = ti; }
         i++; j--;
       }
     }
     if (r <= j) hi = j;
     else if (r >= i) lo = i;
-    else return;
+    else break;
   }
+  return x[r];
 }
 
-/* scores [B x I] (row-major), out [B x k], ok [B]; buffers: I floats and int64s (the candidates),
- * and the row's ceil(I / BLOCK) block maxima (`key`s) twice */
+/* scores [B x I] (row-major), out [B x k], ok [B]; buffers: I keys and int64s (the candidates), and
+ * the row's ceil(I / BLOCK) block maxima (keys) twice */
 void top_k(const float *scores, int64_t B, int64_t I, int64_t k, int64_t *out, uint8_t *ok,
-           float *cv, int64_t *ci, int32_t *maxima, int32_t *work) {
+           int32_t *ck, int64_t *ci, int32_t *maxima, int32_t *work) {
   const int64_t cap = k + 1, blocks = (I + BLOCK - 1) / BLOCK;
   for (int64_t b = 0; b < B; b++) {
     const float *row = scores + b * I;
@@ -98,25 +81,26 @@ void top_k(const float *scores, int64_t B, int64_t I, int64_t k, int64_t *out, u
       int32_t bound = INT32_MIN;
       if (blocks > cap) {
         for (int64_t j = 0; j < blocks; j++) work[j] = maxima[j];
-        bound = select_high(work, blocks, cap - 1);
+        bound = select_high(work, NULL, blocks, cap - 1);
       }
       for (int64_t j = 0; j < blocks; j++) { /* the candidates: the finite scores that reach it */
         if (maxima[j] < bound) continue;
         int64_t i0 = j * BLOCK, m = I - i0 < BLOCK ? I - i0 : BLOCK;
         for (int64_t t = 0; t < m; t++) {
           float x = row[i0 + t];
-          if (key(x) >= bound && x != -INFINITY) { cv[n] = x; ci[n] = i0 + t; n++; }
+          if (key(x) >= bound && x != -INFINITY) { ck[n] = key(x); ci[n] = i0 + t; n++; }
         }
       }
-      if (n > cap) select_pairs(cv, ci, n, cap - 1);
+      if (n > cap) select_high(ck, ci, n, cap - 1);
       n = n < cap ? n : cap;
       for (int64_t j = 1; j < n; j++) { /* the k + 1 highest, sorted (insertion) */
-        float x = cv[j];
+        int32_t x = ck[j];
         int64_t xi = ci[j], at = j;
-        for (; at > 0 && cv[at - 1] < x; at--) { cv[at] = cv[at - 1]; ci[at] = ci[at - 1]; }
-        cv[at] = x; ci[at] = xi;
+        for (; at > 0 && ck[at - 1] < x; at--) { ck[at] = ck[at - 1]; ci[at] = ci[at - 1]; }
+        ck[at] = x; ci[at] = xi;
       }
-      for (int64_t j = 0; j + 1 < n && !bad; j++) bad = !(cv[j] > cv[j + 1]);
+      /* (as floats, in which +0 and -0 tie: the keys order them, a refinement of the floats') */
+      for (int64_t j = 0; j + 1 < n && !bad; j++) bad = !(row[ci[j]] > row[ci[j + 1]]);
     }
     ok[b] = !bad;
     for (int64_t j = 0; j < k; j++) out[b * k + j] = !bad && j < n ? ci[j] : -1;

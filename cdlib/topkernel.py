@@ -37,7 +37,7 @@ class TopK:
         (n, n_items), out = scores.shape, torch.empty(len(scores), k, dtype=torch.long)
         ok = torch.empty(n, dtype=torch.uint8)
         blocks = -(-n_items // BLOCK)
-        work = (torch.empty(n_items), torch.empty(n_items, dtype=torch.long))  # (candidates)
+        work = (torch.empty(n_items, dtype=torch.int32), torch.empty(n_items, dtype=torch.long))
         work += (torch.empty(blocks, dtype=torch.int32), torch.empty(blocks, dtype=torch.int32))
         ptrs = (out.data_ptr(), ok.data_ptr(), *(t.data_ptr() for t in work))
         self.lib.top_k(scores.data_ptr(), n, n_items, k, *ptrs)
