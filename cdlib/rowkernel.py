@@ -145,11 +145,8 @@ def _machine() -> str:
         return platform.machine() + next((x for x in f if x.startswith("flags")), "")
 
 
-def build(
-    source: Path = SOURCE,
-    fallback: str = "deferred Adam takes its Python path (the same numbers, slower)",
-) -> Path | None:
-    """A kernel source (rowadam.c by default) compiled into $CDLIB_CACHE/kernels/ (once per source,
+def build(source: Path, fallback: str) -> Path | None:
+    """A kernel source compiled into $CDLIB_CACHE/kernels/ (once per source,
     flags and CPU); None where there is no C compiler or the build fails (warned: the build's error
     and `fallback`, what runs instead)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -173,10 +170,19 @@ def build(
             tmp.unlink(missing_ok=True)
         warnings.warn(
             f"could not build {source} with {cc} into {lib.parent}; {fallback}: {why}",
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
     return lib
+
+
+def library(source: Path, env: str, fallback: str) -> ctypes.CDLL | None:
+    """A kernel source built (`build`) and opened; None where the environment variable `env` is
+    "off", there is no C compiler, or the build fails (warned: `fallback`, what runs instead)."""
+    if os.environ.get(env, "on") == "off":
+        return None
+    lib = build(source, fallback)
+    return ctypes.CDLL(str(lib)) if lib is not None else None
 
 
 def _adam_matches(kernels: Kernels) -> bool:
@@ -351,12 +357,12 @@ def calibrate(lib) -> Kernels | None:
 def load() -> Kernels | None:
     """The kernels, built and calibrated once per process; None: RowAdam's Python path. Draws
     nothing from torch's global random generator (a run's draws are the same with or without)."""
-    if os.environ.get("CDLIB_ROW_KERNEL", "on") == "off":
-        return None
-    lib = build()
+    lib = library(
+        SOURCE, "CDLIB_ROW_KERNEL", "deferred Adam takes its Python path (the same numbers, slower)"
+    )
     if lib is None:
         return None
-    kernels = calibrate(ctypes.CDLL(str(lib)))
+    kernels = calibrate(lib)
     if kernels is None:
         warnings.warn(
             "the row kernels do not reproduce torch's Adam to the bit on this machine; deferred "

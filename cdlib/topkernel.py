@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -48,10 +47,10 @@ class TopK:
 def load() -> TopK | None:
     """The kernel, built once per process; None where there is no C compiler, the build fails, or
     CDLIB_TOPK_KERNEL=off (torch.topk)."""
-    if os.environ.get("CDLIB_TOPK_KERNEL", "on") == "off":
-        return None
-    lib = rowkernel.build(SOURCE, "rankings take torch.topk (the same ids, slower)")
-    return TopK(ctypes.CDLL(str(lib))) if lib is not None else None
+    lib = rowkernel.library(
+        SOURCE, "CDLIB_TOPK_KERNEL", "rankings take torch.topk (the same ids, slower)"
+    )
+    return TopK(lib) if lib is not None else None
 
 
 def _torch(scores: torch.Tensor, k: int) -> torch.Tensor:

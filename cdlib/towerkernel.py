@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -94,7 +93,7 @@ class Tower:
 def load() -> Tower | None:
     """The kernel, built once per process; None where there is no C compiler, the build fails, or
     CDLIB_TOWER_KERNEL=off (torch's path)."""
-    if os.environ.get("CDLIB_TOWER_KERNEL", "on") == "off":
-        return None
-    lib = rowkernel.build(SOURCE, "a NeuMF refresh scores with torch (the same numbers, slower)")
-    return Tower(ctypes.CDLL(str(lib))) if lib is not None else None
+    lib = rowkernel.library(
+        SOURCE, "CDLIB_TOWER_KERNEL", "a NeuMF refresh scores with torch (the same numbers, slower)"
+    )
+    return Tower(lib) if lib is not None else None

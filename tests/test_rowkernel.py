@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdlib import loop, rowadam, rowkernel, sparse, train
+from cdlib import loop, rowadam, rowkernel, sparse, topkernel, towerkernel, train
 from cdlib.config import Config
 
 KERNELS = rowkernel.load()
@@ -211,6 +211,28 @@ def test_loading_the_kernels_draws_nothing_from_the_global_generator():
         rowkernel.load.cache_clear()
 
 
+@pytest.mark.parametrize(
+    "module, env, says",
+    [
+        (rowkernel, "CDLIB_ROW_KERNEL", "deferred Adam takes its Python path"),
+        (topkernel, "CDLIB_TOPK_KERNEL", "rankings take torch.topk"),
+        (towerkernel, "CDLIB_TOWER_KERNEL", "a NeuMF refresh scores with torch"),
+    ],
+)
+def test_each_kernel_is_off_or_says_what_runs_instead(module, env, says, monkeypatch, tmp_path):
+    """Every compiled kernel loads through `rowkernel.library`: its variable set to off gives None
+    without a build; a compiler that fails gives None with a warning that names the source and
+    what runs instead, and leaves no library behind."""
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path))
+    monkeypatch.setenv(env, "off")
+    monkeypatch.setenv("CC", "false")  # (off is read first: no build, so no warning)
+    assert module.load.__wrapped__() is None
+    monkeypatch.setenv(env, "on")
+    with pytest.warns(UserWarning, match=f"could not build .*{module.SOURCE.name}.*; {says}"):
+        assert module.load.__wrapped__() is None
+    assert not list(tmp_path.rglob("*.so"))
+
+
 def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
     """CDLIB_ROW_KERNEL=off gives the Python path; so do a compiler that fails and a cache folder
     that cannot be made, each with a warning that says so."""
@@ -225,13 +247,15 @@ def test_no_kernels_when_off_or_unbuildable(monkeypatch, tmp_path):
         )
         monkeypatch.setenv("CDLIB_ROW_KERNEL", "on")
         monkeypatch.setenv("CC", "false")
+        rowkernel.load.cache_clear()
         with pytest.warns(UserWarning, match="Python path"):
-            assert rowkernel.build() is None
+            assert rowkernel.load() is None
         assert not list(tmp_path.rglob("*.so"))
         monkeypatch.delenv("CC")
         (tmp_path / "file").write_text("a file where the cache folder should be")
         monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "file"))
+        rowkernel.load.cache_clear()
         with pytest.warns(UserWarning, match="Python path"):
-            assert rowkernel.build() is None
+            assert rowkernel.load() is None
     finally:
         rowkernel.load.cache_clear()
