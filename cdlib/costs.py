@@ -367,13 +367,41 @@ def device_estimate(bench_record: dict, results=None) -> dict:
     }
 
 
+# the commits that brought a refresh's compiled kernels: NeuMF's feature-major tower (`towerkernel`)
+# and each user's top k (`topkernel`)
+REFRESH_KERNELS = (
+    ("tower", "07a17399328ac9bbc7ac1e9adf7488f43ef21fa2"),
+    ("top-k", "f66bfe2c1710c4b07a8ddae503b78d5b6440aea2"),
+)
+
+
+def refresh_kernels(rec: dict) -> str:
+    """The compiled kernels a record's refreshes could take, from the commit of its code
+    (`runs.has_commit`, `REFRESH_KERNELS`): "none", "tower", "top-k" or "tower + top-k" (the
+    tower only for a NeuMF student ranked feature-major), "unknown" where git cannot tell. Each
+    stands in where its check against torch passes on the machine (the tower at d <= 8 on this
+    project's Intel CPU) and gives torch's bits, so this says what a refresh cost, not what it
+    computed."""
+    c, commit = rec.get("config", {}), rec.get("provenance", {}).get("git", {}).get("commit")
+    tower = c.get("backbone") == "neumf" and recorded(c, "refresh_tower") == "feature-major"
+    used = []
+    for name, since in REFRESH_KERNELS:
+        has = runs.has_commit(commit, since)
+        if has is None:
+            return "unknown"
+        if has and (name != "tower" or tower):
+            used.append(name)
+    return " + ".join(used) or "none"
+
+
 def refresh_share(results=None) -> pd.DataFrame:
     """Per dataset, backbone and guide of the recorded CD runs whose student guides (student or
     hybrid), the refreshes' part of the training time: each run's mean refresh times the refreshes
     it made (one every `refresh_every` epochs from the epoch the student guides, as
     `samplers.CDSampler.start_epoch` refreshes), over its training seconds, pooled over the runs;
-    with the mean seconds of a refresh and of an epoch, and the refresh tower
-    (`Config.refresh_tower`; "item-major" where the record has none)."""
+    with the mean seconds of a refresh and of an epoch, the refresh tower (`Config.refresh_tower`;
+    "item-major" where the record has none) and the compiled kernels its code had
+    (`refresh_kernels`)."""
     rows = []
     for r in runs.all_records(results):
         c, t = r.get("config", {}), r.get("timing", {})
@@ -388,13 +416,14 @@ def refresh_share(results=None) -> pd.DataFrame:
                 "backbone": c["backbone"],
                 "guide": c["guide"],
                 "tower": recorded(c, "refresh_tower") or "item-major",
+                "kernels": refresh_kernels(r),
                 "refresh s": t["refresh_seconds_mean"],
                 "epoch s": t["epoch_seconds_mean"],
                 "refreshing": t["refresh_seconds_mean"] * refreshes,
                 "training": t["train_seconds"],
             }
         )
-    cols = ["dataset", "backbone", "guide", "tower"]
+    cols = ["dataset", "backbone", "guide", "tower", "kernels"]
     if not rows:
         return pd.DataFrame(columns=[*cols, "runs", "refresh s", "epoch s", "share of training"])
     g = pd.DataFrame(rows).groupby(cols)

@@ -324,7 +324,10 @@ def refresh_tower_section(results=None) -> list[str]:
         "(`samplers.top_missing`). For NeuMF students that refresh is most of the training on the "
         "larger datasets: its share of the training seconds of the recorded NeuMF runs guided by "
         "their student (hybrid: from its switch epoch), the seconds of a refresh and of an epoch "
-        "(`costs.refresh_share`, `python tools/refresh_probe.py`):",
+        "(`costs.refresh_share`, `python tools/refresh_probe.py`), and the compiled kernels the "
+        "run's code had for its refreshes (`costs.refresh_kernels`: the feature-major tower in one "
+        "pass, `towerkernel`, and each user's top k, `topkernel`; both give torch's bits, so they "
+        "change what a refresh costs, not what it ranks):",
         "",
         markdown(share.round({"refresh s": 2, "epoch s": 2, "share of training": 2})),
         "",

@@ -3,6 +3,7 @@ configuration, written atomically, with provenance (git commit, packages, device
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -121,6 +122,21 @@ def git_state() -> dict:
         "commit": git("rev-parse", "HEAD"),
         "dirty": bool(status) if status is not None else None,
     }
+
+
+@functools.cache
+def has_commit(commit: str | None, ancestor: str) -> bool | None:
+    """Whether the code of `commit` contains the commit `ancestor` (`git merge-base --is-ancestor`);
+    None where git cannot tell (no commit recorded, no git, a commit this clone does not have)."""
+    if not commit:
+        return None
+    try:
+        r = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=REPO, capture_output=True
+        )
+    except OSError:  # no git installed
+        return None
+    return {0: True, 1: False}.get(r.returncode)
 
 
 def _proc_cpuinfo() -> dict:

@@ -1,6 +1,8 @@
 """What the grid costs (`costs`): the share of a guided CD run that refreshes its student's ranking.
 (The plan's prices: tests/test_plan.py.)"""
 
+import pytest
+
 from cdlib import costs, runs
 
 
@@ -42,3 +44,24 @@ def test_the_refresh_share_counts_refreshes_from_the_student_s_first_epoch(tmp_p
     assert share["neumf", "student", "feature-major"] == 0.25
     assert share["neumf", "student", "item-major"] == 0.75
     assert costs.refresh_share(tmp_path / "none").empty
+
+
+def test_the_kernels_a_record_s_refresh_had_come_from_its_code_s_commit():
+    """`refresh_kernels` reads the record's commit: this checkout's has both kernels, the commit
+    before the first had none, and a record without a commit is unknown."""
+    head = runs.git_state()["commit"]
+    if head is None or runs.has_commit(head, costs.REFRESH_KERNELS[1][1]) is None:
+        pytest.skip("not a git clone with this project's history")
+    before = "9c6e69f4bdedaec63fe75fdec1851b86fbb69aa5"  # the parent of the tower kernel's commit
+
+    def rec(commit, backbone="neumf", tower="feature-major"):
+        c = {"backbone": backbone, **({"refresh_tower": tower} if tower else {})}
+        return {"config": c, "provenance": {"git": {"commit": commit}}}
+
+    assert costs.refresh_kernels(rec(head)) == "tower + top-k"
+    assert costs.refresh_kernels(rec(head, tower=None)) == "top-k"  # item-major: torch's tower
+    assert costs.refresh_kernels(rec(head, "cdae", None)) == "top-k"
+    assert costs.refresh_kernels(rec(costs.REFRESH_KERNELS[0][1])) == "tower"
+    assert costs.refresh_kernels(rec(before)) == "none"
+    assert costs.refresh_kernels(rec(None)) == "unknown"
+    assert costs.refresh_kernels(rec("0" * 40)) == "unknown"  # a commit this clone lacks
