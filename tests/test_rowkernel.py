@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -226,7 +227,9 @@ def test_each_kernel_is_off_or_says_what_runs_instead(module, env, says, monkeyp
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path))
     monkeypatch.setenv(env, "off")
     monkeypatch.setenv("CC", "false")  # (off is read first: no build, so no warning)
-    assert module.load.__wrapped__() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert module.load.__wrapped__() is None
     monkeypatch.setenv(env, "on")
     with pytest.warns(UserWarning, match=f"could not build .*{module.SOURCE.name}.*; {says}"):
         assert module.load.__wrapped__() is None
