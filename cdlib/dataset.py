@@ -176,12 +176,17 @@ def smallest_keys(keys: np.ndarray, k: int, free: np.ndarray) -> np.ndarray:
     below a threshold that ~k + 8 sqrt(k) + 16 of its free keys pass, so they are sorted from those
     (argpartition reads every item: its three draws took 70 s of a yelp load's 80); a row where
     fewer pass, or whose k-th and (k+1)-th smallest keys are equal (argpartition's pick), takes
-    argpartition."""
+    argpartition. Keys are float32 and nonnegative (uniform keys, 2.0 for the seen)."""
     want = k + 8 * math.sqrt(k) + 16
     below = np.minimum(1.0, want / np.maximum(free, 1)).astype(np.float32)
-    rows, cols = np.nonzero(keys < below[:, None])
-    vals = keys[rows, cols]
-    order = np.lexsort((vals, rows))
+    if keys.dtype != np.float32:
+        raise TypeError(f"smallest_keys takes float32 keys, not {keys.dtype}")
+    at = np.flatnonzero(keys < below[:, None])  # row-major: 1-D nonzero, 7x faster than 2-D
+    rows, cols = np.divmod(at, keys.shape[1])
+    vals = keys.ravel()[at]
+    # by row, then key, ties in column order: lexsort((vals, rows)) (4x slower), as one int64 key;
+    # a nonnegative float32's bits sort as its value
+    order = np.argsort((rows << 31) | vals.view(np.int32), kind="stable")
     rows, cols, vals = rows[order], cols[order], vals[order]
     count = np.bincount(rows, minlength=len(keys))
     start = np.concatenate(([0], np.cumsum(count)[:-1]))
