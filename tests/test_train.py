@@ -764,16 +764,9 @@ def test_a_compiled_static_step_trains_as_the_eager_one(results, monkeypatch):
     teacher = train.load_teacher(cfgs[1], results, progress=False)[0]
     eager = [loop.fit(c, ds, t, progress=False) for c, t in zip(cfgs, (None, teacher))]
     compiled_step = config.Execution(compile="default")
-    compiled = [
-        loop.fit(c, ds, t, progress=False, execution=compiled_step)
-        for c, t in zip(cfgs, (None, teacher))
-    ]
-    for a, b in zip(eager, compiled):
-        assert [x["loss"] for x in a["curve"]] == pytest.approx(
-            [x["loss"] for x in b["curve"]], abs=1e-5
-        )
     # a group (two plain members, two with CD's items): every member's shapes follow the group's, so the
-    # step compiles a few times (4 graphs here; 9 when each member kept its own shapes), not at every step
+    # step compiles a few times (4 graphs here; 9 when each member kept its own shapes), not at every
+    # step; each member's losses are eager's alone (a run is a group of one: `loop.fit`)
     from torch._dynamo.utils import counters
 
     before = counters["stats"]["unique_graphs"]
@@ -787,7 +780,7 @@ def test_a_compiled_static_step_trains_as_the_eager_one(results, monkeypatch):
     assert 0 < counters["stats"]["unique_graphs"] - before <= 4
     for a, b in zip(eager, group):
         assert [x["loss"] for x in a["curve"]] == pytest.approx(
-            [x["loss"] for x in b["curve"]], abs=1e-4
+            [x["loss"] for x in b["curve"]], abs=1e-5
         )
     with pytest.raises(ValueError, match="static shapes"):
         loop.fit(
