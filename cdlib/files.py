@@ -238,10 +238,12 @@ def from_interactions(
     order: str | None = None,
     seed: int = 0,
     min_interactions: int = 3,
+    draw: bool = True,
 ) -> Dataset:
     """A Dataset from a user's own data: a DataFrame (columns `user`, `item`, optionally `timestamp`;
     ids of any one type per column), or the path of a file `read_interactions` reads. Leave-one-out
-    by timestamp when present, else by seeded random pick (override with `order` = time, file or random)."""
+    by timestamp when present, else by seeded random pick (override with `order` = time, file or random);
+    draw=False leaves the candidates out (`dataset.leave_one_out`)."""
     meta = {"source": "from_interactions", "sha256": {}}
     if not isinstance(table, pd.DataFrame):
         path = Path(table)
@@ -278,7 +280,14 @@ def from_interactions(
         df["time"] = table["timestamp"].to_numpy()
     order = order or ("time" if "time" in df else "random")
     ds = leave_one_out(
-        name or "custom", df, order, seed, meta, min_interactions=min_interactions, user_names=u_raw
+        name or "custom",
+        df,
+        order,
+        seed,
+        meta,
+        min_interactions=min_interactions,
+        user_names=u_raw,
+        draw=draw,
     )
     ds.user_ids = np.asarray(u_raw)[ds.user_ids]
     ds.item_ids = np.asarray(i_raw)[ds.item_ids]

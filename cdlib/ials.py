@@ -170,7 +170,7 @@ def main_rows(
     and training is off)."""
     rows, scope = [], (p.subset_users, p.valid_negatives, p.ials_grid)
     for d in p.datasets:
-        ds = data.load(d)
+        ds = data.load(d, draw=False)  # its shapes, for the budgets
         ds = ds.subset(p.subset_users, seed=0) if p.subset_users else ds
         for b in p.backbones:
             for label, role in ((lab, BUDGETS[lab]) for lab in labels):

@@ -28,6 +28,19 @@ def all_datasets():
 
 
 @pytest.mark.parametrize("name", data.DATASETS)
+def test_a_split_without_its_candidates_is_the_same_split(all_datasets, name):
+    """load(draw=False), what the iALS budgets read: the same users, items and held-out items, no
+    candidates drawn."""
+    full, bare = all_datasets[name], data.load(name, draw=False)
+    assert (bare.train != full.train).nnz == 0 and bare.train.shape == full.train.shape
+    for a in ("valid_item", "test_item", "user_ids", "item_ids"):
+        assert np.array_equal(getattr(bare, a), getattr(full, a)), a
+    assert bare.meta["after"] == full.meta["after"]
+    assert bare.negatives is bare.valid_negatives is bare.valid_disjoint is None
+    assert bare.subset(50).negatives is None and bare.subset(50).n_items == full.n_items
+
+
+@pytest.mark.parametrize("name", data.DATASETS)
 def test_counts_match_readme(all_datasets, name):
     b = all_datasets[name].meta["before"]
     users, items, inter = README_COUNTS[name]
