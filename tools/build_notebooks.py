@@ -131,7 +131,7 @@ before = validation; users with fewer than 3 interactions dropped). The raw coun
         md("## Load and split every dataset"),
         code("""from cdlib import data
 names = data.DATASETS if all_datasets and not datasets else P.datasets
-loaded = [data.load(n) for n in names]
+loaded = [data.load(n, draw=False) for n in names]  # the split; its candidates are not counted here
 stats = data.statistics(loaded)
 if write_tables:
     tables.save_table(stats, "01_datasets", results_dir)"""),
