@@ -6,6 +6,7 @@ priced, is `plan`."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -86,8 +87,10 @@ def _work(results=None) -> dict:
 def _estimator(ok: pd.DataFrame, work: dict):
     """estimate(dataset, backbone, size, method) -> (epochs, seconds per epoch on the CPU): the medians of
     the recorded runs of the same backbone, size and method (else method) on the same dataset, else on the
-    recorded dataset nearest in work, its seconds scaled by the work; (nan, nan) when none is recorded."""
+    recorded dataset nearest in work, its seconds scaled by the work; (nan, nan) when none is recorded.
+    Cached: the README's tables ask for a few hundred distinct ones thousands of times."""
 
+    @functools.cache
     def estimate(d, b, size, m):
         for cols, key in ((["size", "method"], (size, m)), (["method"], (m,))):
             same = ok[
