@@ -167,6 +167,20 @@ def test_bad_input_names_file_line_and_problem(tmp_path):
     q.write_text("1\t2\t5\t100\n1\tabc\t5\t101\n")
     with pytest.raises(data.DataError, match=r"x.rating, line 2: column 'item' is 'abc'"):
         data._read_columns(q, 4, "\t", ["user", "item", "rating", "time"])
+    # integers the fast path parses, then refuses, and its text path names the line
+    for text, problem in (
+        ("1\t2\t5\t100\n1\t-3\t5\t101\n", r"line 2: column 'item' is '-3'"),
+        ("1\t2\t5\t100\n1\t\t5\t101\n", r"line 2: column 'item' is ''"),
+        ("1\t2\n1\t3\n", r"line 1: expected at least 4 columns"),
+    ):
+        q.write_text(text)
+        with pytest.raises(data.DataError, match=problem):
+            data._read_columns(q, 4, "\t", ["user", "item", "rating", "time"])
+    q.write_text("1\t2\t5\t100\t9.5\n3\t4\t1\t7\tx\n")  # extra columns are not read
+    assert data._read_columns(q, 4, "\t", list("abcd")).to_numpy().tolist() == [
+        [1, 2, 5, 100],
+        [3, 4, 1, 7],
+    ]
     r = tmp_path / "users.dat"
     r.write_text("2 1 2\n3 4 5\n")
     with pytest.raises(data.DataError, match=r"users.dat, line 2: count says 3 items, line has 2"):
