@@ -58,10 +58,10 @@ def check_outputs(res):
 
 
 def test_smoke_profile_local_pool(tmp_path, monkeypatch, capsys):
-    """The GPU machine's workflow (module docstring): `--no-notebooks` trains every run, then the
-    notebooks, executed by papermill on the same results, find each one recorded: they train none
-    and rewrite no record (resumable), and every notebook, table and figure is there. Training
-    inside the notebooks is the Dask test's."""
+    """The GPU machine's workflow (`cdlib.reproduce`'s docstring): `--no-notebooks` trains every
+    run, then the notebooks, executed by papermill on the same results, find each one recorded:
+    they train none and rewrite no record (resumable), and every notebook, table and figure is
+    there. Training inside the notebooks is the Dask test's."""
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     res = tmp_path / "results"
     argv = ["--profile", "smoke", "--results", str(res), "--jobs", "2"]
