@@ -173,8 +173,9 @@ def _read_columns(path: Path, ncols: int, sep: str, names: list[str]) -> pd.Data
     ml-1m's strings), else read as text and checked column by column."""
     try:
         df = pd.read_csv(path, sep=sep, header=None, dtype=np.int64, engine="c")
-        if df.shape[1] >= ncols and (df.iloc[:, :ncols].to_numpy() >= 0).all():
-            return pd.DataFrame(dict(zip(names, df.iloc[:, :ncols].to_numpy().T)))
+        cols = df.iloc[:, :ncols].to_numpy()
+        if df.shape[1] >= ncols and (cols >= 0).all():
+            return pd.DataFrame(dict(zip(names, cols.T)))
     except (ValueError, OverflowError, pd.errors.ParserError):
         pass  # the text path below says which line is wrong
     try:

@@ -178,10 +178,10 @@ def smallest_keys(keys: np.ndarray, k: int, free: np.ndarray) -> np.ndarray:
     (argpartition reads every item: its three draws took 70 s of a yelp load's 80); a row where
     fewer pass, or whose k-th and (k+1)-th smallest keys are equal (argpartition's pick), takes
     argpartition. Keys are float32 and nonnegative (uniform keys, 2.0 for the seen)."""
-    want = k + 8 * math.sqrt(k) + 16
-    below = np.minimum(1.0, want / np.maximum(free, 1)).astype(np.float32)
     if keys.dtype != np.float32:
         raise TypeError(f"smallest_keys takes float32 keys, not {keys.dtype}")
+    want = k + 8 * math.sqrt(k) + 16
+    below = np.minimum(1.0, want / np.maximum(free, 1)).astype(np.float32)
     at = np.flatnonzero(keys < below[:, None])  # row-major: 1-D nonzero, 7x faster than 2-D
     rows, cols = np.divmod(at, keys.shape[1])
     vals = keys.ravel()[at]
