@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import sparse, towerkernel
+from . import pairkernel, sparse, towerkernel
 from .index import UserItems, put_pairs
 from .sparse import fresh_on_lookup  # (the constructors' `sparse` argument hides the module)
 from .towerkernel import tower_torch
@@ -326,6 +326,10 @@ class NeuMF(Recommender):
     def pair_logits(self, users, rows, items, x=None):
         # user embeddings are looked up once per batch user, then indexed by row: the backward
         # pass scatters into B rows instead of sorting one index per pair
+        if self.sparse and users.device.type == "cpu" and torch.is_grad_enabled():
+            ext = pairkernel.load()  # (one autograd node: the same numbers, `pairkernel`)
+            if ext is not None:
+                return pairkernel.pair_logits(self, users, rows, items, ext)
         return self._pairs(*self._user_parts(users), rows, items)
 
     def _user_parts(self, users):
