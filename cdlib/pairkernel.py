@@ -1,14 +1,14 @@
 """A sparse NeuMF's training logits as one autograd node (`pairs.cpp`, a PyTorch C++ extension built
 on first use): the forward operations of `models.NeuMF.pair_logits`, and a backward that calls the
 operations autograd's formulas call on their graph, so the same logits and gradients, bit for bit,
-with ~20 autograd nodes and their Python calls replaced by one. A d = 8 RD student's step on
-citeulike-t (16 users, ~1,300 pairs) drops from 2.60 to 2.40 ms, its forward and backward from 1.43
-to 1.04 ms (best of 6 rounds of 150 steps, one thread, nothing else running); an epoch from 1.30 to
-1.18 s. The same node with its backward in Python was slower than autograd's graph: what a step at
-this size pays for is each operation's call, which C++ makes cheaper, not the graph. Used for the
-sparse steps on a CPU (`Config.step` "sparse", "deferred"); elsewhere, where the extension cannot be
-built (no C++ compiler, ninja or PyTorch's headers: warned), or with CDLIB_PAIR_KERNEL=off,
-autograd's graph of `_pairs`.
+with ~20 autograd nodes and their Python calls replaced by one. Epochs of deferred Adam, one thread,
+nothing else running: a d = 8 student 1.11x faster on citeulike-t and 1.16x on yelp, a d = 64 teacher
+1.09x on citeulike-t, with the same weights (`tools/pair_probe.py`: results/bench/pair_kernel_cpu.json);
+a d = 8 RD student's forward and backward 1.43 -> 1.04 ms a step. The same node with its backward in
+Python was slower than autograd's graph: at this size a step pays for each operation's call, which
+C++ makes cheaper, not for the graph. Used for the sparse steps on a CPU (`Config.step` "sparse",
+"deferred"); elsewhere, where the extension cannot be built (no C++ compiler, ninja or PyTorch's
+headers: warned), or with CDLIB_PAIR_KERNEL=off, autograd's graph of `_pairs`.
 
 Bit for bit is checked, not assumed: `load` compares the extension's logits and every gradient with
 autograd's (`torch.equal`) on random models of a few shapes before it is used (`_matches`), since a
