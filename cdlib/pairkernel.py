@@ -2,8 +2,9 @@
 on first use): the forward operations of `models.NeuMF.pair_logits`, and a backward that calls the
 operations autograd's formulas call on their graph, so the same logits and gradients, bit for bit,
 with ~20 autograd nodes and their Python calls replaced by one. Epochs of deferred Adam, one thread,
-nothing else running: a d = 8 student 1.11x faster on citeulike-t and 1.16x on yelp, a d = 64 teacher
-1.09x on citeulike-t, with the same weights (`tools/pair_probe.py`: results/bench/pair_kernel_cpu.json);
+nothing else running: a d = 8 student 1.15x faster on citeulike-t and 1.12x on yelp, a d = 64 teacher
+1.06x on citeulike-t, with the same weights (`tools/pair_probe.py`: results/bench/pair_kernel_cpu.json;
+an earlier run of the probe gave 1.11x, 1.16x and 1.09x);
 a d = 8 RD student's forward and backward 1.43 -> 1.04 ms a step. The same node with its backward in
 Python was slower than autograd's graph: at this size a step pays for each operation's call, which
 C++ makes cheaper, not for the graph. Used for the sparse steps on a CPU (`Config.step` "sparse",
