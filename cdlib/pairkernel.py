@@ -83,10 +83,9 @@ def load():
     return ext
 
 
-def pair_logits(model, users, rows, items, ext=None) -> torch.Tensor:
-    """`models.NeuMF.pair_logits` of a sparse NeuMF through the extension `ext` (default: `load`'s);
-    the tables' rows brought up to date first (`sparse.fresh`), in the order its look-ups read them."""
-    ext = ext or load()
+def pair_logits(model, users, rows, items, ext) -> torch.Tensor:
+    """`models.NeuMF.pair_logits` of a sparse NeuMF through the extension `ext` (`load`'s); the
+    tables' rows brought up to date first (`sparse.fresh`), in the order its look-ups read them."""
     gu, gi, mu, mi = (
         model.gmf_user.weight,
         model.gmf_item.weight,
@@ -135,9 +134,8 @@ def _matches(ext) -> bool:
     """Whether the extension gives autograd's logits and gradients, `torch.equal`, on random sparse
     NeuMFs of the `CHECKS` shapes."""
     gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # (the models' initialisation draws from the global RNG)
+    # (the models' initialisation draws from the global RNG, which the check leaves as it was)
+    with torch.random.fork_rng(devices=[]):
         return all(_matches_one(ext, gen, *shape) for shape in CHECKS)
 
 
