@@ -1,6 +1,7 @@
 """Protocol analyses that notebooks and tests call on recorded runs: how much choosing the epoch on
 test would add (`best_test_epoch`), whose seed an early collapse follows (`first_epochs`), and
-whether a group trains as its runs alone (`group_agreement`). The paired tables of configurations
+whether a group trains as its runs alone (`group_agreement`), and what a CD teacher's soft labels
+say about the items it ranks on top (`soft_labels`). The paired tables of configurations
 run two ways (devices, shapes, steps) are in `agreement`."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, models, runs
+from . import index, methods, metrics, models, runs, samplers
 from .config import TEACHER_SIZE, Config, Execution, dataset_for, recorded
 from .loop import check_group, fit, fit_group
 from .train import differences, load_teacher, run
@@ -222,6 +223,61 @@ def group_agreement(configs, results=None, progress: bool = True) -> dict:
     runs.write_atomic(
         runs.results_dir(results) / "analysis" / f"group_agreement_{cfgs[0].key()}.json",
         json.dumps(result, indent=1, default=float),
+    )
+    return result
+
+
+def soft_labels(config: Config, results=None, progress: bool = True, train: bool = False) -> dict:
+    """What CD's teacher tells the student about the items it ranks on top: for the teacher of CD run
+    `config` and every user, its top `max_rank` missing items (the teacher guide's candidates,
+    `samplers.teacher_top_missing`), the soft label t = s(z / T) of each (METHOD.md "The CD loss"),
+    and how often the item at each rank is the user's held-out validation or test item (a lower
+    bound on the chance that it is a hidden positive). Per rank: the means over users; also their
+    means under the rank-aware sampling's p(r) ∝ exp(-r / mu). The teacher's weights are read from
+    the cache (train=True: retrained where missing, `train.load_teacher`). Written to
+    results/analysis/soft_labels_<teacher key>_T<T>.json with provenance."""
+    cfg = config.canonical()
+    if cfg.method != "cd":
+        raise ValueError(f"soft_labels takes a CD run's configuration, got method={cfg.method!r}")
+    ds = dataset_for(cfg)
+    teacher, sha = load_teacher(cfg, results, progress, Execution(train=train))
+    t0 = time.time()
+    positives = index.UserItems(ds.train, teacher.device)
+    unit = methods.build(cfg, positives, teacher)  # (its teacher_score gives training's labels)
+    k = unit.sampler.max_rank
+    cand = samplers.teacher_top_missing(teacher, positives, k)  # [users x k], rank 1 first
+    users = torch.arange(ds.n_users, device=cand.device)
+    z = torch.cat([unit.teacher_score(u, cand[u]) for u in users.split(1024)])
+    t = torch.sigmoid(z / cfg.temperature)
+    held = {
+        name: (cand == torch.as_tensor(items, device=cand.device)[:, None]).float().mean(0)
+        for name, items in (("valid", ds.valid_item), ("test", ds.test_item))
+    }
+    p = torch.softmax(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.mu, 0)
+    per_rank = {
+        "soft_label": t.mean(0),
+        "teacher_logit": z.mean(0),
+        **{f"{name}_item_rate": rate for name, rate in held.items()},
+    }
+    result = {
+        "key": cfg.key(),
+        "teacher_key": cfg.teacher().key(),
+        "teacher_sha256": sha,
+        "config": dataclasses.asdict(cfg),
+        "max_rank": k,
+        "per_rank": {name: v.tolist() for name, v in per_rank.items()},
+        "under_sampling": {name: float(p @ v.cpu()) for name, v in per_rank.items()},
+        "at_rank": {
+            r: {name: float(v[r - 1]) for name, v in per_rank.items()}
+            for r in sorted({1, 10, min(50, k), k})
+        },
+        "wall_seconds": time.time() - t0,
+        "dataset": runs.dataset_info(ds),
+        "provenance": runs.provenance(teacher.device),
+    }
+    name = f"soft_labels_{result['teacher_key']}_T{cfg.temperature:g}.json"
+    runs.write_atomic(
+        runs.results_dir(results) / "analysis" / name, json.dumps(result, indent=1, default=float)
     )
     return result
 
