@@ -232,10 +232,11 @@ def soft_labels(config: Config, results=None, progress: bool = True, train: bool
     `config` and every user, its top `max_rank` missing items (the teacher guide's candidates,
     `samplers.teacher_top_missing`), the soft label t = s(z / T) of each (METHOD.md "The CD loss"),
     and how often the item at each rank is the user's held-out validation or test item (a lower
-    bound on the chance that it is a hidden positive). Per rank: the means over users; also their
-    means under the rank-aware sampling's p(r) ∝ exp(-r / mu). The teacher's weights are read from
-    the cache (train=True: retrained where missing, `train.load_teacher`). Written to
-    results/analysis/soft_labels_<teacher key>_T<T>.json with provenance."""
+    bound on the chance that it is a hidden positive). Per rank: the means over users, and the share
+    of users whose soft label there is above 1/2 (a mean of 0.4 may be 40% of users near 1 and the
+    rest near 0); their means under the rank-aware sampling's p(r) ∝ exp(-r / mu). The teacher's
+    weights are read from the cache (train=True: retrained where missing, `train.load_teacher`).
+    Written to results/analysis/soft_labels_<teacher key>_T<T>.json with provenance."""
     cfg = config.canonical()
     if cfg.method != "cd":
         raise ValueError(f"soft_labels takes a CD run's configuration, got method={cfg.method!r}")
@@ -256,6 +257,7 @@ def soft_labels(config: Config, results=None, progress: bool = True, train: bool
     p = torch.softmax(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.mu, 0)
     per_rank = {
         "soft_label": t.mean(0),
+        "soft_label_above_half": (t > 0.5).float().mean(0),
         "teacher_logit": z.mean(0),
         **{f"{name}_item_rate": rate for name, rate in held.items()},
     }

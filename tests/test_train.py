@@ -876,6 +876,8 @@ def test_soft_labels_match_a_brute_force_ranking_of_every_item(results):
     top = z.topk(k, dim=1)
     labels = torch.sigmoid(top.values / 2.0).mean(0)
     assert np.allclose(out["per_rank"]["soft_label"], labels, rtol=1e-5, atol=1e-7)
+    above = (torch.sigmoid(top.values / 2.0) > 0.5).float().mean(0)
+    assert out["per_rank"]["soft_label_above_half"] == above.tolist()
     for name, items in (("valid", ds.valid_item), ("test", ds.test_item)):
         rate = (top.indices == torch.as_tensor(items)[:, None]).float().mean(0)
         assert out["per_rank"][f"{name}_item_rate"] == rate.tolist()
