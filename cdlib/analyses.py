@@ -284,6 +284,43 @@ def soft_labels(config: Config, results=None, progress: bool = True, train: bool
     return result
 
 
+def soft_label_records(results=None) -> list[dict]:
+    """The analyses `soft_labels` wrote (results/analysis/soft_labels_*.json), by dataset, backbone
+    and temperature."""
+    d = runs.results_dir(results) / "analysis"
+    found = [json.loads(p.read_text()) for p in sorted(d.glob("soft_labels_*.json"))]
+    return sorted(
+        found,
+        key=lambda a: (a["dataset"]["name"], a["config"]["backbone"], a["config"]["temperature"]),
+    )
+
+
+def soft_labels_table(results=None, ranks=(1, 10, 50)) -> pd.DataFrame:
+    """One row per `soft_labels` analysis: its teacher (learning rate, seed), T, and at `ranks` the
+    mean soft label, the share of users whose label is above 1/2 and the rate of the held-out
+    validation item; then the mean label and validation-item rate under the sampling's p(r)."""
+    rows = []
+    for a in soft_label_records(results):
+        c, per = a["config"], a["per_rank"]
+        row = {
+            "dataset": a["dataset"]["name"],
+            "backbone": c["backbone"],
+            "teacher": a["teacher_key"],
+            "teacher lr": c["teacher_lr"],
+            "teacher seed": c["teacher_seed"],
+            "T": c["temperature"],
+        }
+        for r in ranks:
+            if r <= a["max_rank"]:
+                row[f"label @{r}"] = round(per["soft_label"][r - 1], 4)
+                row[f">1/2 @{r}"] = round(per["soft_label_above_half"][r - 1], 3)
+                row[f"valid item @{r}"] = round(per["valid_item_rate"][r - 1], 4)
+        row["label, p(r)"] = round(a["under_sampling"]["soft_label"], 4)
+        row["valid item, p(r)"] = round(a["under_sampling"]["valid_item_rate"], 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 NCF_NEUMF_HR10 = (
     0.70  # NCF (He et al. 2017), ml-1m, NeuMF without pre-training, 64 predictive factors [paper]
 )

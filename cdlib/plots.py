@@ -327,5 +327,26 @@ def verdict_change(change: pd.DataFrame):
     return fig
 
 
+def soft_labels(records: list[dict]):
+    """Per CD teacher (`analyses.soft_labels`): its mean soft label at each rank of its top missing
+    items (solid) beside how often the item there is the user's held-out validation item (dotted),
+    on a log scale; and the share of users whose soft label there is above 1/2."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for a, color in zip(records, sns.color_palette(n_colors=max(len(records), 1))):
+        per, c = a["per_rank"], a["config"]
+        rank = np.arange(1, a["max_rank"] + 1)
+        name = f"{a['dataset']['name']} {c['backbone']}, T = {c['temperature']:g}"
+        left.plot(rank, per["soft_label"], color=color, label=f"{name}: soft label")
+        left.plot(rank, per["valid_item_rate"], color=color, ls=":", label=f"{name}: valid item")
+        right.plot(rank, per["soft_label_above_half"], color=color, label=name)
+    left.set(yscale="log", xlabel="teacher's rank among the user's missing items", ylabel="mean")
+    left.set_title("soft label s(z/T) and held-out item rate")
+    right.set(xlabel="teacher's rank among the user's missing items", ylabel="share of users")
+    right.set_title("soft label above 1/2")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)
