@@ -254,7 +254,7 @@ def soft_labels(config: Config, results=None, progress: bool = True, train: bool
         name: (cand == torch.as_tensor(items, device=cand.device)[:, None]).float().mean(0)
         for name, items in (("valid", ds.valid_item), ("test", ds.test_item))
     }
-    p = torch.softmax(-torch.arange(1, k + 1, dtype=torch.float32) / cfg.mu, 0)
+    p = unit.sampler.log_weights.softmax(0)  # the sampling's p(r) ∝ exp(-r / mu)
     per_rank = {
         "soft_label": t.mean(0),
         "soft_label_above_half": (t > 0.5).float().mean(0),
