@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from . import randkernel, topkernel
 from .index import UserItems, put_pairs
 from .topkernel import top_ids
 
@@ -247,19 +248,51 @@ def teacher_top_missing(teacher, positives: UserItems, k: int) -> torch.Tensor:
 def gumbel_topk(log_weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """n distinct column indices per row, drawn without replacement with p ∝ exp(log_weights)
     (Gumbel-top-k: the top n of log w + Gumbel noise is a successive weighted draw)."""
-    u = torch.rand(log_weights.shape, generator=generator, device=generator.device).to(
-        log_weights.device
-    )
-    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
-    return (log_weights + gumbel).topk(n, dim=1).indices
+    u = randkernel.rand(log_weights.shape, generator).to(log_weights.device)
+    return (log_weights + gumbel(u)).topk(n, dim=1).indices
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise -log(-log u) of uniform numbers u, clamped (in place) into [1e-20, 1 - 1e-7]."""
+    return -torch.log(-torch.log(u.clamp_(1e-20, 1 - 1e-7)))
+
+
+# `uniform_missing` ranks a row by its uniform numbers where the n + 1 highest of its missing items
+# are distinct and at least this high: there, two adjacent numbers (2^-24 apart) have Gumbel keys at
+# least 3e-5 apart, ten times what float32 logs off by even 4 ulps could close, so the keys rank
+# them as the numbers do. A row has items x 2^-9 missing items above it on average: 26-55 on
+# citeulike-t, yelp, foursquare and amazon-music, 7 on ml-1m and 3 on ml-100k (most rows there take
+# the keys)
+UNIFORM_TOP = 1 - 2**-9
 
 
 def uniform_missing(
     positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator, pairs=None
 ) -> torch.Tensor:
-    """n distinct items per user, uniform over M_u: [B x n] (pairs: the users' pairs, if known)."""
-    keys = torch.zeros(len(users), positives.shape[1], device=users.device)
-    return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
+    """n distinct items per user, uniform over M_u: [B x n] (pairs: the users' pairs, if known). The
+    draw of `gumbel_topk` with zero weights outside the positives, the same numbers and the same
+    items: a row whose n + 1 highest numbers are distinct and above `UNIFORM_TOP` takes its top n
+    numbers (`topkernel`), which are its top n Gumbel keys in the same order; the other rows (ties,
+    0.5-0.9% of rows on citeulike-t, yelp, foursquare and amazon-music) take the keys themselves,
+    computed as `gumbel_topk` computes them, for the whole batch. [B x items] numbers either way
+    (`randkernel`), but the two logs only in a batch that needs them: 3-3.5x faster on those four
+    datasets (yelp, 64 users: 6.3 ms a draw against 20.5)."""
+    pairs = positives.pairs(users) if pairs is None else pairs
+    kernel = topkernel.load()
+    few = positives.shape[1] * (1 - UNIFORM_TOP) < 2 * (n + 1)  # most rows would take the keys
+    if few or kernel is None or users.device.type != "cpu" or generator.device.type != "cpu":
+        keys = torch.zeros(len(users), positives.shape[1], device=users.device)
+        return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
+    u = randkernel.rand((len(users), positives.shape[1]), generator).clamp_(1e-20, 1 - 1e-7)
+    ids, ok = kernel(masked_scores(u.clone(), positives, users, pairs), n + 1)
+    out = ids[:, :n].contiguous()
+    low = ids[:, n] < 0
+    ok &= ~low & (u.gather(1, ids[:, n:].clamp(min=0))[:, 0] >= UNIFORM_TOP)
+    redo = (~ok).nonzero()[:, 0]
+    if len(redo):
+        keys = gumbel(u).index_select(0, redo)  # the batch's keys, as gumbel_topk computes them
+        out[redo] = masked_scores(keys, positives, users[redo]).topk(n, dim=1).indices
+    return out
 
 
 class CDSampler:

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy import stats
 
@@ -309,3 +310,54 @@ def test_sampler_rejects_bad_parameters(setup):
         samplers.CDSampler(pos, teacher, sampling="softmax")
     with pytest.raises(ValueError, match="guide"):
         samplers.CDSampler(pos, teacher, guide="oracle")
+
+
+def _gumbel_uniform_missing(positives, users, n, generator, pairs=None):
+    """The uniform draw by its definition: the top n of Gumbel keys of torch.rand's numbers, the
+    positives' keys -inf (the code `uniform_missing` replaced, to the bit)."""
+    keys = samplers.masked_scores(
+        torch.zeros(len(users), positives.shape[1]), positives, users, pairs
+    )
+    u = torch.rand(keys.shape, generator=generator)
+    return (keys + -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))).topk(n, dim=1).indices
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """300 users of 12,000 items (enough that most rows take the numbers' own ranking), a few
+    users with all but 10 or 11 items among their positives."""
+    g = np.random.default_rng(5)
+    n_users, n_items = 300, 12_000
+    rows = [g.choice(n_items, size=g.integers(5, 400), replace=False) for _ in range(n_users)]
+    rows[7] = np.arange(10, n_items)  # 10 missing items: the n + 1-th is -inf
+    rows[8] = np.arange(11, n_items)
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    matrix = sp.csr_matrix(
+        (np.ones(indptr[-1], dtype=np.float32), np.concatenate(rows), indptr), (n_users, n_items)
+    )
+    return index.UserItems(matrix)
+
+
+@pytest.mark.parametrize("top", [None, 1.0])
+def test_uniform_missing_draws_the_gumbel_top_n_to_the_bit(wide, monkeypatch, top):
+    """The same items, in the same order, and the generator left in the same state as the Gumbel
+    draw by its definition, over batches whose rows tie among their top numbers (about 1 in 100
+    here), whose n + 1-th missing item does not exist, and (top = 1.0) where every row takes the
+    keys; padded pairs (a static step's) alike."""
+    if top is not None:
+        monkeypatch.setattr(samplers, "UNIFORM_TOP", top)
+    ours, theirs = (torch.Generator().manual_seed(9) for _ in range(2))
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    ties = 0
+    for step in range(40):
+        users = torch.cat([order[(step * 64) % 236 :][:62], torch.tensor([7, 8])])
+        pairs = wide.padded_pairs(users, 50_000) if step % 2 else wide.pairs(users)
+        clone = torch.Generator()
+        clone.set_state(theirs.get_state())
+        u = torch.rand(len(users), 12_000, generator=clone)
+        top12 = samplers.masked_scores(u, wide, users).topk(12, dim=1).values[:, :11]
+        ties += int((top12[:, 1:] == top12[:, :-1]).any(1).sum())
+        expected = _gumbel_uniform_missing(wide, users, 10, theirs, pairs)
+        assert torch.equal(samplers.uniform_missing(wide, users, 10, ours, pairs), expected), step
+        assert torch.equal(ours.get_state(), theirs.get_state())
+    assert ties > 0  # the draws above did tie: their rows took the keys
