@@ -15,7 +15,12 @@ from .audit import coverage, profile_coverage, violations
 from .costs import compute, device_estimate
 from .profiles import PROFILES
 from .readme_next import next_section
-from .readme_steps import gpu_section, refresh_tower_section, sparse_step_section
+from .readme_steps import (
+    gpu_section,
+    refresh_tower_section,
+    sparse_step_section,
+    uniform_draw_section,
+)
 from .runs import read_table
 from .tables import markdown
 
@@ -272,6 +277,7 @@ def readme_section(results=None) -> str:
     parts += gpu_section(results)  # the window's check, whatever the compute table holds
     parts += sparse_step_section(results, next_coverage)
     parts += refresh_tower_section(results)
+    parts += uniform_draw_section(results)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [

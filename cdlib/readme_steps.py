@@ -2,8 +2,9 @@
 their epoch timings beside the dense step's (`cdlib.bench --steps`), what the grids cost with them
 (`costs.step_estimate`, `plan.profile_estimate`), their agreement with the dense step
 (`agreement`), and what decided profile `next`'s step; and the feature-major refresh
-(`Config.refresh_tower`), its timings and agreement; and what a lent GPU's window measured
-(`gpu_section`). Part of `readme.readme_section`."""
+(`Config.refresh_tower`), its timings and agreement; the uniform draw of CD's ablation
+(`uniform_draw_section`); and what a lent GPU's window measured (`gpu_section`). Part of
+`readme.readme_section`."""
 
 from __future__ import annotations
 
@@ -391,6 +392,45 @@ def refresh_tower_section(results=None) -> list[str]:
             "",
         ]
     return parts
+
+
+def uniform_draw_section(results=None) -> list[str]:
+    """CD's uniform draw of K_u both ways (`samplers.uniform_missing`, `randkernel`): their times and
+    whether they drew the same numbers and items (`results/bench/uniform_cpu.json`,
+    tools/uniform_probe.py)."""
+    path = runs.results_dir(results) / "bench" / "uniform_cpu.json"
+    if not path.is_file():
+        return []
+    rec = json.loads(path.read_text())
+    d = pd.DataFrame(rec["draws"])
+    table = pd.DataFrame(
+        {
+            "dataset": d.dataset,
+            "users a batch": d["users a batch"],
+            "items": d["items"],
+            "torch.rand ms": d["torch.rand s"] * 1e3,
+            "randkernel.rand ms": d["randkernel.rand s"] * 1e3,
+            "Gumbel keys ms": d["Gumbel keys s"] * 1e3,
+            "uniform_missing ms": d["uniform_missing s"] * 1e3,
+            "speed-up": d["speed-up"],
+            "rows by their keys": d["rows by their keys"].map("{:.2%}".format),
+            "same numbers and items": d["same numbers"] & d["same items"],
+        }
+    )
+    return [
+        "### The uniform draw",
+        "",
+        "CD's uniform-sampling ablation draws each user's K_u as the top n of Gumbel keys of one "
+        "uniform number per item. Milliseconds a batch: the numbers by torch.rand and by "
+        "`randkernel.rand`, and the whole draw as the earlier runs drew it (the keys of every "
+        "row) and by `samplers.uniform_missing` (the keys only for a batch with a row that needs "
+        f"them), over {d.batches.iloc[0]} batches a row, one thread "
+        f"(`python tools/uniform_probe.py`, {rec['provenance']['device']}); the last column "
+        "checks the numbers, the items and the generator's state after them, bit for bit:",
+        "",
+        markdown(table.round(2)),
+        "",
+    ]
 
 
 def gpu_section(results=None) -> list[str]:

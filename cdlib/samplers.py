@@ -266,6 +266,12 @@ def gumbel(u: torch.Tensor) -> torch.Tensor:
 UNIFORM_TOP = 1 - 2**-9
 
 
+def by_numbers(n_items: int, n: int) -> bool:
+    """Whether `uniform_missing` ranks rows of `n_items` items by their numbers: where a row has on
+    average at least 2 (n + 1) numbers above `UNIFORM_TOP`, else most rows would take the keys."""
+    return n_items * (1 - UNIFORM_TOP) >= 2 * (n + 1)
+
+
 def uniform_missing(
     positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator, pairs=None
 ) -> torch.Tensor:
@@ -273,14 +279,19 @@ def uniform_missing(
     draw of `gumbel_topk` with zero weights outside the positives, the same numbers and the same
     items: a row whose n + 1 highest numbers are distinct and above `UNIFORM_TOP` takes its top n
     numbers (`topkernel`), which are its top n Gumbel keys in the same order; the other rows (ties,
-    0.5-0.9% of rows on citeulike-t, yelp, foursquare and amazon-music) take the keys themselves,
-    computed as `gumbel_topk` computes them, for the whole batch. [B x items] numbers either way
-    (`randkernel`), but the two logs only in a batch that needs them: 3-3.5x faster on those four
-    datasets (yelp, 64 users: 6.3 ms a draw against 20.5)."""
+    0.25-0.75% of rows on citeulike-t, yelp, foursquare and amazon-music; every row on ml-1m and
+    ml-100k, `by_numbers`) take the keys themselves, computed as `gumbel_topk` computes them, for
+    the whole batch. [B x items] numbers either way (`randkernel`), but the two logs only in a batch
+    that needs them: 2.6-4.6x faster a draw on those four datasets, 1.6-1.8x on ml-1m
+    (tools/uniform_probe.py: results/bench/uniform_cpu.json)."""
     pairs = positives.pairs(users) if pairs is None else pairs
     kernel = topkernel.load()
-    few = positives.shape[1] * (1 - UNIFORM_TOP) < 2 * (n + 1)  # most rows would take the keys
-    if few or kernel is None or users.device.type != "cpu" or generator.device.type != "cpu":
+    if (
+        not by_numbers(positives.shape[1], n)
+        or kernel is None
+        or users.device.type != "cpu"
+        or generator.device.type != "cpu"
+    ):
         keys = torch.zeros(len(users), positives.shape[1], device=users.device)
         return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
     u = randkernel.rand((len(users), positives.shape[1]), generator).clamp_(1e-20, 1 - 1e-7)

@@ -34,3 +34,29 @@ def test_gpu_section_reports_the_windows_check_and_groups(tmp_path):
     assert "5-9 times with the dynamic step and 0 times with the static one" in text
     assert "groups on the GPU X of `results/bench/ml-1m_cuda.json`" in text
     assert "T 2.5x (groups of 5)" in text
+
+
+def test_uniform_draw_section_shows_the_probes_record(tmp_path):
+    assert readme_steps.uniform_draw_section(tmp_path) == []  # nothing recorded, nothing said
+    (tmp_path / "bench").mkdir()
+    row = {
+        "dataset": "yelp",
+        "users a batch": 64,
+        "items": 20033,
+        "batches": 100,
+        "torch.rand s": 0.00508,
+        "randkernel.rand s": 0.00038,
+        "same numbers": True,
+        "Gumbel keys s": 0.01342,
+        "uniform_missing s": 0.00311,
+        "speed-up": 4.315,
+        "same items": False,
+        "rows by their keys": 0.0048,
+    }
+    rec = {"draws": [row], "provenance": {"device": "CPU X"}, "wall_seconds": 1.0}
+    (tmp_path / "bench" / "uniform_cpu.json").write_text(json.dumps(rec))
+    text = "\n".join(readme_steps.uniform_draw_section(tmp_path))
+    assert "over 100 batches a row, one thread (`python tools/uniform_probe.py`, CPU X)" in text
+    line = next(t for t in text.split("\n") if t.startswith("| yelp"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells == ["yelp", "64", "20033", "5.08", "0.38", "13.42", "3.11", "4.32", "0.48%", "False"]
