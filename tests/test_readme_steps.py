@@ -59,4 +59,15 @@ def test_uniform_draw_section_shows_the_probes_record(tmp_path):
     assert "over 100 batches a row, one thread (`python tools/uniform_probe.py`, CPU X)" in text
     line = next(t for t in text.split("\n") if t.startswith("| yelp"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["yelp", "64", "20033", "5.08", "0.38", "13.42", "3.11", "4.32", "0.48%", "False"]
+    assert cells == [
+        "yelp",
+        "64",
+        "20033",
+        "5.08",
+        "0.38",
+        "13.42",
+        "3.11",
+        "4.32",
+        "0.48%",
+        "False",
+    ]
