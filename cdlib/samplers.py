@@ -282,7 +282,7 @@ def uniform_missing(
     0.25-0.75% of rows on citeulike-t, yelp, foursquare and amazon-music; every row on ml-1m and
     ml-100k, `by_numbers`) take the keys themselves, computed as `gumbel_topk` computes them, for
     the whole batch. [B x items] numbers either way (`randkernel`), but the two logs only in a batch
-    that needs them: 2.6-4.6x faster a draw on those four datasets, 1.6-1.8x on ml-1m
+    that needs them: 2.5-5x faster a draw on those four datasets, 1.5x on ml-1m
     (tools/uniform_probe.py: results/bench/uniform_cpu.json)."""
     pairs = positives.pairs(users) if pairs is None else pairs
     kernel = topkernel.load()
