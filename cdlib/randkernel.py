@@ -2,11 +2,11 @@
 Twister's words one call at a time (~3.5 ns a number, one thread of this machine's Xeon);
 `mt19937.c`, compiled on first use and called through ctypes, advances a copy of the generator's
 state in vectorised loops, 11-16x faster on [16 or 64 x items] draws of the larger datasets
-(tools/uniform_probe.py: results/bench/uniform_cpu.json), and writes it back, so that the generator then stands where
-torch.rand would have left it. It is used where a step draws a number per (user, item) of its batch
-(`samplers.uniform_missing`). The kernel is used only once it has drawn torch.rand's numbers to the
-bit from a few seeds, sizes and positions in the state (`load`); CDLIB_RAND_KERNEL=off draws with
-torch.
+(tools/uniform_probe.py: results/bench/uniform_cpu.json), and writes it back, so that the
+generator then stands where torch.rand would have left it. It is used where a step draws a number
+per (user, item) of its batch (`samplers.uniform_missing`). The kernel is used only once it has
+drawn torch.rand's numbers to the bit from a few seeds, sizes and positions in the state (`load`);
+CDLIB_RAND_KERNEL=off draws with torch.
 """
 
 from __future__ import annotations
