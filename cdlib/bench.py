@@ -43,6 +43,26 @@ def timed(fn, repeat: int = 3, warmup_s: float = 0.0) -> float:
     return best
 
 
+def write_probe(record: str, rec: dict) -> Path:
+    """A tools/*_probe.py record `rec` (with its provenance), written atomically to
+    results/`record`."""
+    path = runs.results_dir() / record
+    runs.write_atomic(path, json.dumps(rec, indent=1) + "\n")
+    return path
+
+
+def probe_command(doc: str, probe, write_record, option: str = "--datasets", what="datasets"):
+    """The command line of a tools/*_probe.py: `write_record()`, its record; or, given `option` (a
+    comma-separated list of `what`), `probe` on those, printed, no record written."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument(option, help=f"comma-separated {what}; print only, write no record")
+    chosen = getattr(ap.parse_args(), option.lstrip("-"))
+    if chosen:
+        probe(chosen.split(","))
+    else:
+        print(f"wrote {write_record()}")
+
+
 def perturbed_model(dataset: str, backbone: str, size: int, std: float = 0.3):
     """A model of `dataset` at its initial weights plus N(0, `std`) noise (weights of a trained
     model's scale, not the init's 0.01), for timing and comparing scoring paths: (model, dataset)."""

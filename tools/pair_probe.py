@@ -9,14 +9,12 @@ Written to results/bench/pair_kernel_cpu.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from cdlib import data, loop, pairkernel, runs
+from cdlib import bench, data, loop, pairkernel, runs
 from cdlib.config import Config
 from cdlib.stepbench import sparse_warmup
 
@@ -74,16 +72,8 @@ def probe(which=RUNS, rounds: int = 3, epochs: int = 2) -> dict:
 
 def write_record(which=RUNS, rounds: int = 3, epochs: int = 2) -> Path:
     """`probe`, with provenance, to `RECORD`."""
-    path = runs.results_dir() / RECORD
-    runs.write_atomic(path, json.dumps(probe(which, rounds, epochs), indent=1) + "\n")
-    return path
+    return bench.write_probe(RECORD, probe(which, rounds, epochs))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", help="comma-separated dataset/size; print only, write no record")
-    a = ap.parse_args()
-    if a.runs:
-        probe(a.runs.split(","))
-    else:
-        print(f"wrote {write_record()}")
+    bench.probe_command(__doc__, probe, write_record, "--runs", "dataset/size")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -99,9 +98,7 @@ def write_record(size: int, datasets=TIMED) -> Path:
     }
     rec["wall_seconds"] = time.time() - start
     rec["provenance"] = runs.provenance("cpu")
-    path = runs.results_dir() / RECORD
-    runs.write_atomic(path, json.dumps(rec, indent=1) + "\n")
-    return path
+    return bench.write_probe(RECORD, rec)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ validation's metrics and the first batch's scores, the rankings, bit for bit.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -83,16 +81,8 @@ def probe(datasets=DATASETS) -> dict:
 
 def write_record(datasets=DATASETS) -> Path:
     """`probe` on `datasets`, with provenance, to `RECORD`."""
-    path = runs.results_dir() / RECORD
-    runs.write_atomic(path, json.dumps(probe(datasets), indent=1) + "\n")
-    return path
+    return bench.write_probe(RECORD, probe(datasets))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", help="comma-separated; print only, write no record")
-    a = ap.parse_args()
-    if a.datasets:
-        probe(a.datasets.split(","))
-    else:
-        print(f"wrote {write_record()}")
+    bench.probe_command(__doc__, probe, write_record)

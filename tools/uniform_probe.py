@@ -15,8 +15,6 @@ bit of what it draws, one thread, written to results/bench/uniform_cpu.json, per
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -100,16 +98,8 @@ def probe(datasets=DATASETS) -> dict:
 
 def write_record(datasets=DATASETS) -> Path:
     """`probe` on `datasets`, with provenance, to `RECORD`."""
-    path = runs.results_dir() / RECORD
-    runs.write_atomic(path, json.dumps(probe(datasets), indent=1) + "\n")
-    return path
+    return bench.write_probe(RECORD, probe(datasets))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", help="comma-separated; print only, write no record")
-    a = ap.parse_args()
-    if a.datasets:
-        probe(a.datasets.split(","))
-    else:
-        print(f"wrote {write_record()}")
+    bench.probe_command(__doc__, probe, write_record)
