@@ -272,6 +272,13 @@ def by_numbers(n_items: int, n: int) -> bool:
     return n_items * (1 - UNIFORM_TOP) >= 2 * (n + 1)
 
 
+def by_keys(distinct: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """The rows `uniform_missing` ranks by their Gumbel keys on a dataset `by_numbers` ranks: those
+    whose n + 1 highest numbers are not `distinct`, or whose n + 1-th highest number `last` (0 for
+    a row short of n + 1 missing items) is below `UNIFORM_TOP`. [B] bool each."""
+    return ~distinct | (last < UNIFORM_TOP)
+
+
 def uniform_missing(
     positives: UserItems, users: torch.Tensor, n: int, generator: torch.Generator, pairs=None
 ) -> torch.Tensor:
@@ -295,11 +302,10 @@ def uniform_missing(
         keys = torch.zeros(len(users), positives.shape[1], device=users.device)
         return gumbel_topk(masked_scores(keys, positives, users, pairs), n, generator)
     u = randkernel.rand((len(users), positives.shape[1]), generator).clamp_(1e-20, 1 - 1e-7)
-    ids, ok = kernel(masked_scores(u.clone(), positives, users, pairs), n + 1)
+    ids, distinct = kernel(masked_scores(u.clone(), positives, users, pairs), n + 1)
     out = ids[:, :n].contiguous()
-    low = ids[:, n] < 0
-    ok &= ~low & (u.gather(1, ids[:, n:].clamp(min=0))[:, 0] >= UNIFORM_TOP)
-    redo = (~ok).nonzero()[:, 0]
+    last = u.gather(1, ids[:, n:].clamp(min=0))[:, 0].masked_fill_(ids[:, n] < 0, 0.0)
+    redo = by_keys(distinct, last).nonzero()[:, 0]
     if len(redo):
         keys = gumbel(u).index_select(0, redo)  # the batch's keys, as gumbel_topk computes them
         out[redo] = masked_scores(keys, positives, users[redo]).topk(n, dim=1).indices

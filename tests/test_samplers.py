@@ -361,3 +361,20 @@ def test_uniform_missing_draws_the_gumbel_top_n_to_the_bit(wide, monkeypatch, to
         assert torch.equal(samplers.uniform_missing(wide, users, 10, ours, pairs), expected), step
         assert torch.equal(ours.get_state(), theirs.get_state())
     assert ties > 0  # the draws above did tie: their rows took the keys
+
+
+def test_numbers_above_uniform_top_rank_as_their_keys_with_a_margin():
+    """Every float32 number from `UNIFORM_TOP` to the clamp's 1 - 1e-7 (2^15 of them): adjacent
+    numbers' Gumbel keys at least 3e-5 apart, in the numbers' order, the margin `UNIFORM_TOP`'s
+    comment gives for ranking a row by its numbers."""
+    u = (samplers.UNIFORM_TOP + torch.arange(2**15, dtype=torch.float64) * 2**-24).float()
+    keys = samplers.gumbel(u[u <= 1 - 1e-7].clone())
+    assert len(keys) > 30_000
+    assert (keys[1:] - keys[:-1]).min() >= 3e-5
+
+
+def test_by_keys_sends_ties_low_numbers_and_short_rows_to_the_keys():
+    top = samplers.UNIFORM_TOP
+    distinct = torch.tensor([True, False, True, True, True])
+    last = torch.tensor([top, 0.9999, top - 2**-24, 0.0, 1 - 1e-7])
+    assert samplers.by_keys(distinct, last).tolist() == [False, True, True, True, False]

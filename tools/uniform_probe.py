@@ -36,16 +36,16 @@ def gumbel_draw(positives, users, n, generator, pairs):
 
 def key_rows(positives, users, n, generator) -> int:
     """How many of the batch's rows `uniform_missing` ranks by their keys (all on a dataset of few
-    items, `samplers.by_numbers`; else a tie among their n + 1 highest numbers, or one below
-    `samplers.UNIFORM_TOP`), from a copy of the generator."""
+    items, `samplers.by_numbers`; else `samplers.by_keys` of their n + 1 highest numbers, found
+    here by torch.topk), from a copy of the generator."""
     if not samplers.by_numbers(positives.shape[1], n):
         return len(users)
     copy = torch.Generator()
     copy.set_state(generator.get_state())
     u = torch.rand(len(users), positives.shape[1], generator=copy).clamp_(1e-20, 1 - 1e-7)
     top = samplers.masked_scores(u, positives, users).topk(n + 1, dim=1).values
-    tie = (top[:, 1:] == top[:, :-1]).any(1)
-    return int((tie | (top[:, -1] < samplers.UNIFORM_TOP)).sum())
+    distinct = (top[:, 1:] != top[:, :-1]).all(1)
+    return int(samplers.by_keys(distinct, top[:, -1]).sum())
 
 
 def probe_dataset(dataset: str, batch: int, steps: int = 100, n: int = 10) -> dict:
