@@ -328,7 +328,7 @@ def verdict_change(change: pd.DataFrame):
 
 
 def soft_labels(records: list[dict]):
-    """Per CD teacher (`analyses.soft_labels`): its mean soft label at each rank of its top missing
+    """Per CD teacher (`softlabels.analyse`): its mean soft label at each rank of its top missing
     items (solid) beside how often the item there is the user's held-out validation item (dotted),
     on a log scale; and the share of users whose soft label there is above 1/2."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

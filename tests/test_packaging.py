@@ -49,6 +49,26 @@ def test_the_numbered_notebooks_are_committed_executed():
         )
 
 
+def test_the_notebooks_hold_the_cells_tools_build_notebooks_writes():
+    """Every numbered notebook's cells are those of tools/build_notebooks.py, in its order (the
+    parameters cell papermill injects aside): a cell edited in one and not the other is caught."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bn", ROOT / "tools" / "build_notebooks.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for name, want in build.NOTEBOOKS.items():
+        cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        have = [
+            (c["cell_type"], "".join(c["source"]))
+            for c in cells
+            if "injected-parameters" not in c["metadata"].get("tags", [])
+        ]
+        assert have == [(c["cell_type"], c["source"]) for c in want], (
+            f"{name}.ipynb differs from tools/build_notebooks.py's cells"
+        )
+
+
 def test_every_function_the_readme_and_the_package_cite_exists():
     """A name in backticks, `module.name`, in README.md or a docstring or comment of cdlib, whose
     module is one of cdlib's, names something that module has: a renamed or moved function leaves

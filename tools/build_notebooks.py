@@ -26,7 +26,7 @@ train_missing = None       # None: train what is not recorded, unless CDLIB_NO_T
 SETUP = """import pandas as pd
 from IPython.display import display
 
-from cdlib import analyses, audit, claim_tables, costs, ials, plan, plots, profiles, readme, readme_next, report, sentences, tables, tuning
+from cdlib import analyses, audit, claim_tables, costs, ials, plan, plots, profiles, readme, readme_next, report, sentences, softlabels, tables, tuning
 from cdlib import experiments as ex
 
 pd.set_option("display.width", 200)
@@ -306,6 +306,23 @@ table = tables.summarize(runs, ["HR@10", "NDCG@10", "valid NDCG@10"])
             'print(sentences.verdict_best(runs, ["CD-T", "CD-S", "CD-H"], "a CD guide"))',
             "nbval-check-output",
         ),
+        md("""## What the teacher's soft labels say (`softlabels.analyse`)
+
+CD's soft labels are the teacher's own probabilities, t = s(z / T) with T = 1 (METHOD.md's default, a
+decision). On its top missing items a teacher may be sure either way: where most of them get a label near
+0, teacher-guided CD tells the student that the items its teacher ranks highest are negatives. For each
+analysed teacher: the mean soft label at a few ranks of its top missing items, the share of users whose
+label there is above 1/2, how often the item there is the user's held-out validation item (a lower bound
+on its chance of being a hidden positive), and the means under the sampling's p(r) ∝ exp(-r / μ). The
+analysis reads a teacher's cached weights, so it covers the teachers cached where it ran."""),
+        code(
+            """soft = softlabels.table(results_dir)
+print(soft.to_string() if not soft.empty else "no soft-label analysis recorded")""",
+            "nbval-check-output",
+        ),
+        code("""records = softlabels.records(results_dir)
+if records:
+    plots.save(plots.soft_labels(records), "05_soft_labels", figures_dir)"""),
     ],
     "06_student_size": [
         md("""# 06 · Student size
@@ -521,7 +538,8 @@ print(glance.to_string(index=False) if not glance.empty else "no cell of next ha
 protocol pooled over the cells both pool it on, each recomputed on those cells alone (`before_after.verdict_change`,
 written beside `next`'s claims): the verdict's kind and pooled effect before → after, and the protocols on which
 the kind changed (the same cells, not the same runs: tuning, validation negatives and seeds differ). Then the main
-table's test NDCG@10 on both protocols, before → after, per cell both have (`before_after.main_change`)."""),
+table's test NDCG@10 on both protocols, before → after, per cell both have (`before_after.main_change`).
+Last, the claims' intervals before and after, drawn (`plots.verdict_change`: `figures/09_next_verdict_change.png`)."""),
         code(
             """from cdlib import before_after
 from cdlib.runs import read_table
@@ -536,6 +554,9 @@ for proto in ("sampled", "full") if main_change is not None and not main_change.
     print(before_after.main_glance(main_change, proto).to_string(index=False))""",
             "nbval-check-output",
         ),
+        code("""if change is not None and not change.empty:  # the intervals above, drawn
+    fig = plots.verdict_change(change)
+    plots.save(fig, "09_next_verdict_change", figures_dir)"""),
         md(INIT_MD),
         code(INIT_CODE, "nbval-check-output"),
         md("## Compute: CPU hours recorded, and an estimate for the runs not recorded yet"),
