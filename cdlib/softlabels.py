@@ -29,7 +29,9 @@ def analyse(config: Config, results=None, progress: bool = True, train: bool = F
     Written to results/analysis/soft_labels_<teacher key>_T<T>.json with provenance."""
     cfg = config.canonical()
     if cfg.method != "cd":
-        raise ValueError(f"soft_labels takes a CD run's configuration, got method={cfg.method!r}")
+        raise ValueError(
+            f"softlabels.analyse takes a CD run's configuration, got method={cfg.method!r}"
+        )
     ds = dataset_for(cfg)
     teacher, sha = load_teacher(cfg, results, progress, Execution(train=train))
     t0 = time.time()

@@ -8,6 +8,17 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CDLIB_DATA", str((ROOT / ".." / "shared" / "data").resolve()))
 
 
+# a run small enough for a unit test: 200 users of ml-100k, 3 epochs
+TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, min_epochs=1, device="cpu")
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    """A results folder of the test's own, with a weights cache of its own (CDLIB_CACHE)."""
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "results"
+
+
 @pytest.fixture(scope="session")
 def ml100k():
     from cdlib import data

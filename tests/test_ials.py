@@ -12,12 +12,6 @@ from cdlib import config, ials, models, profiles, runs
 SMALL = dict(subset_users=150)
 
 
-@pytest.fixture()
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "results"
-
-
 def test_factor_scores_are_inner_products(ml100k):
     f = ials.Factors(np.arange(12.0).reshape(3, 4), np.arange(20.0).reshape(5, 4))
     users, items = torch.tensor([0, 2]), torch.tensor([[1, 4], [0, 3]])

@@ -6,16 +6,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from cdlib import config, plots, softlabels, train
-
-TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, min_epochs=1, device="cpu")
-
-
-@pytest.fixture()
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "results"
 
 
 def test_soft_labels_match_a_brute_force_ranking_of_every_item(results):

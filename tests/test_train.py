@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from cdlib import (
     analyses,
@@ -23,14 +24,6 @@ from cdlib import (
     tables,
     train,
 )
-
-TINY = dict(dataset="ml-100k", subset_users=200, epochs=3, patience=2, min_epochs=1, device="cpu")
-
-
-@pytest.fixture()
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "results"
 
 
 @pytest.fixture()
