@@ -19,6 +19,17 @@ def results(tmp_path, monkeypatch):
     return tmp_path / "results"
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch thread, as every record: two runs on two threads can part by rounding."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ml100k():
     from cdlib import data

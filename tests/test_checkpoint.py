@@ -13,15 +13,6 @@ TINY = dict(dataset="ml-100k", subset_users=200, patience=2, min_epochs=1, devic
 EVERY_EPOCH = config.Execution(checkpoint_every=0.0)
 
 
-@pytest.fixture()
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as every record: two runs on two threads can part by rounding
-    yield tmp_path / "results"
-    torch.set_num_threads(threads)
-
-
 class Stopped(Exception):
     """The process killed right after a checkpoint was written."""
 
@@ -82,7 +73,7 @@ def deferring(monkeypatch):
     ],
 )
 def test_a_run_stopped_after_an_epoch_resumes_as_the_same_run(
-    results, monkeypatch, deferring, backbone, method, extra
+    results, one_thread, monkeypatch, deferring, backbone, method, extra
 ):
     cfg = train.Config(
         backbone=backbone, size=8, method=method, teacher_size=16, epochs=5, **TINY, **extra
@@ -105,7 +96,9 @@ def test_a_run_stopped_after_an_epoch_resumes_as_the_same_run(
 @pytest.mark.parametrize(
     "extra", [{}, {"method": "cd", "guide": "student", "teacher_size": 16, "shapes": "static"}]
 )
-def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, monkeypatch, extra):
+def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(
+    results, one_thread, monkeypatch, extra
+):
     cfgs = [
         train.Config(backbone="cdae", size=8, seed=s, **dict(TINY, epochs=cap), **extra)
         for s, cap in zip(range(3), (5, 2, 4))
@@ -126,7 +119,7 @@ def test_a_group_stopped_after_a_member_left_resumes_as_the_same_group(results, 
     "damage", ["teacher", "arithmetic", "bytes", "identity", "layout", "optimizer"]
 )
 def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
-    results, monkeypatch, capsys, damage
+    results, one_thread, monkeypatch, capsys, damage
 ):
     cfg = train.Config(backbone="cdae", size=8, method="cd", teacher_size=16, epochs=4, **TINY)
     whole = train.run(cfg, results, progress=False, execution=config.Execution())
@@ -163,7 +156,7 @@ def test_a_checkpoint_not_of_this_run_is_set_aside_and_the_run_starts_over(
     assert "resumed" not in again and not path.exists()
 
 
-def test_sweep_deletes_the_checkpoints_of_recorded_runs_only(results):
+def test_sweep_deletes_the_checkpoints_of_recorded_runs_only(results, one_thread):
     for name in ("recorded", "not-recorded", "group-abc"):
         path = checkpoint.folder() / f"{name}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +169,7 @@ def test_sweep_deletes_the_checkpoints_of_recorded_runs_only(results):
 
 
 def test_a_teacher_retrained_for_its_weights_resumes_and_still_equals_its_record(
-    results, monkeypatch
+    results, one_thread, monkeypatch
 ):
     student = train.Config(backbone="cdae", size=4, method="cd", teacher_size=16, epochs=4, **TINY)
     rec = train.run(student, results, progress=False)

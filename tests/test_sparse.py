@@ -147,17 +147,12 @@ def test_the_sparse_step_is_refused_in_a_group_or_compiled(step):
 @pytest.mark.parametrize("step", sparse.SPARSE_STEPS)
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
-def test_a_sparse_run_trains_and_repeats_itself(step, backbone, shapes):
+def test_a_sparse_run_trains_and_repeats_itself(step, backbone, shapes, one_thread):
     """Both shapes of step train with either sparse step (the static one through RowAdam's masked
     form), to finite losses, and the same seed gives the same weights."""
     cfg = Config(**TINY, backbone=backbone, size=8, step=step, shapes=shapes).canonical()
     ds = train.dataset_for(cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = (loop.fit(cfg, ds, progress=False) for _ in range(2))
-    finally:
-        torch.set_num_threads(threads)
+    a, b = (loop.fit(cfg, ds, progress=False) for _ in range(2))
     assert all(torch.isfinite(torch.tensor(c["loss"])) for c in a["curve"])
     assert a["curve"][-1]["loss"] < a["curve"][0]["loss"]
     for (n, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):

@@ -26,14 +26,6 @@ from cdlib import (
 )
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("backbone", ["cdae", "neumf"])
 @pytest.mark.parametrize("method,extra", [("none", {}), ("rd", {}), ("cd", {"guide": "student"})])
 def test_same_seed_same_numbers(results, one_thread, backbone, method, extra):
