@@ -1,5 +1,6 @@
 """Protocol analyses that notebooks and tests call on recorded runs: how much choosing the epoch on
-test would add (`best_test_epoch`), whose seed an early collapse follows (`first_epochs`), and
+test would add (`best_test_epoch`), whether early stopping ended a run before it converged
+(`past_stop`), whose seed an early collapse follows (`first_epochs`), and
 whether a group trains as its runs alone (`group_agreement`). What a CD teacher's soft labels say
 is in `softlabels`; the paired tables of configurations run two ways (devices, shapes, steps) are
 in `agreement`."""
@@ -16,7 +17,7 @@ import torch
 
 from . import metrics, models, runs
 from .config import TEACHER_SIZE, Config, Execution, dataset_for, recorded
-from .loop import check_group, fit, fit_group
+from .loop import check_group, evaluate, fit, fit_group
 from .train import differences, load_teacher, run
 
 
@@ -164,6 +165,85 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
         json.dumps(result, indent=1, default=str),
     )
     return result
+
+
+def past_stop(config: Config, epochs: int = 200, results=None, progress: bool = True) -> dict:
+    """Did early stopping end a recorded run before it converged? The run of `config` (recorded; its
+    teacher's weights cached or retrained) is trained again for exactly `epochs` epochs (its cap,
+    minimum and patience all `epochs`): its first epochs are checked equal to the record's learning
+    curve (the run is deterministic; a mismatch raises), and the best validation NDCG@10 (sampled)
+    over all `epochs`, its epoch and the test metrics of that epoch's model are set beside the
+    record's. Written to results/analysis/past_stop_<key>_<epochs>.json with provenance."""
+    cfg = config.canonical()
+    rec = runs.read_record(cfg.key(), results)
+    if rec is None:
+        raise ValueError(f"run {cfg.key()} is not recorded: past_stop extends recorded runs only")
+    if rec["epochs_run"] >= epochs:
+        raise ValueError(
+            f"run {cfg.key()} ran {rec['epochs_run']} epochs already, not fewer than epochs={epochs}"
+        )
+    ds = dataset_for(cfg)
+    teacher = load_teacher(cfg, results, progress)[0] if cfg.has_teacher else None
+    long = dataclasses.replace(cfg, epochs=epochs, min_epochs=epochs, patience=epochs)
+    t0 = time.time()
+    out = fit(long, ds, teacher, progress, desc=f"past stop {cfg.key()}")
+    diff = differences({"curve": rec["curve"]}, {"curve": out["curve"][: rec["epochs_run"]]})
+    if diff:
+        raise RuntimeError(
+            f"run {rec['key']} did not reproduce its recorded curve: {diff} (recorded on "
+            f"{runs.describe_arithmetic(rec['provenance'])}, retrained on "
+            f"{runs.describe_arithmetic(runs.provenance(out['model'].device))})"
+        )
+    result = {
+        "key": rec["key"],
+        "config": dataclasses.asdict(cfg),
+        "epochs": epochs,
+        "recorded": {
+            k: rec[k] for k in ("epochs_run", "best_epoch", "valid_sampled", "test_sampled")
+        }
+        | {"test_full": rec.get("test_full")},
+        "best_epoch": out["best_epoch"],
+        **evaluate(out["model"], ds, cfg),
+        "curve": out["curve"],
+        "reproduced_record_curve": True,
+        "wall_seconds": time.time() - t0,
+        "dataset": runs.dataset_info(ds),
+        "provenance": runs.provenance(out["model"].device),
+    }
+    runs.write_atomic(
+        runs.results_dir(results) / "analysis" / f"past_stop_{rec['key']}_{epochs}.json",
+        json.dumps(result, indent=1, default=str),
+    )
+    return result
+
+
+def past_stop_table(results=None) -> pd.DataFrame:
+    """A row per `past_stop` analysis: the run, its recorded stop and best epoch, and the rise of its
+    best validation NDCG@10 (sampled) and of its test HR@10 / NDCG@10 (sampled and full) when trained
+    on to `epochs`, relative to the record's; `rise_epoch` is the first epoch whose validation
+    NDCG@10 beat the recorded best by more than 1%."""
+    rows = []
+    for f in sorted((runs.results_dir(results) / "analysis").glob("past_stop_*.json")):
+        a = json.loads(f.read_text())
+        c, r = a["config"], a["recorded"]
+        best = r["valid_sampled"]["NDCG@10"]
+        over = [e["epoch"] for e in a["curve"] if e["valid_NDCG@10"] > 1.01 * best]
+        row = {
+            "key": a["key"],
+            **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
+            "stopped": r["epochs_run"],
+            "best_epoch": r["best_epoch"],
+            "epochs": a["epochs"],
+            "new_best_epoch": a["best_epoch"],
+            "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
+            "rise_epoch": over[0] if over else None,
+        }
+        for proto in ("sampled", "full"):
+            for m in ("HR@10", "NDCG@10"):
+                old = (r.get(f"test_{proto}") or {}).get(m)
+                row[f"test {m} {proto} rise"] = a[f"test_{proto}"][m] / old - 1 if old else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def group_agreement(configs, results=None, progress: bool = True) -> dict:

@@ -435,6 +435,28 @@ def test_best_test_epoch_reproduces_the_record_and_reports_both_choices(results)
     assert (results / "analysis" / f"best_test_epoch_{rec['key']}.json").is_file()
 
 
+def test_past_stop_trains_a_record_on_and_sets_its_best_beside_the_record(results, one_thread):
+    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=3, patience=3))
+    with pytest.raises(ValueError, match="not recorded"):
+        analyses.past_stop(cfg, 6, results, progress=False)
+    rec = train.run(cfg, results, progress=False)
+    with pytest.raises(ValueError, match="ran 3 epochs"):
+        analyses.past_stop(cfg, 3, results, progress=False)
+    out = analyses.past_stop(cfg, 6, results, progress=False)
+    assert len(out["curve"]) == 6 and out["reproduced_record_curve"]
+    best = max(e["valid_NDCG@10"] for e in out["curve"])
+    assert out["valid_sampled"]["NDCG@10"] == best >= rec["valid_sampled"]["NDCG@10"]
+    assert out["best_epoch"] == 1 + [e["valid_NDCG@10"] for e in out["curve"]].index(best)
+    row = analyses.past_stop_table(results).iloc[0]
+    assert (row["key"], row["stopped"], row["epochs"]) == (rec["key"], 3, 6)
+    assert row["valid NDCG@10 rise"] == pytest.approx(best / rec["valid_sampled"]["NDCG@10"] - 1)
+    # a record its retraining does not reproduce is refused, not extended
+    bad = dict(rec, curve=[dict(e, loss=e["loss"] + 1) for e in rec["curve"]])
+    runs.write_record(bad, results)
+    with pytest.raises(RuntimeError, match="did not reproduce its recorded curve"):
+        analyses.past_stop(cfg, 6, results, progress=False)
+
+
 def test_no_run_starts_after_the_deadline(results, monkeypatch):
     cfg = train.Config(backbone="cdae", size=8, **TINY)
     done = train.run(cfg, results, progress=False)

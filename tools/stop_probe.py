@@ -1,0 +1,108 @@
+"""A probe of early stopping: do recorded runs that stopped at the minimum of epochs (`min_epochs`,
+their best epoch long before it) climb past their recorded best when trained on? Each run chosen is
+trained again for `--epochs` epochs (`analyses.past_stop`: its recorded epochs checked equal, then
+trained on), one thread, written to results/analysis/past_stop_<key>_<epochs>.json; a run already
+probed is skipped, so the probe resumes. The runs are the records of the disjoint-negatives protocol
+(profile `next`), those the main table uses first (`--main`), then one of each (dataset, backbone,
+method) in turn, cheapest first; `--control` takes runs that stopped by patience later instead.
+
+    python tools/stop_probe.py --main                      # the main table's runs stopped at 50
+    python tools/stop_probe.py --share 1/2 --minutes 100   # half of the rest, within 100 minutes
+    python tools/stop_probe.py --dry                       # list the runs and their estimated cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import pandas as pd
+import torch
+
+from cdlib import analyses, runs
+from cdlib.config import Config
+
+NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
+
+
+def candidates(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
+    """The disjoint-protocol records (cap 1000, all users) stopped at the minimum of epochs (or,
+    with `control`, by patience later), a row each with its estimated seconds an epoch; `main`: only
+    those of profile `next`'s main table (results/next/03_main_runs.csv)."""
+    keep = None
+    if main:
+        m = pd.read_csv(runs.results_dir(results) / "next" / "03_main_runs.csv")
+        keep = set(m.key[m.status == "ok"])
+    rows = []
+    for rec in runs.all_records(results):
+        c = rec.get("config", {})
+        if c.get("valid_negatives") != "disjoint" or c.get("epochs") != 1000:
+            continue
+        if c.get("subset_users") is not None or (keep is not None and rec["key"] not in keep):
+            continue
+        at_min = rec["epochs_run"] <= c["min_epochs"] + NEAR
+        if at_min == control or (control and rec["epochs_run"] >= 200):
+            continue
+        seconds = runs.run_seconds(rec)
+        rows.append(
+            {
+                "key": rec["key"],
+                **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
+                "stopped": rec["epochs_run"],
+                "best_epoch": rec["best_epoch"],
+                "epoch_s": seconds / rec["epochs_run"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def order(df: pd.DataFrame) -> pd.DataFrame:
+    """Round robin over (dataset, backbone, method), each group cheapest first."""
+    groups = [g.sort_values("epoch_s") for _, g in df.groupby(["dataset", "backbone", "method"])]
+    groups.sort(key=lambda g: g.epoch_s.iloc[0])
+    rows = [r for rs in itertools.zip_longest(*(g.to_dict("records") for g in groups)) for r in rs]
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--main", action="store_true", help="the main table's runs only")
+    ap.add_argument("--control", action="store_true", help="runs stopped by patience instead")
+    ap.add_argument("--share", default="1/1", help="i/n: every n-th run from the i-th")
+    ap.add_argument("--minutes", type=float, default=None, help="start no run past this")
+    ap.add_argument("--dry", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    i, n = (int(x) for x in a.share.split("/"))
+    todo = order(candidates(a.control, a.main)).iloc[i - 1 :: n]
+    done = {r.key for r in analyses.past_stop_table().itertuples()} if not a.dry else set()
+    todo = todo[~todo.key.isin(done)]
+    todo = todo.assign(est_min=todo.epoch_s * a.epochs / 60)
+    print(todo.to_string(index=False), f"\n{len(todo)} runs, {todo.est_min.sum():.0f} min est.")
+    if a.dry:
+        return 0
+    start = time.time()
+    for r in todo.itertuples():
+        if a.minutes is not None and (time.time() - start) / 60 + r.est_min > a.minutes:
+            print("skipped (past --minutes):", r.key, flush=True)
+            continue
+        cfg = Config(**runs.read_record(r.key)["config"])
+        out = analyses.past_stop(cfg, a.epochs, progress=True)
+        rise = out["valid_sampled"]["NDCG@10"] / out["recorded"]["valid_sampled"]["NDCG@10"] - 1
+        print(
+            r.key,
+            r.dataset,
+            r.backbone,
+            r.method,
+            f"best epoch {r.best_epoch} ->",
+            out["best_epoch"],
+            f"valid NDCG@10 {rise:+.1%}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
