@@ -18,6 +18,7 @@ import torch
 from . import metrics, models, runs
 from .config import TEACHER_SIZE, Config, Execution, dataset_for, recorded
 from .loop import check_group, evaluate, fit, fit_group
+from .profiles import PROFILES
 from .train import differences, load_teacher, run
 
 
@@ -167,6 +168,42 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
     return result
 
 
+NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
+
+
+def stopped_early(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
+    """The records of profile `next`'s protocol (disjoint validation negatives, cap 1000, all
+    users, NeuMF's initialised as NCF's code does) that early stopping ended at the minimum of epochs (within `NEAR` of `min_epochs`; with
+    `control`, those it ended by patience later, before epoch 200), a row each with its seconds an
+    epoch (`runs.run_seconds`); `main`: only those of results/next/03_main_runs.csv."""
+    keep = None
+    if main:
+        m = pd.read_csv(runs.results_dir(results) / "next" / "03_main_runs.csv")
+        keep = set(m.key[m.status == "ok"])
+    rows = []
+    for rec in runs.all_records(results):
+        c = rec.get("config", {})
+        if c.get("valid_negatives") != "disjoint" or c.get("epochs") != 1000:
+            continue
+        if c.get("subset_users") is not None or (keep is not None and rec["key"] not in keep):
+            continue
+        if c.get("backbone") == "neumf" and c.get("mlp_init") != PROFILES["next"].mlp_init:
+            continue  # NeuMF records from before `next` took NCF's initialisation (README)
+        at_min = rec["epochs_run"] <= c["min_epochs"] + NEAR
+        if at_min == control or (control and rec["epochs_run"] >= 200):
+            continue
+        rows.append(
+            {
+                "key": rec["key"],
+                **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
+                "stopped": rec["epochs_run"],
+                "best_epoch": rec["best_epoch"],
+                "epoch_s": runs.run_seconds(rec) / rec["epochs_run"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def past_stop(config: Config, epochs: int = 200, results=None, progress: bool = True) -> dict:
     """Did early stopping end a recorded run before it converged? The run of `config` (recorded; its
     teacher's weights cached or retrained) is trained again for exactly `epochs` epochs (its cap,
@@ -221,7 +258,8 @@ def past_stop_table(results=None) -> pd.DataFrame:
     """A row per `past_stop` analysis: the run, its recorded stop and best epoch, and the rise of its
     best validation NDCG@10 (sampled) and of its test HR@10 / NDCG@10 (sampled and full) when trained
     on to `epochs`, relative to the record's; `rise_epoch` is the first epoch whose validation
-    NDCG@10 beat the recorded best by more than 1%."""
+    NDCG@10 beat the recorded best by more than 1%; "after the stop": the best validation NDCG@10 of
+    the epochs past the recorded stop, relative to the recorded best."""
     rows = []
     for f in sorted((runs.results_dir(results) / "analysis").glob("past_stop_*.json")):
         a = json.loads(f.read_text())
@@ -237,6 +275,8 @@ def past_stop_table(results=None) -> pd.DataFrame:
             "new_best_epoch": a["best_epoch"],
             "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
             "rise_epoch": over[0] if over else None,
+            "after the stop": max(e["valid_NDCG@10"] for e in a["curve"][r["epochs_run"] :]) / best
+            - 1,
         }
         for proto in ("sampled", "full"):
             for m in ("HR@10", "NDCG@10"):

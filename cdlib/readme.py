@@ -14,7 +14,7 @@ from .analyses import protocol_gap, teacher_variants
 from .audit import coverage, profile_coverage, violations
 from .costs import compute, device_estimate
 from .profiles import PROFILES
-from .readme_next import next_section
+from .readme_next import next_section, past_stop_section
 from .readme_steps import (
     gpu_section,
     refresh_tower_section,
@@ -305,6 +305,7 @@ def readme_section(results=None) -> str:
         markdown(bad) if not bad.empty else "None.",
         "",
     ]
+    parts += past_stop_section(results)
     v1 = read_table("v1/03_main", results)
     if v1 is not None:
         parts += [

@@ -12,6 +12,7 @@ import dataclasses
 import pandas as pd
 
 from . import before_after, sentences
+from .analyses import NEAR, past_stop_table, stopped_early
 from .audit import coverage_grid, first_epoch_drops, violations
 from .claim_tables import TORCH_INIT
 from .config import Execution
@@ -355,3 +356,55 @@ def _verdict_change_section(results=None) -> list[str]:
             "",
         ]
     return parts
+
+
+def past_stop_section(results=None) -> list[str]:
+    """The runs early stopping ended at its minimum of epochs and whether, trained on, they climb
+    past their recorded best (`analyses.past_stop`, tools/stop_probe.py); read only."""
+    probed = past_stop_table(results)
+    if probed.empty:
+        return []
+    early = stopped_early(results=results)
+    before_200 = len(early) + len(stopped_early(True, results=results))
+    rose = probed[probed["valid NDCG@10 rise"] > 0.01]
+    epochs = sorted(set(probed.epochs))
+    text = (
+        f"Early stopping (patience 30 epochs, never before the minimum of 50) ended {len(early)} "
+        f"runs of profile `next` within {NEAR} epochs of the minimum (of the {before_200} it ended "
+        f"before epoch 200), their best validation epoch a median "
+        f"{early.best_epoch.median():.0f}: an early peak, then a fall that patience ends at the "
+        f"minimum. Had they converged? {len(probed)} of them were trained on to "
+        f"{' or '.join(map(str, epochs))} epochs, their recorded epochs reproduced bit for bit "
+        "(`python tools/stop_probe.py`: the main table's first, then a round robin over dataset, "
+        f"backbone and method, cheapest first). {len(rose)} climbed more than 1% above their "
+        "recorded best"
+    )
+    if len(rose):
+        text += (
+            " ("
+            + "; ".join(
+                f"{r.dataset} {r.backbone} {r.method} lr {r.lr:g} seed {r.seed}: "
+                f"{r['valid NDCG@10 rise']:+.1%} at epoch {r.new_best_epoch}"
+                for _, r in rose.iterrows()
+            )
+            + ")"
+        )
+    text += (
+        f". The median run's best past its stop stays {-probed['after the stop'].median():.1%} "
+        "below its recorded best (`after the stop`); `rise` columns: the best epoch's metrics "
+        "over the record's."
+    )
+    cols = ["dataset", "backbone", "method", "size", "lr", "seed", "stopped", "best_epoch"]
+    cols += ["epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
+    cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
+    table = probed[cols].copy()
+    for c in cols[-4:]:
+        table[c] = table[c].map("{:+.1%}".format)
+    return [
+        "### Runs early stopping ended at its minimum, trained on",
+        "",
+        text,
+        "",
+        markdown(table.sort_values(cols[:6], ignore_index=True)),
+        "",
+    ]

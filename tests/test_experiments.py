@@ -1062,3 +1062,57 @@ def test_first_epoch_drops_count_neumf_students_whose_first_epoch_falls_below_po
         )
     got = audit.first_epoch_drops(tmp_path).set_index("method")
     assert list(got.retrained) == [1, 1] and list(got["tower dead"]) == [1, 0]
+
+
+def test_past_stop_section_counts_the_runs_stopped_at_the_minimum_and_names_those_that_rose(
+    tmp_path,
+):
+    assert readme_next.past_stop_section(tmp_path) == []  # nothing probed: no section
+    config = dict(dataset="a", backbone="neumf", method="none", size=8, lr=1e-3, mlp_init="ncf")
+    config |= dict(valid_negatives="disjoint", epochs=1000, min_epochs=50, subset_users=None)
+    for seed, stopped in enumerate((50, 52, 80)):
+        runs.write_record(
+            {
+                "key": f"r{seed}",
+                "config": dict(config, seed=seed),
+                "epochs_run": stopped,
+                "best_epoch": stopped - 30,
+                "timing": {"wall_seconds": 1.0},
+            },
+            tmp_path,
+        )
+    m = {"HR@10": 0.5, "NDCG@10": 0.2}
+    curve = [{"epoch": e + 1, "valid_NDCG@10": 0.2 if e < 60 else 0.25} for e in range(100)]
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "past_stop_r1_100.json").write_text(
+        json.dumps(
+            {
+                "key": "r1",
+                "config": dict(config, seed=1),
+                "epochs": 100,
+                "recorded": {
+                    "epochs_run": 52,
+                    "best_epoch": 22,
+                    "valid_sampled": m,
+                    "test_sampled": m,
+                    "test_full": m,
+                },
+                "best_epoch": 61,
+                "valid_sampled": {"HR@10": 0.6, "NDCG@10": 0.25},
+                "test_sampled": {"HR@10": 0.55, "NDCG@10": 0.21},
+                "test_full": m,
+                "curve": curve,
+            }
+        )
+    )
+    text = "\n".join(readme_next.past_stop_section(tmp_path))
+    assert "ended 2 runs of profile `next` within 5 epochs of the minimum (of the 3 it" in text
+    assert "1 of them were trained on to 100 epochs" in text
+    assert (
+        "1 climbed more than 1% above their recorded best (a neumf none lr 0.001 seed 1: +25.0% "
+        "at epoch 61)" in text
+    )
+    assert (
+        "| a | neumf | none | 8 | 0.001 | 1 | 52 | 22 | 100 | 61 | +25.0% | +25.0% | +5.0% | +0.0% |"
+        in text
+    )

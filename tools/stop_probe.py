@@ -23,39 +23,6 @@ import torch
 from cdlib import analyses, runs
 from cdlib.config import Config
 
-NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
-
-
-def candidates(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
-    """The disjoint-protocol records (cap 1000, all users) stopped at the minimum of epochs (or,
-    with `control`, by patience later), a row each with its estimated seconds an epoch; `main`: only
-    those of profile `next`'s main table (results/next/03_main_runs.csv)."""
-    keep = None
-    if main:
-        m = pd.read_csv(runs.results_dir(results) / "next" / "03_main_runs.csv")
-        keep = set(m.key[m.status == "ok"])
-    rows = []
-    for rec in runs.all_records(results):
-        c = rec.get("config", {})
-        if c.get("valid_negatives") != "disjoint" or c.get("epochs") != 1000:
-            continue
-        if c.get("subset_users") is not None or (keep is not None and rec["key"] not in keep):
-            continue
-        at_min = rec["epochs_run"] <= c["min_epochs"] + NEAR
-        if at_min == control or (control and rec["epochs_run"] >= 200):
-            continue
-        seconds = runs.run_seconds(rec)
-        rows.append(
-            {
-                "key": rec["key"],
-                **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
-                "stopped": rec["epochs_run"],
-                "best_epoch": rec["best_epoch"],
-                "epoch_s": seconds / rec["epochs_run"],
-            }
-        )
-    return pd.DataFrame(rows)
-
 
 def order(df: pd.DataFrame) -> pd.DataFrame:
     """Round robin over (dataset, backbone, method), each group cheapest first."""
@@ -72,13 +39,14 @@ def main(argv=None) -> int:
     ap.add_argument("--control", action="store_true", help="runs stopped by patience instead")
     ap.add_argument("--share", default="1/1", help="i/n: every n-th run from the i-th")
     ap.add_argument("--minutes", type=float, default=None, help="start no run past this")
+    ap.add_argument("--keys", nargs="*", help="only these runs")
     ap.add_argument("--dry", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     i, n = (int(x) for x in a.share.split("/"))
-    todo = order(candidates(a.control, a.main)).iloc[i - 1 :: n]
+    todo = order(analyses.stopped_early(a.control, a.main)).iloc[i - 1 :: n]
     done = {r.key for r in analyses.past_stop_table().itertuples()} if not a.dry else set()
-    todo = todo[~todo.key.isin(done)]
+    todo = todo[~todo.key.isin(done) & (todo.key.isin(a.keys) if a.keys else True)]
     todo = todo.assign(est_min=todo.epoch_s * a.epochs / 60)
     print(todo.to_string(index=False), f"\n{len(todo)} runs, {todo.est_min.sum():.0f} min est.")
     if a.dry:
