@@ -1,7 +1,7 @@
 """Protocol analyses that notebooks and tests call on recorded runs: how much choosing the epoch on
 test would add (`best_test_epoch`), whether early stopping ended a run before it converged
-(`past_stop`), whose seed an early collapse follows (`first_epochs`), and
-whether a group trains as its runs alone (`group_agreement`). What a CD teacher's soft labels say
+(`past_stop`), whose seed an early collapse follows (`first_epochs`), and whether a group trains as
+its runs alone (`group_agreement`). What a CD teacher's soft labels say
 is in `softlabels`; the paired tables of configurations run two ways (devices, shapes, steps) are
 in `agreement`."""
 
@@ -173,9 +173,10 @@ NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of mi
 
 def stopped_early(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
     """The records of profile `next`'s protocol (disjoint validation negatives, cap 1000, all
-    users, NeuMF's initialised as NCF's code does) that early stopping ended at the minimum of epochs (within `NEAR` of `min_epochs`; with
-    `control`, those it ended by patience later, before epoch 200), a row each with its seconds an
-    epoch (`runs.run_seconds`); `main`: only those of results/next/03_main_runs.csv."""
+    users, NeuMF's initialised as NCF's code does) that early stopping ended at the minimum of
+    epochs (within `NEAR` of `min_epochs`; with `control`, those it ended by patience later, before
+    epoch 200), a row each with its seconds an epoch (`runs.run_seconds`); `main`: only those of
+    results/next/03_main_runs.csv."""
     keep = None
     if main:
         m = pd.read_csv(runs.results_dir(results) / "next" / "03_main_runs.csv")
