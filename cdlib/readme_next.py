@@ -374,10 +374,12 @@ def past_stop_section(results=None) -> list[str]:
         f"before epoch 200), their best validation epoch a median "
         f"{early.best_epoch.median():.0f}: an early peak, then a fall that patience ends at the "
         f"minimum. Had they converged? {len(probed)} of them were trained on to "
-        f"{' or '.join(map(str, epochs))} epochs, their recorded epochs reproduced bit for bit "
-        "(`python tools/stop_probe.py`: the main table's first, then a round robin over dataset, "
-        f"backbone and method, cheapest first). {len(rose)} climbed more than 1% above their "
-        "recorded best"
+        f"{' or '.join(map(str, epochs))} epochs (`python tools/stop_probe.py`: the main table's "
+        "first, then a round robin over dataset, backbone and method, cheapest first). "
+        f"{probed.reproduced.sum()} of them reproduced their recorded epochs bit for bit; the "
+        "others, recorded on another CPU's arithmetic, are other draws of the same run, each set "
+        f"against its own epochs up to the recorded stop. {len(rose)} climbed more than 1% above "
+        "their best up to the stop"
     )
     if len(rose):
         text += (
@@ -391,15 +393,16 @@ def past_stop_section(results=None) -> list[str]:
         )
     text += (
         f". The median run's best past its stop stays {-probed['after the stop'].median():.1%} "
-        "below its recorded best (`after the stop`); `rise` columns: the best epoch's metrics "
-        "over the record's."
+        "below its best up to the stop (`after the stop`); `rise` columns: the best epoch's "
+        "metrics over those of the best epoch up to the stop (full-ranking test: reproduced runs "
+        "only)."
     )
     cols = ["dataset", "backbone", "method", "size", "lr", "seed", "stopped", "best_epoch"]
-    cols += ["epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
+    cols += ["reproduced", "epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
     cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
     table = probed[cols].copy()
     for c in cols[-4:]:
-        table[c] = table[c].map("{:+.1%}".format)
+        table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:+.1%}")
     return [
         "### Runs early stopping ended at its minimum, trained on",
         "",

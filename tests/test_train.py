@@ -452,11 +452,23 @@ def test_past_stop_trains_a_record_on_and_sets_its_best_beside_the_record(result
     after = max(e["valid_NDCG@10"] for e in out["curve"][3:])
     assert row["after the stop"] == pytest.approx(after / rec["valid_sampled"]["NDCG@10"] - 1)
     assert row["valid NDCG@10 rise"] == pytest.approx(best / rec["valid_sampled"]["NDCG@10"] - 1)
-    # a record its retraining does not reproduce is refused, not extended
+    # a record its retraining does not reproduce on the record's own arithmetic is refused
     bad = dict(rec, curve=[dict(e, loss=e["loss"] + 1) for e in rec["curve"]])
     runs.write_record(bad, results)
     with pytest.raises(RuntimeError, match="did not reproduce its recorded curve"):
         analyses.past_stop(cfg, 6, results, progress=False)
+    # on another arithmetic the retraining is another draw, measured against its own first epochs
+    cpu = dict(rec["provenance"]["cpu"], vendor="another vendor")
+    runs.write_record(dict(bad, provenance=dict(rec["provenance"], cpu=cpu)), results)
+    other = analyses.past_stop(cfg, 6, results, progress=False)
+    assert not other["reproduced_record_curve"] and other["differences"]
+    row = analyses.past_stop_table(results).iloc[0]
+    assert not row["reproduced"] and np.isnan(row["test HR@10 full rise"])
+    at = max(other["curve"][:3], key=lambda e: e["valid_NDCG@10"])
+    assert row["valid NDCG@10 rise"] == pytest.approx(best / at["valid_NDCG@10"] - 1)
+    assert row["test NDCG@10 sampled rise"] == pytest.approx(
+        other["test_sampled"]["NDCG@10"] / at["test_NDCG@10"] - 1
+    )
 
 
 def test_stopped_early_finds_next_protocol_runs_ended_at_the_minimum_or_by_patience(tmp_path):
