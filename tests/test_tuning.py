@@ -134,6 +134,16 @@ def test_bad_tuning_grids_and_epoch_rules_are_refused():
         profiles.profile("quick", epochs=20)
 
 
+def test_a_cell_s_longer_minimum_of_epochs_holds_for_all_its_runs_and_no_other_cell():
+    p = profiles.profile("next")
+    assert p.min_epochs_for == {("yelp", "neumf"): 200}
+    student = p.config("yelp", "neumf", 0, size=8, method="cd").canonical()
+    assert student.min_epochs == student.teacher().min_epochs == 200  # each arm alike
+    assert p.config("yelp", "cdae", 0).min_epochs == p.config("ml-1m", "neumf", 0).min_epochs == 50
+    with pytest.raises(ValueError, match=r"below min_epochs=300 \(\('ml-100k', 'cdae'\)\)"):
+        profiles.profile("quick", epochs=200, min_epochs_for={("ml-100k", "cdae"): 300})
+
+
 def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
     """Issue 23's closing note: the tuned settings per dataset under `next`, and how far they moved
     from those the paper profile borrowed from ml-1m (whose validation, here, prefers lr 1e-3)."""
