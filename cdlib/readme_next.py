@@ -370,7 +370,7 @@ def past_stop_section(results=None) -> list[str]:
     epochs = sorted(set(probed.epochs))
     text = (
         f"Early stopping (patience 30 epochs, never before the minimum of 50) ended {len(early)} "
-        f"runs of profile `next` within {NEAR} epochs of the minimum (of the {before_200} it ended "
+        f"runs recorded for profile `next` within {NEAR} epochs of the minimum (of the {before_200} it ended "
         f"before epoch 200), their best validation epoch a median "
         f"{early.best_epoch.median():.0f}: an early peak, then a fall that patience ends at the "
         f"minimum. Had they converged? {len(probed)} of them were trained on to "
@@ -386,7 +386,8 @@ def past_stop_section(results=None) -> list[str]:
             " ("
             + "; ".join(
                 f"{r.dataset} {r.backbone} {r.method} lr {r.lr:g} seed {r.seed}: "
-                f"{r['valid NDCG@10 rise']:+.1%} at epoch {r.new_best_epoch}"
+                f"{r['valid NDCG@10 rise']:+.1%} by epoch {r.new_best_epoch}, more than 1% above "
+                f"from epoch {r.rise_epoch:.0f}"
                 for _, r in rose.iterrows()
             )
             + ")"
@@ -397,6 +398,12 @@ def past_stop_section(results=None) -> list[str]:
         "metrics over those of the best epoch up to the stop (full-ranking test: reproduced runs "
         "only)."
     )
+    longer = PROFILES["next"].min_epochs_for
+    if longer:
+        text += " Profile `next` now trains " + ", ".join(
+            f"{d} {b} for at least {m} epochs" for (d, b), m in longer.items()
+        )
+        text += " (`Profile.min_epochs_for`, every method alike; README Known issues)."
     cols = ["dataset", "backbone", "method", "size", "lr", "seed", "stopped", "best_epoch"]
     cols += ["reproduced", "epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
     cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]

@@ -1107,12 +1107,16 @@ def test_past_stop_section_counts_the_runs_stopped_at_the_minimum_and_names_thos
         )
     )
     text = "\n".join(readme_next.past_stop_section(tmp_path))
-    assert "ended 2 runs of profile `next` within 5 epochs of the minimum (of the 3 it" in text
+    assert (
+        "ended 2 runs recorded for profile `next` within 5 epochs of the minimum (of the 3 it"
+        in text
+    )
     assert "1 of them were trained on to 100 epochs" in text
     assert "1 of them reproduced their recorded epochs bit for bit" in text
+    assert "Profile `next` now trains yelp neumf for at least 200 epochs" in text
     assert (
         "1 climbed more than 1% above their best up to the stop (a neumf none lr 0.001 seed 1: "
-        "+25.0% at epoch 61)" in text
+        "+25.0% by epoch 61, more than 1% above from epoch 61)" in text
     )
     assert (
         "| a | neumf | none | 8 | 0.001 | 1 | 52 | 22 | True | 100 | 61 | +25.0% | +25.0% | +5.0% | +0.0% |"
