@@ -144,6 +144,19 @@ def test_a_cell_s_longer_minimum_of_epochs_holds_for_all_its_runs_and_no_other_c
         profiles.profile("quick", epochs=200, min_epochs_for={("ml-100k", "cdae"): 300})
 
 
+def test_the_torch_init_tables_read_next_s_records_under_the_epoch_rules_they_were_made_with(
+    monkeypatch,
+):
+    from cdlib import claim_tables
+
+    seen = []
+    monkeypatch.setattr(claim_tables, "save_recorded_tables", lambda p, *a, **kw: seen.append(p))
+    claim_tables.save_torch_init_tables()
+    (p,) = seen
+    assert p.mlp_init is None and p.backbones == ["neumf"] and p.min_epochs_for == {}
+    assert p.config("yelp", "neumf", 0).min_epochs == 50
+
+
 def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
     """Issue 23's closing note: the tuned settings per dataset under `next`, and how far they moved
     from those the paper profile borrowed from ml-1m (whose validation, here, prefers lr 1e-3)."""
