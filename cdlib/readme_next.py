@@ -396,7 +396,7 @@ def past_stop_section(results=None) -> list[str]:
         f". The median run's best past its stop stays {-probed['after the stop'].median():.1%} "
         "below its best up to the stop (`after the stop`); `rise` columns: the best epoch's "
         "metrics over those of the best epoch up to the stop (full-ranking test: reproduced runs "
-        "only)."
+        "only); `key`: the record, and its analysis in results/analysis/past_stop_<key>_<epochs>.json."
     )
     longer = PROFILES["next"].min_epochs_for
     if longer:
@@ -404,7 +404,7 @@ def past_stop_section(results=None) -> list[str]:
             f"{d} {b} for at least {m} epochs" for (d, b), m in longer.items()
         )
         text += " (`Profile.min_epochs_for`, every method alike; README Known issues)."
-    cols = ["dataset", "backbone", "method", "size", "lr", "seed", "stopped", "best_epoch"]
+    cols = ["dataset", "backbone", "method", "size", "lr", "seed", "key", "stopped", "best_epoch"]
     cols += ["reproduced", "epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
     cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
     table = probed[cols].copy()
@@ -415,6 +415,6 @@ def past_stop_section(results=None) -> list[str]:
         "",
         text,
         "",
-        markdown(table.sort_values(cols[:6], ignore_index=True)),
+        markdown(table.sort_values(cols[:7], ignore_index=True)),
         "",
     ]
