@@ -171,12 +171,12 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
 NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
 
 
-def stopped_early(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
+def stops(main: bool = False, results=None) -> pd.DataFrame:
     """The records of profile `next`'s protocol (disjoint validation negatives, cap 1000, all
-    users, NeuMF's initialised as NCF's code does) that early stopping ended at the minimum of
-    epochs (within `NEAR` of `min_epochs`; with `control`, those it ended by patience later, before
-    epoch 200), a row each with its seconds an epoch (`runs.run_seconds`); `main`: only those of
-    results/next/03_main_runs.csv."""
+    users, NeuMF's initialised as NCF's code does) that early stopping ended before epoch 200, a
+    row each with its seconds an epoch (`runs.run_seconds`) and `at_min`: whether it ended at the
+    minimum of epochs (within `NEAR` of `min_epochs`); `main`: only those of
+    results/next/03_main_runs.csv. Reads each record once."""
     keep = None
     if main:
         m = pd.read_csv(runs.results_dir(results) / "next" / "03_main_runs.csv")
@@ -191,7 +191,7 @@ def stopped_early(control: bool = False, main: bool = False, results=None) -> pd
         if c.get("backbone") == "neumf" and c.get("mlp_init") != PROFILES["next"].mlp_init:
             continue  # NeuMF records from before `next` took NCF's initialisation (README)
         at_min = rec["epochs_run"] <= c["min_epochs"] + NEAR
-        if at_min == control or (control and rec["epochs_run"] >= 200):
+        if not at_min and rec["epochs_run"] >= 200:
             continue
         rows.append(
             {
@@ -200,9 +200,17 @@ def stopped_early(control: bool = False, main: bool = False, results=None) -> pd
                 "stopped": rec["epochs_run"],
                 "best_epoch": rec["best_epoch"],
                 "epoch_s": runs.run_seconds(rec) / rec["epochs_run"],
+                "at_min": at_min,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["key", "at_min"])
+
+
+def stopped_early(control: bool = False, main: bool = False, results=None) -> pd.DataFrame:
+    """`stops` ended at the minimum of epochs (with `control`: those patience ended later, before
+    epoch 200)."""
+    s = stops(main, results)
+    return s[s.at_min != control].drop(columns="at_min").reset_index(drop=True)
 
 
 def past_stop(config: Config, epochs: int = 200, results=None, progress: bool = True) -> dict:
@@ -261,41 +269,43 @@ def past_stop(config: Config, epochs: int = 200, results=None, progress: bool = 
     return result
 
 
-def past_stop_table(results=None) -> pd.DataFrame:
-    """A row per `past_stop` analysis: the run, its recorded stop and best epoch, whether its
+def past_stop_row(a: dict) -> dict:
+    """One `past_stop` analysis `a` as a row: the run, its recorded stop and best epoch, whether its
     retraining reproduced the record, and how much its best validation NDCG@10 (sampled) and the
     test HR@10 / NDCG@10 of that epoch rise when trained on to `epochs`, over the best of the same
     retraining's epochs up to the recorded stop (the record's own where reproduced; its full-ranking
     test only there). `rise_epoch`: the first epoch whose validation NDCG@10 beat that best by more
     than 1%; "after the stop": the best validation NDCG@10 of the epochs past the stop, relative to
     that best."""
-    rows = []
-    for f in sorted((runs.results_dir(results) / "analysis").glob("past_stop_*.json")):
-        a = json.loads(f.read_text())
-        c, r, curve = a["config"], a["recorded"], a["curve"]
-        stop, same = r["epochs_run"], a["reproduced_record_curve"]
-        at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
-        best = at["valid_NDCG@10"]
-        over = [e["epoch"] for e in curve if e["valid_NDCG@10"] > 1.01 * best]
-        row = {
-            "key": a["key"],
-            **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
-            "stopped": stop,
-            "best_epoch": r["best_epoch"],
-            "reproduced": same,
-            "epochs": a["epochs"],
-            "new_best_epoch": a["best_epoch"],
-            "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
-            "rise_epoch": over[0] if over else None,
-            "after the stop": max(e["valid_NDCG@10"] for e in curve[stop:]) / best - 1,
-        }
-        for m in ("HR@10", "NDCG@10"):
-            old = r["test_sampled"][m] if same else at[f"test_{m}"]
-            row[f"test {m} sampled rise"] = a["test_sampled"][m] / old - 1
-            old = (r.get("test_full") or {}).get(m) if same else None
-            row[f"test {m} full rise"] = a["test_full"][m] / old - 1 if old else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    c, r, curve = a["config"], a["recorded"], a["curve"]
+    stop, same = r["epochs_run"], a["reproduced_record_curve"]
+    at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
+    best = at["valid_NDCG@10"]
+    over = [e["epoch"] for e in curve if e["valid_NDCG@10"] > 1.01 * best]
+    row = {
+        "key": a["key"],
+        **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
+        "stopped": stop,
+        "best_epoch": r["best_epoch"],
+        "reproduced": same,
+        "epochs": a["epochs"],
+        "new_best_epoch": a["best_epoch"],
+        "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
+        "rise_epoch": over[0] if over else None,
+        "after the stop": max(e["valid_NDCG@10"] for e in curve[stop:]) / best - 1,
+    }
+    for m in ("HR@10", "NDCG@10"):
+        old = r["test_sampled"][m] if same else at[f"test_{m}"]
+        row[f"test {m} sampled rise"] = a["test_sampled"][m] / old - 1
+        old = (r.get("test_full") or {}).get(m) if same else None
+        row[f"test {m} full rise"] = a["test_full"][m] / old - 1 if old else np.nan
+    return row
+
+
+def past_stop_table(results=None) -> pd.DataFrame:
+    """A row per `past_stop` analysis in results/analysis/ (`past_stop_row`)."""
+    files = sorted((runs.results_dir(results) / "analysis").glob("past_stop_*.json"))
+    return pd.DataFrame([past_stop_row(json.loads(f.read_text())) for f in files])
 
 
 def group_agreement(configs, results=None, progress: bool = True) -> dict:

@@ -12,7 +12,7 @@ import dataclasses
 import pandas as pd
 
 from . import before_after, sentences
-from .analyses import NEAR, past_stop_table, stopped_early
+from .analyses import NEAR, past_stop_table, stops
 from .audit import coverage_grid, first_epoch_drops, violations
 from .claim_tables import TORCH_INIT
 from .config import Execution
@@ -364,13 +364,15 @@ def past_stop_section(results=None) -> list[str]:
     probed = past_stop_table(results)
     if probed.empty:
         return []
-    early = stopped_early(results=results)
-    before_200 = len(early) + len(stopped_early(True, results=results))
+    ended = stops(results=results)  # each record read once
+    early = ended[ended.at_min]
+    nxt = PROFILES["next"]
     rose = probed[probed["valid NDCG@10 rise"] > 0.01]
     epochs = sorted(set(probed.epochs))
     text = (
-        f"Early stopping (patience 30 epochs, never before the minimum of 50) ended {len(early)} "
-        f"runs recorded for profile `next` within {NEAR} epochs of the minimum (of the {before_200} it ended "
+        f"Early stopping (patience {nxt.patience} epochs, never before the minimum of "
+        f"{nxt.min_epochs}) ended {len(early)} runs recorded for profile `next` within {NEAR} "
+        f"epochs of the minimum (of the {len(ended)} it ended "
         f"before epoch 200), their best validation epoch a median "
         f"{early.best_epoch.median():.0f}: an early peak, then a fall that patience ends at the "
         f"minimum. Had they converged? {len(probed)} of them were trained on to "
@@ -398,7 +400,7 @@ def past_stop_section(results=None) -> list[str]:
         "metrics over those of the best epoch up to the stop (full-ranking test: reproduced runs "
         "only); `key`: the record, and its analysis in results/analysis/past_stop_<key>_<epochs>.json."
     )
-    longer = PROFILES["next"].min_epochs_for
+    longer = nxt.min_epochs_for
     if longer:
         text += " Profile `next` now trains " + ", ".join(
             f"{d} {b} for at least {m} epochs" for (d, b), m in longer.items()

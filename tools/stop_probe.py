@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             continue
         cfg = Config(**runs.read_record(r.key)["config"])
         out = analyses.past_stop(cfg, a.epochs, progress=True)
-        rise = out["valid_sampled"]["NDCG@10"] / out["recorded"]["valid_sampled"]["NDCG@10"] - 1
+        rise = analyses.past_stop_row(out)["valid NDCG@10 rise"]
         print(
             r.key,
             r.dataset,
