@@ -202,9 +202,10 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
 
 
 def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
-    """price(dataset, backbone, size, method, label, recorded=None) -> (seconds with the dense step,
-    seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded (epochs,
-    seconds), else `compute`'s estimate, divided by the ratio of whole epochs (dense / step,
+    """price(dataset, backbone, size, method, label, recorded=None, min_epochs=0) -> (seconds with the
+    dense step, seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded
+    (epochs, seconds), else `compute`'s estimate (its epochs at least `min_epochs`, the minimum its
+    run will train: the recorded runs it is priced from may have stopped earlier), divided by the ratio of whole epochs (dense / step,
     validation included) that `bench --steps` measured for its kind of run (`run_kind`) on its
     dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred
     Adam's warm-up (its first 1,000 steps, at users / batch size steps an epoch) at the warm-up's
@@ -237,12 +238,14 @@ def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step
         near = [r for r in benched if (r, b) in work]
         return min(near, key=lambda r: abs(np.log(work[(r, b)] / work[(d, b)])), default=None)
 
-    def price(d, b, size, method, label, recorded=None):
+    def price(d, b, size, method, label, recorded=None, min_epochs=0):
         ref = reference(d, b)
         if recorded is not None:
             epochs, seconds = recorded
         else:
             epochs, per = estimate(d, b, size, method)
+            if epochs < min_epochs:  # (NaN, no estimate, stays NaN)
+                epochs = min_epochs
             seconds = epochs * per
         if method == "ials":  # its alternating least squares has no step to change
             return seconds, seconds, ref

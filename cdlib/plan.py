@@ -60,14 +60,25 @@ def profile_estimate(
 ) -> pd.DataFrame:
     """The CPU hours of profile `p`'s whole grid (`profile_runs`), per table, dataset and backbone,
     with the dense step and with `step`: every run priced as `compute` estimates a run to go (the
-    recorded runs of the same kind, on the same dataset or the nearest in work) and divided by its
-    kind's benched ratio (`costs.pricer`), rounded to `digits` (None: not rounded). Empty without bench
+    recorded runs of the same kind, on the same dataset or the nearest in work, at no fewer epochs
+    than the minimum `p` trains its cell for: `Profile.min_epochs_for`) and divided by its kind's
+    benched ratio (`costs.pricer`), rounded to `digits` (None: not rounded). Empty without bench
     records or recorded runs."""
     price = costs.pricer(bench_records, costs.grid_runs(results), results, step)
     if price is None:
         return pd.DataFrame()
     t = profile_runs(p)
-    priced = [price(r.dataset, r.backbone, r.size, r.method, r.label)[:2] for r in t.itertuples()]
+    priced = [
+        price(
+            r.dataset,
+            r.backbone,
+            r.size,
+            r.method,
+            r.label,
+            min_epochs=p.min_epochs_for.get((r.dataset, r.backbone), p.min_epochs),
+        )[:2]
+        for r in t.itertuples()
+    ]
     t["dense"], t["stepped"] = np.array(priced, dtype=float).reshape(-1, 2).T
     g = t.groupby(["table", "dataset", "backbone"], sort=False)
     out = g.size().rename("runs").to_frame()

@@ -38,7 +38,8 @@ def test_profile_runs_counts_every_distinct_run_of_a_profile_once():
 
 def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
     """Each run of the profile at the recorded runs' epochs x seconds per epoch of its kind, over
-    its kind's benched ratio; a cell priced from a dataset nearest in work is scaled by it."""
+    its kind's benched ratio; a cell priced from a dataset nearest in work is scaled by it; a cell
+    the profile trains for longer than the recorded runs ran is priced at its minimum of epochs."""
     from cdlib import runs
 
     tables.save_table(  # ml-1m stands for a dataset of 4x ml-100k's users x items
@@ -60,7 +61,7 @@ def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
             runs.write_record({"key": key, "timing": {"wall_seconds": 360.0}}, tmp_path)
             rows_.append(
                 dict(label=label, dataset="ml-100k", backbone="cdae", size=size, seed=0, method=m)
-                | {"status": "ok", "key": key, "epochs_run": 10}
+                | {"status": "ok", "key": key, "epochs_run": 60}
             )
     tables.save_table(pd.DataFrame(rows_), "03_main_runs", tmp_path)
     ratios = {"teacher": 4.0, "student, none": 2.0}
@@ -88,6 +89,19 @@ def test_profile_estimate_prices_every_run_of_the_profile(tmp_path):
     stepped = per / pd.Series([ratios[k.removeprefix("CDAE ")] for k in kinds])
     assert np.isclose(e["CPU hours, sparse step (est.)"].iloc[-1], round(stepped.sum() / 3600, 1))
     assert plan.profile_estimate(p, [], tmp_path).empty
+
+    # the recorded runs ran 60 epochs (over the profile's minimum of 50); ml-1m trained for at
+    # least 120 costs twice as much, ml-100k the same
+    longer = dataclasses.replace(p, min_epochs_for={("ml-1m", "cdae"): 120})
+    e1, e2 = (
+        plan.profile_estimate(q, [bench], tmp_path, step="sparse", digits=None).set_index(
+            ["table", "dataset"]
+        )
+        for q in (p, longer)
+    )
+    hours = "CPU hours, dense step"
+    assert np.isclose(e2.loc[("03_main", "ml-1m"), hours], 2 * e1.loc[("03_main", "ml-1m"), hours])
+    assert np.isclose(e2.loc[("03_main", "ml-100k"), hours], e1.loc[("03_main", "ml-100k"), hours])
 
 
 def test_estimate_check_sets_the_estimate_beside_the_hours_of_complete_tables_only():
