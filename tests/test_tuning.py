@@ -136,9 +136,9 @@ def test_bad_tuning_grids_and_epoch_rules_are_refused():
 
 def test_a_cell_s_longer_minimum_of_epochs_holds_for_all_its_runs_and_no_other_cell():
     p = profiles.profile("next")
-    assert p.min_epochs_for == {("yelp", "neumf"): 200}
+    assert p.min_epochs_for == {("yelp", "neumf"): 100}
     student = p.config("yelp", "neumf", 0, size=8, method="cd").canonical()
-    assert student.min_epochs == student.teacher().min_epochs == 200  # each arm alike
+    assert student.min_epochs == student.teacher().min_epochs == 100  # each arm alike
     assert p.config("yelp", "cdae", 0).min_epochs == p.config("ml-1m", "neumf", 0).min_epochs == 50
     with pytest.raises(ValueError, match=r"below min_epochs=300 \(\('ml-100k', 'cdae'\)\)"):
         profiles.profile("quick", epochs=200, min_epochs_for={("ml-100k", "cdae"): 300})
