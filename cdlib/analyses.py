@@ -171,6 +171,11 @@ def first_epochs(config: Config, teacher_seeds, epochs: int = 1, results=None) -
 NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
 
 
+def at_minimum(epochs_run: int, min_epochs: int) -> bool:
+    """Whether a run that ran `epochs_run` epochs stopped at its minimum (within `NEAR` of it)."""
+    return epochs_run <= min_epochs + NEAR
+
+
 def stops(main: bool = False, results=None) -> pd.DataFrame:
     """The records of profile `next`'s protocol (disjoint validation negatives, cap 1000, all
     users, NeuMF's initialised as NCF's code does) that early stopping ended before epoch 200, a
@@ -190,7 +195,7 @@ def stops(main: bool = False, results=None) -> pd.DataFrame:
             continue
         if c.get("backbone") == "neumf" and c.get("mlp_init") != PROFILES["next"].mlp_init:
             continue  # NeuMF records from before `next` took NCF's initialisation (README)
-        at_min = rec["epochs_run"] <= c["min_epochs"] + NEAR
+        at_min = at_minimum(rec["epochs_run"], c["min_epochs"])
         if not at_min and rec["epochs_run"] >= 200:
             continue
         rows.append(
@@ -276,7 +281,8 @@ def past_stop_row(a: dict) -> dict:
     retraining's epochs up to the recorded stop (the record's own where reproduced; its full-ranking
     test only there). `rise_epoch`: the first epoch whose validation NDCG@10 beat that best by more
     than 1%; "after the stop": the best validation NDCG@10 of the epochs past the stop, relative to
-    that best."""
+    that best. `at_min`: whether the record stopped at its minimum of epochs (within `NEAR`), else
+    the probe was a control (`tools/stop_probe.py --control`)."""
     c, r, curve = a["config"], a["recorded"], a["curve"]
     stop, same = r["epochs_run"], a["reproduced_record_curve"]
     at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
@@ -286,6 +292,7 @@ def past_stop_row(a: dict) -> dict:
         "key": a["key"],
         **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
         "stopped": stop,
+        "at_min": at_minimum(stop, c["min_epochs"]),
         "best_epoch": r["best_epoch"],
         "reproduced": same,
         "epochs": a["epochs"],

@@ -361,12 +361,13 @@ def _verdict_change_section(results=None) -> list[str]:
 def past_stop_section(results=None) -> list[str]:
     """The runs early stopping ended at its minimum of epochs and whether, trained on, they climb
     past their recorded best (`analyses.past_stop`, tools/stop_probe.py); read only."""
-    probed = past_stop_table(results)
-    if probed.empty:
+    table = past_stop_table(results)
+    if table.empty:
         return []
     ended = stops(results=results)  # each record read once
     early = ended[ended.at_min]
     nxt = PROFILES["next"]
+    probed, controls = table[table.at_min], table[~table.at_min]
     rose = probed[probed["valid NDCG@10 rise"] > 0.01]
     epochs = sorted(set(probed.epochs))
     text = (
@@ -396,7 +397,16 @@ def past_stop_section(results=None) -> list[str]:
         )
     text += (
         f". The median run's best past its stop stays {-probed['after the stop'].median():.1%} "
-        "below its best up to the stop (`after the stop`); `rise` columns: the best epoch's "
+        "below its best up to the stop (`after the stop`)"
+    )
+    if len(controls):
+        up = controls[controls["valid NDCG@10 rise"] > 0.01]
+        text += (
+            ". As controls, runs that patience ended later were trained on too (`at_min` False, "
+            f"`--control`): {len(up)} of {len(controls)} climbed more than 1%"
+        )
+    text += (
+        "; `rise` columns: the best epoch's "
         "metrics over those of the best epoch up to the stop (full-ranking test: reproduced runs "
         "only); `key`: the record, and its analysis in results/analysis/past_stop_<key>_<epochs>.json."
     )
@@ -406,10 +416,17 @@ def past_stop_section(results=None) -> list[str]:
             f"{d} {b} for at least {m} epochs" for (d, b), m in longer.items()
         )
         text += " (`Profile.min_epochs_for`, every method alike; README Known issues)."
-    cols = ["dataset", "backbone", "method", "size", "lr", "seed", "key", "stopped", "best_epoch"]
-    cols += ["reproduced", "epochs", "new_best_epoch", "valid NDCG@10 rise", "after the stop"]
+    cols = ["dataset", "backbone", "method", "size", "lr", "seed", "key", "stopped", "at_min"]
+    cols += [
+        "best_epoch",
+        "reproduced",
+        "epochs",
+        "new_best_epoch",
+        "valid NDCG@10 rise",
+        "after the stop",
+    ]
     cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
-    table = probed[cols].copy()
+    table = table[cols].copy()
     for c in cols[-4:]:
         table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:+.1%}")
     return [

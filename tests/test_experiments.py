@@ -1082,30 +1082,33 @@ def test_past_stop_section_counts_the_runs_stopped_at_the_minimum_and_names_thos
             tmp_path,
         )
     m = {"HR@10": 0.5, "NDCG@10": 0.2}
-    curve = [{"epoch": e + 1, "valid_NDCG@10": 0.2 if e < 60 else 0.25} for e in range(100)]
     (tmp_path / "analysis").mkdir()
-    (tmp_path / "analysis" / "past_stop_r1_100.json").write_text(
-        json.dumps(
-            {
-                "key": "r1",
-                "config": dict(config, seed=1),
-                "epochs": 100,
-                "recorded": {
-                    "epochs_run": 52,
-                    "best_epoch": 22,
-                    "valid_sampled": m,
-                    "test_sampled": m,
+    # r1 stopped at the minimum and climbs past it; r2, patience's later stop, probed as a control,
+    # does not
+    for seed, stopped, best, late in ((1, 52, 61, 0.25), (2, 80, 50, 0.19)):
+        curve = [{"epoch": e + 1, "valid_NDCG@10": 0.2 if e < 60 else late} for e in range(100)]
+        (tmp_path / "analysis" / f"past_stop_r{seed}_100.json").write_text(
+            json.dumps(
+                {
+                    "key": f"r{seed}",
+                    "config": dict(config, seed=seed),
+                    "epochs": 100,
+                    "recorded": {
+                        "epochs_run": stopped,
+                        "best_epoch": stopped - 30,
+                        "valid_sampled": m,
+                        "test_sampled": m,
+                        "test_full": m,
+                    },
+                    "best_epoch": best,
+                    "valid_sampled": {"HR@10": 0.6, "NDCG@10": max(0.2, late)},
+                    "test_sampled": {"HR@10": 0.55, "NDCG@10": 0.21},
                     "test_full": m,
-                },
-                "best_epoch": 61,
-                "valid_sampled": {"HR@10": 0.6, "NDCG@10": 0.25},
-                "test_sampled": {"HR@10": 0.55, "NDCG@10": 0.21},
-                "test_full": m,
-                "curve": curve,
-                "reproduced_record_curve": True,
-            }
+                    "curve": curve,
+                    "reproduced_record_curve": True,
+                }
+            )
         )
-    )
     text = "\n".join(readme_next.past_stop_section(tmp_path))
     assert (
         "ended 2 runs recorded for profile `next` within 5 epochs of the minimum (of the 3 it"
@@ -1113,12 +1116,14 @@ def test_past_stop_section_counts_the_runs_stopped_at_the_minimum_and_names_thos
     )
     assert "1 of them were trained on to 100 epochs" in text
     assert "1 of them reproduced their recorded epochs bit for bit" in text
-    assert "Profile `next` now trains yelp neumf for at least 200 epochs" in text
+    assert "Profile `next` now trains yelp neumf for at least 100 epochs" in text
+    assert "trained on too (`at_min` False, `--control`): 0 of 1 climbed more than 1%" in text
     assert (
         "1 climbed more than 1% above their best up to the stop (a neumf none lr 0.001 seed 1: "
         "+25.0% by epoch 61, more than 1% above from epoch 61)" in text
     )
     assert (
-        "| a | neumf | none | 8 | 0.001 | 1 | r1 | 52 | 22 | True | 100 | 61 | +25.0% | +25.0% | +5.0% | +0.0% |"
+        "| a | neumf | none | 8 | 0.001 | 1 | r1 | 52 | True | 22 | True | 100 | 61 | +25.0% | +25.0% | +5.0% | +0.0% |"
         in text
     )
+    assert "| a | neumf | none | 8 | 0.001 | 2 | r2 | 80 | False | 50 | True | 100 | 50 |" in text
