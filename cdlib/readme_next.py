@@ -12,7 +12,6 @@ import dataclasses
 import pandas as pd
 
 from . import before_after, sentences
-from .analyses import NEAR, past_stop_table, stops
 from .audit import coverage_grid, first_epoch_drops, violations
 from .claim_tables import TORCH_INIT
 from .config import Execution
@@ -20,6 +19,7 @@ from .models import default_device
 from .profiles import PROFILES
 from .report import PROTOCOLS
 from .runs import read_table, results_dir
+from .stopping import NEAR, past_stop_table, stops
 from .tables import markdown
 from .tuning import edge_check, teacher_margin, tuning_change
 
@@ -360,7 +360,7 @@ def _verdict_change_section(results=None) -> list[str]:
 
 def past_stop_section(results=None) -> list[str]:
     """The runs early stopping ended at its minimum of epochs and whether, trained on, they climb
-    past their recorded best (`analyses.past_stop`, tools/stop_probe.py); read only."""
+    past their recorded best (`stopping.past_stop`, tools/stop_probe.py); read only."""
     table = past_stop_table(results)
     if table.empty:
         return []

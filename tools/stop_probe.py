@@ -1,6 +1,6 @@
 """A probe of early stopping: do recorded runs that stopped at the minimum of epochs (`min_epochs`,
 their best epoch long before it) climb past their recorded best when trained on? Each run chosen is
-trained again for `--epochs` epochs (`analyses.past_stop`: its recorded epochs checked equal, then
+trained again for `--epochs` epochs (`stopping.past_stop`: its recorded epochs checked equal, then
 trained on), one thread, written to results/analysis/past_stop_<key>_<epochs>.json; a run already
 probed is skipped, so the probe resumes. The runs are the records of the disjoint-negatives protocol
 (profile `next`), those the main table uses first (`--main`), then one of each (dataset, backbone,
@@ -20,7 +20,7 @@ import time
 import pandas as pd
 import torch
 
-from cdlib import analyses, runs
+from cdlib import runs, stopping
 from cdlib.config import Config
 
 
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     i, n = (int(x) for x in a.share.split("/"))
-    todo = order(analyses.stopped_early(a.control, a.main)).iloc[i - 1 :: n]
-    done = {r.key for r in analyses.past_stop_table().itertuples()} if not a.dry else set()
+    todo = order(stopping.stopped_early(a.control, a.main)).iloc[i - 1 :: n]
+    done = {r.key for r in stopping.past_stop_table().itertuples()} if not a.dry else set()
     todo = todo[~todo.key.isin(done) & (todo.key.isin(a.keys) if a.keys else True)]
     todo = todo.assign(est_min=todo.epoch_s * a.epochs / 60)
     print(todo.to_string(index=False), f"\n{len(todo)} runs, {todo.est_min.sum():.0f} min est.")
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
             print("skipped (past --minutes):", r.key, flush=True)
             continue
         cfg = Config(**runs.read_record(r.key)["config"])
-        out = analyses.past_stop(cfg, a.epochs, progress=True)
-        rise = analyses.past_stop_row(out)["valid NDCG@10 rise"]
+        out = stopping.past_stop(cfg, a.epochs, progress=True)
+        rise = stopping.past_stop_row(out)["valid NDCG@10 rise"]
         print(
             r.key,
             r.dataset,

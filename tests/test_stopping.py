@@ -1,0 +1,76 @@
+"""Early stopping's stops (`stopping`): a recorded run trained on past its stop reproduces its
+recorded epochs (or says it could not), and the records that stopped at the minimum are found."""
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from cdlib import runs, stopping, train
+
+
+def test_past_stop_trains_a_record_on_and_sets_its_best_beside_the_record(results, one_thread):
+    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=3, patience=3))
+    with pytest.raises(ValueError, match="not recorded"):
+        stopping.past_stop(cfg, 6, results, progress=False)
+    rec = train.run(cfg, results, progress=False)
+    with pytest.raises(ValueError, match="ran 3 epochs"):
+        stopping.past_stop(cfg, 3, results, progress=False)
+    out = stopping.past_stop(cfg, 6, results, progress=False)
+    assert len(out["curve"]) == 6 and out["reproduced_record_curve"]
+    best = max(e["valid_NDCG@10"] for e in out["curve"])
+    assert out["valid_sampled"]["NDCG@10"] == best >= rec["valid_sampled"]["NDCG@10"]
+    assert out["best_epoch"] == 1 + [e["valid_NDCG@10"] for e in out["curve"]].index(best)
+    row = stopping.past_stop_table(results).iloc[0]
+    assert (row["key"], row["stopped"], row["epochs"]) == (rec["key"], 3, 6)
+    after = max(e["valid_NDCG@10"] for e in out["curve"][3:])
+    assert row["after the stop"] == pytest.approx(after / rec["valid_sampled"]["NDCG@10"] - 1)
+    assert row["valid NDCG@10 rise"] == pytest.approx(best / rec["valid_sampled"]["NDCG@10"] - 1)
+    # a record its retraining does not reproduce on the record's own arithmetic is refused
+    bad = dict(rec, curve=[dict(e, loss=e["loss"] + 1) for e in rec["curve"]])
+    runs.write_record(bad, results)
+    with pytest.raises(RuntimeError, match="did not reproduce its recorded curve"):
+        stopping.past_stop(cfg, 6, results, progress=False)
+    # on another arithmetic the retraining is another draw, measured against its own first epochs
+    cpu = dict(rec["provenance"]["cpu"], vendor="another vendor")
+    runs.write_record(dict(bad, provenance=dict(rec["provenance"], cpu=cpu)), results)
+    other = stopping.past_stop(cfg, 6, results, progress=False)
+    assert not other["reproduced_record_curve"] and other["differences"]
+    row = stopping.past_stop_table(results).iloc[0]
+    assert not row["reproduced"] and np.isnan(row["test HR@10 full rise"])
+    at = max(other["curve"][:3], key=lambda e: e["valid_NDCG@10"])
+    assert row["valid NDCG@10 rise"] == pytest.approx(best / at["valid_NDCG@10"] - 1)
+    assert row["test NDCG@10 sampled rise"] == pytest.approx(
+        other["test_sampled"]["NDCG@10"] / at["test_NDCG@10"] - 1
+    )
+
+
+def test_stopped_early_finds_next_protocol_runs_ended_at_the_minimum_or_by_patience(tmp_path):
+    def rec(key, stopped, **config):
+        c = dict(dataset="a", backbone="cdae", method="none", size=8, lr=1e-3, seed=0)
+        c |= dict(valid_negatives="disjoint", epochs=1000, min_epochs=50, subset_users=None)
+        runs.write_record(
+            {
+                "key": key,
+                "config": c | config,
+                "epochs_run": stopped,
+                "best_epoch": stopped - 30,
+                "timing": {"wall_seconds": 2.0 * stopped},
+            },
+            tmp_path,
+        )
+
+    rec("min", 50)
+    rec("near", 55)
+    rec("later", 56)
+    rec("long", 200)
+    rec("own", 50, valid_negatives="own")  # another protocol
+    rec("capped", 50, epochs=100)
+    rec("subset", 50, subset_users=200)
+    rec("torch init", 50, backbone="neumf", mlp_init=None)  # voided by NCF's initialisation
+    rec("ncf init", 50, backbone="neumf", mlp_init="ncf")
+    got = stopping.stopped_early(results=tmp_path)
+    assert sorted(got.key) == ["min", "ncf init", "near"] and (got.epoch_s == 2.0).all()
+    assert sorted(stopping.stopped_early(control=True, results=tmp_path).key) == ["later"]
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "03_main_runs.csv").write_text("key,status\nnear,ok\nmin,failed\n")
+    assert list(stopping.stopped_early(main=True, results=tmp_path).key) == ["near"]
