@@ -203,13 +203,13 @@ def run_kind(backbone: str, size: int, method: str, label: str) -> str:
 
 def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step: str = "sparse"):
     """price(dataset, backbone, size, method, label, recorded=None, min_epochs=0) -> (seconds with the
-    dense step, seconds with `step`, the benched dataset whose ratios it used) of one run: its recorded
-    (epochs, seconds), else `compute`'s estimate (its epochs at least `min_epochs`, the minimum its
-    run will train: the recorded runs it is priced from may have stopped earlier), divided by the ratio of whole epochs (dense / step,
-    validation included) that `bench --steps` measured for its kind of run (`run_kind`) on its
-    dataset, else on the benched dataset nearest in work; "deferred": the epochs within the deferred
-    Adam's warm-up (its first 1,000 steps, at users / batch size steps an epoch) at the warm-up's
-    ratio. An iALS run (the teachers table's baseline) costs the same with every step. NaN where no
+    dense step, seconds with `step`, the benched dataset whose ratios it used) of one run: its
+    recorded (epochs, seconds), else `compute`'s estimate (its epochs at least `min_epochs`, the
+    minimum its run will train: the recorded runs it is priced from may have stopped earlier),
+    divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
+    measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
+    work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at
+    users / batch size steps an epoch) at the warm-up's ratio. An iALS run (the teachers table's baseline) costs the same with every step. NaN where no
     ratio or no estimate exists.
     None without bench records of `step` or recorded runs (`t`: the tables' runs, `grid_runs`)."""
     column = f"dense / {step}, validation included"
