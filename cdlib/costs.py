@@ -209,8 +209,8 @@ def pricer(bench_records: list[dict], t: pd.DataFrame | None, results=None, step
     divided by the ratio of whole epochs (dense / step, validation included) that `bench --steps`
     measured for its kind of run (`run_kind`) on its dataset, else on the benched dataset nearest in
     work; "deferred": the epochs within the deferred Adam's warm-up (its first 1,000 steps, at
-    users / batch size steps an epoch) at the warm-up's ratio. An iALS run (the teachers table's baseline) costs the same with every step. NaN where no
-    ratio or no estimate exists.
+    users / batch size steps an epoch) at the warm-up's ratio. An iALS run (the teachers table's
+    baseline) costs the same with every step. NaN where no ratio or no estimate exists.
     None without bench records of `step` or recorded runs (`t`: the tables' runs, `grid_runs`)."""
     column = f"dense / {step}, validation included"
     if t is None or not any(column in row for rec in bench_records for row in rec["steps"]):

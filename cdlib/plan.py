@@ -75,7 +75,7 @@ def profile_estimate(
             r.size,
             r.method,
             r.label,
-            min_epochs=p.min_epochs_for.get((r.dataset, r.backbone), p.min_epochs),
+            min_epochs=p.min_epochs_of(r.dataset, r.backbone),
         )[:2]
         for r in t.itertuples()
     ]

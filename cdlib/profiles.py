@@ -95,6 +95,10 @@ class Profile:
     cost: str = ""
     execution: Execution = field(default_factory=Execution)
 
+    def min_epochs_of(self, dataset: str, backbone: str) -> int:
+        """The minimum of epochs of a cell's every run: `min_epochs_for`'s, else `min_epochs`."""
+        return self.min_epochs_for.get((dataset, backbone), self.min_epochs)
+
     def config(self, dataset: str, backbone: str, seed: int, **kw) -> Config:
         return Config(
             dataset=dataset,
@@ -102,7 +106,7 @@ class Profile:
             seed=seed,
             epochs=self.epochs,
             patience=self.patience,
-            min_epochs=self.min_epochs_for.get((dataset, backbone), self.min_epochs),
+            min_epochs=self.min_epochs_of(dataset, backbone),
             plateau=self.plateau,
             subset_users=self.subset_users,
             device=self.device,

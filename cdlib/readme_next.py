@@ -19,7 +19,7 @@ from .models import default_device
 from .profiles import PROFILES
 from .report import PROTOCOLS
 from .runs import read_table, results_dir
-from .stopping import NEAR, past_stop_table, stops
+from .stopping import CLIMB, NEAR, past_stop_table, stops
 from .tables import markdown
 from .tuning import edge_check, teacher_margin, tuning_change
 
@@ -368,7 +368,7 @@ def past_stop_section(results=None) -> list[str]:
     early = ended[ended.at_min]
     nxt = PROFILES["next"]
     probed, controls = table[table.at_min], table[~table.at_min]
-    rose = probed[probed["valid NDCG@10 rise"] > 0.01]
+    rose = probed[probed["valid NDCG@10 rise"] > CLIMB]
     epochs = sorted(set(probed.epochs))
     text = (
         f"Early stopping (patience {nxt.patience} epochs, never before the minimum of "
@@ -381,16 +381,16 @@ def past_stop_section(results=None) -> list[str]:
         "first, then a round robin over dataset, backbone and method, cheapest first). "
         f"{probed.reproduced.sum()} of them reproduced their recorded epochs bit for bit; the "
         "others, recorded on another CPU's arithmetic, are other draws of the same run, each set "
-        f"against its own epochs up to the recorded stop. {len(rose)} climbed more than 1% above "
-        "their best up to the stop"
+        f"against its own epochs up to the recorded stop. {len(rose)} climbed more than "
+        f"{CLIMB:.0%} above their best up to the stop"
     )
     if len(rose):
         text += (
             " ("
             + "; ".join(
                 f"{r.dataset} {r.backbone} {r.method} lr {r.lr:g} seed {r.seed}: "
-                f"{r['valid NDCG@10 rise']:+.1%} by epoch {r.new_best_epoch}, more than 1% above "
-                f"from epoch {r.rise_epoch:.0f}"
+                f"{r['valid NDCG@10 rise']:+.1%} by epoch {r.new_best_epoch}, more than "
+                f"{CLIMB:.0%} above from epoch {r.rise_epoch:.0f}"
                 for _, r in rose.iterrows()
             )
             + ")"
@@ -400,10 +400,10 @@ def past_stop_section(results=None) -> list[str]:
         "below its best up to the stop (`after the stop`)"
     )
     if len(controls):
-        up = controls[controls["valid NDCG@10 rise"] > 0.01]
+        up = controls[controls["valid NDCG@10 rise"] > CLIMB]
         text += (
             ". As controls, runs that patience ended later were trained on too (`at_min` False, "
-            f"`--control`): {len(up)} of {len(controls)} climbed more than 1%"
+            f"`--control`): {len(up)} of {len(controls)} climbed more than {CLIMB:.0%}"
         )
     text += (
         "; `rise` columns: the best epoch's "

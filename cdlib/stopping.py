@@ -19,6 +19,7 @@ from .profiles import PROFILES
 from .train import differences, load_teacher
 
 NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
+CLIMB = 0.01  # trained on, a run "climbed" when it beat its best up to the stop by more than this
 
 
 def at_minimum(epochs_run: int, min_epochs: int) -> bool:
@@ -130,14 +131,14 @@ def past_stop_row(a: dict) -> dict:
     test HR@10 / NDCG@10 of that epoch rise when trained on to `epochs`, over the best of the same
     retraining's epochs up to the recorded stop (the record's own where reproduced; its full-ranking
     test only there). `rise_epoch`: the first epoch whose validation NDCG@10 beat that best by more
-    than 1%; "after the stop": the best validation NDCG@10 of the epochs past the stop, relative to
-    that best. `at_min`: whether the record stopped at its minimum of epochs (within `NEAR`), else
+    than `CLIMB`; "after the stop": the best validation NDCG@10 of the epochs past the stop,
+    relative to that best. `at_min`: whether the record stopped at its minimum of epochs (within `NEAR`), else
     the probe was a control (`tools/stop_probe.py --control`)."""
     c, r, curve = a["config"], a["recorded"], a["curve"]
     stop, same = r["epochs_run"], a["reproduced_record_curve"]
     at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
     best = at["valid_NDCG@10"]
-    over = [e["epoch"] for e in curve if e["valid_NDCG@10"] > 1.01 * best]
+    over = [e["epoch"] for e in curve if e["valid_NDCG@10"] > (1 + CLIMB) * best]
     row = {
         "key": a["key"],
         **{k: c[k] for k in ("dataset", "backbone", "method", "size", "lr", "seed")},
