@@ -97,7 +97,10 @@ TORCH_INIT = "next-torch-init"
 def save_torch_init_tables(results=None) -> str:
     """Profile `next`'s NeuMF tables as recorded before it moved to NCF's initialisation
     (`Profile.mlp_init`, session 38): `save_recorded_tables` of `next` with `mlp_init=None` and the
-    minimum of epochs it had then on every cell (`Profile.min_epochs_for` came later), NeuMF only,
-    into results/next-torch-init/, for `before_after.cell_change` against `next`'s own."""
-    p = dataclasses.replace(PROFILES["next"], mlp_init=None, backbones=["neumf"], min_epochs_for={})
+    minimum of epochs and deferred tables it had then on every cell (`Profile.min_epochs_for` and
+    `Profile.defer_for` came later), NeuMF only, into results/next-torch-init/, for
+    `before_after.cell_change` against `next`'s own."""
+    p = dataclasses.replace(
+        PROFILES["next"], mlp_init=None, backbones=["neumf"], min_epochs_for={}, defer_for={}
+    )
     return save_recorded_tables(p, results, TORCH_INIT, beside=False)

@@ -27,6 +27,7 @@ TEACHER_SIZE = {"cdae": 200, "neumf": 64}  # METHOD.md "Backbones"
 STUDENT_SIZES = {"cdae": (5, 10, 20, 50), "neumf": (4, 8, 16)}
 STUDENT = {"cdae": 20, "neumf": 8}  # the main table's student sizes [decision] (METHOD.md: ranges)
 SHAPES = ("dynamic", "static")
+DEFERS = (None, "all")  # Config.defer
 # fields added after runs were recorded, and the value their absence from a record means: at that
 # value they are left out of the key, so older records keep theirs
 # (`rise`, `rise_t`: every record made before them ends where their rule ends it but one, which was
@@ -35,6 +36,7 @@ ABSENT_MEANS = {
     "shapes": "dynamic",
     "step": "dense",
     "refresh_tower": None,
+    "defer": None,
     "mlp_init": None,
     "rise": 0.02,
     "rise_t": 3.0,
@@ -99,6 +101,9 @@ class RunFields:
     # touch only (`rowadam.RowAdam`, lazy: other training) | deferred: the same look-ups, Adam's
     # steps of the untouched rows deferred and applied in closed form (the dense step's training,
     # up to rounding) | None: dense
+    defer: str | None = None  # the deferred step's tables: None, those of `rowadam.defers`' size
+    # rule (a smaller one stepped whole) | "all": every table, after the warm-up (the same training
+    # up to rounding; faster where the row kernels step the tables, `rowadam.RowAdam`)
     weight_decay: float = 0.0
     n_neg: int = 4  # uniform negatives per positive in L_CF
     corruption: float = 0.5  # CDAE input dropout q
@@ -152,6 +157,9 @@ class RunFields:
         d["device"] = models.default_device(self.device).type
         d["shapes"] = self.shapes or ("static" if d["device"] == "cuda" else "dynamic")
         d["step"] = self.step or "dense"
+        if self.defer not in DEFERS:
+            raise ValueError(f"defer must be one of {DEFERS}, got {self.defer!r}")
+        d["defer"] = self.defer if d["step"] == "deferred" else None
         d["data_sha256"] = file_sha256(self.dataset) if data.is_file_dataset(self.dataset) else None
         unit = methods.METHODS[self.method]
         for other in methods.METHODS.values():  # another method's fields do not name this run
@@ -204,6 +212,7 @@ class RunFields:
             mlp_init=c.mlp_init,
             shapes=c.shapes,
             step=c.step,
+            defer=c.defer,
             device=self.device,
         ).canonical()
 

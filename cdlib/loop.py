@@ -52,6 +52,7 @@ STACKED = (
     "batch_size",
     "shapes",
     "step",
+    "defer",
     "lr",
     "weight_decay",
     "device",
@@ -94,6 +95,7 @@ class Stack:
                     weight_decay=cfg.weight_decay,
                     masked=cfg.shapes == "static",
                     deferred=cfg.step == "deferred",
+                    defer_all=cfg.defer == "all",
                 )
                 if cfg.step in sparse.SPARSE_STEPS
                 else torch.optim.Adam(

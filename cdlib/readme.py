@@ -16,6 +16,7 @@ from .costs import compute, device_estimate
 from .profiles import PROFILES
 from .readme_next import next_section, past_stop_section
 from .readme_steps import (
+    defer_section,
     gpu_section,
     refresh_tower_section,
     sparse_step_section,
@@ -278,6 +279,7 @@ def readme_section(results=None) -> str:
     parts += sparse_step_section(results, next_coverage)
     parts += refresh_tower_section(results)
     parts += uniform_draw_section(results)
+    parts += defer_section(results)
     steps = shapes_agreement(results)
     if not steps.empty:
         parts += [

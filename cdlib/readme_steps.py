@@ -3,8 +3,8 @@ their epoch timings beside the dense step's (`cdlib.bench --steps`), what the gr
 (`costs.step_estimate`, `plan.profile_estimate`), their agreement with the dense step
 (`agreement`), and what decided profile `next`'s step; and the feature-major refresh
 (`Config.refresh_tower`), its timings and agreement; the uniform draw of CD's ablation
-(`uniform_draw_section`); and what a lent GPU's window measured (`gpu_section`). Part of
-`readme.readme_section`."""
+(`uniform_draw_section`); deferring every table (`Config.defer`, `defer_section`); and what a
+lent GPU's window measured (`gpu_section`). Part of `readme.readme_section`."""
 
 from __future__ import annotations
 
@@ -429,6 +429,57 @@ def uniform_draw_section(results=None) -> list[str]:
         "checks the numbers, the items and the generator's state after them, bit for bit:",
         "",
         markdown(table.round(2)),
+        "",
+    ]
+
+
+def defer_section(results=None) -> list[str]:
+    """The deferred step with every table deferred against the size rule's tables (`Config.defer`,
+    `results/bench/defer_cpu.json`, tools/defer_probe.py): seconds per epoch and whether the two
+    trained the same bits."""
+    path = runs.results_dir(results) / "bench" / "defer_cpu.json"
+    if not path.is_file():
+        return []
+    rec = json.loads(path.read_text())
+    d = pd.DataFrame(rec["runs"])
+
+    def gap(other: str) -> list[str]:
+        pairs = zip(d["size rule valid NDCG@10"], d[other])
+        return [_sci(max(abs(a - b) for a, b in zip(x, y))) for x, y in pairs]
+
+    table = pd.DataFrame(
+        {
+            "dataset": d.dataset,
+            "run": d.run,
+            "size": d["size"],
+            "size rule s/epoch": d["size rule s/epoch"].round(2),
+            "all s/epoch": d["all s/epoch"].round(2),
+            "speed-up": (d["size rule s/epoch"] / d["all s/epoch"]).round(2),
+            "largest valid NDCG@10 difference": gap("all valid NDCG@10"),
+            "same bits": d["same bits"],
+            "size rule, 2 threads: largest difference": gap("size rule 2 threads valid NDCG@10"),
+        }
+    )
+    nxt = PROFILES["next"].defer_for
+    cells = ", ".join(f"{a} {b}" for a, b in nxt) or "no cell"
+    return [
+        "### Deferring every table",
+        "",
+        "The deferred step steps a table whole, Adam's step over every row, when `rowadam.defers` "
+        "judges it too small to gain from deferring (a NeuMF student's embeddings); "
+        '`Config.defer="all"` defers every table after the warm-up, the same training up to '
+        "rounding (`tests/test_sparse.py`). Seconds per training epoch after the first (the "
+        f"warm-up's), {d.epochs.iloc[0]} epochs of untrained runs each way, one thread "
+        f"(`python tools/defer_probe.py`, {rec['provenance']['device']}); the validation curves' "
+        "largest difference and whether the two trained the same bits (the teacher's tables are all "
+        "deferred by the size rule already), and the largest difference of the size rule's run on "
+        "two threads from its run on one, rounding alone (MKL's products round by their thread "
+        "count):",
+        "",
+        markdown(table),
+        "",
+        f"Profile `next` defers every table on {cells} (`Profile.defer_for`), the one cell none of "
+        "whose runs had been recorded, so that each cell's runs share one arithmetic [decision].",
         "",
     ]
 

@@ -29,6 +29,9 @@ WARMUP = 1.0
 # plus ~1 us per row it reads; a fused step over the whole table ~0.15 ms + 1 ns an element. Timed
 # per step, one thread: 16 rows of 7,947 x 64 deferred 0.49 ms, whole 0.73; of 30,351 x 8 0.59 and
 # 0.43; 1,000 rows of 25,584 x 20 1.16 and 0.83; 4,000 rows of 25,584 x 200 10.3 and 19.0.
+# (Timed before the row kernels: with them a yelp NeuMF student's epoch is ~30% shorter with every
+# table deferred, `defer_all`, README "Deferring every table"; the rule stays, so that the records
+# made under it keep their arithmetic.)
 DEFER_MIN = 1 << 20  # a table this large is deferred
 DEFER_SPARSE = 256  # one of at least DEFER_MIN / 4 elements whose step reads under 1/256 of it too
 # a parameter this large takes its whole steps in the kernel (`rowkernel.Kernels.adam_whole`, one
@@ -84,7 +87,7 @@ class RowAdam:
     (`tail_sums`), eps' the steps' eps averaged: torch's Adam up to rounding where sqrt(v) >> eps,
     and to first order in eps / sqrt(v) (a row whose sqrt(v) is near eps moves a little
     differently). The first `warmup_steps` steps are whole-table steps (`WARMUP`), and so are all
-    steps of a table too small to gain from deferring (`defers`). `flush` applies
+    steps of a table too small to gain from deferring (`defers`), unless `defer_all`. `flush` applies
     every row's deferred steps: the loop calls it at each epoch's end, before validation reads the
     weights. Needs weight_decay = 0 (with it, no row's gradient is 0).
 
@@ -110,6 +113,7 @@ class RowAdam:
         masked: bool = False,
         deferred: bool = False,
         row_kernels: bool = True,
+        defer_all: bool = False,
     ):
         if deferred and weight_decay:
             raise ValueError(
@@ -119,6 +123,7 @@ class RowAdam:
         self.params = list(params)
         self.hyper = dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
         self.masked, self.deferred = masked, deferred
+        self.defer_all = defer_all  # deferred: every table, not only those `defers` names
         self.warmup = warmup_steps(betas[1]) if deferred else 0
         for p in self.params if deferred else []:  # the look-ups bring their rows up to date
             p.deferred_by = weakref.ref(self)
@@ -348,7 +353,9 @@ class RowAdam:
             st["last"] = torch.zeros(len(p), dtype=torch.long, device=p.device)
             st["pending"] = False  # some row's last step is behind the parameter's
         if self.deferred and not self.masked and "defer" not in st:  # once, on the first rows
-            st["defer"] = defers(p.numel(), len(distinct(ids, len(p))[0]) * values.shape[1])
+            st["defer"] = self.defer_all or defers(
+                p.numel(), len(distinct(ids, len(p))[0]) * values.shape[1]
+            )
         whole = self.deferred and (self.clock.get(p, 0) < self.warmup or not st.get("defer"))
         if self.masked or 2 * len(ids) >= len(p) or whole:
             if self.deferred:

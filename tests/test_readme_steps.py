@@ -71,3 +71,41 @@ def test_uniform_draw_section_shows_the_probes_record(tmp_path):
         "0.48%",
         "False",
     ]
+
+
+def test_defer_section_shows_the_probes_record(tmp_path):
+    assert readme_steps.defer_section(tmp_path) == []  # nothing recorded, nothing said
+    (tmp_path / "bench").mkdir()
+    row = {
+        "dataset": "yelp",
+        "run": "NeuMF student, none",
+        "size": 8,
+        "epochs": 3,
+        "size rule s/epoch": 6.0,
+        "all s/epoch": 4.0,
+        "size rule valid NDCG@10": [0.19, 0.20, 0.23],
+        "all valid NDCG@10": [0.19, 0.197, 0.2301],
+        "size rule 2 threads valid NDCG@10": [0.19, 0.20, 0.225],
+        "same bits": False,
+    }
+    rec = {"runs": [row], "provenance": {"device": "CPU X"}, "wall_seconds": 1.0}
+    (tmp_path / "bench" / "defer_cpu.json").write_text(json.dumps(rec))
+    text = "\n".join(readme_steps.defer_section(tmp_path))
+    assert (
+        "3 epochs of untrained runs each way, one thread (`python tools/defer_probe.py`, CPU X)"
+        in text
+    )
+    line = next(t for t in text.split("\n") if t.startswith("| yelp"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells == [
+        "yelp",
+        "NeuMF student, none",
+        "8",
+        "6.0",
+        "4.0",
+        "1.5",
+        "3.0e-03",
+        "False",
+        "5.0e-03",
+    ]
+    assert "defers every table on yelp neumf (`Profile.defer_for`)" in text

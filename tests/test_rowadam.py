@@ -213,6 +213,26 @@ def test_a_small_table_is_stepped_whole_by_deferred_adam():
     torch.testing.assert_close(p.detach(), q.detach())  # before any flush
 
 
+def test_defer_all_defers_a_small_table_too():
+    """`defer_all` (Config.defer="all"): the same small table is deferred, its untouched rows'
+    steps pending until flushed, and flushed it is torch's Adam to rounding."""
+    p, q = (torch.zeros(100, 4, requires_grad=True) for _ in "pq")
+    opt = rowadam.RowAdam([p], lr=0.1, deferred=True, defer_all=True)
+    ref = torch.optim.Adam([q], lr=0.1)
+    opt.warmup = 0
+    for ids in ([1, 2], [3], [3]):
+        g = torch.sparse_coo_tensor(
+            torch.tensor([ids]), torch.ones(len(ids), 4), p.shape, check_invariants=False
+        )
+        p.grad, q.grad = g, g.to_dense()
+        opt.step()
+        ref.step()
+    assert opt.state[p]["defer"] and opt.state[p]["pending"]
+    assert not torch.equal(p.detach(), q.detach())  # rows 1 and 2: two steps behind
+    opt.flush()
+    torch.testing.assert_close(p.detach(), q.detach())
+
+
 def test_tables_read_at_the_same_ids_sort_them_once_per_step(monkeypatch):
     """Deferred RowAdam sorts a step's ids once for every table looked up at them (`_distinct`: a
     NeuMF step's GMF and MLP tables of a side), from the look-ups to the step, and trains to the

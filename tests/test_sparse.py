@@ -164,8 +164,7 @@ def test_the_deferred_step_trains_as_the_dense_one(backbone, monkeypatch):
     """The same configuration trained with the dense and the deferred step, steps of 4 users so that
     rows are deferred after the warm-up's 1,000 steps: the same validation curve and weights to
     float rounding (the sparse CDAE's gradients sum in another order), where the lazy step trains
-    otherwise."""
-    monkeypatch.setattr(rowadam, "DEFER_MIN", 0)  # (tables this small are otherwise stepped whole)
+    otherwise. `Config.defer="all"`: tables this small are otherwise stepped whole."""
     deferred = []
     catch_up, kernel = rowadam.RowAdam._catch_up, rowkernel.Kernels.catch_up  # (either path)
     monkeypatch.setattr(rowadam.RowAdam, "_catch_up", lambda *a: deferred.append(1) or catch_up(*a))
@@ -178,6 +177,7 @@ def test_the_deferred_step_trains_as_the_dense_one(backbone, monkeypatch):
             backbone=backbone,
             size=8,
             step=step,
+            defer="all",
             lr=1e-3,
         )
         out[step] = loop.fit(cfg.canonical(), ds, progress=False)

@@ -141,6 +141,20 @@ def test_canonical_config_ignores_unused_parameters():
         train.Config(method="kd").canonical()
 
 
+def test_defer_names_only_runs_of_the_deferred_step():
+    """defer is kept on the deferred step's runs and their teachers, dropped on the other steps'
+    (and absent, so that older records keep their keys); a bad value is refused."""
+    for kw in (dict(method="none"), dict(backbone="neumf", size=8, method="rd")):
+        c = train.Config(**kw, step="deferred", defer="all").canonical()
+        assert c.defer == "all" and c.key() != train.Config(**kw, step="deferred").key()
+        assert c.teacher().defer == "all"
+        d = train.Config(**kw, step="sparse", defer="all").canonical()
+        assert d.defer is None and d.key() == train.Config(**kw, step="sparse").key()
+    assert "defer" not in config.keyed_fields(config.fields_of(train.Config().canonical()))
+    with pytest.raises(ValueError, match="defer"):
+        train.Config(step="deferred", defer="some").canonical()
+
+
 def test_the_refresh_tower_names_only_runs_whose_neumf_student_refreshes():
     """refresh_tower is kept where a NeuMF student ranks (CD, student or hybrid guide, rank or topk
     sampling) and dropped elsewhere, so that it splits no other run's key; a bad value is refused."""

@@ -8,8 +8,8 @@ import pytest
 from conftest import fake_record as _fake_record
 from conftest import fake_training as _fake_training
 
+from cdlib import config, profiles, readme_next, tables, tuning
 from cdlib import experiments as ex
-from cdlib import profiles, readme_next, tables, tuning
 
 
 def test_tuning_chooses_on_validation_in_stages_with_equal_budgets(tmp_path, monkeypatch):
@@ -144,6 +144,18 @@ def test_a_cell_s_longer_minimum_of_epochs_holds_for_all_its_runs_and_no_other_c
         profiles.profile("quick", epochs=200, min_epochs_for={("ml-100k", "cdae"): 300})
 
 
+def test_a_cell_that_defers_every_table_does_so_in_all_its_runs_and_no_other_cell():
+    """`Profile.defer_for`: yelp NeuMF's runs, its students' teachers among them, defer every
+    table; the other cells keep the size rule, and with it the keys of their recorded runs."""
+    p = profiles.profile("next")
+    assert p.defer_for == {("yelp", "neumf"): "all"}
+    student = p.config("yelp", "neumf", 0, size=8, method="cd").canonical()
+    assert student.defer == student.teacher().defer == "all"
+    for d, b in (("yelp", "cdae"), ("ml-1m", "neumf")):
+        c = p.config(d, b, 0).canonical()
+        assert c.defer is None and "defer" not in config.keyed_fields(config.fields_of(c))
+
+
 def test_the_torch_init_tables_read_next_s_records_under_the_epoch_rules_they_were_made_with(
     monkeypatch,
 ):
@@ -154,7 +166,8 @@ def test_the_torch_init_tables_read_next_s_records_under_the_epoch_rules_they_we
     claim_tables.save_torch_init_tables()
     (p,) = seen
     assert p.mlp_init is None and p.backbones == ["neumf"] and p.min_epochs_for == {}
-    assert p.config("yelp", "neumf", 0).min_epochs == 50
+    assert p.config("yelp", "neumf", 0).min_epochs == 50 and p.defer_for == {}
+    assert p.config("yelp", "neumf", 0).defer is None
 
 
 def test_tuning_change_sets_each_cell_s_new_choices_beside_the_borrowed_ones(tmp_path, monkeypatch):
