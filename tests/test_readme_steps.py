@@ -5,6 +5,12 @@ import json
 from cdlib import readme_steps
 
 
+def _cells(text: str, start: str) -> list[str]:
+    """The cells of the first table row of `text` that starts with `start`."""
+    line = next(t for t in text.split("\n") if t.startswith(start))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_gpu_section_reports_the_windows_check_and_groups(tmp_path):
     assert readme_steps.gpu_section(tmp_path) == []  # nothing recorded, nothing said
     bench = tmp_path / "bench"
@@ -57,9 +63,7 @@ def test_uniform_draw_section_shows_the_probes_record(tmp_path):
     (tmp_path / "bench" / "uniform_cpu.json").write_text(json.dumps(rec))
     text = "\n".join(readme_steps.uniform_draw_section(tmp_path))
     assert "over 100 batches a row, one thread (`python tools/uniform_probe.py`, CPU X)" in text
-    line = next(t for t in text.split("\n") if t.startswith("| yelp"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == [
+    assert _cells(text, "| yelp") == [
         "yelp",
         "64",
         "20033",
@@ -95,9 +99,7 @@ def test_defer_section_shows_the_probes_record(tmp_path):
         "3 epochs of untrained runs each way, one thread (`python tools/defer_probe.py`, CPU X)"
         in text
     )
-    line = next(t for t in text.split("\n") if t.startswith("| yelp"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == [
+    assert _cells(text, "| yelp") == [
         "yelp",
         "NeuMF student, none",
         "8",

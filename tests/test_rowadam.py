@@ -192,32 +192,17 @@ def test_deferred_look_ups_read_each_row_as_adam_left_it(monkeypatch):
     torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9)
 
 
-def test_a_small_table_is_stepped_whole_by_deferred_adam():
+@pytest.mark.parametrize("defer_all", [False, True])
+def test_a_small_table_is_stepped_whole_by_deferred_adam_unless_all_are_deferred(defer_all):
     """A table too small to gain from deferring takes Adam's whole-table step, so nothing is
     deferred: a row touched once moves on by its momentum at the steps after, as in torch's Adam.
     Which tables are deferred (the cases timed in sparse.py): large ones, and mid-sized ones of
-    which a step reads a small part."""
+    which a step reads a small part. With `defer_all` (Config.defer="all") the same table is
+    deferred, its untouched rows' steps pending until flushed, and flushed it is torch's Adam."""
     assert rowadam.defers(25584 * 200, 4000 * 200) and rowadam.defers(7947 * 64, 16 * 64)
     assert not rowadam.defers(30351 * 8, 16 * 8) and not rowadam.defers(25584 * 20, 1000 * 20)
     p, q = (torch.zeros(100, 4, requires_grad=True) for _ in "pq")
-    opt, ref = rowadam.RowAdam([p], lr=0.1, deferred=True), torch.optim.Adam([q], lr=0.1)
-    opt.warmup = 0
-    for ids in ([1, 2], [3], [3]):
-        g = torch.sparse_coo_tensor(
-            torch.tensor([ids]), torch.ones(len(ids), 4), p.shape, check_invariants=False
-        )
-        p.grad, q.grad = g, g.to_dense()
-        opt.step()
-        ref.step()
-    assert not opt.state[p]["defer"] and not opt.state[p]["pending"]
-    torch.testing.assert_close(p.detach(), q.detach())  # before any flush
-
-
-def test_defer_all_defers_a_small_table_too():
-    """`defer_all` (Config.defer="all"): the same small table is deferred, its untouched rows'
-    steps pending until flushed, and flushed it is torch's Adam to rounding."""
-    p, q = (torch.zeros(100, 4, requires_grad=True) for _ in "pq")
-    opt = rowadam.RowAdam([p], lr=0.1, deferred=True, defer_all=True)
+    opt = rowadam.RowAdam([p], lr=0.1, deferred=True, defer_all=defer_all)
     ref = torch.optim.Adam([q], lr=0.1)
     opt.warmup = 0
     for ids in ([1, 2], [3], [3]):
@@ -227,8 +212,9 @@ def test_defer_all_defers_a_small_table_too():
         p.grad, q.grad = g, g.to_dense()
         opt.step()
         ref.step()
-    assert opt.state[p]["defer"] and opt.state[p]["pending"]
-    assert not torch.equal(p.detach(), q.detach())  # rows 1 and 2: two steps behind
+    assert opt.state[p]["defer"] == opt.state[p]["pending"] == defer_all
+    # before any flush: deferred, rows 1 and 2 are two steps behind
+    assert torch.equal(p.detach(), q.detach()) != defer_all
     opt.flush()
     torch.testing.assert_close(p.detach(), q.detach())
 
