@@ -15,13 +15,8 @@ from .audit import coverage, profile_coverage, violations
 from .costs import compute, device_estimate
 from .profiles import PROFILES
 from .readme_next import next_section, past_stop_section
-from .readme_steps import (
-    defer_section,
-    gpu_section,
-    refresh_tower_section,
-    sparse_step_section,
-    uniform_draw_section,
-)
+from .readme_probes import defer_section, gpu_section, refresh_tower_section, uniform_draw_section
+from .readme_steps import sparse_step_section
 from .runs import read_table
 from .tables import markdown
 

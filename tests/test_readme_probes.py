@@ -1,8 +1,9 @@
-"""The README's generated sections on the engine: what they say comes from the files they name."""
+"""The README's generated sections on the engine's probes (cdlib/readme_probes.py): what they say
+comes from the files they name."""
 
 import json
 
-from cdlib import readme_steps
+from cdlib import readme_probes
 
 
 def _cells(text: str, start: str) -> list[str]:
@@ -12,7 +13,7 @@ def _cells(text: str, start: str) -> list[str]:
 
 
 def test_gpu_section_reports_the_windows_check_and_groups(tmp_path):
-    assert readme_steps.gpu_section(tmp_path) == []  # nothing recorded, nothing said
+    assert readme_probes.gpu_section(tmp_path) == []  # nothing recorded, nothing said
     bench = tmp_path / "bench"
     bench.mkdir()
     prov = {"device": "GPU X", "packages": {"torch": "9.9"}, "git": {"commit": "abcdef0123"}}
@@ -34,7 +35,7 @@ def test_gpu_section_reports_the_windows_check_and_groups(tmp_path):
         for g, gain in ((1, 1.0), (5, 2.5), (15, 2.0))
     ]
     (bench / "ml-1m_cuda.json").write_text(json.dumps({"groups": groups, "provenance": prov}))
-    text = " ".join(readme_steps.gpu_section(tmp_path))
+    text = " ".join(readme_probes.gpu_section(tmp_path))
     assert "GPU X, torch 9.9, commit abcdef0" in text and "gave different curves" in text
     assert "3.1e-04" in text and "2.0e-07" in text
     assert "5-9 times with the dynamic step and 0 times with the static one" in text
@@ -43,7 +44,7 @@ def test_gpu_section_reports_the_windows_check_and_groups(tmp_path):
 
 
 def test_uniform_draw_section_shows_the_probes_record(tmp_path):
-    assert readme_steps.uniform_draw_section(tmp_path) == []  # nothing recorded, nothing said
+    assert readme_probes.uniform_draw_section(tmp_path) == []  # nothing recorded, nothing said
     (tmp_path / "bench").mkdir()
     row = {
         "dataset": "yelp",
@@ -61,7 +62,7 @@ def test_uniform_draw_section_shows_the_probes_record(tmp_path):
     }
     rec = {"draws": [row], "provenance": {"device": "CPU X"}, "wall_seconds": 1.0}
     (tmp_path / "bench" / "uniform_cpu.json").write_text(json.dumps(rec))
-    text = "\n".join(readme_steps.uniform_draw_section(tmp_path))
+    text = "\n".join(readme_probes.uniform_draw_section(tmp_path))
     assert "over 100 batches a row, one thread (`python tools/uniform_probe.py`, CPU X)" in text
     assert _cells(text, "| yelp") == [
         "yelp",
@@ -78,7 +79,7 @@ def test_uniform_draw_section_shows_the_probes_record(tmp_path):
 
 
 def test_defer_section_shows_the_probes_record(tmp_path):
-    assert readme_steps.defer_section(tmp_path) == []  # nothing recorded, nothing said
+    assert readme_probes.defer_section(tmp_path) == []  # nothing recorded, nothing said
     (tmp_path / "bench").mkdir()
     row = {
         "dataset": "yelp",
@@ -94,7 +95,7 @@ def test_defer_section_shows_the_probes_record(tmp_path):
     }
     rec = {"runs": [row], "provenance": {"device": "CPU X"}, "wall_seconds": 1.0}
     (tmp_path / "bench" / "defer_cpu.json").write_text(json.dumps(rec))
-    text = "\n".join(readme_steps.defer_section(tmp_path))
+    text = "\n".join(readme_probes.defer_section(tmp_path))
     assert (
         "3 epochs of untrained runs each way, one thread (`python tools/defer_probe.py`, CPU X)"
         in text
