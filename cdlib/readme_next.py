@@ -399,6 +399,20 @@ def past_stop_section(results=None) -> list[str]:
         f". The median run's best past its stop stays {-probed['after the stop'].median():.1%} "
         "below its best up to the stop (`after the stop`)"
     )
+    ends = probed[probed["rising at the end"]]
+    if len(ends):
+        text += (
+            f". {len(ends)} {'was' if len(ends) == 1 else 'were'} still rising when the probe ended "
+            "(its last `patience` epochs read as early stopping reads them, `loop.still_rising`; "
+            "`end rise`: their line's rise over the probe's best), so the probe says where "
+            "they had got to, not where they end: "
+            + "; ".join(
+                f"{r.dataset} {r.backbone} {r.method} lr {r.lr:g} seed {r.seed}, "
+                f"{r['end rise']:+.1%} over epochs {r.epochs - nxt.patience + 1}-{r.epochs}, "
+                f"{r['valid NDCG@10 rise']:+.1%} over its best up to the stop"
+                for _, r in ends.iterrows()
+            )
+        )
     if len(controls):
         up = controls[controls["valid NDCG@10 rise"] > CLIMB]
         text += (
@@ -424,10 +438,11 @@ def past_stop_section(results=None) -> list[str]:
         "new_best_epoch",
         "valid NDCG@10 rise",
         "after the stop",
+        "end rise",
     ]
-    cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
+    cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise", "rising at the end"]
     table = table[cols].copy()
-    for c in cols[-4:]:
+    for c in cols[-6:-1]:
         table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:+.1%}")
     return [
         "### Runs early stopping ended at its minimum, trained on",

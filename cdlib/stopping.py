@@ -14,11 +14,12 @@ import pandas as pd
 
 from . import runs
 from .config import Config, dataset_for
-from .loop import evaluate, fit
+from .loop import evaluate, fit, rising, still_rising
 from .profiles import PROFILES
 from .train import differences, load_teacher
 
 NEAR = 5  # a run "stopped at the minimum" stopped within this many epochs of min_epochs
+END = ("patience", "rise", "rise_t")  # the settings `loop.still_rising` reads, as the run had them
 CLIMB = 0.01  # trained on, a run "climbed" when it beat its best up to the stop by more than this
 
 
@@ -133,7 +134,10 @@ def past_stop_row(a: dict) -> dict:
     test only there). `rise_epoch`: the first epoch whose validation NDCG@10 beat that best by more
     than `CLIMB`; "after the stop": the best validation NDCG@10 of the epochs past the stop,
     relative to that best. `at_min`: whether the record stopped at its minimum of epochs (within `NEAR`), else
-    the probe was a control (`tools/stop_probe.py --control`)."""
+    the probe was a control (`tools/stop_probe.py --control`). "rising at the end": whether the
+    probe's last `patience` epochs still rise as early stopping's rule reads them
+    (`loop.still_rising`), so that the probe ended a climb, not a run; "end rise": their line's rise
+    as a fraction of the probe's best (`loop.rising`)."""
     c, r, curve = a["config"], a["recorded"], a["curve"]
     stop, same = r["epochs_run"], a["reproduced_record_curve"]
     at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
@@ -151,6 +155,8 @@ def past_stop_row(a: dict) -> dict:
         "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
         "rise_epoch": over[0] if over else None,
         "after the stop": max(e["valid_NDCG@10"] for e in curve[stop:]) / best - 1,
+        "rising at the end": still_rising(curve, *(c.get(k, getattr(Config, k)) for k in END)),
+        "end rise": (rising(curve, c.get("patience", Config.patience)) or (np.nan,))[0],
     }
     for m in ("HR@10", "NDCG@10"):
         old = r["test_sampled"][m] if same else at[f"test_{m}"]

@@ -1123,7 +1123,8 @@ def test_past_stop_section_counts_the_runs_stopped_at_the_minimum_and_names_thos
         "+25.0% by epoch 61, more than 1% above from epoch 61)" in text
     )
     assert (
-        "| a | neumf | none | 8 | 0.001 | 1 | r1 | 52 | True | 22 | True | 100 | 61 | +25.0% | +25.0% | +5.0% | +0.0% |"
+        "| a | neumf | none | 8 | 0.001 | 1 | r1 | 52 | True | 22 | True | 100 | 61 | +25.0% | +25.0% | +0.0% | +5.0% | +0.0% | False |"
         in text
     )
+    assert "still rising when the probe ended" not in text  # both probes end flat
     assert "| a | neumf | none | 8 | 0.001 | 2 | r2 | 80 | False | 50 | True | 100 | 50 |" in text

@@ -1,6 +1,8 @@
 """Early stopping's stops (`stopping`): a recorded run trained on past its stop reproduces its
 recorded epochs (or says it could not), and the records that stopped at the minimum are found."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import TINY
@@ -74,3 +76,31 @@ def test_stopped_early_finds_next_protocol_runs_ended_at_the_minimum_or_by_patie
     (tmp_path / "next").mkdir()
     (tmp_path / "next" / "03_main_runs.csv").write_text("key,status\nnear,ok\nmin,failed\n")
     assert list(stopping.stopped_early(main=True, results=tmp_path).key) == ["near"]
+
+
+def _analysis(tail: list[float]) -> dict:
+    """A `past_stop` analysis of a run stopped at 4 (best 0.4 at epoch 2), trained on over `tail`."""
+    curve = [{"epoch": i + 1, "valid_NDCG@10": v} for i, v in enumerate([0.3, 0.4, 0.35, 0.33])]
+    curve += [{"epoch": 5 + i, "valid_NDCG@10": v} for i, v in enumerate(tail)]
+    metrics = {"HR@10": 0.5, "NDCG@10": max(e["valid_NDCG@10"] for e in curve)}
+    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=3, patience=5, min_epochs=4))
+    return {
+        "key": "k",
+        "config": dataclasses.asdict(cfg),
+        "recorded": {"epochs_run": 4, "best_epoch": 2, "test_sampled": metrics},
+        "reproduced_record_curve": True,
+        "epochs": len(curve),
+        "best_epoch": 2,
+        "curve": curve,
+        "valid_sampled": metrics,
+        "test_sampled": metrics,
+        "test_full": metrics,
+    }
+
+
+def test_a_probe_that_ends_in_a_climb_says_so():
+    climbing = stopping.past_stop_row(_analysis([0.34, 0.35, 0.36, 0.37, 0.38]))
+    assert climbing["rising at the end"] and climbing["end rise"] == pytest.approx(0.1)
+    assert climbing["valid NDCG@10 rise"] == 0  # not yet past its best: the probe ended a climb
+    flat = stopping.past_stop_row(_analysis([0.34, 0.33, 0.35, 0.34, 0.34]))
+    assert not flat["rising at the end"] and abs(flat["end rise"]) < 0.02
