@@ -403,12 +403,12 @@ def past_stop_section(results=None) -> list[str]:
     if len(ends):
         text += (
             f". {len(ends)} {'was' if len(ends) == 1 else 'were'} still rising when the probe ended "
-            "(its last `patience` epochs read as early stopping reads them, `loop.still_rising`; "
+            "(their last `patience` epochs read as early stopping reads them, `loop.still_rising`; "
             "`end rise`: their line's rise over the probe's best), so the probe says where "
             "they had got to, not where they end: "
             + "; ".join(
                 f"{r.dataset} {r.backbone} {r.method} lr {r.lr:g} seed {r.seed}, "
-                f"{r['end rise']:+.1%} over epochs {r.epochs - nxt.patience + 1}-{r.epochs}, "
+                f"{r['end rise']:+.1%} over epochs {r.epochs - r.patience + 1}-{r.epochs}, "
                 f"{r['valid NDCG@10 rise']:+.1%} over its best up to the stop"
                 for _, r in ends.iterrows()
             )

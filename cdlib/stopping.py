@@ -156,6 +156,7 @@ def past_stop_row(a: dict) -> dict:
         "rise_epoch": over[0] if over else None,
         "after the stop": max(e["valid_NDCG@10"] for e in curve[stop:]) / best - 1,
         "rising at the end": still_rising(curve, *(c.get(k, getattr(Config, k)) for k in END)),
+        "patience": c.get("patience", Config.patience),
         "end rise": (rising(curve, c.get("patience", Config.patience)) or (np.nan,))[0],
     }
     for m in ("HR@10", "NDCG@10"):

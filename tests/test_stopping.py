@@ -4,10 +4,11 @@ recorded epochs (or says it could not), and the records that stopped at the mini
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import TINY
 
-from cdlib import runs, stopping, train
+from cdlib import readme_next, runs, stopping, train
 
 
 def test_past_stop_trains_a_record_on_and_sets_its_best_beside_the_record(results, one_thread):
@@ -83,7 +84,7 @@ def _analysis(tail: list[float]) -> dict:
     curve = [{"epoch": i + 1, "valid_NDCG@10": v} for i, v in enumerate([0.3, 0.4, 0.35, 0.33])]
     curve += [{"epoch": 5 + i, "valid_NDCG@10": v} for i, v in enumerate(tail)]
     metrics = {"HR@10": 0.5, "NDCG@10": max(e["valid_NDCG@10"] for e in curve)}
-    cfg = train.Config(backbone="cdae", size=8, **dict(TINY, epochs=3, patience=5, min_epochs=4))
+    cfg = train.Config(backbone="cdae", size=8, lr=1e-3, **dict(TINY, patience=5, min_epochs=4))
     return {
         "key": "k",
         "config": dataclasses.asdict(cfg),
@@ -104,3 +105,16 @@ def test_a_probe_that_ends_in_a_climb_says_so():
     assert climbing["valid NDCG@10 rise"] == 0  # not yet past its best: the probe ended a climb
     flat = stopping.past_stop_row(_analysis([0.34, 0.33, 0.35, 0.34, 0.34]))
     assert not flat["rising at the end"] and abs(flat["end rise"]) < 0.02
+
+
+def test_the_readme_names_a_probe_that_ended_in_a_climb(monkeypatch, tmp_path):
+    a = _analysis([0.34, 0.35, 0.36, 0.37, 0.38])
+    config = dict(a["config"], valid_negatives="disjoint", epochs=1000, subset_users=None)
+    rec = {"key": "k", "config": config, "epochs_run": 4, "best_epoch": 2}
+    runs.write_record(dict(rec, timing={"wall_seconds": 1.0}), tmp_path)  # stopped at its minimum
+    row = stopping.past_stop_row(a)
+    monkeypatch.setattr(readme_next, "past_stop_table", lambda results=None: pd.DataFrame([row]))
+    text = "\n".join(readme_next.past_stop_section(tmp_path))
+    assert "1 was still rising when the probe ended" in text
+    assert f"lr {row['lr']:g} seed {row['seed']}, +10.0% over epochs 5-9, +0.0% over its" in text
+    assert text.rstrip().endswith("| -5.0% | +10.0% | +0.0% |  | True |")  # rising at the end
