@@ -431,18 +431,12 @@ def past_stop_section(results=None) -> list[str]:
         )
         text += " (`Profile.min_epochs_for`, every method alike; README Known issues)."
     cols = ["dataset", "backbone", "method", "size", "lr", "seed", "key", "stopped", "at_min"]
-    cols += [
-        "best_epoch",
-        "reproduced",
-        "epochs",
-        "new_best_epoch",
-        "valid NDCG@10 rise",
-        "after the stop",
-        "end rise",
-    ]
-    cols += ["test NDCG@10 sampled rise", "test NDCG@10 full rise", "rising at the end"]
+    cols += ["best_epoch", "reproduced", "epochs", "new_best_epoch"]
+    shares = ["valid NDCG@10 rise", "after the stop", "end rise"]
+    shares += ["test NDCG@10 sampled rise", "test NDCG@10 full rise"]
+    cols += [*shares, "rising at the end"]
     table = table[cols].copy()
-    for c in cols[-6:-1]:
+    for c in shares:
         table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:+.1%}")
     return [
         "### Runs early stopping ended at its minimum, trained on",

@@ -139,6 +139,7 @@ def past_stop_row(a: dict) -> dict:
     (`loop.still_rising`), so that the probe ended a climb, not a run; "end rise": their line's rise
     as a fraction of the probe's best (`loop.rising`)."""
     c, r, curve = a["config"], a["recorded"], a["curve"]
+    patience, rise, rise_t = (c.get(k, getattr(Config, k)) for k in END)
     stop, same = r["epochs_run"], a["reproduced_record_curve"]
     at = max(curve[:stop], key=lambda e: e["valid_NDCG@10"])
     best = at["valid_NDCG@10"]
@@ -155,9 +156,9 @@ def past_stop_row(a: dict) -> dict:
         "valid NDCG@10 rise": a["valid_sampled"]["NDCG@10"] / best - 1,
         "rise_epoch": over[0] if over else None,
         "after the stop": max(e["valid_NDCG@10"] for e in curve[stop:]) / best - 1,
-        "rising at the end": still_rising(curve, *(c.get(k, getattr(Config, k)) for k in END)),
-        "patience": c.get("patience", Config.patience),
-        "end rise": (rising(curve, c.get("patience", Config.patience)) or (np.nan,))[0],
+        "rising at the end": still_rising(curve, patience, rise, rise_t),
+        "patience": patience,
+        "end rise": (rising(curve, patience) or (np.nan,))[0],
     }
     for m in ("HR@10", "NDCG@10"):
         old = r["test_sampled"][m] if same else at[f"test_{m}"]
